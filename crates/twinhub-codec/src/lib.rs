@@ -1,0 +1,9 @@
+//! Pure payload decoders: bytes a device sent → typed telemetry messages.
+//!
+//! Owns the wire formats of device payloads (JSON today; binary layouts for
+//! raw TCP/UDP devices later). No I/O; every decoder is total (never
+//! panics) and names the offending field in its errors.
+
+pub mod json;
+
+pub use json::{decode_telemetry, DecodeError, Limits, TelemetryMessage};

@@ -1,0 +1,242 @@
+//! Device registry endpoints and HTTP telemetry ingest.
+
+use super::error::ApiError;
+use super::extract::{body_error, ApiJson, ApiQuery, DeviceCreds, Paging};
+use super::{rfc3339_opt, AppState};
+use crate::auth::{Perm, Principal};
+use crate::registry::Device;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::atomic::Ordering;
+use twinhub_model::time::format_rfc3339;
+use utoipa::ToSchema;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    /// Unique across the system: it is the MQTT client id and user name.
+    pub id: String,
+    /// The twin this device's telemetry updates; its own id when absent.
+    pub twin_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub twin_id: Option<String>,
+    pub enabled: bool,
+    pub created_at: String,
+    pub last_seen: Option<String>,
+    /// False once the device has been silent for `devices.inactivity_timeout`.
+    pub active: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceCreated {
+    #[serde(flatten)]
+    pub device: DeviceView,
+    /// The device key: shown only in this answer.
+    pub key: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    pub value: Vec<DeviceView>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchDevice {
+    pub enabled: Option<bool>,
+    /// A twin id, or null to make the device update its own twin again.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub twin_id: Option<Option<String>>,
+}
+
+fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestReceipt {
+    pub messages: usize,
+    pub points: usize,
+}
+
+pub fn view(d: &Device) -> DeviceView {
+    let seen = d.last_seen.load(Ordering::Relaxed);
+    DeviceView {
+        id: d.row.id.clone(),
+        twin_id: d.row.twin_id.clone(),
+        enabled: d.row.enabled,
+        created_at: format_rfc3339(d.row.created_at),
+        last_seen: rfc3339_opt((seen > 0).then_some(seen)),
+        active: d.active.load(Ordering::Relaxed),
+    }
+}
+
+fn scope(state: &AppState, p: &Principal, tenant: Option<&str>) -> Result<String, ApiError> {
+    let t = p.tenant_scope(tenant);
+    if !state.registry.tenant_exists(&t) {
+        return Err(ApiError::not_found(format!("tenant {t} not found")));
+    }
+    Ok(t)
+}
+
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices",
+    request_body = CreateDevice,
+    params(("tenant" = Option<String>, Query, description = "System admins: act in this tenant")),
+    responses((status = 201, body = DeviceCreated), (status = 400), (status = 401), (status = 403), (status = 409)))]
+pub async fn create_device(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(req): ApiJson<CreateDevice>,
+) -> Result<(StatusCode, Json<DeviceCreated>), ApiError> {
+    p.require(Perm::DevicesAdmin)?;
+    let tenant = scope(&state, &p, q.tenant.as_deref())?;
+    let (dev, key) = state
+        .registry
+        .create_device(&tenant, &req.id, req.twin_id)
+        .await?;
+    tracing::info!(device = %dev.row.id, tenant = %tenant, by = %p.name(), "device created");
+    Ok((
+        StatusCode::CREATED,
+        Json(DeviceCreated {
+            device: view(&dev),
+            key,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+    params(Paging),
+    responses((status = 200, body = DeviceList), (status = 401), (status = 403)))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<DeviceList>, ApiError> {
+    p.require(Perm::DevicesRead)?;
+    let tenant = scope(&state, &p, q.tenant.as_deref())?;
+    let limit = q.limit()?;
+    let mut devs = state
+        .registry
+        .devices_of(&tenant, q.next.as_deref(), limit + 1);
+    let next = if devs.len() > limit {
+        devs.truncate(limit);
+        devs.last().map(|d| d.row.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(DeviceList {
+        value: devs.iter().map(|d| view(d)).collect(),
+        next,
+    }))
+}
+
+fn find(
+    state: &AppState,
+    p: &Principal,
+    tenant: Option<&str>,
+    id: &str,
+) -> Result<std::sync::Arc<Device>, ApiError> {
+    let tenant = p.tenant_scope(tenant);
+    state
+        .registry
+        .device_in(&tenant, id)
+        .ok_or_else(|| ApiError::not_found(format!("device {id} not found")))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    responses((status = 200, body = DeviceView), (status = 404)))]
+pub async fn get_device(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<DeviceView>, ApiError> {
+    p.require(Perm::DevicesRead)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    Ok(Json(view(&dev)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    request_body = PatchDevice,
+    responses((status = 200, body = DeviceView), (status = 400), (status = 404)))]
+pub async fn patch_device(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(req): ApiJson<PatchDevice>,
+) -> Result<Json<DeviceView>, ApiError> {
+    p.require(Perm::DevicesAdmin)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    let dev = state
+        .registry
+        .update_device(&dev, req.enabled, req.twin_id)
+        .await?;
+    tracing::info!(device = %id, enabled = dev.row.enabled, by = %p.name(), "device updated");
+    Ok(Json(view(&dev)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    responses((status = 204), (status = 404)))]
+pub async fn delete_device(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::DevicesAdmin)?;
+    find(&state, &p, q.tenant.as_deref(), &id)?;
+    state.registry.delete_device(&id).await?;
+    tracing::info!(device = %id, by = %p.name(), "device deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A device posts telemetry: one JSON object or an array of them. The
+/// answer comes only after every point is durable.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/telemetry", tag = "telemetry",
+    params(("id" = String, Path)),
+    request_body(content = serde_json::Value, description = "{\"temperature\": 351.2, \"ts\": \"2026-01-01T00:00:00Z\"} or an array of such objects"),
+    responses((status = 200, body = IngestReceipt), (status = 400), (status = 401), (status = 403), (status = 413), (status = 422), (status = 503)),
+    security(("device_basic" = [])))]
+pub async fn post_telemetry(
+    State(state): State<AppState>,
+    DeviceCreds(dev): DeviceCreds,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IngestReceipt>, ApiError> {
+    if dev.row.id != id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a device may post only its own telemetry",
+        ));
+    }
+    let limit = state.config.http.max_ingest_body;
+    let body = body.map_err(|e| body_error(e.status(), limit))?;
+    if body.len() > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    let msgs = twinhub_codec::decode_telemetry(&body, &state.decode_limits).inspect_err(|_| {
+        state.metrics.ingest_rejected.add("invalid", 1);
+    })?;
+    let messages = msgs.len();
+    let points = state
+        .pipeline
+        .ingest(&dev, "http", msgs, Some(state.queue_wait))
+        .await?;
+    Ok(Json(IngestReceipt { messages, points }))
+}

@@ -1,0 +1,176 @@
+//! Request extractors: the authenticated principal (bearer token), a
+//! device's HTTP Basic credentials, JSON bodies whose errors name the
+//! field, and list paging.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Principal;
+use crate::registry::{Device, DeviceAuthError};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::unauthorized(
+                "this endpoint needs a bearer token (POST /api/v1/auth/login)",
+            ));
+        };
+        state.registry.principal_for_token(token).ok_or_else(|| {
+            state.metrics.auth_failures.add("token", 1);
+            ApiError::unauthorized("the bearer token is invalid, expired or revoked")
+        })
+    }
+}
+
+/// A device authenticated with HTTP Basic (device id, device key).
+pub struct DeviceCreds(pub Arc<Device>);
+
+impl FromRequestParts<AppState> for DeviceCreds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let creds = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((id, key)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+            return Err(ApiError::unauthorized(
+                "device telemetry needs HTTP Basic credentials: the device id and its key",
+            ));
+        };
+        match state.registry.authenticate_device(id, key) {
+            Ok(d) => Ok(DeviceCreds(d)),
+            Err(DeviceAuthError::BadCredentials) => {
+                state.metrics.auth_failures.add("device", 1);
+                tracing::info!(device = %id, "device authentication failed");
+                Err(ApiError::unauthorized("bad device credentials"))
+            }
+            Err(DeviceAuthError::Disabled) => {
+                state.metrics.auth_failures.add("device_disabled", 1);
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this device is disabled",
+                ))
+            }
+        }
+    }
+}
+
+/// A JSON body; a malformed body or a wrong field answers 400 naming the
+/// field, an oversized one 413.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| body_error(e.status(), state.config.http.max_body))?;
+        // The router's limit is the largest of any route (telemetry); JSON
+        // API routes hold to their own.
+        if bytes.len() > state.config.http.max_body {
+            return Err(ApiError::too_large(state.config.http.max_body));
+        }
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+pub fn body_error(status: StatusCode, limit: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request("could not read the request body")
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = strip_position(&inner.to_string());
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("body: {what}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {what}"))
+        }
+    })
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct Paging {
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// The `next` token of the previous page.
+    pub next: Option<String>,
+    /// System admins only: act in this tenant.
+    pub tenant: Option<String>,
+}
+
+impl Paging {
+    pub fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=1000).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::field("limit", "must be between 1 and 1000")),
+        }
+    }
+}
+
+/// Query parameters; a bad one answers 400 naming it.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ApiError::bad_request(format!("query parameter {path}: {}", e.into_inner()))
+            })
+    }
+}

@@ -1,0 +1,194 @@
+//! The HTTP API under `/api/v1` plus the operational endpoints. Handlers
+//! take the `Principal` as an argument (authorisation happens through it
+//! alone), answer JSON, and fail with `ApiError`. The OpenAPI document is
+//! generated from the handlers' annotations.
+//!
+//! May call: `registry`, `pipeline`, `store` (reads and deletions),
+//! `events`, `auth`.
+
+pub mod auth;
+pub mod devices;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod ops;
+pub mod twins;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::metrics::ServerMetrics;
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+use crate::store::Store;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use error::ApiError;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use twinhub_codec::Limits;
+use twinhub_model::time::format_rfc3339;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub struct AppInner {
+    pub config: Config,
+    pub store: Store,
+    pub registry: Registry,
+    pub pipeline: Pipeline,
+    pub events: Arc<EventBus>,
+    pub metrics: Arc<ServerMetrics>,
+    pub clock: SharedClock,
+    pub ready: AtomicBool,
+    /// Flips to true when the server is shutting down; long-lived streams
+    /// end on it.
+    pub shutdown: watch::Receiver<bool>,
+    pub decode_limits: Limits,
+    pub queue_wait: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppInner {
+    /// A twin exists once a device is bound to it or it has history.
+    pub fn twin_exists(&self, tenant: &str, id: &str) -> bool {
+        if !self.store.series_of_twin(tenant, id).is_empty() {
+            return true;
+        }
+        if self
+            .registry
+            .device_in(tenant, id)
+            .is_some_and(|d| d.twin() == id)
+        {
+            return true;
+        }
+        self.registry
+            .all_devices()
+            .iter()
+            .any(|d| d.row.tenant == tenant && d.twin() == id)
+    }
+}
+
+pub fn rfc3339_opt(us: Option<i64>) -> Option<String> {
+    us.map(format_rfc3339)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "twinhub", description = "Industrial IoT and digital twin platform API. Errors answer {\"error\":{\"code\",\"message\"}}."),
+    modifiers(&Security),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        c.add_security_scheme(
+            "device_basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::create_tenant, auth::list_tenants))
+        .routes(routes!(auth::create_user, auth::list_users))
+        .routes(routes!(devices::create_device, devices::list_devices))
+        .routes(routes!(
+            devices::get_device,
+            devices::patch_device,
+            devices::delete_device
+        ))
+        .routes(routes!(devices::post_telemetry))
+        .routes(routes!(twins::get_twin))
+        .routes(routes!(twins::list_series))
+        .routes(routes!(twins::get_history, twins::delete_history))
+        .routes(routes!(twins::multi_history))
+        .routes(routes!(events::events))
+        .split_for_parts();
+    let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let limit = state
+        .config
+        .http
+        .max_body
+        .max(state.config.http.max_ingest_body);
+    api.route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    doc.as_str().to_owned(),
+                )
+            }
+        }),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(DefaultBodyLimit::max(limit))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        count_responses,
+    ))
+    .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await.into_response();
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state.metrics.http_responses.add(class, 1);
+    resp
+}

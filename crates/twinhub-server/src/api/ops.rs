@@ -1,0 +1,155 @@
+//! Operational endpoints: liveness, readiness, Prometheus metrics and the
+//! OpenAPI document. Public unless `metrics.bearer_token` is set.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::metrics::Exposition;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200)), security(()))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200), (status = 503)), security(()))]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready"})),
+        )
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")), security(()))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(tok) = &state.config.metrics.bearer_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| crate::auth::verify_digest(g, &crate::auth::digest(tok)));
+        if !ok {
+            return Err(ApiError::unauthorized(
+                "/metrics needs the configured bearer token",
+            ));
+        }
+    }
+    let m = &state.metrics;
+    let st = state.store.stats();
+    let eng = state.store.engine();
+    let mut x = Exposition::default();
+    x.counter_vec(
+        "twinhub_messages_in_total",
+        "Telemetry messages stored, by protocol.",
+        "protocol",
+        &m.messages_in,
+    );
+    x.counter_vec(
+        "twinhub_points_in_total",
+        "Telemetry points stored, by protocol.",
+        "protocol",
+        &m.points_in,
+    );
+    x.counter_vec(
+        "twinhub_ingest_rejected_total",
+        "Telemetry refused, by reason.",
+        "reason",
+        &m.ingest_rejected,
+    );
+    x.counter_vec(
+        "twinhub_auth_failures_total",
+        "Failed authentications, by kind.",
+        "kind",
+        &m.auth_failures,
+    );
+    x.counter_vec(
+        "twinhub_http_responses_total",
+        "HTTP responses, by status class.",
+        "class",
+        &m.http_responses,
+    );
+    x.histogram(
+        "twinhub_ingest_durable_seconds",
+        "Time from a write being queued to it being durable.",
+        &eng.metrics.durable_latency,
+    );
+    x.counter(
+        "twinhub_store_commits_total",
+        "Group commits.",
+        eng.metrics.commits.get(),
+    );
+    x.counter(
+        "twinhub_store_points_committed_total",
+        "Points committed to the batch log.",
+        eng.metrics.points_committed.get(),
+    );
+    x.counter(
+        "twinhub_store_flushes_total",
+        "Head flushes into chunks.",
+        eng.metrics.flushes.get(),
+    );
+    x.counter(
+        "twinhub_store_merges_total",
+        "Window merges.",
+        eng.metrics.merges.get(),
+    );
+    x.gauge(
+        "twinhub_store_queue_depth",
+        "Writes waiting for the group commit.",
+        st.queue_depth as f64,
+    );
+    x.gauge(
+        "twinhub_store_head_points",
+        "Acknowledged points not yet compacted into chunks.",
+        st.head_points as f64,
+    );
+    x.gauge(
+        "twinhub_store_compaction_lag_seconds",
+        "Age of the oldest point not yet compacted.",
+        st.head_age_s,
+    );
+    x.gauge(
+        "twinhub_store_windows_pending",
+        "Windows waiting to be merged and rolled up.",
+        st.dirty_windows as f64,
+    );
+    x.gauge(
+        "twinhub_store_series",
+        "Series in the store.",
+        st.series as f64,
+    );
+    x.gauge(
+        "twinhub_store_size_bytes",
+        "Size of the database file and its WAL.",
+        state.store.db_size() as f64,
+    );
+    let devs = state.registry.all_devices();
+    x.gauge("twinhub_devices", "Registered devices.", devs.len() as f64);
+    x.gauge(
+        "twinhub_devices_active",
+        "Devices that reported within the inactivity timeout.",
+        devs.iter()
+            .filter(|d| d.active.load(Ordering::Relaxed))
+            .count() as f64,
+    );
+    x.gauge(
+        "twinhub_event_subscribers",
+        "Open event streams.",
+        state.events.subscribers() as f64,
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        x.finish(),
+    ))
+}

@@ -1,0 +1,420 @@
+//! Configuration: defaults, then `twinhub.toml` (or `--config`), then
+//! `TWINHUB_*` environment variables, then command-line flags. Unknown
+//! keys are errors that name the key, so a typo never silently falls back
+//! to a default.
+
+use crate::store::{RetentionPolicy, StoreOptions};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use twinhub_model::time::parse_duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The embedded store and everything else the server keeps.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub ingest: IngestConfig,
+    pub devices: DevicesConfig,
+    pub store: StoreConfig,
+    pub retention: RetentionPolicy,
+    pub metrics: MetricsConfig,
+    /// The bootstrap admin's password (only read on first start); from
+    /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
+    #[serde(skip)]
+    pub admin_password: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./twinhub-data"),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            ingest: IngestConfig::default(),
+            devices: DevicesConfig::default(),
+            store: StoreConfig::default(),
+            retention: RetentionPolicy::default(),
+            metrics: MetricsConfig::default(),
+            admin_password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Largest request body for JSON API routes.
+    pub max_body: usize,
+    /// Largest telemetry body a device may post.
+    pub max_ingest_body: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body: 1 << 20,
+            max_ingest_body: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Empty disables the MQTT listener.
+    pub listen: String,
+    pub allow_anonymous: bool,
+    pub anonymous_tenant: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "127.0.0.1:1883".into(),
+            allow_anonymous: false,
+            anonymous_tenant: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `twinhub_server=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub access_token_ttl: String,
+    pub refresh_token_ttl: String,
+    /// argon2id memory cost in KiB, time cost and lanes for human
+    /// passwords. The defaults take about 100 ms per login on a small box.
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_lanes: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl: "15m".into(),
+            refresh_token_ttl: "24h".into(),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_lanes: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub max_messages: usize,
+    pub max_properties: usize,
+    /// How long an HTTP ingest waits for room in the store's queue before
+    /// answering 503 with Retry-After.
+    pub queue_wait: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_messages: 10_000,
+            max_properties: 1_000,
+            queue_wait: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    /// A device that sends nothing for this long is marked inactive.
+    pub inactivity_timeout: String,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            inactivity_timeout: "10m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub flush_points: usize,
+    pub flush_interval: String,
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let d = StoreOptions::default();
+        StoreConfig {
+            flush_points: d.flush_points,
+            flush_interval: "10m".into(),
+            queue: d.queue,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` requires `Authorization: Bearer <this>`.
+    pub bearer_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+fn invalid(origin: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.into(),
+        message: message.into(),
+    }
+}
+
+/// Environment variables that are not configuration keys.
+const NOT_KEYS: &[&str] = &[
+    "TWINHUB_ADMIN_PASSWORD",
+    "TWINHUB_CONFIG",
+    "TWINHUB_TOKEN",
+    "TWINHUB_URL",
+    "TWINHUB_PASSWORD",
+    "TWINHUB_USERNAME",
+];
+
+impl Config {
+    /// Layers file, environment and flag overrides (`section.key`, value).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut doc = toml::Table::new();
+        let explicit = file.is_some();
+        let path = file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("twinhub.toml"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                doc = toml::from_str(&text)
+                    .map_err(|e| invalid(&path.display().to_string(), e.to_string()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+        let mut admin_password = None;
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("TWINHUB_") else {
+                continue;
+            };
+            if k == "TWINHUB_ADMIN_PASSWORD" {
+                admin_password = Some(v);
+                continue;
+            }
+            if NOT_KEYS.contains(&k.as_str()) || rest.is_empty() {
+                continue;
+            }
+            let path = env_key_path(&rest.to_ascii_lowercase());
+            set_path(&mut doc, &path, parse_scalar(&v)).map_err(|m| invalid(&k, m))?;
+        }
+        for (path, v) in flags {
+            set_path(&mut doc, path, toml::Value::String(v.clone()))
+                .map_err(|m| invalid(path, m))?;
+        }
+        let mut cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("configuration", e.message().to_string()))?;
+        cfg.admin_password = admin_password;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (k, v) in [
+            ("auth.access_token_ttl", &self.auth.access_token_ttl),
+            ("auth.refresh_token_ttl", &self.auth.refresh_token_ttl),
+            ("ingest.queue_wait", &self.ingest.queue_wait),
+            (
+                "devices.inactivity_timeout",
+                &self.devices.inactivity_timeout,
+            ),
+            ("store.flush_interval", &self.store.flush_interval),
+        ] {
+            parse_duration(v).map_err(|rule| invalid(k, rule))?;
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid("log.format", "must be text or json"));
+        }
+        self.retention
+            .validate()
+            .map_err(|m| invalid("retention", m))?;
+        if self.store.flush_points < 1000 {
+            return Err(invalid("store.flush_points", "must be at least 1000"));
+        }
+        Ok(())
+    }
+
+    pub fn duration(s: &str) -> Duration {
+        Duration::from_micros(parse_duration(s).unwrap_or(1_000_000) as u64)
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            flush_points: self.store.flush_points,
+            flush_interval: Config::duration(&self.store.flush_interval),
+            queue: self.store.queue.max(16),
+            retention: self.retention.clone(),
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// `HTTP_MAX_INGEST_BODY` → `http.max_ingest_body`; `DATA_DIR` → `data_dir`.
+fn env_key_path(lower: &str) -> String {
+    const TOP: &[&str] = &["data_dir"];
+    if TOP.contains(&lower) {
+        return lower.to_string();
+    }
+    match lower.split_once('_') {
+        Some((section, key)) => format!("{section}.{key}"),
+        None => lower.to_string(),
+    }
+}
+
+fn parse_scalar(v: &str) -> toml::Value {
+    if let Ok(b) = v.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    toml::Value::String(v.to_string())
+}
+
+fn set_path(doc: &mut toml::Table, path: &str, v: toml::Value) -> Result<(), String> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().ok_or("empty key")?;
+    let mut t = doc;
+    for p in parts {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a section"))?;
+    }
+    // Numbers given as flags arrive as text; keep the file's type.
+    let v = match (t.get(last), v) {
+        (Some(toml::Value::Integer(_)), toml::Value::String(s)) => s
+            .parse()
+            .map(toml::Value::Integer)
+            .unwrap_or(toml::Value::String(s)),
+        (Some(toml::Value::Boolean(_)), toml::Value::String(s)) => s
+            .parse()
+            .map(toml::Value::Boolean)
+            .unwrap_or(toml::Value::String(s)),
+        (_, v) => v,
+    };
+    t.insert(last.to_string(), v);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/from/file\"\n[http]\nlisten = \"127.0.0.1:1\"\nmax_body = 10\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("TWINHUB_HTTP_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            (
+                "TWINHUB_MQTT_ALLOW_ANONYMOUS".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "TWINHUB_ADMIN_PASSWORD".to_string(),
+                "s3cret-pass".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(Some(&f), env, &[("http.listen", "127.0.0.1:3".into())]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.http.listen, "127.0.0.1:3");
+        assert_eq!(c.http.max_body, 10);
+        assert!(c.mqtt.allow_anonymous);
+        assert_eq!(c.admin_password.as_deref(), Some("s3cret-pass"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e =
+            Config::load(None, vec![("TWINHUB_HTTP_LISTN".into(), "x".into())], &[]).unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
+        let e = Config::load(
+            None,
+            vec![("TWINHUB_DEVICES_INACTIVITY_TIMEOUT".into(), "soon".into())],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("devices.inactivity_timeout"), "{e}");
+        let missing = Config::load(
+            Some(Path::new("/nonexistent/twinhub.toml")),
+            Vec::new(),
+            &[],
+        );
+        assert!(missing.is_err());
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../twinhub.example.toml");
+        let c = Config::load(Some(Path::new(example)), Vec::new(), &[]).unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+    }
+}

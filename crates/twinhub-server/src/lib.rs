@@ -1,0 +1,19 @@
+//! twinhub-server: everything of twinhub that does I/O.
+//!
+//! Layering (data flows one way): `ingest` decodes and authenticates, then
+//! hands typed batches to the `pipeline` (validate → twin → store); `store`
+//! owns all persistence; `api` serves HTTP on top of the registries and the
+//! store; `server` wires it together and owns the listeners. Lower modules
+//! never call upward: `store` knows nothing of HTTP, `pipeline` nothing of
+//! protocols.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod pipeline;
+pub mod registry;
+pub mod server;
+pub mod store;

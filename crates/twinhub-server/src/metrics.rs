@@ -1,0 +1,162 @@
+//! Process metrics in the Prometheus text format: counters, gauges and
+//! histograms on atomics, labelled by a small fixed set of label values
+//! (never per device, so cardinality stays bounded).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters keyed by one label value (protocol, reason, …).
+#[derive(Default)]
+pub struct CounterVec(Mutex<BTreeMap<&'static str, u64>>);
+
+impl CounterVec {
+    pub fn add(&self, label: &'static str, n: u64) {
+        *self
+            .0
+            .lock()
+            .expect("metrics lock")
+            .entry(label)
+            .or_default() += n;
+    }
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .expect("metrics lock")
+            .get(label)
+            .copied()
+            .unwrap_or(0)
+    }
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+}
+
+/// A histogram of seconds with fixed bucket bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| s <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The smallest bucket bound at or above quantile `q` (an upper bound
+    /// of the true quantile).
+    pub fn quantile_upper(&self, q: f64) -> f64 {
+        let total = self.count();
+        let mut acc = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            acc += c.load(Ordering::Relaxed);
+            if acc as f64 >= q * total as f64 {
+                return self.bounds[i];
+            }
+        }
+        f64::INFINITY
+    }
+}
+
+/// Builds the exposition text.
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    pub fn counter(&mut self, name: &str, help: &str, v: u64) {
+        let _ = writeln!(
+            self.0,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        let _ = writeln!(
+            self.0,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}"
+        );
+    }
+
+    pub fn counter_vec(&mut self, name: &str, help: &str, label: &str, cv: &CounterVec) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (k, v) in cv.snapshot() {
+            let _ = writeln!(self.0, "{name}{{{label}=\"{k}\"}} {v}");
+        }
+    }
+
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut acc = 0;
+        for (b, c) in h.bounds.iter().zip(&h.counts) {
+            acc += c.load(Ordering::Relaxed);
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{b}\"}} {acc}");
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let _ = writeln!(self.0, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            self.0,
+            "{name}_sum {}\n{name}_count {count}",
+            h.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+
+    pub fn finish(self) -> String {
+        self.0
+    }
+}
+
+/// Counters of the server as a whole, shared by adapters and the API.
+#[derive(Default)]
+pub struct ServerMetrics {
+    pub messages_in: CounterVec,
+    pub points_in: CounterVec,
+    pub ingest_rejected: CounterVec,
+    pub http_responses: CounterVec,
+    pub auth_failures: CounterVec,
+}

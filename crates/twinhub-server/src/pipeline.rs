@@ -1,0 +1,190 @@
+//! The one ingest pipeline every protocol feeds: validate → twin → store →
+//! (events). Adapters decode and authenticate, then call `ingest` with the
+//! device and its decoded messages; the call returns once the points are
+//! durable, so the adapter may acknowledge.
+//!
+//! May call: `store`, `registry`, `events`, `metrics`, `clock`.
+
+use crate::clock::SharedClock;
+use crate::events::EventBus;
+use crate::metrics::ServerMetrics;
+use crate::registry::Device;
+use crate::store::{SeriesKey, Store, StoreError, WriteBatch};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use twinhub_codec::TelemetryMessage;
+use twinhub_model::time::to_epoch_ms_json;
+use twinhub_model::Point;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{field}: {rule}")]
+    Invalid { field: String, rule: String },
+    #[error("the store is behind; retry shortly")]
+    Busy,
+    #[error("the store is unavailable")]
+    Unavailable,
+}
+
+pub struct Pipeline {
+    store: Store,
+    events: Arc<EventBus>,
+    metrics: Arc<ServerMetrics>,
+    clock: SharedClock,
+    /// Last server-assigned timestamp per twin, so points without `ts`
+    /// never collapse onto one another.
+    last_server_ts: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Store,
+        events: Arc<EventBus>,
+        metrics: Arc<ServerMetrics>,
+        clock: SharedClock,
+    ) -> Pipeline {
+        Pipeline {
+            store,
+            events,
+            metrics,
+            clock,
+            last_server_ts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Stores the messages of one device. `wait` bounds the time spent
+    /// waiting for room in the store's queue (None waits as long as it
+    /// takes: MQTT stops reading the socket meanwhile).
+    pub async fn ingest(
+        &self,
+        device: &Device,
+        protocol: &'static str,
+        msgs: Vec<TelemetryMessage>,
+        wait: Option<Duration>,
+    ) -> Result<usize, IngestError> {
+        let tenant = device.row.tenant.as_str();
+        let twin = device.twin();
+        let now = self.clock.now_us();
+        let stamped = self.stamp(tenant, twin, msgs, now);
+
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut points = 0;
+        for (ts, m) in &stamped {
+            for (name, value, quality) in &m.values {
+                let i = *by_name.entry(name.as_str()).or_insert_with(|| {
+                    batch
+                        .entries
+                        .push((SeriesKey::new(tenant, twin, name), Vec::new()));
+                    batch.entries.len() - 1
+                });
+                batch.entries[i].1.push(Point {
+                    ts: *ts,
+                    value: value.clone(),
+                    quality: *quality,
+                });
+                points += 1;
+            }
+        }
+        let res = match wait {
+            Some(w) => self.store.append_within(batch, w).await,
+            None => self.store.append(batch).await,
+        };
+        match res {
+            Ok(()) => {}
+            Err(StoreError::Busy) => {
+                self.metrics.ingest_rejected.add("busy", 1);
+                return Err(IngestError::Busy);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ingest failed in the store");
+                self.metrics.ingest_rejected.add("store", 1);
+                return Err(IngestError::Unavailable);
+            }
+        }
+        self.metrics.messages_in.add(protocol, stamped.len() as u64);
+        self.metrics.points_in.add(protocol, points as u64);
+        self.seen(device, now);
+        for (ts, m) in &stamped {
+            let values: serde_json::Map<String, serde_json::Value> = m
+                .values
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.to_json()))
+                .collect();
+            self.events.publish(
+                tenant,
+                "telemetry",
+                Some(twin),
+                None,
+                serde_json::json!({"device": device.row.id, "ts": to_epoch_ms_json(*ts), "values": values}),
+            );
+        }
+        Ok(points)
+    }
+
+    fn stamp(
+        &self,
+        tenant: &str,
+        twin: &str,
+        msgs: Vec<TelemetryMessage>,
+        now: i64,
+    ) -> Vec<(i64, TelemetryMessage)> {
+        if msgs.iter().all(|m| m.ts.is_some()) {
+            return msgs.into_iter().map(|m| (m.ts.unwrap_or(now), m)).collect();
+        }
+        let mut last = self.last_server_ts.lock().expect("ts map");
+        let slot = last
+            .entry((tenant.to_string(), twin.to_string()))
+            .or_insert(0);
+        msgs.into_iter()
+            .map(|m| match m.ts {
+                Some(ts) => (ts, m),
+                None => {
+                    *slot = (*slot + 1).max(now);
+                    (*slot, m)
+                }
+            })
+            .collect()
+    }
+
+    /// Marks a device seen; a device that had gone quiet becomes active
+    /// again, with an event.
+    pub fn seen(&self, device: &Device, now: i64) {
+        device.last_seen.store(now, Ordering::Relaxed);
+        if !device.active.swap(true, Ordering::Relaxed) {
+            self.events.publish(
+                &device.row.tenant,
+                "device",
+                Some(device.twin()),
+                None,
+                serde_json::json!({"device": device.row.id, "active": true}),
+            );
+        }
+    }
+
+    /// Marks devices silent for longer than `timeout` inactive; returns how
+    /// many changed.
+    pub fn sweep_inactive(&self, devices: &[Arc<Device>], timeout_us: i64) -> usize {
+        let now = self.clock.now_us();
+        let mut n = 0;
+        for d in devices {
+            let seen = d.last_seen.load(Ordering::Relaxed);
+            if d.active.load(Ordering::Relaxed)
+                && now - seen >= timeout_us
+                && d.active.swap(false, Ordering::Relaxed)
+            {
+                n += 1;
+                self.events.publish(
+                    &d.row.tenant,
+                    "device",
+                    Some(d.twin()),
+                    None,
+                    serde_json::json!({"device": d.row.id, "active": false, "last_seen": to_epoch_ms_json(seen)}),
+                );
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,555 @@
+//! The registry: tenants, devices, users and sessions, cached in memory
+//! (authenticating a device or a token never touches the database) and
+//! written through the store's group commit. Cache updates run as
+//! after-commit hooks, in commit order.
+//!
+//! May call: `store`, `auth`, `clock`.
+
+use crate::auth::{self, jwt, password, Principal, PrincipalKind};
+use crate::clock::SharedClock;
+use crate::store::registry::{self as rows, DeviceRow, TenantRow, UserRow};
+use crate::store::{Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use twinhub_model::ids::check_id;
+
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug)]
+pub struct Device {
+    pub row: DeviceRow,
+    /// µs since the epoch of the last message, 0 when never.
+    pub last_seen: AtomicI64,
+    pub active: AtomicBool,
+}
+
+impl Device {
+    fn new(row: DeviceRow) -> Device {
+        let seen = row.last_seen.unwrap_or(0);
+        Device {
+            row,
+            last_seen: AtomicI64::new(seen),
+            active: AtomicBool::new(false),
+        }
+    }
+
+    /// The twin this device's telemetry updates.
+    pub fn twin(&self) -> &str {
+        self.row.twin_id.as_deref().unwrap_or(&self.row.id)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeviceAuthError {
+    /// Unknown device or wrong key: deliberately the same answer.
+    #[error("bad device credentials")]
+    BadCredentials,
+    #[error("device is disabled")]
+    Disabled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{field}: {rule}")]
+    Invalid { field: String, rule: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+}
+
+pub struct AuthSettings {
+    pub cost: password::Cost,
+    pub access_ttl_s: i64,
+    pub refresh_ttl_s: i64,
+}
+
+pub struct Registry {
+    store: Store,
+    clock: SharedClock,
+    settings: AuthSettings,
+    jwt_key: Vec<u8>,
+    dummy_hash: String,
+    devices: Arc<RwLock<HashMap<String, Arc<Device>>>>,
+    users: Arc<RwLock<HashMap<String, UserRow>>>,
+    tenants: Arc<RwLock<BTreeMap<String, TenantRow>>>,
+    revoked: Arc<RwLock<HashMap<String, i64>>>,
+}
+
+/// What the first start created: the admin password when it was generated
+/// (to show once).
+pub struct Bootstrap {
+    pub generated_password: Option<String>,
+}
+
+impl Registry {
+    pub async fn open(
+        store: Store,
+        clock: SharedClock,
+        settings: AuthSettings,
+        admin_password: Option<String>,
+    ) -> Result<(Registry, Bootstrap), RegistryError> {
+        let now = clock.now_us();
+        let (tenants, devices, users, revoked, key) = store.read(|c| {
+            Ok((
+                rows::load_tenants(c)?,
+                rows::load_devices(c)?,
+                rows::load_users(c)?,
+                rows::load_revoked(c, now / 1_000_000)?,
+                rows::meta_get(c, "jwt_key")?,
+            ))
+        })?;
+        let jwt_key = match key {
+            Some(k) => k.into_bytes(),
+            None => {
+                let k = auth::random_secret(32);
+                let k2 = k.clone();
+                store
+                    .write(move |ctx| rows::meta_set(ctx.tx, "jwt_key", &k2))
+                    .await?;
+                k.into_bytes()
+            }
+        };
+        let reg = Registry {
+            store,
+            clock,
+            dummy_hash: password::dummy_hash(settings.cost),
+            settings,
+            jwt_key,
+            devices: Arc::new(RwLock::new(
+                devices
+                    .into_iter()
+                    .map(|d| (d.id.clone(), Arc::new(Device::new(d))))
+                    .collect(),
+            )),
+            users: Arc::new(RwLock::new(
+                users.into_iter().map(|u| (u.username.clone(), u)).collect(),
+            )),
+            tenants: Arc::new(RwLock::new(
+                tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            )),
+            revoked: Arc::new(RwLock::new(revoked.into_iter().collect())),
+        };
+        let mut boot = Bootstrap {
+            generated_password: None,
+        };
+        if reg.tenants.read().expect("tenants").is_empty() {
+            reg.create_tenant(DEFAULT_TENANT, "Default").await?;
+        }
+        if reg.users.read().expect("users").is_empty() {
+            let (pw, generated) = match admin_password {
+                Some(p) => (p, false),
+                None => (auth::random_secret(18), true),
+            };
+            reg.create_user_unchecked("admin", DEFAULT_TENANT, &pw, vec!["system_admin".into()])
+                .await?;
+            if generated {
+                boot.generated_password = Some(pw);
+            }
+        }
+        Ok((reg, boot))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    // ---- tenants ----
+
+    pub async fn create_tenant(&self, id: &str, name: &str) -> Result<TenantRow, RegistryError> {
+        check_id("id", id).map_err(|e| RegistryError::Invalid {
+            field: e.field,
+            rule: e.rule.into(),
+        })?;
+        let row = TenantRow {
+            id: id.into(),
+            name: name.into(),
+            created_at: self.now_us(),
+        };
+        let (r, cache) = (row.clone(), self.tenants.clone());
+        self.store
+            .write(move |ctx| {
+                rows::insert_tenant(ctx.tx, &r)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("tenants").insert(r.id.clone(), r);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(row)
+    }
+
+    pub fn tenant_exists(&self, id: &str) -> bool {
+        self.tenants.read().expect("tenants").contains_key(id)
+    }
+
+    pub fn tenants(&self) -> Vec<TenantRow> {
+        self.tenants
+            .read()
+            .expect("tenants")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    // ---- devices ----
+
+    /// Creates a device and returns it with its key (the only time the key
+    /// exists outside the caller's hands).
+    pub async fn create_device(
+        &self,
+        tenant: &str,
+        id: &str,
+        twin_id: Option<String>,
+    ) -> Result<(Arc<Device>, String), RegistryError> {
+        check_id("id", id).map_err(|e| RegistryError::Invalid {
+            field: e.field,
+            rule: e.rule.into(),
+        })?;
+        if let Some(t) = &twin_id {
+            check_id("twin_id", t).map_err(|e| RegistryError::Invalid {
+                field: e.field,
+                rule: e.rule.into(),
+            })?;
+        }
+        let key = auth::random_secret(24);
+        let row = DeviceRow {
+            id: id.into(),
+            tenant: tenant.into(),
+            twin_id,
+            key_hash: auth::digest(&key).to_vec(),
+            enabled: true,
+            created_at: self.now_us(),
+            last_seen: None,
+        };
+        let dev = Arc::new(Device::new(row.clone()));
+        let (d, cache) = (dev.clone(), self.devices.clone());
+        self.store
+            .write(move |ctx| {
+                rows::insert_device(ctx.tx, &row)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("devices").insert(d.row.id.clone(), d);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok((dev, key))
+    }
+
+    pub fn device(&self, id: &str) -> Option<Arc<Device>> {
+        self.devices.read().expect("devices").get(id).cloned()
+    }
+
+    /// A device of this tenant (None for another tenant's: callers answer
+    /// 404 either way).
+    pub fn device_in(&self, tenant: &str, id: &str) -> Option<Arc<Device>> {
+        self.device(id).filter(|d| d.row.tenant == tenant)
+    }
+
+    pub fn devices_of(&self, tenant: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Device>> {
+        let map = self.devices.read().expect("devices");
+        let mut v: Vec<Arc<Device>> = map
+            .values()
+            .filter(|d| d.row.tenant == tenant && after.is_none_or(|a| d.row.id.as_str() > a))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.row.id.cmp(&b.row.id));
+        v.truncate(limit);
+        v
+    }
+
+    pub fn all_devices(&self) -> Vec<Arc<Device>> {
+        self.devices
+            .read()
+            .expect("devices")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn update_device(
+        &self,
+        current: &Device,
+        enabled: Option<bool>,
+        twin_id: Option<Option<String>>,
+    ) -> Result<Arc<Device>, RegistryError> {
+        let mut row = current.row.clone();
+        if let Some(e) = enabled {
+            row.enabled = e;
+        }
+        if let Some(t) = twin_id {
+            if let Some(t) = &t {
+                check_id("twin_id", t).map_err(|e| RegistryError::Invalid {
+                    field: e.field,
+                    rule: e.rule.into(),
+                })?;
+            }
+            row.twin_id = t;
+        }
+        let dev = Arc::new(Device::new(row.clone()));
+        dev.last_seen
+            .store(current.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
+        dev.active
+            .store(current.active.load(Ordering::Relaxed), Ordering::Relaxed);
+        let (d, cache) = (dev.clone(), self.devices.clone());
+        self.store
+            .write(move |ctx| {
+                rows::update_device(ctx.tx, &row)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("devices").insert(d.row.id.clone(), d);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(dev)
+    }
+
+    pub async fn delete_device(&self, id: &str) -> Result<bool, RegistryError> {
+        let (id, cache) = (id.to_string(), self.devices.clone());
+        Ok(self
+            .store
+            .write(move |ctx| {
+                let found = rows::delete_device(ctx.tx, &id)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("devices").remove(&id);
+                });
+                Ok(found)
+            })
+            .await?)
+    }
+
+    /// Checks a device's credentials in constant time. An unknown device
+    /// and a wrong key are indistinguishable; disabled is told only after
+    /// the key verified.
+    pub fn authenticate_device(&self, id: &str, key: &str) -> Result<Arc<Device>, DeviceAuthError> {
+        let dev = self.device(id);
+        let stored: &[u8] = dev
+            .as_ref()
+            .map(|d| d.row.key_hash.as_slice())
+            .unwrap_or(&[0u8; 32]);
+        let ok = auth::verify_digest(key, stored);
+        match dev {
+            Some(d) if ok => {
+                if d.row.enabled {
+                    Ok(d)
+                } else {
+                    Err(DeviceAuthError::Disabled)
+                }
+            }
+            _ => Err(DeviceAuthError::BadCredentials),
+        }
+    }
+
+    /// Persists last-seen times (called periodically, not per message).
+    pub async fn persist_last_seen(&self) -> Result<(), RegistryError> {
+        let seen: Vec<(String, i64)> = self
+            .all_devices()
+            .into_iter()
+            .filter_map(|d| {
+                let t = d.last_seen.load(Ordering::Relaxed);
+                (t > 0 && Some(t) != d.row.last_seen).then(|| (d.row.id.clone(), t))
+            })
+            .collect();
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .write(move |ctx| rows::set_last_seen(ctx.tx, &seen))
+            .await?;
+        Ok(())
+    }
+
+    // ---- users and sessions ----
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        tenant: &str,
+        pw: &str,
+        roles: Vec<String>,
+    ) -> Result<(), RegistryError> {
+        password::check_policy(pw).map_err(|rule| RegistryError::Invalid {
+            field: "password".into(),
+            rule: rule.into(),
+        })?;
+        for r in &roles {
+            if auth::role_perms(r).is_none() {
+                return Err(RegistryError::Invalid {
+                    field: "roles".into(),
+                    rule: format!(
+                        "unknown role '{r}'; built-in roles are {}",
+                        auth::BUILTIN_ROLES.join(", ")
+                    ),
+                });
+            }
+        }
+        self.create_user_unchecked(username, tenant, pw, roles)
+            .await
+    }
+
+    async fn create_user_unchecked(
+        &self,
+        username: &str,
+        tenant: &str,
+        pw: &str,
+        roles: Vec<String>,
+    ) -> Result<(), RegistryError> {
+        check_id("username", username).map_err(|e| RegistryError::Invalid {
+            field: e.field,
+            rule: e.rule.into(),
+        })?;
+        let cost = self.settings.cost;
+        let pw = pw.to_string();
+        let hash = tokio::task::spawn_blocking(move || password::hash(&pw, cost))
+            .await
+            .map_err(|_| RegistryError::Store(StoreError::Unavailable))?;
+        let row = UserRow {
+            username: username.into(),
+            tenant: tenant.into(),
+            password_hash: hash,
+            roles,
+            created_at: self.now_us(),
+        };
+        let cache = self.users.clone();
+        self.store
+            .write(move |ctx| {
+                rows::insert_user(ctx.tx, &row)?;
+                ctx.after_commit(move |_| {
+                    cache
+                        .write()
+                        .expect("users")
+                        .insert(row.username.clone(), row);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub fn users_of(&self, tenant: &str) -> Vec<UserRow> {
+        let mut v: Vec<UserRow> = self
+            .users
+            .read()
+            .expect("users")
+            .values()
+            .filter(|u| u.tenant == tenant)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.username.cmp(&b.username));
+        v
+    }
+
+    /// Verifies a password; unknown users cost the same time as wrong
+    /// passwords. Runs argon2 off the async workers.
+    pub async fn check_password(&self, username: &str, pw: &str) -> Option<UserRow> {
+        let user = self.users.read().expect("users").get(username).cloned();
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let pw = pw.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
+            .await
+            .unwrap_or(false);
+        user.filter(|_| ok)
+    }
+
+    pub async fn issue_tokens(
+        &self,
+        user: &UserRow,
+        session: Option<String>,
+    ) -> Result<Tokens, RegistryError> {
+        let now_s = self.now_us() / 1_000_000;
+        let sid = session.unwrap_or_else(|| auth::random_secret(12));
+        let claims = jwt::Claims {
+            sub: user.username.clone(),
+            ten: user.tenant.clone(),
+            roles: user.roles.clone(),
+            sid: sid.clone(),
+            iat: now_s,
+            exp: now_s + self.settings.access_ttl_s,
+        };
+        let access_token = jwt::encode(&claims, &self.jwt_key);
+        let refresh_token = auth::random_secret(32);
+        let (hash, name, exp) = (
+            auth::digest(&refresh_token),
+            user.username.clone(),
+            now_s + self.settings.refresh_ttl_s,
+        );
+        self.store
+            .write(move |ctx| rows::insert_refresh(ctx.tx, &hash, &name, &sid, exp))
+            .await?;
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in: self.settings.access_ttl_s,
+        })
+    }
+
+    /// Exchanges a refresh token for new tokens; the old one is spent.
+    pub async fn refresh(&self, token: &str) -> Result<Option<Tokens>, RegistryError> {
+        let hash = auth::digest(token);
+        let now_s = self.now_us() / 1_000_000;
+        let found = self
+            .store
+            .write(move |ctx| rows::take_refresh(ctx.tx, &hash))
+            .await?;
+        let Some((username, session, exp)) = found else {
+            return Ok(None);
+        };
+        if exp <= now_s || self.revoked.read().expect("revoked").contains_key(&session) {
+            return Ok(None);
+        }
+        let Some(user) = self.users.read().expect("users").get(&username).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(self.issue_tokens(&user, Some(session)).await?))
+    }
+
+    pub async fn logout(&self, session: &str) -> Result<(), RegistryError> {
+        let exp =
+            self.now_us() / 1_000_000 + self.settings.refresh_ttl_s.max(self.settings.access_ttl_s);
+        let (s, cache) = (session.to_string(), self.revoked.clone());
+        self.store
+            .write(move |ctx| {
+                rows::revoke_session(ctx.tx, &s, exp)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("revoked").insert(s, exp);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The principal behind a bearer token, or None (expired, forged,
+    /// revoked, or the user is gone).
+    pub fn principal_for_token(&self, token: &str) -> Option<Principal> {
+        let claims = jwt::decode(token, &self.jwt_key, self.now_us() / 1_000_000).ok()?;
+        if self
+            .revoked
+            .read()
+            .expect("revoked")
+            .contains_key(&claims.sid)
+        {
+            return None;
+        }
+        let users = self.users.read().expect("users");
+        let user = users.get(&claims.sub)?;
+        Some(Principal::new(
+            PrincipalKind::User(user.username.clone()),
+            &user.tenant,
+            user.roles.clone(),
+            Some(claims.sid),
+        ))
+    }
+}

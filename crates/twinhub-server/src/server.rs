@@ -1,0 +1,289 @@
+//! Wiring: binds the listeners, opens the store and registry, starts the
+//! background jobs and serves until shutdown. `run` is what the binary and
+//! the integration tests call, on port 0 in tests.
+//!
+//! May call: every module.
+
+use crate::api::{self, AppInner, AppState};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::metrics::ServerMetrics;
+use crate::pipeline::Pipeline;
+use crate::registry::{AuthSettings, Registry};
+use crate::store::{DirLock, Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use twinhub_model::time::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        addr: String,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Listeners {
+    pub http: TcpListener,
+    pub mqtt: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses; a taken address fails with the flag
+    /// to change.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let http = bind_one(&config.http.listen, "--http-listen").await?;
+        // The MQTT server is not part of this build yet: nothing is bound,
+        // so nothing is advertised that would not answer.
+        Ok(Listeners { http, mqtt: None })
+    }
+}
+
+async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            flag,
+            source,
+        })
+}
+
+/// What a running server tells its starter once it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub http: SocketAddr,
+    pub mqtt: Option<SocketAddr>,
+    /// The bootstrap admin password when this start generated it.
+    pub generated_admin_password: Option<String>,
+}
+
+pub const PORTS_FILE: &str = "ports.json";
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Runs the server until `shutdown` resolves, then stops accepting,
+/// finishes in-flight requests, commits everything queued and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: Option<oneshot::Sender<Ready>>,
+) -> Result<(), ServerError> {
+    let dir = config.data_dir.clone();
+    let lock = DirLock::acquire(&dir)?;
+    let opts = config.store_options();
+    let store = {
+        let clock = clock.clone();
+        tokio::task::spawn_blocking(move || Store::open(lock, opts, clock))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??
+    };
+    let settings = AuthSettings {
+        cost: crate::auth::password::Cost {
+            memory_kib: config.auth.argon2_memory_kib,
+            iterations: config.auth.argon2_iterations,
+            lanes: config.auth.argon2_lanes,
+        },
+        access_ttl_s: parse_duration(&config.auth.access_token_ttl).unwrap_or(900_000_000)
+            / 1_000_000,
+        refresh_ttl_s: parse_duration(&config.auth.refresh_token_ttl).unwrap_or(86_400_000_000)
+            / 1_000_000,
+    };
+    let (registry, boot) = Registry::open(
+        store.clone(),
+        clock.clone(),
+        settings,
+        config.admin_password.clone(),
+    )
+    .await?;
+    if let Some(pw) = &boot.generated_password {
+        write_private(&dir.join(INITIAL_PASSWORD_FILE), pw)?;
+    }
+    let metrics = Arc::new(ServerMetrics::default());
+    let events = Arc::new(EventBus::new(clock.now_us().max(0) as u64, 10_000));
+    let pipeline = Pipeline::new(
+        store.clone(),
+        events.clone(),
+        metrics.clone(),
+        clock.clone(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState(Arc::new(AppInner {
+        decode_limits: twinhub_codec::Limits {
+            max_messages: config.ingest.max_messages,
+            max_properties: config.ingest.max_properties,
+            ..Default::default()
+        },
+        queue_wait: Config::duration(&config.ingest.queue_wait),
+        config,
+        store: store.clone(),
+        registry,
+        pipeline,
+        events,
+        metrics,
+        clock,
+        ready: Default::default(),
+        shutdown: stop_rx,
+    }));
+
+    let http_addr = listeners.http.local_addr()?;
+    let mqtt_addr = listeners
+        .mqtt
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let jobs = spawn_jobs(state.clone());
+    let app = api::router(state.clone());
+    let mut stop_for_serve = state.shutdown.clone();
+    let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
+        let _ = stop_for_serve.wait_for(|s| *s).await;
+    });
+    let serve = tokio::spawn(async move { serve.await });
+
+    write_ports(&dir, http_addr, mqtt_addr)?;
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
+    if let Some(tx) = on_ready {
+        let _ = tx.send(Ready {
+            http: http_addr,
+            mqtt: mqtt_addr,
+            generated_admin_password: boot.generated_password.clone(),
+        });
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(10), serve).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
+        Err(_) => tracing::warn!("requests still open after 10 s; closing them"),
+        _ => {}
+    }
+    for j in jobs {
+        j.abort();
+    }
+    if let Err(e) = state.registry.persist_last_seen().await {
+        tracing::warn!(error = %e, "could not persist last-seen times");
+    }
+    let _ = std::fs::remove_file(dir.join(PORTS_FILE));
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut jobs = Vec::new();
+    let timeout = parse_duration(&state.config.devices.inactivity_timeout).unwrap_or(600_000_000);
+    let s = state.clone();
+    jobs.push(tokio::spawn(async move {
+        let period = Duration::from_micros((timeout / 4).clamp(50_000, 1_000_000) as u64);
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            s.pipeline
+                .sweep_inactive(&s.registry.all_devices(), timeout);
+        }
+    }));
+    let s = state;
+    jobs.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = s.registry.persist_last_seen().await {
+                tracing::warn!(error = %e, "could not persist last-seen times");
+            }
+        }
+    }));
+    jobs
+}
+
+fn write_ports(dir: &Path, http: SocketAddr, mqtt: Option<SocketAddr>) -> std::io::Result<()> {
+    let mut v = serde_json::json!({"http": http.to_string()});
+    if let Some(m) = mqtt {
+        v["mqtt"] = serde_json::json!(m.to_string());
+    }
+    let tmp = dir.join("ports.json.tmp");
+    std::fs::write(&tmp, v.to_string())?;
+    std::fs::rename(tmp, dir.join(PORTS_FILE))
+}
+
+fn write_private(path: &PathBuf, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// A server running in this process (tests, demo, bench).
+pub struct ServerHandle {
+    pub ready: Ready,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    pub async fn start(config: Config, clock: SharedClock) -> Result<ServerHandle, ServerError> {
+        let listeners = Listeners::bind(&config).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(run(
+            config,
+            listeners,
+            clock,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(ready_tx),
+        ));
+        match ready_rx.await {
+            Ok(ready) => Ok(ServerHandle {
+                ready,
+                stop: Some(stop),
+                task,
+            }),
+            Err(_) => Err(task
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .err()
+                .unwrap_or_else(|| {
+                    ServerError::Io(std::io::Error::other("server stopped before it was ready"))
+                })),
+        }
+    }
+
+    /// Graceful shutdown; returns once the data directory is released.
+    pub async fn stop(mut self) -> Result<(), ServerError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}

@@ -1,0 +1,424 @@
+//! The compactor thread: flushes the head into per-window chunks, merges a
+//! window's chunks into one once the window has closed (or has many),
+//! computes its rollups, and applies retention. Encoding happens here, off
+//! the writer thread; the writer only installs finished chunks.
+
+use super::columns::Columns;
+use super::writer::Ctrl;
+use super::{chunk, rollup, NewChunk, SeriesKey, Store, StoreError, WINDOW};
+use rusqlite::params;
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use twinhub_model::time::{parse_duration, US_PER_DAY};
+
+/// Points per chunk at most; a window with more is split.
+const MAX_CHUNK_POINTS: usize = 65_536;
+/// An open window with this many chunks is merged without waiting.
+const MERGE_OPEN_AT: usize = 8;
+const WINDOWS_PER_ROUND: usize = 256;
+
+/// How long raw points and rollups are kept, with overrides per tenant and
+/// property-name prefix (first matching rule wins).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Raw points, e.g. "30d"; "forever" keeps them.
+    #[serde(default = "default_raw")]
+    pub raw: String,
+    /// 1-minute rollups.
+    #[serde(default = "default_rollup_1m")]
+    pub rollup_1m: String,
+    /// 1-hour rollups.
+    #[serde(default = "default_forever")]
+    pub rollup_1h: String,
+    #[serde(default)]
+    pub rules: Vec<RetentionRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub tenant: Option<String>,
+    /// A property name, or a prefix ending in `*`.
+    pub property: Option<String>,
+    pub raw: Option<String>,
+    pub rollup_1m: Option<String>,
+    pub rollup_1h: Option<String>,
+}
+
+fn default_raw() -> String {
+    "30d".into()
+}
+fn default_rollup_1m() -> String {
+    "365d".into()
+}
+fn default_forever() -> String {
+    "forever".into()
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        RetentionPolicy {
+            raw: default_raw(),
+            rollup_1m: default_rollup_1m(),
+            rollup_1h: default_forever(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Parsed keep-times in µs (None = forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Keep {
+    pub raw: Option<i64>,
+    pub rollup_1m: Option<i64>,
+    pub rollup_1h: Option<i64>,
+}
+
+fn keep_time(field: &str, s: &str) -> Result<Option<i64>, String> {
+    if s == "forever" {
+        return Ok(None);
+    }
+    parse_duration(s)
+        .map(Some)
+        .map_err(|rule| format!("{field}: {rule}, or \"forever\""))
+}
+
+impl RetentionPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        self.keep_for(&SeriesKey::new("", "", "")).map(|_| ())?;
+        for (i, r) in self.rules.iter().enumerate() {
+            for (f, v) in [
+                ("raw", &r.raw),
+                ("rollup_1m", &r.rollup_1m),
+                ("rollup_1h", &r.rollup_1h),
+            ] {
+                if let Some(v) = v {
+                    keep_time(&format!("retention.rules[{i}].{f}"), v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn keep_for(&self, key: &SeriesKey) -> Result<Keep, String> {
+        let rule = self.rules.iter().find(|r| {
+            r.tenant.as_deref().is_none_or(|t| t == key.tenant)
+                && r.property
+                    .as_deref()
+                    .is_none_or(|p| match p.strip_suffix('*') {
+                        Some(prefix) => key.name.starts_with(prefix),
+                        None => key.name == p,
+                    })
+        });
+        let pick = |f: &str, over: Option<&String>, base: &String| {
+            keep_time(&format!("retention.{f}"), over.unwrap_or(base))
+        };
+        let keep = Keep {
+            raw: pick("raw", rule.and_then(|r| r.raw.as_ref()), &self.raw)?,
+            rollup_1m: pick(
+                "rollup_1m",
+                rule.and_then(|r| r.rollup_1m.as_ref()),
+                &self.rollup_1m,
+            )?,
+            rollup_1h: pick(
+                "rollup_1h",
+                rule.and_then(|r| r.rollup_1h.as_ref()),
+                &self.rollup_1h,
+            )?,
+        };
+        Ok(keep)
+    }
+}
+
+pub struct Compactor {
+    store: Store,
+    last_retention: Option<Instant>,
+}
+
+fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, StoreError> {
+    rx.blocking_recv().map_err(|_| StoreError::Unavailable)
+}
+
+/// Moves the whole head into chunks. Must not run on an async worker.
+pub fn flush(store: &Store) -> Result<(), StoreError> {
+    let (ack, rx) = oneshot::channel();
+    store.ctrl(Ctrl::Freeze { ack })?;
+    let Some(upto_seq) = wait(rx)? else {
+        return Ok(());
+    };
+    let chunks = {
+        let frozen = store.engine().frozen.read().expect("frozen");
+        let head = frozen
+            .as_ref()
+            .expect("frozen head present until installed");
+        let mut chunks = Vec::new();
+        for (sid, buf) in &head.series {
+            let cols = buf.range(i64::MIN, i64::MAX);
+            split_into_chunks(*sid, &cols, &mut chunks);
+        }
+        chunks
+    };
+    let (ack, rx) = oneshot::channel();
+    store.ctrl(Ctrl::Install {
+        chunks,
+        upto_seq,
+        ack,
+    })?;
+    wait(rx)?
+}
+
+/// Cuts sorted points at window boundaries and at the chunk size limit.
+fn split_into_chunks(sid: u32, cols: &Columns, out: &mut Vec<NewChunk>) {
+    let mut i = 0;
+    while i < cols.len() {
+        let win = cols.ts[i].div_euclid(WINDOW);
+        let win_end = (win + 1).saturating_mul(WINDOW);
+        let end = (i + cols.ts[i..].partition_point(|t| *t < win_end)).min(i + MAX_CHUNK_POINTS);
+        out.push(NewChunk::new(sid, cols.slice(i..end)));
+        i = end;
+    }
+}
+
+impl Compactor {
+    pub fn new(store: Store) -> Compactor {
+        Compactor {
+            store,
+            last_retention: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        let tick = self.store.opts().tick;
+        while !self.store.stopping() {
+            let until = Instant::now() + tick;
+            while Instant::now() < until && !self.store.stopping() {
+                std::thread::sleep(tick.min(Duration::from_millis(50)));
+            }
+            if self.store.stopping() {
+                break;
+            }
+            if let Err(e) = self.round(false) {
+                if !self.store.stopping() {
+                    tracing::warn!(error = %e, "compaction round failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// One round: flush if due, merge closed windows, retention once a
+    /// minute (or now when `force`).
+    pub fn round(&mut self, force: bool) -> Result<(), StoreError> {
+        let (due, _) = {
+            let opts = self.store.opts();
+            let head = self.store.engine().active.read().expect("head");
+            let due = head.points >= opts.flush_points
+                || head
+                    .since
+                    .is_some_and(|s| s.elapsed() >= opts.flush_interval);
+            (due, head.points)
+        };
+        if due || force {
+            flush(&self.store)?;
+        }
+        self.merge_windows(force)?;
+        if force
+            || self
+                .last_retention
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.retention()?;
+            self.last_retention = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn merge_windows(&mut self, force: bool) -> Result<(), StoreError> {
+        let now = self.store.engine().clock.now_us();
+        let grace = self.store.opts().close_grace_us;
+        let candidates: Vec<(u32, i64)> = {
+            let dirty = self.store.engine().dirty.lock().expect("dirty");
+            dirty.iter().copied().take(WINDOWS_PER_ROUND * 4).collect()
+        };
+        let mut done = 0;
+        for (sid, win) in candidates {
+            if done >= WINDOWS_PER_ROUND && !force {
+                break;
+            }
+            let closed = (win + 1) * WINDOW + grace <= now;
+            let rows: Vec<(i64, Vec<u8>)> = self.store.read(|c| {
+                Ok(c.prepare_cached(
+                    "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
+                )?
+                .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?)
+            })?;
+            if rows.is_empty() {
+                self.store
+                    .engine()
+                    .dirty
+                    .lock()
+                    .expect("dirty")
+                    .remove(&(sid, win));
+                continue;
+            }
+            if !closed && rows.len() < MERGE_OPEN_AT {
+                continue;
+            }
+            done += 1;
+            let mut merged = Columns::default();
+            for (_, data) in &rows {
+                merged = Columns::merge(&merged, &chunk::decode(data)?);
+            }
+            let new = (rows.len() > 1).then(|| {
+                let mut out = Vec::new();
+                split_into_chunks(sid, &merged, &mut out);
+                out
+            });
+            let rollups = if closed {
+                rollup::for_window(win, &merged)
+            } else {
+                Vec::new()
+            };
+            let (ack, rx) = oneshot::channel();
+            self.store.ctrl(Ctrl::Replace {
+                sid,
+                win,
+                old_ids: rows.iter().map(|r| r.0).collect(),
+                new,
+                rollups,
+                ack,
+            })?;
+            if wait(rx)?? {
+                self.store.engine().metrics.merges.inc();
+                if closed {
+                    self.store
+                        .engine()
+                        .dirty
+                        .lock()
+                        .expect("dirty")
+                        .remove(&(sid, win));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes raw chunks of closed, rolled-up windows older than their
+    /// keep-time, then old rollups, and records per series from when raw
+    /// points (and 1-minute rollups) are still complete.
+    fn retention(&mut self) -> Result<(), StoreError> {
+        let now = self.store.engine().clock.now_us();
+        let policy = self.store.opts().retention.clone();
+        let mut classes: std::collections::HashMap<Keep, Vec<u32>> = Default::default();
+        {
+            let index = self.store.engine().index.read().expect("index");
+            for (sid, key) in &index.keys {
+                if let Ok(k) = policy.keep_for(key) {
+                    if k.raw.is_some() || k.rollup_1m.is_some() || k.rollup_1h.is_some() {
+                        classes.entry(k).or_default().push(*sid);
+                    }
+                }
+            }
+        }
+        for (keep, sids) in classes {
+            let sids_json = serde_json::to_string(&sids).unwrap_or_default();
+            let cut =
+                |keep: Option<i64>, align: i64| keep.map(|k| (now - k).div_euclid(align) * align);
+            let raw_cut = cut(keep.raw, WINDOW);
+            let m_cut = cut(keep.rollup_1m, WINDOW);
+            let h_cut = cut(keep.rollup_1h, US_PER_DAY);
+            let changed: Vec<(u32, i64, i64)> = self.store.write_blocking(move |ctx| {
+                let mut changed = std::collections::BTreeMap::<u32, (i64, i64)>::new();
+                if let Some(cut) = raw_cut {
+                    let mut stmt = ctx.tx.prepare(
+                        "DELETE FROM chunks WHERE win < ?1 AND series_id IN (SELECT value FROM json_each(?2))
+                         AND EXISTS (SELECT 1 FROM rollups r WHERE r.series_id = chunks.series_id AND r.res = 60 AND r.win = chunks.win)
+                         RETURNING series_id",
+                    )?;
+                    let rows: Vec<u32> = stmt
+                        .query_map(params![cut / WINDOW, sids_json], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for sid in rows {
+                        changed.entry(sid).or_default().0 = cut;
+                    }
+                }
+                if let Some(cut) = m_cut {
+                    let mut stmt = ctx.tx.prepare(
+                        "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))
+                         RETURNING series_id",
+                    )?;
+                    let rows: Vec<u32> = stmt
+                        .query_map(params![cut / WINDOW, sids_json], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for sid in rows {
+                        changed.entry(sid).or_default().1 = cut;
+                    }
+                }
+                if let Some(cut) = h_cut {
+                    ctx.tx.execute(
+                        "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
+                        params![cut / WINDOW, sids_json],
+                    )?;
+                }
+                for (sid, (raw, m)) in &changed {
+                    ctx.tx.execute(
+                        "UPDATE series SET raw_from = MAX(raw_from, ?2), rollup_from = MAX(rollup_from, ?3) WHERE id = ?1",
+                        params![sid, raw, m],
+                    )?;
+                }
+                Ok(changed.into_iter().map(|(s, (r, m))| (s, r, m)).collect())
+            })?;
+            if !changed.is_empty() {
+                let mut index = self.store.engine().index.write().expect("index");
+                for (sid, raw, m) in changed {
+                    if raw > 0 {
+                        let e = index.raw_from.entry(sid).or_default();
+                        *e = (*e).max(raw);
+                    }
+                    if m > 0 {
+                        let e = index.rollup_from.entry(sid).or_default();
+                        *e = (*e).max(m);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_rules_pick_first_match() {
+        let p: RetentionPolicy = toml::from_str(
+            r#"raw = "30d"
+               [[rules]]
+               tenant = "acme"
+               property = "vib*"
+               raw = "7d"
+               [[rules]]
+               property = "status"
+               raw = "forever""#,
+        )
+        .unwrap();
+        p.validate().unwrap();
+        let k = p
+            .keep_for(&SeriesKey::new("acme", "t", "vibration"))
+            .unwrap();
+        assert_eq!(k.raw, Some(7 * US_PER_DAY));
+        let k = p
+            .keep_for(&SeriesKey::new("other", "t", "vibration"))
+            .unwrap();
+        assert_eq!(k.raw, Some(30 * US_PER_DAY));
+        assert_eq!(
+            p.keep_for(&SeriesKey::new("x", "t", "status")).unwrap().raw,
+            None
+        );
+        let bad: RetentionPolicy = toml::from_str(r#"raw = "soon""#).unwrap();
+        assert!(bad.validate().unwrap_err().contains("retention.raw"));
+    }
+}

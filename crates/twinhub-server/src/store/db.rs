@@ -1,0 +1,183 @@
+//! The SQLite database file: opening with the right pragmas, the schema and
+//! its migrations (guarded by the data directory's lock), and the pool of
+//! read connections. Writes go through the single writer thread
+//! (`writer.rs`), never through this module's connections.
+
+use super::StoreError;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The data format this binary writes. Bump it with a new entry in
+/// `MIGRATIONS`.
+pub const FORMAT_VERSION: i64 = 1;
+
+/// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE series(
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL, twin TEXT NOT NULL, name TEXT NOT NULL,
+    raw_from INTEGER NOT NULL DEFAULT 0,
+    rollup_from INTEGER NOT NULL DEFAULT 0,
+    UNIQUE(tenant, twin, name));
+CREATE TABLE batch_log(seq INTEGER PRIMARY KEY, received INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE chunks(
+    id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, win INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL,
+    count INTEGER NOT NULL, num_count INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL, max REAL,
+    first BLOB NOT NULL, last BLOB NOT NULL, data BLOB NOT NULL);
+CREATE INDEX chunks_by_series ON chunks(series_id, win);
+CREATE TABLE rollups(
+    series_id INTEGER NOT NULL, res INTEGER NOT NULL, win INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY(series_id, res, win)) WITHOUT ROWID;
+CREATE TABLE tombstones(
+    id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL,
+    from_ts INTEGER NOT NULL, to_ts INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE tenants(id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE devices(
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, twin_id TEXT,
+    key_hash BLOB NOT NULL, enabled INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, last_seen INTEGER);
+CREATE INDEX devices_by_tenant ON devices(tenant, id);
+CREATE TABLE users(
+    username TEXT PRIMARY KEY, tenant TEXT NOT NULL, password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE refresh_tokens(
+    hash BLOB PRIMARY KEY, username TEXT NOT NULL, session TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE revoked_sessions(session TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+"#];
+
+pub const DB_FILE: &str = "twinhub.db";
+
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join(DB_FILE)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    Ok(())
+}
+
+/// Opens the write connection, creating or migrating the schema. The
+/// caller holds the data directory lock.
+pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    // WAL with FULL sync: a commit is on disk before it returns, which is
+    // what an acknowledgement promises; readers never block the writer.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// The format version recorded in a database, 0 for an empty file.
+pub fn format_version(conn: &Connection) -> Result<i64, StoreError> {
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'",
+            [],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false);
+    if !has_meta {
+        return Ok(0);
+    }
+    let v: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key='format_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found = format_version(conn)?;
+    if found > FORMAT_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    for v in found..FORMAT_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[v as usize])?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES('format_version', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(v + 1).to_string()],
+        )?;
+        tx.commit()?;
+        if v > 0 {
+            tracing::info!(from = v, to = v + 1, "migrated the data directory");
+        }
+    }
+    Ok(())
+}
+
+/// Read connections, opened on demand and reused.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf) -> ReadPool {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` inside one read transaction, so everything it reads is one
+    /// consistent snapshot.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let conn = self.idle.lock().expect("pool lock").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        conn.execute_batch("BEGIN")?;
+        let out = f(&conn);
+        let _ = conn.execute_batch("COMMIT");
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! The store: the embedded time-series engine and the registry tables, in
+//! one SQLite database file (`<data-dir>/twinhub.db`, WAL mode).
+//!
+//! Owns all storage code; nothing outside this module touches SQL. Callers
+//! hand it typed batches and registry closures and read back points,
+//! aggregates and rows. See docs/design/history-engine.md for the design:
+//! batch log with group commit → in-memory head → compacted chunks with
+//! statistics → rollups, with retention.
+//!
+//! May call: `twinhub-model` types and the clock; nothing above it.
+
+pub mod batch;
+pub mod chunk;
+pub mod columns;
+mod compactor;
+pub mod db;
+mod head;
+mod query;
+pub mod registry;
+mod rollup;
+pub mod varint;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use crate::clock::SharedClock;
+use crate::metrics::{Counter, Histogram, LATENCY_BOUNDS};
+use columns::Columns;
+use head::Head;
+use rusqlite::params;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use twinhub_model::time::{US_PER_DAY, US_PER_HOUR};
+use twinhub_model::{Point, Stats};
+
+pub use compactor::RetentionPolicy;
+pub use writer::WriteCtx;
+
+/// Chunks never cross a window boundary; windows are aligned to the UTC
+/// epoch. Rollups are computed per closed window.
+pub const WINDOW: i64 = US_PER_HOUR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Corrupt(#[from] varint::Corrupt),
+    #[error("the data directory has format version {found}, newer than this binary supports ({supported}); run a newer twinhub or restore a backup")]
+    TooNew { found: i64, supported: i64 },
+    #[error("the data directory {0} is in use by another twinhub process")]
+    Locked(PathBuf),
+    #[error("the store is unavailable")]
+    Unavailable,
+    #[error("the store is busy; retry shortly")]
+    Busy,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{field}: {rule}")]
+    Invalid { field: String, rule: String },
+}
+
+/// Which series a point belongs to: a property (or dotted component path)
+/// of a twin of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub tenant: String,
+    pub twin: String,
+    pub name: String,
+}
+
+impl SeriesKey {
+    pub fn new(tenant: &str, twin: &str, name: &str) -> SeriesKey {
+        SeriesKey {
+            tenant: tenant.into(),
+            twin: twin.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// Points to append, grouped by series, each group in write order.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub entries: Vec<(SeriesKey, Vec<Point>)>,
+}
+
+impl WriteBatch {
+    pub fn points(&self) -> usize {
+        self.entries.iter().map(|(_, p)| p.len()).sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Flush the head to chunks once it holds this many points…
+    pub flush_points: usize,
+    /// …or once its oldest point is this old.
+    pub flush_interval: Duration,
+    /// Appends waiting for the writer; beyond it producers wait.
+    pub queue: usize,
+    /// A window is closed (merged and rolled up) this long after its end.
+    pub close_grace_us: i64,
+    pub retention: RetentionPolicy,
+    /// How often the compactor looks for work.
+    pub tick: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            flush_points: 2_000_000,
+            flush_interval: Duration::from_secs(600),
+            queue: 8192,
+            close_grace_us: 60_000_000,
+            retention: RetentionPolicy::default(),
+            tick: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A chunk about to be written: one series, one window.
+pub struct NewChunk {
+    pub sid: u32,
+    pub win: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub stats: Stats,
+    pub cols: Columns,
+}
+
+impl NewChunk {
+    pub fn new(sid: u32, cols: Columns) -> NewChunk {
+        let min_ts = cols.ts[0];
+        let max_ts = *cols.ts.last().expect("non-empty chunk");
+        NewChunk {
+            sid,
+            win: min_ts.div_euclid(WINDOW),
+            min_ts,
+            max_ts,
+            stats: chunk::stats(&cols),
+            cols,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    by_key: HashMap<SeriesKey, u32>,
+    keys: HashMap<u32, SeriesKey>,
+    by_twin: HashMap<(String, String), Vec<u32>>,
+    /// Raw points before this time were removed by retention.
+    raw_from: HashMap<u32, i64>,
+    /// 1-minute rollups before this time were removed by retention.
+    rollup_from: HashMap<u32, i64>,
+}
+
+impl Index {
+    pub fn sid(&self, k: &SeriesKey) -> Option<u32> {
+        self.by_key.get(k).copied()
+    }
+
+    fn add(&mut self, m: HashMap<SeriesKey, u32>) {
+        for (k, sid) in m {
+            self.by_twin
+                .entry((k.tenant.clone(), k.twin.clone()))
+                .or_default()
+                .push(sid);
+            self.keys.insert(sid, k.clone());
+            self.by_key.insert(k, sid);
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct StoreMetrics {
+    pub points_committed: Counter,
+    pub commits: Counter,
+    pub flushes: Counter,
+    pub merges: Counter,
+    pub durable_latency: HistogramCell,
+}
+
+pub struct HistogramCell(pub Histogram);
+
+impl Default for HistogramCell {
+    fn default() -> Self {
+        HistogramCell(Histogram::new(LATENCY_BOUNDS))
+    }
+}
+
+impl std::ops::Deref for HistogramCell {
+    type Target = Histogram;
+    fn deref(&self) -> &Histogram {
+        &self.0
+    }
+}
+
+/// State shared by the writer, the compactor and readers.
+pub struct Engine {
+    pub(crate) index: RwLock<Index>,
+    pub(crate) active: RwLock<Head>,
+    pub(crate) frozen: RwLock<Option<Head>>,
+    pub(crate) latest: RwLock<HashMap<u32, Point>>,
+    /// Windows changed since their rollup was computed.
+    pub(crate) dirty: Mutex<BTreeSet<(u32, i64)>>,
+    pub(crate) deletes_since_freeze: Mutex<Vec<(u32, i64, i64)>>,
+    pub(crate) last_seq: AtomicU64,
+    pub metrics: StoreMetrics,
+    pub clock: SharedClock,
+}
+
+/// An exclusive claim on a data directory for the life of the process.
+pub struct DirLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("twinhub.lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock {
+                _file: file,
+                path: dir.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+}
+
+struct Inner {
+    engine: Arc<Engine>,
+    reads: db::ReadPool,
+    data_tx: mpsc::Sender<writer::Op>,
+    ctrl_tx: mpsc::UnboundedSender<writer::Ctrl>,
+    opts: StoreOptions,
+    path: PathBuf,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    compactor: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    pub fn open(
+        lock: DirLock,
+        opts: StoreOptions,
+        clock: SharedClock,
+    ) -> Result<Store, StoreError> {
+        let dir = lock.path.clone();
+        let path = db::db_path(&dir);
+        let conn = db::open_writer(&path)?;
+        let mut index = Index::default();
+        {
+            let mut stmt =
+                conn.prepare("SELECT id, tenant, twin, name, raw_from, rollup_from FROM series")?;
+            let mut rows = stmt.query([])?;
+            let mut m = HashMap::new();
+            while let Some(r) = rows.next()? {
+                let sid: u32 = r.get(0)?;
+                m.insert(
+                    SeriesKey::new(
+                        &r.get::<_, String>(1)?,
+                        &r.get::<_, String>(2)?,
+                        &r.get::<_, String>(3)?,
+                    ),
+                    sid,
+                );
+                let (raw_from, rollup_from): (i64, i64) = (r.get(4)?, r.get(5)?);
+                if raw_from > 0 {
+                    index.raw_from.insert(sid, raw_from);
+                }
+                if rollup_from > 0 {
+                    index.rollup_from.insert(sid, rollup_from);
+                }
+            }
+            index.add(m);
+        }
+        let mut latest = HashMap::new();
+        {
+            // SQLite returns the bare column `last` from the row holding
+            // MAX(max_ts).
+            let mut stmt =
+                conn.prepare("SELECT series_id, MAX(max_ts), last FROM chunks GROUP BY series_id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let blob: Vec<u8> = r.get(2)?;
+                if let Some(v) = chunk::value_from_blob(&blob) {
+                    latest.insert(
+                        r.get(0)?,
+                        Point {
+                            ts: r.get(1)?,
+                            value: v,
+                            quality: Default::default(),
+                        },
+                    );
+                }
+            }
+        }
+        let mut head = Head::default();
+        let started = Instant::now();
+        let (last_seq, replayed) = writer::replay(&conn, &mut head)?;
+        for (sid, buf) in &head.series {
+            if let Some(p) = buf.last() {
+                if latest.get(sid).is_none_or(|c: &Point| c.ts <= p.ts) {
+                    latest.insert(*sid, p);
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                points = replayed,
+                ms = started.elapsed().as_millis() as u64,
+                "replayed the batch log"
+            );
+        }
+        let dirty: BTreeSet<(u32, i64)> = conn
+            .prepare(
+                "SELECT c.series_id, c.win FROM chunks c GROUP BY c.series_id, c.win
+                 HAVING COUNT(*) > 1 OR NOT EXISTS
+                   (SELECT 1 FROM rollups r WHERE r.series_id = c.series_id AND r.res = 60 AND r.win = c.win)",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+
+        let engine = Arc::new(Engine {
+            index: RwLock::new(index),
+            active: RwLock::new(head),
+            frozen: RwLock::new(None),
+            latest: RwLock::new(latest),
+            dirty: Mutex::new(dirty),
+            deletes_since_freeze: Mutex::new(Vec::new()),
+            last_seq: AtomicU64::new(last_seq),
+            metrics: StoreMetrics::default(),
+            clock,
+        });
+        let (data_tx, data_rx) = mpsc::channel(opts.queue);
+        let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+        let w = writer::Writer {
+            conn,
+            engine: engine.clone(),
+            data: data_rx,
+            ctrl: ctrl_rx,
+            head_limit: opts.flush_points.saturating_mul(2),
+            _lock: lock,
+        };
+        let writer = std::thread::Builder::new()
+            .name("twinhub-writer".into())
+            .spawn(move || w.run())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let store = Store {
+            inner: Arc::new(Inner {
+                engine,
+                reads: db::ReadPool::new(path.clone()),
+                data_tx,
+                ctrl_tx,
+                opts,
+                path,
+                dir,
+                stop: stop.clone(),
+                writer: Mutex::new(Some(writer)),
+                compactor: Mutex::new(None),
+            }),
+        };
+        let c = compactor::Compactor::new(store.clone());
+        let handle = std::thread::Builder::new()
+            .name("twinhub-compactor".into())
+            .spawn(move || c.run())?;
+        *store.inner.compactor.lock().expect("threads") = Some(handle);
+        Ok(store)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Queues a batch; the receiver resolves once it is durable. Waits
+    /// while the writer's queue is full (back-pressure).
+    pub async fn append(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let rx = self.enqueue(batch).await?;
+        rx.await.map_err(|_| StoreError::Unavailable)?.map(|_| ())
+    }
+
+    async fn enqueue(
+        &self,
+        batch: WriteBatch,
+    ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let op = writer::Op::Append {
+            batch,
+            enqueued: Instant::now(),
+            ack,
+        };
+        self.inner
+            .data_tx
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        Ok(rx)
+    }
+
+    /// Like `append`, but gives up with `Busy` if the queue stays full for
+    /// `wait` (HTTP answers 503 + Retry-After then).
+    pub async fn append_within(&self, batch: WriteBatch, wait: Duration) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let op = writer::Op::Append {
+            batch,
+            enqueued: Instant::now(),
+            ack,
+        };
+        match tokio::time::timeout(wait, self.inner.data_tx.send(op)).await {
+            Err(_) => return Err(StoreError::Busy),
+            Ok(Err(_)) => return Err(StoreError::Unavailable),
+            Ok(Ok(())) => {}
+        }
+        rx.await.map_err(|_| StoreError::Unavailable)?.map(|_| ())
+    }
+
+    /// Runs `f` in the writer's transaction (group-committed with other
+    /// writes) and returns its result once committed.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
+        self.inner
+            .data_tx
+            .send(writer::Op::Exec { f, ack })
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        let out = rx.await.map_err(|_| StoreError::Unavailable)??;
+        Ok(*out.downcast::<R>().expect("write result type"))
+    }
+
+    /// Blocking form of `write` for threads outside the runtime (CLI).
+    pub fn write_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
+        self.inner
+            .data_tx
+            .blocking_send(writer::Op::Exec { f, ack })
+            .map_err(|_| StoreError::Unavailable)?;
+        let out = rx.blocking_recv().map_err(|_| StoreError::Unavailable)??;
+        Ok(*out.downcast::<R>().expect("write result type"))
+    }
+
+    /// Runs `f` on a read connection inside one snapshot.
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.inner.reads.read(f)
+    }
+
+    /// Latest value of every series of a twin: (name, point).
+    pub fn latest_of_twin(&self, tenant: &str, twin: &str) -> Vec<(String, Point)> {
+        let index = self.inner.engine.index.read().expect("index");
+        let latest = self.inner.engine.latest.read().expect("latest");
+        let Some(sids) = index.by_twin.get(&(tenant.to_string(), twin.to_string())) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, Point)> = sids
+            .iter()
+            .filter_map(|sid| Some((index.keys.get(sid)?.name.clone(), latest.get(sid)?.clone())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Names of the series a twin has history for.
+    pub fn series_of_twin(&self, tenant: &str, twin: &str) -> Vec<String> {
+        let index = self.inner.engine.index.read().expect("index");
+        let mut names: Vec<String> = index
+            .by_twin
+            .get(&(tenant.to_string(), twin.to_string()))
+            .map(|sids| {
+                sids.iter()
+                    .filter_map(|s| index.keys.get(s).map(|k| k.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Forces the head into chunks now (tests, shutdown, backup of a quiet
+    /// store). Returns once the chunks are installed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        compactor::flush(self)
+    }
+
+    /// Runs one round of window merging, rollups and retention now.
+    pub fn compact_now(&self) -> Result<(), StoreError> {
+        compactor::Compactor::new(self.clone()).round(true)
+    }
+
+    /// A consistent copy of the whole database into `dest` (one file),
+    /// safe while the server runs.
+    pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        backup_file(&self.inner.path, dest)
+    }
+
+    pub fn db_size(&self) -> u64 {
+        let wal = self.inner.path.with_extension("db-wal");
+        std::fs::metadata(&self.inner.path)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let e = &self.inner.engine;
+        let active = e.active.read().expect("head");
+        let frozen = e.frozen.read().expect("frozen");
+        EngineStats {
+            head_points: active.points + frozen.as_ref().map(|h| h.points).unwrap_or(0),
+            head_age_s: active
+                .since
+                .map(|s| s.elapsed().as_secs_f64())
+                .unwrap_or(0.0),
+            dirty_windows: e.dirty.lock().expect("dirty").len(),
+            queue_depth: self.inner.opts.queue - self.inner.data_tx.capacity(),
+            series: e.index.read().expect("index").keys.len(),
+        }
+    }
+
+    /// Stops background work, waits for queued writes to commit and
+    /// flushes the head so the next start has nothing to replay.
+    pub fn close(&self) {
+        if self.inner.stop.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(t) = self.inner.compactor.lock().expect("threads").take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "final flush failed; the batch log will be replayed at next start");
+        }
+        // Queued appends are committed before the writer sees the shutdown:
+        // it drains the data queue first.
+        let _ = self.inner.ctrl_tx.send(writer::Ctrl::Shutdown);
+        if let Some(t) = self.inner.writer.lock().expect("threads").take() {
+            let _ = t.join();
+        }
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.inner.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn opts(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    pub(crate) fn ctrl(&self, c: writer::Ctrl) -> Result<(), StoreError> {
+        self.inner
+            .ctrl_tx
+            .send(c)
+            .map_err(|_| StoreError::Unavailable)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EngineStats {
+    pub head_points: usize,
+    pub head_age_s: f64,
+    pub dirty_windows: usize,
+    pub queue_depth: usize,
+    pub series: usize,
+}
+
+/// `VACUUM INTO` takes a read snapshot: consistent while writes go on.
+pub fn backup_file(db: &Path, dest: &Path) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Conflict(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    let conn = db::open_reader(db)?;
+    conn.execute("VACUUM INTO ?1", params![dest.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Replaces the database of a data directory (held locked by the caller)
+/// with a backup, after checking that the backup is readable and not of a
+/// newer format.
+pub fn restore_file(lock: &DirLock, src: &Path) -> Result<(), StoreError> {
+    let conn = db::open_reader(src)?;
+    let v = db::format_version(&conn)?;
+    if v == 0 {
+        return Err(StoreError::Invalid {
+            field: "file".into(),
+            rule: "is not a twinhub backup".into(),
+        });
+    }
+    if v > db::FORMAT_VERSION {
+        return Err(StoreError::TooNew {
+            found: v,
+            supported: db::FORMAT_VERSION,
+        });
+    }
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(StoreError::Invalid {
+            field: "file".into(),
+            rule: format!("failed its integrity check: {check}"),
+        });
+    }
+    drop(conn);
+    let target = db::db_path(&lock.path);
+    let tmp = target.with_extension("db.restoring");
+    std::fs::copy(src, &tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(target.with_extension(ext));
+    }
+    std::fs::rename(&tmp, &target)?;
+    Ok(())
+}
+
+pub const DAY: i64 = US_PER_DAY;
+
+#[cfg(test)]
+impl Store {
+    /// Stops the threads without flushing: what a crash leaves behind,
+    /// except that the lock is released so the test can reopen.
+    pub(crate) fn close_writer_only(&self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.inner.compactor.lock().expect("threads").take() {
+            let _ = t.join();
+        }
+        let _ = self.inner.ctrl_tx.send(writer::Ctrl::Shutdown);
+        if let Some(t) = self.inner.writer.lock().expect("threads").take() {
+            let _ = t.join();
+        }
+    }
+}

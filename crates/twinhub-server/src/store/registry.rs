@@ -1,0 +1,213 @@
+//! Registry rows: tenants, devices, users, refresh tokens and revoked
+//! sessions. Plain functions over a connection: the server's registry
+//! calls them inside `Store::write` (writes) or `Store::read` (loading).
+
+use super::StoreError;
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRow {
+    pub id: String,
+    pub tenant: String,
+    pub twin_id: Option<String>,
+    pub key_hash: Vec<u8>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub username: String,
+    pub tenant: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub created_at: i64,
+}
+
+fn conflict(e: rusqlite::Error, what: String) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(what)
+        }
+        e => e.into(),
+    }
+}
+
+pub fn insert_tenant(tx: &Connection, t: &TenantRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tenants(id, name, created_at) VALUES (?1, ?2, ?3)",
+        params![t.id, t.name, t.created_at],
+    )
+    .map_err(|e| conflict(e, format!("tenant {} already exists", t.id)))?;
+    Ok(())
+}
+
+pub fn load_tenants(c: &Connection) -> Result<Vec<TenantRow>, StoreError> {
+    let mut stmt = c.prepare("SELECT id, name, created_at FROM tenants ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TenantRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO devices(id, tenant, twin_id, key_hash, enabled, created_at, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            d.id,
+            d.tenant,
+            d.twin_id,
+            d.key_hash,
+            d.enabled,
+            d.created_at,
+            d.last_seen
+        ],
+    )
+    .map_err(|e| conflict(e, format!("device {} already exists", d.id)))?;
+    Ok(())
+}
+
+pub fn update_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
+    let n = tx.execute(
+        "UPDATE devices SET twin_id = ?2, key_hash = ?3, enabled = ?4 WHERE id = ?1",
+        params![d.id, d.twin_id, d.key_hash, d.enabled],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("device {} not found", d.id)));
+    }
+    Ok(())
+}
+
+pub fn delete_device(tx: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute("DELETE FROM devices WHERE id = ?1", [id])? > 0)
+}
+
+pub fn set_last_seen(tx: &Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?;
+    for (id, ts) in seen {
+        stmt.execute(params![id, ts])?;
+    }
+    Ok(())
+}
+
+pub fn load_devices(c: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT id, tenant, twin_id, key_hash, enabled, created_at, last_seen FROM devices ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DeviceRow {
+            id: r.get(0)?,
+            tenant: r.get(1)?,
+            twin_id: r.get(2)?,
+            key_hash: r.get(3)?,
+            enabled: r.get(4)?,
+            created_at: r.get(5)?,
+            last_seen: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn insert_user(tx: &Connection, u: &UserRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO users(username, tenant, password_hash, roles, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![u.username, u.tenant, u.password_hash, serde_json::to_string(&u.roles).unwrap_or_default(), u.created_at],
+    )
+    .map_err(|e| conflict(e, format!("user {} already exists", u.username)))?;
+    Ok(())
+}
+
+pub fn set_password(tx: &Connection, username: &str, hash: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE users SET password_hash = ?2 WHERE username = ?1",
+        params![username, hash],
+    )? > 0)
+}
+
+pub fn load_users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT username, tenant, password_hash, roles, created_at FROM users ORDER BY username",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let roles: String = r.get(3)?;
+        Ok(UserRow {
+            username: r.get(0)?,
+            tenant: r.get(1)?,
+            password_hash: r.get(2)?,
+            roles: serde_json::from_str(&roles).unwrap_or_default(),
+            created_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn insert_refresh(
+    tx: &Connection,
+    hash: &[u8],
+    username: &str,
+    session: &str,
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO refresh_tokens(hash, username, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![hash, username, session, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Removes and returns a refresh token (rotation: each is used once).
+pub fn take_refresh(
+    tx: &Connection,
+    hash: &[u8],
+) -> Result<Option<(String, String, i64)>, StoreError> {
+    let row = tx
+        .query_row(
+            "SELECT username, session, expires_at FROM refresh_tokens WHERE hash = ?1",
+            [hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if row.is_some() {
+        tx.execute("DELETE FROM refresh_tokens WHERE hash = ?1", [hash])?;
+    }
+    Ok(row)
+}
+
+pub fn revoke_session(tx: &Connection, session: &str, expires_at: i64) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM refresh_tokens WHERE session = ?1", [session])?;
+    tx.execute(
+        "INSERT INTO revoked_sessions(session, expires_at) VALUES (?1, ?2) ON CONFLICT(session) DO NOTHING",
+        params![session, expires_at],
+    )?;
+    Ok(())
+}
+
+pub fn load_revoked(c: &Connection, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt =
+        c.prepare("SELECT session, expires_at FROM revoked_sessions WHERE expires_at > ?1")?;
+    let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn purge_expired(tx: &Connection, now: i64) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?1", [now])?;
+    tx.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?1", [now])?;
+    Ok(())
+}
+
+pub use super::db::{meta_get, meta_set};

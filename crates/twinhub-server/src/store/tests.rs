@@ -1,0 +1,306 @@
+//! Engine tests on a real database file in a temporary directory: what an
+//! acknowledged write guarantees (queryable, durable across restart, exact
+//! aggregates) through flushes, merges, deletions and retention.
+
+#![allow(non_snake_case)]
+use super::*;
+use crate::clock::{Clock, OffsetClock, SharedClock};
+use proptest::prelude::*;
+use std::sync::Arc;
+use twinhub_model::time::{US_PER_MIN, US_PER_SEC};
+use twinhub_model::{Bucketer, Value};
+
+/// The start of the hour five hours ago: recent enough for retention to
+/// keep it, old enough for its windows to count as closed.
+fn t0() -> i64 {
+    let now = crate::clock::SystemClock.now_us();
+    (now - 5 * WINDOW).div_euclid(WINDOW) * WINDOW
+}
+
+fn open(dir: &Path, clock: SharedClock) -> Store {
+    let opts = StoreOptions {
+        tick: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    Store::open(DirLock::acquire(dir).unwrap(), opts, clock).unwrap()
+}
+
+fn key(name: &str) -> SeriesKey {
+    SeriesKey::new("default", "reactor1", name)
+}
+
+fn batch(name: &str, pts: &[(i64, f64)]) -> WriteBatch {
+    WriteBatch {
+        entries: vec![(
+            key(name),
+            pts.iter().map(|(t, v)| Point::number(*t, *v)).collect(),
+        )],
+    }
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn values(points: &[Point]) -> Vec<(i64, f64)> {
+    points
+        .iter()
+        .map(|p| (p.ts, p.value.as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_points_are_queryable_and_survive_restart() {
+    let T0 = t0();
+    let dir = tempfile::tempdir().unwrap();
+    let clock: SharedClock = Arc::new(OffsetClock::default());
+    let s = open(dir.path(), clock.clone());
+    s.append(batch("temp", &[(T0, 1.0), (T0 + 2, 2.0), (T0 + 1, 1.5)]))
+        .await
+        .unwrap();
+    // A retry of the same timestamp overwrites instead of double-counting.
+    s.append(batch("temp", &[(T0 + 2, 2.5)])).await.unwrap();
+    let got = s.raw(&key("temp"), T0, T0 + 10, 100).unwrap();
+    assert_eq!(values(&got), vec![(T0, 1.0), (T0 + 1, 1.5), (T0 + 2, 2.5)]);
+    assert_eq!(
+        s.latest_of_twin("default", "reactor1")[0].1.value,
+        Value::Number(2.5)
+    );
+    // Drop without close: the batch log is all there is.
+    blocking({
+        let s = s.clone();
+        move || s.close_writer_only()
+    })
+    .await;
+    drop(s);
+    let s = open(dir.path(), clock);
+    let got = s.raw(&key("temp"), T0, T0 + 10, 100).unwrap();
+    assert_eq!(values(&got), vec![(T0, 1.0), (T0 + 1, 1.5), (T0 + 2, 2.5)]);
+    assert_eq!(s.latest_of_twin("default", "reactor1")[0].1.ts, T0 + 2);
+    blocking(move || s.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_merge_and_restart_keep_every_point() {
+    let T0 = t0();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let s = open(dir.path(), clock.clone());
+    let pts: Vec<(i64, f64)> = (0..7200)
+        .map(|i| (T0 + i * US_PER_SEC, (i % 97) as f64))
+        .collect();
+    s.append(batch("temp", &pts[..3000])).await.unwrap();
+    blocking({
+        let s = s.clone();
+        move || s.flush().unwrap()
+    })
+    .await;
+    s.append(batch("temp", &pts[3000..])).await.unwrap();
+    // A late overwrite of a point that is already in a chunk.
+    s.append(batch("temp", &[(T0 + 10 * US_PER_SEC, -1.0)]))
+        .await
+        .unwrap();
+    blocking({
+        let s = s.clone();
+        move || s.flush().unwrap()
+    })
+    .await;
+    let mut want = pts.clone();
+    want[10].1 = -1.0;
+    assert_eq!(
+        values(
+            &s.raw(&key("temp"), T0, T0 + 7200 * US_PER_SEC, 10_000)
+                .unwrap()
+        ),
+        want
+    );
+    // Close the windows and merge them into single chunks with rollups.
+    blocking({
+        let s = s.clone();
+        move || s.compact_now().unwrap()
+    })
+    .await;
+    let chunks: i64 = s
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(chunks, 2, "one chunk per closed window");
+    assert_eq!(
+        values(
+            &s.raw(&key("temp"), T0, T0 + 7200 * US_PER_SEC, 10_000)
+                .unwrap()
+        ),
+        want
+    );
+    // Paging: the first page stops at the limit.
+    let page = s
+        .raw(&key("temp"), T0, T0 + 7200 * US_PER_SEC, 100)
+        .unwrap();
+    assert_eq!(values(&page), want[..100].to_vec());
+    blocking(move || s.close()).await;
+    let s = open(dir.path(), clock);
+    assert_eq!(
+        values(
+            &s.raw(&key("temp"), T0, T0 + 7200 * US_PER_SEC, 10_000)
+                .unwrap()
+        ),
+        want
+    );
+    blocking(move || s.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_ranges_stay_deleted_across_flush_and_restart() {
+    let T0 = t0();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let s = open(dir.path(), clock.clone());
+    let pts: Vec<(i64, f64)> = (0..100).map(|i| (T0 + i * US_PER_SEC, i as f64)).collect();
+    s.append(batch("p", &pts[..50])).await.unwrap();
+    blocking({
+        let s = s.clone();
+        move || s.flush().unwrap()
+    })
+    .await;
+    s.append(batch("p", &pts[50..])).await.unwrap();
+    // Delete a range spanning a chunk and the head.
+    s.delete_range(&key("p"), T0 + 40 * US_PER_SEC, T0 + 60 * US_PER_SEC)
+        .await
+        .unwrap();
+    let want: Vec<(i64, f64)> = pts
+        .iter()
+        .copied()
+        .filter(|(t, _)| *t < T0 + 40 * US_PER_SEC || *t >= T0 + 60 * US_PER_SEC)
+        .collect();
+    assert_eq!(
+        values(&s.raw(&key("p"), T0, T0 + 1000 * US_PER_SEC, 1000).unwrap()),
+        want
+    );
+    // Deleting the newest points moves the twin's latest value back.
+    s.delete_range(&key("p"), T0 + 99 * US_PER_SEC, T0 + 100 * US_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.latest_of_twin("default", "reactor1")[0].1.ts,
+        T0 + 98 * US_PER_SEC
+    );
+    blocking({
+        let s = s.clone();
+        move || s.close_writer_only()
+    })
+    .await;
+    drop(s);
+    let s = open(dir.path(), clock);
+    let got = s.raw(&key("p"), T0, T0 + 1000 * US_PER_SEC, 1000).unwrap();
+    assert_eq!(values(&got), want[..want.len() - 1].to_vec());
+    blocking(move || s.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_rollups_and_refuses_finer_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let s = open(dir.path(), clock.clone());
+    let now = clock.now_us();
+    let start = (now - 40 * DAY).div_euclid(WINDOW) * WINDOW;
+    let pts: Vec<(i64, f64)> = (0..360)
+        .map(|i| (start + i * 10 * US_PER_SEC, i as f64))
+        .collect();
+    s.append(batch("t", &pts)).await.unwrap();
+    let minute = Bucketer::new(US_PER_MIN, None).unwrap();
+    let before = s
+        .aggregate(&key("t"), start, start + WINDOW, &minute)
+        .unwrap();
+    assert_eq!(before.len(), 60);
+    blocking({
+        let s = s.clone();
+        move || s.compact_now().unwrap()
+    })
+    .await;
+    let chunks: i64 = s
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(chunks, 0, "raw points past 30 days are gone");
+    let after = s
+        .aggregate(&key("t"), start, start + WINDOW, &minute)
+        .unwrap();
+    assert_eq!(before, after, "1-minute buckets come from rollups");
+    let err = s.raw(&key("t"), start, start + WINDOW, 10).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { ref field, .. } if field == "from"),
+        "{err}"
+    );
+    let ten_s = Bucketer::new(10 * US_PER_SEC, None).unwrap();
+    let err = s
+        .aggregate(&key("t"), start, start + WINDOW, &ten_s)
+        .unwrap_err();
+    assert!(err.to_string().contains("1m"), "{err}");
+    blocking(move || s.close()).await;
+}
+
+fn naive(
+    pts: &std::collections::BTreeMap<i64, f64>,
+    from: i64,
+    to: i64,
+    width: i64,
+) -> Vec<(i64, u64, f64, f64, f64)> {
+    let mut m: std::collections::BTreeMap<i64, Vec<f64>> = Default::default();
+    for (t, v) in pts.range(from..to) {
+        m.entry(t.div_euclid(width) * width).or_default().push(*v);
+    }
+    m.into_iter()
+        .map(|(k, v)| {
+            let sum: f64 = v.iter().sum();
+            (
+                k,
+                v.len() as u64,
+                sum,
+                v.iter().cloned().fold(f64::INFINITY, f64::min),
+                v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+    #[test]
+    fn aggregates_match_a_naive_computation(
+        writes in proptest::collection::vec(proptest::collection::vec((0i64..3 * 3600, -100i32..100), 1..300), 1..4),
+        from_s in 0i64..3 * 3600, len_s in 1i64..4 * 3600, width_s in prop_oneof![Just(1i64), Just(60), Just(300), Just(3600), 1i64..7200],
+        flush_after in 0usize..4,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let T0 = t0();
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(OffsetClock::default());
+            let s = open(dir.path(), clock);
+            let mut model = std::collections::BTreeMap::new();
+            for (i, w) in writes.iter().enumerate() {
+                let pts: Vec<(i64, f64)> = w.iter().map(|(t, v)| (T0 + t * US_PER_SEC, *v as f64 / 4.0)).collect();
+                for (t, v) in &pts { model.insert(*t, *v); }
+                s.append(batch("x", &pts)).await.unwrap();
+                if i == flush_after {
+                    blocking({ let s = s.clone(); move || s.flush().unwrap() }).await;
+                }
+            }
+            if flush_after == 3 {
+                blocking({ let s = s.clone(); move || s.compact_now().unwrap() }).await;
+            }
+            let (from, to, width) = (T0 + from_s * US_PER_SEC, T0 + (from_s + len_s) * US_PER_SEC, width_s * US_PER_SEC);
+            let got = s.aggregate(&key("x"), from, to, &Bucketer::new(width, None).unwrap()).unwrap();
+            let want = naive(&model, from, to, width);
+            assert_eq!(got.len(), want.len());
+            for ((gs, g), (ws, n, sum, min, max)) in got.iter().zip(&want) {
+                assert_eq!(gs, ws);
+                assert_eq!(g.count, *n);
+                assert!((g.sum - sum).abs() < 1e-6);
+                assert_eq!((g.min, g.max), (*min, *max));
+            }
+            let raw = s.raw(&key("x"), from, to, usize::MAX).unwrap();
+            let want_raw: Vec<(i64, f64)> = model.range(from..to).map(|(t, v)| (*t, *v)).collect();
+            assert_eq!(values(&raw), want_raw);
+            blocking(move || s.close()).await;
+        });
+    }
+}

@@ -1,0 +1,464 @@
+//! The single writer thread and its group commit. Every change to the
+//! database goes through here: appends from all producers, registry
+//! changes (as closures) and the compactor's chunk installs. One
+//! transaction and one fsync serve every operation that arrived while the
+//! previous commit was running, which is what makes acknowledgements cheap.
+//!
+//! An acknowledgement is sent only after the commit returned and the
+//! points were applied to the head, so an acknowledged point is durable and
+//! immediately queryable.
+
+use super::chunk;
+use super::head::Head;
+use super::{batch, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
+use rusqlite::{params, Connection};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use twinhub_model::Point;
+
+pub type AnyBox = Box<dyn Any + Send>;
+pub type Hook = Box<dyn FnOnce(&Engine) + Send>;
+pub type ExecFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<AnyBox, StoreError> + Send>;
+
+/// What a registry closure sees: the open transaction, the engine and a
+/// place to register work that must happen only once the commit succeeded
+/// (cache updates), in commit order.
+pub struct WriteCtx<'a> {
+    pub tx: &'a Connection,
+    pub engine: &'a Engine,
+    hooks: Vec<Hook>,
+}
+
+impl WriteCtx<'_> {
+    pub fn after_commit(&mut self, f: impl FnOnce(&Engine) + Send + 'static) {
+        self.hooks.push(Box::new(f));
+    }
+}
+
+pub enum Op {
+    Append {
+        batch: WriteBatch,
+        enqueued: Instant,
+        ack: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Exec {
+        f: ExecFn,
+        ack: oneshot::Sender<Result<AnyBox, StoreError>>,
+    },
+}
+
+/// The compactor's operations; served before data so a full head can
+/// always drain.
+pub enum Ctrl {
+    Freeze {
+        ack: oneshot::Sender<Option<u64>>,
+    },
+    Install {
+        chunks: Vec<NewChunk>,
+        upto_seq: u64,
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Replace {
+        sid: u32,
+        win: i64,
+        old_ids: Vec<i64>,
+        /// None keeps the chunks as they are and only writes rollups.
+        new: Option<Vec<NewChunk>>,
+        rollups: Vec<(i64, Vec<u8>)>,
+        ack: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Commit whatever data is queued, then stop and release the lock.
+    Shutdown,
+}
+
+const MAX_GROUP: usize = 2048;
+
+pub struct Writer {
+    pub conn: Connection,
+    pub engine: Arc<Engine>,
+    pub data: mpsc::Receiver<Op>,
+    pub ctrl: mpsc::UnboundedReceiver<Ctrl>,
+    /// Above this many head points (while a flush is still running) the
+    /// writer stops taking appends: back-pressure instead of unbounded
+    /// memory.
+    pub head_limit: usize,
+    /// Held until the connection is closed, so a new process (or a new
+    /// in-process server) can open the directory only after this writer is
+    /// gone.
+    pub _lock: super::DirLock,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("writer runtime");
+        rt.block_on(async {
+            loop {
+                let stalled = self.engine.active.read().expect("head").points >= self.head_limit
+                    && self.engine.frozen.read().expect("frozen").is_some();
+                tokio::select! {
+                    biased;
+                    c = self.ctrl.recv() => match c {
+                        Some(Ctrl::Shutdown) | None => {
+                            self.data.close();
+                            while let Ok(op) = self.data.try_recv() {
+                                self.commit_group(vec![op]);
+                            }
+                            break;
+                        }
+                        Some(c) => self.control(c),
+                    },
+                    d = self.data.recv(), if !stalled => match d {
+                        Some(op) => {
+                            let mut group = vec![op];
+                            while group.len() < MAX_GROUP {
+                                match self.data.try_recv() {
+                                    Ok(op) => group.push(op),
+                                    Err(_) => break,
+                                }
+                            }
+                            self.commit_group(group);
+                        }
+                        None => break,
+                    },
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
+                }
+            }
+        });
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn commit_group(&mut self, group: Vec<Op>) {
+        let engine = self.engine.clone();
+        let mut new_series: HashMap<SeriesKey, u32> = HashMap::new();
+        let mut appended: Vec<(u64, Vec<(u32, Vec<Point>)>)> = Vec::new();
+        let mut results: Vec<Result<Option<AnyBox>, StoreError>> = Vec::with_capacity(group.len());
+        let mut hooks: Vec<Hook> = Vec::new();
+        let now = engine.clock.now_us();
+
+        let outcome = (|| -> Result<(), StoreError> {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for op in &group {
+                match op {
+                    Op::Append { batch, .. } => {
+                        let resolved = resolve(&self.conn, &engine, &mut new_series, batch)?;
+                        let data = batch::encode(resolved.iter().map(|(s, p)| (*s, p.as_slice())));
+                        self.conn
+                            .prepare_cached(
+                                "INSERT INTO batch_log(received, data) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![now, data])?;
+                        let seq = self.conn.last_insert_rowid() as u64;
+                        appended.push((seq, resolved));
+                        results.push(Ok(None));
+                    }
+                    Op::Exec { .. } => results.push(Ok(None)),
+                }
+            }
+            Ok(())
+        })();
+
+        // Registry closures run each in a savepoint so one refused change
+        // (a conflict) does not fail its neighbours.
+        let mut group = group;
+        if outcome.is_ok() {
+            for (i, op) in group.iter_mut().enumerate() {
+                if let Op::Exec { f, .. } = op {
+                    let f = std::mem::replace(f, Box::new(|_| Ok(Box::new(()))));
+                    let _ = self.conn.execute_batch("SAVEPOINT op");
+                    let mut ctx = WriteCtx {
+                        tx: &self.conn,
+                        engine: &engine,
+                        hooks: Vec::new(),
+                    };
+                    match f(&mut ctx) {
+                        Ok(v) => {
+                            let _ = self.conn.execute_batch("RELEASE op");
+                            hooks.append(&mut ctx.hooks);
+                            results[i] = Ok(Some(v));
+                        }
+                        Err(e) => {
+                            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                            results[i] = Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        let committed = outcome.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?));
+        if let Err(e) = committed {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "group commit failed");
+            for op in group {
+                match op {
+                    Op::Append { ack, .. } => {
+                        let _ = ack.send(Err(StoreError::Unavailable));
+                    }
+                    Op::Exec { ack, .. } => {
+                        let _ = ack.send(Err(StoreError::Unavailable));
+                    }
+                }
+            }
+            return;
+        }
+
+        // Durable: make it visible, then acknowledge.
+        if !new_series.is_empty() {
+            engine.index.write().expect("index").add(new_series);
+        }
+        if !appended.is_empty() {
+            let mut head = engine.active.write().expect("head");
+            let mut latest = engine.latest.write().expect("latest");
+            let mut points = 0u64;
+            for (seq, entries) in &appended {
+                for (sid, pts) in entries {
+                    head.append(*sid, pts, *seq);
+                    points += pts.len() as u64;
+                    if let Some(newest) = pts.iter().max_by_key(|p| p.ts) {
+                        match latest.get(sid) {
+                            Some(cur) if cur.ts > newest.ts => {}
+                            _ => {
+                                latest.insert(*sid, newest.clone());
+                            }
+                        }
+                    }
+                }
+                engine
+                    .last_seq
+                    .store(*seq, std::sync::atomic::Ordering::SeqCst);
+            }
+            engine.metrics.points_committed.add(points);
+        }
+        for h in hooks {
+            h(&engine);
+        }
+        engine.metrics.commits.inc();
+        for (op, res) in group.into_iter().zip(results) {
+            match op {
+                Op::Append { enqueued, ack, .. } => {
+                    engine.metrics.durable_latency.observe(enqueued.elapsed());
+                    let _ = ack.send(res.map(|_| 0));
+                }
+                Op::Exec { ack, .. } => {
+                    let _ = ack.send(res.map(|v| v.unwrap_or_else(|| Box::new(()))));
+                }
+            }
+        }
+    }
+
+    fn control(&mut self, c: Ctrl) {
+        match c {
+            Ctrl::Freeze { ack } => {
+                let mut frozen = self.engine.frozen.write().expect("frozen");
+                if frozen.is_some() {
+                    let _ = ack.send(None);
+                    return;
+                }
+                let mut active = self.engine.active.write().expect("head");
+                if active.is_empty() {
+                    let _ = ack.send(None);
+                    return;
+                }
+                let head = std::mem::take(&mut *active);
+                let seq = head.max_seq;
+                *frozen = Some(head);
+                self.engine
+                    .deletes_since_freeze
+                    .lock()
+                    .expect("deletes")
+                    .clear();
+                let _ = ack.send(Some(seq));
+            }
+            Ctrl::Install {
+                chunks,
+                upto_seq,
+                ack,
+            } => {
+                let res = self.install(chunks, upto_seq);
+                if res.is_ok() {
+                    *self.engine.frozen.write().expect("frozen") = None;
+                }
+                let _ = ack.send(res);
+            }
+            Ctrl::Replace {
+                sid,
+                win,
+                old_ids,
+                new,
+                rollups,
+                ack,
+            } => {
+                let _ = ack.send(self.replace(sid, win, &old_ids, new, rollups));
+            }
+            Ctrl::Shutdown => {}
+        }
+    }
+
+    fn install(&mut self, mut chunks: Vec<NewChunk>, upto_seq: u64) -> Result<(), StoreError> {
+        // Ranges deleted while the flush was encoding must not come back.
+        let deletes = self
+            .engine
+            .deletes_since_freeze
+            .lock()
+            .expect("deletes")
+            .clone();
+        if !deletes.is_empty() {
+            chunks = chunks
+                .into_iter()
+                .filter_map(|c| {
+                    let mut cols = c.cols;
+                    for (sid, from, to) in &deletes {
+                        if *sid == c.sid {
+                            cols.remove_range(*from, *to);
+                        }
+                    }
+                    (!cols.is_empty()).then(|| NewChunk::new(c.sid, cols))
+                })
+                .collect();
+        }
+        let tx = self.conn.transaction()?;
+        let mut touched = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            insert_chunk(&tx, c)?;
+            touched.push((c.sid, c.win));
+        }
+        tx.execute("DELETE FROM batch_log WHERE seq <= ?1", [upto_seq as i64])?;
+        tx.execute("DELETE FROM tombstones WHERE seq <= ?1", [upto_seq as i64])?;
+        tx.commit()?;
+        self.engine.dirty.lock().expect("dirty").extend(touched);
+        self.engine.metrics.flushes.inc();
+        Ok(())
+    }
+
+    fn replace(
+        &mut self,
+        sid: u32,
+        win: i64,
+        old_ids: &[i64],
+        new: Option<Vec<NewChunk>>,
+        rollups: Vec<(i64, Vec<u8>)>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        // The window must still hold exactly the chunks that were merged:
+        // a flush or a delete that ran meanwhile makes this merge stale.
+        let mut current: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id")?
+            .query_map(params![sid, win], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        current.sort_unstable();
+        let mut old = old_ids.to_vec();
+        old.sort_unstable();
+        if current != old {
+            return Ok(false);
+        }
+        if let Some(new) = &new {
+            for id in old_ids {
+                tx.execute("DELETE FROM chunks WHERE id = ?1", [id])?;
+            }
+            for c in new {
+                insert_chunk(&tx, c)?;
+            }
+        }
+        for (res, data) in &rollups {
+            tx.execute(
+                "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
+                params![sid, res, win, data],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
+pub fn insert_chunk(tx: &Connection, c: &NewChunk) -> Result<(), StoreError> {
+    let st = &c.stats;
+    let (first, last) = (
+        st.first
+            .as_ref()
+            .map(|(_, v)| chunk::value_blob(v))
+            .unwrap_or_default(),
+        st.last
+            .as_ref()
+            .map(|(_, v)| chunk::value_blob(v))
+            .unwrap_or_default(),
+    );
+    let has_num = st.num_count > 0;
+    tx.prepare_cached(
+        "INSERT INTO chunks(series_id, win, min_ts, max_ts, count, num_count, sum, min, max, first, last, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        c.sid,
+        c.win,
+        c.min_ts,
+        c.max_ts,
+        st.count as i64,
+        st.num_count as i64,
+        st.sum,
+        has_num.then_some(st.min),
+        has_num.then_some(st.max),
+        first,
+        last,
+        chunk::encode(&c.cols),
+    ])?;
+    Ok(())
+}
+
+fn resolve(
+    conn: &Connection,
+    engine: &Engine,
+    new_series: &mut HashMap<SeriesKey, u32>,
+    batch: &WriteBatch,
+) -> Result<Vec<(u32, Vec<Point>)>, StoreError> {
+    let index = engine.index.read().expect("index");
+    let mut out = Vec::with_capacity(batch.entries.len());
+    for (key, points) in &batch.entries {
+        let sid = match index.sid(key).or_else(|| new_series.get(key).copied()) {
+            Some(s) => s,
+            None => {
+                conn.prepare_cached("INSERT INTO series(tenant, twin, name) VALUES (?1, ?2, ?3)")?
+                    .execute(params![key.tenant, key.twin, key.name])?;
+                let sid = conn.last_insert_rowid() as u32;
+                new_series.insert(key.clone(), sid);
+                sid
+            }
+        };
+        out.push((sid, points.clone()));
+    }
+    Ok(out)
+}
+
+/// Replays the batch log into a head at start-up, skipping points that a
+/// recorded history deletion removed after they were written.
+pub fn replay(conn: &Connection, head: &mut Head) -> Result<(u64, usize), StoreError> {
+    let tombs: Vec<(u32, i64, i64, u64)> = conn
+        .prepare("SELECT series_id, from_ts, to_ts, seq FROM tombstones")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT seq, data FROM batch_log ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let (mut last, mut n) = (0u64, 0usize);
+    while let Some(row) = rows.next()? {
+        let seq = row.get::<_, i64>(0)? as u64;
+        let data: Vec<u8> = row.get(1)?;
+        for (sid, mut pts) in batch::decode(&data)? {
+            for (tsid, from, to, tseq) in &tombs {
+                if *tsid == sid && seq <= *tseq {
+                    pts.retain(|p| p.ts < *from || p.ts >= *to);
+                }
+            }
+            n += pts.len();
+            head.append(sid, &pts, seq);
+        }
+        last = seq;
+    }
+    Ok((last, n))
+}

@@ -1,0 +1,415 @@
+//! `twinhub bench`: the performance figures of the history engine and the
+//! HTTP ingest path on this machine, printed as a table. Nothing here is a
+//! test; targets are checked by reading the numbers.
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use twinhub_model::time::{US_PER_DAY, US_PER_HOUR, US_PER_MIN, US_PER_SEC};
+use twinhub_model::{Bucketer, Point};
+use twinhub_server::clock::{self, Clock};
+use twinhub_server::config::Config;
+use twinhub_server::server::ServerHandle;
+use twinhub_server::store::{DirLock, SeriesKey, Store, StoreOptions, WriteBatch};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Suite {
+    All,
+    Store,
+    Http,
+    Idle,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value_t = Suite::All)]
+    suite: Suite,
+    /// Series for the store benchmark.
+    #[arg(long, default_value_t = 1000)]
+    series: usize,
+    /// Seconds of 1 Hz data per series for the store benchmark.
+    #[arg(long, default_value_t = 3600)]
+    seconds: usize,
+    /// Seconds to run the HTTP ingest benchmark.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u64,
+}
+
+fn row(name: &str, value: String, target: &str) {
+    println!("{name:<58} {value:>16}   {target}");
+}
+
+fn random_walk(seed: u64, n: usize) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut v = 300.0 + (seed % 100) as f64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let step = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.2;
+            v = ((v + step) * 100.0).round() / 100.0;
+            v
+        })
+        .collect()
+}
+
+fn random_doubles(seed: u64, n: usize) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x2545F4914F6CDD1D) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 1000.0
+        })
+        .collect()
+}
+
+fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    let opts = StoreOptions {
+        tick: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    Ok(Store::open(DirLock::acquire(dir)?, opts, clock::system())?)
+}
+
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Ingests `series` × `seconds` points at 1 Hz (batches of 10 timestamps ×
+/// all series, 8 in flight) and returns points/s and the start time.
+async fn ingest(
+    store: &Store,
+    prefix: &str,
+    series: usize,
+    seconds: usize,
+    start: i64,
+    values: impl Fn(u64, usize) -> Vec<f64>,
+) -> f64 {
+    let cols: Vec<Arc<Vec<f64>>> = (0..series)
+        .map(|s| Arc::new(values(s as u64, seconds)))
+        .collect();
+    let per_batch = 10;
+    let t = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for chunk in (0..seconds).step_by(per_batch) {
+        let mut b = WriteBatch::default();
+        for (s, col) in cols.iter().enumerate() {
+            let pts = (chunk..(chunk + per_batch).min(seconds))
+                .map(|i| Point::number(start + i as i64 * US_PER_SEC, col[i]))
+                .collect();
+            b.entries.push((
+                SeriesKey::new("default", &format!("{prefix}{s}"), "value"),
+                pts,
+            ));
+        }
+        let st = store.clone();
+        inflight.spawn(async move { st.append(b).await.expect("append") });
+        while inflight.len() >= 8 {
+            inflight.join_next().await;
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+    (series * seconds) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn chunk_bytes(store: &Store, prefix: &str) -> (i64, i64) {
+    store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(LENGTH(c.data)), 0), COALESCE(SUM(c.count), 0) FROM chunks c JOIN series s ON s.id = c.series_id WHERE s.twin LIKE ?1",
+                [format!("{prefix}%")],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+        .unwrap_or((0, 0))
+}
+
+async fn store_suite(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = blocking({
+        let p = dir.path().to_path_buf();
+        move || open_store(&p)
+    })
+    .await?;
+    let now = clock::SystemClock.now_us();
+    let start = (now - 2 * US_PER_HOUR - args.seconds as i64 * US_PER_SEC).div_euclid(US_PER_HOUR)
+        * US_PER_HOUR;
+    let n = args.series * args.seconds;
+    println!(
+        "store: {} series × {} s at 1 Hz = {} points",
+        args.series, args.seconds, n
+    );
+
+    let rate = ingest(
+        &store,
+        "walk",
+        args.series,
+        args.seconds,
+        start,
+        random_walk,
+    )
+    .await;
+    row(
+        "durable ingest through the store API (points/s)",
+        format!("{rate:.0}"),
+        "target ≥ 1,000,000",
+    );
+    let rate2 = ingest(&store, "rand", 100, args.seconds, start, random_doubles).await;
+    row(
+        "durable ingest, full-precision doubles (points/s)",
+        format!("{rate2:.0}"),
+        "",
+    );
+
+    // Acknowledged → queryable: read each point right after its ack.
+    let mut lat = Vec::with_capacity(1000);
+    let key = SeriesKey::new("default", "ack", "value");
+    for i in 0..1000i64 {
+        let ts = now + i;
+        store
+            .append(WriteBatch {
+                entries: vec![(key.clone(), vec![Point::number(ts, i as f64)])],
+            })
+            .await?;
+        let t = Instant::now();
+        loop {
+            let got = store.raw(&key, ts, ts + 1, 1)?;
+            if !got.is_empty() {
+                break;
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    row(
+        "acknowledged → queryable p99 (ms)",
+        format!("{:.3}", lat[989].as_secs_f64() * 1e3),
+        "target ≤ 50",
+    );
+
+    let t = Instant::now();
+    blocking({
+        let s = store.clone();
+        move || {
+            s.flush()?;
+            s.compact_now()
+        }
+    })
+    .await?;
+    row(
+        "flush + merge + rollups of everything (s)",
+        format!("{:.2}", t.elapsed().as_secs_f64()),
+        "background",
+    );
+    let (b, c) = chunk_bytes(&store, "walk");
+    row(
+        "bytes/point, random walk rounded to 0.01 (chunks)",
+        format!("{:.3}", b as f64 / c.max(1) as f64),
+        "target ≤ 3",
+    );
+    let (b2, c2) = chunk_bytes(&store, "rand");
+    row(
+        "bytes/point, full-precision random doubles (chunks)",
+        format!("{:.3}", b2 as f64 / c2.max(1) as f64),
+        "reported",
+    );
+
+    let minute = Bucketer::new(US_PER_MIN, None).unwrap();
+    let t = Instant::now();
+    let s2 = store.clone();
+    let series = args.series;
+    let q = blocking(move || {
+        let mut buckets = 0;
+        for s in 0..series {
+            buckets += s2
+                .aggregate(
+                    &SeriesKey::new("default", &format!("walk{s}"), "value"),
+                    start,
+                    start + US_PER_HOUR,
+                    &minute,
+                )
+                .unwrap()
+                .len();
+        }
+        buckets
+    })
+    .await;
+    row(
+        &format!(
+            "{} series × 1 h → 1-minute buckets (ms, {q} buckets)",
+            args.series
+        ),
+        format!("{:.1}", t.elapsed().as_secs_f64() * 1e3),
+        "target ≤ 150",
+    );
+
+    // One series with a full day at 1 Hz.
+    let day_start = (now - 2 * US_PER_HOUR - US_PER_DAY).div_euclid(US_PER_HOUR) * US_PER_HOUR;
+    ingest(&store, "day", 1, 86_400, day_start, random_walk).await;
+    blocking({
+        let s = store.clone();
+        move || {
+            s.flush()?;
+            s.compact_now()
+        }
+    })
+    .await?;
+    let s3 = store.clone();
+    let times = blocking(move || {
+        let minute = Bucketer::new(US_PER_MIN, None).unwrap();
+        let mut v: Vec<Duration> = (0..21)
+            .map(|_| {
+                let t = Instant::now();
+                let r = s3
+                    .aggregate(
+                        &SeriesKey::new("default", "day0", "value"),
+                        day_start,
+                        day_start + US_PER_DAY,
+                        &minute,
+                    )
+                    .unwrap();
+                assert_eq!(r.len(), 1440);
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        v[10]
+    })
+    .await;
+    row(
+        "1 series × 1 day → 1-minute buckets, median (ms)",
+        format!("{:.2}", times.as_secs_f64() * 1e3),
+        "target ≤ 5",
+    );
+    blocking(move || store.close()).await;
+    Ok(())
+}
+
+async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.data_dir = dir.path().to_path_buf();
+    config.http.listen = "127.0.0.1:0".into();
+    config.admin_password = Some("bench-password-1".into());
+    config.log.level = "warn".into();
+    let server = ServerHandle::start(config, clock::system()).await?;
+    let base = format!("http://{}", server.ready.http);
+    let client = reqwest::Client::new();
+    let token = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": "bench-password-1"}))
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let conns = 16;
+    let msgs_per_req = 100;
+    let mut tasks = tokio::task::JoinSet::new();
+    let deadline = Instant::now() + Duration::from_secs(args.http_seconds);
+    for c in 0..conns {
+        let id = format!("bench{c}");
+        let created: serde_json::Value = client
+            .post(format!("{base}/api/v1/devices"))
+            .bearer_auth(&token)
+            .json(&json!({"id": id}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let key = created["key"].as_str().unwrap_or_default().to_string();
+        let (client, base) = (reqwest::Client::new(), base.clone());
+        tasks.spawn(async move {
+            let mut ts = 1_700_000_000_000i64;
+            let mut points = 0u64;
+            while Instant::now() < deadline {
+                let body: Vec<serde_json::Value> = (0..msgs_per_req)
+                    .map(|i| {
+                        ts += 1000;
+                        json!({"ts": ts, "temperature": 350.0 + (i % 10) as f64 * 0.1, "pressure": 6.01, "flow_rate": 100.5})
+                    })
+                    .collect();
+                let r = client.post(format!("{base}/api/v1/devices/{id}/telemetry")).basic_auth(&id, Some(&key)).json(&body).send().await;
+                if matches!(r, Ok(ref r) if r.status().is_success()) {
+                    points += (msgs_per_req * 3) as u64;
+                }
+            }
+            points
+        });
+    }
+    let t = Instant::now();
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.unwrap_or(0);
+    }
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    row(
+        &format!("HTTP batch ingest, {conns} devices × {msgs_per_req} msgs × 3 points (points/s)"),
+        format!("{rate:.0}"),
+        "target ≥ 300,000",
+    );
+    server.stop().await?;
+    Ok(())
+}
+
+fn idle_suite() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--http-listen", "127.0.0.1:0", "--log-level", "warn"])
+        .env("TWINHUB_ADMIN_PASSWORD", "idle-password-1")
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let ports = dir.path().join("ports.json");
+    let t = Instant::now();
+    while !ports.exists() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: 0 kB")
+        .to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    let kb: f64 = rss
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    row(
+        "idle RSS of `twinhub serve`, empty data dir (MB)",
+        format!("{:.1}", kb / 1024.0),
+        "target ≤ 30",
+    );
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    println!(
+        "twinhub bench on {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if matches!(args.suite, Suite::All | Suite::Store) {
+        store_suite(&args).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Http) {
+        http_suite(&args).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Idle) {
+        blocking(idle_suite).await?;
+    }
+    Ok(())
+}

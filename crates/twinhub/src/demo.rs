@@ -1,0 +1,145 @@
+//! `twinhub demo`: a complete system on free ports with simulated
+//! reactors, each a real client with its own device credentials.
+
+use crate::sim::Reactor;
+use crate::{init_logging, load_config, shutdown_signal, ServerFlags};
+use anyhow::{anyhow, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use twinhub_server::server::ServerHandle;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    flags: ServerFlags,
+    /// Plants to simulate.
+    #[arg(long, default_value_t = 3)]
+    plants: usize,
+    /// Reactors per plant.
+    #[arg(long, default_value_t = 2)]
+    reactors: usize,
+    /// Seconds between readings of each reactor.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+}
+
+fn free_or_zero(preferred: &str) -> String {
+    match std::net::TcpListener::bind(preferred) {
+        Ok(_) => preferred.to_string(),
+        Err(_) => "127.0.0.1:0".to_string(),
+    }
+}
+
+pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
+    let mut flags = args.flags.clone();
+    if flags.data_dir.is_none() && std::env::var("TWINHUB_DATA_DIR").is_err() {
+        flags.data_dir =
+            Some(std::env::temp_dir().join(format!("twinhub-demo-{}", std::process::id())));
+    }
+    if flags.http_listen.is_none() && std::env::var("TWINHUB_HTTP_LISTEN").is_err() {
+        flags.http_listen = Some(free_or_zero("127.0.0.1:8080"));
+    }
+    let mut config = load_config(file, &flags)?;
+    let password = config
+        .admin_password
+        .clone()
+        .unwrap_or_else(|| twinhub_server::auth::random_secret(12));
+    config.admin_password = Some(password.clone());
+    init_logging(&config);
+    let data_dir = config.data_dir.clone();
+    let server = ServerHandle::start(config, twinhub_server::clock::system()).await?;
+    let base = format!("http://{}", server.ready.http);
+    let client = reqwest::Client::new();
+
+    let login: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = login["access_token"].as_str().ok_or_else(|| {
+        anyhow!("the admin password of {} differs from this one; pass TWINHUB_ADMIN_PASSWORD or use a fresh --data-dir", data_dir.display())
+    })?;
+
+    let mut devices = Vec::new();
+    for p in 1..=args.plants {
+        for r in 1..=args.reactors {
+            let id = format!("plant{p}-reactor{r}");
+            // A re-run on the same data directory gets fresh keys.
+            let _ = client
+                .delete(format!("{base}/api/v1/devices/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await;
+            let created: Value = client
+                .post(format!("{base}/api/v1/devices"))
+                .bearer_auth(token)
+                .json(&json!({"id": id}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let key = created["key"]
+                .as_str()
+                .context("device creation failed")?
+                .to_string();
+            devices.push((id, key));
+        }
+    }
+
+    let interval = Duration::from_secs_f64(args.interval.max(0.01));
+    for (i, (id, key)) in devices.iter().cloned().enumerate() {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut reactor = Reactor::new(1000 + i as u64);
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let r = reactor.step();
+                let body = json!({"temperature": r.temperature, "pressure": r.pressure, "flow_rate": r.flow_rate, "yield": r.yield_pct});
+                let res = client
+                    .post(format!("{base}/api/v1/devices/{id}/telemetry"))
+                    .basic_auth(&id, Some(&key))
+                    .json(&body)
+                    .send()
+                    .await;
+                if let Err(e) = res {
+                    tracing::debug!(device = %id, error = %e, "simulated device could not post");
+                }
+            }
+        });
+    }
+
+    let (first, first_key) = &devices[0];
+    println!(
+        r#"
+twinhub demo is running ({n} simulated reactors report temperature, pressure, flow_rate and yield every {iv}s)
+
+  HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
+  metrics      {base}/metrics
+  data dir     {dir}
+  admin login  admin / {password}
+
+Try:
+  TOKEN=$(curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \
+      -d '{{"username":"admin","password":"{password}"}}' | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/twins/{first}
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/twins/{first}/telemetry/temperature?bucket=1m&agg=avg,min,max,count"
+  curl -s -N -H "Authorization: Bearer $TOKEN" "{base}/api/v1/events?types=telemetry&twin={first}"
+  curl -s -u {first}:{first_key} -H 'content-type: application/json' \
+      -X POST {base}/api/v1/devices/{first}/telemetry -d '{{"temperature": 361.5}}'
+
+Ctrl-C stops the demo.
+"#,
+        n = devices.len(),
+        iv = args.interval,
+        dir = data_dir.display(),
+    );
+    shutdown_signal().await;
+    println!("stopping…");
+    server.stop().await?;
+    Ok(())
+}

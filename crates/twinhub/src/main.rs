@@ -1,0 +1,189 @@
+//! The twinhub binary: `serve`, `demo`, `bench` and the admin CLI.
+
+mod admin;
+mod bench;
+mod demo;
+mod sim;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use twinhub_server::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "twinhub",
+    version,
+    about = "Industrial IoT and digital twin platform in one binary"
+)]
+struct Cli {
+    /// Configuration file (default: ./twinhub.toml if present).
+    #[arg(long, global = true, env = "TWINHUB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct ServerFlags {
+    /// Data directory (the embedded store). Env: TWINHUB_DATA_DIR.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free port. Env: TWINHUB_HTTP_LISTEN.
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// MQTT listen address; port 0 picks a free port. Env: TWINHUB_MQTT_LISTEN.
+    #[arg(long)]
+    mqtt_listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or twinhub_server=debug.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl ServerFlags {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(d) = &self.data_dir {
+            v.push(("data_dir", d.display().to_string()));
+        }
+        if let Some(a) = &self.http_listen {
+            v.push(("http.listen", a.clone()));
+        }
+        if let Some(a) = &self.mqtt_listen {
+            v.push(("mqtt.listen", a.clone()));
+        }
+        if let Some(f) = &self.log_format {
+            v.push(("log.format", f.clone()));
+        }
+        if let Some(l) = &self.log_level {
+            v.push(("log.level", l.clone()));
+        }
+        v
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServerFlags),
+    /// Start a complete, populated system on free ports: simulated reactors
+    /// reporting live, until Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Measure ingest, compression and query speed on this machine.
+    Bench(bench::BenchArgs),
+    /// Manage devices (directly on the data directory when no server runs,
+    /// else through the running server's API).
+    #[command(subcommand)]
+    Device(admin::DeviceCmd),
+    /// Take a consistent copy of the store (safe while the server runs).
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Replace the store with a backup (the server must be stopped).
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Check a configuration (file, environment, flags) and print it.
+    CheckConfig(ServerFlags),
+}
+
+pub fn load_config(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<Config> {
+    Ok(Config::load(
+        file.map(|p| p.as_path()),
+        std::env::vars(),
+        &flags.overrides(),
+    )?)
+}
+
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        let _ = builder.json().flatten_event(true).try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let res = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(flags) => serve(cli.config.as_ref(), &flags).await,
+            Command::Demo(args) => demo::run(cli.config.as_ref(), args).await,
+            Command::Bench(args) => bench::run(args).await,
+            Command::Device(cmd) => admin::device(cli.config.as_ref(), cmd).await,
+            Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
+            Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
+            Command::CheckConfig(flags) => {
+                let c = load_config(cli.config.as_ref(), &flags)?;
+                println!(
+                    "configuration OK: data_dir={} http.listen={} mqtt.listen={}",
+                    c.data_dir.display(),
+                    c.http.listen,
+                    c.mqtt.listen
+                );
+                Ok(())
+            }
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
+    let config = load_config(file, flags)?;
+    init_logging(&config);
+    let listeners = twinhub_server::server::Listeners::bind(&config).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<twinhub_server::server::Ready>();
+    let dir = config.data_dir.clone();
+    let announce = tokio::spawn(async move {
+        if let Ok(ready) = rx.await {
+            if let Some(pw) = ready.generated_admin_password {
+                println!("Created user 'admin' with password: {pw}");
+                println!(
+                    "(shown once; also saved to {}/initial-admin-password, mode 0600)",
+                    dir.display()
+                );
+            }
+        }
+    });
+    twinhub_server::server::run(
+        config,
+        listeners,
+        twinhub_server::clock::system(),
+        shutdown_signal(),
+        Some(tx),
+    )
+    .await?;
+    let _ = announce.await;
+    Ok(())
+}

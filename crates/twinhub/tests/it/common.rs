@@ -1,0 +1,183 @@
+//! `TestServer`: a whole twinhub in this process, plus helpers that speak
+//! its HTTP API the way clients do.
+
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tempfile::TempDir;
+use twinhub_server::clock::{OffsetClock, SharedClock};
+use twinhub_server::config::Config;
+use twinhub_server::server::ServerHandle;
+
+pub const ADMIN_PASSWORD: &str = "test-admin-pass-1";
+
+pub struct TestServer {
+    pub base: String,
+    pub http: Client,
+    pub dir: Arc<TempDir>,
+    pub clock: Arc<OffsetClock>,
+    pub token: String,
+    pub config: Config,
+    handle: Option<ServerHandle>,
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_path_buf();
+    c.http.listen = "127.0.0.1:0".into();
+    c.mqtt.listen = "127.0.0.1:0".into();
+    c.admin_password = Some(ADMIN_PASSWORD.into());
+    // The cheapest argon2 cost: tests log in a lot.
+    c.auth.argon2_memory_kib = 8;
+    c.auth.argon2_iterations = 1;
+    c.log.level = "warn".into();
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = test_config(dir.path());
+        f(&mut config);
+        TestServer::boot(dir, config, Arc::new(OffsetClock::default())).await
+    }
+
+    async fn boot(dir: Arc<TempDir>, config: Config, clock: Arc<OffsetClock>) -> TestServer {
+        let shared: SharedClock = clock.clone();
+        let handle = ServerHandle::start(config.clone(), shared)
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", handle.ready.http);
+        let http = Client::new();
+        let mut s = TestServer {
+            base,
+            http,
+            dir,
+            clock,
+            token: String::new(),
+            config,
+            handle: Some(handle),
+        };
+        s.token = s.login("admin", ADMIN_PASSWORD).await;
+        s
+    }
+
+    /// Graceful stop and a new server on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        self.handle
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        let (dir, config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
+        TestServer::boot(dir, config, clock).await
+    }
+
+    pub async fn stop(mut self) {
+        self.handle
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn login(&self, user: &str, pw: &str) -> String {
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&json!({"username": user, "password": pw}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login of {user}");
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.http.delete(self.url(path)).bearer_auth(&self.token)
+    }
+
+    pub fn patch(&self, path: &str, body: Value) -> RequestBuilder {
+        self.http
+            .patch(self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+    }
+
+    /// Creates a device and returns its key.
+    pub async fn device(&self, id: &str) -> String {
+        let r = self
+            .post("/api/v1/devices", json!({"id": id}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn send(&self, id: &str, key: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(&format!("/api/v1/devices/{id}/telemetry")))
+            .basic_auth(id, Some(key))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user with roles and returns a token for them.
+    pub async fn user(&self, name: &str, roles: &[&str]) -> String {
+        let pw = "User-pass-123";
+        let r = self
+            .post(
+                "/api/v1/users",
+                json!({"username": name, "password": pw, "roles": roles}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        self.login(name, pw).await
+    }
+
+    pub async fn json(&self, r: RequestBuilder) -> (StatusCode, Value) {
+        let r = r.send().await.unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Asserts the contract's error shape and returns the message.
+pub async fn error_of(r: Response, status: u16, code: &str) -> String {
+    assert_eq!(r.status().as_u16(), status);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    v["error"]["message"].as_str().unwrap().to_string()
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary: full servers on 127.0.0.1 port 0 with
+//! temporary data directories, driven by real HTTP clients (and the real
+//! binary as a child process where a process boundary matters).
+
+mod common;
+
+mod auth;
+mod devices;
+mod events;
+mod history;
+mod ingest;
+mod ops;
+mod process;
