@@ -65,12 +65,14 @@ async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerE
 }
 
 /// What a running server tells its starter once it is ready.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ready {
     pub http: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     /// The bootstrap admin password when this start generated it.
     pub generated_admin_password: Option<String>,
+    /// The server's store (in-process starters: benchmarks and tests).
+    pub store: Store,
 }
 
 pub const PORTS_FILE: &str = "ports.json";
@@ -164,6 +166,7 @@ pub async fn run(
             http: http_addr,
             mqtt: mqtt_addr,
             generated_admin_password: boot.generated_password.clone(),
+            store: store.clone(),
         });
     }
 

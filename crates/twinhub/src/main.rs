@@ -125,6 +125,13 @@ pub async fn shutdown_signal() {
 }
 
 fn main() -> std::process::ExitCode {
+    // A fixed mmap threshold: large short-lived buffers (argon2's memory,
+    // decoded chunks) go back to the OS when freed instead of raising
+    // glibc's dynamic threshold and staying resident.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

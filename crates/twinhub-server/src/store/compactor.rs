@@ -255,12 +255,19 @@ impl Compactor {
                 .collect::<Result<_, _>>()?)
             })?;
             if rows.is_empty() {
-                self.store
-                    .engine()
-                    .dirty
-                    .lock()
-                    .expect("dirty")
-                    .remove(&(sid, win));
+                // Cleared through the writer, which knows whether a chunk
+                // arrived meanwhile.
+                let (ack, rx) = oneshot::channel();
+                self.store.ctrl(Ctrl::Replace {
+                    sid,
+                    win,
+                    old_ids: Vec::new(),
+                    new: None,
+                    rollups: Vec::new(),
+                    closed: true,
+                    ack,
+                })?;
+                wait(rx)??;
                 continue;
             }
             if !closed && rows.len() < MERGE_OPEN_AT {
@@ -288,18 +295,11 @@ impl Compactor {
                 old_ids: rows.iter().map(|r| r.0).collect(),
                 new,
                 rollups,
+                closed,
                 ack,
             })?;
             if wait(rx)?? {
                 self.store.engine().metrics.merges.inc();
-                if closed {
-                    self.store
-                        .engine()
-                        .dirty
-                        .lock()
-                        .expect("dirty")
-                        .remove(&(sid, win));
-                }
             }
         }
         Ok(())

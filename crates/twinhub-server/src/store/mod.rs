@@ -575,6 +575,15 @@ impl Store {
         }
     }
 
+    /// Holds the writer until the returned sender is dropped (tests of
+    /// back-pressure).
+    #[doc(hidden)]
+    pub fn pause_writer(&self) -> oneshot::Sender<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inner.ctrl_tx.send(writer::Ctrl::Pause(rx));
+        tx
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.inner.stop.load(Ordering::SeqCst)
     }

@@ -68,10 +68,15 @@ pub enum Ctrl {
         /// None keeps the chunks as they are and only writes rollups.
         new: Option<Vec<NewChunk>>,
         rollups: Vec<(i64, Vec<u8>)>,
+        /// The window has closed: once merged it is clean.
+        closed: bool,
         ack: oneshot::Sender<Result<bool, StoreError>>,
     },
     /// Commit whatever data is queued, then stop and release the lock.
     Shutdown,
+    /// Stop taking writes until the sender is dropped: lets tests fill the
+    /// queue to prove back-pressure through the real interfaces.
+    Pause(oneshot::Receiver<()>),
 }
 
 const MAX_GROUP: usize = 2048;
@@ -110,6 +115,9 @@ impl Writer {
                                 self.commit_group(vec![op]);
                             }
                             break;
+                        }
+                        Some(Ctrl::Pause(until)) => {
+                            let _ = until.await;
                         }
                         Some(c) => self.control(c),
                     },
@@ -291,11 +299,18 @@ impl Writer {
                 old_ids,
                 new,
                 rollups,
+                closed,
                 ack,
             } => {
-                let _ = ack.send(self.replace(sid, win, &old_ids, new, rollups));
+                let res = self.replace(sid, win, &old_ids, new, rollups);
+                // Cleared here, in the writer, so a flush that added a chunk
+                // to this window (and failed this merge) keeps it dirty.
+                if closed && matches!(res, Ok(true)) {
+                    self.engine.dirty.lock().expect("dirty").remove(&(sid, win));
+                }
+                let _ = ack.send(res);
             }
-            Ctrl::Shutdown => {}
+            Ctrl::Shutdown | Ctrl::Pause(_) => {}
         }
     }
 

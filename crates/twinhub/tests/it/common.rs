@@ -87,6 +87,10 @@ impl TestServer {
             .expect("clean stop");
     }
 
+    pub fn store(&self) -> &twinhub_server::store::Store {
+        &self.handle.as_ref().unwrap().ready.store
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
