@@ -74,6 +74,28 @@ pub struct MqttConfig {
     pub listen: String,
     pub allow_anonymous: bool,
     pub anonymous_tenant: String,
+    /// Largest packet accepted (bytes); larger ones close the connection.
+    pub max_packet_size: usize,
+    /// Connections at most; more are refused (server busy).
+    pub max_connections: usize,
+    /// QoS 1/2 messages in flight to one client (capped by its Receive
+    /// Maximum).
+    pub max_inflight: u16,
+    /// Messages queued for one client; beyond it `slow_subscriber` applies.
+    pub max_queued: usize,
+    /// `drop_oldest` or `disconnect`.
+    pub slow_subscriber: String,
+    /// Per-device publish rate limit in messages per second (0: none).
+    pub rate_limit_messages: f64,
+    /// Per-device publish rate limit in bytes per second (0: none).
+    pub rate_limit_bytes: f64,
+    /// `throttle`, `reject` or `disconnect`.
+    pub rate_limit_action: String,
+    /// How long a persistent 3.1.1 session (clean session false) outlives
+    /// its connection; MQTT 5 clients state their own, capped by this.
+    pub session_expiry_max: String,
+    /// Time allowed between connecting and sending CONNECT.
+    pub connect_timeout: String,
 }
 
 impl Default for MqttConfig {
@@ -82,6 +104,16 @@ impl Default for MqttConfig {
             listen: "127.0.0.1:1883".into(),
             allow_anonymous: false,
             anonymous_tenant: "default".into(),
+            max_packet_size: 1 << 20,
+            max_connections: 200_000,
+            max_inflight: 100,
+            max_queued: 1000,
+            slow_subscriber: "drop_oldest".into(),
+            rate_limit_messages: 0.0,
+            rate_limit_bytes: 0.0,
+            rate_limit_action: "throttle".into(),
+            session_expiry_max: "7d".into(),
+            connect_timeout: "10s".into(),
         }
     }
 }
@@ -279,8 +311,22 @@ impl Config {
                 &self.devices.inactivity_timeout,
             ),
             ("store.flush_interval", &self.store.flush_interval),
+            ("mqtt.session_expiry_max", &self.mqtt.session_expiry_max),
+            ("mqtt.connect_timeout", &self.mqtt.connect_timeout),
         ] {
             parse_duration(v).map_err(|rule| invalid(k, rule))?;
+        }
+        if !["drop_oldest", "disconnect"].contains(&self.mqtt.slow_subscriber.as_str()) {
+            return Err(invalid(
+                "mqtt.slow_subscriber",
+                "must be drop_oldest or disconnect",
+            ));
+        }
+        if !["throttle", "reject", "disconnect"].contains(&self.mqtt.rate_limit_action.as_str()) {
+            return Err(invalid(
+                "mqtt.rate_limit_action",
+                "must be throttle, reject or disconnect",
+            ));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be text or json"));

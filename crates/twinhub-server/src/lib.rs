@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod events;
 pub mod metrics;
+pub mod mqtt;
 pub mod pipeline;
 pub mod registry;
 pub mod server;

@@ -22,6 +22,8 @@ pub struct Device {
     /// µs since the epoch of the last message, 0 when never.
     pub last_seen: AtomicI64,
     pub active: AtomicBool,
+    /// Holds an MQTT connection right now.
+    pub connected: AtomicBool,
 }
 
 impl Device {
@@ -31,6 +33,7 @@ impl Device {
             row,
             last_seen: AtomicI64::new(seen),
             active: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
         }
     }
 
@@ -300,6 +303,8 @@ impl Registry {
             .store(current.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
         dev.active
             .store(current.active.load(Ordering::Relaxed), Ordering::Relaxed);
+        dev.connected
+            .store(current.connected.load(Ordering::Relaxed), Ordering::Relaxed);
         let (d, cache) = (dev.clone(), self.devices.clone());
         self.store
             .write(move |ctx| {

@@ -24,11 +24,11 @@ use twinhub_model::time::parse_duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({flag}): {source}")]
+    #[error("cannot listen on {addr} ({flag}): {cause}")]
     Bind {
         addr: String,
         flag: &'static str,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -48,19 +48,21 @@ impl Listeners {
     /// to change.
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
         let http = bind_one(&config.http.listen, "--http-listen").await?;
-        // The MQTT server is not part of this build yet: nothing is bound,
-        // so nothing is advertised that would not answer.
-        Ok(Listeners { http, mqtt: None })
+        let mqtt = match config.mqtt.listen.trim() {
+            "" => None,
+            addr => Some(bind_one(addr, "--mqtt-listen").await?),
+        };
+        Ok(Listeners { http, mqtt })
     }
 }
 
 async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|cause| ServerError::Bind {
             addr: addr.to_string(),
             flag,
-            source,
+            cause,
         })
 }
 
@@ -142,6 +144,7 @@ pub async fn run(
         clock,
         ready: Default::default(),
         shutdown: stop_rx,
+        mqtt: Default::default(),
     }));
 
     let http_addr = listeners.http.local_addr()?;
@@ -150,7 +153,16 @@ pub async fn run(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let jobs = spawn_jobs(state.clone());
+    let mut jobs = spawn_jobs(state.clone());
+    if let Some(l) = listeners.mqtt {
+        let broker = crate::mqtt::Broker::new(state.clone());
+        *state.mqtt.write().expect("mqtt") = Some(broker.clone());
+        jobs.push(tokio::spawn(crate::mqtt::serve(
+            broker,
+            l,
+            state.shutdown.clone(),
+        )));
+    }
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();
     let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
@@ -182,6 +194,13 @@ pub async fn run(
     for j in jobs {
         j.abort();
     }
+    // Connections see the shutdown signal and close; give them a moment to
+    // acknowledge what became durable, then break the state ↔ broker cycle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.mqtt_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    state.mqtt.write().expect("mqtt").take();
     if let Err(e) = state.registry.persist_last_seen().await {
         tracing::warn!(error = %e, "could not persist last-seen times");
     }

@@ -364,7 +364,14 @@ fn idle_suite() -> anyhow::Result<()> {
     let mut child = std::process::Command::new(exe)
         .args(["serve", "--data-dir"])
         .arg(dir.path())
-        .args(["--http-listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
         .env("TWINHUB_ADMIN_PASSWORD", "idle-password-1")
         .stdout(std::process::Stdio::null())
         .spawn()?;

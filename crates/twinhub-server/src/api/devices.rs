@@ -33,6 +33,8 @@ pub struct DeviceView {
     pub last_seen: Option<String>,
     /// False once the device has been silent for `devices.inactivity_timeout`.
     pub active: bool,
+    /// Holds an MQTT connection right now.
+    pub connected: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,6 +80,7 @@ pub fn view(d: &Device) -> DeviceView {
         created_at: format_rfc3339(d.row.created_at),
         last_seen: rfc3339_opt((seen > 0).then_some(seen)),
         active: d.active.load(Ordering::Relaxed),
+        connected: d.connected.load(Ordering::Relaxed),
     }
 }
 

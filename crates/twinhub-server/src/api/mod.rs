@@ -53,6 +53,8 @@ pub struct AppInner {
     pub shutdown: watch::Receiver<bool>,
     pub decode_limits: Limits,
     pub queue_wait: Duration,
+    /// The MQTT broker when the listener is enabled.
+    pub mqtt: std::sync::RwLock<Option<Arc<crate::mqtt::Broker>>>,
 }
 
 #[derive(Clone)]
@@ -66,6 +68,20 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppInner {
+    pub fn broker(&self) -> Option<Arc<crate::mqtt::Broker>> {
+        self.mqtt.read().expect("mqtt").clone()
+    }
+
+    pub fn mqtt_connections(&self) -> usize {
+        self.broker()
+            .map(|b| {
+                b.metrics
+                    .connections
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            })
+            .unwrap_or(0)
+    }
+
     /// A twin exists once a device is bound to it or it has history.
     pub fn twin_exists(&self, tenant: &str, id: &str) -> bool {
         if !self.store.series_of_twin(tenant, id).is_empty() {

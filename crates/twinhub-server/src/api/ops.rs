@@ -148,6 +148,62 @@ pub async fn metrics(
         "Open event streams.",
         state.events.subscribers() as f64,
     );
+    if let Some(b) = state.broker() {
+        let mm = &b.metrics;
+        x.gauge(
+            "twinhub_mqtt_connections",
+            "Open MQTT connections.",
+            mm.connections.load(Ordering::SeqCst) as f64,
+        );
+        x.gauge(
+            "twinhub_mqtt_sessions",
+            "MQTT sessions (connected or persistent).",
+            b.session_count() as f64,
+        );
+        x.gauge(
+            "twinhub_mqtt_queued_messages",
+            "Messages queued for MQTT clients.",
+            b.queued_total() as f64,
+        );
+        x.counter_vec(
+            "twinhub_mqtt_messages_in_total",
+            "PUBLISH packets received, by QoS.",
+            "qos",
+            &mm.messages_in,
+        );
+        x.counter_vec(
+            "twinhub_mqtt_messages_out_total",
+            "PUBLISH packets sent, by QoS.",
+            "qos",
+            &mm.messages_out,
+        );
+        x.counter_vec(
+            "twinhub_mqtt_connections_refused_total",
+            "Refused CONNECTs, by reason.",
+            "reason",
+            &mm.refused,
+        );
+        x.counter(
+            "twinhub_mqtt_acl_denied_total",
+            "Publishes and subscriptions refused by topic ACLs.",
+            mm.acl_denied.get(),
+        );
+        x.counter(
+            "twinhub_mqtt_dropped_total",
+            "Messages dropped from full client queues.",
+            mm.dropped_slow.get(),
+        );
+        x.counter(
+            "twinhub_mqtt_rate_limited_total",
+            "Publishes over a device's rate limit.",
+            mm.rate_limited.get(),
+        );
+        x.counter(
+            "twinhub_mqtt_telemetry_rejected_total",
+            "Telemetry publishes refused as invalid.",
+            mm.telemetry_rejected.get(),
+        );
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         x.finish(),

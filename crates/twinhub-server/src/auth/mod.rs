@@ -42,10 +42,12 @@ pub enum Perm {
     ApikeysAdmin,
     AuditRead,
     TenantsAdmin,
+    MqttPublish,
+    MqttSubscribe,
 }
 
 impl Perm {
-    pub const ALL: [Perm; 24] = [
+    pub const ALL: [Perm; 26] = [
         Perm::TwinsRead,
         Perm::TwinsWrite,
         Perm::ModelsRead,
@@ -70,6 +72,8 @@ impl Perm {
         Perm::ApikeysAdmin,
         Perm::AuditRead,
         Perm::TenantsAdmin,
+        Perm::MqttPublish,
+        Perm::MqttSubscribe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,8 @@ impl Perm {
             Perm::ApikeysAdmin => "apikeys:admin",
             Perm::AuditRead => "audit:read",
             Perm::TenantsAdmin => "tenants:admin",
+            Perm::MqttPublish => "mqtt:publish",
+            Perm::MqttSubscribe => "mqtt:subscribe",
         }
     }
 
@@ -149,6 +155,7 @@ pub fn role_perms(role: &str) -> Option<PermSet> {
         RulesRead,
         RoutesRead,
         MlRead,
+        MqttSubscribe,
     ];
     Some(match role {
         "system_admin" => PermSet::all(),
@@ -158,6 +165,7 @@ pub fn role_perms(role: &str) -> Option<PermSet> {
             AlarmsAck,
             CommandsSend,
             MlPredict,
+            MqttPublish,
         ])),
         "viewer" => PermSet::of(&reads),
         "device" => PermSet::of(&[TelemetryWrite]),

@@ -22,6 +22,8 @@ fn cmd(dir: &Path) -> Command {
         .env("TWINHUB_AUTH_ARGON2_MEMORY_KIB", "8")
         .env("TWINHUB_AUTH_ARGON2_ITERATIONS", "1")
         .env("TWINHUB_DATA_DIR", dir)
+        .env("TWINHUB_MQTT_LISTEN", "127.0.0.1:0")
+        .env("TWINHUB_MQTT_LISTEN", "127.0.0.1:0")
         .current_dir(dir.parent().unwrap());
     c
 }
@@ -412,4 +414,26 @@ async fn device_cli_backup_and_restore() {
     let mut s = s;
     unsafe_kill(s.child.id() as i32, 15);
     s.child.wait().unwrap();
+}
+
+#[test]
+fn a_taken_mqtt_port_names_its_flag() {
+    let (_root, dir) = layout();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = cmd(&dir)
+        .args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--mqtt-listen") && err.matches("in use").count() == 1,
+        "{err}"
+    );
 }

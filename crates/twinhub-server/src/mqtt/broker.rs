@@ -1,0 +1,542 @@
+//! The broker: sessions by client id, the subscription router, retained
+//! messages, command round-trips, and the delivery of every published
+//! message to the sessions it matches. Connections call into it; it never
+//! touches a socket.
+
+use super::acl::Identity;
+use super::codec::Refusal;
+use super::router::{Router, Sub};
+use super::session::{Message, Outgoing, SessionState};
+use super::topic;
+use crate::api::AppState;
+use crate::auth::password;
+use crate::config::{Config, MqttConfig};
+use crate::metrics::{Counter, CounterVec};
+use crate::registry::DeviceAuthError;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub disconnect_slow: bool,
+    pub rate_messages: f64,
+    pub rate_bytes: f64,
+    pub rate_action: RateAction,
+    pub session_expiry_max_s: u32,
+    pub connect_timeout: Duration,
+    pub allow_anonymous: bool,
+    pub anonymous_tenant: Arc<str>,
+    pub topic_alias_max: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateAction {
+    Throttle,
+    Reject,
+    Disconnect,
+}
+
+impl Settings {
+    pub fn from_config(c: &MqttConfig) -> Settings {
+        Settings {
+            max_packet_size: c.max_packet_size.max(64),
+            max_connections: c.max_connections,
+            max_inflight: c.max_inflight.max(1),
+            max_queued: c.max_queued.max(1),
+            disconnect_slow: c.slow_subscriber == "disconnect",
+            rate_messages: c.rate_limit_messages,
+            rate_bytes: c.rate_limit_bytes,
+            rate_action: match c.rate_limit_action.as_str() {
+                "reject" => RateAction::Reject,
+                "disconnect" => RateAction::Disconnect,
+                _ => RateAction::Throttle,
+            },
+            session_expiry_max_s: (Config::duration(&c.session_expiry_max).as_secs())
+                .min(u32::MAX as u64) as u32,
+            connect_timeout: Config::duration(&c.connect_timeout),
+            allow_anonymous: c.allow_anonymous,
+            anonymous_tenant: c.anonymous_tenant.as_str().into(),
+            topic_alias_max: 64,
+        }
+    }
+}
+
+/// Why a connection is being closed from outside its own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    TakenOver,
+    SlowConsumer,
+}
+
+struct Link {
+    gen: u64,
+    kick: mpsc::UnboundedSender<Kick>,
+}
+
+pub struct SessionHandle {
+    pub client_id: Arc<str>,
+    pub tenant: Arc<str>,
+    pub owner: String,
+    pub state: Mutex<SessionState>,
+    /// Woken when messages are queued for the client.
+    pub notify: Notify,
+    /// Filters as subscribed (with any `$share/` prefix) → options.
+    pub subs: Mutex<HashMap<String, Sub>>,
+    link: Mutex<Option<Link>>,
+    detached: Notify,
+    pub expiry_s: AtomicU32,
+    gen: AtomicU64,
+}
+
+impl SessionHandle {
+    pub fn connected(&self) -> bool {
+        self.link.lock().expect("link").is_some()
+    }
+}
+
+#[derive(Default)]
+pub struct MqttMetrics {
+    pub connections: AtomicUsize,
+    pub refused: CounterVec,
+    pub messages_in: CounterVec,
+    pub messages_out: CounterVec,
+    pub acl_denied: Counter,
+    pub dropped_slow: Counter,
+    pub telemetry_rejected: Counter,
+    pub rate_limited: Counter,
+}
+
+fn qos_label(q: u8) -> &'static str {
+    match q {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+impl MqttMetrics {
+    pub fn count_in(&self, qos: u8) {
+        self.messages_in.add(qos_label(qos), 1);
+    }
+    pub fn count_out(&self, qos: u8) {
+        self.messages_out.add(qos_label(qos), 1);
+    }
+}
+
+pub struct Broker {
+    pub app: AppState,
+    pub settings: Settings,
+    sessions: RwLock<HashMap<Arc<str>, Arc<SessionHandle>>>,
+    router: RwLock<Router>,
+    retained: RwLock<HashMap<Arc<str>, BTreeMap<String, Arc<Message>>>>,
+    commands: Mutex<HashMap<String, oneshot::Sender<Bytes>>>,
+    pub metrics: MqttMetrics,
+    next_gen: AtomicU64,
+    share_rr: AtomicUsize,
+    dummy_hash: String,
+}
+
+impl Broker {
+    pub fn new(app: AppState) -> Arc<Broker> {
+        let settings = Settings::from_config(&app.config.mqtt);
+        let cost = password::Cost {
+            memory_kib: app.config.auth.argon2_memory_kib,
+            iterations: app.config.auth.argon2_iterations,
+            lanes: app.config.auth.argon2_lanes,
+        };
+        Arc::new(Broker {
+            app,
+            settings,
+            sessions: RwLock::new(HashMap::new()),
+            router: RwLock::new(Router::default()),
+            retained: RwLock::new(HashMap::new()),
+            commands: Mutex::new(HashMap::new()),
+            metrics: MqttMetrics::default(),
+            next_gen: AtomicU64::new(1),
+            share_rr: AtomicUsize::new(0),
+            dummy_hash: password::dummy_hash(cost),
+        })
+    }
+
+    pub fn now_us(&self) -> i64 {
+        self.app.clock.now_us()
+    }
+
+    /// Checks CONNECT credentials. Every failure costs the same (one argon2
+    /// verification), so neither timing nor code tells an unknown device
+    /// from a wrong key, or a device from a user.
+    pub async fn authenticate(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<(Identity, Arc<str>), Refusal> {
+        let Some(username) = username else {
+            if self.settings.allow_anonymous {
+                return Ok((Identity::Anonymous, self.settings.anonymous_tenant.clone()));
+            }
+            return Err(Refusal::NotAuthorized);
+        };
+        let pw = password.unwrap_or("");
+        if self.app.registry.device(username).is_some() {
+            return match self.app.registry.authenticate_device(username, pw) {
+                Ok(d) if d.row.id != client_id => Err(Refusal::ClientIdInvalid),
+                Ok(d) => Ok((
+                    Identity::Device {
+                        id: d.row.id.as_str().into(),
+                    },
+                    d.row.tenant.as_str().into(),
+                )),
+                Err(DeviceAuthError::Disabled) => Err(Refusal::NotAuthorized),
+                Err(DeviceAuthError::BadCredentials) => {
+                    self.equalise_failure(pw).await;
+                    Err(Refusal::BadCredentials)
+                }
+            };
+        }
+        match self.app.registry.check_password(username, pw).await {
+            Some(user) => {
+                let p = crate::auth::Principal::new(
+                    crate::auth::PrincipalKind::User(user.username.clone()),
+                    &user.tenant,
+                    user.roles.clone(),
+                    None,
+                );
+                let perms = p.perms;
+                if !perms.contains(crate::auth::Perm::MqttPublish)
+                    && !perms.contains(crate::auth::Perm::MqttSubscribe)
+                {
+                    return Err(Refusal::NotAuthorized);
+                }
+                Ok((
+                    Identity::User {
+                        name: user.username.as_str().into(),
+                        perms,
+                    },
+                    user.tenant.as_str().into(),
+                ))
+            }
+            None => Err(Refusal::BadCredentials),
+        }
+    }
+
+    async fn equalise_failure(&self, pw: &str) {
+        let (pw, hash) = (pw.to_string(), self.dummy_hash.clone());
+        let _ = tokio::task::spawn_blocking(move || password::verify(&pw, &hash)).await;
+    }
+
+    /// Attaches a connection to its session, taking over a connection that
+    /// holds it. Returns the session, whether it existed, the connection's
+    /// generation and its kick receiver.
+    pub async fn attach(
+        &self,
+        client_id: &str,
+        tenant: &Arc<str>,
+        owner: &str,
+        clean_start: bool,
+        expiry_s: u32,
+        window: u16,
+    ) -> Result<(Arc<SessionHandle>, bool, u64, mpsc::UnboundedReceiver<Kick>), Refusal> {
+        let existing = self
+            .sessions
+            .read()
+            .expect("sessions")
+            .get(client_id)
+            .cloned();
+        if let Some(old) = &existing {
+            if old.owner != owner || &old.tenant != tenant {
+                return Err(Refusal::ClientIdInvalid);
+            }
+            // Take over: ask the holder to leave and wait until it has.
+            loop {
+                let gone = old.detached.notified();
+                let holder = old
+                    .link
+                    .lock()
+                    .expect("link")
+                    .as_ref()
+                    .map(|l| l.kick.clone());
+                match holder {
+                    None => break,
+                    Some(kick) => {
+                        let _ = kick.send(Kick::TakenOver);
+                        if tokio::time::timeout(Duration::from_secs(5), gone)
+                            .await
+                            .is_err()
+                        {
+                            return Err(Refusal::ServerBusy);
+                        }
+                    }
+                }
+            }
+        }
+        let gen = self.next_gen.fetch_add(1, Ordering::SeqCst);
+        let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+        let reuse = existing.filter(|_| !clean_start);
+        let (handle, present) = match reuse {
+            Some(h) => (h, true),
+            None => {
+                if let Some(old) = self.sessions.write().expect("sessions").remove(client_id) {
+                    self.drop_subscriptions(&old);
+                }
+                let h = Arc::new(SessionHandle {
+                    client_id: client_id.into(),
+                    tenant: tenant.clone(),
+                    owner: owner.to_string(),
+                    state: Mutex::new(SessionState::new(self.settings.max_queued, window)),
+                    notify: Notify::new(),
+                    subs: Mutex::new(HashMap::new()),
+                    link: Mutex::new(None),
+                    detached: Notify::new(),
+                    expiry_s: AtomicU32::new(expiry_s),
+                    gen: AtomicU64::new(gen),
+                });
+                self.sessions
+                    .write()
+                    .expect("sessions")
+                    .insert(h.client_id.clone(), h.clone());
+                (h, false)
+            }
+        };
+        handle.state.lock().expect("state").window = window;
+        handle.expiry_s.store(expiry_s, Ordering::SeqCst);
+        handle.gen.store(gen, Ordering::SeqCst);
+        *handle.link.lock().expect("link") = Some(Link { gen, kick: kick_tx });
+        Ok((handle, present, gen, kick_rx))
+    }
+
+    /// The connection of generation `gen` is gone. A session with no expiry
+    /// ends now; others wait for their expiry (or a reconnect).
+    pub fn detach(self: &Arc<Self>, h: &Arc<SessionHandle>, gen: u64) {
+        {
+            let mut link = h.link.lock().expect("link");
+            if link.as_ref().is_some_and(|l| l.gen == gen) {
+                *link = None;
+            } else {
+                return;
+            }
+        }
+        h.detached.notify_waiters();
+        let expiry = h.expiry_s.load(Ordering::SeqCst);
+        if expiry == 0 {
+            self.end_session(h, gen);
+            return;
+        }
+        let (me, h) = (self.clone(), h.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
+            if !h.connected() && h.gen.load(Ordering::SeqCst) == gen {
+                me.end_session(&h, gen);
+            }
+        });
+    }
+
+    fn end_session(&self, h: &Arc<SessionHandle>, gen: u64) {
+        let mut sessions = self.sessions.write().expect("sessions");
+        if sessions
+            .get(&h.client_id)
+            .is_some_and(|cur| Arc::ptr_eq(cur, h) && h.gen.load(Ordering::SeqCst) == gen)
+        {
+            sessions.remove(&h.client_id);
+            drop(sessions);
+            self.drop_subscriptions(h);
+        }
+    }
+
+    fn drop_subscriptions(&self, h: &SessionHandle) {
+        let subs: Vec<Sub> = h
+            .subs
+            .lock()
+            .expect("subs")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        let mut router = self.router.write().expect("router");
+        for s in subs {
+            router.unsubscribe(&h.tenant, &s.filter, &h.client_id, s.share.as_deref());
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().expect("sessions").len()
+    }
+
+    /// Adds a subscription; returns whether it replaced one.
+    pub fn subscribe(&self, h: &SessionHandle, raw_filter: &str, sub: Sub) -> bool {
+        self.router
+            .write()
+            .expect("router")
+            .subscribe(&h.tenant, sub.clone());
+        h.subs
+            .lock()
+            .expect("subs")
+            .insert(raw_filter.to_string(), sub)
+            .is_some()
+    }
+
+    pub fn unsubscribe(&self, h: &SessionHandle, raw_filter: &str) -> bool {
+        let Some(sub) = h.subs.lock().expect("subs").remove(raw_filter) else {
+            return false;
+        };
+        self.router.write().expect("router").unsubscribe(
+            &h.tenant,
+            &sub.filter,
+            &h.client_id,
+            sub.share.as_deref(),
+        )
+    }
+
+    /// Stores or clears (empty payload) a retained message.
+    pub fn retain(&self, tenant: &Arc<str>, msg: &Arc<Message>) {
+        let mut all = self.retained.write().expect("retained");
+        let map = all.entry(tenant.clone()).or_default();
+        if msg.payload.is_empty() {
+            map.remove(&*msg.topic);
+        } else {
+            map.insert(msg.topic.to_string(), msg.clone());
+        }
+    }
+
+    /// Retained messages matching a filter (not for shared subscriptions
+    /// [MQTT-3.8.4-…]: the caller skips those).
+    pub fn retained_for(&self, tenant: &str, filter: &str) -> Vec<Arc<Message>> {
+        let now = self.now_us();
+        let all = self.retained.read().expect("retained");
+        let Some(map) = all.get(tenant) else {
+            return Vec::new();
+        };
+        map.values()
+            .filter(|m| topic::matches(&m.topic, filter) && m.expires_at.is_none_or(|e| e > now))
+            .cloned()
+            .collect()
+    }
+
+    /// Delivers a message to every session it matches. Never blocks: a
+    /// full queue drops its oldest message (or disconnects its client).
+    pub fn route(&self, tenant: &str, msg: Arc<Message>) -> usize {
+        let mut subs = Vec::new();
+        self.router
+            .read()
+            .expect("router")
+            .matches(tenant, &msg.topic, &mut subs);
+        if subs.is_empty() {
+            return 0;
+        }
+        let sessions = self.sessions.read().expect("sessions");
+        // Shared groups deliver to one member each; prefer connected ones.
+        let mut targets: HashMap<Arc<str>, Outgoing> = HashMap::new();
+        let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<Sub>> = HashMap::new();
+        for s in subs {
+            match &s.share {
+                Some(g) => groups
+                    .entry((g.clone(), s.filter.clone()))
+                    .or_default()
+                    .push(s),
+                None => add_target(&mut targets, &msg, &s),
+            }
+        }
+        for (_, members) in groups {
+            let online: Vec<&Sub> = members
+                .iter()
+                .filter(|m| sessions.get(&m.client).is_some_and(|h| h.connected()))
+                .collect();
+            let pool: Vec<&Sub> = if online.is_empty() {
+                members.iter().collect()
+            } else {
+                online
+            };
+            let pick = pool[self.share_rr.fetch_add(1, Ordering::Relaxed) % pool.len()];
+            add_target(&mut targets, &msg, pick);
+        }
+        let mut n = 0;
+        for (client, out) in targets {
+            let Some(h) = sessions.get(&client) else {
+                continue;
+            };
+            let full = {
+                let mut st = h.state.lock().expect("state");
+                let dropped = st.push(out).is_some();
+                if dropped {
+                    self.metrics.dropped_slow.inc();
+                }
+                dropped
+            };
+            if full && self.settings.disconnect_slow {
+                if let Some(l) = h.link.lock().expect("link").as_ref() {
+                    let _ = l.kick.send(Kick::SlowConsumer);
+                }
+            }
+            h.notify.notify_one();
+            n += 1;
+        }
+        n
+    }
+
+    /// Registers a pending command; the device's reply completes it.
+    pub fn expect_reply(&self, request_id: &str) -> oneshot::Receiver<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .lock()
+            .expect("commands")
+            .insert(request_id.to_string(), tx);
+        rx
+    }
+
+    pub fn forget_reply(&self, request_id: &str) {
+        self.commands.lock().expect("commands").remove(request_id);
+    }
+
+    pub fn reply(&self, request_id: &str, payload: Bytes) -> bool {
+        match self.commands.lock().expect("commands").remove(request_id) {
+            Some(tx) => tx.send(payload).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn device_session(&self, device_id: &str) -> Option<Arc<SessionHandle>> {
+        self.sessions
+            .read()
+            .expect("sessions")
+            .get(device_id)
+            .cloned()
+    }
+
+    pub fn queued_total(&self) -> usize {
+        self.sessions
+            .read()
+            .expect("sessions")
+            .values()
+            .map(|h| h.state.lock().expect("state").queued())
+            .sum()
+    }
+}
+
+/// One delivery per client: the highest QoS of its matching
+/// subscriptions, all their identifiers; no-local subscriptions skip the
+/// publisher's own messages [MQTT-3.8.3-3].
+fn add_target(targets: &mut HashMap<Arc<str>, Outgoing>, msg: &Arc<Message>, s: &Sub) {
+    if s.no_local && msg.from.as_deref() == Some(&*s.client) {
+        return;
+    }
+    let qos = msg.qos.min(s.qos);
+    let retain = s.retain_as_published && msg.retain;
+    let e = targets.entry(s.client.clone()).or_insert_with(|| Outgoing {
+        msg: msg.clone(),
+        qos,
+        retain,
+        sub_ids: Vec::new(),
+    });
+    e.qos = e.qos.max(qos);
+    e.retain |= retain;
+    if let Some(id) = s.sub_id {
+        e.sub_ids.push(id);
+    }
+}

@@ -1,0 +1,866 @@
+//! One task per client connection: CONNECT and authentication, then a loop
+//! that reads packets (checking ACLs and handing device telemetry to the
+//! ingest pipeline), writes acknowledgements in order once what they
+//! acknowledge is durable, delivers queued messages within the client's
+//! window, and enforces keep-alive and rate limits.
+
+use super::acl::{self, Identity};
+use super::broker::{Broker, Kick, RateAction, SessionHandle};
+use super::codec::{
+    self, CodecError, ConnAckProps, ConnectIn, In, Out, PublishIn, Refusal, Version, Will,
+};
+use super::router::Sub;
+use super::session::{Message, MsgProps, Outgoing, Send as Next};
+use super::topic;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use twinhub_codec::TelemetryMessage;
+
+/// Read passes whose acknowledgements may wait for durability at once;
+/// beyond it the connection stops reading (back-pressure).
+const MAX_PENDING: usize = 64;
+const OUT_HIGH_WATER: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+enum Ack {
+    PubAck(u16, u8),
+    PubRec(u16, u8),
+}
+
+/// Why the loop ended; decides the will and the DISCONNECT reason.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// DISCONNECT 0x00 from the client: no will.
+    Normal,
+    /// DISCONNECT 0x04: publish the will.
+    WithWill,
+    /// Network closed, protocol error, timeout…: publish the will.
+    Abnormal,
+}
+
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Option<Bucket> {
+        (rate > 0.0).then(|| Bucket {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        })
+    }
+
+    /// Takes `n`; returns how long to wait if the bucket went negative.
+    fn take(&mut self, n: f64) -> Option<Duration> {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        self.tokens -= n;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+struct Conn<S> {
+    broker: Arc<Broker>,
+    io: S,
+    inbuf: BytesMut,
+    out: BytesMut,
+    version: Version,
+    max_out: Option<usize>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn write(&mut self, o: Out<'_>) {
+        if let Err(e) = codec::write(&mut self.out, self.version, o) {
+            tracing::warn!(error = %e, "could not encode a packet");
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Serves one client until it leaves, misbehaves, or the server stops.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    broker: Arc<Broker>,
+    io: S,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let m = &broker.metrics;
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut io = io;
+    let max = broker.settings.max_packet_size;
+    // CONNECT first, within the connect timeout.
+    let first = tokio::time::timeout(broker.settings.connect_timeout, async {
+        loop {
+            match codec::read(&mut inbuf, None, max) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) => {}
+                Err(e) => return Err(e),
+            }
+            match io.read_buf(&mut inbuf).await {
+                Ok(0) | Err(_) => {
+                    return Err(CodecError::Malformed("closed before CONNECT".into()))
+                }
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let connect = match first {
+        Ok(Ok(In::Connect(c))) => c,
+        Ok(Err(CodecError::ProtocolLevel(_))) => {
+            // [MQTT-3.1.2-2]: CONNACK 0x01 and close.
+            let mut out = BytesMut::new();
+            let _ = codec::write(
+                &mut out,
+                Version::V4,
+                Out::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::UnsupportedVersion),
+                    props: ConnAckProps::default(),
+                },
+            );
+            let _ = io.write_all(&out).await;
+            m.refused.add("protocol_version", 1);
+            return;
+        }
+        _ => {
+            m.refused.add("malformed", 1);
+            return;
+        }
+    };
+    let mut conn = Conn {
+        broker: broker.clone(),
+        io,
+        inbuf,
+        out: BytesMut::with_capacity(4096),
+        version: connect.version,
+        max_out: connect.max_packet_size.map(|m| m as usize),
+    };
+    let connected = m.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    let outcome = session(&mut conn, *connect, peer, connected, &mut shutdown).await;
+    m.connections.fetch_sub(1, Ordering::SeqCst);
+    let _ = conn.flush().await;
+    let _ = conn.io.shutdown().await;
+    if let Some((identity, tenant, h, gen, end, will)) = outcome {
+        if matches!(end, End::Abnormal | End::WithWill) {
+            if let Some(w) = will {
+                publish_will(&broker, &tenant, &h, gen, w);
+            }
+        }
+        broker.detach(&h, gen);
+        if let Identity::Device { id } = &identity {
+            presence(&broker, id, false);
+        }
+    }
+}
+
+fn presence(broker: &Broker, device: &str, connected: bool) {
+    if let Some(d) = broker.app.registry.device(device) {
+        d.connected.store(connected, Ordering::Relaxed);
+        broker.app.events.publish(
+            &d.row.tenant,
+            "device",
+            Some(d.twin()),
+            None,
+            serde_json::json!({"device": d.row.id, "connected": connected}),
+        );
+    }
+}
+
+fn publish_will(
+    broker: &Arc<Broker>,
+    tenant: &Arc<str>,
+    h: &Arc<SessionHandle>,
+    gen: u64,
+    w: Will,
+) {
+    let now = broker.now_us();
+    let msg = Arc::new(Message {
+        topic: w.topic.as_str().into(),
+        payload: w.payload,
+        qos: w.qos,
+        retain: w.retain,
+        props: w.props.map(Arc::new),
+        expires_at: w.expiry_s.map(|s| now + s as i64 * 1_000_000),
+        from: Some(h.client_id.clone()),
+    });
+    let delay = w.delay_s.min(h.expiry_s.load(Ordering::SeqCst));
+    let (b, t, h) = (broker.clone(), tenant.clone(), h.clone());
+    let send = move || {
+        if msg.retain {
+            b.retain(&t, &msg);
+        }
+        b.route(&t, msg);
+    };
+    if delay == 0 {
+        send();
+    } else {
+        // [MQTT-3.1.3-9]: a reconnect within the delay cancels the will.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(delay as u64)).await;
+            if !h.connected() || h.client_id.is_empty() {
+                let _ = gen;
+                send();
+            }
+        });
+    }
+}
+
+type SessionOutcome = Option<(
+    Identity,
+    Arc<str>,
+    Arc<SessionHandle>,
+    u64,
+    End,
+    Option<Will>,
+)>;
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    c: ConnectIn,
+    peer: SocketAddr,
+    connected: usize,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionOutcome {
+    let broker = conn.broker.clone();
+    let m = &broker.metrics;
+    let refuse = |conn: &mut Conn<S>, r: Refusal, reason: &'static str| {
+        m.refused.add(reason, 1);
+        conn.write(Out::ConnAck {
+            session_present: false,
+            refusal: Some(r),
+            props: ConnAckProps::default(),
+        });
+    };
+    if connected > broker.settings.max_connections {
+        refuse(conn, Refusal::ServerBusy, "max_connections");
+        return None;
+    }
+    let (identity, tenant) = match broker
+        .authenticate(&c.client_id, c.username.as_deref(), c.password.as_deref())
+        .await
+    {
+        Ok(x) => x,
+        Err(r) => {
+            let reason = match r {
+                Refusal::BadCredentials => "bad_credentials",
+                Refusal::NotAuthorized => "not_authorized",
+                Refusal::ClientIdInvalid => "client_id",
+                _ => "other",
+            };
+            tracing::info!(client = %c.client_id, username = ?c.username, %peer, reason, "MQTT connection refused");
+            refuse(conn, r, reason);
+            return None;
+        }
+    };
+    // Client id: devices use their own; others may leave it empty with a
+    // clean start and get one assigned [MQTT-3.1.3-6].
+    let mut assigned = None;
+    let client_id = if c.client_id.is_empty() {
+        if !c.clean_start {
+            refuse(conn, Refusal::ClientIdInvalid, "client_id");
+            return None;
+        }
+        let id = format!("auto-{}", crate::auth::random_secret(12));
+        if c.version == Version::V5 {
+            assigned = Some(id.clone());
+        }
+        id
+    } else {
+        c.client_id.clone()
+    };
+    if !matches!(identity, Identity::Device { .. })
+        && broker.app.registry.device(&client_id).is_some()
+    {
+        refuse(conn, Refusal::ClientIdInvalid, "client_id");
+        return None;
+    }
+    if let Some(w) = &c.will {
+        if !topic::valid_topic(&w.topic) || !acl::may_publish(&identity, &w.topic) {
+            refuse(conn, Refusal::NotAuthorized, "will_not_authorized");
+            return None;
+        }
+    }
+    let expiry = c.session_expiry_s.min(broker.settings.session_expiry_max_s);
+    let window = c.receive_max.min(broker.settings.max_inflight);
+    let (h, present, gen, mut kicks) = match broker
+        .attach(
+            &client_id,
+            &tenant,
+            &identity.owner(),
+            c.clean_start,
+            expiry,
+            window,
+        )
+        .await
+    {
+        Ok(x) => x,
+        Err(r) => {
+            refuse(conn, r, "session_owner");
+            return None;
+        }
+    };
+    let mut props = ConnAckProps {
+        receive_max: Some(broker.settings.max_inflight),
+        topic_alias_max: Some(broker.settings.topic_alias_max),
+        max_packet_size: Some(broker.settings.max_packet_size as u32),
+        assigned_client_id: assigned,
+        ..Default::default()
+    };
+    if c.version == Version::V5 && expiry != c.session_expiry_s {
+        props.session_expiry_s = Some(expiry);
+    }
+    conn.write(Out::ConnAck {
+        session_present: present,
+        refusal: None,
+        props,
+    });
+    if let Identity::Device { id } = &identity {
+        presence(&broker, id, true);
+    }
+    tracing::debug!(client = %client_id, %peer, version = ?c.version, present, "MQTT client connected");
+    for s in h.state.lock().expect("state").replay() {
+        write_send(conn, &broker, s);
+    }
+    let end = main_loop(
+        conn,
+        &broker,
+        &identity,
+        &tenant,
+        &h,
+        c.keep_alive,
+        &mut kicks,
+        shutdown,
+    )
+    .await;
+    Some((identity, tenant, h, gen, end, c.will))
+}
+
+fn write_send<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, broker: &Broker, s: Next) {
+    match s {
+        Next::PubRel(pkid) => conn.write(Out::PubRel { pkid, reason: 0 }),
+        Next::Publish { pkid, out, dup } => {
+            let now = broker.now_us();
+            let expiry_s = out
+                .msg
+                .expires_at
+                .map(|e| ((e - now).max(0) / 1_000_000) as u32);
+            let before = conn.out.len();
+            conn.write(Out::Publish {
+                topic: &out.msg.topic,
+                payload: &out.msg.payload,
+                qos: out.qos,
+                retain: out.retain,
+                dup,
+                pkid,
+                props: out.msg.props.as_deref(),
+                expiry_s,
+                sub_ids: &out.sub_ids,
+            });
+            broker.metrics.count_out(out.qos);
+            // Larger than the client accepts: drop it [MQTT-3.1.2-25].
+            if conn.max_out.is_some_and(|mx| conn.out.len() - before > mx) {
+                conn.out.truncate(before);
+            }
+        }
+    }
+}
+
+/// Writes queued messages while the window and the buffer allow.
+fn drain<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    broker: &Broker,
+    h: &SessionHandle,
+) -> bool {
+    let now = broker.now_us();
+    loop {
+        if conn.out.len() >= OUT_HIGH_WATER {
+            return true;
+        }
+        let next = h.state.lock().expect("state").next(now);
+        match next {
+            Some(s) => write_send(conn, broker, s),
+            None => return false,
+        }
+    }
+}
+
+struct Pass {
+    acks: Vec<Option<Ack>>,
+    telemetry: Vec<(usize, TelemetryMessage)>,
+    routed: Vec<Arc<Message>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    broker: &Arc<Broker>,
+    identity: &Identity,
+    tenant: &Arc<str>,
+    h: &Arc<SessionHandle>,
+    keep_alive: u16,
+    kicks: &mut tokio::sync::mpsc::UnboundedReceiver<Kick>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> End {
+    let max = broker.settings.max_packet_size;
+    let keep = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
+    let mut deadline = keep.map(|k| tokio::time::Instant::now() + k);
+    let mut pending: FuturesOrdered<BoxFuture<'static, Vec<Ack>>> = FuturesOrdered::new();
+    let mut aliases: HashMap<u16, String> = HashMap::new();
+    let mut msg_bucket = Bucket::new(broker.settings.rate_messages);
+    let mut byte_bucket = Bucket::new(broker.settings.rate_bytes);
+    let mut resume_at: Option<tokio::time::Instant> = None;
+    let device = match identity {
+        Identity::Device { id } => broker.app.registry.device(id),
+        _ => None,
+    };
+    let telemetry_topic = device
+        .as_ref()
+        .map(|d| format!("devices/{}/telemetry", d.row.id));
+    let replies_prefix = device
+        .as_ref()
+        .map(|d| format!("devices/{}/replies/", d.row.id));
+    if drain(conn, broker, h) {
+        h.notify.notify_one();
+    }
+    let end = loop {
+        if conn.flush().await.is_err() {
+            break End::Abnormal;
+        }
+        let reading = pending.len() < MAX_PENDING && resume_at.is_none();
+        tokio::select! {
+            biased;
+            k = kicks.recv() => {
+                let reason = match k { Some(Kick::SlowConsumer) => 0x97, _ => 0x8E };
+                if conn.version == Version::V5 {
+                    conn.write(Out::Disconnect { reason, message: None });
+                }
+                break End::Abnormal;
+            }
+            _ = shutdown.changed() => {
+                if conn.version == Version::V5 {
+                    conn.write(Out::Disconnect { reason: 0x8B, message: Some("server shutting down") });
+                }
+                break End::Abnormal;
+            }
+            Some(acks) = pending.next(), if !pending.is_empty() => {
+                for a in acks {
+                    match a {
+                        Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
+                        Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(resume_at.expect("guarded")).await }, if resume_at.is_some() => {
+                resume_at = None;
+            }
+            r = conn.io.read_buf(&mut conn.inbuf), if reading => {
+                match r {
+                    Ok(0) | Err(_) => break End::Abnormal,
+                    Ok(_) => {}
+                }
+                deadline = keep.map(|k| tokio::time::Instant::now() + k);
+                let mut pass = Pass { acks: Vec::new(), telemetry: Vec::new(), routed: Vec::new() };
+                let mut ended = None;
+                loop {
+                    let packet = match codec::read(&mut conn.inbuf, Some(conn.version), max) {
+                        Ok(Some(p)) => p,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(client = %h.client_id, error = %e, "closing a connection that sent a bad packet");
+                            if conn.version == Version::V5 {
+                                let reason = if matches!(e, CodecError::TooLarge(_)) { 0x95 } else { 0x81 };
+                                conn.write(Out::Disconnect { reason, message: None });
+                            }
+                            ended = Some(End::Abnormal);
+                            break;
+                        }
+                    };
+                    match packet {
+                        In::Publish(p) => {
+                            if let Some(wait) = rate_check(broker, &mut msg_bucket, &mut byte_bucket, p.payload.len()) {
+                                broker.metrics.rate_limited.inc();
+                                match broker.settings.rate_action {
+                                    RateAction::Throttle => {
+                                        let until = tokio::time::Instant::now() + wait;
+                                        resume_at = Some(resume_at.map_or(until, |r| r.max(until)));
+                                    }
+                                    RateAction::Reject | RateAction::Disconnect => {
+                                        if conn.version == Version::V5 {
+                                            conn.write(Out::Disconnect { reason: 0x96, message: Some("message rate too high") });
+                                        }
+                                        ended = Some(End::Abnormal);
+                                        break;
+                                    }
+                                }
+                            }
+                            match on_publish(conn, broker, identity, tenant, h, p, &mut aliases, telemetry_topic.as_deref(), replies_prefix.as_deref(), &mut pass) {
+                                Ok(()) => {}
+                                Err(reason) => {
+                                    if conn.version == Version::V5 {
+                                        conn.write(Out::Disconnect { reason, message: None });
+                                    }
+                                    ended = Some(End::Abnormal);
+                                    break;
+                                }
+                            }
+                        }
+                        In::PubAck(pkid) => {
+                            h.state.lock().expect("state").on_puback(pkid);
+                        }
+                        In::PubRec(pkid) => {
+                            let known = h.state.lock().expect("state").on_pubrec(pkid);
+                            conn.write(Out::PubRel { pkid, reason: if known { 0 } else { 0x92 } });
+                        }
+                        In::PubComp(pkid) => {
+                            h.state.lock().expect("state").on_pubcomp(pkid);
+                        }
+                        In::PubRel(pkid) => {
+                            let known = h.state.lock().expect("state").qos2_released(pkid);
+                            conn.write(Out::PubComp { pkid, reason: if known { 0 } else { 0x92 } });
+                        }
+                        In::Subscribe { pkid, filters, sub_id } => on_subscribe(conn, broker, identity, h, pkid, filters, sub_id),
+                        In::Unsubscribe { pkid, filters } => {
+                            let reasons = filters.iter().map(|f| if broker.unsubscribe(h, f) { 0x00 } else { 0x11 }).collect();
+                            conn.write(Out::UnsubAck { pkid, reasons });
+                        }
+                        In::PingReq => conn.write(Out::PingResp),
+                        In::Disconnect { reason, session_expiry_s } => {
+                            if let Some(s) = session_expiry_s {
+                                // [MQTT-3.14.2-2]: not from 0 to non-zero.
+                                if h.expiry_s.load(Ordering::SeqCst) == 0 && s > 0 {
+                                    conn.write(Out::Disconnect { reason: 0x82, message: Some("session expiry cannot be set at disconnect") });
+                                    ended = Some(End::Abnormal);
+                                    break;
+                                }
+                                h.expiry_s.store(s.min(broker.settings.session_expiry_max_s), Ordering::SeqCst);
+                            }
+                            ended = Some(if reason == 0x04 { End::WithWill } else { End::Normal });
+                            break;
+                        }
+                        In::Connect(_) => {
+                            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+                            if conn.version == Version::V5 {
+                                conn.write(Out::Disconnect { reason: 0x82, message: None });
+                            }
+                            ended = Some(End::Abnormal);
+                            break;
+                        }
+                        In::Unexpected(what) => {
+                            tracing::debug!(client = %h.client_id, packet = what, "protocol error");
+                            if conn.version == Version::V5 {
+                                conn.write(Out::Disconnect { reason: 0x82, message: None });
+                            }
+                            ended = Some(End::Abnormal);
+                            break;
+                        }
+                    }
+                }
+                finish_pass(broker, tenant, device.clone(), pass, &mut pending);
+                if drain(conn, broker, h) {
+                    h.notify.notify_one();
+                }
+                if let Some(e) = ended {
+                    break e;
+                }
+            }
+            _ = h.notify.notified() => {
+                if drain(conn, broker, h) {
+                    h.notify.notify_one();
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                // [MQTT-3.1.2-24]: 1.5 × keep-alive without a packet.
+                if conn.version == Version::V5 {
+                    conn.write(Out::Disconnect { reason: 0x8D, message: None });
+                }
+                break End::Abnormal;
+            }
+        }
+    };
+    // Acknowledge what became durable before we stopped reading.
+    while let Some(acks) = pending.next().await {
+        for a in acks {
+            match a {
+                Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
+                Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
+            }
+        }
+    }
+    end
+}
+
+fn rate_check(
+    broker: &Broker,
+    msgs: &mut Option<Bucket>,
+    bytes: &mut Option<Bucket>,
+    len: usize,
+) -> Option<Duration> {
+    let _ = broker;
+    let a = msgs.as_mut().and_then(|b| b.take(1.0));
+    let b = bytes.as_mut().and_then(|b| b.take(len as f64));
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Handles one PUBLISH: alias, validation, ACL, QoS 2 duplicates, then
+/// telemetry hand-off or routing. Err(v5 reason) closes the connection.
+#[allow(clippy::too_many_arguments)]
+fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    broker: &Arc<Broker>,
+    identity: &Identity,
+    tenant: &Arc<str>,
+    h: &Arc<SessionHandle>,
+    mut p: PublishIn,
+    aliases: &mut HashMap<u16, String>,
+    telemetry_topic: Option<&str>,
+    replies_prefix: Option<&str>,
+    pass: &mut Pass,
+) -> Result<(), u8> {
+    if let Some(a) = p.topic_alias {
+        if a == 0 || a > broker.settings.topic_alias_max {
+            return Err(0x94);
+        }
+        if p.topic.is_empty() {
+            p.topic = aliases.get(&a).cloned().ok_or(0x82u8)?;
+        } else {
+            aliases.insert(a, p.topic.clone());
+        }
+    }
+    if !topic::valid_topic(&p.topic) {
+        return Err(0x90);
+    }
+    if p.qos > 2 {
+        return Err(0x81);
+    }
+    broker.metrics.count_in(p.qos);
+    let ack = |reason: u8| match p.qos {
+        0 => None,
+        1 => Some(Ack::PubAck(p.pkid, reason)),
+        _ => Some(Ack::PubRec(p.pkid, reason)),
+    };
+    if p.qos == 2 && !h.state.lock().expect("state").qos2_received(p.pkid) {
+        // A retransmission of a QoS 2 message already taken: acknowledge
+        // again, deliver nothing again [MQTT-4.3.3-…].
+        pass.acks.push(ack(0));
+        return Ok(());
+    }
+    if !acl::may_publish(identity, &p.topic) {
+        broker.metrics.acl_denied.inc();
+        tracing::debug!(client = %h.client_id, topic = %p.topic, "publish refused by ACL");
+        if p.qos == 2 {
+            h.state.lock().expect("state").qos2_released(p.pkid);
+        }
+        pass.acks
+            .push(ack(if conn.version == Version::V5 { 0x87 } else { 0 }));
+        return Ok(());
+    }
+    let now = broker.now_us();
+    let msg = Arc::new(Message {
+        topic: p.topic.as_str().into(),
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        props: p.props.map(Arc::new),
+        expires_at: p.expiry_s.map(|s| now + s as i64 * 1_000_000),
+        from: Some(h.client_id.clone()),
+    });
+    if telemetry_topic == Some(&*msg.topic) {
+        match twinhub_codec::decode_telemetry(&msg.payload, &broker.app.decode_limits) {
+            Ok(msgs) => {
+                let slot = pass.acks.len();
+                pass.acks.push(ack(0));
+                for m in msgs {
+                    pass.telemetry.push((slot, m));
+                }
+                pass.routed.push(msg);
+            }
+            Err(e) => {
+                broker.metrics.telemetry_rejected.inc();
+                broker.app.metrics.ingest_rejected.add("invalid", 1);
+                tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
+                // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
+                pass.acks
+                    .push(ack(if conn.version == Version::V5 { 0x99 } else { 0 }));
+            }
+        }
+        return Ok(());
+    }
+    if let Some(id) = replies_prefix.and_then(|pre| msg.topic.strip_prefix(pre)) {
+        broker.reply(id, msg.payload.clone());
+    }
+    if msg.retain {
+        broker.retain(tenant, &msg);
+    }
+    broker.route(tenant, msg);
+    pass.acks.push(ack(0));
+    Ok(())
+}
+
+/// Turns a read pass into one ordered acknowledgement future: immediate
+/// acks and, when the pass held telemetry, the durable write they wait for.
+fn finish_pass(
+    broker: &Arc<Broker>,
+    tenant: &Arc<str>,
+    device: Option<Arc<crate::registry::Device>>,
+    pass: Pass,
+    pending: &mut FuturesOrdered<BoxFuture<'static, Vec<Ack>>>,
+) {
+    if pass.acks.is_empty() {
+        return;
+    }
+    if pass.telemetry.is_empty() {
+        pending.push_back(Box::pin(futures_util::future::ready(
+            pass.acks.into_iter().flatten().collect(),
+        )));
+        return;
+    }
+    let (broker, tenant) = (broker.clone(), tenant.clone());
+    pending.push_back(Box::pin(async move {
+        let device = device.expect("telemetry comes from a device");
+        let msgs: Vec<TelemetryMessage> = pass.telemetry.iter().map(|(_, m)| m.clone()).collect();
+        let res = broker
+            .app
+            .pipeline
+            .ingest(&device, "mqtt", msgs, None)
+            .await;
+        let failed = match &res {
+            Ok(_) => None,
+            Err(crate::pipeline::IngestError::Invalid { .. }) => Some(0x99u8),
+            Err(_) => Some(0x80u8),
+        };
+        if failed.is_none() {
+            for m in pass.routed {
+                broker.route(&tenant, m);
+            }
+        }
+        let slots: std::collections::HashSet<usize> =
+            pass.telemetry.iter().map(|(s, _)| *s).collect();
+        pass.acks
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let a = a?;
+                match (failed, slots.contains(&i)) {
+                    (Some(r), true) => Some(match a {
+                        Ack::PubAck(p, _) => Ack::PubAck(p, r),
+                        Ack::PubRec(p, _) => Ack::PubRec(p, r),
+                    }),
+                    _ => Some(a),
+                }
+            })
+            .collect()
+    }));
+}
+
+fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    broker: &Arc<Broker>,
+    identity: &Identity,
+    h: &Arc<SessionHandle>,
+    pkid: u16,
+    filters: Vec<codec::SubReq>,
+    sub_id: Option<usize>,
+) {
+    let mut codes = Vec::with_capacity(filters.len());
+    let mut retained = Vec::new();
+    for f in &filters {
+        let Ok((share, filter)) = topic::parse_shared(&f.filter) else {
+            codes.push(Err(0x8F));
+            continue;
+        };
+        if !topic::valid_filter(filter) || f.qos > 2 {
+            codes.push(Err(0x8F));
+            continue;
+        }
+        if share.is_some() && f.no_local {
+            // [MQTT-3.8.3-4]
+            codes.push(Err(0x8F));
+            continue;
+        }
+        if !acl::may_subscribe(identity, filter) {
+            broker.metrics.acl_denied.inc();
+            codes.push(Err(0x87));
+            continue;
+        }
+        let sub = Sub {
+            client: h.client_id.clone(),
+            filter: filter.into(),
+            qos: f.qos,
+            no_local: f.no_local,
+            retain_as_published: f.retain_as_published,
+            sub_id,
+            share: share.map(Into::into),
+        };
+        let existed = broker.subscribe(h, &f.filter, sub);
+        codes.push(Ok(f.qos));
+        // Retained messages: never for shared subscriptions; per retain
+        // handling otherwise [MQTT-3.3.1-9..11].
+        if share.is_none() && (f.retain_handling == 0 || (f.retain_handling == 1 && !existed)) {
+            for m in broker.retained_for(&h.tenant, filter) {
+                retained.push(Outgoing {
+                    qos: m.qos.min(f.qos),
+                    msg: m,
+                    retain: true,
+                    sub_ids: sub_id.into_iter().collect(),
+                });
+            }
+        }
+    }
+    conn.write(Out::SubAck { pkid, codes });
+    if !retained.is_empty() {
+        let mut st = h.state.lock().expect("state");
+        for o in retained {
+            st.push(o);
+        }
+        drop(st);
+        h.notify.notify_one();
+    }
+}
+
+/// A sender's view of a message body: used by the command API.
+pub fn command_message(
+    topic: String,
+    payload: Bytes,
+    response_topic: String,
+    correlation: Bytes,
+) -> Message {
+    Message {
+        topic: topic.into(),
+        payload,
+        qos: 1,
+        retain: false,
+        props: Some(Arc::new(MsgProps {
+            payload_format: Some(1),
+            content_type: Some("application/json".into()),
+            response_topic: Some(response_topic),
+            correlation_data: Some(correlation),
+            user_properties: vec![],
+        })),
+        expires_at: None,
+        from: None,
+    }
+}

@@ -1,0 +1,323 @@
+//! Per-session delivery state: the bounded queue of messages waiting for
+//! the client, the in-flight window (packet ids awaiting PUBACK / PUBREC /
+//! PUBCOMP), and QoS 2 packet ids received but not yet released. Pure and
+//! tested without sockets; the connection task drives it.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// MQTT 5 properties a message carries from publisher to subscriber.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MsgProps {
+    pub payload_format: Option<u8>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// A published message as the broker routes it. The topic is the one
+/// clients see (tenant namespacing is the router's business).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub props: Option<Arc<MsgProps>>,
+    /// Clock time (µs) after which the message is discarded (v5 message
+    /// expiry).
+    pub expires_at: Option<i64>,
+    /// The publishing client (for no-local).
+    pub from: Option<Arc<str>>,
+}
+
+/// A message on its way to one subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub msg: Arc<Message>,
+    pub qos: u8,
+    pub retain: bool,
+    pub sub_ids: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitAck,
+    AwaitRec,
+    AwaitComp,
+}
+
+/// What the connection should write next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Send {
+    Publish { pkid: u16, out: Outgoing, dup: bool },
+    PubRel(u16),
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    queue: VecDeque<Outgoing>,
+    cap: usize,
+    inflight: BTreeMap<u16, (Outgoing, Phase)>,
+    incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    /// How many QoS 1/2 messages may await acknowledgement at once.
+    pub window: u16,
+    pub dropped: u64,
+}
+
+impl SessionState {
+    pub fn new(cap: usize, window: u16) -> SessionState {
+        SessionState {
+            queue: VecDeque::new(),
+            cap: cap.max(1),
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_pkid: 0,
+            window: window.max(1),
+            dropped: 0,
+        }
+    }
+
+    /// Queues a message; when the queue is full the oldest is dropped (and
+    /// returned) so a slow subscriber never holds up anyone else.
+    pub fn push(&mut self, o: Outgoing) -> Option<Outgoing> {
+        let dropped = if self.queue.len() >= self.cap {
+            self.dropped += 1;
+            self.queue.pop_front()
+        } else {
+            None
+        };
+        self.queue.push_back(o);
+        dropped
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queue_iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.queue.iter()
+    }
+
+    fn alloc_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                self.next_pkid = 1;
+            }
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// The next message to write, if the window allows. Expired messages
+    /// are dropped here [MQTT-3.3.2-5].
+    pub fn next(&mut self, now_us: i64) -> Option<Send> {
+        loop {
+            let front = self.queue.front()?;
+            if front.msg.expires_at.is_some_and(|e| e <= now_us) {
+                self.queue.pop_front();
+                continue;
+            }
+            if front.qos > 0 && self.inflight.len() >= self.window as usize {
+                return None;
+            }
+            let out = self.queue.pop_front().expect("front exists");
+            if out.qos == 0 {
+                return Some(Send::Publish {
+                    pkid: 0,
+                    out,
+                    dup: false,
+                });
+            }
+            let pkid = self.alloc_pkid();
+            let phase = if out.qos == 1 {
+                Phase::AwaitAck
+            } else {
+                Phase::AwaitRec
+            };
+            self.inflight.insert(pkid, (out.clone(), phase));
+            return Some(Send::Publish {
+                pkid,
+                out,
+                dup: false,
+            });
+        }
+    }
+
+    /// PUBACK for a QoS 1 message we sent.
+    pub fn on_puback(&mut self, pkid: u16) -> bool {
+        matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitAck)))
+            && self.inflight.remove(&pkid).is_some()
+    }
+
+    /// PUBREC for a QoS 2 message we sent; the caller answers PUBREL.
+    pub fn on_pubrec(&mut self, pkid: u16) -> bool {
+        match self.inflight.get_mut(&pkid) {
+            Some((_, p @ Phase::AwaitRec)) => {
+                *p = Phase::AwaitComp;
+                true
+            }
+            Some((_, Phase::AwaitComp)) => true,
+            _ => false,
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
+        matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitComp)))
+            && self.inflight.remove(&pkid).is_some()
+    }
+
+    /// On reconnect of a persistent session: unacknowledged PUBLISHes again
+    /// with DUP set, PUBRELs for those already received [MQTT-4.4.0-1].
+    pub fn replay(&self) -> Vec<Send> {
+        self.inflight
+            .iter()
+            .map(|(pkid, (out, phase))| match phase {
+                Phase::AwaitComp => Send::PubRel(*pkid),
+                _ => Send::Publish {
+                    pkid: *pkid,
+                    out: out.clone(),
+                    dup: true,
+                },
+            })
+            .collect()
+    }
+
+    /// A QoS 2 PUBLISH arrived; false if its packet id is already awaiting
+    /// PUBREL (a duplicate that must not be delivered again).
+    pub fn qos2_received(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.insert(pkid)
+    }
+
+    pub fn qos2_released(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    pub fn qos2_pending(&self, pkid: u16) -> bool {
+        self.incoming_qos2.contains(&pkid)
+    }
+
+    /// Everything still owed to the client (persisted for restart).
+    pub fn pending(&self) -> Vec<Outgoing> {
+        self.inflight
+            .values()
+            .map(|(o, _)| o.clone())
+            .chain(self.queue.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(qos: u8, n: u8) -> Outgoing {
+        Outgoing {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from(vec![n]),
+                qos,
+                retain: false,
+                props: None,
+                expires_at: None,
+                from: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn window_acks_and_replay() {
+        let mut s = SessionState::new(10, 2);
+        for i in 0..4 {
+            s.push(out(1, i));
+        }
+        let a = s.next(0).unwrap();
+        let b = s.next(0).unwrap();
+        assert!(s.next(0).is_none(), "window of 2 is full");
+        let (Send::Publish { pkid: pa, .. }, Send::Publish { pkid: pb, .. }) = (a, b) else {
+            panic!()
+        };
+        assert_ne!(pa, pb);
+        assert!(!s.on_pubcomp(pa), "wrong phase");
+        assert!(s.on_puback(pa));
+        assert!(!s.on_puback(pa), "acked once");
+        assert!(matches!(s.next(0), Some(Send::Publish { .. })));
+        let replay = s.replay();
+        assert_eq!(replay.len(), 2);
+        assert!(replay
+            .iter()
+            .all(|r| matches!(r, Send::Publish { dup: true, .. })));
+    }
+
+    #[test]
+    fn qos2_flow_and_duplicates() {
+        let mut s = SessionState::new(10, 10);
+        s.push(out(2, 1));
+        let Some(Send::Publish { pkid, .. }) = s.next(0) else {
+            panic!()
+        };
+        assert!(s.on_pubrec(pkid));
+        assert_eq!(s.replay(), vec![Send::PubRel(pkid)]);
+        assert!(s.on_pubcomp(pkid));
+        assert_eq!(s.inflight(), 0);
+        assert!(s.qos2_received(7));
+        assert!(!s.qos2_received(7), "a duplicate is recognised");
+        assert!(s.qos2_released(7));
+        assert!(!s.qos2_released(7));
+    }
+
+    #[test]
+    fn full_queue_drops_oldest_and_counts() {
+        let mut s = SessionState::new(2, 10);
+        s.push(out(0, 1));
+        s.push(out(0, 2));
+        let dropped = s.push(out(0, 3)).unwrap();
+        assert_eq!(dropped.msg.payload[0], 1);
+        assert_eq!(s.dropped, 1);
+        let Some(Send::Publish { out, pkid: 0, .. }) = s.next(0) else {
+            panic!()
+        };
+        assert_eq!(out.msg.payload[0], 2);
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent() {
+        let mut s = SessionState::new(10, 10);
+        let mut o = out(1, 1);
+        Arc::make_mut(&mut o.msg).expires_at = Some(100);
+        s.push(o);
+        s.push(out(1, 2));
+        let Some(Send::Publish { out, .. }) = s.next(200) else {
+            panic!()
+        };
+        assert_eq!(out.msg.payload[0], 2);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight_and_wrap() {
+        let mut s = SessionState::new(100_000, u16::MAX);
+        s.next_pkid = u16::MAX - 1;
+        for i in 0..3 {
+            s.push(out(1, i));
+        }
+        let ids: Vec<u16> = (0..3)
+            .map(|_| match s.next(0) {
+                Some(Send::Publish { pkid, .. }) => pkid,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(ids, vec![u16::MAX, 1, 2], "0 is never a packet id");
+    }
+}
