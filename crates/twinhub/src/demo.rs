@@ -41,6 +41,9 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     if flags.http_listen.is_none() && std::env::var("TWINHUB_HTTP_LISTEN").is_err() {
         flags.http_listen = Some(free_or_zero("127.0.0.1:8080"));
     }
+    if flags.mqtt_listen.is_none() && std::env::var("TWINHUB_MQTT_LISTEN").is_err() {
+        flags.mqtt_listen = Some(free_or_zero("127.0.0.1:1883"));
+    }
     let mut config = load_config(file, &flags)?;
     let password = config
         .admin_password
@@ -91,34 +94,21 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let interval = Duration::from_secs_f64(args.interval.max(0.01));
+    let mqtt = server
+        .ready
+        .mqtt
+        .ok_or_else(|| anyhow!("the demo needs the MQTT listener (mqtt.listen is empty)"))?;
     for (i, (id, key)) in devices.iter().cloned().enumerate() {
-        let (client, base) = (client.clone(), base.clone());
-        tokio::spawn(async move {
-            let mut reactor = Reactor::new(1000 + i as u64);
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                let r = reactor.step();
-                let body = json!({"temperature": r.temperature, "pressure": r.pressure, "flow_rate": r.flow_rate, "yield": r.yield_pct});
-                let res = client
-                    .post(format!("{base}/api/v1/devices/{id}/telemetry"))
-                    .basic_auth(&id, Some(&key))
-                    .json(&body)
-                    .send()
-                    .await;
-                if let Err(e) = res {
-                    tracing::debug!(device = %id, error = %e, "simulated device could not post");
-                }
-            }
-        });
+        tokio::spawn(simulate_device(mqtt, id, key, 1000 + i as u64, interval));
     }
 
     let (first, first_key) = &devices[0];
     println!(
         r#"
-twinhub demo is running ({n} simulated reactors report temperature, pressure, flow_rate and yield every {iv}s)
+twinhub demo is running ({n} simulated reactors report temperature, pressure, flow_rate and yield every {iv}s over MQTT)
 
   HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
+  MQTT         {mqtt}   (devices: client id = user name = device id, password = device key)
   metrics      {base}/metrics
   data dir     {dir}
   admin login  admin / {password}
@@ -131,15 +121,62 @@ Try:
   curl -s -N -H "Authorization: Bearer $TOKEN" "{base}/api/v1/events?types=telemetry&twin={first}"
   curl -s -u {first}:{first_key} -H 'content-type: application/json' \
       -X POST {base}/api/v1/devices/{first}/telemetry -d '{{"temperature": 361.5}}'
+  mosquitto_sub -h {mh} -p {mp} -u admin -P '{password}' -t 'devices/+/telemetry' -v
+  mosquitto_pub -h {mh} -p {mp} -i {first} -u {first} -P '{first_key}' -q 1 \
+      -t devices/{first}/telemetry -m '{{"temperature": 362.0}}'
 
 Ctrl-C stops the demo.
 "#,
         n = devices.len(),
         iv = args.interval,
         dir = data_dir.display(),
+        mh = mqtt.ip(),
+        mp = mqtt.port(),
     );
     shutdown_signal().await;
     println!("stopping…");
     server.stop().await?;
     Ok(())
+}
+
+/// One simulated reactor: a real MQTT client with its own credentials,
+/// publishing QoS 1 telemetry; it reconnects when the connection drops.
+async fn simulate_device(
+    broker: std::net::SocketAddr,
+    id: String,
+    key: String,
+    seed: u64,
+    interval: Duration,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
+    let mut opts = MqttOptions::new(&id, broker.ip().to_string(), broker.port());
+    opts.set_credentials(&id, &key);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(_)) | Ok(Event::Outgoing(_)) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "simulated device reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    let mut reactor = Reactor::new(seed);
+    let mut tick = tokio::time::interval(interval);
+    let topic = format!("devices/{id}/telemetry");
+    loop {
+        tick.tick().await;
+        let r = reactor.step();
+        let body = json!({"temperature": r.temperature, "pressure": r.pressure, "flow_rate": r.flow_rate, "yield": r.yield_pct});
+        if client
+            .publish(&topic, QoS::AtLeastOnce, false, body.to_string())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }

@@ -243,3 +243,76 @@ pub async fn post_telemetry(
         .await?;
     Ok(Json(IngestReceipt { messages, points }))
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CommandQuery {
+    /// How long to wait for the device's reply (default 10s, at most 5m).
+    pub timeout: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Sends a command to a connected device over MQTT
+/// (`devices/{id}/commands/{name}/{requestId}`, with MQTT 5 response topic
+/// and correlation data) and answers with the device's reply from
+/// `devices/{id}/replies/{requestId}`.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/commands/{name}", tag = "devices",
+    params(("id" = String, Path), ("name" = String, Path), CommandQuery),
+    request_body(content = serde_json::Value, description = "The command's arguments (any JSON)"),
+    responses((status = 200, body = serde_json::Value, description = "The device's reply, e.g. {\"status\":200,\"payload\":…}"),
+        (status = 404), (status = 409, description = "The device is not connected"), (status = 502), (status = 504)))]
+pub async fn send_command(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, name)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::CommandsSend)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    twinhub_model::ids::check_property_name(&name).map_err(|rule| ApiError::field("name", rule))?;
+    let wait = match q.timeout.as_deref() {
+        None => 10_000_000,
+        Some(t) => twinhub_model::time::parse_duration(t)
+            .map_err(|rule| ApiError::field("timeout", rule))?,
+    };
+    if wait > 300_000_000 {
+        return Err(ApiError::field("timeout", "must be at most 5m"));
+    }
+    let broker = state.broker().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "MQTT is disabled on this server",
+        )
+    })?;
+    if !broker.device_session(&id).is_some_and(|s| s.connected()) {
+        return Err(ApiError::conflict(format!("device {id} is not connected")));
+    }
+    let request_id = crate::auth::random_secret(9);
+    let reply = broker.expect_reply(&request_id);
+    let msg = crate::mqtt::connection::command_message(
+        format!("devices/{id}/commands/{name}/{request_id}"),
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+        format!("devices/{id}/replies/{request_id}"),
+        Bytes::from(request_id.clone()),
+    );
+    broker.route(&dev.row.tenant, std::sync::Arc::new(msg));
+    tracing::info!(device = %id, command = %name, by = %p.name(), "command sent");
+    match tokio::time::timeout(std::time::Duration::from_micros(wait as u64), reply).await {
+        Ok(Ok(payload)) => serde_json::from_slice(&payload).map(Json).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the device replied with something other than JSON",
+            )
+        }),
+        _ => {
+            broker.forget_reply(&request_id);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!("device {id} did not reply within the timeout"),
+            ))
+        }
+    }
+}

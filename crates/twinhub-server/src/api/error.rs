@@ -15,6 +15,7 @@
 //! | unprocessable_entity  | 422 |
 //! | rate_limited          | 429 |
 //! | internal_error        | 500 |
+//! | bad_gateway           | 502 |
 //! | service_unavailable   | 503 |
 //! | gateway_timeout       | 504 |
 

@@ -151,6 +151,7 @@ pub fn router(state: AppState) -> Router {
             devices::delete_device
         ))
         .routes(routes!(devices::post_telemetry))
+        .routes(routes!(devices::send_command))
         .routes(routes!(twins::get_twin))
         .routes(routes!(twins::list_series))
         .routes(routes!(twins::get_history, twins::delete_history))

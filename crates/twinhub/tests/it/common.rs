@@ -87,6 +87,15 @@ impl TestServer {
             .expect("clean stop");
     }
 
+    pub fn mqtt(&self) -> std::net::SocketAddr {
+        self.handle
+            .as_ref()
+            .unwrap()
+            .ready
+            .mqtt
+            .expect("MQTT is enabled in tests")
+    }
+
     pub fn store(&self) -> &twinhub_server::store::Store {
         &self.handle.as_ref().unwrap().ready.store
     }

@@ -3,7 +3,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// Reads SSE frames until `n` events arrived (each: id, event, data).
-async fn read_events(mut resp: reqwest::Response, n: usize) -> Vec<(u64, String, Value)> {
+pub async fn read_events(mut resp: reqwest::Response, n: usize) -> Vec<(u64, String, Value)> {
     let mut buf = String::new();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

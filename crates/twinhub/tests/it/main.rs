@@ -9,5 +9,6 @@ mod devices;
 mod events;
 mod history;
 mod ingest;
+mod mqtt;
 mod ops;
 mod process;

@@ -1,0 +1,314 @@
+//! What devices, operators and integrations rely on: telemetry through
+//! MQTT into history with PUBACK only after it is durable, tenant
+//! isolation, presence, commands, slow subscribers.
+
+use super::*;
+use crate::common::*;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn telemetry_is_acknowledged_only_once_durable_and_reaches_history() {
+    let s = TestServer::start().await;
+    let key = s.device("m1").await;
+    let (mut d, ack) = open4(s.mqtt(), "m1", Some(("m1", &key)), true).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+    let pause = s.store().pause_writer();
+    d.send4(pub4(
+        "devices/m1/telemetry",
+        1,
+        1,
+        br#"{"ts": 1700000000000, "temperature": 351.5}"#,
+        false,
+    ))
+    .await;
+    // Not durable yet: no PUBACK.
+    d.expect_silence(std::time::Duration::from_millis(400))
+        .await;
+    drop(pause);
+    assert!(matches!(d.recv4().await, v4::Packet::PubAck(a) if a.pkid == 1));
+    let (_, v) = s
+        .json(s.get("/api/v1/twins/m1/telemetry/temperature?from=0"))
+        .await;
+    assert_eq!(
+        v["points"],
+        json!([{"ts": 1_700_000_000_000i64, "value": 351.5}])
+    );
+    let (_, twin) = s.json(s.get("/api/v1/twins/m1")).await;
+    assert_eq!(twin["temperature"], 351.5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_telemetry_is_refused_with_0x99_in_v5_and_dropped_in_3_1_1() {
+    let s = TestServer::start().await;
+    let key = s.device("bad").await;
+    let (mut d5, _) = open5(s.mqtt(), "bad", Some(("bad", &key)), true, None).await;
+    d5.send5(pub5("devices/bad/telemetry", 1, 1, b"{\"t\": null}", None))
+        .await;
+    match d5.recv5().await {
+        v5::Packet::PubAck(a) => assert_eq!(a.reason, v5::PubAckReason::PayloadFormatInvalid),
+        p => panic!("{p:?}"),
+    }
+    drop(d5);
+    let (mut d4, _) = open4(s.mqtt(), "bad", Some(("bad", &key)), true).await;
+    d4.send4(pub4("devices/bad/telemetry", 1, 2, b"not json", false))
+        .await;
+    assert!(
+        matches!(d4.recv4().await, v4::Packet::PubAck(_)),
+        "3.1.1 acknowledges and drops"
+    );
+    assert_eq!(
+        s.get("/api/v1/twins/bad").send().await.unwrap().status(),
+        200
+    );
+    let (_, series) = s.json(s.get("/api/v1/twins/bad/telemetry")).await;
+    assert_eq!(series["value"], json!([]), "nothing was stored");
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("twinhub_mqtt_telemetry_rejected_total 2"),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn operators_see_telemetry_and_tenants_see_only_their_own() {
+    let s = TestServer::start().await;
+    let key = s.device("t-a").await;
+    s.post("/api/v1/tenants", json!({"id": "other", "name": "Other"}))
+        .send()
+        .await
+        .unwrap();
+    s.post("/api/v1/users", json!({"username": "o-op", "password": "Other-pass-1", "tenant": "other", "roles": ["operator"]})).send().await.unwrap();
+    let (mut mine, _) = open4(s.mqtt(), "ops-a", Some(("admin", ADMIN_PASSWORD)), true).await;
+    mine.send4(sub4(1, "devices/+/telemetry", 0)).await;
+    mine.recv4().await;
+    let (mut theirs, ack) = open4(s.mqtt(), "ops-b", Some(("o-op", "Other-pass-1")), true).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+    theirs.send4(sub4(1, "#", 0)).await;
+    theirs.recv4().await;
+    let (mut d, _) = open4(s.mqtt(), "t-a", Some(("t-a", &key)), true).await;
+    d.send4(pub4("devices/t-a/telemetry", 1, 1, br#"{"v": 1}"#, false))
+        .await;
+    d.recv4().await;
+    match mine.recv4().await {
+        v4::Packet::Publish(p) => assert_eq!(p.topic, "devices/t-a/telemetry"),
+        p => panic!("{p:?}"),
+    }
+    theirs
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    // A viewer may subscribe but not publish.
+    s.user("viewer-m", &["viewer"]).await;
+    let (mut v, _) = open5(
+        s.mqtt(),
+        "viewer-m-c",
+        Some(("viewer-m", "User-pass-123")),
+        true,
+        None,
+    )
+    .await;
+    v.send5(pub5("plant/x", 1, 1, b"nope", None)).await;
+    match v.recv5().await {
+        v5::Packet::PubAck(a) => assert_eq!(a.reason, v5::PubAckReason::NotAuthorized),
+        p => panic!("{p:?}"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn anonymous_clients_only_when_allowed_and_never_under_devices() {
+    let s = TestServer::start_with(|c| c.mqtt.allow_anonymous = true).await;
+    let (mut a, ack) = open4(s.mqtt(), "anon1", None, true).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::Success);
+    a.send4(v4::Packet::Subscribe(v4::Subscribe {
+        pkid: 1,
+        filters: vec![
+            v4::SubscribeFilter::new("plant/#".into(), rumqttc::QoS::AtMostOnce),
+            v4::SubscribeFilter::new("devices/#".into(), rumqttc::QoS::AtMostOnce),
+            v4::SubscribeFilter::new("#".into(), rumqttc::QoS::AtMostOnce),
+        ],
+    }))
+    .await;
+    match a.recv4().await {
+        v4::Packet::SubAck(s) => {
+            use v4::SubscribeReasonCode::*;
+            assert_eq!(
+                s.return_codes,
+                vec![Success(rumqttc::QoS::AtMostOnce), Failure, Failure]
+            );
+        }
+        p => panic!("{p:?}"),
+    }
+    a.send4(pub4("plant/line", 0, 0, b"hello", false)).await;
+    assert!(matches!(a.recv4().await, v4::Packet::Publish(p) if p.topic == "plant/line"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn presence_follows_the_connection() {
+    let s = TestServer::start().await;
+    let key = s.device("pres").await;
+    let events = s.get("/api/v1/events?types=device").send().await.unwrap();
+    let (mut d, _) = open4(s.mqtt(), "pres", Some(("pres", &key)), true).await;
+    let (_, dev) = s.json(s.get("/api/v1/devices/pres")).await;
+    assert_eq!(dev["connected"], true);
+    d.send4(v4::Packet::Disconnect).await;
+    d.expect_closed().await;
+    let evs = crate::events::read_events(events, 2).await;
+    assert_eq!(
+        evs[0].2["data"],
+        json!({"device": "pres", "connected": true})
+    );
+    assert_eq!(
+        evs[1].2["data"],
+        json!({"device": "pres", "connected": false})
+    );
+    let (_, dev) = s.json(s.get("/api/v1/devices/pres")).await;
+    assert_eq!(dev["connected"], false);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn commands_round_trip_through_the_device() {
+    let s = TestServer::start().await;
+    let key = s.device("cmd").await;
+    let r = s
+        .post("/api/v1/devices/cmd/commands/reboot", json!({}))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 409, "conflict").await;
+    let (mut d, _) = open5(s.mqtt(), "cmd", Some(("cmd", &key)), true, None).await;
+    d.send5(sub5(1, "devices/cmd/commands/#", 1, |_| {}, None))
+        .await;
+    d.recv5().await;
+    let call = tokio::spawn({
+        let req = s.post(
+            "/api/v1/devices/cmd/commands/setpoint?timeout=5s",
+            json!({"temperature": 355}),
+        );
+        async move { req.send().await.unwrap() }
+    });
+    let v5::Packet::Publish(cmd) = d.recv5().await else {
+        panic!()
+    };
+    let topic = String::from_utf8(cmd.topic.to_vec()).unwrap();
+    assert!(
+        topic.starts_with("devices/cmd/commands/setpoint/"),
+        "{topic}"
+    );
+    let request_id = topic.rsplit('/').next().unwrap().to_string();
+    let props = cmd.properties.clone().unwrap();
+    assert_eq!(
+        props.response_topic.as_deref(),
+        Some(format!("devices/cmd/replies/{request_id}").as_str())
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&cmd.payload).unwrap(),
+        json!({"temperature": 355})
+    );
+    d.send5(v5::Packet::PubAck(v5::PubAck::new(cmd.pkid, None)))
+        .await;
+    d.send5(pub5(
+        &format!("devices/cmd/replies/{request_id}"),
+        1,
+        5,
+        br#"{"status":200,"payload":{"applied":true}}"#,
+        None,
+    ))
+    .await;
+    let resp = call.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"status": 200, "payload": {"applied": true}})
+    );
+    // No reply: 504 after the timeout.
+    let r = s
+        .post("/api/v1/devices/cmd/commands/ping?timeout=300ms", json!({}))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 504, "gateway_timeout").await;
+    let viewer = s.user("cmd-viewer", &["viewer"]).await;
+    let r = s
+        .http
+        .post(s.url("/api/v1/devices/cmd/commands/x"))
+        .bearer_auth(&viewer)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 403, "forbidden")
+        .await
+        .contains("commands:send"));
+    s.stop().await;
+}
+
+/// A subscriber that stops reading never slows the producer or ingest: its
+/// queue drops the oldest messages and the drops are counted.
+#[tokio::test]
+async fn a_slow_subscriber_never_slows_producers() {
+    let s = TestServer::start_with(|c| {
+        c.mqtt.max_queued = 50;
+        c.mqtt.max_inflight = 10;
+    })
+    .await;
+    let key = s.device("fast").await;
+    let (mut slow, _) = open4(s.mqtt(), "slow", Some(("admin", ADMIN_PASSWORD)), true).await;
+    slow.send4(sub4(1, "devices/+/telemetry", 1)).await;
+    slow.recv4().await;
+    // The slow client never reads again (and never acknowledges).
+    let (mut d, _) = open4(s.mqtt(), "fast", Some(("fast", &key)), true).await;
+    let started = std::time::Instant::now();
+    for i in 1..=500u16 {
+        d.send4(pub4(
+            "devices/fast/telemetry",
+            1,
+            i,
+            format!("{{\"ts\":{},\"v\":{i}}}", 1_700_000_000_000i64 + i as i64).as_bytes(),
+            false,
+        ))
+        .await;
+    }
+    for _ in 1..=500u16 {
+        assert!(matches!(d.recv4().await, v4::Packet::PubAck(_)));
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let (_, v) = s
+        .json(s.get("/api/v1/twins/fast/telemetry/v?from=0&bucket=1d&agg=count"))
+        .await;
+    assert_eq!(v["buckets"][0]["count"], 500, "ingest got every message");
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = text
+        .lines()
+        .find(|l| l.starts_with("twinhub_mqtt_dropped_total "))
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(dropped >= 400, "drops are counted ({dropped})");
+    drop(slow);
+    s.stop().await;
+}

@@ -1,0 +1,204 @@
+//! Unchanged third-party clients: rumqttc's high-level client (3.1.1 and
+//! 5), and Debian's mosquitto_pub / mosquitto_sub.
+
+use crate::common::*;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn rumqttc_v4_and_v5_clients_publish_telemetry() {
+    let s = TestServer::start().await;
+    let key4 = s.device("rc4").await;
+    let key5 = s.device("rc5").await;
+    let addr = s.mqtt();
+
+    let mut o = rumqttc::MqttOptions::new("rc4", addr.ip().to_string(), addr.port());
+    o.set_credentials("rc4", &key4);
+    let (c4, mut ev4) = rumqttc::AsyncClient::new(o, 16);
+    c4.publish(
+        "devices/rc4/telemetry",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        r#"{"v": 4}"#,
+    )
+    .await
+    .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev4.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok());
+
+    let mut o = rumqttc::v5::MqttOptions::new("rc5", addr.ip().to_string(), addr.port());
+    o.set_credentials("rc5", &key5);
+    let (c5, mut ev5) = rumqttc::v5::AsyncClient::new(o, 16);
+    c5.publish(
+        "devices/rc5/telemetry",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        r#"{"v": 5}"#,
+    )
+    .await
+    .unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)) =
+                ev5.poll().await.unwrap()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok());
+    for (id, v) in [("rc4", 4), ("rc5", 5)] {
+        let (_, twin) = s.json(s.get(&format!("/api/v1/twins/{id}"))).await;
+        assert_eq!(twin["v"], v);
+    }
+    s.stop().await;
+}
+
+/// mosquitto_pub and mosquitto_sub, unchanged, against twinhub — and the
+/// same commands against the machine's Mosquitto behave alike.
+#[tokio::test]
+async fn mosquitto_clients_work_unchanged() {
+    let s = TestServer::start().await;
+    let key = s.device("mosq").await;
+    let port = s.mqtt().port().to_string();
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "admin",
+            "-P",
+            ADMIN_PASSWORD,
+            "-i",
+            "mosq-sub",
+            "-t",
+            "devices/+/telemetry",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+        ])
+        .output();
+    let sub = tokio::spawn(sub);
+    // Give the subscriber time to subscribe; the publish retries until seen.
+    let mut out = None;
+    for _ in 0..50 {
+        let st = tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-i",
+                "mosq",
+                "-u",
+                "mosq",
+                "-P",
+                &key,
+                "-q",
+                "1",
+                "-t",
+                "devices/mosq/telemetry",
+                "-m",
+                r#"{"temperature": 42.5}"#,
+            ])
+            .status()
+            .await
+            .expect("mosquitto_pub is installed (.ci/run installs mosquitto-clients)");
+        assert!(st.success());
+        if sub.is_finished() {
+            out = Some(sub.await.unwrap().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = out.expect("mosquitto_sub received the telemetry");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"devices/mosq/telemetry {"temperature": 42.5}"#
+    );
+    let (_, twin) = s.json(s.get("/api/v1/twins/mosq")).await;
+    assert_eq!(twin["temperature"], 42.5);
+    // A refused login exits non-zero, as it does against Mosquitto.
+    let st = tokio::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "mosq",
+            "-u",
+            "mosq",
+            "-P",
+            "wrong",
+            "-t",
+            "devices/mosq/telemetry",
+            "-m",
+            "{}",
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(!st.success());
+    let _ = json!({});
+    s.stop().await;
+}
+
+/// A device written with Eclipse Paho (Python), both protocol versions:
+/// telemetry reaches the twin and a command round-trips.
+#[tokio::test]
+async fn paho_python_devices_work_unchanged() {
+    let s = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
+    for version in ["4", "5"] {
+        let id = format!("paho{version}");
+        let key = s.device(&id).await;
+        let child = tokio::process::Command::new("python3")
+            .args([script, &s.mqtt().port().to_string(), &id, &key, version])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is installed");
+        // Wait for the telemetry, then send the command the script answers.
+        let mut twin = serde_json::Value::Null;
+        for _ in 0..100 {
+            let (_, t) = s.json(s.get(&format!("/api/v1/twins/{id}"))).await;
+            if t["temperature"] == 350.25 {
+                twin = t;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            twin["source"], "paho",
+            "paho's telemetry reached the twin (is paho-mqtt installed? .ci/run installs it)"
+        );
+        let (st, reply) = s
+            .json(s.post(
+                &format!("/api/v1/devices/{id}/commands/echo?timeout=10s"),
+                json!({"x": version}),
+            ))
+            .await;
+        assert_eq!(st, 200, "{reply}");
+        assert_eq!(reply, json!({"status": 200, "payload": {"x": version}}));
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    s.stop().await;
+}
