@@ -155,7 +155,7 @@ pub async fn run(
         .transpose()?;
     let mut jobs = spawn_jobs(state.clone());
     if let Some(l) = listeners.mqtt {
-        let broker = crate::mqtt::Broker::new(state.clone());
+        let broker = crate::mqtt::Broker::open(state.clone()).await?;
         *state.mqtt.write().expect("mqtt") = Some(broker.clone());
         jobs.push(tokio::spawn(crate::mqtt::serve(
             broker,

@@ -296,7 +296,8 @@ pub async fn send_command(
         format!("devices/{id}/replies/{request_id}"),
         Bytes::from(request_id.clone()),
     );
-    broker.route(&dev.row.tenant, std::sync::Arc::new(msg));
+    let ops = broker.route(&dev.row.tenant, std::sync::Arc::new(msg));
+    broker.persist.send(ops);
     tracing::info!(device = %id, command = %name, by = %p.name(), "command sent");
     match tokio::time::timeout(std::time::Duration::from_micros(wait as u64), reply).await {
         Ok(Ok(payload)) => serde_json::from_slice(&payload).map(Json).map_err(|_| {

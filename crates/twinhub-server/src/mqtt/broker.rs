@@ -5,6 +5,7 @@
 
 use super::acl::Identity;
 use super::codec::Refusal;
+use super::persist::{self, Op, Persister};
 use super::router::{Router, Sub};
 use super::session::{Message, Outgoing, SessionState};
 use super::topic;
@@ -13,9 +14,10 @@ use crate::auth::password;
 use crate::config::{Config, MqttConfig};
 use crate::metrics::{Counter, CounterVec};
 use crate::registry::DeviceAuthError;
+use crate::store::mqtt as rows_t;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -94,6 +96,8 @@ pub struct SessionHandle {
     detached: Notify,
     pub expiry_s: AtomicU32,
     gen: AtomicU64,
+    /// A copy of this session is in the store.
+    persisted: AtomicBool,
 }
 
 impl SessionHandle {
@@ -142,18 +146,29 @@ pub struct Broker {
     next_gen: AtomicU64,
     share_rr: AtomicUsize,
     dummy_hash: String,
+    pub persist: Persister,
 }
 
 impl Broker {
-    pub fn new(app: AppState) -> Arc<Broker> {
+    /// Starts the broker with the state the store kept: retained messages,
+    /// persistent sessions with their subscriptions and queued messages.
+    pub async fn open(app: AppState) -> Result<Arc<Broker>, crate::store::StoreError> {
         let settings = Settings::from_config(&app.config.mqtt);
         let cost = password::Cost {
             memory_kib: app.config.auth.argon2_memory_kib,
             iterations: app.config.auth.argon2_iterations,
             lanes: app.config.auth.argon2_lanes,
         };
-        Arc::new(Broker {
-            app,
+        let (retained, sessions, queue) = app.store.read(|c| {
+            Ok((
+                rows_t::load_retained(c)?,
+                rows_t::load_sessions(c)?,
+                rows_t::load_queue(c)?,
+            ))
+        })?;
+        let next_id = queue.iter().map(|q| q.id).max().unwrap_or(0) + 1;
+        let broker = Arc::new(Broker {
+            persist: Persister::start(app.store.clone(), next_id),
             settings,
             sessions: RwLock::new(HashMap::new()),
             router: RwLock::new(Router::default()),
@@ -163,7 +178,127 @@ impl Broker {
             next_gen: AtomicU64::new(1),
             share_rr: AtomicUsize::new(0),
             dummy_hash: password::dummy_hash(cost),
-        })
+            app,
+        });
+        broker.restore(retained, sessions, queue);
+        Ok(broker)
+    }
+
+    fn restore(
+        self: &Arc<Self>,
+        retained: Vec<rows_t::RetainedRow>,
+        sessions: Vec<rows_t::SessionRow>,
+        queue: Vec<rows_t::QueuedRow>,
+    ) {
+        let now = self.now_us();
+        {
+            let mut all = self.retained.write().expect("retained");
+            for r in retained {
+                if r.expires_at.is_some_and(|e| e <= now) {
+                    continue;
+                }
+                let tenant: Arc<str> = r.tenant.as_str().into();
+                let m = persist::message_from_retained(r);
+                all.entry(tenant)
+                    .or_default()
+                    .insert(m.topic.to_string(), Arc::new(m));
+            }
+        }
+        let mut stale = Vec::new();
+        for s in sessions {
+            // A session whose connection was open at a crash counts from now.
+            let since = s.disconnected_at.unwrap_or(now);
+            let left_us = since + s.expiry_s as i64 * 1_000_000 - now;
+            if left_us <= 0 {
+                stale.push(Op::DelSession(s.client_id));
+                continue;
+            }
+            let client: Arc<str> = s.client_id.as_str().into();
+            let h = Arc::new(SessionHandle {
+                client_id: client.clone(),
+                tenant: s.tenant.as_str().into(),
+                owner: s.owner,
+                state: Mutex::new(SessionState::new(
+                    self.settings.max_queued,
+                    self.settings.max_inflight,
+                )),
+                notify: Notify::new(),
+                subs: Mutex::new(HashMap::new()),
+                link: Mutex::new(None),
+                detached: Notify::new(),
+                expiry_s: AtomicU32::new(s.expiry_s),
+                gen: AtomicU64::new(0),
+                persisted: AtomicBool::new(true),
+            });
+            for (raw, sub) in persist::subs_from_text(&client, &s.subs) {
+                self.router
+                    .write()
+                    .expect("router")
+                    .subscribe(&h.tenant, sub.clone());
+                h.subs.lock().expect("subs").insert(raw, sub);
+            }
+            self.sessions
+                .write()
+                .expect("sessions")
+                .insert(client, h.clone());
+            self.expire_later(h, 0, Duration::from_micros(left_us as u64));
+        }
+        {
+            let sessions = self.sessions.read().expect("sessions");
+            for q in queue {
+                match sessions.get(q.client_id.as_str()) {
+                    Some(h) if q.expires_at.is_none_or(|e| e > now) => {
+                        h.state
+                            .lock()
+                            .expect("state")
+                            .push(persist::outgoing_from_row(q));
+                    }
+                    _ => stale.push(Op::Dequeue(q.id)),
+                }
+            }
+        }
+        self.persist.send(stale);
+    }
+
+    fn expire_later(self: &Arc<Self>, h: Arc<SessionHandle>, gen: u64, after: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if !h.connected() && h.gen.load(Ordering::SeqCst) == gen {
+                me.end_session(&h, gen);
+            }
+        });
+    }
+
+    fn session_row(&self, h: &SessionHandle, disconnected_at: Option<i64>) -> rows_t::SessionRow {
+        rows_t::SessionRow {
+            client_id: h.client_id.to_string(),
+            tenant: h.tenant.to_string(),
+            owner: h.owner.clone(),
+            expiry_s: h.expiry_s.load(Ordering::SeqCst),
+            disconnected_at,
+            subs: persist::subs_to_text(h.subs.lock().expect("subs").iter()),
+        }
+    }
+
+    /// Writes a persistent session's row (or forgets one that stopped being
+    /// persistent).
+    pub fn save_session(&self, h: &SessionHandle, disconnected_at: Option<i64>) {
+        if h.expiry_s.load(Ordering::SeqCst) > 0 {
+            h.persisted.store(true, Ordering::SeqCst);
+            self.persist
+                .send(vec![Op::PutSession(self.session_row(h, disconnected_at))]);
+        } else if h.persisted.swap(false, Ordering::SeqCst) {
+            self.persist
+                .send(vec![Op::DelSession(h.client_id.to_string())]);
+        }
+    }
+
+    /// A message the client acknowledged: its stored copy goes.
+    pub fn delivered(&self, o: Option<Outgoing>) {
+        if let Some(id) = o.and_then(|o| o.persist_id) {
+            self.persist.send(vec![Op::Dequeue(id)]);
+        }
     }
 
     pub fn now_us(&self) -> i64 {
@@ -286,6 +421,10 @@ impl Broker {
             None => {
                 if let Some(old) = self.sessions.write().expect("sessions").remove(client_id) {
                     self.drop_subscriptions(&old);
+                    if old.persisted.load(Ordering::SeqCst) {
+                        self.persist
+                            .send(vec![Op::DelSession(old.client_id.to_string())]);
+                    }
                 }
                 let h = Arc::new(SessionHandle {
                     client_id: client_id.into(),
@@ -298,6 +437,7 @@ impl Broker {
                     detached: Notify::new(),
                     expiry_s: AtomicU32::new(expiry_s),
                     gen: AtomicU64::new(gen),
+                    persisted: AtomicBool::new(false),
                 });
                 self.sessions
                     .write()
@@ -310,6 +450,7 @@ impl Broker {
         handle.expiry_s.store(expiry_s, Ordering::SeqCst);
         handle.gen.store(gen, Ordering::SeqCst);
         *handle.link.lock().expect("link") = Some(Link { gen, kick: kick_tx });
+        self.save_session(&handle, None);
         Ok((handle, present, gen, kick_rx))
     }
 
@@ -330,13 +471,8 @@ impl Broker {
             self.end_session(h, gen);
             return;
         }
-        let (me, h) = (self.clone(), h.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
-            if !h.connected() && h.gen.load(Ordering::SeqCst) == gen {
-                me.end_session(&h, gen);
-            }
-        });
+        self.save_session(h, Some(self.now_us()));
+        self.expire_later(h.clone(), gen, Duration::from_secs(expiry as u64));
     }
 
     fn end_session(&self, h: &Arc<SessionHandle>, gen: u64) {
@@ -348,6 +484,10 @@ impl Broker {
             sessions.remove(&h.client_id);
             drop(sessions);
             self.drop_subscriptions(h);
+            if h.persisted.swap(false, Ordering::SeqCst) {
+                self.persist
+                    .send(vec![Op::DelSession(h.client_id.to_string())]);
+            }
         }
     }
 
@@ -375,33 +515,43 @@ impl Broker {
             .write()
             .expect("router")
             .subscribe(&h.tenant, sub.clone());
-        h.subs
+        let replaced = h
+            .subs
             .lock()
             .expect("subs")
             .insert(raw_filter.to_string(), sub)
-            .is_some()
+            .is_some();
+        self.save_session(h, None);
+        replaced
     }
 
     pub fn unsubscribe(&self, h: &SessionHandle, raw_filter: &str) -> bool {
         let Some(sub) = h.subs.lock().expect("subs").remove(raw_filter) else {
             return false;
         };
-        self.router.write().expect("router").unsubscribe(
+        let found = self.router.write().expect("router").unsubscribe(
             &h.tenant,
             &sub.filter,
             &h.client_id,
             sub.share.as_deref(),
-        )
+        );
+        self.save_session(h, None);
+        found
     }
 
     /// Stores or clears (empty payload) a retained message.
-    pub fn retain(&self, tenant: &Arc<str>, msg: &Arc<Message>) {
+    pub fn retain(&self, tenant: &Arc<str>, msg: &Arc<Message>) -> Op {
         let mut all = self.retained.write().expect("retained");
         let map = all.entry(tenant.clone()).or_default();
         if msg.payload.is_empty() {
             map.remove(&*msg.topic);
+            Op::DelRetained {
+                tenant: tenant.to_string(),
+                topic: msg.topic.to_string(),
+            }
         } else {
             map.insert(msg.topic.to_string(), msg.clone());
+            Op::PutRetained(persist::retained_row(tenant, msg))
         }
     }
 
@@ -421,14 +571,14 @@ impl Broker {
 
     /// Delivers a message to every session it matches. Never blocks: a
     /// full queue drops its oldest message (or disconnects its client).
-    pub fn route(&self, tenant: &str, msg: Arc<Message>) -> usize {
+    pub fn route(&self, tenant: &str, msg: Arc<Message>) -> Vec<Op> {
         let mut subs = Vec::new();
         self.router
             .read()
             .expect("router")
             .matches(tenant, &msg.topic, &mut subs);
         if subs.is_empty() {
-            return 0;
+            return Vec::new();
         }
         let sessions = self.sessions.read().expect("sessions");
         // Shared groups deliver to one member each; prefer connected ones.
@@ -456,28 +606,33 @@ impl Broker {
             let pick = pool[self.share_rr.fetch_add(1, Ordering::Relaxed) % pool.len()];
             add_target(&mut targets, &msg, pick);
         }
-        let mut n = 0;
-        for (client, out) in targets {
+        let mut ops = Vec::new();
+        for (client, mut out) in targets {
             let Some(h) = sessions.get(&client) else {
                 continue;
             };
-            let full = {
-                let mut st = h.state.lock().expect("state");
-                let dropped = st.push(out).is_some();
-                if dropped {
-                    self.metrics.dropped_slow.inc();
+            // QoS 1/2 messages for a persistent session are stored until the
+            // client acknowledges them.
+            if out.qos > 0 && h.expiry_s.load(Ordering::SeqCst) > 0 {
+                let id = self.persist.next_id();
+                out.persist_id = Some(id);
+                ops.push(Op::Enqueue(persist::queued_row(&client, &out, id)));
+            }
+            let dropped = h.state.lock().expect("state").push(out);
+            if let Some(d) = dropped {
+                self.metrics.dropped_slow.inc();
+                if let Some(id) = d.persist_id {
+                    ops.push(Op::Dequeue(id));
                 }
-                dropped
-            };
-            if full && self.settings.disconnect_slow {
-                if let Some(l) = h.link.lock().expect("link").as_ref() {
-                    let _ = l.kick.send(Kick::SlowConsumer);
+                if self.settings.disconnect_slow {
+                    if let Some(l) = h.link.lock().expect("link").as_ref() {
+                        let _ = l.kick.send(Kick::SlowConsumer);
+                    }
                 }
             }
             h.notify.notify_one();
-            n += 1;
         }
-        n
+        ops
     }
 
     /// Registers a pending command; the device's reply completes it.
@@ -533,6 +688,7 @@ fn add_target(targets: &mut HashMap<Arc<str>, Outgoing>, msg: &Arc<Message>, s: 
         qos,
         retain,
         sub_ids: Vec::new(),
+        persist_id: None,
     });
     e.qos = e.qos.max(qos);
     e.retain |= retain;

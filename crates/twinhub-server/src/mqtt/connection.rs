@@ -207,10 +207,12 @@ fn publish_will(
     let delay = w.delay_s.min(h.expiry_s.load(Ordering::SeqCst));
     let (b, t, h) = (broker.clone(), tenant.clone(), h.clone());
     let send = move || {
+        let mut ops = Vec::new();
         if msg.retain {
-            b.retain(&t, &msg);
+            ops.push(b.retain(&t, &msg));
         }
-        b.route(&t, msg);
+        ops.extend(b.route(&t, msg));
+        b.persist.send(ops);
     };
     if delay == 0 {
         send();
@@ -409,6 +411,9 @@ struct Pass {
     acks: Vec<Option<Ack>>,
     telemetry: Vec<(usize, TelemetryMessage)>,
     routed: Vec<Arc<Message>>,
+    /// Store operations (retained messages, queued copies for persistent
+    /// sessions) that must be durable before the acknowledgements go out.
+    ops: Vec<super::persist::Op>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -480,7 +485,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(_) => {}
                 }
                 deadline = keep.map(|k| tokio::time::Instant::now() + k);
-                let mut pass = Pass { acks: Vec::new(), telemetry: Vec::new(), routed: Vec::new() };
+                let mut pass = Pass { acks: Vec::new(), telemetry: Vec::new(), routed: Vec::new(), ops: Vec::new() };
                 let mut ended = None;
                 loop {
                     let packet = match codec::read(&mut conn.inbuf, Some(conn.version), max) {
@@ -526,14 +531,16 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         }
                         In::PubAck(pkid) => {
-                            h.state.lock().expect("state").on_puback(pkid);
+                            let done = h.state.lock().expect("state").on_puback(pkid);
+                            broker.delivered(done);
                         }
                         In::PubRec(pkid) => {
                             let known = h.state.lock().expect("state").on_pubrec(pkid);
                             conn.write(Out::PubRel { pkid, reason: if known { 0 } else { 0x92 } });
                         }
                         In::PubComp(pkid) => {
-                            h.state.lock().expect("state").on_pubcomp(pkid);
+                            let done = h.state.lock().expect("state").on_pubcomp(pkid);
+                            broker.delivered(done);
                         }
                         In::PubRel(pkid) => {
                             let known = h.state.lock().expect("state").qos2_released(pkid);
@@ -713,9 +720,15 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
         broker.reply(id, msg.payload.clone());
     }
     if msg.retain {
-        broker.retain(tenant, &msg);
+        pass.ops.push(broker.retain(tenant, &msg));
     }
-    broker.route(tenant, msg);
+    let qos = msg.qos;
+    let ops = broker.route(tenant, msg);
+    if qos == 0 {
+        broker.persist.send(ops);
+    } else {
+        pass.ops.extend(ops);
+    }
     pass.acks.push(ack(0));
     Ok(())
 }
@@ -730,12 +743,21 @@ fn finish_pass(
     pending: &mut FuturesOrdered<BoxFuture<'static, Vec<Ack>>>,
 ) {
     if pass.acks.is_empty() {
+        broker.persist.send(pass.ops);
         return;
     }
     if pass.telemetry.is_empty() {
-        pending.push_back(Box::pin(futures_util::future::ready(
-            pass.acks.into_iter().flatten().collect(),
-        )));
+        if pass.ops.is_empty() {
+            pending.push_back(Box::pin(futures_util::future::ready(
+                pass.acks.into_iter().flatten().collect(),
+            )));
+        } else {
+            let durable = broker.persist.durable(pass.ops);
+            pending.push_back(Box::pin(async move {
+                durable.await;
+                pass.acks.into_iter().flatten().collect()
+            }));
+        }
         return;
     }
     let (broker, tenant) = (broker.clone(), tenant.clone());
@@ -752,10 +774,14 @@ fn finish_pass(
             Err(crate::pipeline::IngestError::Invalid { .. }) => Some(0x99u8),
             Err(_) => Some(0x80u8),
         };
+        let mut ops = pass.ops;
         if failed.is_none() {
             for m in pass.routed {
-                broker.route(&tenant, m);
+                ops.extend(broker.route(&tenant, m));
             }
+        }
+        if !ops.is_empty() {
+            broker.persist.durable(ops).await;
         }
         let slots: std::collections::HashSet<usize> =
             pass.telemetry.iter().map(|(s, _)| *s).collect();
@@ -826,6 +852,7 @@ fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
                     msg: m,
                     retain: true,
                     sub_ids: sub_id.into_iter().collect(),
+                    persist_id: None,
                 });
             }
         }

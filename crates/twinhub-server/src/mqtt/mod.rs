@@ -10,6 +10,7 @@ pub mod acl;
 pub mod broker;
 pub mod codec;
 pub mod connection;
+pub mod persist;
 pub mod router;
 pub mod session;
 pub mod topic;

@@ -40,6 +40,9 @@ pub struct Outgoing {
     pub qos: u8,
     pub retain: bool,
     pub sub_ids: Vec<usize>,
+    /// The stored copy's id when the session is persistent (deleted once
+    /// the client acknowledged the message).
+    pub persist_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,9 +157,11 @@ impl SessionState {
     }
 
     /// PUBACK for a QoS 1 message we sent.
-    pub fn on_puback(&mut self, pkid: u16) -> bool {
-        matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitAck)))
-            && self.inflight.remove(&pkid).is_some()
+    pub fn on_puback(&mut self, pkid: u16) -> Option<Outgoing> {
+        if !matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitAck))) {
+            return None;
+        }
+        self.inflight.remove(&pkid).map(|(o, _)| o)
     }
 
     /// PUBREC for a QoS 2 message we sent; the caller answers PUBREL.
@@ -171,9 +176,11 @@ impl SessionState {
         }
     }
 
-    pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
-        matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitComp)))
-            && self.inflight.remove(&pkid).is_some()
+    pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Outgoing> {
+        if !matches!(self.inflight.get(&pkid), Some((_, Phase::AwaitComp))) {
+            return None;
+        }
+        self.inflight.remove(&pkid).map(|(o, _)| o)
     }
 
     /// On reconnect of a persistent session: unacknowledged PUBLISHes again
@@ -234,6 +241,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            persist_id: None,
         }
     }
 
@@ -250,9 +258,9 @@ mod tests {
             panic!()
         };
         assert_ne!(pa, pb);
-        assert!(!s.on_pubcomp(pa), "wrong phase");
-        assert!(s.on_puback(pa));
-        assert!(!s.on_puback(pa), "acked once");
+        assert!(s.on_pubcomp(pa).is_none(), "wrong phase");
+        assert!(s.on_puback(pa).is_some());
+        assert!(s.on_puback(pa).is_none(), "acked once");
         assert!(matches!(s.next(0), Some(Send::Publish { .. })));
         let replay = s.replay();
         assert_eq!(replay.len(), 2);
@@ -270,7 +278,7 @@ mod tests {
         };
         assert!(s.on_pubrec(pkid));
         assert_eq!(s.replay(), vec![Send::PubRel(pkid)]);
-        assert!(s.on_pubcomp(pkid));
+        assert!(s.on_pubcomp(pkid).is_some());
         assert_eq!(s.inflight(), 0);
         assert!(s.qos2_received(7));
         assert!(!s.qos2_received(7), "a duplicate is recognised");

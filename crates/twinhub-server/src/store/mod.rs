@@ -15,6 +15,7 @@ pub mod columns;
 mod compactor;
 pub mod db;
 mod head;
+pub mod mqtt;
 mod query;
 pub mod registry;
 mod rollup;

@@ -312,3 +312,76 @@ async fn a_slow_subscriber_never_slows_producers() {
     drop(slow);
     s.stop().await;
 }
+
+/// Retained messages and persistent sessions (subscriptions and the QoS 1
+/// messages queued while the client was away) survive a restart.
+#[tokio::test]
+async fn retained_messages_and_persistent_sessions_survive_restart() {
+    let s = TestServer::start().await;
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let (mut away, _) = open4(s.mqtt(), "away", admin, false).await;
+    away.send4(sub4(1, "plant/+/alarm", 1)).await;
+    away.recv4().await;
+    away.send4(v4::Packet::Disconnect).await;
+    away.expect_closed().await;
+    let (mut p, _) = open5(s.mqtt(), "pub", admin, true, None).await;
+    p.send5(pub5("plant/l1/alarm", 1, 1, b"high temperature", None))
+        .await;
+    assert!(matches!(p.recv5().await, v5::Packet::PubAck(_)));
+    let mut retained = v5::Publish::new("plant/l1/mode", q5(1), b"auto".to_vec(), None);
+    retained.retain = true;
+    retained.pkid = 2;
+    p.send5(v5::Packet::Publish(retained)).await;
+    assert!(matches!(p.recv5().await, v5::Packet::PubAck(_)));
+    drop(p);
+
+    let s = s.restart().await;
+    let (mut back, ack) = open4(s.mqtt(), "away", admin, false).await;
+    assert!(ack.session_present, "the session outlived the restart");
+    match back.recv4().await {
+        v4::Packet::Publish(m) => {
+            assert_eq!(
+                (m.topic.as_str(), m.payload.as_ref()),
+                ("plant/l1/alarm", &b"high temperature"[..])
+            );
+            back.send4(v4::Packet::PubAck(v4::PubAck::new(m.pkid)))
+                .await;
+        }
+        p => panic!("{p:?}"),
+    }
+    // The subscription itself survived too.
+    let (mut p, _) = open4(s.mqtt(), "pub2", admin, true).await;
+    p.send4(pub4("plant/l2/alarm", 1, 1, b"after", false)).await;
+    p.recv4().await;
+    assert!(matches!(back.recv4().await, v4::Packet::Publish(m) if m.payload.as_ref() == b"after"));
+    let (mut late, _) = open4(s.mqtt(), "late", admin, true).await;
+    late.send4(sub4(1, "plant/+/mode", 0)).await;
+    late.recv4().await;
+    match late.recv4().await {
+        v4::Packet::Publish(m) => assert!(m.retain && m.payload.as_ref() == b"auto"),
+        p => panic!("{p:?}"),
+    }
+    // Delivered messages are not delivered again after another restart.
+    back.send4(v4::Packet::Disconnect).await;
+    drop(back);
+    let s = s.restart().await;
+    let (mut again, ack) = open4(s.mqtt(), "away", admin, false).await;
+    assert!(ack.session_present);
+    loop {
+        match again
+            .recv4_within(std::time::Duration::from_millis(500))
+            .await
+        {
+            Got4::P(v4::Packet::Publish(m)) => {
+                // Only the unacknowledged "after" may come back.
+                assert_eq!(m.payload.as_ref(), b"after");
+                again
+                    .send4(v4::Packet::PubAck(v4::PubAck::new(m.pkid)))
+                    .await;
+            }
+            Got4::Silent => break,
+            other => panic!("{}", matches!(other, Got4::Closed)),
+        }
+    }
+    s.stop().await;
+}

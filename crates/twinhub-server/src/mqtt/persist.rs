@@ -1,0 +1,261 @@
+//! Keeps the broker's durable state in the store: retained messages,
+//! persistent sessions and the QoS 1/2 messages queued for them. One task
+//! applies operations in order, many per transaction; callers that must
+//! not acknowledge before the state is durable await `durable`.
+
+use super::router::Sub;
+use super::session::{Message, MsgProps, Outgoing};
+use crate::store::mqtt::{self as rows, QueuedRow, RetainedRow, SessionRow};
+use crate::store::Store;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug)]
+pub enum Op {
+    PutRetained(RetainedRow),
+    DelRetained { tenant: String, topic: String },
+    PutSession(SessionRow),
+    DelSession(String),
+    Enqueue(QueuedRow),
+    Dequeue(i64),
+}
+
+type Batch = (Vec<Op>, Option<oneshot::Sender<()>>);
+
+pub struct Persister {
+    tx: mpsc::UnboundedSender<Batch>,
+    next_id: AtomicI64,
+}
+
+impl Persister {
+    pub fn start(store: Store, next_id: i64) -> Persister {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batches = vec![first];
+                while batches.len() < 1024 {
+                    match rx.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let mut ops = Vec::new();
+                let mut done = Vec::new();
+                for (o, d) in batches {
+                    ops.extend(o);
+                    done.extend(d);
+                }
+                let res = store.write(move |ctx| apply(ctx.tx, &ops)).await;
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "could not persist MQTT state");
+                }
+                for d in done {
+                    let _ = d.send(());
+                }
+            }
+        });
+        Persister {
+            tx,
+            next_id: AtomicI64::new(next_id),
+        }
+    }
+
+    pub fn next_id(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queued behind earlier operations; nothing waits for it.
+    pub fn send(&self, ops: Vec<Op>) {
+        if !ops.is_empty() {
+            let _ = self.tx.send((ops, None));
+        }
+    }
+
+    /// Resolves once the operations (and all sent before) are committed.
+    pub fn durable(&self, ops: Vec<Op>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.tx.send((ops, Some(tx))).is_ok();
+        async move {
+            if sent {
+                let _ = rx.await;
+            }
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Connection, ops: &[Op]) -> Result<(), crate::store::StoreError> {
+    for op in ops {
+        match op {
+            Op::PutRetained(r) => rows::put_retained(tx, r)?,
+            Op::DelRetained { tenant, topic } => rows::delete_retained(tx, tenant, topic)?,
+            Op::PutSession(s) => rows::put_session(tx, s)?,
+            Op::DelSession(c) => rows::delete_session(tx, c)?,
+            Op::Enqueue(q) => rows::enqueue(tx, q)?,
+            Op::Dequeue(id) => rows::dequeue(tx, &[*id])?,
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct PropsJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pf: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ct: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cd: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    up: Vec<(String, String)>,
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub fn props_to_text(p: &Option<Arc<MsgProps>>) -> Option<String> {
+    p.as_ref().map(|p| {
+        serde_json::to_string(&PropsJson {
+            pf: p.payload_format,
+            ct: p.content_type.clone(),
+            rt: p.response_topic.clone(),
+            cd: p.correlation_data.as_ref().map(|c| B64.encode(c)),
+            up: p.user_properties.clone(),
+        })
+        .unwrap_or_default()
+    })
+}
+
+pub fn props_from_text(t: Option<&str>) -> Option<Arc<MsgProps>> {
+    let p: PropsJson = serde_json::from_str(t?).ok()?;
+    Some(Arc::new(MsgProps {
+        payload_format: p.pf,
+        content_type: p.ct,
+        response_topic: p.rt,
+        correlation_data: p.cd.and_then(|c| B64.decode(c).ok()).map(Bytes::from),
+        user_properties: p.up,
+    }))
+}
+
+pub fn retained_row(tenant: &str, m: &Message) -> RetainedRow {
+    RetainedRow {
+        tenant: tenant.to_string(),
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: m.qos,
+        props: props_to_text(&m.props),
+        expires_at: m.expires_at,
+    }
+}
+
+pub fn message_from_retained(r: RetainedRow) -> Message {
+    Message {
+        topic: r.topic.as_str().into(),
+        payload: Bytes::from(r.payload),
+        qos: r.qos,
+        retain: true,
+        props: props_from_text(r.props.as_deref()),
+        expires_at: r.expires_at,
+        from: None,
+    }
+}
+
+pub fn queued_row(client_id: &str, o: &Outgoing, id: i64) -> QueuedRow {
+    QueuedRow {
+        id,
+        client_id: client_id.to_string(),
+        topic: o.msg.topic.to_string(),
+        payload: o.msg.payload.to_vec(),
+        qos: o.qos,
+        retain: o.retain,
+        props: props_to_text(&o.msg.props),
+        expires_at: o.msg.expires_at,
+        sub_ids: serde_json::to_string(&o.sub_ids).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+pub fn outgoing_from_row(q: QueuedRow) -> Outgoing {
+    Outgoing {
+        msg: Arc::new(Message {
+            topic: q.topic.as_str().into(),
+            payload: Bytes::from(q.payload),
+            qos: q.qos,
+            retain: q.retain,
+            props: props_from_text(q.props.as_deref()),
+            expires_at: q.expires_at,
+            from: None,
+        }),
+        qos: q.qos,
+        retain: q.retain,
+        sub_ids: serde_json::from_str(&q.sub_ids).unwrap_or_default(),
+        persist_id: Some(q.id),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SubJson {
+    pub raw: String,
+    pub filter: String,
+    pub qos: u8,
+    pub no_local: bool,
+    pub rap: bool,
+    pub sub_id: Option<usize>,
+    pub share: Option<String>,
+}
+
+pub fn subs_to_text<'a>(subs: impl Iterator<Item = (&'a String, &'a Sub)>) -> String {
+    let v: Vec<SubJson> = subs
+        .map(|(raw, s)| SubJson {
+            raw: raw.clone(),
+            filter: s.filter.to_string(),
+            qos: s.qos,
+            no_local: s.no_local,
+            rap: s.retain_as_published,
+            sub_id: s.sub_id,
+            share: s.share.as_deref().map(str::to_string),
+        })
+        .collect();
+    serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
+}
+
+pub fn subs_from_text(client: &Arc<str>, t: &str) -> Vec<(String, Sub)> {
+    let v: Vec<SubJson> = serde_json::from_str(t).unwrap_or_default();
+    v.into_iter()
+        .map(|s| {
+            (
+                s.raw,
+                Sub {
+                    client: client.clone(),
+                    filter: s.filter.into(),
+                    qos: s.qos,
+                    no_local: s.no_local,
+                    retain_as_published: s.rap,
+                    sub_id: s.sub_id,
+                    share: s.share.map(Into::into),
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn props_round_trip() {
+        let p = Some(Arc::new(MsgProps {
+            payload_format: Some(1),
+            content_type: Some("application/json".into()),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(Bytes::from_static(&[0, 1, 255])),
+            user_properties: vec![("a".into(), "b".into())],
+        }));
+        assert_eq!(props_from_text(props_to_text(&p).as_deref()), p);
+        assert_eq!(props_from_text(None), None);
+    }
+}
