@@ -19,6 +19,7 @@ pub enum Suite {
     Store,
     Http,
     Idle,
+    Mqtt,
 }
 
 #[derive(Args)]
@@ -34,6 +35,15 @@ pub struct BenchArgs {
     /// Seconds to run the HTTP ingest benchmark.
     #[arg(long, default_value_t = 10)]
     http_seconds: u64,
+    /// MQTT publisher connections.
+    #[arg(long, default_value_t = 20)]
+    mqtt_connections: usize,
+    /// Messages per MQTT publisher.
+    #[arg(long, default_value_t = 10_000)]
+    mqtt_messages: usize,
+    /// Idle MQTT devices to connect for the memory figure (0 skips).
+    #[arg(long, default_value_t = 15_000)]
+    mqtt_idle: usize,
 }
 
 fn row(name: &str, value: String, target: &str) {
@@ -417,6 +427,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Idle) {
         blocking(idle_suite).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Mqtt) {
+        crate::bench_mqtt::run(crate::bench_mqtt::MqttArgs {
+            connections: args.mqtt_connections,
+            messages: args.mqtt_messages,
+            idle: args.mqtt_idle,
+        })
+        .await?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_mqtt;
 mod demo;
 mod sim;
 

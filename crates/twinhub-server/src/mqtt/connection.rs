@@ -79,6 +79,7 @@ struct Conn<S> {
     out: BytesMut,
     version: Version,
     max_out: Option<usize>,
+    read_hint: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -92,10 +93,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
+            // Idle connections should not keep a burst's buffer.
+            if self.out.capacity() > 64 * 1024 {
+                self.out = BytesMut::new();
+            }
         }
         Ok(())
     }
+
+    /// Makes room for the next read: small while the client is quiet,
+    /// growing while it streams (fewer system calls), so 100k idle devices
+    /// cost little memory and a busy publisher few syscalls.
+    fn prepare_read(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
+            self.inbuf = BytesMut::new();
+        }
+        let spare = self.inbuf.capacity() - self.inbuf.len();
+        if spare < self.read_hint {
+            self.inbuf.reserve(self.read_hint);
+        }
+    }
+
+    fn after_read(&mut self, n: usize) {
+        if n >= self.read_hint * 3 / 4 {
+            self.read_hint = (self.read_hint * 2).min(MAX_READ);
+        } else if n < self.read_hint / 8 {
+            self.read_hint = (self.read_hint / 2).max(MIN_READ);
+        }
+    }
 }
+
+const MIN_READ: usize = 256;
+const MAX_READ: usize = 64 * 1024;
 
 /// Serves one client until it leaves, misbehaves, or the server stops.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -105,7 +134,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = &broker.metrics;
-    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut inbuf = BytesMut::with_capacity(512);
     let mut io = io;
     let max = broker.settings.max_packet_size;
     // CONNECT first, within the connect timeout.
@@ -152,7 +181,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         broker: broker.clone(),
         io,
         inbuf,
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
+        read_hint: MIN_READ,
         version: connect.version,
         max_out: connect.max_packet_size.map(|m| m as usize),
     };
@@ -453,6 +483,9 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
             break End::Abnormal;
         }
         let reading = pending.len() < MAX_PENDING && resume_at.is_none();
+        if reading {
+            conn.prepare_read();
+        }
         tokio::select! {
             biased;
             k = kicks.recv() => {
@@ -482,7 +515,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
             r = conn.io.read_buf(&mut conn.inbuf), if reading => {
                 match r {
                     Ok(0) | Err(_) => break End::Abnormal,
-                    Ok(_) => {}
+                    Ok(n) => conn.after_read(n),
                 }
                 deadline = keep.map(|k| tokio::time::Instant::now() + k);
                 let mut pass = Pass { acks: Vec::new(), telemetry: Vec::new(), routed: Vec::new(), ops: Vec::new() };
@@ -545,6 +578,14 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                         In::PubRel(pkid) => {
                             let known = h.state.lock().expect("state").qos2_released(pkid);
                             conn.write(Out::PubComp { pkid, reason: if known { 0 } else { 0x92 } });
+                        }
+                        In::Subscribe { pkid: 0, .. } | In::Unsubscribe { pkid: 0, .. } => {
+                            // [MQTT-2.3.1-1]: these need a non-zero packet id.
+                            if conn.version == Version::V5 {
+                                conn.write(Out::Disconnect { reason: 0x82, message: Some("packet identifier 0") });
+                            }
+                            ended = Some(End::Abnormal);
+                            break;
                         }
                         In::Subscribe { pkid, filters, sub_id } => on_subscribe(conn, broker, identity, h, pkid, filters, sub_id),
                         In::Unsubscribe { pkid, filters } => {
@@ -662,6 +703,10 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if p.qos > 2 {
         return Err(0x81);
+    }
+    if p.qos > 0 && p.pkid == 0 {
+        // [MQTT-2.3.1-1]
+        return Err(0x82);
     }
     broker.metrics.count_in(p.qos);
     let ack = |reason: u8| match p.qos {

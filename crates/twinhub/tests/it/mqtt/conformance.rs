@@ -623,3 +623,19 @@ async fn mqtt5_3_3_2_4_the_server_refuses_foreign_topics_with_0x87() {
     assert!(text.contains("twinhub_mqtt_acl_denied_total 2"), "{text}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn mqtt_2_3_1_1_subscribe_needs_a_non_zero_packet_id() {
+    let s = TestServer::start().await;
+    let (mut r, _) = open4(s.mqtt(), "zero", ADMIN, true).await;
+    r.send4(sub4(0, "a/b", 0)).await;
+    r.expect_closed().await;
+    let (mut r, _) = open4(s.mqtt(), "zero2", ADMIN, true).await;
+    r.send4(v4::Packet::Unsubscribe(v4::Unsubscribe {
+        pkid: 0,
+        topics: vec!["a".into()],
+    }))
+    .await;
+    r.expect_closed().await;
+    s.stop().await;
+}
