@@ -165,6 +165,7 @@ pub async fn run(
     }
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
         let _ = stop_for_serve.wait_for(|s| *s).await;
     });

@@ -164,7 +164,7 @@ pub fn router(state: AppState) -> Router {
         .http
         .max_body
         .max(state.config.http.max_ingest_body);
-    api.route(
+    api.route("/mqtt", get(mqtt_websocket)).route(
         "/api/v1/openapi.json",
         get(move || {
             let doc = doc.clone();
@@ -184,6 +184,21 @@ pub fn router(state: AppState) -> Router {
         count_responses,
     ))
     .with_state(state)
+}
+
+/// MQTT over WebSocket; MQTT's CONNECT authenticates, as over TCP.
+async fn mqtt_websocket(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let broker = state
+        .broker()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "MQTT is disabled on this server"))?;
+    Ok(ws
+        .protocols(["mqtt"])
+        .on_upgrade(move |socket| crate::mqtt::serve_websocket(broker, socket, peer))
+        .into_response())
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -43,3 +43,50 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::
         }
     }
 }
+
+/// MQTT over WebSocket (`/mqtt` on the HTTP port, subprotocol `mqtt`):
+/// binary frames carry the same byte stream a TCP connection would, so the
+/// same connection task serves it through an in-memory pipe.
+pub async fn serve_websocket(broker: Arc<Broker>, ws: axum::extract::ws::WebSocket, peer: std::net::SocketAddr) {
+    use axum::extract::ws::Message;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let shutdown = broker.app.shutdown.clone();
+    let conn = tokio::spawn(connection::run(broker, theirs, peer, shutdown));
+    let (mut rd, mut wr) = tokio::io::split(ours);
+    let (mut sink, mut stream) = ws.split();
+    let inbound = async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let outbound = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::select! {
+        _ = inbound => {}
+        _ = outbound => {}
+    }
+    let _ = conn.await;
+}

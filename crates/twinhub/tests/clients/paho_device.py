@@ -1,6 +1,7 @@
 """A device written with the Eclipse Paho Python client, unchanged:
 connects with its credentials, publishes QoS 1 telemetry, answers one
-command. Usage: paho_device.py PORT DEVICE_ID KEY VERSION(4|5)"""
+command. Usage: paho_device.py PORT DEVICE_ID KEY VERSION(4|5) [ws]
+(with "ws", PORT is the HTTP port and MQTT runs over WebSocket at /mqtt)"""
 import json
 import sys
 import threading
@@ -8,8 +9,12 @@ import threading
 import paho.mqtt.client as mqtt
 
 port, device, key, version = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+websocket = len(sys.argv) > 5 and sys.argv[5] == "ws"
 protocol = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=protocol)
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=protocol,
+                     transport="websockets" if websocket else "tcp")
+if websocket:
+    client.ws_set_options(path="/mqtt")
 client.username_pw_set(device, key)
 done = threading.Event()
 failed = []
@@ -24,9 +29,8 @@ def on_connect(c, userdata, flags, reason, properties):
 
 
 def on_subscribe(c, userdata, mid, reasons, properties):
-    info = c.publish(f"devices/{device}/telemetry", json.dumps({"temperature": 350.25, "source": "paho"}), qos=1)
-    info.wait_for_publish(5)
-    print("published", flush=True)
+    # Not waiting here: callbacks run on the network loop's thread.
+    c.publish(f"devices/{device}/telemetry", json.dumps({"temperature": 350.25, "source": "paho"}), qos=1)
 
 
 def on_message(c, userdata, msg):

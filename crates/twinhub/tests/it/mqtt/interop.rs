@@ -157,17 +157,20 @@ async fn mosquitto_clients_work_unchanged() {
     s.stop().await;
 }
 
-/// A device written with Eclipse Paho (Python), both protocol versions:
-/// telemetry reaches the twin and a command round-trips.
+/// A device written with Eclipse Paho (Python), both protocol versions,
+/// over TCP and over WebSocket (`/mqtt` on the HTTP port): telemetry
+/// reaches the twin and a command round-trips.
 #[tokio::test]
 async fn paho_python_devices_work_unchanged() {
     let s = TestServer::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
-    for version in ["4", "5"] {
-        let id = format!("paho{version}");
+    let http_port = s.base.rsplit(':').next().unwrap().to_string();
+    for (version, transport) in [("4", "tcp"), ("5", "tcp"), ("4", "ws"), ("5", "ws")] {
+        let id = format!("paho{version}{transport}");
         let key = s.device(&id).await;
+        let port = if transport == "ws" { http_port.clone() } else { s.mqtt().port().to_string() };
         let child = tokio::process::Command::new("python3")
-            .args([script, &s.mqtt().port().to_string(), &id, &key, version])
+            .args([script, &port, &id, &key, version, transport])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3 is installed");
