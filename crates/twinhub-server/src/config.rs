@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub retention: RetentionPolicy,
     pub metrics: MetricsConfig,
+    pub tls: TlsConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -42,6 +43,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             retention: RetentionPolicy::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
             admin_password: None,
         }
     }
@@ -72,6 +74,8 @@ impl Default for HttpConfig {
 pub struct MqttConfig {
     /// Empty disables the MQTT listener.
     pub listen: String,
+    /// MQTT over TLS (needs `tls.cert` and `tls.key`); empty disables it.
+    pub tls_listen: String,
     pub allow_anonymous: bool,
     pub anonymous_tenant: String,
     /// Largest packet accepted (bytes); larger ones close the connection.
@@ -102,6 +106,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: "127.0.0.1:1883".into(),
+            tls_listen: String::new(),
             allow_anonymous: false,
             anonymous_tenant: "default".into(),
             max_packet_size: 1 << 20,
@@ -212,6 +217,15 @@ impl Default for StoreConfig {
             queue: d.queue,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain for the TLS listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for the TLS listeners.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -327,6 +341,11 @@ impl Config {
                 "mqtt.rate_limit_action",
                 "must be throttle, reject or disconnect",
             ));
+        }
+        if !self.mqtt.tls_listen.trim().is_empty()
+            && (self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return Err(invalid("mqtt.tls_listen", "needs tls.cert and tls.key"));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be text or json"));

@@ -36,11 +36,14 @@ pub enum ServerError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub struct Listeners {
     pub http: TcpListener,
     pub mqtt: Option<TcpListener>,
+    pub mqtts: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Listeners {
@@ -52,7 +55,25 @@ impl Listeners {
             "" => None,
             addr => Some(bind_one(addr, "--mqtt-listen").await?),
         };
-        Ok(Listeners { http, mqtt })
+        let mqtts = match config.mqtt.tls_listen.trim() {
+            "" => None,
+            addr => {
+                let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+                    (Some(c), Some(k)) => (c, k),
+                    _ => {
+                        return Err(ServerError::Tls(crate::tls::TlsError::Config(
+                            "mqtt.tls_listen needs tls.cert and tls.key".into(),
+                        )))
+                    }
+                };
+                let cfg = crate::tls::server_config(cert, key)?;
+                Some((
+                    bind_one(addr, "--mqtt-tls-listen").await?,
+                    tokio_rustls::TlsAcceptor::from(cfg),
+                ))
+            }
+        };
+        Ok(Listeners { http, mqtt, mqtts })
     }
 }
 
@@ -71,6 +92,7 @@ async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerE
 pub struct Ready {
     pub http: SocketAddr,
     pub mqtt: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
     /// The bootstrap admin password when this start generated it.
     pub generated_admin_password: Option<String>,
     /// The server's store (in-process starters: benchmarks and tests).
@@ -153,15 +175,30 @@ pub async fn run(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let mqtts_addr = listeners
+        .mqtts
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
     let mut jobs = spawn_jobs(state.clone());
-    if let Some(l) = listeners.mqtt {
+    if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
         let broker = crate::mqtt::Broker::open(state.clone()).await?;
         *state.mqtt.write().expect("mqtt") = Some(broker.clone());
-        jobs.push(tokio::spawn(crate::mqtt::serve(
-            broker,
-            l,
-            state.shutdown.clone(),
-        )));
+        if let Some(l) = listeners.mqtt {
+            jobs.push(tokio::spawn(crate::mqtt::serve(
+                broker.clone(),
+                l,
+                state.shutdown.clone(),
+            )));
+        }
+        if let Some((l, acceptor)) = listeners.mqtts {
+            jobs.push(tokio::spawn(crate::mqtt::serve_tls(
+                broker,
+                l,
+                acceptor,
+                state.shutdown.clone(),
+            )));
+        }
     }
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();
@@ -171,13 +208,14 @@ pub async fn run(
     });
     let serve = tokio::spawn(async move { serve.await });
 
-    write_ports(&dir, http_addr, mqtt_addr)?;
+    write_ports(&dir, http_addr, mqtt_addr, mqtts_addr)?;
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
     if let Some(tx) = on_ready {
         let _ = tx.send(Ready {
             http: http_addr,
             mqtt: mqtt_addr,
+            mqtts: mqtts_addr,
             generated_admin_password: boot.generated_password.clone(),
             store: store.clone(),
         });
@@ -240,10 +278,18 @@ fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
     jobs
 }
 
-fn write_ports(dir: &Path, http: SocketAddr, mqtt: Option<SocketAddr>) -> std::io::Result<()> {
+fn write_ports(
+    dir: &Path,
+    http: SocketAddr,
+    mqtt: Option<SocketAddr>,
+    mqtts: Option<SocketAddr>,
+) -> std::io::Result<()> {
     let mut v = serde_json::json!({"http": http.to_string()});
     if let Some(m) = mqtt {
         v["mqtt"] = serde_json::json!(m.to_string());
+    }
+    if let Some(m) = mqtts {
+        v["mqtts"] = serde_json::json!(m.to_string());
     }
     let tmp = dir.join("ports.json.tmp");
     std::fs::write(&tmp, v.to_string())?;

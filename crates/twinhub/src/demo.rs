@@ -44,6 +44,21 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     if flags.mqtt_listen.is_none() && std::env::var("TWINHUB_MQTT_LISTEN").is_err() {
         flags.mqtt_listen = Some(free_or_zero("127.0.0.1:1883"));
     }
+    // MQTT over TLS too, with a local CA made for the demo.
+    if flags.mqtt_tls_listen.is_none() && std::env::var("TWINHUB_MQTT_TLS_LISTEN").is_err() {
+        let dir = flags
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./twinhub-data"))
+            .join("certs");
+        if !dir.join("server.pem").exists() {
+            let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()])?;
+            twinhub_server::tls::write_generated(&dir, &g)?;
+        }
+        flags.tls_cert = Some(dir.join("server.pem"));
+        flags.tls_key = Some(dir.join("server-key.pem"));
+        flags.mqtt_tls_listen = Some(free_or_zero("127.0.0.1:8883"));
+    }
     let mut config = load_config(file, &flags)?;
     let password = config
         .admin_password
@@ -109,6 +124,7 @@ twinhub demo is running ({n} simulated reactors report temperature, pressure, fl
 
   HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
   MQTT         {mqtt}   (devices: client id = user name = device id, password = device key)
+  MQTTS        {mqtts}   (CA: {dir}/certs/ca.pem)   MQTT over WebSocket: ws://{http_host}/mqtt
   metrics      {base}/metrics
   data dir     {dir}
   admin login  admin / {password}
@@ -132,6 +148,12 @@ Ctrl-C stops the demo.
         dir = data_dir.display(),
         mh = mqtt.ip(),
         mp = mqtt.port(),
+        mqtts = server
+            .ready
+            .mqtts
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        http_host = server.ready.http,
     );
     shutdown_signal().await;
     println!("stopping…");

@@ -35,6 +35,15 @@ pub struct ServerFlags {
     /// MQTT listen address; port 0 picks a free port. Env: TWINHUB_MQTT_LISTEN.
     #[arg(long)]
     mqtt_listen: Option<String>,
+    /// MQTT over TLS listen address (needs --tls-cert and --tls-key). Env: TWINHUB_MQTT_TLS_LISTEN.
+    #[arg(long)]
+    mqtt_tls_listen: Option<String>,
+    /// PEM certificate chain for TLS listeners. Env: TWINHUB_TLS_CERT.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS listeners. Env: TWINHUB_TLS_KEY.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -54,6 +63,15 @@ impl ServerFlags {
         }
         if let Some(a) = &self.mqtt_listen {
             v.push(("mqtt.listen", a.clone()));
+        }
+        if let Some(a) = &self.mqtt_tls_listen {
+            v.push(("mqtt.tls_listen", a.clone()));
+        }
+        if let Some(c) = &self.tls_cert {
+            v.push(("tls.cert", c.display().to_string()));
+        }
+        if let Some(k) = &self.tls_key {
+            v.push(("tls.key", k.display().to_string()));
         }
         if let Some(f) = &self.log_format {
             v.push(("log.format", f.clone()));
@@ -92,6 +110,15 @@ enum Command {
     },
     /// Check a configuration (file, environment, flags) and print it.
     CheckConfig(ServerFlags),
+    /// Generate a local CA and a server certificate for the TLS listeners.
+    Cert {
+        /// Directory for ca.pem, ca-key.pem, server.pem, server-key.pem.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names and IP addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
 }
 
 pub fn load_config(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<Config> {
@@ -146,6 +173,13 @@ fn main() -> std::process::ExitCode {
             Command::Device(cmd) => admin::device(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
+                        Command::Cert { out, hosts } => {
+                let g = twinhub_server::tls::generate(&hosts)?;
+                twinhub_server::tls::write_generated(&out, &g)?;
+                println!("wrote {0}/ca.pem, {0}/server.pem and their keys (0600) for {1}", out.display(), hosts.join(", "));
+                println!("use: twinhub serve --tls-cert {0}/server.pem --tls-key {0}/server-key.pem --mqtt-tls-listen 127.0.0.1:8883", out.display());
+                Ok(())
+            }
             Command::CheckConfig(flags) => {
                 let c = load_config(cli.config.as_ref(), &flags)?;
                 println!(

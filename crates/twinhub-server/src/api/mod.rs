@@ -164,26 +164,27 @@ pub fn router(state: AppState) -> Router {
         .http
         .max_body
         .max(state.config.http.max_ingest_body);
-    api.route("/mqtt", get(mqtt_websocket)).route(
-        "/api/v1/openapi.json",
-        get(move || {
-            let doc = doc.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    doc.as_str().to_owned(),
-                )
-            }
-        }),
-    )
-    .fallback(not_found)
-    .method_not_allowed_fallback(method_not_allowed)
-    .layer(DefaultBodyLimit::max(limit))
-    .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        count_responses,
-    ))
-    .with_state(state)
+    api.route("/mqtt", get(mqtt_websocket))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
 }
 
 /// MQTT over WebSocket; MQTT's CONNECT authenticates, as over TCP.
@@ -192,9 +193,13 @@ async fn mqtt_websocket(
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let broker = state
-        .broker()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "MQTT is disabled on this server"))?;
+    let broker = state.broker().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "MQTT is disabled on this server",
+        )
+    })?;
     Ok(ws
         .protocols(["mqtt"])
         .on_upgrade(move |socket| crate::mqtt::serve_websocket(broker, socket, peer))

@@ -44,10 +44,51 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::
     }
 }
 
+/// Accepts MQTT-over-TLS clients until shutdown; the handshake runs in the
+/// connection's own task so a slow one never holds up accepting.
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut stop = shutdown.clone();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = stop.changed() => continue,
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let (b, a, sd) = (broker.clone(), acceptor.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        let timeout = b.settings.connect_timeout;
+                        match tokio::time::timeout(timeout, a.accept(sock)).await {
+                            Ok(Ok(tls)) => connection::run(b, tls, peer, sd).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "MQTTS accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
 /// MQTT over WebSocket (`/mqtt` on the HTTP port, subprotocol `mqtt`):
 /// binary frames carry the same byte stream a TCP connection would, so the
 /// same connection task serves it through an in-memory pipe.
-pub async fn serve_websocket(broker: Arc<Broker>, ws: axum::extract::ws::WebSocket, peer: std::net::SocketAddr) {
+pub async fn serve_websocket(
+    broker: Arc<Broker>,
+    ws: axum::extract::ws::WebSocket,
+    peer: std::net::SocketAddr,
+) {
     use axum::extract::ws::Message;
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,7 +117,11 @@ pub async fn serve_websocket(broker: Arc<Broker>, ws: axum::extract::ws::WebSock
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                    if sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -87,6 +87,10 @@ impl TestServer {
             .expect("clean stop");
     }
 
+    pub fn handle_ready(&self) -> &twinhub_server::server::Ready {
+        &self.handle.as_ref().unwrap().ready
+    }
+
     pub fn mqtt(&self) -> std::net::SocketAddr {
         self.handle
             .as_ref()

@@ -168,7 +168,11 @@ async fn paho_python_devices_work_unchanged() {
     for (version, transport) in [("4", "tcp"), ("5", "tcp"), ("4", "ws"), ("5", "ws")] {
         let id = format!("paho{version}{transport}");
         let key = s.device(&id).await;
-        let port = if transport == "ws" { http_port.clone() } else { s.mqtt().port().to_string() };
+        let port = if transport == "ws" {
+            http_port.clone()
+        } else {
+            s.mqtt().port().to_string()
+        };
         let child = tokio::process::Command::new("python3")
             .args([script, &port, &id, &key, version, transport])
             .stdout(std::process::Stdio::piped())
@@ -203,5 +207,71 @@ async fn paho_python_devices_work_unchanged() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    s.stop().await;
+}
+
+/// MQTTS with a certificate from `twinhub cert`'s generator: mosquitto_pub
+/// verifies the server against the CA and its telemetry lands; a client
+/// that does not speak TLS gets nowhere.
+#[tokio::test]
+async fn mqtts_with_a_generated_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
+    let (cert, key) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server-key.pem"),
+    );
+    let s = TestServer::start_with(move |c| {
+        c.mqtt.tls_listen = "127.0.0.1:0".into();
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+    })
+    .await;
+    let tls_port = s
+        .handle_ready()
+        .mqtts
+        .expect("MQTTS listener")
+        .port()
+        .to_string();
+    let key = s.device("secure").await;
+    let st = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port, "--cafile"])
+        .arg(certs.path().join("ca.pem"))
+        .args([
+            "-i",
+            "secure",
+            "-u",
+            "secure",
+            "-P",
+            &key,
+            "-q",
+            "1",
+            "-t",
+            "devices/secure/telemetry",
+            "-m",
+            r#"{"v": 7}"#,
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    let (_, twin) = s.json(s.get("/api/v1/twins/secure")).await;
+    assert_eq!(twin["v"], 7);
+    // Without TLS the connection goes nowhere: no CONNACK, closed.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(format!("127.0.0.1:{tls_port}"))
+        .await
+        .unwrap();
+    let mut connect = bytes::BytesMut::new();
+    super::connect4("secure", Some(("secure", &key)), true)
+        .write(&mut connect, usize::MAX)
+        .unwrap();
+    plain.write_all(&connect).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got))
+        .await
+        .expect("closed");
+    assert_ne!(got.first(), Some(&0x20u8), "no CONNACK over plain TCP");
     s.stop().await;
 }

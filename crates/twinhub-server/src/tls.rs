@@ -1,0 +1,145 @@
+//! TLS with rustls: server configurations from PEM files, and a
+//! self-signed CA plus server certificate for a quick secure setup
+//! (`twinhub cert`, the demo, tests).
+//!
+//! May call: nothing of twinhub (a leaf).
+
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("tls: {0}")]
+    Config(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::File {
+            path: cert.display().to_string(),
+            reason: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::File {
+            path: cert.display().to_string(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| TlsError::File {
+            path: key.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError::File {
+            path: key.display().to_string(),
+            reason: "holds no private key".into(),
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// PEM texts of a generated CA and a server certificate it signed.
+pub struct Generated {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// A CA and a server certificate for `hosts` (DNS names or IP addresses).
+pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let err = |e: rcgen::Error| TlsError::Config(e.to_string());
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "twinhub local CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let mut server = CertificateParams::new(hosts.to_vec()).map_err(err)?;
+    server.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().map(String::as_str).unwrap_or("twinhub"),
+    );
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).map_err(err)?;
+    Ok(Generated {
+        ca_cert: ca_cert.pem(),
+        ca_key: ca_key.serialize_pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+/// Writes a generated set into `dir` (keys mode 0600): ca.pem, ca-key.pem,
+/// server.pem, server-key.pem.
+pub fn write_generated(dir: &Path, g: &Generated) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    for (name, text, private) in [
+        ("ca.pem", &g.ca_cert, false),
+        ("ca-key.pem", &g.ca_key, true),
+        ("server.pem", &g.cert, false),
+        ("server-key.pem", &g.key, true),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(dir.join(name))?;
+        f.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        write_generated(dir.path(), &g).unwrap();
+        server_config(
+            &dir.path().join("server.pem"),
+            &dir.path().join("server-key.pem"),
+        )
+        .unwrap();
+        let e = server_config(
+            &dir.path().join("ca-key.pem"),
+            &dir.path().join("server-key.pem"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ca-key.pem"), "{e}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir.path().join("server-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+}
