@@ -258,6 +258,16 @@ fn props_from5(p: &v5::PublishProperties) -> MsgProps {
 }
 
 fn read5(buf: &mut BytesMut, max: usize) -> Result<In, CodecError> {
+    // A DISCONNECT may omit its reason code and properties (remaining
+    // length 0 means "normal disconnection" [MQTT-3.14.2.1]); the codec
+    // refuses that form, so it is read here.
+    if buf.len() >= 2 && buf[0] == 0xE0 && buf[1] == 0 {
+        let _ = buf.split_to(2);
+        return Ok(In::Disconnect {
+            reason: 0,
+            session_expiry_s: None,
+        });
+    }
     let p = v5::Packet::read(buf, Some(max.min(u32::MAX as usize) as u32))
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     Ok(match p {
@@ -502,6 +512,25 @@ fn suback_reason(r: u8) -> v5::SubscribeReasonCode {
     }
 }
 
+fn disconnect_text(r: u8) -> &'static str {
+    match r {
+        0x00 => "normal disconnection",
+        0x81 => "malformed packet",
+        0x82 => "protocol error",
+        0x87 => "not authorized",
+        0x89 => "server busy",
+        0x8B => "server shutting down",
+        0x8D => "keep alive timeout",
+        0x8E => "session taken over",
+        0x90 => "topic name invalid",
+        0x94 => "topic alias invalid",
+        0x95 => "packet too large",
+        0x96 => "message rate too high",
+        0x97 => "quota exceeded",
+        _ => "unspecified error",
+    }
+}
+
 fn disconnect_reason(r: u8) -> v5::DisconnectReasonCode {
     use v5::DisconnectReasonCode::*;
     match r {
@@ -524,10 +553,6 @@ fn disconnect_reason(r: u8) -> v5::DisconnectReasonCode {
         0x99 => PayloadFormatInvalid,
         _ => UnspecifiedError,
     }
-}
-
-fn reason_props<T>(message: Option<&str>, make: impl FnOnce(String) -> T) -> Option<T> {
-    message.map(|m| make(m.to_string()))
 }
 
 /// Encodes `out` for `version` into `buf`.
@@ -699,11 +724,13 @@ pub fn write(buf: &mut BytesMut, version: Version, out: Out<'_>) -> Result<(), C
                     properties: None,
                 }),
                 Out::PingResp => v5::Packet::PingResp(v5::PingResp),
+                // Always with a reason string: rumqttc mis-frames a
+                // DISCONNECT whose property block is absent or empty.
                 Out::Disconnect { reason, message } => v5::Packet::Disconnect(v5::Disconnect {
                     reason_code: disconnect_reason(reason),
-                    properties: reason_props(message, |m| v5::DisconnectProperties {
+                    properties: Some(v5::DisconnectProperties {
                         session_expiry_interval: None,
-                        reason_string: Some(m),
+                        reason_string: Some(message.unwrap_or(disconnect_text(reason)).to_string()),
                         user_properties: vec![],
                         server_reference: None,
                     }),
@@ -713,4 +740,172 @@ pub fn write(buf: &mut BytesMut, version: Version, out: Out<'_>) -> Result<(), C
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn publish_bytes(topic: &str, payload: &[u8], pkid: u16) -> Vec<u8> {
+        let mut p = v4::Publish::new(topic, Q4::AtLeastOnce, payload.to_vec());
+        p.pkid = pkid;
+        let mut out = BytesMut::new();
+        v4::Packet::Publish(p).write(&mut out, usize::MAX).unwrap();
+        out.to_vec()
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the reader; an incomplete frame is
+        /// left untouched for the next read.
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            for version in [None, Some(Version::V4), Some(Version::V5)] {
+                let mut buf = BytesMut::from(&data[..]);
+                for _ in 0..32 {
+                    let before = buf.len();
+                    match read(&mut buf, version, 1 << 16) {
+                        Ok(Some(_)) => prop_assert!(buf.len() < before),
+                        Ok(None) => { prop_assert_eq!(buf.len(), before); break; }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+
+        /// A stream of packets cut at arbitrary points (as TCP delivers
+        /// it) decodes to the same packets.
+        #[test]
+        fn split_streams_decode_the_same(
+            msgs in proptest::collection::vec(("[a-z]{1,8}(/[a-z]{1,8}){0,3}", proptest::collection::vec(any::<u8>(), 0..64)), 1..10),
+            cuts in proptest::collection::vec(1usize..50, 0..20),
+        ) {
+            let mut stream = Vec::new();
+            for (i, (t, p)) in msgs.iter().enumerate() {
+                stream.extend(publish_bytes(t, p, i as u16 + 1));
+            }
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut cuts = cuts.into_iter();
+            while pos < stream.len() {
+                let n = cuts.next().unwrap_or(stream.len()).min(stream.len() - pos);
+                buf.extend_from_slice(&stream[pos..pos + n]);
+                pos += n;
+                while let Some(p) = read(&mut buf, Some(Version::V4), 1 << 16).unwrap() {
+                    if let In::Publish(p) = p {
+                        got.push((p.topic, p.payload.to_vec()));
+                    }
+                }
+            }
+            let want: Vec<(String, Vec<u8>)> = msgs.into_iter().collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// Everything the server writes frames exactly as a client reads it.
+    #[test]
+    fn written_packets_frame_exactly() {
+        let payload = Bytes::from_static(b"hello");
+        let props = MsgProps {
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        for version in [Version::V4, Version::V5] {
+            let outs: Vec<Out<'_>> = vec![
+                Out::ConnAck {
+                    session_present: true,
+                    refusal: None,
+                    props: ConnAckProps::default(),
+                },
+                Out::ConnAck {
+                    session_present: false,
+                    refusal: Some(Refusal::BadCredentials),
+                    props: ConnAckProps::default(),
+                },
+                Out::Publish {
+                    topic: "a/b",
+                    payload: &payload,
+                    qos: 1,
+                    retain: true,
+                    dup: false,
+                    pkid: 3,
+                    props: Some(&props),
+                    expiry_s: Some(5),
+                    sub_ids: &[1],
+                },
+                Out::PubAck { pkid: 1, reason: 0 },
+                Out::PubAck {
+                    pkid: 1,
+                    reason: 0x87,
+                },
+                Out::PubRec {
+                    pkid: 2,
+                    reason: 0x99,
+                },
+                Out::PubRel { pkid: 2, reason: 0 },
+                Out::PubComp {
+                    pkid: 2,
+                    reason: 0x92,
+                },
+                Out::SubAck {
+                    pkid: 4,
+                    codes: vec![Ok(1), Err(0x87)],
+                },
+                Out::UnsubAck {
+                    pkid: 5,
+                    reasons: vec![0, 0x11],
+                },
+                Out::PingResp,
+                Out::Disconnect {
+                    reason: 0x95,
+                    message: None,
+                },
+                Out::Disconnect {
+                    reason: 0x8B,
+                    message: Some("bye"),
+                },
+            ];
+            for o in outs {
+                let what = format!("{o:?}");
+                let mut buf = BytesMut::new();
+                write(&mut buf, version, o).unwrap();
+                if buf.is_empty() {
+                    continue; // DISCONNECT does not exist in 3.1.1
+                }
+                match version {
+                    Version::V4 => {
+                        v4::Packet::read(&mut buf, 1 << 20)
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                    Version::V5 => {
+                        v5::Packet::read(&mut buf, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                }
+                assert!(buf.is_empty(), "{what} left {} bytes", buf.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_bare_v5_disconnect_is_a_normal_disconnection() {
+        let mut buf = BytesMut::from(&[0xE0u8, 0x00][..]);
+        assert!(matches!(
+            read(&mut buf, Some(Version::V5), 1024),
+            Ok(Some(In::Disconnect {
+                reason: 0,
+                session_expiry_s: None
+            }))
+        ));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_packets_are_refused_before_they_are_read() {
+        let mut buf = BytesMut::from(&publish_bytes("a", &[0u8; 2000], 1)[..10]);
+        assert!(matches!(
+            read(&mut buf, Some(Version::V4), 1000),
+            Err(CodecError::TooLarge(_))
+        ));
+    }
 }

@@ -191,6 +191,18 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     m.connections.fetch_sub(1, Ordering::SeqCst);
     let _ = conn.flush().await;
     let _ = conn.io.shutdown().await;
+    // Drain what the client still sends for a moment: closing a socket with
+    // unread input makes the kernel reset it, and the reset can overtake
+    // the DISCONNECT just written.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(250), async {
+        while let Ok(n) = conn.io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
     if let Some((identity, tenant, h, gen, end, will)) = outcome {
         if matches!(end, End::Abnormal | End::WithWill) {
             if let Some(w) = will {
@@ -446,6 +458,199 @@ struct Pass {
     ops: Vec<super::persist::Op>,
 }
 
+/// What the read loop carries between passes.
+struct Reader<'a> {
+    broker: &'a Arc<Broker>,
+    identity: &'a Identity,
+    tenant: &'a Arc<str>,
+    h: &'a Arc<SessionHandle>,
+    device: Option<Arc<crate::registry::Device>>,
+    telemetry_topic: Option<String>,
+    replies_prefix: Option<String>,
+    aliases: HashMap<u16, String>,
+    msg_bucket: Option<Bucket>,
+    byte_bucket: Option<Bucket>,
+    /// Throttled: buffered packets wait until then.
+    resume_at: Option<tokio::time::Instant>,
+    pending: FuturesOrdered<BoxFuture<'static, Vec<Ack>>>,
+}
+
+impl Reader<'_> {
+    /// Handles the complete packets in the input buffer (stopping early
+    /// when throttled); Some(end) when the connection must close.
+    fn process<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Option<End> {
+        let (broker, h) = (self.broker, self.h);
+        let max = broker.settings.max_packet_size;
+        let mut pass = Pass {
+            acks: Vec::new(),
+            telemetry: Vec::new(),
+            routed: Vec::new(),
+            ops: Vec::new(),
+        };
+        let mut ended = None;
+        let v5 = conn.version == Version::V5;
+        while self.resume_at.is_none() {
+            let packet = match codec::read(&mut conn.inbuf, Some(conn.version), max) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(client = %h.client_id, error = %e, "closing a connection that sent a bad packet");
+                    if v5 {
+                        let reason = if matches!(e, CodecError::TooLarge(_)) {
+                            0x95
+                        } else {
+                            0x81
+                        };
+                        conn.write(Out::Disconnect {
+                            reason,
+                            message: None,
+                        });
+                    }
+                    ended = Some(End::Abnormal);
+                    break;
+                }
+            };
+            let protocol_error = |conn: &mut Conn<S>, reason: u8, message: Option<&str>| {
+                if v5 {
+                    conn.write(Out::Disconnect { reason, message });
+                }
+                Some(End::Abnormal)
+            };
+            match packet {
+                In::Publish(p) => {
+                    if let Some(wait) =
+                        rate_check(&mut self.msg_bucket, &mut self.byte_bucket, p.payload.len())
+                    {
+                        broker.metrics.rate_limited.inc();
+                        match broker.settings.rate_action {
+                            // This one goes through; the rest of the buffer waits.
+                            RateAction::Throttle => {
+                                self.resume_at = Some(tokio::time::Instant::now() + wait)
+                            }
+                            RateAction::Reject | RateAction::Disconnect => {
+                                ended = protocol_error(conn, 0x96, Some("message rate too high"));
+                                break;
+                            }
+                        }
+                    }
+                    let r = on_publish(
+                        conn,
+                        broker,
+                        self.identity,
+                        self.tenant,
+                        h,
+                        p,
+                        &mut self.aliases,
+                        self.telemetry_topic.as_deref(),
+                        self.replies_prefix.as_deref(),
+                        &mut pass,
+                    );
+                    if let Err(reason) = r {
+                        ended = protocol_error(conn, reason, None);
+                        break;
+                    }
+                }
+                In::PubAck(pkid) => {
+                    let done = h.state.lock().expect("state").on_puback(pkid);
+                    broker.delivered(done);
+                }
+                In::PubRec(pkid) => {
+                    let known = h.state.lock().expect("state").on_pubrec(pkid);
+                    conn.write(Out::PubRel {
+                        pkid,
+                        reason: if known { 0 } else { 0x92 },
+                    });
+                }
+                In::PubComp(pkid) => {
+                    let done = h.state.lock().expect("state").on_pubcomp(pkid);
+                    broker.delivered(done);
+                }
+                In::PubRel(pkid) => {
+                    let known = h.state.lock().expect("state").qos2_released(pkid);
+                    conn.write(Out::PubComp {
+                        pkid,
+                        reason: if known { 0 } else { 0x92 },
+                    });
+                }
+                In::Subscribe { pkid: 0, .. } | In::Unsubscribe { pkid: 0, .. } => {
+                    // [MQTT-2.3.1-1]: these need a non-zero packet id.
+                    ended = protocol_error(conn, 0x82, Some("packet identifier 0"));
+                    break;
+                }
+                In::Subscribe {
+                    pkid,
+                    filters,
+                    sub_id,
+                } => on_subscribe(conn, broker, self.identity, h, pkid, filters, sub_id),
+                In::Unsubscribe { pkid, filters } => {
+                    let reasons = filters
+                        .iter()
+                        .map(|f| if broker.unsubscribe(h, f) { 0x00 } else { 0x11 })
+                        .collect();
+                    conn.write(Out::UnsubAck { pkid, reasons });
+                }
+                In::PingReq => conn.write(Out::PingResp),
+                In::Disconnect {
+                    reason,
+                    session_expiry_s,
+                } => {
+                    if let Some(s) = session_expiry_s {
+                        // [MQTT-3.14.2-2]: not from 0 to non-zero.
+                        if h.expiry_s.load(Ordering::SeqCst) == 0 && s > 0 {
+                            ended = protocol_error(
+                                conn,
+                                0x82,
+                                Some("session expiry cannot be set at disconnect"),
+                            );
+                            break;
+                        }
+                        h.expiry_s.store(
+                            s.min(broker.settings.session_expiry_max_s),
+                            Ordering::SeqCst,
+                        );
+                    }
+                    ended = Some(if reason == 0x04 {
+                        End::WithWill
+                    } else {
+                        End::Normal
+                    });
+                    break;
+                }
+                In::Connect(_) => {
+                    // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
+                    ended = protocol_error(conn, 0x82, None);
+                    break;
+                }
+                In::Unexpected(what) => {
+                    tracing::debug!(client = %h.client_id, packet = what, "protocol error");
+                    ended = protocol_error(conn, 0x82, None);
+                    break;
+                }
+            }
+        }
+        finish_pass(
+            broker,
+            self.tenant,
+            self.device.clone(),
+            pass,
+            &mut self.pending,
+        );
+        if drain(conn, broker, h) {
+            h.notify.notify_one();
+        }
+        ended
+    }
+}
+
+fn write_acks<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, acks: Vec<Ack>) {
+    for a in acks {
+        match a {
+            Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
+            Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
@@ -457,24 +662,30 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     kicks: &mut tokio::sync::mpsc::UnboundedReceiver<Kick>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
-    let max = broker.settings.max_packet_size;
     let keep = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
     let mut deadline = keep.map(|k| tokio::time::Instant::now() + k);
-    let mut pending: FuturesOrdered<BoxFuture<'static, Vec<Ack>>> = FuturesOrdered::new();
-    let mut aliases: HashMap<u16, String> = HashMap::new();
-    let mut msg_bucket = Bucket::new(broker.settings.rate_messages);
-    let mut byte_bucket = Bucket::new(broker.settings.rate_bytes);
-    let mut resume_at: Option<tokio::time::Instant> = None;
     let device = match identity {
         Identity::Device { id } => broker.app.registry.device(id),
         _ => None,
     };
-    let telemetry_topic = device
-        .as_ref()
-        .map(|d| format!("devices/{}/telemetry", d.row.id));
-    let replies_prefix = device
-        .as_ref()
-        .map(|d| format!("devices/{}/replies/", d.row.id));
+    let mut rd = Reader {
+        broker,
+        identity,
+        tenant,
+        h,
+        telemetry_topic: device
+            .as_ref()
+            .map(|d| format!("devices/{}/telemetry", d.row.id)),
+        replies_prefix: device
+            .as_ref()
+            .map(|d| format!("devices/{}/replies/", d.row.id)),
+        device,
+        aliases: HashMap::new(),
+        msg_bucket: Bucket::new(broker.settings.rate_messages),
+        byte_bucket: Bucket::new(broker.settings.rate_bytes),
+        resume_at: None,
+        pending: FuturesOrdered::new(),
+    };
     if drain(conn, broker, h) {
         h.notify.notify_one();
     }
@@ -482,10 +693,11 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if conn.flush().await.is_err() {
             break End::Abnormal;
         }
-        let reading = pending.len() < MAX_PENDING && resume_at.is_none();
+        let reading = rd.pending.len() < MAX_PENDING && rd.resume_at.is_none();
         if reading {
             conn.prepare_read();
         }
+        let resume_at = rd.resume_at;
         tokio::select! {
             biased;
             k = kicks.recv() => {
@@ -501,16 +713,12 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 break End::Abnormal;
             }
-            Some(acks) = pending.next(), if !pending.is_empty() => {
-                for a in acks {
-                    match a {
-                        Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
-                        Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
-                    }
-                }
-            }
+            Some(acks) = rd.pending.next(), if !rd.pending.is_empty() => write_acks(conn, acks),
             _ = async { tokio::time::sleep_until(resume_at.expect("guarded")).await }, if resume_at.is_some() => {
-                resume_at = None;
+                rd.resume_at = None;
+                if let Some(e) = rd.process(conn) {
+                    break e;
+                }
             }
             r = conn.io.read_buf(&mut conn.inbuf), if reading => {
                 match r {
@@ -518,117 +726,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(n) => conn.after_read(n),
                 }
                 deadline = keep.map(|k| tokio::time::Instant::now() + k);
-                let mut pass = Pass { acks: Vec::new(), telemetry: Vec::new(), routed: Vec::new(), ops: Vec::new() };
-                let mut ended = None;
-                loop {
-                    let packet = match codec::read(&mut conn.inbuf, Some(conn.version), max) {
-                        Ok(Some(p)) => p,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(client = %h.client_id, error = %e, "closing a connection that sent a bad packet");
-                            if conn.version == Version::V5 {
-                                let reason = if matches!(e, CodecError::TooLarge(_)) { 0x95 } else { 0x81 };
-                                conn.write(Out::Disconnect { reason, message: None });
-                            }
-                            ended = Some(End::Abnormal);
-                            break;
-                        }
-                    };
-                    match packet {
-                        In::Publish(p) => {
-                            if let Some(wait) = rate_check(broker, &mut msg_bucket, &mut byte_bucket, p.payload.len()) {
-                                broker.metrics.rate_limited.inc();
-                                match broker.settings.rate_action {
-                                    RateAction::Throttle => {
-                                        let until = tokio::time::Instant::now() + wait;
-                                        resume_at = Some(resume_at.map_or(until, |r| r.max(until)));
-                                    }
-                                    RateAction::Reject | RateAction::Disconnect => {
-                                        if conn.version == Version::V5 {
-                                            conn.write(Out::Disconnect { reason: 0x96, message: Some("message rate too high") });
-                                        }
-                                        ended = Some(End::Abnormal);
-                                        break;
-                                    }
-                                }
-                            }
-                            match on_publish(conn, broker, identity, tenant, h, p, &mut aliases, telemetry_topic.as_deref(), replies_prefix.as_deref(), &mut pass) {
-                                Ok(()) => {}
-                                Err(reason) => {
-                                    if conn.version == Version::V5 {
-                                        conn.write(Out::Disconnect { reason, message: None });
-                                    }
-                                    ended = Some(End::Abnormal);
-                                    break;
-                                }
-                            }
-                        }
-                        In::PubAck(pkid) => {
-                            let done = h.state.lock().expect("state").on_puback(pkid);
-                            broker.delivered(done);
-                        }
-                        In::PubRec(pkid) => {
-                            let known = h.state.lock().expect("state").on_pubrec(pkid);
-                            conn.write(Out::PubRel { pkid, reason: if known { 0 } else { 0x92 } });
-                        }
-                        In::PubComp(pkid) => {
-                            let done = h.state.lock().expect("state").on_pubcomp(pkid);
-                            broker.delivered(done);
-                        }
-                        In::PubRel(pkid) => {
-                            let known = h.state.lock().expect("state").qos2_released(pkid);
-                            conn.write(Out::PubComp { pkid, reason: if known { 0 } else { 0x92 } });
-                        }
-                        In::Subscribe { pkid: 0, .. } | In::Unsubscribe { pkid: 0, .. } => {
-                            // [MQTT-2.3.1-1]: these need a non-zero packet id.
-                            if conn.version == Version::V5 {
-                                conn.write(Out::Disconnect { reason: 0x82, message: Some("packet identifier 0") });
-                            }
-                            ended = Some(End::Abnormal);
-                            break;
-                        }
-                        In::Subscribe { pkid, filters, sub_id } => on_subscribe(conn, broker, identity, h, pkid, filters, sub_id),
-                        In::Unsubscribe { pkid, filters } => {
-                            let reasons = filters.iter().map(|f| if broker.unsubscribe(h, f) { 0x00 } else { 0x11 }).collect();
-                            conn.write(Out::UnsubAck { pkid, reasons });
-                        }
-                        In::PingReq => conn.write(Out::PingResp),
-                        In::Disconnect { reason, session_expiry_s } => {
-                            if let Some(s) = session_expiry_s {
-                                // [MQTT-3.14.2-2]: not from 0 to non-zero.
-                                if h.expiry_s.load(Ordering::SeqCst) == 0 && s > 0 {
-                                    conn.write(Out::Disconnect { reason: 0x82, message: Some("session expiry cannot be set at disconnect") });
-                                    ended = Some(End::Abnormal);
-                                    break;
-                                }
-                                h.expiry_s.store(s.min(broker.settings.session_expiry_max_s), Ordering::SeqCst);
-                            }
-                            ended = Some(if reason == 0x04 { End::WithWill } else { End::Normal });
-                            break;
-                        }
-                        In::Connect(_) => {
-                            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
-                            if conn.version == Version::V5 {
-                                conn.write(Out::Disconnect { reason: 0x82, message: None });
-                            }
-                            ended = Some(End::Abnormal);
-                            break;
-                        }
-                        In::Unexpected(what) => {
-                            tracing::debug!(client = %h.client_id, packet = what, "protocol error");
-                            if conn.version == Version::V5 {
-                                conn.write(Out::Disconnect { reason: 0x82, message: None });
-                            }
-                            ended = Some(End::Abnormal);
-                            break;
-                        }
-                    }
-                }
-                finish_pass(broker, tenant, device.clone(), pass, &mut pending);
-                if drain(conn, broker, h) {
-                    h.notify.notify_one();
-                }
-                if let Some(e) = ended {
+                if let Some(e) = rd.process(conn) {
                     break e;
                 }
             }
@@ -647,24 +745,17 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     // Acknowledge what became durable before we stopped reading.
-    while let Some(acks) = pending.next().await {
-        for a in acks {
-            match a {
-                Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
-                Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
-            }
-        }
+    while let Some(acks) = rd.pending.next().await {
+        write_acks(conn, acks);
     }
     end
 }
 
 fn rate_check(
-    broker: &Broker,
     msgs: &mut Option<Bucket>,
     bytes: &mut Option<Bucket>,
     len: usize,
 ) -> Option<Duration> {
-    let _ = broker;
     let a = msgs.as_mut().and_then(|b| b.take(1.0));
     let b = bytes.as_mut().and_then(|b| b.take(len as f64));
     match (a, b) {

@@ -329,3 +329,41 @@ mod tests {
         assert_eq!(ids, vec![u16::MAX, 1, 2], "0 is never a packet id");
     }
 }
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the client acknowledges (late, twice, unknown ids), the
+        /// window and the queue bound hold, packet ids are never 0 nor
+        /// reused while in flight, and every QoS 1/2 message is either in
+        /// flight, queued, acknowledged or counted as dropped.
+        #[test]
+        fn invariants_hold_under_any_acknowledgements(ops in proptest::collection::vec((0u8..5, any::<u16>()), 0..300)) {
+            let mut s = SessionState::new(8, 4);
+            let mut in_flight: HashSet<u16> = HashSet::new();
+            let (mut pushed, mut acked) = (0u64, 0u64);
+            for (op, arg) in ops {
+                match op {
+                    0 => {
+                        let o = Outgoing { msg: Arc::new(Message { topic: "t".into(), payload: Bytes::new(), qos: 1, retain: false, props: None, expires_at: None, from: None }), qos: 1 + (arg % 2) as u8, retain: false, sub_ids: vec![], persist_id: None };
+                        s.push(o);
+                        pushed += 1;
+                    }
+                    1 => if let Some(Send::Publish { pkid, .. }) = s.next(0) {
+                        prop_assert!(pkid != 0);
+                        prop_assert!(in_flight.insert(pkid), "id {} reused while in flight", pkid);
+                    },
+                    2 => if s.on_puback(arg).is_some() { in_flight.remove(&arg); acked += 1; },
+                    3 => { s.on_pubrec(arg); }
+                    _ => if s.on_pubcomp(arg).is_some() { in_flight.remove(&arg); acked += 1; },
+                }
+                prop_assert!(s.inflight() <= 4);
+                prop_assert!(s.queued() <= 8);
+                prop_assert_eq!(pushed, acked + s.dropped + s.inflight() as u64 + s.queued() as u64);
+            }
+        }
+    }
+}

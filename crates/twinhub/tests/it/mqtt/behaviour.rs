@@ -385,3 +385,193 @@ async fn retained_messages_and_persistent_sessions_survive_restart() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn over_rate_devices_are_rejected_or_throttled() {
+    let s = TestServer::start_with(|c| {
+        c.mqtt.rate_limit_messages = 10.0;
+        c.mqtt.rate_limit_action = "reject".into();
+    })
+    .await;
+    let key = s.device("chatty").await;
+    let (mut d, _) = open5(s.mqtt(), "chatty", Some(("chatty", &key)), true, None).await;
+    for _ in 0..40 {
+        d.send5(pub5("devices/chatty/status", 0, 0, b"x", None))
+            .await;
+    }
+    match d.recv5().await {
+        v5::Packet::Disconnect(x) => {
+            assert_eq!(x.reason_code, v5::DisconnectReasonCode::MessageRateTooHigh)
+        }
+        p => panic!("{p:?}"),
+    }
+    d.expect_closed().await;
+    s.stop().await;
+
+    let s = TestServer::start_with(|c| {
+        c.mqtt.rate_limit_messages = 20.0;
+        c.mqtt.rate_limit_action = "throttle".into();
+    })
+    .await;
+    let key = s.device("chatty").await;
+    let (mut d, _) = open4(s.mqtt(), "chatty", Some(("chatty", &key)), true).await;
+    let started = std::time::Instant::now();
+    for i in 1..=60u16 {
+        d.send4(pub4("devices/chatty/status", 1, i, b"x", false))
+            .await;
+    }
+    for _ in 1..=60 {
+        assert!(
+            matches!(d.recv4().await, v4::Packet::PubAck(_)),
+            "throttled, not dropped"
+        );
+    }
+    // 60 messages at 20/s with a burst of 20 take about two seconds.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("twinhub_mqtt_rate_limited_total 0"),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn limits_on_packet_size_and_connections() {
+    let s = TestServer::start_with(|c| {
+        c.mqtt.max_packet_size = 1024;
+        c.mqtt.max_connections = 2;
+    })
+    .await;
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let (mut big, _) = open5(s.mqtt(), "big", admin, true, None).await;
+    big.send5(pub5("x/y", 0, 0, &[7u8; 2048], None)).await;
+    match big.recv5().await {
+        v5::Packet::Disconnect(x) => {
+            assert_eq!(x.reason_code, v5::DisconnectReasonCode::PacketTooLarge)
+        }
+        p => panic!("{p:?}"),
+    }
+    let (_a, ack) = open5(s.mqtt(), "a", admin, true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    let (_b, ack) = open5(s.mqtt(), "b", admin, true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    let (_c, ack) = open5(s.mqtt(), "c", admin, true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::ServerBusy);
+    let (_d, ack) = open4(s.mqtt(), "d", admin, true).await;
+    assert_eq!(ack.code, v4::ConnectReturnCode::ServiceUnavailable);
+    s.stop().await;
+}
+
+/// MQTT 5 will delay: the will waits; a reconnect within the delay
+/// cancels it [MQTT-3.1.3-9].
+#[tokio::test]
+async fn v5_will_delay_waits_and_a_reconnect_cancels_it() {
+    let s = TestServer::start().await;
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let (mut watch, _) = open5(s.mqtt(), "watch", admin, true, None).await;
+    watch.send5(sub5(1, "wills/#", 0, |_| {}, None)).await;
+    watch.recv5().await;
+    let connect_with_will = |id: &str| {
+        let mut c = super::connect5(id, admin, true, Some(60));
+        if let v5::Packet::Connect(_, will, _) = &mut c {
+            *will = Some(v5::LastWill {
+                topic: bytes::Bytes::from(format!("wills/{id}")),
+                message: bytes::Bytes::from_static(b"lost"),
+                qos: q5(0),
+                retain: false,
+                properties: Some(v5::LastWillProperties {
+                    delay_interval: Some(1),
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: vec![],
+                }),
+            });
+        }
+        c
+    };
+    // Lost for good: the will arrives, but not at once.
+    let mut r = Raw::open(s.mqtt(), true).await;
+    r.send5(connect_with_will("gone")).await;
+    r.recv5().await;
+    drop(r);
+    watch
+        .expect_silence(std::time::Duration::from_millis(500))
+        .await;
+    match watch.recv5().await {
+        v5::Packet::Publish(p) => assert_eq!(&p.topic[..], b"wills/gone"),
+        p => panic!("{p:?}"),
+    }
+    // Back within the delay: no will.
+    let mut r = Raw::open(s.mqtt(), true).await;
+    r.send5(connect_with_will("flaky")).await;
+    r.recv5().await;
+    drop(r);
+    let (_back, _) = open5(s.mqtt(), "flaky", admin, false, Some(60)).await;
+    watch
+        .expect_silence(std::time::Duration::from_millis(1800))
+        .await;
+    s.stop().await;
+}
+
+/// A message that expires while a persistent session is away is not
+/// delivered [MQTT-3.3.2-5]; the test moves the server's clock.
+#[tokio::test]
+async fn expired_messages_are_not_delivered() {
+    let s = TestServer::start().await;
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let (mut c, _) = open5(s.mqtt(), "later", admin, true, Some(3600)).await;
+    c.send5(sub5(1, "news/#", 1, |_| {}, None)).await;
+    c.recv5().await;
+    c.send5(v5::Packet::Disconnect(v5::Disconnect::new(
+        v5::DisconnectReasonCode::NormalDisconnection,
+    )))
+    .await;
+    c.expect_closed().await;
+    let (mut p, _) = open5(s.mqtt(), "pub", admin, true, None).await;
+    let props = |s: u32| v5::PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: Some(s),
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+        subscription_identifiers: vec![],
+        content_type: None,
+    };
+    p.send5(pub5("news/short", 1, 1, b"stale", Some(props(10))))
+        .await;
+    p.recv5().await;
+    p.send5(pub5("news/long", 1, 2, b"fresh", Some(props(3600))))
+        .await;
+    p.recv5().await;
+    s.clock.advance_us(60 * 1_000_000);
+    let (mut c, ack) = open5(s.mqtt(), "later", admin, false, Some(3600)).await;
+    assert!(ack.session_present);
+    match c.recv5().await {
+        v5::Packet::Publish(m) => {
+            assert_eq!(&m.payload[..], b"fresh");
+            let left = m.properties.unwrap().message_expiry_interval.unwrap();
+            assert!(left <= 3540, "the remaining lifetime is sent ({left})");
+        }
+        p => panic!("{p:?}"),
+    }
+    c.expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    s.stop().await;
+}
