@@ -6,6 +6,7 @@
 //! depends on none of them.
 
 pub mod aggregate;
+pub mod dtdl;
 pub mod ids;
 pub mod time;
 pub mod value;
