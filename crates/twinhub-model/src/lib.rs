@@ -8,6 +8,8 @@
 pub mod aggregate;
 pub mod dtdl;
 pub mod ids;
+pub mod patch;
+pub mod query;
 pub mod time;
 pub mod value;
 
