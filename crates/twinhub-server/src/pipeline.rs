@@ -30,6 +30,7 @@ pub enum IngestError {
 
 pub struct Pipeline {
     store: Store,
+    twins: Arc<crate::twins::TwinGraphs>,
     events: Arc<EventBus>,
     metrics: Arc<ServerMetrics>,
     clock: SharedClock,
@@ -44,9 +45,11 @@ impl Pipeline {
         events: Arc<EventBus>,
         metrics: Arc<ServerMetrics>,
         clock: SharedClock,
+        twins: Arc<crate::twins::TwinGraphs>,
     ) -> Pipeline {
         Pipeline {
             store,
+            twins,
             events,
             metrics,
             clock,
@@ -66,6 +69,24 @@ impl Pipeline {
     ) -> Result<usize, IngestError> {
         let tenant = device.row.tenant.as_str();
         let twin = device.twin();
+        // Validate: a modelled twin takes only its model's telemetry (and
+        // properties), each of the right type; the whole message or nothing.
+        if self.twins.twin_exists(tenant, twin) {
+            for m in &msgs {
+                for (name, value, _) in &m.values {
+                    if let Err(rule) =
+                        self.twins
+                            .check_telemetry(tenant, twin, name, &value.to_json())
+                    {
+                        self.metrics.ingest_rejected.add("model", 1);
+                        return Err(IngestError::Invalid {
+                            field: name.clone(),
+                            rule,
+                        });
+                    }
+                }
+            }
+        }
         let now = self.clock.now_us();
         let stamped = self.stamp(tenant, twin, msgs, now);
 

@@ -143,11 +143,13 @@ pub async fn run(
     }
     let metrics = Arc::new(ServerMetrics::default());
     let events = Arc::new(EventBus::new(clock.now_us().max(0) as u64, 10_000));
+    let twins = crate::twins::TwinGraphs::load(store.clone(), events.clone(), clock.clone())?;
     let pipeline = Pipeline::new(
         store.clone(),
         events.clone(),
         metrics.clone(),
         clock.clone(),
+        twins.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState(Arc::new(AppInner {
@@ -167,6 +169,7 @@ pub async fn run(
         ready: Default::default(),
         shutdown: stop_rx,
         mqtt: Default::default(),
+        twins,
     }));
 
     let http_addr = listeners.http.local_addr()?;

@@ -33,6 +33,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// Structured details (e.g. every model error) next to the message.
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -42,6 +44,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            details: None,
         }
     }
 
@@ -105,7 +108,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(d) = self.details {
+            body["error"]["details"] = d;
+        }
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut()
@@ -164,6 +170,37 @@ impl From<IngestError> for ApiError {
                 "service_unavailable",
                 "the store is unavailable",
             ),
+        }
+    }
+}
+
+impl From<crate::twins::TwinError> for ApiError {
+    fn from(e: crate::twins::TwinError) -> ApiError {
+        use crate::twins::TwinError as T;
+        match e {
+            T::NotFound(m) => ApiError::not_found(m),
+            T::Conflict(m) => ApiError::conflict(m),
+            T::Precondition(m) => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", m)
+            }
+            T::BadRequest(m) => ApiError::bad_request(m),
+            T::Invalid { field, rule } => ApiError::invalid(&field, &rule),
+            T::Models(errors) => {
+                let message = errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                ApiError {
+                    details: serde_json::to_value(&errors).ok(),
+                    ..ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unprocessable_entity",
+                        message,
+                    )
+                }
+            }
+            T::Store(s) => s.into(),
         }
     }
 }

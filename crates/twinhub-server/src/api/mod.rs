@@ -11,6 +11,7 @@ pub mod devices;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod graph;
 pub mod ops;
 pub mod twins;
 
@@ -55,6 +56,7 @@ pub struct AppInner {
     pub queue_wait: Duration,
     /// The MQTT broker when the listener is enabled.
     pub mqtt: std::sync::RwLock<Option<Arc<crate::mqtt::Broker>>>,
+    pub twins: Arc<crate::twins::TwinGraphs>,
 }
 
 #[derive(Clone)]
@@ -82,8 +84,12 @@ impl AppInner {
             .unwrap_or(0)
     }
 
-    /// A twin exists once a device is bound to it or it has history.
+    /// A twin exists once it was created, a device is bound to it, or it
+    /// has history.
     pub fn twin_exists(&self, tenant: &str, id: &str) -> bool {
+        if self.twins.twin_exists(tenant, id) {
+            return true;
+        }
         if !self.store.series_of_twin(tenant, id).is_empty() {
             return true;
         }
@@ -152,7 +158,27 @@ pub fn router(state: AppState) -> Router {
         ))
         .routes(routes!(devices::post_telemetry))
         .routes(routes!(devices::send_command))
-        .routes(routes!(twins::get_twin))
+        .routes(routes!(
+            graph::get_twin,
+            graph::put_twin,
+            graph::patch_twin,
+            graph::delete_twin
+        ))
+        .routes(routes!(graph::upload_models, graph::list_models))
+        .routes(routes!(
+            graph::get_model,
+            graph::patch_model,
+            graph::delete_model
+        ))
+        .routes(routes!(
+            graph::put_relationship,
+            graph::get_relationship,
+            graph::patch_relationship,
+            graph::delete_relationship
+        ))
+        .routes(routes!(graph::list_relationships))
+        .routes(routes!(graph::list_incoming))
+        .routes(routes!(graph::query))
         .routes(routes!(twins::list_series))
         .routes(routes!(twins::get_history, twins::delete_history))
         .routes(routes!(twins::multi_history))
@@ -163,7 +189,8 @@ pub fn router(state: AppState) -> Router {
         .config
         .http
         .max_body
-        .max(state.config.http.max_ingest_body);
+        .max(state.config.http.max_ingest_body)
+        .max(graph::MAX_MODEL_UPLOAD);
     api.route("/mqtt", get(mqtt_websocket))
         .route(
             "/api/v1/openapi.json",

@@ -13,7 +13,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json_};
 use twinhub_model::time::{
-    format_rfc3339, parse_duration, parse_timestamp_str, parse_tz, to_epoch_ms_json, MAX_TS,
+    parse_duration, parse_timestamp_str, parse_tz, to_epoch_ms_json, MAX_TS,
 };
 use twinhub_model::{AggSet, Bucketer, Point, Quality};
 use utoipa::{IntoParams, ToSchema};
@@ -160,53 +160,6 @@ fn require_twin(state: &AppState, tenant: &str, id: &str) -> Result<(), ApiError
     } else {
         Err(ApiError::not_found(format!("twin {id} not found")))
     }
-}
-
-/// The twin as Azure Digital Twins shapes it: `$dtId`, `$etag`,
-/// `$metadata` with per-property `lastUpdateTime`, then the values.
-/// Component members (dotted names) nest as objects.
-#[utoipa::path(get, path = "/api/v1/twins/{id}", tag = "twins",
-    params(("id" = String, Path), TenantQuery),
-    responses((status = 200, body = serde_json::Value), (status = 404)))]
-pub async fn get_twin(
-    State(state): State<AppState>,
-    p: Principal,
-    Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<TenantQuery>,
-) -> Result<Json<Json_>, ApiError> {
-    p.require(Perm::TwinsRead)?;
-    let tenant = p.tenant_scope(q.tenant.as_deref());
-    require_twin(&state, &tenant, &id)?;
-    let mut root = Map::new();
-    root.insert("$dtId".into(), json!(id));
-    root.insert("$etag".into(), json!("W/\"1\""));
-    root.insert("$metadata".into(), json!({}));
-    for (name, pt) in state.store.latest_of_twin(&tenant, &id) {
-        let parts: Vec<&str> = name.split('.').collect();
-        let mut obj = &mut root;
-        for comp in &parts[..parts.len() - 1] {
-            let entry = obj
-                .entry(comp.to_string())
-                .or_insert_with(|| json!({"$metadata": {}}));
-            if !entry.is_object() {
-                *entry = json!({"$metadata": {}});
-            }
-            obj = entry.as_object_mut().expect("object");
-        }
-        let leaf = parts[parts.len() - 1];
-        obj.insert(leaf.to_string(), pt.value.to_json());
-        let mut meta = Map::new();
-        meta.insert("lastUpdateTime".into(), json!(format_rfc3339(pt.ts)));
-        if pt.quality != Quality::Good {
-            meta.insert("quality".into(), json!(pt.quality.as_str()));
-        }
-        obj.entry("$metadata")
-            .or_insert_with(|| json!({}))
-            .as_object_mut()
-            .expect("metadata object")
-            .insert(leaf.to_string(), Json_::Object(meta));
-    }
-    Ok(Json(Json_::Object(root)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 2;
+pub const FORMAT_VERSION: i64 = 3;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -60,6 +60,20 @@ CREATE TABLE mqtt_queue(
     id INTEGER PRIMARY KEY, client_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
     qos INTEGER NOT NULL, retain INTEGER NOT NULL, props TEXT, expires_at INTEGER, sub_ids TEXT NOT NULL);
 CREATE INDEX mqtt_queue_by_client ON mqtt_queue(client_id, id);
+"#,
+    r#"
+CREATE TABLE dt_models(
+    tenant TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    decommissioned INTEGER NOT NULL DEFAULT 0, uploaded_at INTEGER NOT NULL,
+    PRIMARY KEY(tenant, id)) WITHOUT ROWID;
+CREATE TABLE dt_twins(
+    tenant TEXT NOT NULL, id TEXT NOT NULL, model TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY(tenant, id)) WITHOUT ROWID;
+CREATE TABLE dt_relationships(
+    tenant TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+    target TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY(tenant, source, id)) WITHOUT ROWID;
+CREATE INDEX dt_relationships_by_target ON dt_relationships(tenant, target);
 "#,
 ];
 

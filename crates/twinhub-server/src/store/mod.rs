@@ -19,6 +19,7 @@ pub mod mqtt;
 mod query;
 pub mod registry;
 mod rollup;
+pub mod twins;
 pub mod varint;
 mod writer;
 

@@ -30,11 +30,18 @@ pub struct WriteCtx<'a> {
     pub tx: &'a Connection,
     pub engine: &'a Engine,
     hooks: Vec<Hook>,
+    undo: Vec<Hook>,
 }
 
 impl WriteCtx<'_> {
     pub fn after_commit(&mut self, f: impl FnOnce(&Engine) + Send + 'static) {
         self.hooks.push(Box::new(f));
+    }
+
+    /// Undoes in-memory changes a closure made eagerly (so later writes
+    /// of the same group see them) if the group's commit fails.
+    pub fn on_rollback(&mut self, f: impl FnOnce(&Engine) + Send + 'static) {
+        self.undo.push(Box::new(f));
     }
 }
 
@@ -147,6 +154,7 @@ impl Writer {
         let mut appended: Vec<(u64, Vec<(u32, Vec<Point>)>)> = Vec::new();
         let mut results: Vec<Result<Option<AnyBox>, StoreError>> = Vec::with_capacity(group.len());
         let mut hooks: Vec<Hook> = Vec::new();
+        let mut undo: Vec<Hook> = Vec::new();
         let now = engine.clock.now_us();
 
         let outcome = (|| -> Result<(), StoreError> {
@@ -183,11 +191,13 @@ impl Writer {
                         tx: &self.conn,
                         engine: &engine,
                         hooks: Vec::new(),
+                        undo: Vec::new(),
                     };
                     match f(&mut ctx) {
                         Ok(v) => {
                             let _ = self.conn.execute_batch("RELEASE op");
                             hooks.append(&mut ctx.hooks);
+                            undo.append(&mut ctx.undo);
                             results[i] = Ok(Some(v));
                         }
                         Err(e) => {
@@ -202,6 +212,9 @@ impl Writer {
         if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
+            for u in undo.into_iter().rev() {
+                u(&engine);
+            }
             for op in group {
                 match op {
                     Op::Append { ack, .. } => {

@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod devices;
 mod events;
+mod graph;
 mod history;
 mod ingest;
 mod mqtt;
