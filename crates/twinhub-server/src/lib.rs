@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod metrics;
 pub mod mqtt;
+pub mod ontologies;
 pub mod pipeline;
 pub mod registry;
 pub mod server;

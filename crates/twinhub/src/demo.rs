@@ -82,6 +82,39 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         anyhow!("the admin password of {} differs from this one; pass TWINHUB_ADMIN_PASSWORD or use a fresh --data-dir", data_dir.display())
     })?;
 
+    // The twin graph from the shipped process-plant ontology: plants that
+    // contain reactors, each reactor's twin fed by its device.
+    let _ = client
+        .post(format!("{base}/api/v1/models"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(twinhub_server::ontologies::PROCESS_PLANT)
+        .send()
+        .await?;
+    let put = |path: String, body: Value| {
+        client
+            .put(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    for p in 1..=args.plants {
+        put(format!("/api/v1/twins/plant{p}"), json!({"$metadata": {"$model": "dtmi:twinhub:plant:Plant;1"}, "name": format!("Plant {p}"), "capacity_t_per_day": 120.0})).await?;
+        for r in 1..=args.reactors {
+            let id = format!("plant{p}-reactor{r}");
+            put(
+                format!("/api/v1/twins/{id}"),
+                json!({"$metadata": {"$model": "dtmi:twinhub:plant:Reactor;1"}, "name": format!("R-{p}0{r}"), "status": "running", "volume": 12.5, "design_temperature_max": 385.0, "agitator": {"$metadata": {}, "motor_kw": 7.5}}),
+            )
+            .await?;
+            put(
+                format!("/api/v1/twins/plant{p}/relationships/contains-{id}"),
+                json!({"$relationshipName": "contains", "$targetId": id}),
+            )
+            .await?;
+        }
+    }
+
     let mut devices = Vec::new();
     for p in 1..=args.plants {
         for r in 1..=args.reactors {
@@ -95,7 +128,7 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
             let created: Value = client
                 .post(format!("{base}/api/v1/devices"))
                 .bearer_auth(token)
-                .json(&json!({"id": id}))
+                .json(&json!({"id": id, "twin_id": id}))
                 .send()
                 .await?
                 .json()
@@ -135,6 +168,8 @@ Try:
   curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/twins/{first}
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/twins/{first}/telemetry/temperature?bucket=1m&agg=avg,min,max,count"
   curl -s -N -H "Authorization: Bearer $TOKEN" "{base}/api/v1/events?types=telemetry&twin={first}"
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' {base}/api/v1/query \
+      -d "{{\"query\": \"SELECT R FROM DIGITALTWINS P JOIN R RELATED P.contains WHERE P.\$dtId = 'plant1' AND R.temperature > 360\"}}"
   curl -s -u {first}:{first_key} -H 'content-type: application/json' \
       -X POST {base}/api/v1/devices/{first}/telemetry -d '{{"temperature": 361.5}}'
   mosquitto_sub -h {mh} -p {mp} -u admin -P '{password}' -t 'devices/+/telemetry' -v

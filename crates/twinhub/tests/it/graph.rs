@@ -568,3 +568,81 @@ async fn the_graph_survives_restart_and_emits_events() {
     );
     s.stop().await;
 }
+
+/// The shipped ontologies load through the API as published (the building
+/// one with a UTF-8 byte-order mark, as editors save it) and carry a real
+/// hierarchy that queries walk.
+#[tokio::test]
+async fn shipped_ontologies_load_and_build_a_hierarchy() {
+    let s = TestServer::start().await;
+    for (name, text) in [
+        ("plant", twinhub_server::ontologies::PROCESS_PLANT),
+        ("building", twinhub_server::ontologies::BUILDING),
+    ] {
+        let mut body = Vec::new();
+        if name == "building" {
+            body.extend_from_slice(&[0xEF, 0xBB, 0xBF]);
+        }
+        body.extend_from_slice(text.as_bytes());
+        let r = s
+            .http
+            .post(s.url("/api/v1/models"))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{name}: {}", r.text().await.unwrap());
+    }
+    let b = "dtmi:twinhub:building:";
+    for (id, model, extra) in [
+        (
+            "hq",
+            "Building;1",
+            json!({"name": "HQ", "address": {"city": "Tokyo"}, "yearBuilt": 2019}),
+        ),
+        ("hq-f1", "Floor;1", json!({"level": 1})),
+        ("hq-f1-r101", "Room;1", json!({"capacity": 8})),
+        ("hq-f1-r102", "Room;1", json!({"capacity": 20})),
+        (
+            "ahu-1",
+            "AirHandlingUnit;1",
+            json!({"name": "AHU 1", "filter": {"$metadata": {}, "replaced": "2026-04-01"}}),
+        ),
+    ] {
+        let mut body = json!({"$metadata": {"$model": format!("{b}{model}")}});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        assert_eq!(
+            put(&s, &format!("/api/v1/twins/{id}"), body).await.0,
+            201,
+            "{id}"
+        );
+    }
+    for (src, rel, name, tgt) in [
+        ("hq", "p1", "hasPart", "hq-f1"),
+        ("hq-f1", "p1", "hasPart", "hq-f1-r101"),
+        ("hq-f1", "p2", "hasPart", "hq-f1-r102"),
+        ("ahu-1", "s1", "serves", "hq-f1-r101"),
+        ("ahu-1", "s2", "serves", "hq-f1-r102"),
+    ] {
+        assert_eq!(
+            put(
+                &s,
+                &format!("/api/v1/twins/{src}/relationships/{rel}"),
+                json!({"$relationshipName": name, "$targetId": tgt})
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    let (_, v) = s.json(s.post("/api/v1/query", json!({"query": "SELECT R FROM DIGITALTWINS B JOIN F RELATED B.hasPart JOIN R RELATED F.hasPart WHERE B.$dtId = 'hq' AND R.capacity >= 10"}))).await;
+    assert_eq!(v["value"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["value"][0]["$dtId"], "hq-f1-r102");
+    let (_, v) = s.json(s.post("/api/v1/query", json!({"query": "SELECT COUNT() FROM DIGITALTWINS T WHERE IS_OF_MODEL(T, 'dtmi:twinhub:building:Space;1')"}))).await;
+    assert_eq!(v["value"], json!([{"COUNT": 4}]));
+    s.stop().await;
+}
