@@ -20,6 +20,7 @@ pub enum Suite {
     Http,
     Idle,
     Mqtt,
+    Twins,
 }
 
 #[derive(Args)]
@@ -41,6 +42,14 @@ pub struct BenchArgs {
     /// Messages per MQTT publisher.
     #[arg(long, default_value_t = 10_000)]
     mqtt_messages: usize,
+    /// Plants in the twin-graph benchmark (each contains --reactors-per-plant reactors).
+    #[arg(long, default_value_t = 490)]
+    plants: usize,
+    #[arg(long, default_value_t = 100)]
+    reactors_per_plant: usize,
+    /// Sensor twins (100,000 twins in all with the defaults).
+    #[arg(long, default_value_t = 50_510)]
+    sensors: usize,
     /// Idle MQTT devices to connect for the memory figure (0 skips).
     #[arg(long, default_value_t = 15_000)]
     mqtt_idle: usize,
@@ -427,6 +436,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Idle) {
         blocking(idle_suite).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Twins) {
+        crate::bench_twins::run(crate::bench_twins::TwinArgs {
+            plants: args.plants,
+            reactors_per_plant: args.reactors_per_plant,
+            sensors: args.sensors,
+            seconds: 5,
+        })
+        .await?;
     }
     if matches!(args.suite, Suite::All | Suite::Mqtt) {
         crate::bench_mqtt::run(crate::bench_mqtt::MqttArgs {
