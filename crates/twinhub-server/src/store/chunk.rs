@@ -107,26 +107,36 @@ pub fn encode(cols: &Columns) -> Vec<u8> {
     out
 }
 
+/// Most points a chunk may claim; a larger count is corruption (chunks are
+/// cut at 65,536 points).
+const MAX_POINTS: usize = 1 << 20;
+
+/// Decompresses exactly `n` numbers into a buffer we size ourselves, so a
+/// corrupted header cannot make pco allocate without bound.
+fn pco_exact<T: pco::data_types::Number>(src: &[u8], n: usize, at: usize) -> Result<Vec<T>, Corrupt> {
+    let mut out = vec![T::default(); n];
+    let p = pco::standalone::simple_decompress_into(src, &mut out).map_err(|_| Corrupt(at))?;
+    if p.n_processed != n || !p.finished {
+        return Err(Corrupt(at));
+    }
+    Ok(out)
+}
+
 pub fn decode(data: &[u8]) -> Result<Columns, Corrupt> {
     let mut r = Reader::new(data);
     if r.u8()? != VERSION {
         return Err(Corrupt(0));
     }
     let flags = r.u8()?;
-    let n = r.usize()?;
-    let ts_len = r.usize()?;
-    let ts: Vec<i64> =
-        pco::standalone::simple_decompress(r.bytes(ts_len)?).map_err(|_| Corrupt(2))?;
-    if ts.len() != n {
+        let n = r.usize()?;
+    if n > MAX_POINTS {
         return Err(Corrupt(2));
     }
+    let ts_len = r.usize()?;
+    let ts: Vec<i64> = pco_exact(r.bytes(ts_len)?, n, 2)?;
     let vals = if flags & NUMERIC != 0 {
         let len = r.usize()?;
-        let ns: Vec<f64> =
-            pco::standalone::simple_decompress(r.bytes(len)?).map_err(|_| Corrupt(3))?;
-        if ns.len() != n {
-            return Err(Corrupt(3));
-        }
+        let ns: Vec<f64> = pco_exact(r.bytes(len)?, n, 3)?;
         Vals::Num(ns)
     } else {
         let mut vs = Vec::with_capacity(n);
@@ -199,6 +209,15 @@ mod tests {
         let per_point = enc.len() as f64 / 3600.0;
         assert!(per_point < 3.0, "bytes/point {per_point}");
         assert_eq!(decode(&enc).unwrap(), c);
+    }
+
+    /// Found by `cargo fuzz run chunk_decode`: a corrupted header made pco
+    /// try to allocate terabytes. It must fail cleanly instead.
+    #[test]
+    fn a_corrupted_count_cannot_force_a_huge_allocation() {
+        let hex = "0127412770636f21030070636f2103001600ff060100ffffffffffffffff01b99701057063ffffffffffff07010101971f39f8ffffffff1600ff060100ffffffffffffffff01b99701057063ffffffffffff07010101971f39f8ffffffffffff020602316f21ff22";
+        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        assert!(decode(&bytes).is_err());
     }
 
     proptest! {
