@@ -74,16 +74,25 @@ impl Pipeline {
         if self.twins.twin_exists(tenant, twin) {
             for m in &msgs {
                 for (name, value, _) in &m.values {
-                    if let Err(rule) =
-                        self.twins
+                    use crate::twins::TelemetryCheck;
+                    let rule =
+                        match self
+                            .twins
                             .check_telemetry(tenant, twin, name, &value.to_json())
-                    {
-                        self.metrics.ingest_rejected.add("model", 1);
-                        return Err(IngestError::Invalid {
-                            field: name.clone(),
-                            rule,
-                        });
-                    }
+                        {
+                            TelemetryCheck::Ok => continue,
+                            TelemetryCheck::Unknown(_)
+                                if device.row.unknown_telemetry == "record" =>
+                            {
+                                continue
+                            }
+                            TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
+                        };
+                    self.metrics.ingest_rejected.add("model", 1);
+                    return Err(IngestError::Invalid {
+                        field: name.clone(),
+                        rule,
+                    });
                 }
             }
         }

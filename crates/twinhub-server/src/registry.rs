@@ -16,6 +16,16 @@ use twinhub_model::ids::check_id;
 
 pub const DEFAULT_TENANT: &str = "default";
 
+fn check_unknown_policy(p: &str) -> Result<(), RegistryError> {
+    match p {
+        "reject" | "record" => Ok(()),
+        _ => Err(RegistryError::Invalid {
+            field: "unknown_telemetry".into(),
+            rule: "must be reject or record".into(),
+        }),
+    }
+}
+
 #[derive(Debug)]
 pub struct Device {
     pub row: DeviceRow,
@@ -214,6 +224,17 @@ impl Registry {
         id: &str,
         twin_id: Option<String>,
     ) -> Result<(Arc<Device>, String), RegistryError> {
+        self.create_device_with(tenant, id, twin_id, "reject").await
+    }
+
+    pub async fn create_device_with(
+        &self,
+        tenant: &str,
+        id: &str,
+        twin_id: Option<String>,
+        unknown_telemetry: &str,
+    ) -> Result<(Arc<Device>, String), RegistryError> {
+        check_unknown_policy(unknown_telemetry)?;
         check_id("id", id).map_err(|e| RegistryError::Invalid {
             field: e.field,
             rule: e.rule.into(),
@@ -233,6 +254,7 @@ impl Registry {
             enabled: true,
             created_at: self.now_us(),
             last_seen: None,
+            unknown_telemetry: unknown_telemetry.to_string(),
         };
         let dev = Arc::new(Device::new(row.clone()));
         let (d, cache) = (dev.clone(), self.devices.clone());
@@ -284,8 +306,13 @@ impl Registry {
         current: &Device,
         enabled: Option<bool>,
         twin_id: Option<Option<String>>,
+        unknown_telemetry: Option<String>,
     ) -> Result<Arc<Device>, RegistryError> {
         let mut row = current.row.clone();
+        if let Some(u) = unknown_telemetry {
+            check_unknown_policy(&u)?;
+            row.unknown_telemetry = u;
+        }
         if let Some(e) = enabled {
             row.enabled = e;
         }

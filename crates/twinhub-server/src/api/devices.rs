@@ -22,6 +22,9 @@ pub struct CreateDevice {
     pub id: String,
     /// The twin this device's telemetry updates; its own id when absent.
     pub twin_id: Option<String>,
+    /// For a modelled twin: `reject` (default) telemetry names its model
+    /// lacks, or `record` them without validation.
+    pub unknown_telemetry: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -35,6 +38,7 @@ pub struct DeviceView {
     pub active: bool,
     /// Holds an MQTT connection right now.
     pub connected: bool,
+    pub unknown_telemetry: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -59,6 +63,7 @@ pub struct PatchDevice {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub twin_id: Option<Option<String>>,
+    pub unknown_telemetry: Option<String>,
 }
 
 fn double_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -81,6 +86,7 @@ pub fn view(d: &Device) -> DeviceView {
         last_seen: rfc3339_opt((seen > 0).then_some(seen)),
         active: d.active.load(Ordering::Relaxed),
         connected: d.connected.load(Ordering::Relaxed),
+        unknown_telemetry: d.row.unknown_telemetry.clone(),
     }
 }
 
@@ -106,7 +112,12 @@ pub async fn create_device(
     let tenant = scope(&state, &p, q.tenant.as_deref())?;
     let (dev, key) = state
         .registry
-        .create_device(&tenant, &req.id, req.twin_id)
+        .create_device_with(
+            &tenant,
+            &req.id,
+            req.twin_id,
+            req.unknown_telemetry.as_deref().unwrap_or("reject"),
+        )
         .await?;
     tracing::info!(device = %dev.row.id, tenant = %tenant, by = %p.name(), "device created");
     Ok((
@@ -186,7 +197,7 @@ pub async fn patch_device(
     let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
     let dev = state
         .registry
-        .update_device(&dev, req.enabled, req.twin_id)
+        .update_device(&dev, req.enabled, req.twin_id, req.unknown_telemetry)
         .await?;
     tracing::info!(device = %id, enabled = dev.row.enabled, by = %p.name(), "device updated");
     Ok(Json(view(&dev)))

@@ -113,7 +113,11 @@ const MAX_POINTS: usize = 1 << 20;
 
 /// Decompresses exactly `n` numbers into a buffer we size ourselves, so a
 /// corrupted header cannot make pco allocate without bound.
-fn pco_exact<T: pco::data_types::Number>(src: &[u8], n: usize, at: usize) -> Result<Vec<T>, Corrupt> {
+fn pco_exact<T: pco::data_types::Number>(
+    src: &[u8],
+    n: usize,
+    at: usize,
+) -> Result<Vec<T>, Corrupt> {
     let mut out = vec![T::default(); n];
     let p = pco::standalone::simple_decompress_into(src, &mut out).map_err(|_| Corrupt(at))?;
     if p.n_processed != n || !p.finished {
@@ -128,7 +132,7 @@ pub fn decode(data: &[u8]) -> Result<Columns, Corrupt> {
         return Err(Corrupt(0));
     }
     let flags = r.u8()?;
-        let n = r.usize()?;
+    let n = r.usize()?;
     if n > MAX_POINTS {
         return Err(Corrupt(2));
     }
@@ -216,7 +220,10 @@ mod tests {
     #[test]
     fn a_corrupted_count_cannot_force_a_huge_allocation() {
         let hex = "0127412770636f21030070636f2103001600ff060100ffffffffffffffff01b99701057063ffffffffffff07010101971f39f8ffffffff1600ff060100ffffffffffffffff01b99701057063ffffffffffff07010101971f39f8ffffffffffff020602316f21ff22";
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         assert!(decode(&bytes).is_err());
     }
 

@@ -74,6 +74,7 @@ CREATE TABLE dt_relationships(
     target TEXT NOT NULL, etag TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY(tenant, source, id)) WITHOUT ROWID;
 CREATE INDEX dt_relationships_by_target ON dt_relationships(tenant, target);
+ALTER TABLE devices ADD COLUMN unknown_telemetry TEXT NOT NULL DEFAULT 'reject';
 "#,
 ];
 

@@ -21,6 +21,9 @@ pub struct DeviceRow {
     pub enabled: bool,
     pub created_at: i64,
     pub last_seen: Option<i64>,
+    /// For a modelled twin: `reject` telemetry names the model lacks, or
+    /// `record` them (history and live value, no validation).
+    pub unknown_telemetry: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +69,8 @@ pub fn load_tenants(c: &Connection) -> Result<Vec<TenantRow>, StoreError> {
 
 pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO devices(id, tenant, twin_id, key_hash, enabled, created_at, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO devices(id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             d.id,
             d.tenant,
@@ -75,7 +78,8 @@ pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
             d.key_hash,
             d.enabled,
             d.created_at,
-            d.last_seen
+            d.last_seen,
+            d.unknown_telemetry
         ],
     )
     .map_err(|e| conflict(e, format!("device {} already exists", d.id)))?;
@@ -84,8 +88,8 @@ pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
 
 pub fn update_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
     let n = tx.execute(
-        "UPDATE devices SET twin_id = ?2, key_hash = ?3, enabled = ?4 WHERE id = ?1",
-        params![d.id, d.twin_id, d.key_hash, d.enabled],
+                "UPDATE devices SET twin_id = ?2, key_hash = ?3, enabled = ?4, unknown_telemetry = ?5 WHERE id = ?1",
+        params![d.id, d.twin_id, d.key_hash, d.enabled, d.unknown_telemetry],
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("device {} not found", d.id)));
@@ -107,7 +111,7 @@ pub fn set_last_seen(tx: &Connection, seen: &[(String, i64)]) -> Result<(), Stor
 
 pub fn load_devices(c: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, tenant, twin_id, key_hash, enabled, created_at, last_seen FROM devices ORDER BY id",
+        "SELECT id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry FROM devices ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(DeviceRow {
@@ -118,6 +122,7 @@ pub fn load_devices(c: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
             enabled: r.get(4)?,
             created_at: r.get(5)?,
             last_seen: r.get(6)?,
+            unknown_telemetry: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

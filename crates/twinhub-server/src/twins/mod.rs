@@ -48,6 +48,16 @@ pub enum TwinError {
     Store(#[from] StoreError),
 }
 
+/// How a telemetry value fits the twin's model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TelemetryCheck {
+    Ok,
+    /// The model has no such telemetry (or property).
+    Unknown(String),
+    /// The model has it, with another type.
+    Invalid(String),
+}
+
 pub struct TwinGraphs {
     tenants: RwLock<HashMap<String, TenantGraph>>,
     store: Store,
@@ -170,15 +180,18 @@ impl TwinGraphs {
         twin: &str,
         name: &str,
         v: &Value,
-    ) -> Result<(), String> {
+    ) -> TelemetryCheck {
         self.read(tenant, |g| {
             let Some(t) = g.twins.get(twin) else {
-                return Ok(());
+                return TelemetryCheck::Ok;
             };
             let Some(schema) = g.models.telemetry_schema(&t.model, name) else {
-                return Err(format!("is not telemetry of {}", t.model));
+                return TelemetryCheck::Unknown(format!("is not telemetry of {}", t.model));
             };
-            twinhub_model::dtdl::check_value(&g.models, schema, v, name).map_err(|e| e.rule)
+            match twinhub_model::dtdl::check_value(&g.models, schema, v, name) {
+                Ok(()) => TelemetryCheck::Ok,
+                Err(e) => TelemetryCheck::Invalid(e.rule),
+            }
         })
     }
 

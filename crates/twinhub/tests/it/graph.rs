@@ -646,3 +646,60 @@ async fn shipped_ontologies_load_and_build_a_hierarchy() {
     assert_eq!(v["value"], json!([{"COUNT": 4}]));
     s.stop().await;
 }
+
+/// A device set to `record` keeps telemetry its twin's model lacks
+/// (history and live value) but still may not send a wrong type.
+#[tokio::test]
+async fn unknown_telemetry_can_be_recorded_per_device() {
+    let s = TestServer::start().await;
+    load_plant(&s).await;
+    reactor(&s, "rx").await;
+    let r = s
+        .post(
+            "/api/v1/devices",
+            json!({"id": "dx", "twin_id": "rx", "unknown_telemetry": "record"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["unknown_telemetry"], "record");
+    let key = d["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        s.send("dx", &key, json!({"temperature": 350.5, "vibration": 0.02}))
+            .await
+            .status(),
+        200
+    );
+    let (_, twin) = s.json(s.get("/api/v1/twins/rx")).await;
+    assert_eq!(twin["vibration"], 0.02);
+    let msg = error_of(
+        s.send("dx", &key, json!({"temperature": "hot"})).await,
+        422,
+        "unprocessable_entity",
+    )
+    .await;
+    assert!(msg.starts_with("temperature:"), "{msg}");
+    let r = s
+        .patch(
+            "/api/v1/devices/dx",
+            json!({"unknown_telemetry": "sometimes"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .starts_with("unknown_telemetry:"));
+    s.patch("/api/v1/devices/dx", json!({"unknown_telemetry": "reject"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(
+        s.send("dx", &key, json!({"vibration": 0.03})).await,
+        422,
+        "unprocessable_entity",
+    )
+    .await;
+    s.stop().await;
+}
