@@ -137,6 +137,9 @@ impl Pipeline {
         self.metrics.messages_in.add(protocol, stamped.len() as u64);
         self.metrics.points_in.add(protocol, points as u64);
         self.seen(device, now);
+        let model = self
+            .twins
+            .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
         for (ts, m) in &stamped {
             let values: serde_json::Map<String, serde_json::Value> = m
                 .values
@@ -147,7 +150,7 @@ impl Pipeline {
                 tenant,
                 "telemetry",
                 Some(twin),
-                None,
+                model.as_deref(),
                 serde_json::json!({"device": device.row.id, "ts": to_epoch_ms_json(*ts), "values": values}),
             );
         }

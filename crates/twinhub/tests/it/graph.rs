@@ -703,3 +703,55 @@ async fn unknown_telemetry_can_be_recorded_per_device() {
     .await;
     s.stop().await;
 }
+
+/// Real ontologies come as hundreds of interfaces in one upload, with deep
+/// extends chains and components inherited through extends.
+#[tokio::test]
+async fn hundreds_of_interfaces_in_one_upload() {
+    let s = TestServer::start().await;
+    let mut ifaces = vec![
+        json!({"@context": "dtmi:dtdl:context;3", "@id": "dtmi:big:Part;1", "@type": "Interface",
+        "contents": [{"@type": "Telemetry", "name": "wear", "schema": "double"}]}),
+    ];
+    for i in 0..300 {
+        let mut o = json!({"@context": "dtmi:dtdl:context;3", "@id": format!("dtmi:big:T{i};1"), "@type": "Interface",
+            "displayName": {"en": format!("Type {i}"), "de": format!("Typ {i}")},
+            "contents": [{"@type": "Property", "name": format!("p{i}"), "schema": "double"}]});
+        if i % 10 == 0 {
+            o["contents"].as_array_mut().unwrap().push(json!({"@type": "Component", "name": format!("part{i}"), "schema": "dtmi:big:Part;1"}));
+        } else {
+            // Chains of ten: T(10k+1) extends T(10k), … up to depth 9.
+            o["extends"] = json!(format!("dtmi:big:T{};1", i - 1));
+        }
+        ifaces.push(o);
+    }
+    let r = s
+        .post("/api/v1/models", serde_json::Value::Array(ifaces))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let (st, v, _) = put(&s, "/api/v1/twins/deep", json!({"$metadata": {"$model": "dtmi:big:T299;1"}, "p290": 1.0, "p299": 2.0, "part290": {"$metadata": {}}})).await;
+    assert_eq!(st, 201, "{v}");
+    let k = s.device("deep").await;
+    s.patch("/api/v1/devices/deep", json!({"twin_id": "deep"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.send("deep", &k, json!({"part290": {"wear": 0.4}}))
+            .await
+            .status(),
+        200,
+        "a component inherited through extends"
+    );
+    let events = s
+        .get("/api/v1/events?types=telemetry&model=dtmi:big:T299;1")
+        .send()
+        .await
+        .unwrap();
+    s.send("deep", &k, json!({"part290": {"wear": 0.5}})).await;
+    let ev = crate::events::read_events(events, 1).await;
+    assert_eq!(ev[0].2["model"], "dtmi:big:T299;1");
+    s.stop().await;
+}
