@@ -24,6 +24,7 @@ pub struct Config {
     pub retention: RetentionPolicy,
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
+    pub audit: AuditConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -44,6 +45,7 @@ impl Default for Config {
             retention: RetentionPolicy::default(),
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
+            audit: AuditConfig::default(),
             admin_password: None,
         }
     }
@@ -217,6 +219,15 @@ impl Default for StoreConfig {
             queue: d.queue,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// HMAC key of the audit chains (env TWINHUB_AUDIT_KEY). When unset, a
+    /// random key is kept in `<data_dir>/audit.key` (0600), outside the
+    /// database.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,6 +8,7 @@
 //! protocols.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -144,6 +144,8 @@ pub async fn run(
     let metrics = Arc::new(ServerMetrics::default());
     let events = Arc::new(EventBus::new(clock.now_us().max(0) as u64, 10_000));
     let twins = crate::twins::TwinGraphs::load(store.clone(), events.clone(), clock.clone())?;
+    let audit =
+        crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
     let pipeline = Pipeline::new(
         store.clone(),
         events.clone(),
@@ -170,6 +172,7 @@ pub async fn run(
         shutdown: stop_rx,
         mqtt: Default::default(),
         twins,
+        audit,
     }));
 
     let http_addr = listeners.http.local_addr()?;

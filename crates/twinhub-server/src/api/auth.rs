@@ -60,9 +60,31 @@ pub async fn login(
     else {
         state.metrics.auth_failures.add("login", 1);
         tracing::info!(username = %req.username, "login failed");
+        state
+            .audit
+            .record(
+                crate::audit::SYSTEM_CHAIN,
+                "anonymous",
+                "auth.login_failed",
+                &req.username,
+                serde_json::json!({}),
+            )
+            .await
+            .ok();
         return Err(ApiError::unauthorized("invalid username or password"));
     };
     tracing::info!(username = %user.username, "login");
+    state
+        .audit
+        .record(
+            &user.tenant,
+            &format!("user:{}", user.username),
+            "auth.login",
+            &user.username,
+            serde_json::json!({}),
+        )
+        .await
+        .ok();
     Ok(Json(state.registry.issue_tokens(&user, None).await?.into()))
 }
 
@@ -86,6 +108,15 @@ pub async fn logout(State(state): State<AppState>, p: Principal) -> Result<Statu
         state.registry.logout(s).await?;
     }
     tracing::info!(username = %p.name(), "logout");
+    state
+        .audit(
+            &p,
+            &p.tenant,
+            "auth.logout",
+            p.name(),
+            serde_json::json!({}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,6 +143,15 @@ pub async fn create_tenant(
     p.require(Perm::TenantsAdmin)?;
     let t = state.registry.create_tenant(&req.id, &req.name).await?;
     tracing::info!(tenant = %t.id, by = %p.name(), "tenant created");
+    state
+        .audit(
+            &p,
+            crate::audit::SYSTEM_CHAIN,
+            "tenant.create",
+            &t.id,
+            serde_json::json!({"name": t.name}),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(TenantBody {
@@ -191,6 +231,15 @@ pub async fn create_user(
         .create_user(&req.username, &tenant, &req.password, req.roles.clone())
         .await?;
     tracing::info!(username = %req.username, tenant = %tenant, by = %p.name(), "user created");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "user.create",
+            &req.username,
+            serde_json::json!({"roles": req.roles}),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(UserView {

@@ -120,6 +120,15 @@ pub async fn create_device(
         )
         .await?;
     tracing::info!(device = %dev.row.id, tenant = %tenant, by = %p.name(), "device created");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "device.create",
+            &dev.row.id,
+            serde_json::json!({"twin_id": dev.row.twin_id}),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(DeviceCreated {
@@ -200,6 +209,7 @@ pub async fn patch_device(
         .update_device(&dev, req.enabled, req.twin_id, req.unknown_telemetry)
         .await?;
     tracing::info!(device = %id, enabled = dev.row.enabled, by = %p.name(), "device updated");
+    state.audit(&p, &dev.row.tenant, "device.update", &id, serde_json::json!({"enabled": dev.row.enabled, "twin_id": dev.row.twin_id, "unknown_telemetry": dev.row.unknown_telemetry})).await;
     Ok(Json(view(&dev)))
 }
 
@@ -216,6 +226,15 @@ pub async fn delete_device(
     find(&state, &p, q.tenant.as_deref(), &id)?;
     state.registry.delete_device(&id).await?;
     tracing::info!(device = %id, by = %p.name(), "device deleted");
+    state
+        .audit(
+            &p,
+            &p.tenant_scope(q.tenant.as_deref()),
+            "device.delete",
+            &id,
+            serde_json::json!({}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,6 +329,15 @@ pub async fn send_command(
     let ops = broker.route(&dev.row.tenant, std::sync::Arc::new(msg));
     broker.persist.send(ops);
     tracing::info!(device = %id, command = %name, by = %p.name(), "command sent");
+    state
+        .audit(
+            &p,
+            &dev.row.tenant,
+            "command.send",
+            &id,
+            serde_json::json!({"command": name, "request_id": request_id}),
+        )
+        .await;
     match tokio::time::timeout(std::time::Duration::from_micros(wait as u64), reply).await {
         Ok(Ok(payload)) => serde_json::from_slice(&payload).map(Json).map_err(|_| {
             ApiError::new(

@@ -93,6 +93,18 @@ pub async fn upload_models(
             e => e.into(),
         })?;
     tracing::info!(tenant = %tenant, count = out.len(), by = %p.name(), "models uploaded");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "model.upload",
+            &out.iter()
+                .filter_map(|m| m["id"].as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            json!({}),
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(Value::Array(out))))
 }
 
@@ -203,6 +215,15 @@ pub async fn patch_model(
         )),
     };
     state.twins.decommission(&tenant, &id, flag).await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "model.decommission",
+            id.as_str(),
+            json!({"decommissioned": flag}),
+        )
+        .await;
     Ok(Json(
         state.twins.read(&tenant, |g| model_view(g, &id, false)),
     ))
@@ -219,6 +240,9 @@ pub async fn delete_model(
     let tenant = p.tenant_scope(q.tenant.as_deref());
     state.twins.delete_model(&tenant, &dtmi(&id)?).await?;
     tracing::info!(tenant = %tenant, model = %id, by = %p.name(), "model deleted");
+    state
+        .audit(&p, &tenant, "model.delete", &id, json!({}))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -272,6 +296,15 @@ pub async fn put_twin(
         .put_twin(&tenant, &id, body, cond(&headers))
         .await?;
     tracing::info!(tenant = %tenant, twin = %id, created, by = %p.name(), "twin written");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "twin.put",
+            &id,
+            json!({"model": twin.model.as_str(), "created": created}),
+        )
+        .await;
     Ok(with_etag(
         if created {
             StatusCode::CREATED
@@ -298,8 +331,11 @@ pub async fn patch_twin(
     let tenant = p.tenant_scope(q.tenant.as_deref());
     let twin = state
         .twins
-        .patch_twin(&tenant, &id, patch, cond(&headers))
+        .patch_twin(&tenant, &id, patch.clone(), cond(&headers))
         .await?;
+    state
+        .audit(&p, &tenant, "twin.patch", &id, json!({"patch": patch}))
+        .await;
     Ok(with_etag(
         StatusCode::OK,
         &twin.etag,
@@ -343,6 +379,15 @@ pub async fn delete_twin(
         }
     }
     tracing::info!(tenant = %tenant, twin = %id, keep_history = q.keep_history, by = %p.name(), "twin deleted");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "twin.delete",
+            &id,
+            json!({"keep_history": q.keep_history}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -371,6 +416,15 @@ pub async fn put_relationship(
         .twins
         .put_relationship(&tenant, &id, &rel_id, body, cond(&headers))
         .await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "relationship.put",
+            &format!("{id}/{rel_id}"),
+            json!({"name": rel.name, "target": rel.target.as_ref(), "created": created}),
+        )
+        .await;
     Ok(with_etag(
         if created {
             StatusCode::CREATED
@@ -413,8 +467,17 @@ pub async fn patch_relationship(
     let tenant = p.tenant_scope(q.tenant.as_deref());
     let rel = state
         .twins
-        .patch_relationship(&tenant, &id, &rel_id, patch, cond(&headers))
+        .patch_relationship(&tenant, &id, &rel_id, patch.clone(), cond(&headers))
         .await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "relationship.patch",
+            &format!("{id}/{rel_id}"),
+            json!({"patch": patch}),
+        )
+        .await;
     Ok(with_etag(StatusCode::OK, &rel.etag, rel_json(&rel)))
 }
 
@@ -433,6 +496,15 @@ pub async fn delete_relationship(
         .twins
         .delete_relationship(&tenant, &id, &rel_id, cond(&headers))
         .await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "relationship.delete",
+            &format!("{id}/{rel_id}"),
+            json!({}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@
 //! May call: `registry`, `pipeline`, `store` (reads and deletions),
 //! `events`, `auth`.
 
+pub mod audit;
 pub mod auth;
 pub mod devices;
 pub mod error;
@@ -57,6 +58,7 @@ pub struct AppInner {
     /// The MQTT broker when the listener is enabled.
     pub mqtt: std::sync::RwLock<Option<Arc<crate::mqtt::Broker>>>,
     pub twins: Arc<crate::twins::TwinGraphs>,
+    pub audit: crate::audit::AuditLog,
 }
 
 #[derive(Clone)]
@@ -70,6 +72,30 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppInner {
+    /// Appends to the audit chain of `tenant`; a failure is logged (the
+    /// action itself already happened).
+    pub async fn audit(
+        &self,
+        p: &crate::auth::Principal,
+        tenant: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) {
+        let actor = match &p.kind {
+            crate::auth::PrincipalKind::User(u) => format!("user:{u}"),
+            crate::auth::PrincipalKind::ApiKey(k) => format!("apikey:{k}"),
+            crate::auth::PrincipalKind::Device(d) => format!("device:{d}"),
+        };
+        if let Err(e) = self
+            .audit
+            .record(tenant, &actor, action, target, detail)
+            .await
+        {
+            tracing::error!(error = %e, action, "could not append to the audit log");
+        }
+    }
+
     pub fn broker(&self) -> Option<Arc<crate::mqtt::Broker>> {
         self.mqtt.read().expect("mqtt").clone()
     }
@@ -179,6 +205,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(graph::list_relationships))
         .routes(routes!(graph::list_incoming))
         .routes(routes!(graph::query))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::verify_audit))
         .routes(routes!(twins::list_series))
         .routes(routes!(twins::get_history, twins::delete_history))
         .routes(routes!(twins::multi_history))

@@ -255,6 +255,15 @@ pub async fn delete_history(
         .await?;
     tracing::info!(twin = %id, property = %name, tenant = %tenant, by = %p.name(),
         from = %q.from.as_deref().unwrap_or("-"), to = %q.to.as_deref().unwrap_or("-"), "history deleted");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "history.delete",
+            &format!("{id}/{name}"),
+            serde_json::json!({"from": q.from, "to": q.to}),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

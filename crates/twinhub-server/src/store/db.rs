@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 3;
+pub const FORMAT_VERSION: i64 = 4;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +75,17 @@ CREATE TABLE dt_relationships(
     PRIMARY KEY(tenant, source, id)) WITHOUT ROWID;
 CREATE INDEX dt_relationships_by_target ON dt_relationships(tenant, target);
 ALTER TABLE devices ADD COLUMN unknown_telemetry TEXT NOT NULL DEFAULT 'reject';
+"#,
+    r#"
+CREATE TABLE audit(
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+    actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL,
+    mac BLOB NOT NULL, PRIMARY KEY(chain, seq)) WITHOUT ROWID;
+CREATE TABLE apikeys(
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, key_hash BLOB NOT NULL,
+    roles TEXT NOT NULL, permissions TEXT, created_by TEXT NOT NULL, created_at INTEGER NOT NULL,
+    expires_at INTEGER, revoked_at INTEGER, last_used INTEGER);
+CREATE TABLE login_failures(username TEXT PRIMARY KEY, count INTEGER NOT NULL, locked_until INTEGER);
 "#,
 ];
 

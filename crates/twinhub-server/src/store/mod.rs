@@ -9,6 +9,7 @@
 //!
 //! May call: `twinhub-model` types and the clock; nothing above it.
 
+pub mod audit;
 pub mod batch;
 pub mod chunk;
 pub mod columns;

@@ -13,3 +13,4 @@ mod ingest;
 mod mqtt;
 mod ops;
 mod process;
+mod security;
