@@ -25,6 +25,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub tls: TlsConfig,
     pub audit: AuditConfig,
+    pub rate_limits: RateLimitConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -46,6 +47,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
             audit: AuditConfig::default(),
+            rate_limits: RateLimitConfig::default(),
             admin_password: None,
         }
     }
@@ -153,6 +155,9 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_lanes: u32,
+    /// Failed logins in a row before the user name is locked.
+    pub lockout_threshold: u32,
+    pub lockout_duration: String,
 }
 
 impl Default for AuthConfig {
@@ -163,6 +168,8 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_lanes: 1,
+            lockout_threshold: 5,
+            lockout_duration: "15m".into(),
         }
     }
 }
@@ -217,6 +224,30 @@ impl Default for StoreConfig {
             flush_points: d.flush_points,
             flush_interval: "10m".into(),
             queue: d.queue,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// API requests per second per user or API key (0: unlimited).
+    pub requests_per_second: f64,
+    /// Requests a principal may make in a burst.
+    pub burst: f64,
+    /// Per-role rates; a principal gets the highest of its roles'.
+    pub roles: std::collections::HashMap<String, f64>,
+    /// HTTP telemetry requests per second per device (0: unlimited).
+    pub device_requests_per_second: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            requests_per_second: 500.0,
+            burst: 1000.0,
+            roles: Default::default(),
+            device_requests_per_second: 0.0,
         }
     }
 }
@@ -330,6 +361,7 @@ impl Config {
         for (k, v) in [
             ("auth.access_token_ttl", &self.auth.access_token_ttl),
             ("auth.refresh_token_ttl", &self.auth.refresh_token_ttl),
+            ("auth.lockout_duration", &self.auth.lockout_duration),
             ("ingest.queue_wait", &self.ingest.queue_wait),
             (
                 "devices.inactivity_timeout",
@@ -372,6 +404,23 @@ impl Config {
 
     pub fn duration(s: &str) -> Duration {
         Duration::from_micros(parse_duration(s).unwrap_or(1_000_000) as u64)
+    }
+
+    pub fn auth_settings(&self) -> crate::registry::AuthSettings {
+        crate::registry::AuthSettings {
+            cost: crate::auth::password::Cost {
+                memory_kib: self.auth.argon2_memory_kib,
+                iterations: self.auth.argon2_iterations,
+                lanes: self.auth.argon2_lanes,
+            },
+            access_ttl_s: parse_duration(&self.auth.access_token_ttl).unwrap_or(900_000_000)
+                / 1_000_000,
+            refresh_ttl_s: parse_duration(&self.auth.refresh_token_ttl).unwrap_or(86_400_000_000)
+                / 1_000_000,
+            lockout_threshold: self.auth.lockout_threshold.max(1),
+            lockout_s: parse_duration(&self.auth.lockout_duration).unwrap_or(900_000_000)
+                / 1_000_000,
+        }
     }
 
     pub fn store_options(&self) -> StoreOptions {

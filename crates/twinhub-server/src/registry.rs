@@ -80,6 +80,22 @@ pub struct AuthSettings {
     pub cost: password::Cost,
     pub access_ttl_s: i64,
     pub refresh_ttl_s: i64,
+    /// Failed logins in a row before a user name is locked.
+    pub lockout_threshold: u32,
+    pub lockout_s: i64,
+}
+
+#[derive(Debug)]
+pub struct ApiKey {
+    pub row: rows::ApiKeyRow,
+    pub last_used: AtomicI64,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum LoginError {
+    Bad,
+    /// Locked until this time (µs).
+    Locked(i64),
 }
 
 pub struct Registry {
@@ -92,6 +108,8 @@ pub struct Registry {
     users: Arc<RwLock<HashMap<String, UserRow>>>,
     tenants: Arc<RwLock<BTreeMap<String, TenantRow>>>,
     revoked: Arc<RwLock<HashMap<String, i64>>>,
+    apikeys: Arc<RwLock<HashMap<String, Arc<ApiKey>>>>,
+    failures: Arc<std::sync::Mutex<HashMap<String, (u32, Option<i64>)>>>,
 }
 
 /// What the first start created: the admin password when it was generated
@@ -108,13 +126,15 @@ impl Registry {
         admin_password: Option<String>,
     ) -> Result<(Registry, Bootstrap), RegistryError> {
         let now = clock.now_us();
-        let (tenants, devices, users, revoked, key) = store.read(|c| {
+        let (tenants, devices, users, revoked, key, apikeys, failures) = store.read(|c| {
             Ok((
                 rows::load_tenants(c)?,
                 rows::load_devices(c)?,
                 rows::load_users(c)?,
                 rows::load_revoked(c, now / 1_000_000)?,
                 rows::meta_get(c, "jwt_key")?,
+                rows::load_apikeys(c)?,
+                rows::load_login_failures(c)?,
             ))
         })?;
         let jwt_key = match key {
@@ -147,6 +167,23 @@ impl Registry {
                 tenants.into_iter().map(|t| (t.id.clone(), t)).collect(),
             )),
             revoked: Arc::new(RwLock::new(revoked.into_iter().collect())),
+            apikeys: Arc::new(RwLock::new(
+                apikeys
+                    .into_iter()
+                    .map(|k| {
+                        (
+                            k.id.clone(),
+                            Arc::new(ApiKey {
+                                last_used: AtomicI64::new(k.last_used.unwrap_or(0)),
+                                row: k,
+                            }),
+                        )
+                    })
+                    .collect(),
+            )),
+            failures: Arc::new(std::sync::Mutex::new(
+                failures.into_iter().map(|(u, c, l)| (u, (c, l))).collect(),
+            )),
         };
         let mut boot = Bootstrap {
             generated_password: None,
@@ -566,6 +603,9 @@ impl Registry {
     /// The principal behind a bearer token, or None (expired, forged,
     /// revoked, or the user is gone).
     pub fn principal_for_token(&self, token: &str) -> Option<Principal> {
+        if token.starts_with("thk_") {
+            return self.principal_for_apikey(token);
+        }
         let claims = jwt::decode(token, &self.jwt_key, self.now_us() / 1_000_000).ok()?;
         if self
             .revoked
@@ -583,5 +623,194 @@ impl Registry {
             user.roles.clone(),
             Some(claims.sid),
         ))
+    }
+
+    // ---- logins with lockout ----
+
+    /// Checks a login. After `lockout_threshold` failures in a row the
+    /// user name is locked for `lockout_s`, whether or not such a user
+    /// exists (so locking reveals nothing).
+    pub async fn login(&self, username: &str, pw: &str) -> Result<UserRow, LoginError> {
+        let now = self.now_us();
+        if let Some((_, Some(until))) = self.failures.lock().expect("failures").get(username) {
+            if *until > now {
+                return Err(LoginError::Locked(*until));
+            }
+        }
+        match self.check_password(username, pw).await {
+            Some(u) => {
+                let had = self
+                    .failures
+                    .lock()
+                    .expect("failures")
+                    .remove(username)
+                    .is_some();
+                if had {
+                    let name = username.to_string();
+                    let _ = self
+                        .store
+                        .write(move |ctx| rows::set_login_failures(ctx.tx, &name, 0, None))
+                        .await;
+                }
+                Ok(u)
+            }
+            None => {
+                let (count, locked) = {
+                    let mut f = self.failures.lock().expect("failures");
+                    if f.len() > 100_000 {
+                        f.retain(|_, (_, l)| l.is_some_and(|l| l > now));
+                    }
+                    let e = f.entry(username.to_string()).or_insert((0, None));
+                    e.0 += 1;
+                    if e.0 >= self.settings.lockout_threshold {
+                        e.1 = Some(now + self.settings.lockout_s * 1_000_000);
+                        e.0 = 0;
+                    }
+                    *e
+                };
+                // Only real accounts are persisted: unknown names would let anyone
+                // grow the table; their lock lives in memory (bounded above).
+                if self.users.read().expect("users").contains_key(username) {
+                    let name = username.to_string();
+                    let _ = self
+                        .store
+                        .write(move |ctx| {
+                            rows::set_login_failures(ctx.tx, &name, count.max(1), locked)
+                        })
+                        .await;
+                }
+                Err(match locked {
+                    Some(until) => LoginError::Locked(until),
+                    None => LoginError::Bad,
+                })
+            }
+        }
+    }
+
+    // ---- API keys ----
+
+    /// Creates an API key `thk_<id>_<secret>`; the key exists only in the
+    /// answer, the store keeps its SHA-256.
+    pub async fn create_apikey(
+        &self,
+        mut row: rows::ApiKeyRow,
+    ) -> Result<(Arc<ApiKey>, String), RegistryError> {
+        row.id = {
+            let mut b = [0u8; 6];
+            rand::fill(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        };
+        let secret = auth::random_secret(24);
+        let key = format!("thk_{}_{}", row.id, secret);
+        row.key_hash = auth::digest(&key).to_vec();
+        row.created_at = self.now_us();
+        let entry = Arc::new(ApiKey {
+            row: row.clone(),
+            last_used: AtomicI64::new(0),
+        });
+        let (e2, cache) = (entry.clone(), self.apikeys.clone());
+        self.store
+            .write(move |ctx| {
+                rows::put_apikey(ctx.tx, &row)?;
+                ctx.after_commit(move |_| {
+                    cache
+                        .write()
+                        .expect("apikeys")
+                        .insert(e2.row.id.clone(), e2);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok((entry, key))
+    }
+
+    pub fn apikeys_of(&self, tenant: &str) -> Vec<Arc<ApiKey>> {
+        let mut v: Vec<Arc<ApiKey>> = self
+            .apikeys
+            .read()
+            .expect("apikeys")
+            .values()
+            .filter(|k| k.row.tenant == tenant)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| {
+            a.row
+                .created_at
+                .cmp(&b.row.created_at)
+                .then(a.row.id.cmp(&b.row.id))
+        });
+        v
+    }
+
+    /// Revokes at once: the cache changes in the same commit hook that
+    /// makes the revocation durable.
+    pub async fn revoke_apikey(&self, tenant: &str, id: &str) -> Result<bool, RegistryError> {
+        let Some(k) = self
+            .apikeys
+            .read()
+            .expect("apikeys")
+            .get(id)
+            .filter(|k| k.row.tenant == tenant)
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let mut row = k.row.clone();
+        row.revoked_at = Some(self.now_us());
+        row.last_used = Some(k.last_used.load(Ordering::Relaxed)).filter(|t| *t > 0);
+        let cache = self.apikeys.clone();
+        self.store
+            .write(move |ctx| {
+                rows::put_apikey(ctx.tx, &row)?;
+                ctx.after_commit(move |_| {
+                    let last = Arc::new(ApiKey {
+                        last_used: AtomicI64::new(row.last_used.unwrap_or(0)),
+                        row,
+                    });
+                    cache
+                        .write()
+                        .expect("apikeys")
+                        .insert(last.row.id.clone(), last);
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(true)
+    }
+
+    fn principal_for_apikey(&self, token: &str) -> Option<Principal> {
+        let rest = token.strip_prefix("thk_")?;
+        let (id, _) = rest.split_once('_')?;
+        let k = self.apikeys.read().expect("apikeys").get(id).cloned();
+        // Always verify something, so an unknown id costs what a bad
+        // secret does.
+        let stored: &[u8] = k
+            .as_ref()
+            .map(|k| k.row.key_hash.as_slice())
+            .unwrap_or(&[0u8; 32]);
+        if !auth::verify_digest(token, stored) {
+            return None;
+        }
+        let k = k?;
+        let now = self.now_us();
+        if k.row.revoked_at.is_some() || k.row.expires_at.is_some_and(|e| e <= now) {
+            return None;
+        }
+        k.last_used.store(now, Ordering::Relaxed);
+        let kind = PrincipalKind::ApiKey(k.row.id.clone());
+        Some(match &k.row.permissions {
+            Some(perms) => Principal::with_perms(
+                kind,
+                &k.row.tenant,
+                k.row.roles.clone(),
+                auth::PermSet::of(
+                    &perms
+                        .iter()
+                        .filter_map(|p| auth::Perm::parse(p))
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            None => Principal::new(kind, &k.row.tenant, k.row.roles.clone(), None),
+        })
     }
 }

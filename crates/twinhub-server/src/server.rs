@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::metrics::ServerMetrics;
 use crate::pipeline::Pipeline;
-use crate::registry::{AuthSettings, Registry};
+use crate::registry::Registry;
 use crate::store::{DirLock, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,17 +120,7 @@ pub async fn run(
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??
     };
-    let settings = AuthSettings {
-        cost: crate::auth::password::Cost {
-            memory_kib: config.auth.argon2_memory_kib,
-            iterations: config.auth.argon2_iterations,
-            lanes: config.auth.argon2_lanes,
-        },
-        access_ttl_s: parse_duration(&config.auth.access_token_ttl).unwrap_or(900_000_000)
-            / 1_000_000,
-        refresh_ttl_s: parse_duration(&config.auth.refresh_token_ttl).unwrap_or(86_400_000_000)
-            / 1_000_000,
-    };
+    let settings = config.auth_settings();
     let (registry, boot) = Registry::open(
         store.clone(),
         clock.clone(),
@@ -173,6 +163,7 @@ pub async fn run(
         mqtt: Default::default(),
         twins,
         audit,
+        limiter: Default::default(),
     }));
 
     let http_addr = listeners.http.local_addr()?;

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use twinhub_server::config::Config;
-use twinhub_server::registry::{AuthSettings, Registry};
+use twinhub_server::registry::Registry;
 use twinhub_server::store::{self, DirLock, Store, StoreError};
 
 #[derive(Subcommand)]
@@ -61,15 +61,7 @@ async fn target(config: &Config) -> anyhow::Result<Target> {
                 })
                 .await??
             };
-            let settings = AuthSettings {
-                cost: twinhub_server::auth::password::Cost {
-                    memory_kib: config.auth.argon2_memory_kib,
-                    iterations: config.auth.argon2_iterations,
-                    lanes: config.auth.argon2_lanes,
-                },
-                access_ttl_s: 900,
-                refresh_ttl_s: 86_400,
-            };
+            let settings = config.auth_settings();
             let (reg, boot) = Registry::open(
                 store.clone(),
                 twinhub_server::clock::system(),

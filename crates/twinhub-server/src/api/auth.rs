@@ -53,25 +53,39 @@ pub async fn login(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let Some(user) = state
-        .registry
-        .check_password(&req.username, &req.password)
-        .await
-    else {
-        state.metrics.auth_failures.add("login", 1);
-        tracing::info!(username = %req.username, "login failed");
-        state
-            .audit
-            .record(
-                crate::audit::SYSTEM_CHAIN,
-                "anonymous",
-                "auth.login_failed",
-                &req.username,
-                serde_json::json!({}),
-            )
-            .await
-            .ok();
-        return Err(ApiError::unauthorized("invalid username or password"));
+    let user = match state.registry.login(&req.username, &req.password).await {
+        Ok(u) => u,
+        Err(e) => {
+            state.metrics.auth_failures.add("login", 1);
+            tracing::info!(username = %req.username, "login failed");
+            state
+                .audit
+                .record(
+                    crate::audit::SYSTEM_CHAIN,
+                    "anonymous",
+                    "auth.login_failed",
+                    &req.username,
+                    serde_json::json!({}),
+                )
+                .await
+                .ok();
+            return Err(match e {
+                crate::registry::LoginError::Locked(until) => {
+                    let secs = ((until - state.clock.now_us()) / 1_000_000).max(1) as u64;
+                    ApiError {
+                        retry_after: Some(secs),
+                        ..ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            format!("too many failed logins for this user name; retry in {secs} s"),
+                        )
+                    }
+                }
+                crate::registry::LoginError::Bad => {
+                    ApiError::unauthorized("invalid username or password")
+                }
+            });
+        }
     };
     tracing::info!(username = %user.username, "login");
     state
@@ -271,4 +285,162 @@ pub async fn list_users(
         })
         .collect();
     Ok(Json(UserList { value, next: None }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// Roles the key acts with…
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// …or an explicit permission set (e.g. ["telemetry:read"]).
+    pub permissions: Option<Vec<String>>,
+    /// RFC 3339 or epoch ms; never expires when absent.
+    pub expires_at: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub permissions: Option<Vec<String>>,
+    pub created_by: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub last_used: Option<String>,
+    pub revoked: bool,
+}
+
+fn key_view(k: &crate::registry::ApiKey) -> ApiKeyView {
+    let last = k.last_used.load(std::sync::atomic::Ordering::Relaxed);
+    ApiKeyView {
+        id: k.row.id.clone(),
+        name: k.row.name.clone(),
+        roles: k.row.roles.clone(),
+        permissions: k.row.permissions.clone(),
+        created_by: k.row.created_by.clone(),
+        created_at: format_rfc3339(k.row.created_at),
+        expires_at: k.row.expires_at.map(format_rfc3339),
+        last_used: (last > 0).then(|| format_rfc3339(last)),
+        revoked: k.row.revoked_at.is_some(),
+    }
+}
+
+/// Creates an API key for machines: `thk_<id>_<secret>`, sent as a Bearer
+/// token (or as the MQTT password with user name `apikey`). Shown once.
+#[utoipa::path(post, path = "/api/v1/apikeys", tag = "apikeys", request_body = CreateApiKey,
+    responses((status = 201, body = serde_json::Value, description = "{\"id\",\"key\",…}: the key is shown only here"), (status = 400), (status = 403)))]
+pub async fn create_apikey(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CreateApiKey>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    p.require(Perm::ApikeysAdmin)?;
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiError::field("name", "must be 1 to 200 characters"));
+    }
+    if req.roles.is_empty() && req.permissions.is_none() {
+        return Err(ApiError::field("roles", "give roles or permissions"));
+    }
+    for r in &req.roles {
+        if crate::auth::role_perms(r).is_none() {
+            return Err(ApiError::field("roles", &format!("unknown role '{r}'")));
+        }
+        if r == "system_admin" && !p.is_system_admin() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only a system admin may grant system_admin",
+            ));
+        }
+    }
+    let mut granted = crate::auth::PermSet::default();
+    for r in &req.roles {
+        granted = granted.union(crate::auth::role_perms(r).unwrap_or_default());
+    }
+    if let Some(perms) = &req.permissions {
+        for (i, s) in perms.iter().enumerate() {
+            let perm = crate::auth::Perm::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    &format!("permissions[{i}]"),
+                    &format!("unknown permission '{s}'"),
+                )
+            })?;
+            granted = granted.union(crate::auth::PermSet::of(&[perm]));
+        }
+    }
+    // A key never holds more than its creator.
+    for perm in crate::auth::Perm::ALL {
+        if granted.contains(perm) && !p.perms.contains(perm) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("a key cannot hold {}, which you lack", perm.as_str()),
+            ));
+        }
+    }
+    let expires_at = match &req.expires_at {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            twinhub_model::time::parse_timestamp_json(v)
+                .map_err(|rule| ApiError::field("expires_at", rule))?,
+        ),
+    };
+    if expires_at.is_some_and(|e| e <= state.clock.now_us()) {
+        return Err(ApiError::field("expires_at", "must be in the future"));
+    }
+    let row = crate::store::registry::ApiKeyRow {
+        id: String::new(),
+        tenant: p.tenant.clone(),
+        name: req.name.clone(),
+        key_hash: Vec::new(),
+        roles: req.roles.clone(),
+        permissions: req.permissions.clone(),
+        created_by: p.name().to_string(),
+        created_at: 0,
+        expires_at,
+        revoked_at: None,
+        last_used: None,
+    };
+    let (k, key) = state.registry.create_apikey(row).await?;
+    tracing::info!(apikey = %k.row.id, by = %p.name(), "API key created");
+    state.audit(&p, &p.tenant, "apikey.create", &k.row.id, serde_json::json!({"name": req.name, "roles": req.roles, "permissions": req.permissions})).await;
+    let mut v = serde_json::to_value(key_view(&k)).unwrap_or_default();
+    v["key"] = serde_json::json!(key);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/api/v1/apikeys", tag = "apikeys", responses((status = 200, body = serde_json::Value), (status = 403)))]
+pub async fn list_apikeys(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::ApikeysAdmin)?;
+    let value: Vec<ApiKeyView> = state
+        .registry
+        .apikeys_of(&p.tenant)
+        .iter()
+        .map(|k| key_view(k))
+        .collect();
+    Ok(Json(serde_json::json!({"value": value, "next": null})))
+}
+
+/// Revokes at once: the next request with the key answers 401.
+#[utoipa::path(delete, path = "/api/v1/apikeys/{id}", tag = "apikeys", params(("id" = String, Path)), responses((status = 204), (status = 404)))]
+pub async fn revoke_apikey(
+    State(state): State<AppState>,
+    p: Principal,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::ApikeysAdmin)?;
+    if !state.registry.revoke_apikey(&p.tenant, &id).await? {
+        return Err(ApiError::not_found(format!("API key {id} not found")));
+    }
+    tracing::info!(apikey = %id, by = %p.name(), "API key revoked");
+    state
+        .audit(&p, &p.tenant, "apikey.revoke", &id, serde_json::json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }

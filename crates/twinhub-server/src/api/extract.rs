@@ -14,6 +14,18 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::sync::Arc;
 
+fn too_many(wait: std::time::Duration) -> ApiError {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    ApiError {
+        retry_after: Some(secs),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {secs} s"),
+        )
+    }
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     parts
         .headers
@@ -36,10 +48,26 @@ impl FromRequestParts<AppState> for Principal {
                 "this endpoint needs a bearer token (POST /api/v1/auth/login)",
             ));
         };
-        state.registry.principal_for_token(token).ok_or_else(|| {
+        let p = state.registry.principal_for_token(token).ok_or_else(|| {
             state.metrics.auth_failures.add("token", 1);
             ApiError::unauthorized("the bearer token is invalid, expired or revoked")
-        })
+        })?;
+        let rl = &state.config.rate_limits;
+        let rate = p
+            .roles
+            .iter()
+            .filter_map(|r| rl.roles.get(r))
+            .cloned()
+            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
+            .unwrap_or(rl.requests_per_second);
+        if let Err(wait) = state.limiter.check(
+            &format!("p:{}:{}", p.tenant, p.name()),
+            rate,
+            rl.burst.max(rate),
+        ) {
+            return Err(too_many(wait));
+        }
+        Ok(p)
     }
 }
 
@@ -70,7 +98,13 @@ impl FromRequestParts<AppState> for DeviceCreds {
             ));
         };
         match state.registry.authenticate_device(id, key) {
-            Ok(d) => Ok(DeviceCreds(d)),
+            Ok(d) => {
+                let rate = state.config.rate_limits.device_requests_per_second;
+                if let Err(wait) = state.limiter.check(&format!("d:{id}"), rate, rate * 2.0) {
+                    return Err(too_many(wait));
+                }
+                Ok(DeviceCreds(d))
+            }
             Err(DeviceAuthError::BadCredentials) => {
                 state.metrics.auth_failures.add("device", 1);
                 tracing::info!(device = %id, "device authentication failed");

@@ -59,6 +59,7 @@ pub struct AppInner {
     pub mqtt: std::sync::RwLock<Option<Arc<crate::mqtt::Broker>>>,
     pub twins: Arc<crate::twins::TwinGraphs>,
     pub audit: crate::audit::AuditLog,
+    pub limiter: crate::auth::ratelimit::RateLimiter,
 }
 
 #[derive(Clone)]
@@ -206,6 +207,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(graph::list_incoming))
         .routes(routes!(graph::query))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(auth::create_apikey, auth::list_apikeys))
+        .routes(routes!(auth::revoke_apikey))
         .routes(routes!(audit::verify_audit))
         .routes(routes!(twins::list_series))
         .routes(routes!(twins::get_history, twins::delete_history))

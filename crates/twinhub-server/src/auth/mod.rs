@@ -8,6 +8,7 @@
 
 pub mod jwt;
 pub mod password;
+pub mod ratelimit;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -110,6 +111,10 @@ impl Perm {
     fn bit(self) -> u64 {
         1 << (self as u8)
     }
+
+    pub fn parse(s: &str) -> Option<Perm> {
+        Perm::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 /// A set of permissions as a bit mask.
@@ -198,6 +203,23 @@ pub enum Denied {
 }
 
 impl Principal {
+    /// A principal with an explicit permission set (API keys made with
+    /// `permissions` rather than roles).
+    pub fn with_perms(
+        kind: PrincipalKind,
+        tenant: &str,
+        roles: Vec<String>,
+        perms: PermSet,
+    ) -> Principal {
+        Principal {
+            kind,
+            tenant: tenant.to_string(),
+            roles,
+            perms,
+            session: None,
+        }
+    }
+
     pub fn new(
         kind: PrincipalKind,
         tenant: &str,

@@ -321,6 +321,29 @@ impl Broker {
             return Err(Refusal::NotAuthorized);
         };
         let pw = password.unwrap_or("");
+        if username == "apikey" {
+            let Some(p) = self
+                .app
+                .registry
+                .principal_for_token(pw)
+                .filter(|p| matches!(p.kind, crate::auth::PrincipalKind::ApiKey(_)))
+            else {
+                self.equalise_failure(pw).await;
+                return Err(Refusal::BadCredentials);
+            };
+            if !p.perms.contains(crate::auth::Perm::MqttPublish)
+                && !p.perms.contains(crate::auth::Perm::MqttSubscribe)
+            {
+                return Err(Refusal::NotAuthorized);
+            }
+            return Ok((
+                Identity::User {
+                    name: format!("apikey:{}", p.name()).as_str().into(),
+                    perms: p.perms,
+                },
+                p.tenant.as_str().into(),
+            ));
+        }
         if self.app.registry.device(username).is_some() {
             return match self.app.registry.authenticate_device(username, pw) {
                 Ok(d) if d.row.id != client_id => Err(Refusal::ClientIdInvalid),

@@ -216,3 +216,86 @@ pub fn purge_expired(tx: &Connection, now: i64) -> Result<(), StoreError> {
 }
 
 pub use super::db::{meta_get, meta_set};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub roles: Vec<String>,
+    pub permissions: Option<Vec<String>>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used: Option<i64>,
+}
+
+pub fn put_apikey(tx: &Connection, k: &ApiKeyRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO apikeys(id, tenant, name, key_hash, roles, permissions, created_by, created_at, expires_at, revoked_at, last_used)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at, last_used = excluded.last_used",
+        params![
+            k.id,
+            k.tenant,
+            k.name,
+            k.key_hash,
+            serde_json::to_string(&k.roles).unwrap_or_default(),
+            k.permissions.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default()),
+            k.created_by,
+            k.created_at,
+            k.expires_at,
+            k.revoked_at,
+            k.last_used
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn load_apikeys(c: &Connection) -> Result<Vec<ApiKeyRow>, StoreError> {
+    let mut stmt = c.prepare("SELECT id, tenant, name, key_hash, roles, permissions, created_by, created_at, expires_at, revoked_at, last_used FROM apikeys")?;
+    let rows = stmt.query_map([], |r| {
+        let roles: String = r.get(4)?;
+        let perms: Option<String> = r.get(5)?;
+        Ok(ApiKeyRow {
+            id: r.get(0)?,
+            tenant: r.get(1)?,
+            name: r.get(2)?,
+            key_hash: r.get(3)?,
+            roles: serde_json::from_str(&roles).unwrap_or_default(),
+            permissions: perms.and_then(|p| serde_json::from_str(&p).ok()),
+            created_by: r.get(6)?,
+            created_at: r.get(7)?,
+            expires_at: r.get(8)?,
+            revoked_at: r.get(9)?,
+            last_used: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_login_failures(
+    tx: &Connection,
+    username: &str,
+    count: u32,
+    locked_until: Option<i64>,
+) -> Result<(), StoreError> {
+    if count == 0 {
+        tx.execute("DELETE FROM login_failures WHERE username = ?1", [username])?;
+    } else {
+        tx.execute(
+            "INSERT INTO login_failures(username, count, locked_until) VALUES (?1, ?2, ?3)
+             ON CONFLICT(username) DO UPDATE SET count = excluded.count, locked_until = excluded.locked_until",
+            params![username, count, locked_until],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn load_login_failures(c: &Connection) -> Result<Vec<(String, u32, Option<i64>)>, StoreError> {
+    let mut stmt = c.prepare("SELECT username, count, locked_until FROM login_failures")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

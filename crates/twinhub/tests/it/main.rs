@@ -4,6 +4,7 @@
 
 mod common;
 
+mod apikeys;
 mod auth;
 mod devices;
 mod events;
