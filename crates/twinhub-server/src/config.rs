@@ -57,6 +57,9 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// HTTPS listen address (needs `tls.cert` and `tls.key`); empty
+    /// disables it. Serves the same API as `listen`.
+    pub tls_listen: String,
     /// Largest request body for JSON API routes.
     pub max_body: usize,
     /// Largest telemetry body a device may post.
@@ -67,6 +70,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            tls_listen: String::new(),
             max_body: 1 << 20,
             max_ingest_body: 4 << 20,
         }
@@ -389,6 +393,11 @@ impl Config {
             && (self.tls.cert.is_none() || self.tls.key.is_none())
         {
             return Err(invalid("mqtt.tls_listen", "needs tls.cert and tls.key"));
+        }
+        if !self.http.tls_listen.trim().is_empty()
+            && (self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            return Err(invalid("http.tls_listen", "needs tls.cert and tls.key"));
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be text or json"));

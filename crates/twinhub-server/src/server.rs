@@ -44,6 +44,7 @@ pub struct Listeners {
     pub http: TcpListener,
     pub mqtt: Option<TcpListener>,
     pub mqtts: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    pub https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 impl Listeners {
@@ -55,26 +56,35 @@ impl Listeners {
             "" => None,
             addr => Some(bind_one(addr, "--mqtt-listen").await?),
         };
-        let mqtts = match config.mqtt.tls_listen.trim() {
-            "" => None,
-            addr => {
-                let (cert, key) = match (&config.tls.cert, &config.tls.key) {
-                    (Some(c), Some(k)) => (c, k),
-                    _ => {
-                        return Err(ServerError::Tls(crate::tls::TlsError::Config(
-                            "mqtt.tls_listen needs tls.cert and tls.key".into(),
-                        )))
-                    }
-                };
-                let cfg = crate::tls::server_config(cert, key)?;
-                Some((
-                    bind_one(addr, "--mqtt-tls-listen").await?,
-                    tokio_rustls::TlsAcceptor::from(cfg),
-                ))
-            }
-        };
-        Ok(Listeners { http, mqtt, mqtts })
+        let mqtts = bind_tls(config, &config.mqtt.tls_listen, "--mqtt-tls-listen").await?;
+        let https = bind_tls(config, &config.http.tls_listen, "--http-tls-listen").await?;
+        Ok(Listeners {
+            http,
+            mqtt,
+            mqtts,
+            https,
+        })
     }
+}
+
+async fn bind_tls(
+    config: &Config,
+    addr: &str,
+    flag: &'static str,
+) -> Result<Option<(TcpListener, tokio_rustls::TlsAcceptor)>, ServerError> {
+    if addr.trim().is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Err(ServerError::Tls(crate::tls::TlsError::Config(format!(
+            "{flag} needs --tls-cert and --tls-key"
+        ))));
+    };
+    let cfg = crate::tls::server_config(cert, key)?;
+    Ok(Some((
+        bind_one(addr.trim(), flag).await?,
+        tokio_rustls::TlsAcceptor::from(cfg),
+    )))
 }
 
 async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerError> {
@@ -93,6 +103,7 @@ pub struct Ready {
     pub http: SocketAddr,
     pub mqtt: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     /// The bootstrap admin password when this start generated it.
     pub generated_admin_password: Option<String>,
     /// The server's store (in-process starters: benchmarks and tests).
@@ -177,6 +188,11 @@ pub async fn run(
         .as_ref()
         .map(|(l, _)| l.local_addr())
         .transpose()?;
+    let https_addr = listeners
+        .https
+        .as_ref()
+        .map(|(l, _)| l.local_addr())
+        .transpose()?;
     let mut jobs = spawn_jobs(state.clone());
     if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
         let broker = crate::mqtt::Broker::open(state.clone()).await?;
@@ -199,13 +215,36 @@ pub async fn run(
     }
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let https = listeners.https.map(|(l, acceptor)| {
+        let mut stop = state.shutdown.clone();
+        let app = app
+            .clone()
+            .into_make_service_with_connect_info::<crate::tls::PeerAddr>();
+        let timeout = Config::duration(&state.config.mqtt.connect_timeout);
+        async move {
+            let l = crate::tls::TlsListener::new(l, acceptor, timeout)?;
+            axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let app = app.into_make_service_with_connect_info::<crate::tls::PeerAddr>();
     let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
         let _ = stop_for_serve.wait_for(|s| *s).await;
     });
-    let serve = tokio::spawn(async move { serve.await });
+    let serve = tokio::spawn(async move {
+        match https {
+            Some(https) => {
+                let (a, b) = tokio::join!(serve, https);
+                a.and(b)
+            }
+            None => serve.await,
+        }
+    });
 
-    write_ports(&dir, http_addr, mqtt_addr, mqtts_addr)?;
+    write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
     if let Some(tx) = on_ready {
@@ -213,6 +252,7 @@ pub async fn run(
             http: http_addr,
             mqtt: mqtt_addr,
             mqtts: mqtts_addr,
+            https: https_addr,
             generated_admin_password: boot.generated_password.clone(),
             store: store.clone(),
         });
@@ -280,6 +320,7 @@ fn write_ports(
     http: SocketAddr,
     mqtt: Option<SocketAddr>,
     mqtts: Option<SocketAddr>,
+    https: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     let mut v = serde_json::json!({"http": http.to_string()});
     if let Some(m) = mqtt {
@@ -287,6 +328,9 @@ fn write_ports(
     }
     if let Some(m) = mqtts {
         v["mqtts"] = serde_json::json!(m.to_string());
+    }
+    if let Some(h) = https {
+        v["https"] = serde_json::json!(h.to_string());
     }
     let tmp = dir.join("ports.json.tmp");
     std::fs::write(&tmp, v.to_string())?;

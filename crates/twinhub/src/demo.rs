@@ -58,6 +58,9 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         flags.tls_cert = Some(dir.join("server.pem"));
         flags.tls_key = Some(dir.join("server-key.pem"));
         flags.mqtt_tls_listen = Some(free_or_zero("127.0.0.1:8883"));
+        if flags.http_tls_listen.is_none() && std::env::var("TWINHUB_HTTP_TLS_LISTEN").is_err() {
+            flags.http_tls_listen = Some(free_or_zero("127.0.0.1:8443"));
+        }
     }
     let mut config = load_config(file, &flags)?;
     let password = config
@@ -155,7 +158,8 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         r#"
 twinhub demo is running ({n} simulated reactors report temperature, pressure, flow_rate and yield every {iv}s over MQTT)
 
-  HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
+    HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
+  HTTPS        {https}   (curl --cacert {dir}/certs/ca.pem https://localhost:PORT/health)
   MQTT         {mqtt}   (devices: client id = user name = device id, password = device key)
   MQTTS        {mqtts}   (CA: {dir}/certs/ca.pem)   MQTT over WebSocket: ws://{http_host}/mqtt
   metrics      {base}/metrics
@@ -189,6 +193,11 @@ Ctrl-C stops the demo.
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
         http_host = server.ready.http,
+        https = server
+            .ready
+            .https
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
     );
     shutdown_signal().await;
     println!("stopping…");

@@ -39,6 +39,9 @@ pub struct ServerFlags {
     /// MQTT over TLS listen address (needs --tls-cert and --tls-key). Env: TWINHUB_MQTT_TLS_LISTEN.
     #[arg(long)]
     mqtt_tls_listen: Option<String>,
+    /// HTTPS listen address (needs --tls-cert and --tls-key). Env: TWINHUB_HTTP_TLS_LISTEN.
+    #[arg(long)]
+    http_tls_listen: Option<String>,
     /// PEM certificate chain for TLS listeners. Env: TWINHUB_TLS_CERT.
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -67,6 +70,9 @@ impl ServerFlags {
         }
         if let Some(a) = &self.mqtt_tls_listen {
             v.push(("mqtt.tls_listen", a.clone()));
+        }
+        if let Some(a) = &self.http_tls_listen {
+            v.push(("http.tls_listen", a.clone()));
         }
         if let Some(c) = &self.tls_cert {
             v.push(("tls.cert", c.display().to_string()));

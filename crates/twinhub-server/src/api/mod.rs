@@ -248,7 +248,9 @@ pub fn router(state: AppState) -> Router {
 /// MQTT over WebSocket; MQTT's CONNECT authenticates, as over TCP.
 async fn mqtt_websocket(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::extract::ConnectInfo(crate::tls::PeerAddr(peer)): axum::extract::ConnectInfo<
+        crate::tls::PeerAddr,
+    >,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let broker = state.broker().ok_or_else(|| {

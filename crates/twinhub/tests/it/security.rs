@@ -223,3 +223,58 @@ async fn audit_is_per_tenant_and_needs_its_permission() {
     assert!(error_of(r, 403, "forbidden").await.contains("audit:read"));
     s.stop().await;
 }
+
+/// HTTPS with a generated CA: curl verifies the server against the CA and
+/// uses the API; a client that does not trust the CA, or speaks plain HTTP
+/// to the TLS port, gets nothing.
+#[tokio::test]
+async fn https_serves_the_api_with_a_generated_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
+    let (cert, key) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server-key.pem"),
+    );
+    let s = TestServer::start_with(move |c| {
+        c.http.tls_listen = "127.0.0.1:0".into();
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+    })
+    .await;
+    let port = s.handle_ready().https.expect("HTTPS listener").port();
+    let ports: Value =
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("ports.json")).unwrap()).unwrap();
+    assert_eq!(ports["https"], format!("127.0.0.1:{port}"));
+    s.device("tls-dev").await;
+    // Async: a blocking child would stall the in-process server.
+    let curl = |extra: &[&str]| {
+        let mut c = tokio::process::Command::new("curl");
+        c.args(["-sS", "--max-time", "10"]).args(extra);
+        async move { c.output().await.unwrap() }
+    };
+    let url = format!("https://localhost:{port}/api/v1/devices/tls-dev");
+    let ca = certs.path().join("ca.pem");
+    let auth = format!("Authorization: Bearer {}", s.token);
+    let out = curl(&["--cacert", ca.to_str().unwrap(), "-H", &auth, &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "tls-dev");
+
+    // Without the CA the certificate is refused by the client.
+    let out = curl(&["-H", &auth, &url]).await;
+    assert!(!out.status.success());
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let out = curl(&[
+        "-H",
+        &auth,
+        &format!("http://127.0.0.1:{port}/api/v1/devices/tls-dev"),
+    ])
+    .await;
+    assert!(!out.stdout.starts_with(b"{"), "{:?}", out);
+    s.stop().await;
+}
