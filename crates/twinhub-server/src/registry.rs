@@ -110,6 +110,7 @@ pub struct Registry {
     revoked: Arc<RwLock<HashMap<String, i64>>>,
     apikeys: Arc<RwLock<HashMap<String, Arc<ApiKey>>>>,
     failures: Arc<std::sync::Mutex<HashMap<String, (u32, Option<i64>)>>>,
+    local_tokens: Arc<RwLock<std::collections::HashSet<[u8; 32]>>>,
 }
 
 /// What the first start created: the admin password when it was generated
@@ -184,6 +185,7 @@ impl Registry {
             failures: Arc::new(std::sync::Mutex::new(
                 failures.into_iter().map(|(u, c, l)| (u, (c, l))).collect(),
             )),
+            local_tokens: Default::default(),
         };
         let mut boot = Bootstrap {
             generated_password: None,
@@ -450,17 +452,7 @@ impl Registry {
             field: "password".into(),
             rule: rule.into(),
         })?;
-        for r in &roles {
-            if auth::role_perms(r).is_none() {
-                return Err(RegistryError::Invalid {
-                    field: "roles".into(),
-                    rule: format!(
-                        "unknown role '{r}'; built-in roles are {}",
-                        auth::BUILTIN_ROLES.join(", ")
-                    ),
-                });
-            }
-        }
+        self.check_roles(&roles)?;
         self.create_user_unchecked(username, tenant, pw, roles)
             .await
     }
@@ -502,6 +494,125 @@ impl Registry {
             })
             .await?;
         Ok(())
+    }
+
+    /// Replaces a user's password and ends all their sessions (refresh
+    /// tokens and the access tokens issued with them).
+    pub async fn set_password(&self, username: &str, pw: &str) -> Result<bool, RegistryError> {
+        password::check_policy(pw).map_err(|rule| RegistryError::Invalid {
+            field: "password".into(),
+            rule: rule.into(),
+        })?;
+        if !self.users.read().expect("users").contains_key(username) {
+            return Ok(false);
+        }
+        let cost = self.settings.cost;
+        let pw = pw.to_string();
+        let hash = tokio::task::spawn_blocking(move || password::hash(&pw, cost))
+            .await
+            .map_err(|_| RegistryError::Store(StoreError::Unavailable))?;
+        let (name, h) = (username.to_string(), hash.clone());
+        let changed = self
+            .store
+            .write(move |ctx| rows::set_password(ctx.tx, &name, &h))
+            .await?;
+        if changed {
+            if let Some(u) = self.users.write().expect("users").get_mut(username) {
+                u.password_hash = hash;
+            }
+            self.end_sessions_of(username).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Replaces a user's roles; tokens already issued act with the new
+    /// roles from their next request.
+    pub async fn set_roles(
+        &self,
+        username: &str,
+        roles: Vec<String>,
+    ) -> Result<bool, RegistryError> {
+        self.check_roles(&roles)?;
+        let (name, r) = (username.to_string(), roles.clone());
+        let changed = self
+            .store
+            .write(move |ctx| rows::set_roles(ctx.tx, &name, &r))
+            .await?;
+        if changed {
+            if let Some(u) = self.users.write().expect("users").get_mut(username) {
+                u.roles = roles;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Deletes a user; their tokens stop working at once.
+    pub async fn delete_user(&self, username: &str) -> Result<bool, RegistryError> {
+        self.end_sessions_of(username).await?;
+        let name = username.to_string();
+        let cache = self.users.clone();
+        Ok(self
+            .store
+            .write(move |ctx| {
+                let gone = rows::delete_user(ctx.tx, &name)?;
+                ctx.after_commit(move |_| {
+                    cache.write().expect("users").remove(&name);
+                });
+                Ok(gone)
+            })
+            .await?)
+    }
+
+    async fn end_sessions_of(&self, username: &str) -> Result<(), RegistryError> {
+        let exp =
+            self.now_us() / 1_000_000 + self.settings.refresh_ttl_s.max(self.settings.access_ttl_s);
+        let (name, cache) = (username.to_string(), self.revoked.clone());
+        self.store
+            .write(move |ctx| {
+                let sessions = rows::sessions_of(ctx.tx, &name)?;
+                for s in &sessions {
+                    rows::revoke_session(ctx.tx, s, exp)?;
+                }
+                ctx.after_commit(move |_| {
+                    let mut r = cache.write().expect("revoked");
+                    for s in sessions {
+                        r.insert(s, exp);
+                    }
+                });
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub fn user(&self, username: &str) -> Option<UserRow> {
+        self.users.read().expect("users").get(username).cloned()
+    }
+
+    fn check_roles(&self, roles: &[String]) -> Result<(), RegistryError> {
+        for r in roles {
+            if auth::role_perms(r).is_none() {
+                return Err(RegistryError::Invalid {
+                    field: "roles".into(),
+                    rule: format!(
+                        "unknown role '{r}'; built-in roles are {}",
+                        auth::BUILTIN_ROLES.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A bearer token for this process only (the CLI's in-process server):
+    /// never stored, gone when the process ends. Acts as system admin.
+    pub fn mint_local_token(&self) -> String {
+        let t = format!("thl_{}", auth::random_secret(32));
+        self.local_tokens
+            .write()
+            .expect("local tokens")
+            .insert(auth::digest(&t));
+        t
     }
 
     pub fn users_of(&self, tenant: &str) -> Vec<UserRow> {
@@ -605,6 +716,21 @@ impl Registry {
     pub fn principal_for_token(&self, token: &str) -> Option<Principal> {
         if token.starts_with("thk_") {
             return self.principal_for_apikey(token);
+        }
+        if token.starts_with("thl_") {
+            let known = self
+                .local_tokens
+                .read()
+                .expect("local tokens")
+                .contains(&auth::digest(token));
+            return known.then(|| {
+                Principal::new(
+                    PrincipalKind::Local,
+                    DEFAULT_TENANT,
+                    vec!["system_admin".into()],
+                    None,
+                )
+            });
         }
         let claims = jwt::decode(token, &self.jwt_key, self.now_us() / 1_000_000).ok()?;
         if self

@@ -104,6 +104,9 @@ pub struct Ready {
     pub mqtt: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// A system-admin bearer token valid only inside this process (the
+    /// CLI drives a server it started in-process through the API with it).
+    pub local_token: String,
     /// The bootstrap admin password when this start generated it.
     pub generated_admin_password: Option<String>,
     /// The server's store (in-process starters: benchmarks and tests).
@@ -253,6 +256,7 @@ pub async fn run(
             mqtt: mqtt_addr,
             mqtts: mqtts_addr,
             https: https_addr,
+            local_token: state.registry.mint_local_token(),
             generated_admin_password: boot.generated_password.clone(),
             store: store.clone(),
         });

@@ -1,7 +1,11 @@
-//! Admin CLI: devices, backup and restore. Works on the data directory
-//! directly while no server holds its lock; otherwise goes through the
-//! running server's HTTP API (found via ports.json), so the server's
-//! caches never miss a change.
+//! Admin CLI: devices, users, API keys, tenants, backup and restore.
+//!
+//! Every change goes through the HTTP API, so validation, audit and the
+//! server's caches have one path: when a server holds the data directory
+//! the CLI calls it (found via ports.json, credentials from the
+//! environment); otherwise it starts the server in-process on a loopback
+//! port for the duration of the command and calls that with a token that
+//! exists only inside this process.
 
 use crate::{load_config, ServerFlags};
 use anyhow::{anyhow, bail, Context};
@@ -9,8 +13,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use twinhub_server::config::Config;
-use twinhub_server::registry::Registry;
-use twinhub_server::store::{self, DirLock, Store, StoreError};
+use twinhub_server::server::ServerHandle;
+use twinhub_server::store::{self, DirLock, StoreError};
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
@@ -42,107 +46,241 @@ pub enum DeviceCmd {
     },
 }
 
-enum Target {
-    Direct(Store, Registry),
-    Http {
-        base: String,
-        token: String,
-        client: reqwest::Client,
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a user. The password is read from stdin with
+    /// --password-stdin, else generated and printed once.
+    Add {
+        username: String,
+        /// A role (repeat for several): tenant_admin, operator, viewer, …
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Set a user's password (ends their sessions).
+    Passwd {
+        username: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Delete a user (their tokens stop working at once).
+    Rm {
+        username: String,
+        #[command(flatten)]
+        flags: ServerFlags,
     },
 }
 
-async fn target(config: &Config) -> anyhow::Result<Target> {
-    match DirLock::acquire(&config.data_dir) {
-        Ok(lock) => {
-            let store = {
-                let opts = config.store_options();
-                tokio::task::spawn_blocking(move || {
-                    Store::open(lock, opts, twinhub_server::clock::system())
-                })
-                .await??
-            };
-            let settings = config.auth_settings();
-            let (reg, boot) = Registry::open(
-                store.clone(),
-                twinhub_server::clock::system(),
-                settings,
-                config.admin_password.clone(),
-            )
-            .await?;
-            if let Some(pw) = boot.generated_password {
-                println!("Created user 'admin' with password: {pw} (shown once)");
+#[derive(Subcommand)]
+pub enum ApiKeyCmd {
+    /// Create an API key and print it (shown once).
+    Create {
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A permission (repeat for several), e.g. telemetry:read.
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// RFC 3339 time or epoch milliseconds.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// List API keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Revoke an API key at once.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+}
+
+/// The API the CLI talks to: a running server's, or one started here.
+struct Api {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    local: Option<ServerHandle>,
+}
+
+impl Api {
+    async fn connect(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<Api> {
+        let config = load_config(file, flags)?;
+        let client = reqwest::Client::new();
+        match DirLock::acquire(&config.data_dir) {
+            Ok(lock) => {
+                drop(lock);
+                Api::start_local(config, client).await
             }
-            Ok(Target::Direct(store, reg))
+            Err(StoreError::Locked(_)) => Api::running(&config, client).await,
+            Err(e) => Err(e.into()),
         }
-        Err(StoreError::Locked(_)) => {
-            let ports: Value = serde_json::from_slice(
-                &std::fs::read(config.data_dir.join(twinhub_server::server::PORTS_FILE))
-                    .context("a server holds the data directory but ports.json is missing")?,
-            )?;
-            let base = format!(
-                "http://{}",
-                ports["http"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("ports.json has no http address"))?
-            );
-            let client = reqwest::Client::new();
-            let token = match std::env::var("TWINHUB_TOKEN") {
-                Ok(t) => t,
-                Err(_) => {
-                    let username =
-                        std::env::var("TWINHUB_USERNAME").unwrap_or_else(|_| "admin".into());
-                    let password = std::env::var("TWINHUB_PASSWORD")
-                        .or_else(|_| std::env::var("TWINHUB_ADMIN_PASSWORD"))
-                        .map_err(|_| anyhow!("a server is running: set TWINHUB_TOKEN, or TWINHUB_USERNAME and TWINHUB_PASSWORD, to go through its API"))?;
-                    let r = client
-                        .post(format!("{base}/api/v1/auth/login"))
-                        .json(&json!({"username": username, "password": password}))
-                        .send()
-                        .await?;
-                    let body: Value = r.json().await?;
-                    body["access_token"]
-                        .as_str()
-                        .ok_or_else(|| anyhow!("login refused: {}", body["error"]["message"]))?
-                        .to_string()
-                }
-            };
-            Ok(Target::Http {
-                base,
-                token,
-                client,
-            })
-        }
-        Err(e) => Err(e.into()),
     }
-}
 
-async fn close(store: Store) {
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
-}
+    async fn start_local(mut config: Config, client: reqwest::Client) -> anyhow::Result<Api> {
+        config.http.listen = "127.0.0.1:0".into();
+        config.http.tls_listen.clear();
+        config.mqtt.listen.clear();
+        config.mqtt.tls_listen.clear();
+        let server = ServerHandle::start(config, twinhub_server::clock::system()).await?;
+        if let Some(pw) = &server.ready.generated_admin_password {
+            println!("Created user 'admin' with password: {pw} (shown once)");
+        }
+        Ok(Api {
+            base: format!("http://{}", server.ready.http),
+            token: server.ready.local_token.clone(),
+            client,
+            local: Some(server),
+        })
+    }
 
-async fn http(
-    client: &reqwest::Client,
-    req: reqwest::RequestBuilder,
-    token: &str,
-) -> anyhow::Result<Value> {
-    let _ = client;
-    let r = req.bearer_auth(token).send().await?;
-    let status = r.status();
-    let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
-        Value::Null
-    } else {
-        r.json().await.unwrap_or(Value::Null)
-    };
-    if !status.is_success() {
-        bail!(
-            "{}: {}",
-            status,
-            body["error"]["message"]
+    async fn running(config: &Config, client: reqwest::Client) -> anyhow::Result<Api> {
+        let ports: Value = serde_json::from_slice(
+            &std::fs::read(config.data_dir.join(twinhub_server::server::PORTS_FILE))
+                .context("a server holds the data directory but ports.json is missing")?,
+        )?;
+        let base = format!(
+            "http://{}",
+            ports["http"]
                 .as_str()
-                .unwrap_or("request failed")
+                .ok_or_else(|| anyhow!("ports.json has no http address"))?
         );
+        let token = match std::env::var("TWINHUB_TOKEN") {
+            Ok(t) => t,
+            Err(_) => {
+                let username = std::env::var("TWINHUB_USERNAME").unwrap_or_else(|_| "admin".into());
+                let password = std::env::var("TWINHUB_PASSWORD")
+                    .or_else(|_| std::env::var("TWINHUB_ADMIN_PASSWORD"))
+                    .map_err(|_| anyhow!("a server is running: set TWINHUB_TOKEN, or TWINHUB_USERNAME and TWINHUB_PASSWORD, to go through its API"))?;
+                let r = client
+                    .post(format!("{base}/api/v1/auth/login"))
+                    .json(&json!({"username": username, "password": password}))
+                    .send()
+                    .await?;
+                let body: Value = r.json().await?;
+                body["access_token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("login refused: {}", body["error"]["message"]))?
+                    .to_string()
+            }
+        };
+        Ok(Api {
+            base,
+            token,
+            client,
+            local: None,
+        })
     }
-    Ok(body)
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .request(method.parse()?, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await?;
+        let status = r.status();
+        let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
+            Value::Null
+        } else {
+            r.json().await.unwrap_or(Value::Null)
+        };
+        if !status.is_success() {
+            bail!(
+                "{}: {}",
+                status,
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            );
+        }
+        Ok(body)
+    }
+
+    /// Every item of a paged list.
+    async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut url = format!("{path}{sep}limit=1000");
+            if let Some(n) = &next {
+                url.push_str(&format!("&next={n}"));
+            }
+            let page = self.call("GET", &url, None).await?;
+            out.extend(page["value"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_str() {
+                Some(n) => next = Some(n.to_string()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        if let Some(s) = self.local {
+            s.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one API conversation and always stops an in-process server.
+async fn with_api<F>(file: Option<&PathBuf>, flags: &ServerFlags, f: F) -> anyhow::Result<()>
+where
+    F: for<'a> FnOnce(
+        &'a Api,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>,
+    >,
+{
+    let api = Api::connect(file, flags).await?;
+    let res = f(&api).await;
+    api.close().await?;
+    res
 }
 
 fn tenant_q(tenant: &Option<String>) -> String {
@@ -152,121 +290,222 @@ fn tenant_q(tenant: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+fn print_each(items: Vec<Value>, keys: &[&str]) {
+    for v in items {
+        let mut o = serde_json::Map::new();
+        for k in keys {
+            o.insert(k.to_string(), v[*k].clone());
+        }
+        println!("{}", Value::Object(o));
+    }
+}
+
+/// A password from stdin (one line), or a generated one to print.
+fn new_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let pw = line.trim_end_matches(['\r', '\n']).to_string();
+        if pw.is_empty() {
+            bail!("--password-stdin: no password on standard input");
+        }
+        return Ok((pw, false));
+    }
+    loop {
+        let pw = twinhub_server::auth::random_secret(15);
+        if twinhub_server::auth::password::check_policy(&pw).is_ok() {
+            return Ok((pw, true));
+        }
+    }
+}
+
 pub async fn device(file: Option<&PathBuf>, cmd: DeviceCmd) -> anyhow::Result<()> {
     let flags = match &cmd {
         DeviceCmd::Add { flags, .. }
         | DeviceCmd::List { flags, .. }
         | DeviceCmd::Rm { flags, .. } => flags.clone(),
     };
-    let config = load_config(file, &flags)?;
-    match (target(&config).await?, cmd) {
-        (
-            Target::Direct(store, reg),
-            DeviceCmd::Add {
-                id, twin, tenant, ..
-            },
-        ) => {
-            let tenant = tenant.unwrap_or_else(|| "default".into());
-            if !reg.tenant_exists(&tenant) {
-                close(store).await;
-                bail!("tenant {tenant} not found");
-            }
-            let res = reg.create_device(&tenant, &id, twin).await;
-            close(store).await;
-            let (dev, key) = res?;
-            println!(
-                "{}",
-                json!({"id": dev.row.id, "twin_id": dev.row.twin_id, "tenant": tenant, "key": key})
-            );
-        }
-        (Target::Direct(store, reg), DeviceCmd::List { tenant, .. }) => {
-            let tenant = tenant.unwrap_or_else(|| "default".into());
-            for d in reg.devices_of(&tenant, None, usize::MAX) {
-                println!(
-                    "{}",
-                    json!({"id": d.row.id, "twin_id": d.row.twin_id, "enabled": d.row.enabled})
-                );
-            }
-            close(store).await;
-        }
-        (Target::Direct(store, reg), DeviceCmd::Rm { id, tenant, .. }) => {
-            let tenant = tenant.unwrap_or_else(|| "default".into());
-            let found = reg.device_in(&tenant, &id).is_some();
-            let res = if found {
-                reg.delete_device(&id).await.map(|_| ())
-            } else {
-                Ok(())
-            };
-            close(store).await;
-            res?;
-            if !found {
-                bail!("device {id} not found");
-            }
-            println!("{}", json!({"deleted": id}));
-        }
-        (
-            Target::Http {
-                base,
-                token,
-                client,
-            },
-            DeviceCmd::Add {
-                id, twin, tenant, ..
-            },
-        ) => {
-            let req = client
-                .post(format!("{base}/api/v1/devices{}", tenant_q(&tenant)))
-                .json(&json!({"id": id, "twin_id": twin}));
-            println!("{}", http(&client, req, &token).await?);
-        }
-        (
-            Target::Http {
-                base,
-                token,
-                client,
-            },
-            DeviceCmd::List { tenant, .. },
-        ) => {
-            let mut next: Option<String> = None;
-            loop {
-                let mut url = format!("{base}/api/v1/devices?limit=1000");
-                if let Some(t) = &tenant {
-                    url.push_str(&format!("&tenant={t}"));
+    with_api(file, &flags, move |api| {
+        Box::pin(async move {
+            match cmd {
+                DeviceCmd::Add {
+                    id, twin, tenant, ..
+                } => {
+                    let v = api
+                        .call(
+                            "POST",
+                            &format!("/api/v1/devices{}", tenant_q(&tenant)),
+                            Some(json!({"id": id, "twin_id": twin})),
+                        )
+                        .await?;
+                    println!("{v}");
                 }
-                if let Some(n) = &next {
-                    url.push_str(&format!("&next={n}"));
+                DeviceCmd::List { tenant, .. } => {
+                    let items = api
+                        .all(&format!("/api/v1/devices{}", tenant_q(&tenant)))
+                        .await?;
+                    print_each(items, &["id", "twin_id", "enabled"]);
                 }
-                let page = http(&client, client.get(url), &token).await?;
-                for d in page["value"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}",
-                        json!({"id": d["id"], "twin_id": d["twin_id"], "enabled": d["enabled"]})
+                DeviceCmd::Rm { id, tenant, .. } => {
+                    api.call(
+                        "DELETE",
+                        &format!("/api/v1/devices/{id}{}", tenant_q(&tenant)),
+                        None,
+                    )
+                    .await?;
+                    println!("{}", json!({"deleted": id}));
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+pub async fn user(file: Option<&PathBuf>, cmd: UserCmd) -> anyhow::Result<()> {
+    let flags = match &cmd {
+        UserCmd::Add { flags, .. }
+        | UserCmd::Passwd { flags, .. }
+        | UserCmd::List { flags, .. }
+        | UserCmd::Rm { flags, .. } => flags.clone(),
+    };
+    with_api(file, &flags, move |api| {
+        Box::pin(async move {
+            match cmd {
+                UserCmd::Add { username, roles, tenant, password_stdin, .. } => {
+                    let (password, generated) = new_password(password_stdin)?;
+                    let mut v = api
+                        .call(
+                            "POST",
+                            "/api/v1/users",
+                            Some(json!({"username": username, "password": password, "roles": roles, "tenant": tenant})),
+                        )
+                        .await?;
+                    if generated {
+                        v["password"] = json!(password);
+                    }
+                    println!("{v}");
+                }
+                UserCmd::Passwd { username, password_stdin, .. } => {
+                    let (password, generated) = new_password(password_stdin)?;
+                    let mut v = api
+                        .call("PATCH", &format!("/api/v1/users/{username}"), Some(json!({"password": password})))
+                        .await?;
+                    if generated {
+                        v["password"] = json!(password);
+                    }
+                    println!("{v}");
+                }
+                UserCmd::List { tenant, .. } => {
+                    let items = api.all(&format!("/api/v1/users{}", tenant_q(&tenant))).await?;
+                    print_each(items, &["username", "tenant", "roles"]);
+                }
+                UserCmd::Rm { username, .. } => {
+                    api.call("DELETE", &format!("/api/v1/users/{username}"), None).await?;
+                    println!("{}", json!({"deleted": username}));
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+pub async fn apikey(file: Option<&PathBuf>, cmd: ApiKeyCmd) -> anyhow::Result<()> {
+    let flags = match &cmd {
+        ApiKeyCmd::Create { flags, .. }
+        | ApiKeyCmd::List { flags, .. }
+        | ApiKeyCmd::Revoke { flags, .. } => flags.clone(),
+    };
+    with_api(file, &flags, move |api| {
+        Box::pin(async move {
+            match cmd {
+                ApiKeyCmd::Create {
+                    name,
+                    roles,
+                    permissions,
+                    expires_at,
+                    tenant,
+                    ..
+                } => {
+                    let mut body = json!({"name": name, "roles": roles});
+                    if !permissions.is_empty() {
+                        body["permissions"] = json!(permissions);
+                    }
+                    if let Some(e) = expires_at {
+                        body["expires_at"] = match e.parse::<i64>() {
+                            Ok(ms) => json!(ms),
+                            Err(_) => json!(e),
+                        };
+                    }
+                    let v = api
+                        .call(
+                            "POST",
+                            &format!("/api/v1/apikeys{}", tenant_q(&tenant)),
+                            Some(body),
+                        )
+                        .await?;
+                    println!("{v}");
+                }
+                ApiKeyCmd::List { tenant, .. } => {
+                    let items = api
+                        .all(&format!("/api/v1/apikeys{}", tenant_q(&tenant)))
+                        .await?;
+                    print_each(
+                        items,
+                        &[
+                            "id",
+                            "name",
+                            "roles",
+                            "permissions",
+                            "expires_at",
+                            "last_used",
+                            "revoked",
+                        ],
                     );
                 }
-                match page["next"].as_str() {
-                    Some(n) => next = Some(n.to_string()),
-                    None => break,
+                ApiKeyCmd::Revoke { id, tenant, .. } => {
+                    api.call(
+                        "DELETE",
+                        &format!("/api/v1/apikeys/{id}{}", tenant_q(&tenant)),
+                        None,
+                    )
+                    .await?;
+                    println!("{}", json!({"revoked": id}));
                 }
             }
-        }
-        (
-            Target::Http {
-                base,
-                token,
-                client,
-            },
-            DeviceCmd::Rm { id, tenant, .. },
-        ) => {
-            http(
-                &client,
-                client.delete(format!("{base}/api/v1/devices/{id}{}", tenant_q(&tenant))),
-                &token,
-            )
-            .await?;
-            println!("{}", json!({"deleted": id}));
-        }
-    }
-    Ok(())
+            Ok(())
+        })
+    })
+    .await
+}
+
+pub async fn tenant(file: Option<&PathBuf>, cmd: TenantCmd) -> anyhow::Result<()> {
+    let flags = match &cmd {
+        TenantCmd::Add { flags, .. } | TenantCmd::List { flags } => flags.clone(),
+    };
+    with_api(file, &flags, move |api| {
+        Box::pin(async move {
+            match cmd {
+                TenantCmd::Add { id, name, .. } => {
+                    let name = name.unwrap_or_else(|| id.clone());
+                    let v = api
+                        .call(
+                            "POST",
+                            "/api/v1/tenants",
+                            Some(json!({"id": id, "name": name})),
+                        )
+                        .await?;
+                    println!("{v}");
+                }
+                TenantCmd::List { .. } => {
+                    print_each(api.all("/api/v1/tenants").await?, &["id", "name"]);
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
 }
 
 pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyhow::Result<()> {

@@ -103,6 +103,15 @@ enum Command {
     /// else through the running server's API).
     #[command(subcommand)]
     Device(admin::DeviceCmd),
+    /// Manage users (same rule as `device`).
+    #[command(subcommand)]
+    User(admin::UserCmd),
+    /// Manage API keys (same rule as `device`).
+    #[command(subcommand)]
+    Apikey(admin::ApiKeyCmd),
+    /// Manage tenants (system admin; same rule as `device`).
+    #[command(subcommand)]
+    Tenant(admin::TenantCmd),
     /// Take a consistent copy of the store (safe while the server runs).
     Backup {
         file: PathBuf,
@@ -178,6 +187,9 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => demo::run(cli.config.as_ref(), args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Device(cmd) => admin::device(cli.config.as_ref(), cmd).await,
+            Command::User(cmd) => admin::user(cli.config.as_ref(), cmd).await,
+            Command::Apikey(cmd) => admin::apikey(cli.config.as_ref(), cmd).await,
+            Command::Tenant(cmd) => admin::tenant(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
                         Command::Cert { out, hosts } => {

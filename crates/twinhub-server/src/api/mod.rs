@@ -6,8 +6,9 @@
 //! May call: `registry`, `pipeline`, `store` (reads and deletions),
 //! `events`, `auth`.
 
+pub mod access;
 pub mod audit;
-pub mod auth;
+mod auth;
 pub mod devices;
 pub mod error;
 pub mod events;
@@ -87,6 +88,7 @@ impl AppInner {
             crate::auth::PrincipalKind::User(u) => format!("user:{u}"),
             crate::auth::PrincipalKind::ApiKey(k) => format!("apikey:{k}"),
             crate::auth::PrincipalKind::Device(d) => format!("device:{d}"),
+            crate::auth::PrincipalKind::Local => "cli:local".to_string(),
         };
         if let Err(e) = self
             .audit
@@ -175,8 +177,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
-        .routes(routes!(auth::create_tenant, auth::list_tenants))
-        .routes(routes!(auth::create_user, auth::list_users))
+        .routes(routes!(access::create_tenant, access::list_tenants))
+        .routes(routes!(access::create_user, access::list_users))
+        .routes(routes!(access::update_user, access::delete_user))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(
             devices::get_device,
@@ -207,8 +210,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(graph::list_incoming))
         .routes(routes!(graph::query))
         .routes(routes!(audit::list_audit))
-        .routes(routes!(auth::create_apikey, auth::list_apikeys))
-        .routes(routes!(auth::revoke_apikey))
+        .routes(routes!(access::create_apikey, access::list_apikeys))
+        .routes(routes!(access::revoke_apikey))
         .routes(routes!(audit::verify_audit))
         .routes(routes!(twins::list_series))
         .routes(routes!(twins::get_history, twins::delete_history))

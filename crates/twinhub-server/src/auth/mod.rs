@@ -183,6 +183,8 @@ pub enum PrincipalKind {
     User(String),
     Device(String),
     ApiKey(String),
+    /// The CLI working on a stopped server's data directory (in-process).
+    Local,
 }
 
 /// Who is calling, in which tenant, with which permissions. Handlers take
@@ -264,6 +266,7 @@ impl Principal {
     pub fn name(&self) -> &str {
         match &self.kind {
             PrincipalKind::User(n) | PrincipalKind::Device(n) | PrincipalKind::ApiKey(n) => n,
+            PrincipalKind::Local => "local-cli",
         }
     }
 }

@@ -144,6 +144,26 @@ pub fn set_password(tx: &Connection, username: &str, hash: &str) -> Result<bool,
     )? > 0)
 }
 
+pub fn set_roles(tx: &Connection, username: &str, roles: &[String]) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE users SET roles = ?2 WHERE username = ?1",
+        params![username, serde_json::to_string(roles).unwrap_or_default()],
+    )? > 0)
+}
+
+pub fn delete_user(tx: &Connection, username: &str) -> Result<bool, StoreError> {
+    tx.execute("DELETE FROM refresh_tokens WHERE username = ?1", [username])?;
+    tx.execute("DELETE FROM login_failures WHERE username = ?1", [username])?;
+    Ok(tx.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
+}
+
+/// The sessions that still hold a refresh token.
+pub fn sessions_of(tx: &Connection, username: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.prepare("SELECT DISTINCT session FROM refresh_tokens WHERE username = ?1")?;
+    let rows = stmt.query_map([username], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn load_users(c: &Connection) -> Result<Vec<UserRow>, StoreError> {
     let mut stmt = c.prepare(
         "SELECT username, tenant, password_hash, roles, created_at FROM users ORDER BY username",

@@ -285,3 +285,104 @@ async fn tenants_are_isolated() {
         .contains("tenants:admin"));
     s.stop().await;
 }
+
+/// Users change their own password (proving the current one); admins
+/// change passwords and roles; either ends the old sessions, and deleting
+/// a user stops their tokens at once.
+#[tokio::test]
+async fn passwords_roles_and_deletion_take_effect_at_once() {
+    let s = TestServer::start().await;
+    let ann = s.user("ann", &["viewer"]).await;
+    let as_ann = |m: &str, path: &str, body: serde_json::Value| {
+        s.http
+            .request(m.parse().unwrap(), s.url(path))
+            .bearer_auth(&ann)
+            .json(&body)
+    };
+    let r = as_ann(
+        "PATCH",
+        "/api/v1/users/ann",
+        json!({"password": "Another-pass-1"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .contains("current_password"));
+    let r = as_ann(
+        "PATCH",
+        "/api/v1/users/ann",
+        json!({"roles": ["tenant_admin"]}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(error_of(r, 403, "forbidden").await.contains("users:admin"));
+    let r = as_ann(
+        "PATCH",
+        "/api/v1/users/ann",
+        json!({"password": "Another-pass-1", "current_password": "User-pass-123"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = as_ann("GET", "/api/v1/devices", json!(null))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a password change ends the old sessions");
+    let ann = s.login("ann", "Another-pass-1").await;
+
+    // The admin gives ann operator rights: her current token has them.
+    let (st, v) = s
+        .json(s.patch("/api/v1/users/ann", json!({"roles": ["operator"]})))
+        .await;
+    assert_eq!((st.as_u16(), &v["roles"]), (200, &json!(["operator"])));
+    let r = s
+        .http
+        .patch(s.url("/api/v1/twins/nope"))
+        .bearer_auth(&ann)
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 403, "twins:write is effective at once");
+
+    // Another tenant's admin cannot see ann.
+    s.post("/api/v1/tenants", json!({"id": "other", "name": "Other"}))
+        .send()
+        .await
+        .unwrap();
+    s.post(
+        "/api/v1/users",
+        json!({"username": "otto", "password": "Otto-pass-123", "tenant": "other", "roles": ["tenant_admin"]}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let otto = s.login("otto", "Otto-pass-123").await;
+    let r = s
+        .http
+        .delete(s.url("/api/v1/users/ann"))
+        .bearer_auth(&otto)
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 404, "not_found").await;
+
+    let r = s.delete("/api/v1/users/ann").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = s
+        .http
+        .get(s.url("/api/v1/devices"))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a deleted user's token stops working");
+    let r = s.delete("/api/v1/users/admin").send().await.unwrap();
+    error_of(r, 409, "conflict").await;
+    s.stop().await;
+}

@@ -6,6 +6,7 @@ mod common;
 
 mod apikeys;
 mod auth;
+mod cli;
 mod devices;
 mod events;
 mod graph;
@@ -13,5 +14,5 @@ mod history;
 mod ingest;
 mod mqtt;
 mod ops;
-mod process;
+pub mod process;
 mod security;

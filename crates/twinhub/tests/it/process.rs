@@ -7,15 +7,15 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_twinhub");
-const PW: &str = "child-admin-pass-1";
+pub const BIN: &str = env!("CARGO_BIN_EXE_twinhub");
+pub const PW: &str = "child-admin-pass-1";
 
-struct Server {
-    child: std::process::Child,
-    base: String,
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
 }
 
-fn cmd(dir: &Path) -> Command {
+pub fn cmd(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -28,7 +28,7 @@ fn cmd(dir: &Path) -> Command {
     c
 }
 
-fn start(dir: &Path, with_password: bool) -> Server {
+pub fn start(dir: &Path, with_password: bool) -> Server {
     let _ = std::fs::remove_file(dir.join("ports.json"));
     let mut c = cmd(dir);
     c.args([
@@ -89,7 +89,7 @@ fn kill9(s: &mut Server) {
     let _ = s.child.wait();
 }
 
-fn unsafe_kill(pid: i32, sig: i32) {
+pub fn unsafe_kill(pid: i32, sig: i32) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -98,7 +98,7 @@ fn unsafe_kill(pid: i32, sig: i32) {
     assert!(status.success());
 }
 
-fn layout() -> (tempfile::TempDir, PathBuf) {
+pub fn layout() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("data");
     (root, dir)

@@ -1,0 +1,148 @@
+//! The access CLI (`tenant`, `user`, `apikey`) as a real child process:
+//! directly on a stopped data directory and through a running server.
+
+use crate::process::{cmd, layout, start, unsafe_kill, PW};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+/// Runs the CLI and returns its last stdout line as JSON.
+fn run(dir: &Path, args: &[&str], stdin: Option<&str>, pw_env: &str) -> Value {
+    let mut c = cmd(dir);
+    c.args(args)
+        .env(pw_env, PW)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{s}\n").as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    serde_json::from_str(text.lines().last().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = cmd(dir)
+        .args(args)
+        .env("TWINHUB_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+async fn login(base: &str, user: &str, pw: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": pw}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_users_and_keys_from_the_cli() {
+    let (_root, dir) = layout();
+    let direct = "TWINHUB_ADMIN_PASSWORD";
+    // Directly on the data directory (no server running).
+    let t = run(
+        &dir,
+        &["tenant", "add", "acme", "--name", "Acme"],
+        None,
+        direct,
+    );
+    assert_eq!(t["id"], "acme");
+    let u = run(
+        &dir,
+        &[
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "operator",
+            "--tenant",
+            "acme",
+            "--password-stdin",
+        ],
+        Some("Ann-pass-123"),
+        direct,
+    );
+    assert_eq!(u["tenant"], "acme");
+    assert!(
+        u.get("password").is_none(),
+        "a given password is not echoed"
+    );
+    let k = run(
+        &dir,
+        &["apikey", "create", "ci", "--role", "viewer"],
+        None,
+        direct,
+    );
+    let key = k["key"].as_str().unwrap().to_string();
+    let id = k["id"].as_str().unwrap().to_string();
+    // Bad input is refused with the API's message, nothing half-done.
+    let err = fails(&dir, &["user", "add", "bob", "--role", "wizard"]);
+    assert!(err.contains("roles") && err.contains("wizard"), "{err}");
+
+    let mut s = start(&dir, false);
+    let http = reqwest::Client::new();
+    assert_eq!(login(&s.base, "ann", "Ann-pass-123").await.status(), 200);
+    let with_key = || {
+        http.get(format!("{}/api/v1/devices", s.base))
+            .bearer_auth(&key)
+            .send()
+    };
+    assert_eq!(with_key().await.unwrap().status(), 200);
+
+    // Through the running server's API.
+    let listed = run(
+        &dir,
+        &["user", "list", "--tenant", "acme"],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    assert_eq!(listed["username"], "ann");
+    let p = run(&dir, &["user", "passwd", "ann"], None, "TWINHUB_PASSWORD");
+    let new_pw = p["password"].as_str().unwrap().to_string();
+    assert_eq!(login(&s.base, "ann", "Ann-pass-123").await.status(), 401);
+    assert_eq!(login(&s.base, "ann", &new_pw).await.status(), 200);
+    run(&dir, &["apikey", "revoke", &id], None, "TWINHUB_PASSWORD");
+    assert_eq!(with_key().await.unwrap().status(), 401, "revoked at once");
+
+    // Both paths are in the audit chain, the direct one as the local CLI.
+    let token: Value = login(&s.base, "admin", PW).await.json().await.unwrap();
+    let audit: Value = http
+        .get(format!("{}/api/v1/audit?limit=1000", s.base))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = audit["value"].as_array().unwrap();
+    let by = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action)
+            .map(|e| e["actor"].clone())
+    };
+    assert_eq!(by("apikey.create"), Some(json!("cli:local")), "{audit}");
+    assert_eq!(by("apikey.revoke"), Some(json!("user:admin")), "{audit}");
+    unsafe_kill(s.child.id() as i32, 15);
+    s.child.wait().unwrap();
+}
