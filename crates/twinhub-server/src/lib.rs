@@ -18,6 +18,7 @@ pub mod mqtt;
 pub mod ontologies;
 pub mod pipeline;
 pub mod registry;
+pub mod roles;
 pub mod server;
 pub mod store;
 pub mod tls;

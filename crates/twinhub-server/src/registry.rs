@@ -111,6 +111,8 @@ pub struct Registry {
     apikeys: Arc<RwLock<HashMap<String, Arc<ApiKey>>>>,
     failures: Arc<std::sync::Mutex<HashMap<String, (u32, Option<i64>)>>>,
     local_tokens: Arc<RwLock<std::collections::HashSet<[u8; 32]>>>,
+    /// Custom roles of every tenant.
+    pub roles: crate::roles::RoleBook,
 }
 
 /// What the first start created: the admin password when it was generated
@@ -149,6 +151,7 @@ impl Registry {
                 k.into_bytes()
             }
         };
+        let roles = crate::roles::RoleBook::load(&store)?;
         let reg = Registry {
             store,
             clock,
@@ -186,6 +189,7 @@ impl Registry {
                 failures.into_iter().map(|(u, c, l)| (u, (c, l))).collect(),
             )),
             local_tokens: Default::default(),
+            roles,
         };
         let mut boot = Bootstrap {
             generated_password: None,
@@ -452,7 +456,7 @@ impl Registry {
             field: "password".into(),
             rule: rule.into(),
         })?;
-        self.check_roles(&roles)?;
+        self.check_roles(tenant, &roles)?;
         self.create_user_unchecked(username, tenant, pw, roles)
             .await
     }
@@ -532,7 +536,10 @@ impl Registry {
         username: &str,
         roles: Vec<String>,
     ) -> Result<bool, RegistryError> {
-        self.check_roles(&roles)?;
+        let Some(user) = self.user(username) else {
+            return Ok(false);
+        };
+        self.check_roles(&user.tenant, &roles)?;
         let (name, r) = (username.to_string(), roles.clone());
         let changed = self
             .store
@@ -589,19 +596,26 @@ impl Registry {
         self.users.read().expect("users").get(username).cloned()
     }
 
-    fn check_roles(&self, roles: &[String]) -> Result<(), RegistryError> {
-        for r in roles {
-            if auth::role_perms(r).is_none() {
-                return Err(RegistryError::Invalid {
-                    field: "roles".into(),
-                    rule: format!(
-                        "unknown role '{r}'; built-in roles are {}",
-                        auth::BUILTIN_ROLES.join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(())
+    fn check_roles(&self, tenant: &str, roles: &[String]) -> Result<(), RegistryError> {
+        self.roles
+            .check_names(tenant, roles)
+            .map_err(|rule| RegistryError::Invalid {
+                field: "roles".into(),
+                rule,
+            })
+    }
+
+    /// A principal with its built-in and custom roles resolved.
+    pub fn principal(
+        &self,
+        kind: PrincipalKind,
+        tenant: &str,
+        roles: Vec<String>,
+        session: Option<String>,
+    ) -> Principal {
+        let mut p = Principal::new(kind, tenant, roles, session);
+        self.roles.apply(&mut p);
+        p
     }
 
     /// A bearer token for this process only (the CLI's in-process server):
@@ -743,7 +757,7 @@ impl Registry {
         }
         let users = self.users.read().expect("users");
         let user = users.get(&claims.sub)?;
-        Some(Principal::new(
+        Some(self.principal(
             PrincipalKind::User(user.username.clone()),
             &user.tenant,
             user.roles.clone(),
@@ -924,19 +938,15 @@ impl Registry {
         }
         k.last_used.store(now, Ordering::Relaxed);
         let kind = PrincipalKind::ApiKey(k.row.id.clone());
-        Some(match &k.row.permissions {
-            Some(perms) => Principal::with_perms(
-                kind,
-                &k.row.tenant,
-                k.row.roles.clone(),
-                auth::PermSet::of(
-                    &perms
-                        .iter()
-                        .filter_map(|p| auth::Perm::parse(p))
-                        .collect::<Vec<_>>(),
-                ),
-            ),
-            None => Principal::new(kind, &k.row.tenant, k.row.roles.clone(), None),
-        })
+        let mut p = self.principal(kind, &k.row.tenant, k.row.roles.clone(), None);
+        if let Some(perms) = &k.row.permissions {
+            p.perms = p.perms.union(auth::PermSet::of(
+                &perms
+                    .iter()
+                    .filter_map(|p| auth::Perm::parse(p))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        Some(p)
     }
 }

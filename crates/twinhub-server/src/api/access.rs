@@ -370,22 +370,24 @@ pub async fn create_apikey(
     if req.roles.is_empty() && req.permissions.is_none() {
         return Err(ApiError::field("roles", "give roles or permissions"));
     }
-    for r in &req.roles {
-        if crate::auth::role_perms(r).is_none() {
-            return Err(ApiError::field("roles", &format!("unknown role '{r}'")));
-        }
-        if r == "system_admin" && !p.is_system_admin() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only a system admin may grant system_admin",
-            ));
-        }
+    state
+        .registry
+        .roles
+        .check_names(&tenant, &req.roles)
+        .map_err(|rule| ApiError::field("roles", &rule))?;
+    if req.roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only a system admin may grant system_admin",
+        ));
     }
-    let mut granted = crate::auth::PermSet::default();
-    for r in &req.roles {
-        granted = granted.union(crate::auth::role_perms(r).unwrap_or_default());
-    }
+    let mut key_p = state.registry.principal(
+        crate::auth::PrincipalKind::ApiKey(String::new()),
+        &tenant,
+        req.roles.clone(),
+        None,
+    );
     if let Some(perms) = &req.permissions {
         for (i, s) in perms.iter().enumerate() {
             let perm = crate::auth::Perm::parse(s).ok_or_else(|| {
@@ -394,12 +396,26 @@ pub async fn create_apikey(
                     &format!("unknown permission '{s}'"),
                 )
             })?;
-            granted = granted.union(crate::auth::PermSet::of(&[perm]));
+            key_p.perms = key_p.perms.union(crate::auth::PermSet::of(&[perm]));
         }
     }
-    // A key never holds more than its creator.
+    // A key never holds more than its creator: tenant-wide permissions the
+    // creator has, and scoped ones only under the creator's own scopes.
+    let exceeds = |perm: crate::auth::Perm, root: Option<&str>| {
+        !p.perms.contains(perm)
+            && !root.is_some_and(|r| {
+                p.scoped
+                    .iter()
+                    .any(|g| g.root == r && g.perms.contains(perm))
+            })
+    };
     for perm in crate::auth::Perm::ALL {
-        if granted.contains(perm) && !p.perms.contains(perm) {
+        let over = (key_p.perms.contains(perm) && exceeds(perm, None))
+            || key_p
+                .scoped
+                .iter()
+                .any(|g| g.perms.contains(perm) && exceeds(perm, Some(&g.root)));
+        if over {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -477,6 +493,169 @@ pub async fn revoke_apikey(
     tracing::info!(apikey = %id, by = %p.name(), "API key revoked");
     state
         .audit(&p, &tenant, "apikey.revoke", &id, serde_json::json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    pub name: String,
+    /// Permission names, e.g. ["twins:read", "alarms:ack"].
+    pub permissions: Vec<String>,
+    /// Limits the role to the twins under `twin`, reached through
+    /// `relationships` (default ["contains"]).
+    pub scope: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleView {
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub scope: Option<serde_json::Value>,
+    pub builtin: bool,
+}
+
+fn role_view(r: crate::store::registry::RoleRow) -> RoleView {
+    RoleView {
+        name: r.name,
+        permissions: r.permissions,
+        scope: r.scope,
+        builtin: false,
+    }
+}
+
+/// Creates or replaces a custom role of the tenant. Users and keys holding
+/// it act with the new definition from their next request.
+#[utoipa::path(post, path = "/api/v1/roles", tag = "roles", request_body = RoleBody, params(Paging),
+    responses((status = 201, body = RoleView), (status = 400), (status = 403)))]
+pub async fn put_role(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(req): ApiJson<RoleBody>,
+) -> Result<(StatusCode, Json<RoleView>), ApiError> {
+    p.require(Perm::UsersAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    if !state.registry.tenant_exists(&tenant) {
+        return Err(ApiError::not_found(format!("tenant {tenant} not found")));
+    }
+    let row = crate::store::registry::RoleRow {
+        tenant: tenant.clone(),
+        name: req.name.clone(),
+        permissions: req.permissions.clone(),
+        scope: req.scope.clone(),
+        created_at: state.clock.now_us(),
+    };
+    crate::roles::RoleBook::validate(&row).map_err(role_error)?;
+    // Nobody defines a role with more than they hold themselves.
+    if let Some(missing) = req
+        .permissions
+        .iter()
+        .filter_map(|s| Perm::parse(s))
+        .find(|perm| !p.perms.contains(*perm))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a role cannot hold {}, which you lack", missing.as_str()),
+        ));
+    }
+    state
+        .registry
+        .roles
+        .put(state.registry.store(), row.clone())
+        .await
+        .map_err(role_error)?;
+    tracing::info!(role = %req.name, tenant = %tenant, by = %p.name(), "role written");
+    state
+        .audit(
+            &p,
+            &tenant,
+            "role.put",
+            &req.name,
+            serde_json::json!({"permissions": req.permissions, "scope": req.scope}),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(role_view(row))))
+}
+
+fn role_error(e: crate::roles::RoleError) -> ApiError {
+    match e {
+        crate::roles::RoleError::Invalid { field, rule } => ApiError::field(&field, &rule),
+        crate::roles::RoleError::Store(s) => s.into(),
+    }
+}
+
+/// The built-in roles and the tenant's own.
+#[utoipa::path(get, path = "/api/v1/roles", tag = "roles", params(Paging),
+    responses((status = 200, body = serde_json::Value), (status = 403)))]
+pub async fn list_roles(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::UsersAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let mut value: Vec<RoleView> = crate::auth::BUILTIN_ROLES
+        .iter()
+        .map(|name| {
+            let perms = crate::auth::role_perms(name).unwrap_or_default();
+            RoleView {
+                name: name.to_string(),
+                permissions: crate::auth::Perm::ALL
+                    .into_iter()
+                    .filter(|x| perms.contains(*x))
+                    .map(|x| x.as_str().to_string())
+                    .collect(),
+                scope: None,
+                builtin: true,
+            }
+        })
+        .collect();
+    value.extend(
+        state
+            .registry
+            .roles
+            .list(&tenant)
+            .into_iter()
+            .map(role_view),
+    );
+    Ok(Json(serde_json::json!({"value": value, "next": null})))
+}
+
+#[utoipa::path(delete, path = "/api/v1/roles/{name}", tag = "roles", params(("name" = String, Path), Paging),
+    responses((status = 204), (status = 404), (status = 409)))]
+pub async fn delete_role(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::UsersAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    if let Some(u) = state
+        .registry
+        .users_of(&tenant)
+        .into_iter()
+        .find(|u| u.roles.contains(&name))
+    {
+        return Err(ApiError::conflict(format!(
+            "role {name} is held by user {}; change their roles first",
+            u.username
+        )));
+    }
+    if !state
+        .registry
+        .roles
+        .delete(state.registry.store(), &tenant, &name)
+        .await
+        .map_err(role_error)?
+    {
+        return Err(ApiError::not_found(format!("role {name} not found")));
+    }
+    state
+        .audit(&p, &tenant, "role.delete", &name, serde_json::json!({}))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

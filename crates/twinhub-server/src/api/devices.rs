@@ -297,8 +297,17 @@ pub async fn send_command(
     ApiQuery(q): ApiQuery<CommandQuery>,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    p.require(Perm::CommandsSend)?;
+    if !p.holds_somewhere(Perm::CommandsSend) {
+        p.require(Perm::CommandsSend)?;
+    }
     let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    // Scoped operators command the devices of the twins in their scope.
+    state
+        .authorize_twin(&p, Perm::CommandsSend, &dev.row.tenant, dev.twin())
+        .map_err(|e| match e.status {
+            StatusCode::NOT_FOUND => ApiError::not_found(format!("device {id} not found")),
+            _ => e,
+        })?;
     twinhub_model::ids::check_property_name(&name).map_err(|rule| ApiError::field("name", rule))?;
     let wait = match q.timeout.as_deref() {
         None => 10_000_000,

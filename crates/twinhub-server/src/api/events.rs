@@ -36,11 +36,28 @@ struct Filter {
     types: Vec<String>,
     twin: Option<String>,
     model: Option<String>,
+    /// For scoped principals: which twins' events, and which twins'
+    /// telemetry, they may see (events without a twin are not theirs).
+    events_scope: Option<super::scope::TwinFilter>,
+    telemetry_scope: Option<super::scope::TwinFilter>,
 }
 
 impl Filter {
+    fn in_scope(&self, e: &Event) -> bool {
+        let scope = if e.kind == "telemetry" {
+            &self.telemetry_scope
+        } else {
+            &self.events_scope
+        };
+        match scope {
+            None => true,
+            Some(f) => e.twin.as_deref().is_some_and(|t| f(t)),
+        }
+    }
+
     fn matches(&self, e: &Event) -> bool {
         e.tenant == self.tenant
+            && self.in_scope(e)
             && self.types.iter().any(|t| t == e.kind)
             && self
                 .twin
@@ -69,7 +86,8 @@ pub async fn events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    p.require(Perm::EventsRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let events_scope = state.twin_filter(&p, Perm::EventsRead, &tenant)?;
     let mut types: Vec<String> = match &q.types {
         Some(t) => t
             .split(',')
@@ -84,20 +102,28 @@ pub async fn events(
             &format!("unknown event type '{bad}'; use {}", TYPES.join(", ")),
         ));
     }
-    if types.iter().any(|t| t == "telemetry") && q.types.is_some() {
-        p.require(Perm::TelemetryRead)?;
-    } else if p.require(Perm::TelemetryRead).is_err() {
-        types.retain(|t| t != "telemetry");
-    }
+    let telemetry_scope = if types.iter().any(|t| t == "telemetry") && q.types.is_some() {
+        state.twin_filter(&p, Perm::TelemetryRead, &tenant)?
+    } else {
+        match state.twin_filter(&p, Perm::TelemetryRead, &tenant) {
+            Ok(f) => f,
+            Err(_) => {
+                types.retain(|t| t != "telemetry");
+                None
+            }
+        }
+    };
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let filter = Arc::new(Filter {
-        tenant: p.tenant_scope(q.tenant.as_deref()),
+        tenant,
         types,
         twin: q.twin,
         model: q.model,
+        events_scope,
+        telemetry_scope,
     });
     let (backlog, rx) = state.events.subscribe(last_id);
     let shutdown = state.shutdown.clone();

@@ -260,8 +260,8 @@ pub async fn get_twin(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<TenantParam>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
     if !state.twin_exists(&tenant, &id) {
         return Err(ApiError::not_found(format!("twin {id} not found")));
     }
@@ -288,8 +288,13 @@ pub async fn put_twin(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    if state.twins.twin_exists(&tenant, &id) {
+        state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
+    } else {
+        // A new twin belongs to no scope yet: creating one is tenant-wide.
+        p.require(Perm::TwinsWrite)?;
+    }
     twinhub_model::ids::check_id("id", &id).map_err(|e| ApiError::field(&e.field, e.rule))?;
     let (twin, created) = state
         .twins
@@ -327,8 +332,8 @@ pub async fn patch_twin(
     headers: HeaderMap,
     ApiJson(patch): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
     let twin = state
         .twins
         .patch_twin(&tenant, &id, patch.clone(), cond(&headers))
@@ -360,8 +365,8 @@ pub async fn delete_twin(
     ApiQuery(q): ApiQuery<DeleteTwinQuery>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
     state
         .twins
         .delete_twin(&tenant, &id, cond(&headers))
@@ -408,10 +413,14 @@ pub async fn put_relationship(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
     twinhub_model::ids::check_id("relationshipId", &rel_id)
         .map_err(|e| ApiError::field(&e.field, e.rule))?;
+    if let Some(target) = body.get("$targetId").and_then(|t| t.as_str()) {
+        // A scoped principal cannot pull an outside twin into its subtree.
+        state.authorize_twin(&p, Perm::TwinsRead, &tenant, target)?;
+    }
     let (rel, created) = state
         .twins
         .put_relationship(&tenant, &id, &rel_id, body, cond(&headers))
@@ -444,8 +453,8 @@ pub async fn get_relationship(
     Path((id, rel_id)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<TenantParam>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
     let rel = state
         .twins
         .read(&tenant, |g| g.rel(&id, &rel_id).cloned())
@@ -463,8 +472,8 @@ pub async fn patch_relationship(
     headers: HeaderMap,
     ApiJson(patch): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
     let rel = state
         .twins
         .patch_relationship(&tenant, &id, &rel_id, patch.clone(), cond(&headers))
@@ -490,8 +499,8 @@ pub async fn delete_relationship(
     ApiQuery(q): ApiQuery<TenantParam>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    p.require(Perm::TwinsWrite)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
     state
         .twins
         .delete_relationship(&tenant, &id, &rel_id, cond(&headers))
@@ -545,8 +554,8 @@ pub async fn list_relationships(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RelListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require(Perm::TwinsRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
     let rels = state.twins.read(&tenant, |g| {
         g.twins
             .contains_key(id.as_str())
@@ -563,14 +572,17 @@ pub async fn list_incoming(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RelListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require(Perm::TwinsRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
+    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
     let rels = state.twins.read(&tenant, |g| {
         g.twins
             .contains_key(id.as_str())
             .then(|| g.incoming_of(&id).cloned().collect::<Vec<_>>())
     });
-    let rels = rels.ok_or_else(|| ApiError::not_found(format!("twin {id} not found")))?;
+    let mut rels = rels.ok_or_else(|| ApiError::not_found(format!("twin {id} not found")))?;
+    if let Some(f) = state.twin_filter(&p, Perm::TwinsRead, &tenant)? {
+        rels.retain(|r| f(&r.source));
+    }
     Ok(Json(page_rels(rels, &q, |r| {
         format!("{}\u{0}{}", r.source, r.id)
     })?))
@@ -609,8 +621,8 @@ pub async fn query(
     ApiQuery(tq): ApiQuery<TenantParam>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require(Perm::TwinsRead)?;
     let tenant = p.tenant_scope(tq.tenant.as_deref());
+    let visible = state.twin_filter(&p, Perm::TwinsRead, &tenant)?;
     let body = body.map_err(|e| body_error(e.status(), state.config.http.max_body))?;
     let req: QueryRequest = parse_json(&body)?;
     let page = match req.page_size {
@@ -660,10 +672,42 @@ pub async fn query(
             store.latest_of_twin(&tenant2, id)
         })
         .map_err(|e| ApiError::field("query", &e.0))?;
+    let mut result = result;
+    if let Some(f) = visible {
+        // A row shows only when every twin in it is in the caller's scope;
+        // rows that name no twin (aggregates, bare values) cannot be
+        // attributed, so a scoped caller does not get them.
+        result.items.retain(|row| {
+            let ids = row_twins(row);
+            !ids.is_empty() && ids.iter().all(|id| f(id))
+        });
+    }
     let token = result
         .next
         .map(|o| b64.encode(json!({"q": text, "o": o, "h": query_hash(&text)}).to_string()));
     Ok(Json(
         json!({"value": result.items, "continuationToken": token}),
     ))
+}
+
+/// The `$dtId`s in a query row: the row itself or its projected twins.
+fn row_twins(row: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    if let Some(id) = row.get("$dtId").and_then(|v| v.as_str()) {
+        out.push(id);
+    }
+    if let Some(obj) = row.as_object() {
+        for v in obj.values() {
+            if let Some(id) = v.get("$dtId").and_then(|v| v.as_str()) {
+                out.push(id);
+            }
+            if let Some(id) = v.get("$sourceId").and_then(|v| v.as_str()) {
+                out.push(id);
+            }
+        }
+    }
+    if let Some(id) = row.get("$sourceId").and_then(|v| v.as_str()) {
+        out.push(id);
+    }
+    out
 }

@@ -15,6 +15,7 @@ pub mod events;
 pub mod extract;
 pub mod graph;
 pub mod ops;
+pub mod scope;
 pub mod twins;
 
 use crate::clock::SharedClock;
@@ -180,6 +181,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(access::create_tenant, access::list_tenants))
         .routes(routes!(access::create_user, access::list_users))
         .routes(routes!(access::update_user, access::delete_user))
+        .routes(routes!(access::put_role, access::list_roles))
+        .routes(routes!(access::delete_role))
         .routes(routes!(devices::create_device, devices::list_devices))
         .routes(routes!(
             devices::get_device,

@@ -183,9 +183,9 @@ pub async fn list_series(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> Result<Json<SeriesList>, ApiError> {
-    p.require(Perm::TelemetryRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
     require_twin(&state, &tenant, &id)?;
+    state.authorize_twin(&p, Perm::TelemetryRead, &tenant, &id)?;
     let latest: std::collections::HashMap<String, Point> = state
         .store
         .latest_of_twin(&tenant, &id)
@@ -214,9 +214,9 @@ pub async fn get_history(
     ApiQuery(q): ApiQuery<HistoryQuery>,
     ApiQuery(t): ApiQuery<TenantQuery>,
 ) -> Result<Json<Json_>, ApiError> {
-    p.require(Perm::TelemetryRead)?;
     let tenant = p.tenant_scope(t.tenant.as_deref());
     require_twin(&state, &tenant, &id)?;
+    state.authorize_twin(&p, Perm::TelemetryRead, &tenant, &id)?;
     let spec = spec(&q)?;
     Ok(Json(
         history(&state, SeriesKey::new(&tenant, &id, &name), spec).await?,
@@ -241,9 +241,9 @@ pub async fn delete_history(
     Path((id, name)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<StatusCode, ApiError> {
-    p.require(Perm::TelemetryDelete)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
     require_twin(&state, &tenant, &id)?;
+    state.authorize_twin(&p, Perm::TelemetryDelete, &tenant, &id)?;
     let from = parse_time("from", q.from.as_deref())?.unwrap_or(i64::MIN);
     let to = parse_time("to", q.to.as_deref())?.unwrap_or(i64::MAX);
     if from >= to {
@@ -315,8 +315,8 @@ pub async fn multi_history(
     ApiQuery(t): ApiQuery<TenantQuery>,
     ApiJson(req): ApiJson<MultiQuery>,
 ) -> Result<Json<Json_>, ApiError> {
-    p.require(Perm::TelemetryRead)?;
     let tenant = p.tenant_scope(t.tenant.as_deref());
+    let visible = state.twin_filter(&p, Perm::TelemetryRead, &tenant)?;
     if req.series.is_empty() || req.series.len() > 100 {
         return Err(ApiError::field("series", "must list 1 to 100 series"));
     }
@@ -331,7 +331,7 @@ pub async fn multi_history(
     };
     let mut out = Vec::with_capacity(req.series.len());
     for (i, s) in req.series.iter().enumerate() {
-        if !state.twin_exists(&tenant, &s.twin) {
+        if !state.twin_exists(&tenant, &s.twin) || visible.as_ref().is_some_and(|f| !f(&s.twin)) {
             return Err(ApiError::not_found(format!(
                 "series[{i}].twin: twin {} not found",
                 s.twin

@@ -196,6 +196,18 @@ pub struct Principal {
     pub roles: Vec<String>,
     pub perms: PermSet,
     pub session: Option<String>,
+    /// Permissions that hold only for the twins under a root (custom roles
+    /// with a scope); `perms` holds everywhere in the tenant.
+    pub scoped: Vec<ScopedGrant>,
+}
+
+/// Permissions limited to a twin subtree: the root and every twin reached
+/// from it through the named relationships.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopedGrant {
+    pub root: String,
+    pub relationships: Vec<String>,
+    pub perms: PermSet,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -219,6 +231,7 @@ impl Principal {
             roles,
             perms,
             session: None,
+            scoped: Vec::new(),
         }
     }
 
@@ -238,7 +251,13 @@ impl Principal {
             roles,
             perms,
             session,
+            scoped: Vec::new(),
         }
+    }
+
+    /// Whether `p` holds anywhere: in the whole tenant or in some subtree.
+    pub fn holds_somewhere(&self, p: Perm) -> bool {
+        self.perms.contains(p) || self.scoped.iter().any(|g| g.perms.contains(p))
     }
 
     pub fn require(&self, p: Perm) -> Result<(), Denied> {

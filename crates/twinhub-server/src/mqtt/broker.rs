@@ -362,7 +362,7 @@ impl Broker {
         }
         match self.app.registry.check_password(username, pw).await {
             Some(user) => {
-                let p = crate::auth::Principal::new(
+                let p = self.app.registry.principal(
                     crate::auth::PrincipalKind::User(user.username.clone()),
                     &user.tenant,
                     user.roles.clone(),

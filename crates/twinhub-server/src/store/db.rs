@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 4;
+pub const FORMAT_VERSION: i64 = 5;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -86,6 +86,17 @@ CREATE TABLE apikeys(
     roles TEXT NOT NULL, permissions TEXT, created_by TEXT NOT NULL, created_at INTEGER NOT NULL,
     expires_at INTEGER, revoked_at INTEGER, last_used INTEGER);
 CREATE TABLE login_failures(username TEXT PRIMARY KEY, count INTEGER NOT NULL, locked_until INTEGER);
+"#,
+    r#"
+CREATE TABLE roles(
+    tenant TEXT NOT NULL, name TEXT NOT NULL, permissions TEXT NOT NULL,
+    scope TEXT, created_at INTEGER NOT NULL, PRIMARY KEY(tenant, name)) WITHOUT ROWID;
+ALTER TABLE tenants ADD COLUMN quotas TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE secrets(
+    tenant TEXT NOT NULL, name TEXT NOT NULL, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL,
+    created_at INTEGER NOT NULL, PRIMARY KEY(tenant, name)) WITHOUT ROWID;
+ALTER TABLE devices ADD COLUMN previous_key_hash BLOB;
+ALTER TABLE devices ADD COLUMN previous_key_until INTEGER;
 "#,
 ];
 

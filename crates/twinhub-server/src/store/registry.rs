@@ -319,3 +319,54 @@ pub fn load_login_failures(c: &Connection) -> Result<Vec<(String, u32, Option<i6
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// A tenant's custom role: a permission set, optionally limited to the
+/// twins under one root (`scope` JSON: `{"twin", "relationships"}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleRow {
+    pub tenant: String,
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub scope: Option<serde_json::Value>,
+    pub created_at: i64,
+}
+
+pub fn put_role(tx: &Connection, r: &RoleRow) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO roles(tenant, name, permissions, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(tenant, name) DO UPDATE SET permissions = excluded.permissions, scope = excluded.scope",
+        params![
+            r.tenant,
+            r.name,
+            serde_json::to_string(&r.permissions).unwrap_or_default(),
+            r.scope.as_ref().map(|s| s.to_string()),
+            r.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn delete_role(tx: &Connection, tenant: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "DELETE FROM roles WHERE tenant = ?1 AND name = ?2",
+        params![tenant, name],
+    )? > 0)
+}
+
+pub fn load_roles(c: &Connection) -> Result<Vec<RoleRow>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT tenant, name, permissions, scope, created_at FROM roles ORDER BY tenant, name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let perms: String = r.get(2)?;
+        let scope: Option<String> = r.get(3)?;
+        Ok(RoleRow {
+            tenant: r.get(0)?,
+            name: r.get(1)?,
+            permissions: serde_json::from_str(&perms).unwrap_or_default(),
+            scope: scope.and_then(|s| serde_json::from_str(&s).ok()),
+            created_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -142,6 +142,30 @@ impl TenantGraph {
         self.out.get(source).into_iter().flat_map(|m| m.values())
     }
 
+    /// Whether `twin` is `root` or reached from it through relationships
+    /// named in `rels` (walks up the incoming relationships).
+    pub fn under(&self, root: &str, rels: &[String], twin: &str) -> bool {
+        if twin == root {
+            return true;
+        }
+        let mut seen: std::collections::HashSet<Arc<str>> = Default::default();
+        let mut stack: Vec<Arc<str>> = vec![twin.into()];
+        while let Some(t) = stack.pop() {
+            for r in self.incoming_of(&t) {
+                if !rels.iter().any(|n| *n == r.name) {
+                    continue;
+                }
+                if &*r.source == root {
+                    return true;
+                }
+                if seen.insert(r.source.clone()) {
+                    stack.push(r.source.clone());
+                }
+            }
+        }
+        false
+    }
+
     pub fn incoming_of(&self, target: &str) -> impl Iterator<Item = &Rel> {
         self.incoming
             .get(target)

@@ -15,4 +15,5 @@ mod ingest;
 mod mqtt;
 mod ops;
 pub mod process;
+mod roles;
 mod security;
