@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod ontologies;
 pub mod pipeline;
+pub mod quotas;
 pub mod registry;
 pub mod roles;
 pub mod server;

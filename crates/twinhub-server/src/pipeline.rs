@@ -26,6 +26,8 @@ pub enum IngestError {
     Busy,
     #[error("the store is unavailable")]
     Unavailable,
+    #[error(transparent)]
+    Quota(#[from] crate::quotas::QuotaExceeded),
 }
 
 pub struct Pipeline {
@@ -34,6 +36,7 @@ pub struct Pipeline {
     events: Arc<EventBus>,
     metrics: Arc<ServerMetrics>,
     clock: SharedClock,
+    quotas: Arc<crate::quotas::Quotas>,
     /// Last server-assigned timestamp per twin, so points without `ts`
     /// never collapse onto one another.
     last_server_ts: Mutex<HashMap<(String, String), i64>>,
@@ -46,6 +49,7 @@ impl Pipeline {
         metrics: Arc<ServerMetrics>,
         clock: SharedClock,
         twins: Arc<crate::twins::TwinGraphs>,
+        quotas: Arc<crate::quotas::Quotas>,
     ) -> Pipeline {
         Pipeline {
             store,
@@ -53,6 +57,7 @@ impl Pipeline {
             events,
             metrics,
             clock,
+            quotas,
             last_server_ts: Mutex::new(HashMap::new()),
         }
     }
@@ -118,10 +123,17 @@ impl Pipeline {
                 points += 1;
             }
         }
+        if let Err(q) = self.quotas.reserve_points(tenant, points) {
+            self.metrics.ingest_rejected.add("quota", 1);
+            return Err(q.into());
+        }
         let res = match wait {
             Some(w) => self.store.append_within(batch, w).await,
             None => self.store.append(batch).await,
         };
+        if res.is_err() {
+            self.quotas.release_points(tenant, points);
+        }
         match res {
             Ok(()) => {}
             Err(StoreError::Busy) => {

@@ -335,6 +335,15 @@ impl Registry {
         v
     }
 
+    pub fn device_count(&self, tenant: &str) -> usize {
+        self.devices
+            .read()
+            .expect("devices")
+            .values()
+            .filter(|d| d.row.tenant == tenant)
+            .count()
+    }
+
     pub fn all_devices(&self) -> Vec<Arc<Device>> {
         self.devices
             .read()

@@ -150,12 +150,14 @@ pub async fn run(
     let twins = crate::twins::TwinGraphs::load(store.clone(), events.clone(), clock.clone())?;
     let audit =
         crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
+    let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
     let pipeline = Pipeline::new(
         store.clone(),
         events.clone(),
         metrics.clone(),
         clock.clone(),
         twins.clone(),
+        quotas.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState(Arc::new(AppInner {
@@ -178,6 +180,7 @@ pub async fn run(
         twins,
         audit,
         limiter: Default::default(),
+        quotas,
     }));
 
     let http_addr = listeners.http.local_addr()?;
@@ -294,6 +297,16 @@ pub async fn run(
 
 fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut jobs = Vec::new();
+    let q = state.quotas.clone();
+    jobs.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let q = q.clone();
+            let _ = tokio::task::spawn_blocking(move || q.measure_storage()).await;
+        }
+    }));
     let timeout = parse_duration(&state.config.devices.inactivity_timeout).unwrap_or(600_000_000);
     let s = state.clone();
     jobs.push(tokio::spawn(async move {

@@ -659,3 +659,97 @@ pub async fn delete_role(
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// A tenant with its quotas and what it uses of them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantDetail {
+    pub id: String,
+    pub name: String,
+    pub quotas: crate::quotas::TenantQuotas,
+    pub usage: TenantUsage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantUsage {
+    pub devices: usize,
+    pub twins: usize,
+    /// Points accepted today (UTC); counted while a daily quota is set.
+    pub points_today: u64,
+    pub storage_bytes: u64,
+}
+
+fn tenant_detail(state: &AppState, id: &str) -> Result<TenantDetail, ApiError> {
+    let t = state
+        .registry
+        .tenants()
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| ApiError::not_found(format!("tenant {id} not found")))?;
+    Ok(TenantDetail {
+        usage: TenantUsage {
+            devices: state.registry.device_count(id),
+            twins: state.twins.read(id, |g| g.twins.len()),
+            points_today: state.quotas.points_today(id),
+            storage_bytes: state.quotas.storage_of(id),
+        },
+        quotas: state.quotas.of(id),
+        id: t.id,
+        name: t.name,
+    })
+}
+
+/// A tenant's quotas and usage: system admins for any tenant, tenant
+/// admins (users:admin) for their own.
+#[utoipa::path(get, path = "/api/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 200, body = TenantDetail), (status = 403), (status = 404)))]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<TenantDetail>, ApiError> {
+    if !p.perms.contains(Perm::TenantsAdmin) {
+        p.require(Perm::UsersAdmin)?;
+        if id != p.tenant {
+            return Err(ApiError::not_found(format!("tenant {id} not found")));
+        }
+    }
+    Ok(Json(tenant_detail(&state, &id)?))
+}
+
+/// Sets a tenant's quotas (system admins). Absent fields are unlimited.
+/// Lowering a quota below current use refuses new work; nothing already
+/// accepted is removed.
+#[utoipa::path(put, path = "/api/v1/tenants/{id}/quotas", tag = "tenants", params(("id" = String, Path)),
+    request_body = crate::quotas::TenantQuotas,
+    responses((status = 200, body = TenantDetail), (status = 400), (status = 403), (status = 404)))]
+pub async fn put_quotas(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiJson(q): ApiJson<crate::quotas::TenantQuotas>,
+) -> Result<Json<TenantDetail>, ApiError> {
+    p.require(Perm::TenantsAdmin)?;
+    if !state.registry.tenant_exists(&id) {
+        return Err(ApiError::not_found(format!("tenant {id} not found")));
+    }
+    if q.requests_per_second
+        .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+    {
+        return Err(ApiError::field(
+            "requests_per_second",
+            "must be a positive number",
+        ));
+    }
+    state.quotas.set(&id, q.clone()).await?;
+    tracing::info!(tenant = %id, by = %p.name(), "quotas set");
+    state
+        .audit(
+            &p,
+            &id,
+            "tenant.quotas",
+            &id,
+            serde_json::to_value(&q).unwrap_or_default(),
+        )
+        .await;
+    Ok(Json(tenant_detail(&state, &id)?))
+}

@@ -110,6 +110,9 @@ pub async fn create_device(
 ) -> Result<(StatusCode, Json<DeviceCreated>), ApiError> {
     p.require(Perm::DevicesAdmin)?;
     let tenant = scope(&state, &p, q.tenant.as_deref())?;
+    state
+        .quotas
+        .check_devices(&tenant, state.registry.device_count(&tenant))?;
     let (dev, key) = state
         .registry
         .create_device_with(

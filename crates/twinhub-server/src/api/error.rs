@@ -170,6 +170,22 @@ impl From<IngestError> for ApiError {
                 "service_unavailable",
                 "the store is unavailable",
             ),
+            IngestError::Quota(q) => q.into(),
+        }
+    }
+}
+
+/// Rate-like quotas answer 429 with Retry-After (points: until the next
+/// UTC day); count-like ones 403. Both name the quota.
+impl From<crate::quotas::QuotaExceeded> for ApiError {
+    fn from(q: crate::quotas::QuotaExceeded) -> ApiError {
+        let message = format!("quota {} exceeded (limit {})", q.name, q.limit);
+        match q.retry_after {
+            Some(secs) => ApiError {
+                retry_after: Some(secs),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+            },
+            None => ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", message),
         }
     }
 }

@@ -60,10 +60,27 @@ impl FromRequestParts<AppState> for Principal {
             .cloned()
             .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))))
             .unwrap_or(rl.requests_per_second);
+        if let Some(rps) = state.quotas.of(&p.tenant).requests_per_second {
+            if let Err(wait) = state.limiter.check(
+                &format!("t:{}", p.tenant),
+                rps,
+                rps.max(1.0),
+                state.clock.now_us(),
+            ) {
+                return Err(crate::quotas::QuotaExceeded {
+                    tenant: p.tenant.clone(),
+                    name: "requests_per_second",
+                    limit: rps.to_string(),
+                    retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+                }
+                .into());
+            }
+        }
         if let Err(wait) = state.limiter.check(
             &format!("p:{}:{}", p.tenant, p.name()),
             rate,
             rl.burst.max(rate),
+            state.clock.now_us(),
         ) {
             return Err(too_many(wait));
         }
@@ -100,7 +117,11 @@ impl FromRequestParts<AppState> for DeviceCreds {
         match state.registry.authenticate_device(id, key) {
             Ok(d) => {
                 let rate = state.config.rate_limits.device_requests_per_second;
-                if let Err(wait) = state.limiter.check(&format!("d:{id}"), rate, rate * 2.0) {
+                if let Err(wait) =
+                    state
+                        .limiter
+                        .check(&format!("d:{id}"), rate, rate * 2.0, state.clock.now_us())
+                {
                     return Err(too_many(wait));
                 }
                 Ok(DeviceCreds(d))

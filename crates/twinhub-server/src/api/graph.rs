@@ -294,6 +294,8 @@ pub async fn put_twin(
     } else {
         // A new twin belongs to no scope yet: creating one is tenant-wide.
         p.require(Perm::TwinsWrite)?;
+        let count = state.twins.read(&tenant, |g| g.twins.len());
+        state.quotas.check_twins(&tenant, count)?;
     }
     twinhub_model::ids::check_id("id", &id).map_err(|e| ApiError::field(&e.field, e.rule))?;
     let (twin, created) = state

@@ -62,6 +62,7 @@ pub struct AppInner {
     pub twins: Arc<crate::twins::TwinGraphs>,
     pub audit: crate::audit::AuditLog,
     pub limiter: crate::auth::ratelimit::RateLimiter,
+    pub quotas: Arc<crate::quotas::Quotas>,
 }
 
 #[derive(Clone)]
@@ -179,6 +180,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(access::create_tenant, access::list_tenants))
+        .routes(routes!(access::get_tenant))
+        .routes(routes!(access::put_quotas))
         .routes(routes!(access::create_user, access::list_users))
         .routes(routes!(access::update_user, access::delete_user))
         .routes(routes!(access::put_role, access::list_roles))

@@ -908,6 +908,7 @@ fn finish_pass(
         let failed = match &res {
             Ok(_) => None,
             Err(crate::pipeline::IngestError::Invalid { .. }) => Some(0x99u8),
+            Err(crate::pipeline::IngestError::Quota(_)) => Some(0x97u8),
             Err(_) => Some(0x80u8),
         };
         let mut ops = pass.ops;

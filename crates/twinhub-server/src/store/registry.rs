@@ -370,3 +370,25 @@ pub fn load_roles(c: &Connection) -> Result<Vec<RoleRow>, StoreError> {
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+pub fn load_quotas(c: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = c.prepare("SELECT id, quotas FROM tenants")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_quotas(tx: &Connection, tenant: &str, quotas: &str) -> Result<bool, StoreError> {
+    Ok(tx.execute(
+        "UPDATE tenants SET quotas = ?2 WHERE id = ?1",
+        params![tenant, quotas],
+    )? > 0)
+}
+
+/// Compressed history bytes per tenant (chunks; rollups are small).
+pub fn storage_by_tenant(c: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = c.prepare(
+        "SELECT s.tenant, SUM(length(c.data)) FROM chunks c JOIN series s ON s.id = c.series_id GROUP BY s.tenant",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

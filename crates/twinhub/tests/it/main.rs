@@ -15,5 +15,6 @@ mod ingest;
 mod mqtt;
 mod ops;
 pub mod process;
+mod quotas;
 mod roles;
 mod security;
