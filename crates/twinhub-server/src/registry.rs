@@ -298,6 +298,8 @@ impl Registry {
             created_at: self.now_us(),
             last_seen: None,
             unknown_telemetry: unknown_telemetry.to_string(),
+            previous_key_hash: None,
+            previous_key_until: None,
         };
         let dev = Arc::new(Device::new(row.clone()));
         let (d, cache) = (dev.clone(), self.devices.clone());
@@ -377,6 +379,29 @@ impl Registry {
             }
             row.twin_id = t;
         }
+        self.replace_device(current, row).await
+    }
+
+    /// Gives a device a new key; the old one keeps working for `overlap_us`
+    /// (0: revoked at once). Returns the new key, shown once.
+    pub async fn rotate_device_key(
+        &self,
+        current: &Device,
+        overlap_us: i64,
+    ) -> Result<(Arc<Device>, String), RegistryError> {
+        let key = auth::random_secret(24);
+        let mut row = current.row.clone();
+        row.previous_key_hash = (overlap_us > 0).then(|| row.key_hash.clone());
+        row.previous_key_until = (overlap_us > 0).then(|| self.now_us() + overlap_us);
+        row.key_hash = auth::digest(&key).to_vec();
+        Ok((self.replace_device(current, row).await?, key))
+    }
+
+    async fn replace_device(
+        &self,
+        current: &Device,
+        row: DeviceRow,
+    ) -> Result<Arc<Device>, RegistryError> {
         let dev = Arc::new(Device::new(row.clone()));
         dev.last_seen
             .store(current.last_seen.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -420,7 +445,13 @@ impl Registry {
             .as_ref()
             .map(|d| d.row.key_hash.as_slice())
             .unwrap_or(&[0u8; 32]);
-        let ok = auth::verify_digest(key, stored);
+        let mut ok = auth::verify_digest(key, stored);
+        if let Some(d) = &dev {
+            if let (Some(prev), Some(until)) = (&d.row.previous_key_hash, d.row.previous_key_until)
+            {
+                ok |= until > self.now_us() && auth::verify_digest(key, prev);
+            }
+        }
         match dev {
             Some(d) if ok => {
                 if d.row.enabled {

@@ -44,6 +44,17 @@ pub enum DeviceCmd {
         #[command(flatten)]
         flags: ServerFlags,
     },
+    /// Issue a new key (printed once); the old one works for --overlap.
+    RotateKey {
+        id: String,
+        /// How long the old key keeps working, e.g. 1h (default: stops now).
+        #[arg(long)]
+        overlap: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
 }
 
 #[derive(Subcommand)]
@@ -323,7 +334,8 @@ pub async fn device(file: Option<&PathBuf>, cmd: DeviceCmd) -> anyhow::Result<()
     let flags = match &cmd {
         DeviceCmd::Add { flags, .. }
         | DeviceCmd::List { flags, .. }
-        | DeviceCmd::Rm { flags, .. } => flags.clone(),
+        | DeviceCmd::Rm { flags, .. }
+        | DeviceCmd::RotateKey { flags, .. } => flags.clone(),
     };
     with_api(file, &flags, move |api| {
         Box::pin(async move {
@@ -354,6 +366,21 @@ pub async fn device(file: Option<&PathBuf>, cmd: DeviceCmd) -> anyhow::Result<()
                     )
                     .await?;
                     println!("{}", json!({"deleted": id}));
+                }
+                DeviceCmd::RotateKey {
+                    id,
+                    overlap,
+                    tenant,
+                    ..
+                } => {
+                    let v = api
+                        .call(
+                            "POST",
+                            &format!("/api/v1/devices/{id}/key{}", tenant_q(&tenant)),
+                            Some(json!({"overlap": overlap})),
+                        )
+                        .await?;
+                    println!("{v}");
                 }
             }
             Ok(())

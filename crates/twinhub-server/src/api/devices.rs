@@ -216,6 +216,55 @@ pub async fn patch_device(
     Ok(Json(view(&dev)))
 }
 
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old key keeps working ("0s" to "30d"; default "0s":
+    /// the old key stops at once).
+    pub overlap: Option<String>,
+}
+
+/// Issues a new device key (shown once). With an overlap the old key
+/// keeps working until the device has switched.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/key", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    request_body = RotateKey,
+    responses((status = 200, body = serde_json::Value, description = "{\"id\",\"key\",\"previous_key_valid_until\"}"), (status = 400), (status = 404)))]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(req): ApiJson<RotateKey>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::DevicesAdmin)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    let overlap = match req.overlap.as_deref() {
+        None => 0,
+        Some(o) => twinhub_model::time::parse_duration(o)
+            .map_err(|rule| ApiError::field("overlap", rule))?,
+    };
+    if !(0..=30 * 86_400_000_000).contains(&overlap) {
+        return Err(ApiError::field("overlap", "must be between 0s and 30d"));
+    }
+    let (dev, key) = state.registry.rotate_device_key(&dev, overlap).await?;
+    tracing::info!(device = %id, by = %p.name(), "device key rotated");
+    state
+        .audit(
+            &p,
+            &dev.row.tenant,
+            "device.rotate_key",
+            &id,
+            serde_json::json!({"overlap": req.overlap}),
+        )
+        .await;
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "key": key,
+        "previous_key_valid_until": dev.row.previous_key_until.map(twinhub_model::time::format_rfc3339),
+    })))
+}
+
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path), ("tenant" = Option<String>, Query)),
     responses((status = 204), (status = 404)))]

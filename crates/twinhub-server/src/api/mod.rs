@@ -181,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::logout))
         .routes(routes!(access::create_tenant, access::list_tenants))
         .routes(routes!(access::get_tenant))
+        .routes(routes!(devices::rotate_key))
         .routes(routes!(access::put_quotas))
         .routes(routes!(access::create_user, access::list_users))
         .routes(routes!(access::update_user, access::delete_user))

@@ -24,6 +24,10 @@ pub struct DeviceRow {
     /// For a modelled twin: `reject` telemetry names the model lacks, or
     /// `record` them (history and live value, no validation).
     pub unknown_telemetry: String,
+    /// After a key rotation the old key keeps working until
+    /// `previous_key_until` (µs), so devices can switch without a gap.
+    pub previous_key_hash: Option<Vec<u8>>,
+    pub previous_key_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,8 +73,8 @@ pub fn load_tenants(c: &Connection) -> Result<Vec<TenantRow>, StoreError> {
 
 pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
     tx.execute(
-                "INSERT INTO devices(id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO devices(id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry, previous_key_hash, previous_key_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             d.id,
             d.tenant,
@@ -79,7 +83,9 @@ pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
             d.enabled,
             d.created_at,
             d.last_seen,
-            d.unknown_telemetry
+            d.unknown_telemetry,
+            d.previous_key_hash,
+            d.previous_key_until
         ],
     )
     .map_err(|e| conflict(e, format!("device {} already exists", d.id)))?;
@@ -88,8 +94,17 @@ pub fn insert_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
 
 pub fn update_device(tx: &Connection, d: &DeviceRow) -> Result<(), StoreError> {
     let n = tx.execute(
-                "UPDATE devices SET twin_id = ?2, key_hash = ?3, enabled = ?4, unknown_telemetry = ?5 WHERE id = ?1",
-        params![d.id, d.twin_id, d.key_hash, d.enabled, d.unknown_telemetry],
+        "UPDATE devices SET twin_id = ?2, key_hash = ?3, enabled = ?4, unknown_telemetry = ?5,
+         previous_key_hash = ?6, previous_key_until = ?7 WHERE id = ?1",
+        params![
+            d.id,
+            d.twin_id,
+            d.key_hash,
+            d.enabled,
+            d.unknown_telemetry,
+            d.previous_key_hash,
+            d.previous_key_until
+        ],
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("device {} not found", d.id)));
@@ -111,7 +126,7 @@ pub fn set_last_seen(tx: &Connection, seen: &[(String, i64)]) -> Result<(), Stor
 
 pub fn load_devices(c: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry FROM devices ORDER BY id",
+        "SELECT id, tenant, twin_id, key_hash, enabled, created_at, last_seen, unknown_telemetry, previous_key_hash, previous_key_until FROM devices ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(DeviceRow {
@@ -123,6 +138,8 @@ pub fn load_devices(c: &Connection) -> Result<Vec<DeviceRow>, StoreError> {
             created_at: r.get(5)?,
             last_seen: r.get(6)?,
             unknown_telemetry: r.get(7)?,
+            previous_key_hash: r.get(8)?,
+            previous_key_until: r.get(9)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

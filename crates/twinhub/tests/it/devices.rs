@@ -181,3 +181,55 @@ async fn device_credentials_are_checked() {
     );
     s.stop().await;
 }
+
+/// Key rotation: with an overlap both keys work until it ends (also after
+/// a restart, and over MQTT); without one the old key stops at once.
+#[tokio::test]
+async fn device_keys_rotate_with_an_overlap_window() {
+    let s = TestServer::start().await;
+    let old = s.device("rot").await;
+    let (st, v) = s
+        .json(s.post("/api/v1/devices/rot/key", json!({"overlap": "1h"})))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let new = v["key"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert!(v["previous_key_valid_until"].is_string(), "{v}");
+    let s = s.restart().await;
+    for k in [&old, &new] {
+        assert_eq!(s.send("rot", k, json!({"t": 1})).await.status(), 200);
+    }
+    let (_c, ack) = crate::mqtt::open4(s.mqtt(), "rot", Some(("rot", &old)), true).await;
+    assert_eq!(ack.code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+    s.clock.advance_us(2 * 3_600 * 1_000_000);
+    let _ = s.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(s.send("rot", &old, json!({"t": 2})).await.status(), 401);
+    assert_eq!(s.send("rot", &new, json!({"t": 2})).await.status(), 200);
+
+    // No overlap: the old key is dead at once.
+    let token = s.login("admin", ADMIN_PASSWORD).await;
+    let r = s
+        .http
+        .post(s.url("/api/v1/devices/rot/key"))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let newer = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.send("rot", &new, json!({"t": 3})).await.status(), 401);
+    assert_eq!(s.send("rot", &newer, json!({"t": 3})).await.status(), 200);
+    let r = s
+        .http
+        .post(s.url("/api/v1/devices/rot/key"))
+        .bearer_auth(&token)
+        .json(&json!({"overlap": "90d"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("overlap"));
+    s.stop().await;
+}
