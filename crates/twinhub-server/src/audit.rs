@@ -6,7 +6,7 @@
 //! database, so a truncated tail, or a chain recomputed by someone who can
 //! write the database but not the key and checkpoint, is detected.
 //!
-//! May call: `store`, `clock`.
+//! May call: `store`, `clock`, `keyfile`.
 
 use crate::clock::SharedClock;
 use crate::store::audit::{self as rows, AuditRow};
@@ -75,20 +75,7 @@ impl AuditLog {
         configured_key: Option<&str>,
     ) -> Result<AuditLog, StoreError> {
         let dir = store.dir().to_path_buf();
-        let key = match configured_key {
-            Some(k) if !k.is_empty() => k.as_bytes().to_vec(),
-            _ => {
-                let path = dir.join(KEY_FILE);
-                match std::fs::read(&path) {
-                    Ok(k) if !k.is_empty() => k,
-                    _ => {
-                        let k = crate::auth::random_secret(32).into_bytes();
-                        write_private(&path, &k)?;
-                        k
-                    }
-                }
-            }
-        };
+        let key = crate::keyfile::load_or_create(&dir, KEY_FILE, configured_key)?;
         let heads: HashMap<String, (i64, Vec<u8>)> = store
             .read(|c| rows::heads(c))?
             .into_iter()
@@ -154,7 +141,7 @@ impl AuditLog {
                             (c.clone(), serde_json::json!({"seq": s, "mac": hex(m)}))
                         })
                         .collect();
-                    if let Err(e) = write_private(
+                    if let Err(e) = crate::keyfile::write_private(
                         &file,
                         serde_json::to_vec(&snapshot).unwrap_or_default().as_slice(),
                     ) {
@@ -241,19 +228,4 @@ impl AuditLog {
     pub fn chains(&self) -> Result<Vec<String>, StoreError> {
         self.store.read(rows::chains)
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }

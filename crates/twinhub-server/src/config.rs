@@ -26,6 +26,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub audit: AuditConfig,
     pub rate_limits: RateLimitConfig,
+    pub secrets: SecretsConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -48,6 +49,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             audit: AuditConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            secrets: SecretsConfig::default(),
             admin_password: None,
         }
     }
@@ -254,6 +256,15 @@ impl Default for RateLimitConfig {
             device_requests_per_second: 0.0,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Key of the secret box (env TWINHUB_SECRETS_KEY). When unset, a
+    /// random key is kept in `<data_dir>/secrets.key` (0600), outside the
+    /// database.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

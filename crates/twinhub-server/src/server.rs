@@ -151,6 +151,11 @@ pub async fn run(
     let audit =
         crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
+    let secrets = Arc::new(crate::secrets::SecretBox::open(
+        store.clone(),
+        clock.clone(),
+        config.secrets.key.as_deref(),
+    )?);
     let pipeline = Pipeline::new(
         store.clone(),
         events.clone(),
@@ -181,6 +186,7 @@ pub async fn run(
         audit,
         limiter: Default::default(),
         quotas,
+        secrets,
     }));
 
     let http_addr = listeners.http.local_addr()?;

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod graph;
 pub mod ops;
 pub mod scope;
+pub mod secrets;
 pub mod twins;
 
 use crate::clock::SharedClock;
@@ -63,6 +64,7 @@ pub struct AppInner {
     pub audit: crate::audit::AuditLog,
     pub limiter: crate::auth::ratelimit::RateLimiter,
     pub quotas: Arc<crate::quotas::Quotas>,
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 #[derive(Clone)]
@@ -182,6 +184,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(access::create_tenant, access::list_tenants))
         .routes(routes!(access::get_tenant))
         .routes(routes!(devices::rotate_key))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(secrets::put_secret, secrets::delete_secret))
         .routes(routes!(access::put_quotas))
         .routes(routes!(access::create_user, access::list_users))
         .routes(routes!(access::update_user, access::delete_user))

@@ -45,10 +45,11 @@ pub enum Perm {
     TenantsAdmin,
     MqttPublish,
     MqttSubscribe,
+    SecretsAdmin,
 }
 
 impl Perm {
-    pub const ALL: [Perm; 26] = [
+    pub const ALL: [Perm; 27] = [
         Perm::TwinsRead,
         Perm::TwinsWrite,
         Perm::ModelsRead,
@@ -75,6 +76,7 @@ impl Perm {
         Perm::TenantsAdmin,
         Perm::MqttPublish,
         Perm::MqttSubscribe,
+        Perm::SecretsAdmin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +107,7 @@ impl Perm {
             Perm::TenantsAdmin => "tenants:admin",
             Perm::MqttPublish => "mqtt:publish",
             Perm::MqttSubscribe => "mqtt:subscribe",
+            Perm::SecretsAdmin => "secrets:admin",
         }
     }
 

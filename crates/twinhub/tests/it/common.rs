@@ -67,14 +67,20 @@ impl TestServer {
     }
 
     /// Graceful stop and a new server on the same data directory.
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Restart with a changed configuration.
+    pub async fn restart_with(mut self, f: impl FnOnce(&mut Config)) -> TestServer {
         self.handle
             .take()
             .unwrap()
             .stop()
             .await
             .expect("clean stop");
-        let (dir, config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
+        let (dir, mut config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
+        f(&mut config);
         TestServer::boot(dir, config, clock).await
     }
 

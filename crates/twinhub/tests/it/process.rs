@@ -246,13 +246,50 @@ async fn sigterm_is_graceful_and_the_bootstrap_password_is_shown_once() {
         .await
         .unwrap();
     let key = created["key"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let apikey: Value = http
+        .post(format!("{}/api/v1/apikeys", s.base))
+        .bearer_auth(&token)
+        .json(&json!({"name": "k", "roles": ["viewer"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let apikey = apikey["key"].as_str().unwrap().to_string();
+    let secret_value = "whsec_never-log-this-0123456789".to_string();
+    let r = http
+        .put(format!("{}/api/v1/secrets/hook", s.base))
+        .bearer_auth(&token)
+        .json(&json!({"value": secret_value}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let wrong_pw = "Wrong-password-typed-9".to_string();
+    http.post(format!("{}/api/v1/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": wrong_pw}))
+        .send()
+        .await
+        .unwrap();
     unsafe_kill(s.child.id() as i32, 15);
     assert!(s.child.wait().unwrap().success(), "exit 0 on SIGTERM");
     assert!(!dir.join("ports.json").exists());
     let logs = std::fs::read_to_string(root.path().join("stderr.log")).unwrap();
     assert!(logs.contains("\"stopped cleanly\""), "json logs: {logs}");
-    for secret in [&pw, &key, &token] {
+    for secret in [&pw, &key, &token, &apikey, &secret_value, &wrong_pw] {
         assert!(!logs.contains(secret.as_str()), "a secret reached the log");
+    }
+    // Nor the database: secrets are encrypted at rest.
+    for f in ["twinhub.db", "twinhub.db-wal"] {
+        let bytes = std::fs::read(dir.join(f)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(secret_value.len())
+                .any(|w| w == secret_value.as_bytes()),
+            "{f} holds the secret in clear"
+        );
     }
 }
 

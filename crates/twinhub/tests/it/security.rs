@@ -278,3 +278,73 @@ async fn https_serves_the_api_with_a_generated_certificate() {
     assert!(!out.stdout.starts_with(b"{"), "{:?}", out);
     s.stop().await;
 }
+
+/// The secret box: write-only values with masked previews, per tenant,
+/// encrypted with a key outside the database (a wrong key cannot read).
+#[tokio::test]
+async fn secrets_are_write_only_and_encrypted_at_rest() {
+    let s = TestServer::start().await;
+    let value = "whsec_abcdefghijklmnop-42";
+    let r = s
+        .http
+        .put(s.url("/api/v1/secrets/webhook"))
+        .bearer_auth(&s.token)
+        .json(&json!({"value": value}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["preview"], "wh…42", "{v}");
+    let (_, list) = s.json(s.get("/api/v1/secrets")).await;
+    assert_eq!(list["value"][0]["name"], "webhook");
+    assert!(!list.to_string().contains(value));
+    let (_, audit) = s.json(s.get("/api/v1/audit?limit=1000")).await;
+    assert!(!audit.to_string().contains(value));
+    assert!(audit.to_string().contains("secret.put"));
+
+    // Another tenant sees nothing; a viewer may not touch secrets.
+    s.post("/api/v1/tenants", json!({"id": "t2", "name": "T2"}))
+        .send()
+        .await
+        .unwrap();
+    let (_, other) = s.json(s.get("/api/v1/secrets?tenant=t2")).await;
+    assert_eq!(other["value"], json!([]));
+    let viewer = s.user("vic", &["viewer"]).await;
+    let r = s
+        .http
+        .get(s.url("/api/v1/secrets"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 403, "forbidden")
+        .await
+        .contains("secrets:admin"));
+    let r = s
+        .http
+        .put(s.url("/api/v1/secrets/empty"))
+        .bearer_auth(&s.token)
+        .json(&json!({"value": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("value"));
+
+    // The key lives beside the database, not in it; the same data read
+    // with another key is refused, not garbled.
+    assert!(s.dir.path().join("secrets.key").exists());
+    let s = s.restart().await;
+    let (_, list) = s.json(s.get("/api/v1/secrets")).await;
+    assert_eq!(
+        list["value"][0]["preview"], "wh…42",
+        "the key file persists"
+    );
+    let db = std::fs::read(s.dir.path().join("twinhub.db")).unwrap();
+    assert!(!db.windows(value.len()).any(|w| w == value.as_bytes()));
+    let s = s
+        .restart_with(|c| c.secrets.key = Some("a-different-key".into()))
+        .await;
+    let (_, list) = s.json(s.get("/api/v1/secrets")).await;
+    assert_eq!(list["value"][0]["preview"], "(undecryptable)");
+    s.stop().await;
+}
