@@ -4,6 +4,7 @@
 
 mod common;
 
+mod access_matrix;
 mod apikeys;
 mod auth;
 mod cli;
