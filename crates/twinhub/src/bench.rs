@@ -21,6 +21,7 @@ pub enum Suite {
     Idle,
     Mqtt,
     Twins,
+    Auth,
 }
 
 #[derive(Args)]
@@ -436,6 +437,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Idle) {
         blocking(idle_suite).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Auth) {
+        crate::bench_auth::run().await?;
     }
     if matches!(args.suite, Suite::All | Suite::Twins) {
         crate::bench_twins::run(crate::bench_twins::TwinArgs {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_auth;
 mod bench_mqtt;
 mod bench_twins;
 mod demo;
