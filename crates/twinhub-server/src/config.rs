@@ -284,6 +284,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key for the TLS listeners.
     pub key: Option<PathBuf>,
+    /// PEM CA whose client certificates log devices in over MQTTS
+    /// (CN = device id); `twinhub cert --client <id>` issues them.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -56,8 +56,14 @@ impl Listeners {
             "" => None,
             addr => Some(bind_one(addr, "--mqtt-listen").await?),
         };
-        let mqtts = bind_tls(config, &config.mqtt.tls_listen, "--mqtt-tls-listen").await?;
-        let https = bind_tls(config, &config.http.tls_listen, "--http-tls-listen").await?;
+        let mqtts = bind_tls(
+            config,
+            &config.mqtt.tls_listen,
+            "--mqtt-tls-listen",
+            config.tls.client_ca.as_deref(),
+        )
+        .await?;
+        let https = bind_tls(config, &config.http.tls_listen, "--http-tls-listen", None).await?;
         Ok(Listeners {
             http,
             mqtt,
@@ -71,6 +77,7 @@ async fn bind_tls(
     config: &Config,
     addr: &str,
     flag: &'static str,
+    client_ca: Option<&std::path::Path>,
 ) -> Result<Option<(TcpListener, tokio_rustls::TlsAcceptor)>, ServerError> {
     if addr.trim().is_empty() {
         return Ok(None);
@@ -80,7 +87,7 @@ async fn bind_tls(
             "{flag} needs --tls-cert and --tls-key"
         ))));
     };
-    let cfg = crate::tls::server_config(cert, key)?;
+    let cfg = crate::tls::server_config_with_clients(cert, key, client_ca)?;
     Ok(Some((
         bind_one(addr.trim(), flag).await?,
         tokio_rustls::TlsAcceptor::from(cfg),

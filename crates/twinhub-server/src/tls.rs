@@ -22,20 +22,36 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// A server configuration from a PEM certificate chain and private key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read(path)?.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::File {
-            path: cert.display().to_string(),
+            path: path.display().to_string(),
             reason: format!("not a PEM certificate chain: {e}"),
         })?;
     if certs.is_empty() {
         return Err(TlsError::File {
-            path: cert.display().to_string(),
+            path: path.display().to_string(),
             reason: "holds no certificate".into(),
         });
     }
+    Ok(certs)
+}
+
+/// A server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with_clients(cert, key, None)
+}
+
+/// As `server_config`; with `client_ca`, clients may also present a
+/// certificate signed by that CA (devices: CN = device id). Clients without
+/// one still connect and log in with a password.
+pub fn server_config_with_clients(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = pem_certs(cert)?;
     let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
         .map_err(|e| TlsError::File {
             path: key.display().to_string(),
@@ -46,13 +62,83 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
             reason: "holds no private key".into(),
         })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in pem_certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::File {
+                    path: ca.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(cfg))
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der_next(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | x as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject common name of a DER certificate (already verified by the
+/// TLS layer; this only reads it).
+pub fn subject_cn(der: &[u8]) -> Option<String> {
+    let (_, cert, _) = der_next(der).filter(|(t, _, _)| *t == 0x30)?;
+    let (_, tbs, _) = der_next(cert).filter(|(t, _, _)| *t == 0x30)?;
+    let mut rest = tbs;
+    let mut fields = Vec::with_capacity(6);
+    while let Some((tag, content, r)) = der_next(rest) {
+        if tag != 0xA0 {
+            fields.push(content);
+        }
+        rest = r;
+        if fields.len() == 5 {
+            break;
+        }
+    }
+    // serial, signature algorithm, issuer, validity, subject
+    let mut rdns = *fields.get(4)?;
+    while let Some((_, set, r)) = der_next(rdns) {
+        rdns = r;
+        let mut attrs = set;
+        while let Some((_, attr, r2)) = der_next(attrs) {
+            attrs = r2;
+            let (oid_tag, oid, value) = der_next(attr)?;
+            if oid_tag == 0x06 && oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = der_next(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
 }
 
 /// PEM texts of a generated CA and a server certificate it signed.
@@ -65,15 +151,10 @@ pub struct Generated {
 
 /// A CA and a server certificate for `hosts` (DNS names or IP addresses).
 pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, DnType, KeyPair};
     let err = |e: rcgen::Error| TlsError::Config(e.to_string());
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "twinhub local CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate().map_err(err)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
+    let ca_cert = ca_params()?.self_signed(&ca_key).map_err(err)?;
     let mut server = CertificateParams::new(hosts.to_vec()).map_err(err)?;
     server.distinguished_name.push(
         DnType::CommonName,
@@ -87,6 +168,33 @@ pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+fn ca_params() -> Result<rcgen::CertificateParams, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "twinhub local CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(ca)
+}
+
+/// A client certificate for a device (CN = device id) signed by the local
+/// CA whose private key is `ca_key_pem`: (certificate PEM, key PEM).
+pub fn issue_client(ca_key_pem: &str, device_id: &str) -> Result<(String, String), TlsError> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let err = |e: rcgen::Error| TlsError::Config(e.to_string());
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
+    // The issuer is identified by its name and key, which this rebuilds.
+    let issuer = ca_params()?.self_signed(&ca_key).map_err(err)?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    p.distinguished_name.push(DnType::CommonName, device_id);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = p.signed_by(&key, &issuer, &ca_key).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Writes a generated set into `dir` (keys mode 0600): ca.pem, ca-key.pem,
@@ -115,6 +223,19 @@ pub fn write_generated(dir: &Path, g: &Generated) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_certificates_carry_the_device_id() {
+        let g = generate(&["localhost".into()]).unwrap();
+        let (cert, _) = issue_client(&g.ca_key, "pump-7").unwrap();
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(subject_cn(der.as_ref()).as_deref(), Some("pump-7"));
+        assert_eq!(subject_cn(&[0x30, 0x03, 0x02]), None, "truncated");
+        assert_eq!(subject_cn(b""), None);
+    }
 
     #[test]
     fn generated_certificates_load() {

@@ -49,6 +49,9 @@ pub struct ServerFlags {
     /// PEM private key for TLS listeners. Env: TWINHUB_TLS_KEY.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates log devices in over MQTTS (CN = device id). Env: TWINHUB_TLS_CLIENT_CA.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -80,6 +83,9 @@ impl ServerFlags {
         }
         if let Some(k) = &self.tls_key {
             v.push(("tls.key", k.display().to_string()));
+        }
+        if let Some(c) = &self.tls_client_ca {
+            v.push(("tls.client_ca", c.display().to_string()));
         }
         if let Some(f) = &self.log_format {
             v.push(("log.format", f.clone()));
@@ -135,6 +141,10 @@ enum Command {
         /// Host names and IP addresses the certificate is valid for.
         #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         hosts: Vec<String>,
+        /// Instead: issue a client certificate for this device id, signed
+        /// by <out>/ca-key.pem (for MQTTS with tls.client_ca).
+        #[arg(long)]
+        client: Option<String>,
     },
 }
 
@@ -193,7 +203,21 @@ fn main() -> std::process::ExitCode {
             Command::Tenant(cmd) => admin::tenant(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
-                        Command::Cert { out, hosts } => {
+                        Command::Cert {
+                out,
+                client: Some(device),
+                ..
+            } => {
+                let ca_key = std::fs::read_to_string(out.join("ca-key.pem"))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", out.join("ca-key.pem").display()))?;
+                let (cert, key) = twinhub_server::tls::issue_client(&ca_key, &device)?;
+                std::fs::write(out.join(format!("{device}.pem")), cert)?;
+                twinhub_server::keyfile::write_private(&out.join(format!("{device}-key.pem")), key.as_bytes())?;
+                println!("wrote {0}/{device}.pem and {0}/{device}-key.pem (0600): CN = {device}", out.display());
+                println!("serve with --tls-client-ca {}/ca.pem; the device connects to MQTTS with client id {device} and no password", out.display());
+                Ok(())
+            }
+            Command::Cert { out, hosts, .. } => {
                 let g = twinhub_server::tls::generate(&hosts)?;
                 twinhub_server::tls::write_generated(&out, &g)?;
                 println!("wrote {0}/ca.pem, {0}/server.pem and their keys (0600) for {1}", out.display(), hosts.join(", "));

@@ -313,7 +313,26 @@ impl Broker {
         client_id: &str,
         username: Option<&str>,
         password: Option<&str>,
+        cert_device: Option<&str>,
     ) -> Result<(Identity, Arc<str>), Refusal> {
+        // A client certificate from the configured CA names the device
+        // (CN = device id); it replaces the password.
+        if let Some(cn) = cert_device {
+            if let Some(d) = self.app.registry.device(cn) {
+                if cn != client_id || username.is_some_and(|u| u != cn) {
+                    return Err(Refusal::ClientIdInvalid);
+                }
+                if !d.row.enabled {
+                    return Err(Refusal::NotAuthorized);
+                }
+                return Ok((
+                    Identity::Device {
+                        id: d.row.id.as_str().into(),
+                    },
+                    d.row.tenant.as_str().into(),
+                ));
+            }
+        }
         let Some(username) = username else {
             if self.settings.allow_anonymous {
                 return Ok((Identity::Anonymous, self.settings.anonymous_tenant.clone()));

@@ -131,6 +131,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     broker: Arc<Broker>,
     io: S,
     peer: SocketAddr,
+    cert_device: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = &broker.metrics;
@@ -187,7 +188,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         max_out: connect.max_packet_size.map(|m| m as usize),
     };
     let connected = m.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let outcome = session(&mut conn, *connect, peer, connected, &mut shutdown).await;
+    let outcome = session(
+        &mut conn,
+        *connect,
+        peer,
+        cert_device.as_deref(),
+        connected,
+        &mut shutdown,
+    )
+    .await;
     m.connections.fetch_sub(1, Ordering::SeqCst);
     let _ = conn.flush().await;
     let _ = conn.io.shutdown().await;
@@ -283,6 +292,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     c: ConnectIn,
     peer: SocketAddr,
+    cert_device: Option<&str>,
     connected: usize,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionOutcome {
@@ -301,7 +311,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     }
     let (identity, tenant) = match broker
-        .authenticate(&c.client_id, c.username.as_deref(), c.password.as_deref())
+        .authenticate(
+            &c.client_id,
+            c.username.as_deref(),
+            c.password.as_deref(),
+            cert_device,
+        )
         .await
     {
         Ok(x) => x,

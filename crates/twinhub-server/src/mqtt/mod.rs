@@ -33,7 +33,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(connection::run(broker.clone(), sock, peer, shutdown.clone()));
+                    tokio::spawn(connection::run(broker.clone(), sock, peer, None, shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT accept failed");
@@ -66,7 +66,16 @@ pub async fn serve_tls(
                     tokio::spawn(async move {
                         let timeout = b.settings.connect_timeout;
                         match tokio::time::timeout(timeout, a.accept(sock)).await {
-                            Ok(Ok(tls)) => connection::run(b, tls, peer, sd).await,
+                            Ok(Ok(tls)) => {
+                                // Verified by the TLS layer against tls.client_ca.
+                                let cn = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| crate::tls::subject_cn(c.as_ref()));
+                                connection::run(b, tls, peer, cn, sd).await
+                            }
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
@@ -94,7 +103,7 @@ pub async fn serve_websocket(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let shutdown = broker.app.shutdown.clone();
-    let conn = tokio::spawn(connection::run(broker, theirs, peer, shutdown));
+    let conn = tokio::spawn(connection::run(broker, theirs, peer, None, shutdown));
     let (mut rd, mut wr) = tokio::io::split(ours);
     let (mut sink, mut stream) = ws.split();
     let inbound = async move {

@@ -275,3 +275,56 @@ async fn mqtts_with_a_generated_certificate() {
     assert_ne!(got.first(), Some(&0x20u8), "no CONNACK over plain TCP");
     s.stop().await;
 }
+
+/// MQTTS with device client certificates (tls.client_ca): mosquitto_pub
+/// logs in with its certificate and no password; a certificate for another
+/// device id, or no certificate and no password, gets nowhere.
+#[tokio::test]
+async fn devices_log_in_with_client_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
+    for id in ["cert-dev", "other-dev"] {
+        let (cert, key) = twinhub_server::tls::issue_client(&g.ca_key, id).unwrap();
+        std::fs::write(certs.path().join(format!("{id}.pem")), cert).unwrap();
+        std::fs::write(certs.path().join(format!("{id}-key.pem")), key).unwrap();
+    }
+    let dir = certs.path().to_path_buf();
+    let s = TestServer::start_with(move |c| {
+        c.mqtt.tls_listen = "127.0.0.1:0".into();
+        c.tls.cert = Some(dir.join("server.pem"));
+        c.tls.key = Some(dir.join("server-key.pem"));
+        c.tls.client_ca = Some(dir.join("ca.pem"));
+    })
+    .await;
+    let port = s.handle_ready().mqtts.unwrap().port().to_string();
+    s.device("cert-dev").await;
+    let publish = |client_id: &str, cert: Option<&str>| {
+        let mut c = tokio::process::Command::new("mosquitto_pub");
+        c.args(["-h", "127.0.0.1", "-p", &port, "--cafile"])
+            .arg(certs.path().join("ca.pem"))
+            .args(["-i", client_id, "-q", "1", "-t"])
+            .arg(format!("devices/{client_id}/telemetry"))
+            .args(["-m", r#"{"v": 11}"#]);
+        if let Some(id) = cert {
+            c.arg("--cert")
+                .arg(certs.path().join(format!("{id}.pem")))
+                .arg("--key")
+                .arg(certs.path().join(format!("{id}-key.pem")));
+        }
+        c.output()
+    };
+    let out = publish("cert-dev", Some("cert-dev")).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, twin) = s.json(s.get("/api/v1/twins/cert-dev")).await;
+    assert_eq!(twin["v"], 11);
+    let out = publish("cert-dev", Some("other-dev")).await.unwrap();
+    assert!(!out.status.success(), "another device's certificate");
+    let out = publish("cert-dev", None).await.unwrap();
+    assert!(!out.status.success(), "no certificate, no password");
+    s.stop().await;
+}
