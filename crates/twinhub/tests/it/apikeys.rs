@@ -201,6 +201,21 @@ async fn api_keys_log_in_to_mqtt() {
         .to_string();
     let (_c, ack) = open4(s.mqtt(), "scada-1", Some(("apikey", &key)), true).await;
     assert_eq!(ack.code, C4::Success);
+    let id = key.split('_').nth(1).unwrap().to_string();
+    assert_eq!(
+        s.delete(&format!("/api/v1/apikeys/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let (_c, ack) = open4(s.mqtt(), "scada-1b", Some(("apikey", &key)), true).await;
+    assert_eq!(ack.code, C4::BadUserNamePassword, "a revoked key");
+    let key = create_key(&s, json!({"name": "scada2", "roles": ["operator"]})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_c, ack) = open4(s.mqtt(), "scada-2", Some(("apikey", "thk_x_y")), true).await;
     assert_eq!(ack.code, C4::BadUserNamePassword);
     let devices_only = create_key(&s, json!({"name": "d", "permissions": ["devices:read"]})).await
