@@ -205,7 +205,7 @@ pub async fn update_user(
 ) -> Result<Json<UserView>, ApiError> {
     let own = matches!(&p.kind, crate::auth::PrincipalKind::User(n) if *n == username);
     let admin = p.perms.contains(Perm::UsersAdmin);
-    if !admin && !(own && req.roles.is_none()) {
+    if !admin && (!own || req.roles.is_some()) {
         p.require(Perm::UsersAdmin)?;
     }
     let user = user_for(&state, &p, &username)?;

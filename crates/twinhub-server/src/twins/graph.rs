@@ -152,7 +152,7 @@ impl TenantGraph {
         let mut stack: Vec<Arc<str>> = vec![twin.into()];
         while let Some(t) = stack.pop() {
             for r in self.incoming_of(&t) {
-                if !rels.iter().any(|n| *n == r.name) {
+                if !rels.contains(&r.name) {
                     continue;
                 }
                 if &*r.source == root {

@@ -212,10 +212,6 @@ async fn api_keys_log_in_to_mqtt() {
     );
     let (_c, ack) = open4(s.mqtt(), "scada-1b", Some(("apikey", &key)), true).await;
     assert_eq!(ack.code, C4::BadUserNamePassword, "a revoked key");
-    let key = create_key(&s, json!({"name": "scada2", "roles": ["operator"]})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let (_c, ack) = open4(s.mqtt(), "scada-2", Some(("apikey", "thk_x_y")), true).await;
     assert_eq!(ack.code, C4::BadUserNamePassword);
     let devices_only = create_key(&s, json!({"name": "d", "permissions": ["devices:read"]})).await

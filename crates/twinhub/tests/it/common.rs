@@ -204,3 +204,17 @@ pub async fn error_of(r: Response, status: u16, code: &str) -> String {
     assert_eq!(v["error"]["code"], code, "{v}");
     v["error"]["message"].as_str().unwrap().to_string()
 }
+
+/// A local CA and server certificate for localhost in a temporary
+/// directory, with the config pointing at them.
+pub fn tls_certs() -> (tempfile::TempDir, twinhub_server::tls::Generated) {
+    let certs = tempfile::tempdir().unwrap();
+    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
+    (certs, g)
+}
+
+pub fn use_certs(c: &mut Config, dir: &std::path::Path) {
+    c.tls.cert = Some(dir.join("server.pem"));
+    c.tls.key = Some(dir.join("server-key.pem"));
+}

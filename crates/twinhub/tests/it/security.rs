@@ -229,17 +229,11 @@ async fn audit_is_per_tenant_and_needs_its_permission() {
 /// to the TLS port, gets nothing.
 #[tokio::test]
 async fn https_serves_the_api_with_a_generated_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
-    let (cert, key) = (
-        certs.path().join("server.pem"),
-        certs.path().join("server-key.pem"),
-    );
+    let (certs, _) = tls_certs();
+    let dir = certs.path().to_path_buf();
     let s = TestServer::start_with(move |c| {
         c.http.tls_listen = "127.0.0.1:0".into();
-        c.tls.cert = Some(cert);
-        c.tls.key = Some(key);
+        use_certs(c, &dir);
     })
     .await;
     let port = s.handle_ready().https.expect("HTTPS listener").port();

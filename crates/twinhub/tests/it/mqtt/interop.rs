@@ -215,17 +215,11 @@ async fn paho_python_devices_work_unchanged() {
 /// that does not speak TLS gets nowhere.
 #[tokio::test]
 async fn mqtts_with_a_generated_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
-    let (cert, key) = (
-        certs.path().join("server.pem"),
-        certs.path().join("server-key.pem"),
-    );
+    let (certs, _) = tls_certs();
+    let dir = certs.path().to_path_buf();
     let s = TestServer::start_with(move |c| {
         c.mqtt.tls_listen = "127.0.0.1:0".into();
-        c.tls.cert = Some(cert);
-        c.tls.key = Some(key);
+        use_certs(c, &dir);
     })
     .await;
     let tls_port = s
@@ -281,9 +275,7 @@ async fn mqtts_with_a_generated_certificate() {
 /// device id, or no certificate and no password, gets nowhere.
 #[tokio::test]
 async fn devices_log_in_with_client_certificates() {
-    let certs = tempfile::tempdir().unwrap();
-    let g = twinhub_server::tls::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
-    twinhub_server::tls::write_generated(certs.path(), &g).unwrap();
+    let (certs, g) = tls_certs();
     for id in ["cert-dev", "other-dev"] {
         let (cert, key) = twinhub_server::tls::issue_client(&g.ca_key, id).unwrap();
         std::fs::write(certs.path().join(format!("{id}.pem")), cert).unwrap();
@@ -292,8 +284,7 @@ async fn devices_log_in_with_client_certificates() {
     let dir = certs.path().to_path_buf();
     let s = TestServer::start_with(move |c| {
         c.mqtt.tls_listen = "127.0.0.1:0".into();
-        c.tls.cert = Some(dir.join("server.pem"));
-        c.tls.key = Some(dir.join("server-key.pem"));
+        use_certs(c, &dir);
         c.tls.client_ca = Some(dir.join("ca.pem"));
     })
     .await;
