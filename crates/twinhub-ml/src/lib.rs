@@ -10,11 +10,13 @@
 //!
 //! May call: nothing of twinhub (a leaf crate).
 
+pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod proto;
 pub mod tensor;
 
+pub use manifest::{Drift, FieldError, Kind, Manifest, Prediction, Predictor};
 pub use model::{percentile, Model, Run};
 pub use tensor::Tensor;
 

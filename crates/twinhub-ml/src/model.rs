@@ -145,7 +145,9 @@ impl Model {
         let interval_step = steps.iter().position(|s| {
             s.outputs.first() == Some(&first_out)
                 && s.op.trees().is_some_and(|t| {
-                    t.n_outputs == 1 && t.post == crate::ops::tree::PostTransform::None
+                    t.n_outputs == 1
+                        && t.post == crate::ops::tree::PostTransform::None
+                        && t.averaging()
                 })
         });
         Ok(Model {

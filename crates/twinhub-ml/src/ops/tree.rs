@@ -245,6 +245,14 @@ impl Trees {
         })
     }
 
+    /// Whether the trees average (a random forest: AVERAGE, or SUM of
+    /// pre-scaled weights with no base value) rather than boost, so that
+    /// each tree's own output is a prediction.
+    pub fn averaging(&self) -> bool {
+        self.aggregate == Aggregate::Average
+            || (self.aggregate == Aggregate::Sum && self.base_values.iter().all(|b| *b == 0.0))
+    }
+
     pub fn n_trees(&self) -> usize {
         self.roots.len()
     }
