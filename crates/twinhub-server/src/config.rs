@@ -27,6 +27,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rate_limits: RateLimitConfig,
     pub secrets: SecretsConfig,
+    pub ml: MlConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -50,6 +51,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             rate_limits: RateLimitConfig::default(),
             secrets: SecretsConfig::default(),
+            ml: MlConfig::default(),
             admin_password: None,
         }
     }
@@ -259,6 +261,32 @@ impl Default for RateLimitConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlConfig {
+    /// Largest ONNX model accepted (bytes); larger uploads answer 413.
+    pub max_model_bytes: usize,
+    /// Rows per batch prediction at most; more answer 413.
+    pub max_batch: usize,
+    /// Prediction cache entries (0 disables it) and how long one lives.
+    pub cache_entries: usize,
+    pub cache_ttl: String,
+    /// Scenario rows per what-if call at most.
+    pub max_scenarios: usize,
+}
+
+impl Default for MlConfig {
+    fn default() -> Self {
+        MlConfig {
+            max_model_bytes: 64 << 20,
+            max_batch: 1000,
+            cache_entries: 10_000,
+            cache_ttl: "60s".into(),
+            max_scenarios: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
@@ -381,6 +409,7 @@ impl Config {
             ("auth.access_token_ttl", &self.auth.access_token_ttl),
             ("auth.refresh_token_ttl", &self.auth.refresh_token_ttl),
             ("auth.lockout_duration", &self.auth.lockout_duration),
+            ("ml.cache_ttl", &self.ml.cache_ttl),
             ("ingest.queue_wait", &self.ingest.queue_wait),
             (
                 "devices.inactivity_timeout",
@@ -444,6 +473,16 @@ impl Config {
             lockout_threshold: self.auth.lockout_threshold.max(1),
             lockout_s: parse_duration(&self.auth.lockout_duration).unwrap_or(900_000_000)
                 / 1_000_000,
+        }
+    }
+
+    pub fn ml_settings(&self) -> crate::ml::MlSettings {
+        crate::ml::MlSettings {
+            max_model_bytes: self.ml.max_model_bytes,
+            max_batch: self.ml.max_batch.max(1),
+            cache_entries: self.ml.cache_entries,
+            cache_ttl_us: parse_duration(&self.ml.cache_ttl).unwrap_or(60_000_000),
+            max_scenarios: self.ml.max_scenarios.max(1),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod events;
 pub mod keyfile;
 pub mod metrics;
+pub mod ml;
 pub mod mqtt;
 pub mod ontologies;
 pub mod pipeline;

@@ -146,6 +146,24 @@ impl Exposition {
         );
     }
 
+    /// A gauge with several labelled series (values escaped).
+    pub fn gauge_series(&mut self, name: &str, help: &str, series: &[(Vec<(&str, String)>, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in series {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    format!("{k}=\"{v}\"")
+                })
+                .collect();
+            let _ = writeln!(self.0, "{name}{{{}}} {v}", l.join(","));
+        }
+    }
+
     pub fn finish(self) -> String {
         self.0
     }

@@ -158,6 +158,7 @@ pub async fn run(
     let audit =
         crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
+    let ml = crate::ml::MlModels::load(store.clone(), clock.clone(), config.ml_settings())?;
     let secrets = Arc::new(crate::secrets::SecretBox::open(
         store.clone(),
         clock.clone(),
@@ -194,6 +195,7 @@ pub async fn run(
         limiter: Default::default(),
         quotas,
         secrets,
+        ml,
     }));
 
     let http_addr = listeners.http.local_addr()?;

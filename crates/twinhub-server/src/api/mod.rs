@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod graph;
+pub mod ml;
 pub mod ops;
 pub mod scope;
 pub mod secrets;
@@ -65,6 +66,7 @@ pub struct AppInner {
     pub limiter: crate::auth::ratelimit::RateLimiter,
     pub quotas: Arc<crate::quotas::Quotas>,
     pub secrets: Arc<crate::secrets::SecretBox>,
+    pub ml: Arc<crate::ml::MlModels>,
 }
 
 #[derive(Clone)]
@@ -228,6 +230,14 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(twins::get_history, twins::delete_history))
         .routes(routes!(twins::multi_history))
         .routes(routes!(events::events))
+        .routes(routes!(ml::upload, ml::list))
+        .routes(routes!(ml::info))
+        .routes(routes!(ml::predict))
+        .routes(routes!(ml::predict_batch))
+        .routes(routes!(ml::scenarios))
+        .routes(routes!(ml::activate))
+        .routes(routes!(ml::put_ab, ml::delete_ab))
+        .routes(routes!(ml::delete_version))
         .split_for_parts();
     let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
     let limit = state
@@ -235,7 +245,8 @@ pub fn router(state: AppState) -> Router {
         .http
         .max_body
         .max(state.config.http.max_ingest_body)
-        .max(graph::MAX_MODEL_UPLOAD);
+        .max(graph::MAX_MODEL_UPLOAD)
+        .max(state.config.ml.max_model_bytes.saturating_mul(2) + (1 << 20));
     api.route("/mqtt", get(mqtt_websocket))
         .route(
             "/api/v1/openapi.json",

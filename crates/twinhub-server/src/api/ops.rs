@@ -204,6 +204,27 @@ pub async fn metrics(
             mm.telemetry_rejected.get(),
         );
     }
+    let ml = &state.ml;
+    x.counter(
+        "twinhub_ml_cache_hits_total",
+        "Predictions answered from the cache.",
+        ml.cache.hits.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    x.counter(
+        "twinhub_ml_cache_misses_total",
+        "Predictions computed.",
+        ml.cache.misses.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let drift: Vec<(Vec<(&str, String)>, f64)> = ml
+        .drift_gauges()
+        .into_iter()
+        .map(|(t, m, f, psi)| (vec![("tenant", t), ("model", m), ("feature", f)], psi))
+        .collect();
+    x.gauge_series(
+        "twinhub_ml_drift_psi",
+        "Population stability index of live inputs against training, per active model and feature.",
+        &drift,
+    );
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         x.finish(),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 5;
+pub const FORMAT_VERSION: i64 = 6;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -97,6 +97,18 @@ CREATE TABLE secrets(
     created_at INTEGER NOT NULL, PRIMARY KEY(tenant, name)) WITHOUT ROWID;
 ALTER TABLE devices ADD COLUMN previous_key_hash BLOB;
 ALTER TABLE devices ADD COLUMN previous_key_until INTEGER;
+"#,
+    r#"
+CREATE TABLE ml_models(
+    tenant TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL,
+    manifest TEXT NOT NULL, onnx BLOB NOT NULL, sha256 TEXT NOT NULL, created_at INTEGER NOT NULL,
+    PRIMARY KEY(tenant, name, version)) WITHOUT ROWID;
+CREATE TABLE ml_routing(
+    tenant TEXT NOT NULL, name TEXT NOT NULL, active TEXT NOT NULL,
+    candidate TEXT, share REAL NOT NULL DEFAULT 0, PRIMARY KEY(tenant, name)) WITHOUT ROWID;
+CREATE TABLE ml_bindings(
+    tenant TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
+    PRIMARY KEY(tenant, id)) WITHOUT ROWID;
 "#,
 ];
 

@@ -16,6 +16,7 @@ pub mod columns;
 mod compactor;
 pub mod db;
 mod head;
+pub mod ml;
 pub mod mqtt;
 mod query;
 pub mod registry;

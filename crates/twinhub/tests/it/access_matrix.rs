@@ -202,6 +202,56 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!({}),
             "tenants:admin",
         ),
+        ("GET", "/api/v1/ml/models", json!(null), "ml:read"),
+        ("POST", "/api/v1/ml/models", json!(null), "ml:admin"),
+        (
+            "GET",
+            "/api/v1/ml/models/reactor-yield",
+            json!(null),
+            "ml:read",
+        ),
+        (
+            "POST",
+            "/api/v1/ml/models/reactor-yield/predict",
+            json!({"temperature": 350, "pressure": 5.5, "flow_rate": 100}),
+            "ml:predict",
+        ),
+        (
+            "POST",
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": []}),
+            "ml:predict",
+        ),
+        (
+            "POST",
+            "/api/v1/ml/models/reactor-yield/scenarios",
+            json!({"rows": [{"temperature": 350, "pressure": 5.5, "flow_rate": 100}]}),
+            "ml:predict",
+        ),
+        (
+            "POST",
+            "/api/v1/ml/models/reactor-yield/versions/ghost/activate",
+            json!({}),
+            "ml:admin",
+        ),
+        (
+            "PUT",
+            "/api/v1/ml/models/reactor-yield/ab",
+            json!({"candidate": "ghost", "share": 0.5}),
+            "ml:admin",
+        ),
+        (
+            "DELETE",
+            "/api/v1/ml/models/reactor-yield/ab",
+            json!(null),
+            "ml:admin",
+        ),
+        (
+            "DELETE",
+            "/api/v1/ml/models/reactor-yield/versions/ghost",
+            json!(null),
+            "ml:admin",
+        ),
     ]
 }
 
@@ -251,6 +301,24 @@ fn role_holds(role: &str, perm: &str) -> bool {
 
 async fn fixtures(s: &TestServer, tenant: &str) {
     let q = format!("?tenant={tenant}");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "model",
+            reqwest::multipart::Part::bytes(crate::ml::fixture("reactor_yield.onnx")),
+        )
+        .part(
+            "manifest",
+            reqwest::multipart::Part::text(crate::ml::yield_manifest("1").to_string()),
+        );
+    let r = s
+        .http
+        .post(s.url(&format!("/api/v1/ml/models{q}")))
+        .bearer_auth(&s.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let ok = |r: reqwest::Response| async move {
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     };

@@ -13,6 +13,7 @@ mod events;
 mod graph;
 mod history;
 mod ingest;
+pub mod ml;
 mod mqtt;
 mod ops;
 pub mod process;

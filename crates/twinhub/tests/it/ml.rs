@@ -1,0 +1,387 @@
+//! ML over HTTP: upload, predict with intervals and validation, batches,
+//! versions, A/B, scenarios, the cache and drift.
+
+use crate::common::*;
+use reqwest::multipart::{Form, Part};
+use serde_json::{json, Value};
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../twinhub-ml/tests/fixtures");
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+pub fn yield_manifest(version: &str) -> Value {
+    let mut m: Value = serde_json::from_slice(&fixture("reactor_yield.manifest.json")).unwrap();
+    m["version"] = json!(version);
+    m
+}
+
+pub async fn upload(s: &TestServer, onnx: Vec<u8>, manifest: &Value) -> reqwest::Response {
+    let form = Form::new()
+        .part("model", Part::bytes(onnx).file_name("model.onnx"))
+        .part("manifest", Part::text(manifest.to_string()));
+    s.http
+        .post(s.url("/api/v1/ml/models"))
+        .bearer_auth(&s.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn upload_yield(s: &TestServer, version: &str) -> Value {
+    let r = upload(s, fixture("reactor_yield.onnx"), &yield_manifest(version)).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+const ROW: &str = r#"{"temperature": 350, "pressure": 5.5, "flow_rate": 100}"#;
+
+#[tokio::test]
+async fn upload_and_predict_with_the_seed_interval() {
+    let s = TestServer::start().await;
+    let up = upload_yield(&s, "1.0.0").await;
+    assert_eq!(up["active"], true);
+    assert_eq!(up["trees"], 30);
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/predict",
+            serde_json::from_str(ROW).unwrap(),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let y = v["prediction"].as_f64().unwrap();
+    let (lo, hi) = (
+        v["interval"]["lower"].as_f64().unwrap(),
+        v["interval"]["upper"].as_f64().unwrap(),
+    );
+    assert!(lo <= y && y <= hi && hi - lo < 10.0, "{v}");
+    assert_eq!(v["interval"]["level"], 0.9);
+    assert_eq!(v["model_version"], "1.0.0");
+    assert!(v["inference_time_ms"].as_f64().unwrap() >= 0.0);
+
+    // Validation names the feature: missing 400, out of range 422,
+    // unknown 400.
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/predict",
+            json!({"temperature": 350, "pressure": 5.5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("flow_rate"));
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/predict",
+            json!({"temperature": 500, "pressure": 5.5, "flow_rate": 100}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let msg = error_of(r, 422, "unprocessable_entity").await;
+    assert!(
+        msg.contains("temperature") && msg.contains("[330, 390]"),
+        "{msg}"
+    );
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/predict",
+            json!({"temperature": 350, "pressure": 5.5, "flow_rate": 100, "colour": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("colour"));
+    let r = s
+        .post("/api/v1/ml/models/nope/predict", json!({}))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 404, "not_found").await;
+
+    // A batch answers in order; a bad row fails it whole, by index.
+    let rows: Vec<Value> = (0..5)
+        .map(|i| json!({"temperature": 345 + 5 * i, "pressure": 5.5, "flow_rate": 100}))
+        .collect();
+    let (st, b) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": rows}),
+        ))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let preds = b["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 5);
+    let (_, one) = s
+        .json(s.post("/api/v1/ml/models/reactor-yield/predict", rows[3].clone()))
+        .await;
+    assert_eq!(preds[3]["prediction"], one["prediction"], "same order");
+    let mut bad = rows.clone();
+    bad[2] = json!({"temperature": 345, "pressure": 5.5});
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": bad}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .contains("rows[2].flow_rate"));
+    let many: Vec<Value> = (0..1001)
+        .map(|_| serde_json::from_str(ROW).unwrap())
+        .collect();
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": many}),
+        )
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 413, "payload_too_large").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_with_the_reason() {
+    let s = TestServer::start_with(|c| c.ml.max_model_bytes = 300_000).await;
+    // Too big for this server's limit.
+    let r = upload(&s, fixture("reactor_yield.onnx"), &yield_manifest("1")).await;
+    error_of(r, 413, "payload_too_large").await;
+    // Not ONNX at all.
+    let r = upload(&s, b"garbage".to_vec(), &yield_manifest("1")).await;
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("model"));
+    // A per-tree interval on boosted trees.
+    let r = upload(&s, fixture("gbr.onnx"), &yield_manifest("1")).await;
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("interval"));
+    // A manifest that is not one.
+    let mut m = yield_manifest("1");
+    m["features"] = json!([]);
+    let r = upload(&s, fixture("gbr.onnx"), &m).await;
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .contains("manifest.features"));
+    // Missing part.
+    let form = Form::new().part("manifest", Part::text(yield_manifest("1").to_string()));
+    let r = s
+        .http
+        .post(s.url("/api/v1/ml/models"))
+        .bearer_auth(&s.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("model"));
+    // A viewer may predict nothing and upload nothing.
+    let viewer = s.user("vi", &["viewer"]).await;
+    let r = s
+        .http
+        .post(s.url("/api/v1/ml/models/x/predict"))
+        .bearer_auth(&viewer)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 403, "forbidden").await.contains("ml:predict"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn versions_activation_rollback_and_ab() {
+    let s = TestServer::start().await;
+    upload_yield(&s, "1.0.0").await;
+    // Version 2: the same forest with conformal intervals.
+    let mut m2 = yield_manifest("2.0.0");
+    m2["interval"] = json!({"method": "conformal", "level": 0.9});
+    let r = upload(&s, fixture("reactor_yield.onnx"), &m2).await;
+    let up: Value = r.json().await.unwrap();
+    assert_eq!(up["active"], false, "{up}");
+    let r = upload(&s, fixture("reactor_yield.onnx"), &m2).await;
+    error_of(r, 409, "conflict").await;
+
+    let predict = |q: &'static str| {
+        let body: Value = serde_json::from_str(ROW).unwrap();
+        let s = &s;
+        async move {
+            let (st, v) = s
+                .json(s.post(&format!("/api/v1/ml/models/reactor-yield/predict{q}"), body))
+                .await;
+            assert_eq!(st, 200, "{v}");
+            v
+        }
+    };
+    assert_eq!(predict("").await["model_version"], "1.0.0");
+    assert_eq!(predict("?version=2.0.0").await["model_version"], "2.0.0");
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/versions/2.0.0/activate",
+            json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = predict("").await;
+    assert_eq!(v["model_version"], "2.0.0");
+    let y = v["prediction"].as_f64().unwrap();
+    let half = (v["interval"]["upper"].as_f64().unwrap() - y).abs();
+    assert!(
+        (half - m2["conformal"]["quantile"].as_f64().unwrap()).abs() < 1e-9,
+        "conformal: {v}"
+    );
+    // Roll back in one call.
+    s.post(
+        "/api/v1/ml/models/reactor-yield/versions/1.0.0/activate",
+        json!({}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(predict("").await["model_version"], "1.0.0");
+
+    // A/B: a stable share of keys goes to the candidate.
+    let r = s
+        .http
+        .put(s.url("/api/v1/ml/models/reactor-yield/ab"))
+        .bearer_auth(&s.token)
+        .json(&json!({"candidate": "2.0.0", "share": 0.3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let mut to_candidate = 0;
+    for i in 0..200 {
+        let (_, v) = s
+            .json(s.post(
+                &format!("/api/v1/ml/models/reactor-yield/predict?key=reactor-{i}"),
+                serde_json::from_str(ROW).unwrap(),
+            ))
+            .await;
+        let (_, again) = s
+            .json(s.post(
+                &format!("/api/v1/ml/models/reactor-yield/predict?key=reactor-{i}"),
+                serde_json::from_str(ROW).unwrap(),
+            ))
+            .await;
+        assert_eq!(
+            v["model_version"], again["model_version"],
+            "a key sticks to its version"
+        );
+        if v["model_version"] == "2.0.0" {
+            to_candidate += 1;
+        }
+    }
+    assert!(
+        (35..=85).contains(&to_candidate),
+        "{to_candidate} of 200 at 30 %"
+    );
+    let (_, info) = s.json(s.get("/api/v1/ml/models/reactor-yield")).await;
+    let stats = &info["version_details"]["2.0.0"]["stats"];
+    assert!(stats["calls"].as_u64().unwrap() >= 70, "{info}");
+    assert!(stats["latency_p99_ms"].as_f64().is_some());
+    assert!(
+        info["cache"]["hits"].as_u64().unwrap() > 0,
+        "repeated rows hit the cache: {info}"
+    );
+    // Versions in use cannot be deleted; others can.
+    let r = s
+        .delete("/api/v1/ml/models/reactor-yield/versions/2.0.0")
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 409, "conflict").await;
+    s.http
+        .delete(s.url("/api/v1/ml/models/reactor-yield/ab"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .delete("/api/v1/ml/models/reactor-yield/versions/2.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // Everything survives a restart.
+    let s = s.restart().await;
+    let (_, list) = s.json(s.get("/api/v1/ml/models")).await;
+    assert_eq!(list["value"][0]["versions"], json!(["1.0.0"]));
+    assert_eq!(list["value"][0]["active"], "1.0.0");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scenarios_and_drift() {
+    let s = TestServer::start().await;
+    upload_yield(&s, "1.0.0").await;
+    let (st, t) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/scenarios",
+            json!({"base": {"flow_rate": 100}, "grid": {"temperature": {"from": 340, "to": 380, "steps": 5}, "pressure": [5, 6, 7]}}),
+        ))
+        .await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(
+        t["columns"],
+        json!([
+            "temperature",
+            "pressure",
+            "flow_rate",
+            "prediction",
+            "lower",
+            "upper"
+        ])
+    );
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 15);
+    assert_eq!(rows[0][0], 340.0);
+    assert_eq!(rows[14][0], 380.0);
+    let r = s
+        .post(
+            "/api/v1/ml/models/reactor-yield/scenarios",
+            json!({"grid": {"temperature": {"from": 340, "to": 380, "steps": 10000}, "pressure": [5, 6]}, "base": {"flow_rate": 100}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 413, "payload_too_large").await;
+
+    // Hot inputs drift away from the training distribution.
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"temperature": 375 + (i % 10), "pressure": 4 + (i % 5), "flow_rate": 80 + (i % 40)}))
+        .collect();
+    s.post(
+        "/api/v1/ml/models/reactor-yield/predict/batch",
+        json!({"rows": rows}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let (_, info) = s.json(s.get("/api/v1/ml/models/reactor-yield")).await;
+    let psi = info["version_details"]["1.0.0"]["drift"]["temperature"]["psi"]
+        .as_f64()
+        .unwrap();
+    assert!(psi > 0.25, "{info}");
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("twinhub_ml_drift_psi{tenant=\"default\",model=\"reactor-yield\",feature=\"temperature\"}"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
