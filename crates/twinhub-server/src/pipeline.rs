@@ -30,6 +30,14 @@ pub enum IngestError {
     Quota(#[from] crate::quotas::QuotaExceeded),
 }
 
+/// Where telemetry comes from: a device, or twinhub itself.
+struct Source<'a> {
+    tenant: &'a str,
+    twin: &'a str,
+    unknown: &'a str,
+    device: Option<&'a Device>,
+}
+
 pub struct Pipeline {
     store: Store,
     twins: Arc<crate::twins::TwinGraphs>,
@@ -72,8 +80,41 @@ impl Pipeline {
         msgs: Vec<TelemetryMessage>,
         wait: Option<Duration>,
     ) -> Result<usize, IngestError> {
-        let tenant = device.row.tenant.as_str();
-        let twin = device.twin();
+        let src = Source {
+            tenant: &device.row.tenant,
+            twin: device.twin(),
+            unknown: &device.row.unknown_telemetry,
+            device: Some(device),
+        };
+        self.ingest_from(src, protocol, msgs, wait).await
+    }
+
+    /// Values a twin gets from inside twinhub (soft sensors): validated
+    /// and stored like device telemetry, with `protocol` naming the source.
+    pub async fn ingest_derived(
+        &self,
+        tenant: &str,
+        twin: &str,
+        protocol: &'static str,
+        msgs: Vec<TelemetryMessage>,
+    ) -> Result<usize, IngestError> {
+        let src = Source {
+            tenant,
+            twin,
+            unknown: "reject",
+            device: None,
+        };
+        self.ingest_from(src, protocol, msgs, None).await
+    }
+
+    async fn ingest_from(
+        &self,
+        src: Source<'_>,
+        protocol: &'static str,
+        msgs: Vec<TelemetryMessage>,
+        wait: Option<Duration>,
+    ) -> Result<usize, IngestError> {
+        let (tenant, twin) = (src.tenant, src.twin);
         // Validate: a modelled twin takes only its model's telemetry (and
         // properties), each of the right type; the whole message or nothing.
         if self.twins.twin_exists(tenant, twin) {
@@ -86,11 +127,7 @@ impl Pipeline {
                             .check_telemetry(tenant, twin, name, &value.to_json())
                         {
                             TelemetryCheck::Ok => continue,
-                            TelemetryCheck::Unknown(_)
-                                if device.row.unknown_telemetry == "record" =>
-                            {
-                                continue
-                            }
+                            TelemetryCheck::Unknown(_) if src.unknown == "record" => continue,
                             TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
                         };
                     self.metrics.ingest_rejected.add("model", 1);
@@ -148,7 +185,9 @@ impl Pipeline {
         }
         self.metrics.messages_in.add(protocol, stamped.len() as u64);
         self.metrics.points_in.add(protocol, points as u64);
-        self.seen(device, now);
+        if let Some(device) = src.device {
+            self.seen(device, now);
+        }
         let model = self
             .twins
             .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
@@ -163,7 +202,7 @@ impl Pipeline {
                 "telemetry",
                 Some(twin),
                 model.as_deref(),
-                serde_json::json!({"device": device.row.id, "ts": to_epoch_ms_json(*ts), "values": values}),
+                serde_json::json!({"device": src.device.map(|d| d.row.id.as_str()), "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
             );
         }
         Ok(points)

@@ -159,6 +159,7 @@ pub async fn run(
         crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
     let ml = crate::ml::MlModels::load(store.clone(), clock.clone(), config.ml_settings())?;
+    let bindings = crate::ml::bindings::Bindings::load(store.clone())?;
     let secrets = Arc::new(crate::secrets::SecretBox::open(
         store.clone(),
         clock.clone(),
@@ -183,7 +184,7 @@ pub async fn run(
         config,
         store: store.clone(),
         registry,
-        pipeline,
+        pipeline: Arc::new(pipeline),
         events,
         metrics,
         clock,
@@ -196,6 +197,7 @@ pub async fn run(
         quotas,
         secrets,
         ml,
+        bindings,
     }));
 
     let http_addr = listeners.http.local_addr()?;
@@ -215,6 +217,15 @@ pub async fn run(
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let mut jobs = spawn_jobs(state.clone());
+    jobs.push(tokio::spawn(crate::ml::bindings::run(
+        state.bindings.clone(),
+        state.ml.clone(),
+        state.pipeline.clone(),
+        state.store.clone(),
+        state.twins.clone(),
+        state.events.clone(),
+        state.shutdown.clone(),
+    )));
     if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
         let broker = crate::mqtt::Broker::open(state.clone()).await?;
         *state.mqtt.write().expect("mqtt") = Some(broker.clone());

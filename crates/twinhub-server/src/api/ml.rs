@@ -547,3 +547,68 @@ pub async fn delete_version(
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Binds a model to twins as a soft sensor: whenever a bound twin's inputs
+/// change, the prediction (and interval) is written to the named twin
+/// properties and to history.
+#[utoipa::path(post, path = "/api/v1/ml/bindings", tag = "ml", params(Paging),
+    request_body(content = Value, description = "{id, model, select:{twin}|{model}, inputs?:{feature: property}, outputs:{prediction, lower?, upper?}}"),
+    responses((status = 201, body = Value), (status = 400), (status = 422)))]
+pub async fn put_binding(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(b): ApiJson<crate::ml::bindings::Binding>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    p.require(Perm::MlAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let v = serde_json::to_value(&b).unwrap_or_default();
+    state
+        .bindings
+        .put(&tenant, b, &state.ml, &state.twins)
+        .await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "ml.bind",
+            v["id"].as_str().unwrap_or_default(),
+            v.clone(),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+#[utoipa::path(get, path = "/api/v1/ml/bindings", tag = "ml", params(Paging), responses((status = 200, body = Value)))]
+pub async fn list_bindings(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::MlRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let value: Vec<Value> = state
+        .bindings
+        .list(&tenant)
+        .iter()
+        .map(|b| serde_json::to_value(&**b).unwrap_or_default())
+        .collect();
+    Ok(Json(json!({"value": value, "next": null})))
+}
+
+#[utoipa::path(delete, path = "/api/v1/ml/bindings/{id}", tag = "ml", params(("id" = String, Path), Paging),
+    responses((status = 204), (status = 404)))]
+pub async fn delete_binding(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::MlAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    if !state.bindings.delete(&tenant, &id).await? {
+        return Err(ApiError::not_found(format!("binding {id} not found")));
+    }
+    state.audit(&p, &tenant, "ml.unbind", &id, json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -49,7 +49,7 @@ pub struct AppInner {
     pub config: Config,
     pub store: Store,
     pub registry: Registry,
-    pub pipeline: Pipeline,
+    pub pipeline: Arc<Pipeline>,
     pub events: Arc<EventBus>,
     pub metrics: Arc<ServerMetrics>,
     pub clock: SharedClock,
@@ -67,6 +67,7 @@ pub struct AppInner {
     pub quotas: Arc<crate::quotas::Quotas>,
     pub secrets: Arc<crate::secrets::SecretBox>,
     pub ml: Arc<crate::ml::MlModels>,
+    pub bindings: Arc<crate::ml::bindings::Bindings>,
 }
 
 #[derive(Clone)]
@@ -238,6 +239,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ml::activate))
         .routes(routes!(ml::put_ab, ml::delete_ab))
         .routes(routes!(ml::delete_version))
+        .routes(routes!(ml::put_binding, ml::list_bindings))
+        .routes(routes!(ml::delete_binding))
         .split_for_parts();
     let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
     let limit = state

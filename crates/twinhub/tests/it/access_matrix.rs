@@ -252,6 +252,19 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!(null),
             "ml:admin",
         ),
+        ("GET", "/api/v1/ml/bindings", json!(null), "ml:read"),
+        (
+            "POST",
+            "/api/v1/ml/bindings",
+            json!({"id": "b-{u}", "model": "reactor-yield", "select": {"twin": "r1"}, "outputs": {"prediction": "temperature"}}),
+            "ml:admin",
+        ),
+        (
+            "DELETE",
+            "/api/v1/ml/bindings/ghost",
+            json!(null),
+            "ml:admin",
+        ),
     ]
 }
 

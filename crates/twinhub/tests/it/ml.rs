@@ -385,3 +385,158 @@ async fn scenarios_and_drift() {
     );
     s.stop().await;
 }
+
+async fn poll<F, Fut>(mut f: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in 2 s");
+}
+
+/// A soft sensor: the yield model bound to reactors writes its prediction
+/// and interval to the twin and its history whenever inputs change; the
+/// measured yield, arriving later, is scored against it.
+#[tokio::test]
+async fn soft_sensors_write_predictions_to_twins_and_history() {
+    let s = TestServer::start().await;
+    let telemetry = |n: &str| json!({"@type": "Telemetry", "name": n, "schema": "double"});
+    let contents: Vec<Value> = [
+        "temperature",
+        "pressure",
+        "flow_rate",
+        "yield",
+        "yield_pred",
+        "yield_pred_lower",
+        "yield_pred_upper",
+    ]
+    .iter()
+    .map(|n| telemetry(n))
+    .collect();
+    let model = json!([{"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:YieldReactor;1",
+        "@type": "Interface", "contents": contents}]);
+    assert_eq!(
+        s.post("/api/v1/models", model)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    for id in ["r1", "r2"] {
+        let r = s
+            .http
+            .put(s.url(&format!("/api/v1/twins/{id}")))
+            .bearer_auth(&s.token)
+            .json(&json!({"$metadata": {"$model": "dtmi:test:YieldReactor;1"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let (_, d) = s
+        .json(s.post("/api/v1/devices", json!({"id": "d1", "twin_id": "r1"})))
+        .await;
+    let key = d["key"].as_str().unwrap().to_string();
+    upload_yield(&s, "1.0.0").await;
+
+    // Outputs must be telemetry of the twins' model.
+    let r = s
+        .post("/api/v1/ml/bindings", json!({"id": "bad", "model": "reactor-yield", "select": {"model": "dtmi:test:YieldReactor;1"},
+            "outputs": {"prediction": "nonsense"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("nonsense"));
+    let r = s
+        .post(
+            "/api/v1/ml/bindings",
+            json!({"id": "bad", "model": "no-such-model", "select": {"twin": "r1"},
+            "outputs": {"prediction": "yield_pred"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 422, "unprocessable_entity").await;
+    let (st, _) = s
+        .json(s.post("/api/v1/ml/bindings", json!({"id": "yield", "model": "reactor-yield",
+            "select": {"model": "dtmi:test:YieldReactor;1"},
+            "outputs": {"prediction": "yield_pred", "lower": "yield_pred_lower", "upper": "yield_pred_upper"}})))
+        .await;
+    assert_eq!(st, 201);
+
+    let ts = 1_700_000_000_000i64;
+    let r = s
+        .send(
+            "d1",
+            &key,
+            json!({"ts": ts, "temperature": 350, "pressure": 5.5, "flow_rate": 100}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let twin = poll(|| async {
+        let (_, t) = s.json(s.get("/api/v1/twins/r1")).await;
+        t.get("yield_pred").is_some().then_some(t)
+    })
+    .await;
+    let (_, direct) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/predict",
+            serde_json::from_str(ROW).unwrap(),
+        ))
+        .await;
+    let y = twin["yield_pred"].as_f64().unwrap();
+    assert!(
+        (y - direct["prediction"].as_f64().unwrap()).abs() < 1e-9,
+        "{twin} vs {direct}"
+    );
+    assert!(
+        twin["yield_pred_lower"].as_f64().unwrap() <= y
+            && y <= twin["yield_pred_upper"].as_f64().unwrap()
+    );
+    let (_, h) = s
+        .json(s.get("/api/v1/twins/r1/telemetry/yield_pred?from=0"))
+        .await;
+    assert_eq!(
+        h["points"][0]["ts"], ts,
+        "the prediction carries the inputs' time: {h}"
+    );
+    // r2 has no inputs yet, so nothing was written there.
+    let (_, t2) = s.json(s.get("/api/v1/twins/r2")).await;
+    assert!(t2.get("yield_pred").is_none());
+
+    // The measured yield arrives: the version's error is scored.
+    s.send("d1", &key, json!({"ts": ts + 1000, "yield": y - 2.0}))
+        .await;
+    let info = poll(|| async {
+        let (_, i) = s.json(s.get("/api/v1/ml/models/reactor-yield")).await;
+        (i["version_details"]["1.0.0"]["stats"]["ground_truth"] == 1).then_some(i)
+    })
+    .await;
+    let mae = info["version_details"]["1.0.0"]["stats"]["mae"]
+        .as_f64()
+        .unwrap();
+    assert!((mae - 2.0).abs() < 1e-6, "{info}");
+
+    // Bindings survive a restart and can be removed.
+    let s = s.restart().await;
+    let (_, list) = s.json(s.get("/api/v1/ml/bindings")).await;
+    assert_eq!(list["value"][0]["id"], "yield");
+    assert_eq!(
+        s.delete("/api/v1/ml/bindings/yield")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    s.stop().await;
+}
