@@ -149,7 +149,7 @@ pub enum TenantCmd {
 }
 
 /// The API the CLI talks to: a running server's, or one started here.
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: String,
     client: reqwest::Client,
@@ -225,7 +225,12 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .client
             .request(method.parse()?, format!("{}{path}", self.base))
@@ -233,6 +238,24 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
+        self.answer(req).await
+    }
+
+    /// POSTs a multipart form (model uploads).
+    pub(crate) async fn upload(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> anyhow::Result<Value> {
+        let req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .multipart(form);
+        self.answer(req).await
+    }
+
+    async fn answer(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let r = req.send().await?;
         let status = r.status();
         let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
@@ -253,7 +276,7 @@ impl Api {
     }
 
     /// Every item of a paged list.
-    async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+    pub(crate) async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut out = Vec::new();
         let mut next: Option<String> = None;
@@ -280,7 +303,11 @@ impl Api {
 }
 
 /// Runs one API conversation and always stops an in-process server.
-async fn with_api<F>(file: Option<&PathBuf>, flags: &ServerFlags, f: F) -> anyhow::Result<()>
+pub(crate) async fn with_api<F>(
+    file: Option<&PathBuf>,
+    flags: &ServerFlags,
+    f: F,
+) -> anyhow::Result<()>
 where
     F: for<'a> FnOnce(
         &'a Api,
@@ -294,7 +321,7 @@ where
     res
 }
 
-fn tenant_q(tenant: &Option<String>) -> String {
+pub(crate) fn tenant_q(tenant: &Option<String>) -> String {
     tenant
         .as_ref()
         .map(|t| format!("?tenant={t}"))

@@ -6,6 +6,7 @@ mod bench_auth;
 mod bench_mqtt;
 mod bench_twins;
 mod demo;
+mod model_cli;
 mod sim;
 
 use clap::{Args, Parser, Subcommand};
@@ -119,6 +120,9 @@ enum Command {
     /// Manage tenants (system admin; same rule as `device`).
     #[command(subcommand)]
     Tenant(admin::TenantCmd),
+    /// ML models: upload, package for the edge, list, activate.
+    #[command(subcommand)]
+    Model(model_cli::ModelCmd),
     /// Take a consistent copy of the store (safe while the server runs).
     Backup {
         file: PathBuf,
@@ -201,6 +205,7 @@ fn main() -> std::process::ExitCode {
             Command::User(cmd) => admin::user(cli.config.as_ref(), cmd).await,
             Command::Apikey(cmd) => admin::apikey(cli.config.as_ref(), cmd).await,
             Command::Tenant(cmd) => admin::tenant(cli.config.as_ref(), cmd).await,
+            Command::Model(cmd) => model_cli::run(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
                         Command::Cert {

@@ -146,3 +146,78 @@ async fn tenants_users_and_keys_from_the_cli() {
     unsafe_kill(s.child.id() as i32, 15);
     s.child.wait().unwrap();
 }
+
+/// `twinhub model package` makes a checksummed bundle; `model upload`
+/// takes it (or the ONNX file and manifest) and refuses a damaged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_package_upload_and_list() {
+    let (root, dir) = layout();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../twinhub-ml/tests/fixtures");
+    let onnx = fixtures.join("reactor_yield.onnx");
+    let manifest = fixtures.join("reactor_yield.manifest.json");
+    let bundle = root.path().join("yield.thm.json");
+    let direct = "TWINHUB_ADMIN_PASSWORD";
+    let b = run(
+        &dir,
+        &[
+            "model",
+            "package",
+            onnx.to_str().unwrap(),
+            manifest.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        None,
+        direct,
+    );
+    assert_eq!(b["name"], "reactor-yield");
+    let up = run(
+        &dir,
+        &["model", "upload", bundle.to_str().unwrap()],
+        None,
+        direct,
+    );
+    assert_eq!(
+        (up["version"].as_str(), up["active"].as_bool()),
+        (Some("1.0.0"), Some(true))
+    );
+
+    // A damaged bundle is refused, naming the checksum.
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    v["manifest"]["version"] = json!("1.0.1");
+    v["sha256"] = json!("00");
+    std::fs::write(&bundle, v.to_string()).unwrap();
+    let err = fails(&dir, &["model", "upload", bundle.to_str().unwrap()]);
+    assert!(err.contains("sha256"), "{err}");
+
+    // ONNX + manifest, through a running server.
+    let mut s = start(&dir, false);
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["version"] = json!("2.0.0");
+    let m2 = root.path().join("m2.json");
+    std::fs::write(&m2, m.to_string()).unwrap();
+    let up = run(
+        &dir,
+        &[
+            "model",
+            "upload",
+            onnx.to_str().unwrap(),
+            m2.to_str().unwrap(),
+        ],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    assert_eq!(up["active"], false);
+    run(
+        &dir,
+        &["model", "activate", "reactor-yield", "2.0.0"],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    let listed = run(&dir, &["model", "list"], None, "TWINHUB_PASSWORD");
+    assert_eq!(listed["active"], "2.0.0");
+    assert_eq!(listed["versions"], json!(["1.0.0", "2.0.0"]));
+    unsafe_kill(s.child.id() as i32, 15);
+    s.child.wait().unwrap();
+}
