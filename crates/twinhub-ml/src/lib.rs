@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod proto;
+pub mod synthetic;
 pub mod tensor;
 
 pub use manifest::{Drift, FieldError, Kind, Manifest, Prediction, Predictor};

@@ -370,7 +370,8 @@ impl Predictor {
                 ..
             })
         );
-        let run = self.model.run(n, flat, trees)?;
+        let mut run = self.model.run(n, flat, trees)?;
+        let mut per_tree = run.per_tree.take().unwrap_or_default().into_iter();
         let mut out = Vec::with_capacity(n);
         let first = &run.outputs[0].1;
         for i in 0..n {
@@ -391,11 +392,7 @@ impl Predictor {
                             method: IntervalMethod::Trees,
                             level,
                         }) => {
-                            let mut t = run
-                                .per_tree
-                                .as_ref()
-                                .map(|v| v[i].clone())
-                                .unwrap_or_default();
+                            let mut t = per_tree.next().unwrap_or_default();
                             let tail = (1.0 - level) / 2.0 * 100.0;
                             Some(Interval {
                                 lower: percentile(&mut t, tail),

@@ -203,17 +203,20 @@ impl Model {
                 })
                 .collect::<Result<_, _>>()?;
             if per_tree && Some(k) == self.interval_step {
+                // One walk gives both the output and each tree's own value.
                 let t = step.op.trees().expect("interval step has trees");
                 let x = ins[0].cast(elem::FLOAT)?;
                 let (r, c) = x.rows_cols();
-                let v = x.as_f32()?;
-                let mut all = Vec::with_capacity(r);
-                for i in 0..r {
-                    let mut one = Vec::with_capacity(t.n_trees());
-                    t.per_tree(&v[i * c..(i + 1) * c], &mut one);
-                    all.push(one);
+                if c < t.n_features {
+                    return Err(OnnxError::Invalid(format!(
+                        "{}: rows have {c} values",
+                        step.name
+                    )));
                 }
-                trees_out = Some(all);
+                let (out, trees) = t.eval(x.as_f32()?, r, c, true);
+                trees_out = trees;
+                values[step.outputs[0]] = Some(Cow::Owned(Tensor::f32(vec![r, 1], out)));
+                continue;
             }
             let outs = step.op.run(&ins).map_err(|e| match e {
                 OnnxError::Invalid(m) => OnnxError::Invalid(format!("{}: {m}", step.name)),
@@ -240,15 +243,22 @@ impl Model {
     }
 }
 
-/// numpy's default (linear) percentile of `v`, `p` in 0..=100.
+/// numpy's default (linear) percentile of `v`, `p` in 0..=100 (reorders
+/// `v`; selection, not a full sort).
 pub fn percentile(v: &mut [f32], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v.sort_by(f32::total_cmp);
     let rank = p / 100.0 * (v.len() - 1) as f64;
     let lo = rank.floor() as usize;
     let hi = rank.ceil() as usize;
     let frac = rank - lo as f64;
-    v[lo] as f64 + (v[hi] as f64 - v[lo] as f64) * frac
+    let (_, a, rest) = v.select_nth_unstable_by(lo, f32::total_cmp);
+    let a = *a as f64;
+    let b = if hi == lo {
+        a
+    } else {
+        rest.iter().copied().fold(f32::INFINITY, f32::min) as f64
+    };
+    a + (b - a) * frac
 }

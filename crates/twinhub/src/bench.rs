@@ -22,6 +22,7 @@ pub enum Suite {
     Mqtt,
     Twins,
     Auth,
+    Ml,
 }
 
 #[derive(Args)]
@@ -437,6 +438,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Idle) {
         blocking(idle_suite).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Ml) {
+        crate::bench_ml::run(args.http_seconds).await?;
     }
     if matches!(args.suite, Suite::All | Suite::Auth) {
         crate::bench_auth::run().await?;

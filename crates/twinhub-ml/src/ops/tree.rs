@@ -8,6 +8,7 @@ use crate::OnnxError;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
+#[repr(u8)]
 enum Mode {
     Leq,
     Lt,
@@ -19,15 +20,14 @@ enum Mode {
 }
 
 #[derive(Clone, Debug)]
+/// 16 bytes, so a depth-10 tree (2,047 nodes) fits in 32 KB of cache.
 struct Node {
-    feature: u32,
     threshold: f32,
-    mode: Mode,
     true_child: u32,
     false_child: u32,
+    feature: u16,
+    mode: Mode,
     missing_true: bool,
-    /// Range into `weights` for a leaf.
-    leaf: (u32, u32),
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -50,6 +50,8 @@ pub enum PostTransform {
 #[derive(Debug)]
 pub struct Trees {
     nodes: Vec<Node>,
+    /// Range into `weights` per node (leaves only).
+    leaf_ranges: Vec<(u32, u32)>,
     roots: Vec<u32>,
     /// (target or class index, weight) for each leaf entry.
     weights: Vec<(u32, f32)>,
@@ -156,13 +158,17 @@ impl Trees {
                 )
             };
             nodes.push(Node {
-                feature: features[i].max(0) as u32,
+                feature: u16::try_from(features[i].max(0)).map_err(|_| {
+                    OnnxError::Unsupported(format!(
+                        "trees over more than 65,535 features ({})",
+                        features[i]
+                    ))
+                })?,
                 threshold: values[i],
                 mode,
                 true_child: t,
                 false_child: f,
                 missing_true: missing.get(i).copied().unwrap_or(0) != 0,
-                leaf: (0, 0),
             });
         }
         // Leaf weights, grouped per leaf.
@@ -191,10 +197,11 @@ impl Trees {
             per_leaf[at].push((l_ids[i] as u32, l_weights[i]));
         }
         let mut weights = Vec::with_capacity(l_trees.len());
+        let mut leaf_ranges = vec![(0u32, 0u32); n];
         for (i, w) in per_leaf.into_iter().enumerate() {
             let start = weights.len() as u32;
             weights.extend(w);
-            nodes[i].leaf = (start, weights.len() as u32);
+            leaf_ranges[i] = (start, weights.len() as u32);
         }
         // A tree's root is its node no other node points to.
         let mut is_child = vec![false; n];
@@ -235,6 +242,7 @@ impl Trees {
         }
         Ok(Trees {
             nodes,
+            leaf_ranges,
             roots,
             weights,
             n_outputs,
@@ -257,10 +265,15 @@ impl Trees {
         self.roots.len()
     }
 
+    /// The index of the leaf `row` reaches from `root`.
     #[inline]
-    fn leaf_of(&self, root: u32, row: &[f32]) -> &Node {
-        let mut n = &self.nodes[root as usize];
-        while n.mode != Mode::Leaf {
+    fn leaf_of(&self, root: u32, row: &[f32]) -> u32 {
+        let mut i = root;
+        loop {
+            let n = &self.nodes[i as usize];
+            if n.mode == Mode::Leaf {
+                return i;
+            }
             let x = row[n.feature as usize];
             let go_true = if x.is_nan() {
                 n.missing_true
@@ -275,72 +288,92 @@ impl Trees {
                     Mode::Leaf => unreachable!(),
                 }
             };
-            n = &self.nodes[if go_true { n.true_child } else { n.false_child } as usize];
+            i = if go_true { n.true_child } else { n.false_child };
         }
-        n
     }
 
-    /// The aggregated raw scores of one row (before the post transform).
-    /// Sums run in f64 (then round once), so long ensembles stay within
-    /// one float32 step of the exact value.
-    pub fn scores(&self, row: &[f32], out: &mut [f32]) {
+    /// The leaf of every (row, tree), trees outermost so each tree's nodes
+    /// stay in cache across the rows of a batch.
+    fn leaves(&self, x: &[f32], rows: usize, cols: usize) -> Vec<u32> {
+        let n = self.roots.len();
+        let mut out = vec![0u32; rows * n];
+        for (t, root) in self.roots.iter().enumerate() {
+            for r in 0..rows {
+                let row = &x[r * cols..(r + 1) * cols];
+                out[r * n + t] = self.leaf_of(*root, row);
+            }
+        }
+        out
+    }
+
+    /// Aggregated raw scores (rows × outputs, before the post transform)
+    /// and, when asked, each tree's own prediction of output 0 per row.
+    /// Sums run in f64 and round once, so long ensembles stay within one
+    /// float32 step of the exact value. An averaging ensemble's weights are
+    /// pre-scaled by 1/n_trees, so a SUM ensemble's trees scale back.
+    pub fn eval(
+        &self,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        per_tree: bool,
+    ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
+        let leaves = self.leaves(x, rows, cols);
+        let n = self.roots.len();
+        let k = self.n_outputs;
         let init = match self.aggregate {
             Aggregate::Min => f64::INFINITY,
             Aggregate::Max => f64::NEG_INFINITY,
             _ => 0.0,
         };
-        let mut acc = [init; 16];
-        let mut big;
-        let acc: &mut [f64] = if self.n_outputs <= 16 {
-            &mut acc[..self.n_outputs]
-        } else {
-            big = vec![init; self.n_outputs];
-            &mut big
-        };
-        let mut seen = 0u64;
-        for root in &self.roots {
-            let leaf = self.leaf_of(*root, row);
-            for (t, w) in &self.weights[leaf.leaf.0 as usize..leaf.leaf.1 as usize] {
-                let (o, w) = (&mut acc[*t as usize], *w as f64);
-                match self.aggregate {
-                    Aggregate::Sum | Aggregate::Average => *o += w,
-                    Aggregate::Min => *o = o.min(w),
-                    Aggregate::Max => *o = o.max(w),
-                }
-                seen |= 1u64 << (*t).min(63);
-            }
-        }
-        for (i, (o, a)) in out.iter_mut().zip(acc.iter()).enumerate() {
-            let mut v = *a;
-            if self.aggregate == Aggregate::Average {
-                v /= self.roots.len().max(1) as f64;
-            }
-            if i < 64 && seen & (1 << i) == 0 {
-                v = 0.0;
-            }
-            *o = (v + self.base_values.get(i).copied().unwrap_or(0.0) as f64) as f32;
-        }
-    }
-
-    /// Each tree's own prediction of output 0 for one row: what the tree
-    /// would answer alone (an averaging ensemble's weights are pre-scaled
-    /// by 1/n_trees, so SUM ensembles scale back).
-    pub fn per_tree(&self, row: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        let k = match self.aggregate {
-            Aggregate::Sum => self.roots.len() as f32,
+        let scale = match self.aggregate {
+            Aggregate::Sum => n as f32,
             _ => 1.0,
         };
-        let base = self.base_values.first().copied().unwrap_or(0.0);
-        for root in &self.roots {
-            let leaf = self.leaf_of(*root, row);
-            let w: f32 = self.weights[leaf.leaf.0 as usize..leaf.leaf.1 as usize]
-                .iter()
-                .filter(|(t, _)| *t == 0)
-                .map(|(_, w)| *w)
-                .sum();
-            out.push(base + w * k);
+        let base0 = self.base_values.first().copied().unwrap_or(0.0);
+        let mut out = vec![0f32; rows * k];
+        let mut trees = per_tree.then(|| Vec::with_capacity(rows));
+        let mut acc = vec![init; k];
+        let mut seen = vec![false; k];
+        for r in 0..rows {
+            acc.fill(init);
+            seen.fill(false);
+            let mut mine = per_tree.then(|| Vec::with_capacity(n));
+            for leaf in &leaves[r * n..(r + 1) * n] {
+                let (a, b) = self.leaf_ranges[*leaf as usize];
+                let mut w0 = 0f32;
+                for (t, w) in &self.weights[a as usize..b as usize] {
+                    let (o, wf) = (&mut acc[*t as usize], *w as f64);
+                    match self.aggregate {
+                        Aggregate::Sum | Aggregate::Average => *o += wf,
+                        Aggregate::Min => *o = o.min(wf),
+                        Aggregate::Max => *o = o.max(wf),
+                    }
+                    seen[*t as usize] = true;
+                    if *t == 0 {
+                        w0 += w;
+                    }
+                }
+                if let Some(m) = mine.as_mut() {
+                    m.push(base0 + w0 * scale);
+                }
+            }
+            for i in 0..k {
+                let mut v = acc[i];
+                if self.aggregate == Aggregate::Average {
+                    v /= n.max(1) as f64;
+                }
+                if !seen[i] {
+                    v = 0.0;
+                }
+                out[r * k + i] =
+                    (v + self.base_values.get(i).copied().unwrap_or(0.0) as f64) as f32;
+            }
+            if let (Some(t), Some(m)) = (trees.as_mut(), mine) {
+                t.push(m);
+            }
         }
+        (out, trees)
     }
 }
 
@@ -409,10 +442,8 @@ impl Op for TreeRegressor {
     fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OnnxError> {
         let t = &self.0;
         let (rows, cols, v) = rows_of(inputs[0], t.n_features)?;
-        let mut out = vec![0.0f32; rows * t.n_outputs];
-        for r in 0..rows {
-            let o = &mut out[r * t.n_outputs..(r + 1) * t.n_outputs];
-            t.scores(&v[r * cols..(r + 1) * cols], o);
+        let (mut out, _) = t.eval(v, rows, cols, false);
+        for o in out.chunks_mut(t.n_outputs) {
             apply_post(t.post, o);
         }
         Ok(vec![Tensor::f32(vec![rows, t.n_outputs], out)])
@@ -468,9 +499,9 @@ impl Op for TreeClassifier {
         let (rows, cols, v) = rows_of(inputs[0], t.n_features)?;
         let mut probs = vec![0.0f32; rows * k];
         let mut labels = Vec::with_capacity(rows);
-        let mut scores = vec![0.0f32; k];
+        let (all, _) = t.eval(v, rows, cols, false);
         for r in 0..rows {
-            t.scores(&v[r * cols..(r + 1) * cols], &mut scores);
+            let scores = &all[r * k..(r + 1) * k];
             let o = &mut probs[r * k..(r + 1) * k];
             if self.binary {
                 // onnxruntime's binary case: the single column scores the
@@ -488,7 +519,7 @@ impl Op for TreeClassifier {
                 o[1] = s;
                 o[0] = 1.0 - s;
             } else {
-                o.copy_from_slice(&scores);
+                o.copy_from_slice(scores);
                 apply_post(t.post, o);
             }
             let best = o
