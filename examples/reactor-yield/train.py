@@ -39,12 +39,13 @@ FEATURES = [
 
 
 def reactor_data(n):
-    """The demo's reactors: yield peaks near 365 K and 6 bar, falls with flow."""
+    """The demo's reactors (crates/twinhub/src/sim.rs): yield peaks at
+    360 K and 6 bar and rises slightly with flow."""
     t = rng.uniform(340, 380, n)
     p = rng.uniform(4, 8, n)
     f = rng.uniform(80, 120, n)
-    y = (85 - 0.02 * (t - 365) ** 2 - 1.5 * (p - 6) ** 2 - 0.05 * (f - 100)
-         + rng.normal(0, 0.8, n))
+    y = (85 - 0.05 * (t - 360) ** 2 - 2.0 * (p - 6) ** 2 + 0.02 * (f - 100)
+         + rng.normal(0, 0.3, n))
     return np.column_stack([t, p, f]).astype(np.float32), y
 
 
@@ -66,10 +67,10 @@ def save(name, model, X, extra=None):
 
 
 # --- the reactor-yield model: scaler + random forest, with intervals -------
-X, y = reactor_data(3000)
+X, y = reactor_data(4100)
 X_train, y_train = X[:2000], y[:2000]
-X_cal, y_cal = X[2000:2800], y[2000:2800]
-X_test = X[2800:2900]
+X_cal, y_cal = X[2000:4000], y[2000:4000]
+X_test = X[4000:4100]
 pipe = make_pipeline(StandardScaler(), RandomForestRegressor(n_estimators=30, max_depth=8, random_state=42))
 pipe.fit(X_train, y_train)
 scaler, forest = pipe.steps[0][1], pipe.steps[1][1]
@@ -109,7 +110,7 @@ manifest = {
 (OUT / "reactor_yield.manifest.json").write_text(json.dumps(manifest, indent=2))
 
 # Coverage of the conformal interval on fresh data (printed for the README).
-X_new, y_new = reactor_data(2000)
+X_new, y_new = reactor_data(20000)
 covered = np.mean(np.abs(y_new - pipe.predict(X_new)) <= q)
 print(f"conformal {level:.0%} interval ±{q:.3f}: coverage on fresh data {covered:.3f}")
 
@@ -117,7 +118,7 @@ print(f"conformal {level:.0%} interval ±{q:.3f}: coverage on fresh data {covere
 gbr = GradientBoostingRegressor(n_estimators=40, max_depth=3, random_state=1).fit(X_train, y_train)
 save("gbr", gbr, X_test, {"sklearn": gbr.predict(X_test).tolist()})
 
-labels = np.digitize(y_train, [80, 84])  # low / normal / high yield
+labels = np.digitize(y_train, [70, 80])  # low / normal / high yield
 clf = RandomForestClassifier(n_estimators=15, max_depth=6, random_state=2).fit(X_train, labels)
 save("classifier", clf, X_test, {"sklearn_label": clf.predict(X_test).tolist(),
                                  "sklearn_proba": clf.predict_proba(X_test).tolist()})

@@ -144,6 +144,35 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The seed's reactor-yield model (examples/reactor-yield), bound to
+    // every reactor as a soft sensor: yield_pred with its interval.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "model",
+            reqwest::multipart::Part::bytes(YIELD_ONNX.to_vec()),
+        )
+        .part(
+            "manifest",
+            reqwest::multipart::Part::bytes(YIELD_MANIFEST.to_vec()),
+        );
+    let _ = client
+        .post(format!("{base}/api/v1/ml/models"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await?;
+    let bound = client
+        .post(format!("{base}/api/v1/ml/bindings"))
+        .bearer_auth(token)
+        .json(&json!({"id": "reactor-yield", "model": "reactor-yield",
+            "select": {"model": "dtmi:twinhub:plant:Reactor;1"},
+            "outputs": {"prediction": "yield_pred", "lower": "yield_pred_lower", "upper": "yield_pred_upper"}}))
+        .send()
+        .await?;
+    if !bound.status().is_success() {
+        anyhow::bail!("binding the yield model failed: {}", bound.text().await?);
+    }
+
     let interval = Duration::from_secs_f64(args.interval.max(0.01));
     let mqtt = server
         .ready
@@ -174,6 +203,8 @@ Try:
   curl -s -N -H "Authorization: Bearer $TOKEN" "{base}/api/v1/events?types=telemetry&twin={first}"
   curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' {base}/api/v1/query \
       -d "{{\"query\": \"SELECT R FROM DIGITALTWINS P JOIN R RELATED P.contains WHERE P.\$dtId = 'plant1' AND R.temperature > 360\"}}"
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' {base}/api/v1/ml/models/reactor-yield/predict \
+      -d '{{"temperature": 362, "pressure": 6.1, "flow_rate": 101}}'      # soft sensor: every reactor's yield_pred
   curl -s -u {first}:{first_key} -H 'content-type: application/json' \
       -X POST {base}/api/v1/devices/{first}/telemetry -d '{{"temperature": 361.5}}'
   mosquitto_sub -h {mh} -p {mp} -u admin -P '{password}' -t 'devices/+/telemetry' -v
@@ -204,6 +235,10 @@ Ctrl-C stops the demo.
     server.stop().await?;
     Ok(())
 }
+
+const YIELD_ONNX: &[u8] = include_bytes!("../../twinhub-ml/tests/fixtures/reactor_yield.onnx");
+const YIELD_MANIFEST: &[u8] =
+    include_bytes!("../../twinhub-ml/tests/fixtures/reactor_yield.manifest.json");
 
 /// One simulated reactor: a real MQTT client with its own credentials,
 /// publishing QoS 1 telemetry; it reconnects when the connection drops.

@@ -8,6 +8,7 @@ mod access_matrix;
 mod apikeys;
 mod auth;
 mod cli;
+mod demo;
 mod devices;
 mod events;
 mod graph;
