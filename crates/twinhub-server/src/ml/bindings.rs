@@ -19,7 +19,7 @@ use crate::store::ml as rows;
 use crate::store::Store;
 use crate::twins::TwinGraphs;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use twinhub_ml::FieldError;
 
@@ -31,6 +31,10 @@ pub struct Select {
     /// Every twin of this DTDL model (and models extending it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The twins a query returns (`SELECT T FROM DIGITALTWINS T WHERE …`),
+    /// re-evaluated every few seconds as the graph changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,6 +96,10 @@ pub struct Bindings {
     store: Store,
     by_id: RwLock<HashMap<Key, Arc<Binding>>>,
     recent: Mutex<Recent>,
+    /// The twins each query binding selects.
+    members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
+    /// Tenants whose graph changed since their query bindings last ran.
+    stale: Mutex<HashSet<String>>,
     pub written: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
 }
@@ -113,6 +121,8 @@ impl Bindings {
             store,
             by_id: RwLock::new(m),
             recent: Mutex::new(HashMap::new()),
+            members: RwLock::new(HashMap::new()),
+            stale: Mutex::new(HashSet::new()),
             written: Default::default(),
             failed: Default::default(),
         }))
@@ -159,10 +169,25 @@ impl Bindings {
                 ));
             }
         }
-        match (&b.select.twin, &b.select.model) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return Err(bad(400, "select", "give exactly one of twin or model")),
+        let given = [
+            b.select.twin.is_some(),
+            b.select.model.is_some(),
+            b.select.query.is_some(),
+        ];
+        if given.iter().filter(|x| **x).count() != 1 {
+            return Err(bad(
+                400,
+                "select",
+                "give exactly one of twin, model or query",
+            ));
         }
+        let members = match &b.select.query {
+            Some(q) => Some(
+                query_members(tenant, q, twins, &self.store)
+                    .map_err(|rule| bad(400, "select.query", rule))?,
+            ),
+            None => None,
+        };
         if b.outputs.prediction.is_empty() {
             return Err(bad(400, "outputs.prediction", "must name a property"));
         }
@@ -211,11 +236,39 @@ impl Bindings {
         self.store
             .write(move |ctx| rows::put_binding(ctx.tx, &t, &id, &body, now))
             .await?;
+        let key = (tenant.to_string(), b.id.clone());
+        if let Some(m) = members {
+            self.members
+                .write()
+                .expect("members")
+                .insert(key.clone(), Arc::new(m));
+        }
         self.by_id
             .write()
             .expect("bindings")
-            .insert((tenant.to_string(), b.id.clone()), Arc::new(b));
+            .insert(key, Arc::new(b));
         Ok(())
+    }
+
+    /// Re-evaluates the queries of query bindings (of one tenant, or all).
+    pub fn refresh_queries(&self, twins: &TwinGraphs, tenant: Option<&str>) {
+        let list: Vec<(Key, Arc<Binding>)> = self
+            .by_id
+            .read()
+            .expect("bindings")
+            .iter()
+            .filter(|((t, _), b)| b.select.query.is_some() && tenant.is_none_or(|x| x == t))
+            .map(|(k, b)| (k.clone(), b.clone()))
+            .collect();
+        for ((tenant, id), b) in list {
+            let q = b.select.query.as_deref().unwrap_or_default();
+            if let Ok(m) = query_members(&tenant, q, twins, &self.store) {
+                self.members
+                    .write()
+                    .expect("members")
+                    .insert((tenant, id), Arc::new(m));
+            }
+        }
     }
 
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, MlError> {
@@ -236,9 +289,11 @@ impl Bindings {
             return Vec::new();
         };
         let m = self.by_id.read().expect("bindings");
+        let members = self.members.read().expect("members");
         m.iter()
             .filter(|((t, _), _)| *t == e.tenant)
-            .filter(|(_, b)| match (&b.select.twin, &b.select.model) {
+            .filter(|(k, b)| match (&b.select.twin, &b.select.model) {
+                _ if b.select.query.is_some() => members.get(*k).is_some_and(|s| s.contains(twin)),
                 (Some(t), _) => t == twin,
                 (_, Some(dtmi)) => twins.read(&e.tenant, |g| {
                     let (Some(tw), Ok(want)) =
@@ -255,6 +310,35 @@ impl Bindings {
     }
 }
 
+/// The twin ids a query returns.
+fn query_members(
+    tenant: &str,
+    q: &str,
+    twins: &TwinGraphs,
+    store: &Store,
+) -> Result<HashSet<String>, String> {
+    let parsed = twinhub_model::query::parse(q).map_err(|e| e.to_string())?;
+    let page = twins
+        .query(tenant, &parsed, 0, 1_000_000, |id| {
+            store.latest_of_twin(tenant, id)
+        })
+        .map_err(|e| e.0)?;
+    let mut out = HashSet::new();
+    for row in &page.items {
+        let id = row.get("$dtId").or_else(|| {
+            row.as_object()
+                .and_then(|o| o.values().find_map(|v| v.get("$dtId")))
+        });
+        match id.and_then(|v| v.as_str()) {
+            Some(id) => {
+                out.insert(id.to_string());
+            }
+            None => return Err("must return twins (SELECT T FROM DIGITALTWINS T …)".into()),
+        }
+    }
+    Ok(out)
+}
+
 /// The soft-sensor loop: follows telemetry events until shutdown.
 pub async fn run(
     bindings: Arc<Bindings>,
@@ -266,9 +350,17 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (_, mut rx) = events.subscribe(None);
+    bindings.refresh_queries(&twins, None);
+    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         let e = tokio::select! {
             r = rx.recv() => r,
+            // Graph changes refresh query bindings at once (below); the
+            // tick catches conditions on telemetry values.
+            _ = refresh.tick() => {
+                bindings.refresh_queries(&twins, None);
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         let e = match e {
@@ -279,8 +371,19 @@ pub async fn run(
             }
             Err(_) => return,
         };
+        if e.kind == "twin" || e.kind == "relationship" {
+            bindings
+                .stale
+                .lock()
+                .expect("stale")
+                .insert(e.tenant.clone());
+            continue;
+        }
         if e.kind != "telemetry" {
             continue;
+        }
+        if bindings.stale.lock().expect("stale").remove(&e.tenant) {
+            bindings.refresh_queries(&twins, Some(&e.tenant));
         }
         let Some(values) = e.data.get("values").and_then(|v| v.as_object()) else {
             continue;

@@ -400,14 +400,12 @@ where
     panic!("condition not reached in 2 s");
 }
 
-/// A soft sensor: the yield model bound to reactors writes its prediction
-/// and interval to the twin and its history whenever inputs change; the
-/// measured yield, arriving later, is scored against it.
-#[tokio::test]
-async fn soft_sensors_write_predictions_to_twins_and_history() {
-    let s = TestServer::start().await;
+/// A DTDL reactor model with the yield model's inputs and outputs, one
+/// twin per `(id, line)` and a device `d-{id}` feeding it; returns the
+/// devices' keys.
+async fn yield_reactors(s: &TestServer, twins: &[(&str, &str)]) -> Vec<String> {
     let telemetry = |n: &str| json!({"@type": "Telemetry", "name": n, "schema": "double"});
-    let contents: Vec<Value> = [
+    let mut contents: Vec<Value> = [
         "temperature",
         "pressure",
         "flow_rate",
@@ -419,6 +417,8 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     .iter()
     .map(|n| telemetry(n))
     .collect();
+    contents
+        .push(json!({"@type": "Property", "name": "line", "schema": "string", "writable": true}));
     let model = json!([{"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:YieldReactor;1",
         "@type": "Interface", "contents": contents}]);
     assert_eq!(
@@ -429,21 +429,36 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
             .status(),
         201
     );
-    for id in ["r1", "r2"] {
+    let mut keys = Vec::new();
+    for (id, line) in twins {
         let r = s
             .http
             .put(s.url(&format!("/api/v1/twins/{id}")))
             .bearer_auth(&s.token)
-            .json(&json!({"$metadata": {"$model": "dtmi:test:YieldReactor;1"}}))
+            .json(&json!({"$metadata": {"$model": "dtmi:test:YieldReactor;1"}, "line": line}))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
+        let (_, d) = s
+            .json(s.post(
+                "/api/v1/devices",
+                json!({"id": format!("d-{id}"), "twin_id": id}),
+            ))
+            .await;
+        keys.push(d["key"].as_str().unwrap().to_string());
     }
-    let (_, d) = s
-        .json(s.post("/api/v1/devices", json!({"id": "d1", "twin_id": "r1"})))
-        .await;
-    let key = d["key"].as_str().unwrap().to_string();
+    keys
+}
+
+/// A soft sensor: the yield model bound to reactors writes its prediction
+/// and interval to the twin and its history whenever inputs change; the
+/// measured yield, arriving later, is scored against it.
+#[tokio::test]
+async fn soft_sensors_write_predictions_to_twins_and_history() {
+    let s = TestServer::start().await;
+    let keys = yield_reactors(&s, &[("r1", "A"), ("r2", "A")]).await;
+    let key = keys[0].clone();
     upload_yield(&s, "1.0.0").await;
 
     // Outputs must be telemetry of the twins' model.
@@ -476,7 +491,7 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     let ts = 1_700_000_000_000i64;
     let r = s
         .send(
-            "d1",
+            "d-r1",
             &key,
             json!({"ts": ts, "temperature": 350, "pressure": 5.5, "flow_rate": 100}),
         )
@@ -514,7 +529,7 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     assert!(t2.get("yield_pred").is_none());
 
     // The measured yield arrives: the version's error is scored.
-    s.send("d1", &key, json!({"ts": ts + 1000, "yield": y - 2.0}))
+    s.send("d-r1", &key, json!({"ts": ts + 1000, "yield": y - 2.0}))
         .await;
     let info = poll(|| async {
         let (_, i) = s.json(s.get("/api/v1/ml/models/reactor-yield")).await;
@@ -538,5 +553,77 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
             .status(),
         204
     );
+    s.stop().await;
+}
+
+/// A binding selected by a twin query follows the graph: a twin that
+/// starts matching is served from its next input on.
+#[tokio::test]
+async fn soft_sensors_bound_by_query_follow_the_graph() {
+    let s = TestServer::start().await;
+    let keys = yield_reactors(&s, &[("r1", "A"), ("r2", "B")]).await;
+    upload_yield(&s, "1.0.0").await;
+    let outputs = json!({"prediction": "yield_pred"});
+    for (query, rule) in [
+        ("SELECT T FROM", "select.query"),
+        ("SELECT COUNT() FROM DIGITALTWINS", "must return twins"),
+    ] {
+        let r = s
+            .post(
+                "/api/v1/ml/bindings",
+                json!({"id": "q", "model": "reactor-yield",
+                "select": {"query": query}, "outputs": outputs}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let msg = error_of(r, 400, "bad_request").await;
+        assert!(msg.contains(rule), "{query}: {msg}");
+    }
+    let r = s
+        .post(
+            "/api/v1/ml/bindings",
+            json!({"id": "q", "model": "reactor-yield",
+            "select": {"twin": "r1", "query": "SELECT T FROM DIGITALTWINS T"}, "outputs": outputs}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .contains("exactly one"));
+    let (st, b) = s
+        .json(s.post("/api/v1/ml/bindings", json!({"id": "line-a", "model": "reactor-yield",
+            "select": {"query": "SELECT T FROM DIGITALTWINS T WHERE T.line = 'A'"}, "outputs": outputs})))
+        .await;
+    assert_eq!(st, 201, "{b}");
+
+    let row =
+        json!({"ts": 1_700_000_000_000i64, "temperature": 350, "pressure": 5.5, "flow_rate": 100});
+    let has_pred = |id: &'static str| {
+        let s = &s;
+        async move {
+            let (_, t) = s.json(s.get(&format!("/api/v1/twins/{id}"))).await;
+            t.get("yield_pred").is_some().then_some(t)
+        }
+    };
+    // r2 first: once r1 is served, r2's event has been handled too.
+    assert_eq!(s.send("d-r2", &keys[1], row.clone()).await.status(), 200);
+    assert_eq!(s.send("d-r1", &keys[0], row.clone()).await.status(), 200);
+    poll(|| has_pred("r1")).await;
+    assert!(has_pred("r2").await.is_none(), "r2 is on line B");
+
+    // r2 moves to line A: its next input is served.
+    let r = s
+        .http
+        .patch(s.url("/api/v1/twins/r2"))
+        .bearer_auth(&s.token)
+        .json(&json!([{"op": "replace", "path": "/line", "value": "A"}]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.send("d-r2", &keys[1], row).await.status(), 200);
+    poll(|| has_pred("r2")).await;
     s.stop().await;
 }
