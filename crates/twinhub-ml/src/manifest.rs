@@ -181,6 +181,8 @@ impl Manifest {
                 ));
             }
             if let (Some(lo), Some(hi)) = (f.min, f.max) {
+                // Negated so NaN bounds are refused too.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 if !(lo < hi) {
                     return Err(field(
                         400,
@@ -207,7 +209,7 @@ impl Manifest {
             }
         }
         if let Some(c) = &self.conformal {
-            if !(c.quantile >= 0.0 && c.quantile.is_finite()) || !(c.level > 0.0 && c.level < 1.0) {
+            if !(c.quantile >= 0.0 && c.quantile.is_finite() && c.level > 0.0 && c.level < 1.0) {
                 return Err(field(
                     400,
                     "manifest.conformal",
@@ -224,6 +226,7 @@ impl Manifest {
                 if d.shares.is_empty() || d.edges.len() != d.shares.len() + 1 {
                     return Err(field(400, f, "needs n shares and n + 1 edges"));
                 }
+                #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN edges fail too
                 if d.edges.windows(2).any(|w| !(w[0] <= w[1])) {
                     return Err(field(400, f, "edges must increase"));
                 }

@@ -178,7 +178,7 @@ impl Model {
 
     /// Runs rows × features through the graph.
     pub fn run(&self, rows: usize, features: Vec<f32>, per_tree: bool) -> Result<Run, OnnxError> {
-        let cols = if rows == 0 { 0 } else { features.len() / rows };
+        let cols = features.len().checked_div(rows).unwrap_or(0);
         if let Some(n) = self.n_features {
             if cols != n || rows * n != features.len() {
                 return Err(OnnxError::Invalid(format!(

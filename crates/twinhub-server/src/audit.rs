@@ -77,7 +77,7 @@ impl AuditLog {
         let dir = store.dir().to_path_buf();
         let key = crate::keyfile::load_or_create(&dir, KEY_FILE, configured_key)?;
         let heads: HashMap<String, (i64, Vec<u8>)> = store
-            .read(|c| rows::heads(c))?
+            .read(rows::heads)?
             .into_iter()
             .map(|(c, s, m)| (c, (s, m)))
             .collect();

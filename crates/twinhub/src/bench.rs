@@ -310,26 +310,59 @@ async fn store_suite(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
+/// The admin password of bench servers.
+pub const BENCH_PASSWORD: &str = "bench-password-1";
+
+/// A whole server on free ports in a temporary directory (HTTP only unless
+/// `tweak` says otherwise), with an admin token.
+pub struct BenchServer {
+    pub server: ServerHandle,
+    pub base: String,
+    pub token: String,
+    /// Removed when dropped, after the server stops.
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<BenchServer> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::default();
     config.data_dir = dir.path().to_path_buf();
     config.http.listen = "127.0.0.1:0".into();
-    config.admin_password = Some("bench-password-1".into());
+    config.mqtt.listen = String::new();
+    config.admin_password = Some(BENCH_PASSWORD.into());
     config.log.level = "warn".into();
+    tweak(&mut config);
     let server = ServerHandle::start(config, clock::system()).await?;
     let base = format!("http://{}", server.ready.http);
-    let client = reqwest::Client::new();
-    let token = client
+    let token = admin_token(&reqwest::Client::new(), &base).await?;
+    Ok(BenchServer {
+        server,
+        base,
+        token,
+        _dir: dir,
+    })
+}
+
+/// Logs in as the bench admin.
+pub async fn admin_token(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let r = http
         .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password-1"}))
+        .json(&json!({"username": "admin", "password": BENCH_PASSWORD}))
         .send()
         .await?
         .json::<serde_json::Value>()
-        .await?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+        .await?;
+    Ok(r["access_token"].as_str().unwrap_or_default().to_string())
+}
+
+async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
+    let BenchServer {
+        server,
+        base,
+        token,
+        _dir,
+    } = bench_server(|_| {}).await?;
+    let client = reqwest::Client::new();
     let conns = 16;
     let msgs_per_req = 100;
     let mut tasks = tokio::task::JoinSet::new();

@@ -4,6 +4,7 @@
 //! gunicorn and scikit-learn is installed, seed 000's Flask service on the
 //! same machine with the same load, for the ratio.
 
+use crate::bench::{bench_server, BenchServer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -132,30 +133,17 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
     );
 
     // Over HTTP: a server on this machine, cache off so every call runs the model.
-    let dir = tempfile::tempdir()?;
-    let mut config = twinhub_server::config::Config::default();
-    config.data_dir = dir.path().to_path_buf();
-    config.http.listen = "127.0.0.1:0".into();
-    config.mqtt.listen = String::new();
-    config.admin_password = Some("bench-password-1".into());
-    config.log.level = "warn".into();
-    config.ml.cache_entries = 0;
-    config.rate_limits.requests_per_second = 0.0;
-    let server =
-        twinhub_server::server::ServerHandle::start(config, twinhub_server::clock::system())
-            .await?;
-    let base = format!("http://{}", server.ready.http);
+    let BenchServer {
+        server,
+        base,
+        token,
+        _dir,
+    } = bench_server(|c| {
+        c.ml.cache_entries = 0;
+        c.rate_limits.requests_per_second = 0.0;
+    })
+    .await?;
     let http = reqwest::Client::new();
-    let token = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password-1"}))
-        .send()
-        .await?
-        .json::<Value>()
-        .await?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     let form = reqwest::multipart::Form::new()
         .part("model", reqwest::multipart::Part::bytes(onnx.clone()))
         .part(

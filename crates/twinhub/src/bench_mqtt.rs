@@ -4,6 +4,7 @@
 //! machine's Mosquitto for reference; and the memory of idle connected
 //! devices.
 
+use crate::bench::{admin_token, bench_server, BenchServer, BENCH_PASSWORD};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::QoS;
@@ -258,29 +259,17 @@ fn row(name: &str, value: String, note: &str) {
 }
 
 pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = twinhub_server::config::Config::default();
-    config.data_dir = dir.path().to_path_buf();
-    config.http.listen = "127.0.0.1:0".into();
-    config.mqtt.listen = "127.0.0.1:0".into();
-    config.admin_password = Some("bench-password-1".into());
-    config.log.level = "warn".into();
-    config.mqtt.max_queued = 100_000;
-    let server =
-        twinhub_server::server::ServerHandle::start(config, twinhub_server::clock::system())
-            .await?;
-    let base = format!("http://{}", server.ready.http);
+    let BenchServer {
+        server,
+        base,
+        token,
+        _dir,
+    } = bench_server(|c| {
+        c.mqtt.listen = "127.0.0.1:0".into();
+        c.mqtt.max_queued = 100_000;
+    })
+    .await?;
     let http = reqwest::Client::new();
-    let token = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password-1"}))
-        .send()
-        .await?
-        .json::<serde_json::Value>()
-        .await?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
     let mut creds = Vec::new();
     for i in 0..args.connections {
         let id = format!("bench-dev-{i}");
@@ -302,7 +291,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
         name: "twinhub",
         addr: server.ready.mqtt.expect("mqtt enabled"),
         creds,
-        sub_login: Some(("admin".into(), "bench-password-1".into())),
+        sub_login: Some(("admin".into(), BENCH_PASSWORD.into())),
         stored: Some(Box::new(move || {
             store.engine().metrics.points_committed.get()
         })),
@@ -411,7 +400,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
             "--log-level",
             "warn",
         ])
-        .env("TWINHUB_ADMIN_PASSWORD", "bench-password-1")
+        .env("TWINHUB_ADMIN_PASSWORD", BENCH_PASSWORD)
         .env("TWINHUB_MQTT_MAX_QUEUED", "100")
         .stdout(std::process::Stdio::null())
         .spawn()?;
@@ -423,16 +412,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
     let base = format!("http://{}", p["http"].as_str().unwrap_or_default());
     let mqtt: SocketAddr = p["mqtt"].as_str().unwrap_or_default().parse()?;
     let http = reqwest::Client::new();
-    let token = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password-1"}))
-        .send()
-        .await?
-        .json::<serde_json::Value>()
-        .await?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let token = admin_token(&http, &base).await?;
     let mut keys = Vec::with_capacity(n);
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = tokio::task::JoinSet::new();

@@ -3,6 +3,7 @@
 //! HTTP with keep-alive and the latency of a one-JOIN query returning 100
 //! rows.
 
+use crate::bench::{bench_server, BenchServer};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,30 +40,17 @@ where
 }
 
 pub async fn run(a: TwinArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = twinhub_server::config::Config::default();
-    config.data_dir = dir.path().to_path_buf();
-    config.http.listen = "127.0.0.1:0".into();
-    config.mqtt.listen = String::new();
-    config.admin_password = Some("bench-password-1".into());
-    config.log.level = "warn".into();
-    let server =
-        twinhub_server::server::ServerHandle::start(config, twinhub_server::clock::system())
-            .await?;
-    let base = Arc::new(format!("http://{}", server.ready.http));
+    let BenchServer {
+        server,
+        base,
+        token,
+        _dir,
+    } = bench_server(|_| {}).await?;
+    let base = Arc::new(base);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
-    let token: Arc<str> = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": "bench-password-1"}))
-        .send()
-        .await?
-        .json::<Value>()
-        .await?["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .into();
+    let token: Arc<str> = token.into();
     let r = http
         .post(format!("{base}/api/v1/models"))
         .bearer_auth(&*token)

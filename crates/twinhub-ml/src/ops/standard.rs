@@ -205,6 +205,7 @@ impl Op for Concat {
 }
 
 #[derive(Clone, Copy)]
+#[allow(clippy::enum_variant_names)] // the ONNX operator names
 enum Binary {
     AddOp,
     SubOp,

@@ -338,7 +338,7 @@ fn axis_values(name: &str, v: &Value) -> Result<Vec<f64>, ApiError> {
                     .ok_or_else(|| ApiError::field(&format!("{f}.{k}"), "must be a number"))
             };
             let (from, to, steps) = (get("from")?, get("to")?, get("steps")?);
-            if !(steps >= 2.0 && steps <= 10_000.0) {
+            if !(2.0..=10_000.0).contains(&steps) {
                 return Err(ApiError::field(&format!("{f}.steps"), "must be 2 to 10000"));
             }
             let n = steps as usize;

@@ -109,10 +109,8 @@ pub async fn serve_websocket(
     let inbound = async move {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => {
+                    break;
                 }
                 Message::Close(_) => break,
                 _ => {}

@@ -233,7 +233,7 @@ mod tests {
             let mut c = Columns::default();
             for (t, (kind, n, q)) in &pts {
                 let v = match kind {
-                    0 | 1 | 2 => Value::Number(*n),
+                    0..=2 => Value::Number(*n),
                     3 => Value::Bool(*n > 0.0),
                     _ => Value::String(format!("s{n}")),
                 };

@@ -64,7 +64,7 @@ impl SeriesBuf {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Head {
     pub series: HashMap<u32, SeriesBuf>,
     pub points: usize,
@@ -72,17 +72,6 @@ pub struct Head {
     pub since: Option<Instant>,
     /// Highest batch-log sequence whose points are in this head.
     pub max_seq: u64,
-}
-
-impl Default for Head {
-    fn default() -> Self {
-        Head {
-            series: HashMap::new(),
-            points: 0,
-            since: None,
-            max_seq: 0,
-        }
-    }
 }
 
 impl Head {

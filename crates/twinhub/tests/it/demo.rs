@@ -2,8 +2,8 @@
 //! whose simulated reactors report over MQTT and whose yield soft sensor
 //! writes predictions to every reactor twin.
 
-use crate::process::{cmd, layout, unsafe_kill, PW};
-use serde_json::{json, Value};
+use crate::process::{cmd, layout, login, unsafe_kill, PW};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,16 +49,7 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
     let base = format!("http://{}", ports["http"].as_str().unwrap());
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": PW}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().unwrap().to_string();
+    let token = login(&base, PW).await;
     let twin = loop {
         let twin: Value = http
             .get(format!("{base}/api/v1/twins/plant1-reactor2"))

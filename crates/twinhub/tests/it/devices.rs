@@ -166,15 +166,7 @@ async fn device_credentials_are_checked() {
     error_of(r, 401, "unauthorized").await;
     let (_, m) = s.json(s.http.get(s.url("/metrics"))).await;
     assert_eq!(m, Value::Null, "metrics are text, not JSON");
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains("twinhub_auth_failures_total{kind=\"device\"} 2"),
         "{text}"

@@ -370,15 +370,7 @@ async fn scenarios_and_drift() {
         .as_f64()
         .unwrap();
     assert!(psi > 0.25, "{info}");
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("twinhub_ml_drift_psi{tenant=\"default\",model=\"reactor-yield\",feature=\"temperature\"}"),
         "{metrics}"

@@ -12,15 +12,7 @@ async fn health_ready_metrics_and_openapi() {
     );
     let k = s.device("m").await;
     s.send("m", &k, json!([{"a": 1, "b": 2}, {"a": 3}])).await;
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for needle in [
         "twinhub_messages_in_total{protocol=\"http\"} 2",
         "twinhub_points_in_total{protocol=\"http\"} 3",

@@ -68,7 +68,7 @@ pub fn start(dir: &Path, with_password: bool) -> Server {
     }
 }
 
-async fn login(base: &str, pw: &str) -> String {
+pub async fn login(base: &str, pw: &str) -> String {
     let r: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({"username": "admin", "password": pw}))

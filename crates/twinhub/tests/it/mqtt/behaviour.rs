@@ -65,15 +65,7 @@ async fn invalid_telemetry_is_refused_with_0x99_in_v5_and_dropped_in_3_1_1() {
     );
     let (_, series) = s.json(s.get("/api/v1/twins/bad/telemetry")).await;
     assert_eq!(series["value"], json!([]), "nothing was stored");
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains("twinhub_mqtt_telemetry_rejected_total 2"),
         "{text}"
@@ -290,15 +282,7 @@ async fn a_slow_subscriber_never_slows_producers() {
         .json(s.get("/api/v1/twins/fast/telemetry/v?from=0&bucket=1d&agg=count"))
         .await;
     assert_eq!(v["buckets"][0]["count"], 500, "ingest got every message");
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     let dropped: u64 = text
         .lines()
         .find(|l| l.starts_with("twinhub_mqtt_dropped_total "))
@@ -432,15 +416,7 @@ async fn over_rate_devices_are_rejected_or_throttled() {
         "{:?}",
         started.elapsed()
     );
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         !text.contains("twinhub_mqtt_rate_limited_total 0"),
         "{text}"

@@ -454,15 +454,7 @@ async fn mqtt_3_1_4_connack_codes_for_credentials_in_3_1_1() {
             .code,
         C4::NotAuthorized
     );
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(
         text.contains("twinhub_mqtt_connections_refused_total{reason=\"bad_credentials\"} 2"),
         "{text}"
@@ -611,15 +603,7 @@ async fn mqtt5_3_3_2_4_the_server_refuses_foreign_topics_with_0x87() {
         )),
         p => panic!("{p:?}"),
     }
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     assert!(text.contains("twinhub_mqtt_acl_denied_total 2"), "{text}");
     s.stop().await;
 }
