@@ -364,6 +364,36 @@ impl Predictor {
 
     /// Answers for rows of features (model order).
     pub fn predict(&self, rows: &[Vec<f32>]) -> Result<Vec<Prediction>, OnnxError> {
+        // Large batches use every core: a batch is one caller's bulk job,
+        // and a thread costs tens of microseconds against milliseconds.
+        const PER_THREAD: usize = 256;
+        // available_parallelism reads cgroup files: ask once.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = (rows.len() / PER_THREAD).min(
+            *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        );
+        if threads < 2 {
+            return self.predict_serial(rows);
+        }
+        let chunk = rows.len().div_ceil(threads);
+        let parts: Vec<Result<Vec<Prediction>, OnnxError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = rows
+                .chunks(chunk)
+                .map(|c| s.spawn(move || self.predict_serial(c)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("prediction thread"))
+                .collect()
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for p in parts {
+            out.extend(p?);
+        }
+        Ok(out)
+    }
+
+    fn predict_serial(&self, rows: &[Vec<f32>]) -> Result<Vec<Prediction>, OnnxError> {
         let n = rows.len();
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let trees = matches!(

@@ -199,3 +199,30 @@ fn drift_is_small_in_distribution_and_large_when_shifted() {
     );
     assert!(psi(&shifted, "pressure") < 0.05);
 }
+
+/// A large batch (split across threads) answers exactly what each row
+/// answers alone, in order.
+#[test]
+fn large_batches_match_single_rows_in_order() {
+    let p = Predictor::new(model("reactor_yield"), manifest()).unwrap();
+    let rows: Vec<Vec<f32>> = (0..1500)
+        .map(|i| {
+            let f = i as f32 / 1500.0;
+            vec![
+                340.0 + 40.0 * f,
+                4.0 + 4.0 * (1.0 - f),
+                80.0 + 40.0 * ((i * 7) % 1500) as f32 / 1500.0,
+            ]
+        })
+        .collect();
+    let batch = p.predict(&rows).unwrap();
+    assert_eq!(batch.len(), rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let one = p.predict(std::slice::from_ref(row)).unwrap();
+        assert_eq!(
+            serde_json::to_value(&batch[i]).unwrap(),
+            serde_json::to_value(&one[0]).unwrap(),
+            "row {i}"
+        );
+    }
+}
