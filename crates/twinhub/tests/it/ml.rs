@@ -156,6 +156,24 @@ async fn bad_uploads_are_refused_with_the_reason() {
     assert!(error_of(r, 422, "unprocessable_entity")
         .await
         .contains("model"));
+    // An operator we do not run is named; so is every other one missing.
+    use prost::Message;
+    let mut m = twinhub_ml::proto::ModelProto::decode(&fixture("gbr.onnx")[..]).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    g.node[0].op_type = "SVMRegressor".into();
+    g.node[0].domain = "ai.onnx.ml".into();
+    g.node.push(twinhub_ml::proto::NodeProto {
+        op_type: "Conv".into(),
+        input: vec![g.node[0].output[0].clone()],
+        output: vec!["conv_out".into()],
+        ..Default::default()
+    });
+    let r = upload(&s, m.encode_to_vec(), &yield_manifest("1")).await;
+    let msg = error_of(r, 422, "unprocessable_entity").await;
+    assert!(
+        msg.contains("ai.onnx.ml.SVMRegressor") && msg.contains("Conv"),
+        "{msg}"
+    );
     // A per-tree interval on boosted trees.
     let r = upload(&s, fixture("gbr.onnx"), &yield_manifest("1")).await;
     assert!(error_of(r, 422, "unprocessable_entity")
