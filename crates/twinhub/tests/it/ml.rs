@@ -637,3 +637,55 @@ async fn soft_sensors_bound_by_query_follow_the_graph() {
     poll(|| has_pred("r2")).await;
     s.stop().await;
 }
+
+/// Classifiers answer the label with class probabilities and a null
+/// interval; outlier models answer a score (the contract's shapes).
+#[tokio::test]
+async fn classifier_and_outlier_answers() {
+    let s = TestServer::start().await;
+    for (name, file) in [("grade", "classifier.onnx"), ("outlier", "isolation.onnx")] {
+        let mut m = yield_manifest("1.0.0");
+        m["name"] = json!(name);
+        m.as_object_mut().unwrap().remove("interval");
+        let r = upload(&s, fixture(file), &m).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/ml/models/grade/predict",
+            serde_json::from_str(ROW).unwrap(),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let probs: Vec<f64> = v["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(probs.len(), 3, "{v}");
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{v}");
+    let label = v["prediction"].as_i64().unwrap();
+    let best = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(
+        label as usize, best,
+        "the label is the likeliest class: {v}"
+    );
+    assert!(v.get("interval").is_some_and(|i| i.is_null()), "{v}");
+    assert_eq!(v["model_version"], "1.0.0");
+
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/ml/models/outlier/predict",
+            serde_json::from_str(ROW).unwrap(),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["score"].is_f64(), "{v}");
+    s.stop().await;
+}
