@@ -37,7 +37,10 @@ pub struct QuotaExceeded {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Default)]
+/// The meta key under which today's point counts survive restarts.
+const POINTS_KEY: &str = "quota_points";
+
+#[derive(Default, Clone, Copy, Serialize, Deserialize)]
 struct DayCount {
     day: i64,
     points: u64,
@@ -48,6 +51,8 @@ pub struct Quotas {
     clock: SharedClock,
     limits: RwLock<HashMap<String, TenantQuotas>>,
     points: Mutex<HashMap<String, DayCount>>,
+    /// Counts changed since they were last saved.
+    points_dirty: std::sync::atomic::AtomicBool,
     storage: RwLock<HashMap<String, u64>>,
 }
 
@@ -58,11 +63,16 @@ impl Quotas {
             .into_iter()
             .filter_map(|(t, q)| Some((t, serde_json::from_str(&q).ok()?)))
             .collect();
+        let points = store
+            .read(|c| crate::store::registry::meta_get(c, POINTS_KEY))?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
         let q = Arc::new(Quotas {
             store,
             clock,
             limits: RwLock::new(limits),
-            points: Mutex::new(HashMap::new()),
+            points: Mutex::new(points),
+            points_dirty: Default::default(),
             storage: RwLock::new(HashMap::new()),
         });
         q.measure_storage();
@@ -150,6 +160,8 @@ impl Quotas {
             });
         }
         c.points += n as u64;
+        self.points_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -157,6 +169,39 @@ impl Quotas {
         if let Some(c) = self.points.lock().expect("points").get_mut(tenant) {
             c.points = c.points.saturating_sub(n as u64);
         }
+        self.points_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Saves today's point counts so a restart does not refill the daily
+    /// allowance (a background job calls it every few seconds, and the
+    /// server on shutdown; a crash forgets at most that window).
+    pub async fn save_points(&self) -> Result<(), StoreError> {
+        if !self
+            .points_dirty
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let day = self.clock.now_us().div_euclid(DAY_US);
+        let today: HashMap<String, DayCount> = self
+            .points
+            .lock()
+            .expect("points")
+            .iter()
+            .filter(|(_, c)| c.day == day)
+            .map(|(t, c)| (t.clone(), *c))
+            .collect();
+        let json = serde_json::to_string(&today).unwrap_or_else(|_| "{}".into());
+        let r = self
+            .store
+            .write(move |ctx| crate::store::registry::meta_set(ctx.tx, POINTS_KEY, &json))
+            .await;
+        if r.is_err() {
+            self.points_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
     }
 
     /// Points accepted today (UTC) for a tenant with a daily quota.

@@ -313,6 +313,9 @@ pub async fn run(
     if let Err(e) = state.registry.persist_last_seen().await {
         tracing::warn!(error = %e, "could not persist last-seen times");
     }
+    if let Err(e) = state.quotas.save_points().await {
+        tracing::warn!(error = %e, "could not save quota counters");
+    }
     let _ = std::fs::remove_file(dir.join(PORTS_FILE));
     tokio::task::spawn_blocking(move || store.close())
         .await
@@ -331,6 +334,16 @@ fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
             tick.tick().await;
             let q = q.clone();
             let _ = tokio::task::spawn_blocking(move || q.measure_storage()).await;
+        }
+    }));
+    let q = state.quotas.clone();
+    jobs.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = q.save_points().await {
+                tracing::warn!(error = %e, "could not save quota counters");
+            }
         }
     }));
     let timeout = parse_duration(&state.config.devices.inactivity_timeout).unwrap_or(600_000_000);

@@ -121,6 +121,12 @@ async fn points_per_day_refuse_new_points_and_keep_old_ones() {
         v5::Packet::PubAck(a) => assert_eq!(a.reason, v5::PubAckReason::QuotaExceeded),
         p => panic!("{p:?}"),
     }
+    // A restart does not refill today's allowance.
+    let s = s.restart().await;
+    let r = s.send("m1", &key, json!({"v": 6})).await;
+    assert!(error_of(r, 429, "quota_exceeded")
+        .await
+        .contains("points_per_day"));
     // The next UTC day has room again.
     s.clock.advance_us(86_400 * 1_000_000);
     assert_eq!(s.send("m1", &key, json!({"v": 7})).await.status(), 200);
