@@ -159,11 +159,12 @@ impl Broker {
             iterations: app.config.auth.argon2_iterations,
             lanes: app.config.auth.argon2_lanes,
         };
-        let (retained, sessions, queue) = app.store.read(|c| {
+        let (retained, sessions, queue, qos2_in) = app.store.read(|c| {
             Ok((
                 rows_t::load_retained(c)?,
                 rows_t::load_sessions(c)?,
                 rows_t::load_queue(c)?,
+                rows_t::load_qos2_in(c)?,
             ))
         })?;
         let next_id = queue.iter().map(|q| q.id).max().unwrap_or(0) + 1;
@@ -180,7 +181,7 @@ impl Broker {
             dummy_hash: password::dummy_hash(cost),
             app,
         });
-        broker.restore(retained, sessions, queue);
+        broker.restore(retained, sessions, queue, qos2_in);
         Ok(broker)
     }
 
@@ -189,6 +190,7 @@ impl Broker {
         retained: Vec<rows_t::RetainedRow>,
         sessions: Vec<rows_t::SessionRow>,
         queue: Vec<rows_t::QueuedRow>,
+        qos2_in: Vec<(String, u16)>,
     ) {
         let now = self.now_us();
         {
@@ -248,12 +250,27 @@ impl Broker {
             for q in queue {
                 match sessions.get(q.client_id.as_str()) {
                     Some(h) if q.expires_at.is_none_or(|e| e > now) => {
-                        h.state
-                            .lock()
-                            .expect("state")
-                            .push(persist::outgoing_from_row(q));
+                        let (pkid, released) = (q.pkid, q.released);
+                        let out = persist::outgoing_from_row(q);
+                        let mut st = h.state.lock().expect("state");
+                        match pkid {
+                            Some(pkid) => st.restore_inflight(out, pkid, released),
+                            None => {
+                                st.push(out);
+                            }
+                        }
                     }
                     _ => stale.push(Op::Dequeue(q.id)),
+                }
+            }
+            for (client_id, pkid) in qos2_in {
+                match sessions.get(client_id.as_str()) {
+                    Some(h) => h.state.lock().expect("state").restore_qos2_in(pkid),
+                    None => stale.push(Op::Qos2In {
+                        client_id,
+                        pkid,
+                        held: false,
+                    }),
                 }
             }
         }

@@ -9,8 +9,9 @@ use super::broker::{Broker, Kick, RateAction, SessionHandle};
 use super::codec::{
     self, CodecError, ConnAckProps, ConnectIn, In, Out, PublishIn, Refusal, Version, Will,
 };
+use super::persist::Op;
 use super::router::Sub;
-use super::session::{Message, MsgProps, Outgoing, Send as Next};
+use super::session::{Message, MsgProps, Outgoing, PubRec, Send as Next};
 use super::topic;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -419,6 +420,14 @@ fn write_send<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, broker: &Br
     match s {
         Next::PubRel(pkid) => conn.write(Out::PubRel { pkid, reason: 0 }),
         Next::Publish { pkid, out, dup } => {
+            // A stored QoS 2 message keeps its packet id across restarts.
+            if let (2, Some(id), false) = (out.qos, out.persist_id, dup) {
+                broker.persist.send(vec![Op::InFlight {
+                    id,
+                    pkid,
+                    released: false,
+                }]);
+            }
             let now = broker.now_us();
             let expiry_s = out
                 .msg
@@ -570,10 +579,17 @@ impl Reader<'_> {
                     broker.delivered(done);
                 }
                 In::PubRec(pkid) => {
-                    let known = h.state.lock().expect("state").on_pubrec(pkid);
+                    let rec = h.state.lock().expect("state").on_pubrec(pkid);
+                    if let PubRec::First(Some(id)) = rec {
+                        broker.persist.send(vec![Op::InFlight {
+                            id,
+                            pkid,
+                            released: true,
+                        }]);
+                    }
                     conn.write(Out::PubRel {
                         pkid,
-                        reason: if known { 0 } else { 0x92 },
+                        reason: if rec == PubRec::Unknown { 0x92 } else { 0 },
                     });
                 }
                 In::PubComp(pkid) => {
@@ -582,6 +598,13 @@ impl Reader<'_> {
                 }
                 In::PubRel(pkid) => {
                     let known = h.state.lock().expect("state").qos2_released(pkid);
+                    if known && h.expiry_s.load(Ordering::SeqCst) > 0 {
+                        broker.persist.send(vec![Op::Qos2In {
+                            client_id: h.client_id.to_string(),
+                            pkid,
+                            held: false,
+                        }]);
+                    }
                     conn.write(Out::PubComp {
                         pkid,
                         reason: if known { 0 } else { 0x92 },
@@ -820,11 +843,22 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
         1 => Some(Ack::PubAck(p.pkid, reason)),
         _ => Some(Ack::PubRec(p.pkid, reason)),
     };
-    if p.qos == 2 && !h.state.lock().expect("state").qos2_received(p.pkid) {
-        // A retransmission of a QoS 2 message already taken: acknowledge
-        // again, deliver nothing again [MQTT-4.3.3-…].
-        pass.acks.push(ack(0));
-        return Ok(());
+    if p.qos == 2 {
+        if !h.state.lock().expect("state").qos2_received(p.pkid) {
+            // A retransmission of a QoS 2 message already taken: acknowledge
+            // again, deliver nothing again [MQTT-4.3.3-…].
+            pass.acks.push(ack(0));
+            return Ok(());
+        }
+        // A persistent session remembers the id across restarts, durably
+        // before the PUBREC goes out.
+        if h.expiry_s.load(Ordering::SeqCst) > 0 {
+            pass.ops.push(Op::Qos2In {
+                client_id: h.client_id.to_string(),
+                pkid: p.pkid,
+                held: true,
+            });
+        }
     }
     if !acl::may_publish(identity, &p.topic) {
         broker.metrics.acl_denied.inc();

@@ -17,11 +17,28 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub enum Op {
     PutRetained(RetainedRow),
-    DelRetained { tenant: String, topic: String },
+    DelRetained {
+        tenant: String,
+        topic: String,
+    },
     PutSession(SessionRow),
     DelSession(String),
     Enqueue(QueuedRow),
     Dequeue(i64),
+    /// A queued QoS 2 message went out with this packet id (`released`:
+    /// the client answered PUBREC).
+    InFlight {
+        id: i64,
+        pkid: u16,
+        released: bool,
+    },
+    /// A QoS 2 packet id received from a persistent session (`held`) or
+    /// released by its PUBREL.
+    Qos2In {
+        client_id: String,
+        pkid: u16,
+        held: bool,
+    },
 }
 
 type Batch = (Vec<Op>, Option<oneshot::Sender<()>>);
@@ -96,6 +113,12 @@ fn apply(tx: &rusqlite::Connection, ops: &[Op]) -> Result<(), crate::store::Stor
             Op::DelSession(c) => rows::delete_session(tx, c)?,
             Op::Enqueue(q) => rows::enqueue(tx, q)?,
             Op::Dequeue(id) => rows::dequeue(tx, &[*id])?,
+            Op::InFlight { id, pkid, released } => rows::set_inflight(tx, *id, *pkid, *released)?,
+            Op::Qos2In {
+                client_id,
+                pkid,
+                held,
+            } => rows::qos2_in(tx, client_id, *pkid, *held)?,
         }
     }
     Ok(())
@@ -175,6 +198,8 @@ pub fn queued_row(client_id: &str, o: &Outgoing, id: i64) -> QueuedRow {
         props: props_to_text(&o.msg.props),
         expires_at: o.msg.expires_at,
         sub_ids: serde_json::to_string(&o.sub_ids).unwrap_or_else(|_| "[]".into()),
+        pkid: None,
+        released: false,
     }
 }
 

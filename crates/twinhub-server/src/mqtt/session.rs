@@ -52,6 +52,17 @@ enum Phase {
     AwaitComp,
 }
 
+/// What a PUBREC meant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PubRec {
+    /// Not a QoS 2 message in flight.
+    Unknown,
+    /// The first PUBREC for it (with the stored copy's id, to record).
+    First(Option<i64>),
+    /// A repeated PUBREC.
+    Again,
+}
+
 /// What the connection should write next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Send {
@@ -165,15 +176,32 @@ impl SessionState {
     }
 
     /// PUBREC for a QoS 2 message we sent; the caller answers PUBREL.
-    pub fn on_pubrec(&mut self, pkid: u16) -> bool {
+    pub fn on_pubrec(&mut self, pkid: u16) -> PubRec {
         match self.inflight.get_mut(&pkid) {
-            Some((_, p @ Phase::AwaitRec)) => {
+            Some((o, p @ Phase::AwaitRec)) => {
                 *p = Phase::AwaitComp;
-                true
+                PubRec::First(o.persist_id)
             }
-            Some((_, Phase::AwaitComp)) => true,
-            _ => false,
+            Some((_, Phase::AwaitComp)) => PubRec::Again,
+            _ => PubRec::Unknown,
         }
+    }
+
+    /// A stored message that was in flight when the server stopped: it
+    /// goes back in flight under its packet id, so the reconnecting client
+    /// gets the same PUBLISH (DUP) or PUBREL again and never a second copy
+    /// under a new id [MQTT-4.3.3].
+    pub fn restore_inflight(&mut self, out: Outgoing, pkid: u16, released: bool) {
+        if pkid == 0 || self.inflight.contains_key(&pkid) {
+            self.push(out);
+            return;
+        }
+        let phase = match (out.qos, released) {
+            (_, true) => Phase::AwaitComp,
+            (1, _) => Phase::AwaitAck,
+            _ => Phase::AwaitRec,
+        };
+        self.inflight.insert(pkid, (out, phase));
     }
 
     pub fn on_pubcomp(&mut self, pkid: u16) -> Option<Outgoing> {
@@ -207,6 +235,11 @@ impl SessionState {
 
     pub fn qos2_released(&mut self, pkid: u16) -> bool {
         self.incoming_qos2.remove(&pkid)
+    }
+
+    /// Packet ids received before a restart and not yet released.
+    pub fn restore_qos2_in(&mut self, pkid: u16) {
+        self.incoming_qos2.insert(pkid);
     }
 
     pub fn qos2_pending(&self, pkid: u16) -> bool {
@@ -276,7 +309,8 @@ mod tests {
         let Some(Send::Publish { pkid, .. }) = s.next(0) else {
             panic!()
         };
-        assert!(s.on_pubrec(pkid));
+        assert_eq!(s.on_pubrec(pkid), PubRec::First(None));
+        assert_eq!(s.on_pubrec(pkid), PubRec::Again);
         assert_eq!(s.replay(), vec![Send::PubRel(pkid)]);
         assert!(s.on_pubcomp(pkid).is_some());
         assert_eq!(s.inflight(), 0);
@@ -284,6 +318,31 @@ mod tests {
         assert!(!s.qos2_received(7), "a duplicate is recognised");
         assert!(s.qos2_released(7));
         assert!(!s.qos2_released(7));
+    }
+
+    #[test]
+    fn restored_exchanges_resume_under_their_ids() {
+        let mut s = SessionState::new(10, 10);
+        s.restore_inflight(out(2, 1), 5, true);
+        s.restore_inflight(out(2, 2), 9, false);
+        s.restore_inflight(out(2, 3), 9, false); // id taken: queued anew
+        assert_eq!(s.inflight(), 2);
+        let replay = s.replay();
+        assert_eq!(replay[0], Send::PubRel(5));
+        assert!(
+            matches!(&replay[1], Send::Publish { pkid: 9, dup: true, out } if out.msg.payload[0] == 2)
+        );
+        let Some(Send::Publish { pkid, out, .. }) = s.next(0) else {
+            panic!()
+        };
+        assert!(pkid != 5 && pkid != 9 && out.msg.payload[0] == 3);
+        assert!(s.on_pubcomp(5).is_some());
+        assert_eq!(s.on_pubrec(9), PubRec::First(None));
+        s.restore_qos2_in(7);
+        assert!(
+            !s.qos2_received(7),
+            "a retransmission after restart is known"
+        );
     }
 
     #[test]

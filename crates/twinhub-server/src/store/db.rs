@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 6;
+pub const FORMAT_VERSION: i64 = 7;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -109,6 +109,14 @@ CREATE TABLE ml_routing(
 CREATE TABLE ml_bindings(
     tenant TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
     PRIMARY KEY(tenant, id)) WITHOUT ROWID;
+"#,
+    // 7: QoS 2 exchanges in flight survive restarts (packet id and PUBREC
+    // state of messages sent, packet ids received and not yet released).
+    r#"
+ALTER TABLE mqtt_queue ADD COLUMN pkid INTEGER;
+ALTER TABLE mqtt_queue ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE mqtt_qos2_in(client_id TEXT NOT NULL, pkid INTEGER NOT NULL,
+    PRIMARY KEY(client_id, pkid)) WITHOUT ROWID;
 "#,
 ];
 

@@ -38,6 +38,10 @@ pub struct QueuedRow {
     pub props: Option<String>,
     pub expires_at: Option<i64>,
     pub sub_ids: String,
+    /// The packet id it was sent with (QoS 2), and whether the client
+    /// acknowledged it with PUBREC.
+    pub pkid: Option<u16>,
+    pub released: bool,
 }
 
 pub fn put_retained(tx: &Connection, r: &RetainedRow) -> Result<(), StoreError> {
@@ -88,6 +92,8 @@ pub fn delete_session(tx: &Connection, client_id: &str) -> Result<(), StoreError
         .execute([client_id])?;
     tx.prepare_cached("DELETE FROM mqtt_queue WHERE client_id = ?1")?
         .execute([client_id])?;
+    tx.prepare_cached("DELETE FROM mqtt_qos2_in WHERE client_id = ?1")?
+        .execute([client_id])?;
     Ok(())
 }
 
@@ -110,11 +116,35 @@ pub fn load_sessions(c: &Connection) -> Result<Vec<SessionRow>, StoreError> {
 
 pub fn enqueue(tx: &Connection, q: &QueuedRow) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO mqtt_queue(id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO mqtt_queue(id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids, pkid, released)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
-    .execute(params![q.id, q.client_id, q.topic, q.payload, q.qos, q.retain, q.props, q.expires_at, q.sub_ids])?;
+    .execute(params![q.id, q.client_id, q.topic, q.payload, q.qos, q.retain, q.props, q.expires_at, q.sub_ids, q.pkid, q.released])?;
     Ok(())
+}
+
+/// Records the packet id a queued message went out with, or its PUBREC.
+pub fn set_inflight(tx: &Connection, id: i64, pkid: u16, released: bool) -> Result<(), StoreError> {
+    tx.prepare_cached("UPDATE mqtt_queue SET pkid = ?2, released = ?3 WHERE id = ?1")?
+        .execute(params![id, pkid, released])?;
+    Ok(())
+}
+
+/// A QoS 2 packet id received from a persistent session, until PUBREL.
+pub fn qos2_in(tx: &Connection, client_id: &str, pkid: u16, held: bool) -> Result<(), StoreError> {
+    let sql = if held {
+        "INSERT OR IGNORE INTO mqtt_qos2_in(client_id, pkid) VALUES (?1, ?2)"
+    } else {
+        "DELETE FROM mqtt_qos2_in WHERE client_id = ?1 AND pkid = ?2"
+    };
+    tx.prepare_cached(sql)?.execute(params![client_id, pkid])?;
+    Ok(())
+}
+
+pub fn load_qos2_in(c: &Connection) -> Result<Vec<(String, u16)>, StoreError> {
+    let mut stmt = c.prepare("SELECT client_id, pkid FROM mqtt_qos2_in")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn dequeue(tx: &Connection, ids: &[i64]) -> Result<(), StoreError> {
@@ -127,7 +157,7 @@ pub fn dequeue(tx: &Connection, ids: &[i64]) -> Result<(), StoreError> {
 
 pub fn load_queue(c: &Connection) -> Result<Vec<QueuedRow>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids FROM mqtt_queue ORDER BY id",
+        "SELECT id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids, pkid, released FROM mqtt_queue ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(QueuedRow {
@@ -140,6 +170,8 @@ pub fn load_queue(c: &Connection) -> Result<Vec<QueuedRow>, StoreError> {
             props: r.get(6)?,
             expires_at: r.get(7)?,
             sub_ids: r.get(8)?,
+            pkid: r.get(9)?,
+            released: r.get(10)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

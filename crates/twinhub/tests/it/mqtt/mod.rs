@@ -4,6 +4,7 @@
 
 mod behaviour;
 mod conformance;
+mod exactly_once;
 mod interop;
 
 use bytes::BytesMut;
