@@ -45,6 +45,12 @@ pub struct Outputs {
     pub lower: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<String>,
+    /// Classifiers: the probability of the predicted label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<String>,
+    /// Outlier models: the anomaly score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +80,8 @@ impl Binding {
         std::iter::once(o.prediction.as_str())
             .chain(o.lower.as_deref())
             .chain(o.upper.as_deref())
+            .chain(o.probability.as_deref())
+            .chain(o.score.as_deref())
             .collect()
     }
 }
@@ -155,11 +163,26 @@ impl Bindings {
         let entry = ml
             .get(tenant, &b.model)
             .ok_or_else(|| bad(422, "model", format!("no ML model named {}", b.model)))?;
-        let manifest = &entry
+        let predictor = &entry
             .version(&entry.active)
             .expect("active version")
-            .predictor
-            .manifest;
+            .predictor;
+        let manifest = &predictor.manifest;
+        let kind = predictor.kind;
+        if b.outputs.probability.is_some() && kind != twinhub_ml::Kind::Classifier {
+            return Err(bad(
+                422,
+                "outputs.probability",
+                format!("needs a classifier; {} is not one", b.model),
+            ));
+        }
+        if b.outputs.score.is_some() && kind != twinhub_ml::Kind::Outlier {
+            return Err(bad(
+                422,
+                "outputs.score",
+                format!("needs an outlier model; {} is not one", b.model),
+            ));
+        }
         for f in b.inputs.keys() {
             if !manifest.features.iter().any(|x| &x.name == f) {
                 return Err(bad(
@@ -223,11 +246,17 @@ impl Bindings {
         }
         if let Some(twin) = &b.select.twin {
             for o in &outs {
-                if let crate::twins::TelemetryCheck::Unknown(rule)
-                | crate::twins::TelemetryCheck::Invalid(rule) =
-                    twins.check_telemetry(tenant, twin, o, &sample)
-                {
-                    return Err(bad(422, "outputs", format!("{o} {rule}")));
+                // A classifier's label may be text; only its existence is
+                // checked here.
+                let label = kind == twinhub_ml::Kind::Classifier && *o == b.outputs.prediction;
+                match twins.check_telemetry(tenant, twin, o, &sample) {
+                    crate::twins::TelemetryCheck::Unknown(rule) => {
+                        return Err(bad(422, "outputs", format!("{o} {rule}")))
+                    }
+                    crate::twins::TelemetryCheck::Invalid(rule) if !label => {
+                        return Err(bad(422, "outputs", format!("{o} {rule}")))
+                    }
+                    _ => {}
                 }
             }
         }
@@ -447,23 +476,42 @@ pub async fn run(
                     continue;
                 }
             };
-            let Some(y) = pred.prediction.as_f64() else {
-                continue;
+            let value = match &pred.prediction {
+                serde_json::Value::Number(n) => {
+                    twinhub_model::Value::Number(n.as_f64().unwrap_or(f64::NAN))
+                }
+                serde_json::Value::String(s) => twinhub_model::Value::String(s.clone()),
+                serde_json::Value::Bool(b) => twinhub_model::Value::Bool(*b),
+                _ => continue,
             };
-            bindings.recent.lock().expect("recent").insert(
-                (e.tenant.clone(), twin.clone(), b.model.clone()),
-                (version.version.clone(), y),
-            );
+            if let Some(y) = value.as_f64() {
+                bindings.recent.lock().expect("recent").insert(
+                    (e.tenant.clone(), twin.clone(), b.model.clone()),
+                    (version.version.clone(), y),
+                );
+            }
             let ts = e
                 .data
                 .get("ts")
                 .and_then(|t| t.as_i64())
                 .map(|ms| ms * 1000);
-            let mut out = vec![(
-                b.outputs.prediction.clone(),
-                twinhub_model::Value::Number(y),
-                Default::default(),
-            )];
+            let mut out = vec![(b.outputs.prediction.clone(), value, Default::default())];
+            let probability = pred
+                .probabilities
+                .as_ref()
+                .and_then(|p| p.iter().copied().reduce(f64::max));
+            for (name, v) in [
+                (&b.outputs.probability, probability),
+                (&b.outputs.score, pred.score),
+            ] {
+                if let (Some(name), Some(v)) = (name, v) {
+                    out.push((
+                        name.clone(),
+                        twinhub_model::Value::Number(v),
+                        Default::default(),
+                    ));
+                }
+            }
             if let (Some(iv), Some(lo)) = (pred.interval, &b.outputs.lower) {
                 out.push((
                     lo.clone(),

@@ -423,6 +423,10 @@ async fn yield_reactors(s: &TestServer, twins: &[(&str, &str)]) -> Vec<String> {
         "yield_pred",
         "yield_pred_lower",
         "yield_pred_upper",
+        "grade",
+        "grade_p",
+        "anomaly",
+        "anomaly_score",
     ]
     .iter()
     .map(|n| telemetry(n))
@@ -687,5 +691,71 @@ async fn classifier_and_outlier_answers() {
         .await;
     assert_eq!(st, 200, "{v}");
     assert!(v["score"].is_f64(), "{v}");
+    s.stop().await;
+}
+
+/// Soft sensors from a classifier (label and its probability) and an
+/// outlier model (label and score).
+#[tokio::test]
+async fn classifier_and_outlier_bindings() {
+    let s = TestServer::start().await;
+    let keys = yield_reactors(&s, &[("r1", "A")]).await;
+    upload_yield(&s, "1.0.0").await;
+    for (name, file) in [("grade", "classifier.onnx"), ("outlier", "isolation.onnx")] {
+        let mut m = yield_manifest("1.0.0");
+        m["name"] = json!(name);
+        m.as_object_mut().unwrap().remove("interval");
+        assert_eq!(upload(&s, fixture(file), &m).await.status(), 201);
+    }
+    // Outputs must suit the model's kind.
+    let r = s
+        .post(
+            "/api/v1/ml/bindings",
+            json!({"id": "x", "model": "reactor-yield", "select": {"twin": "r1"},
+            "outputs": {"prediction": "yield_pred", "probability": "grade_p"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("outputs.probability"));
+    for body in [
+        json!({"id": "grade", "model": "grade", "select": {"twin": "r1"},
+            "outputs": {"prediction": "grade", "probability": "grade_p"}}),
+        json!({"id": "outlier", "model": "outlier", "select": {"twin": "r1"},
+            "outputs": {"prediction": "anomaly", "score": "anomaly_score"}}),
+    ] {
+        let (st, b) = s.json(s.post("/api/v1/ml/bindings", body)).await;
+        assert_eq!(st, 201, "{b}");
+    }
+    let row = json!({"temperature": 350, "pressure": 5.5, "flow_rate": 100});
+    assert_eq!(s.send("d-r1", &keys[0], row.clone()).await.status(), 200);
+    let twin = poll(|| async {
+        let (_, t) = s.json(s.get("/api/v1/twins/r1")).await;
+        (t.get("grade_p").is_some() && t.get("anomaly_score").is_some()).then_some(t)
+    })
+    .await;
+    let (_, direct) = s
+        .json(s.post("/api/v1/ml/models/grade/predict", row.clone()))
+        .await;
+    assert_eq!(twin["grade"], direct["prediction"], "{twin}");
+    let best = direct["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        (twin["grade_p"].as_f64().unwrap() - best).abs() < 1e-9,
+        "{twin}"
+    );
+    let (_, direct) = s
+        .json(s.post("/api/v1/ml/models/outlier/predict", row))
+        .await;
+    assert_eq!(twin["anomaly"], direct["prediction"], "{twin}");
+    assert!(
+        (twin["anomaly_score"].as_f64().unwrap() - direct["score"].as_f64().unwrap()).abs() < 1e-9
+    );
     s.stop().await;
 }
