@@ -624,7 +624,7 @@ pub async fn query(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = p.tenant_scope(tq.tenant.as_deref());
-    let visible = state.twin_filter(&p, Perm::TwinsRead, &tenant)?;
+    let scope = state.twin_scope(&p, Perm::TwinsRead)?;
     let body = body.map_err(|e| body_error(e.status(), state.config.http.max_body))?;
     let req: QueryRequest = parse_json(&body)?;
     let page = match req.page_size {
@@ -670,46 +670,21 @@ pub async fn query(
     let tenant2 = tenant.clone();
     let result = state
         .twins
-        .query(&tenant, &parsed, offset, page, move |id| {
-            store.latest_of_twin(&tenant2, id)
-        })
+        // A scoped caller's query sees only its subtrees, so counts and
+        // pages are of what it may see.
+        .query(
+            &tenant,
+            &parsed,
+            offset,
+            page,
+            scope.as_deref(),
+            move |id| store.latest_of_twin(&tenant2, id),
+        )
         .map_err(|e| ApiError::field("query", &e.0))?;
-    let mut result = result;
-    if let Some(f) = visible {
-        // A row shows only when every twin in it is in the caller's scope;
-        // rows that name no twin (aggregates, bare values) cannot be
-        // attributed, so a scoped caller does not get them.
-        result.items.retain(|row| {
-            let ids = row_twins(row);
-            !ids.is_empty() && ids.iter().all(|id| f(id))
-        });
-    }
     let token = result
         .next
         .map(|o| b64.encode(json!({"q": text, "o": o, "h": query_hash(&text)}).to_string()));
     Ok(Json(
         json!({"value": result.items, "continuationToken": token}),
     ))
-}
-
-/// The `$dtId`s in a query row: the row itself or its projected twins.
-fn row_twins(row: &Value) -> Vec<&str> {
-    let mut out = Vec::new();
-    if let Some(id) = row.get("$dtId").and_then(|v| v.as_str()) {
-        out.push(id);
-    }
-    if let Some(obj) = row.as_object() {
-        for v in obj.values() {
-            if let Some(id) = v.get("$dtId").and_then(|v| v.as_str()) {
-                out.push(id);
-            }
-            if let Some(id) = v.get("$sourceId").and_then(|v| v.as_str()) {
-                out.push(id);
-            }
-        }
-    }
-    if let Some(id) = row.get("$sourceId").and_then(|v| v.as_str()) {
-        out.push(id);
-    }
-    out
 }

@@ -44,6 +44,28 @@ impl AppState {
         }
     }
 
+    /// The subtrees (root, relationship names) `p` may use `perm` in, for
+    /// the query evaluator; `None` when tenant-wide, Err when nowhere.
+    pub fn twin_scope(
+        &self,
+        p: &Principal,
+        perm: Perm,
+    ) -> Result<Option<Vec<(String, Vec<String>)>>, ApiError> {
+        if p.perms.contains(perm) {
+            return Ok(None);
+        }
+        let roots: Vec<(String, Vec<String>)> = p
+            .scoped
+            .iter()
+            .filter(|g| g.perms.contains(perm))
+            .map(|g| (g.root.clone(), g.relationships.clone()))
+            .collect();
+        if roots.is_empty() {
+            return Err(Denied::Missing(perm).into());
+        }
+        Ok(Some(roots))
+    }
+
     /// Which twins `p` may use `perm` on; Err when nowhere.
     pub fn twin_filter(
         &self,

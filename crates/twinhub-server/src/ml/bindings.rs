@@ -348,7 +348,7 @@ fn query_members(
 ) -> Result<HashSet<String>, String> {
     let parsed = twinhub_model::query::parse(q).map_err(|e| e.to_string())?;
     let page = twins
-        .query(tenant, &parsed, 0, 1_000_000, |id| {
+        .query(tenant, &parsed, 0, 1_000_000, None, |id| {
             store.latest_of_twin(tenant, id)
         })
         .map_err(|e| e.0)?;

@@ -166,6 +166,30 @@ impl TenantGraph {
         false
     }
 
+    /// `root` and every twin reached from it through relationships named
+    /// in `rels` (the twins a scope covers).
+    pub fn subtree(
+        &self,
+        root: &str,
+        rels: &[String],
+        into: &mut std::collections::HashSet<Arc<str>>,
+    ) {
+        let Some((root, _)) = self.twins.get_key_value(root) else {
+            return;
+        };
+        if !into.insert(root.clone()) {
+            return;
+        }
+        let mut stack = vec![root.clone()];
+        while let Some(t) = stack.pop() {
+            for r in self.outgoing(&t) {
+                if rels.contains(&r.name) && into.insert(r.target.clone()) {
+                    stack.push(r.target.clone());
+                }
+            }
+        }
+    }
+
     pub fn incoming_of(&self, target: &str) -> impl Iterator<Item = &Rel> {
         self.incoming
             .get(target)

@@ -162,6 +162,59 @@ async fn a_scoped_role_sees_and_changes_only_its_subtree() {
         .collect();
     ids.sort();
     assert_eq!(ids, ["r21", "r22"], "{v}");
+    // The query sees only the subtree: counts, joins and relationships.
+    let query = |text: &'static str| {
+        let s = &s;
+        let op = &op;
+        async move {
+            let r = s
+                .http
+                .post(s.url("/api/v1/query"))
+                .bearer_auth(op)
+                .json(&json!({ "query": text }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["value"].clone()
+        }
+    };
+    assert_eq!(
+        query("SELECT COUNT() FROM DIGITALTWINS").await,
+        json!([{"COUNT": 3}])
+    );
+    let joined = query("SELECT P, R FROM DIGITALTWINS P JOIN R RELATED P.contains").await;
+    let mut pairs: Vec<(String, String)> = joined
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["P"]["$dtId"].as_str().unwrap().into(),
+                row["R"]["$dtId"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("plant2".to_string(), "r21".to_string()),
+            ("plant2".into(), "r22".into())
+        ]
+    );
+    assert_eq!(
+        query("SELECT R FROM RELATIONSHIPS R")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        query("SELECT T FROM DIGITALTWINS T WHERE T.$dtId = 'r11'").await,
+        json!([])
+    );
     let r = s
         .http
         .post(s.url("/api/v1/history/query"))
