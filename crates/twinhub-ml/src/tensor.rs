@@ -17,6 +17,27 @@ pub struct Tensor {
     pub data: Data,
 }
 
+/// Values one tensor may hold (256 MB of floats): an upload cannot make
+/// the evaluator allocate more, whatever shapes it claims.
+pub const MAX_ELEMENTS: usize = 1 << 26;
+
+/// Outputs one operator (tree ensemble, linear model) may declare.
+pub const MAX_OUTPUTS: usize = 1 << 16;
+
+/// The number of values of `shape`, refused when it overflows or passes
+/// `MAX_ELEMENTS`.
+pub fn elements(shape: &[usize]) -> Result<usize, OnnxError> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, d| n.checked_mul(*d))
+        .filter(|n| *n <= MAX_ELEMENTS)
+        .ok_or_else(|| {
+            bad(format!(
+                "shape {shape:?} is too large (at most {MAX_ELEMENTS} values)"
+            ))
+        })
+}
+
 fn bad(what: impl Into<String>) -> OnnxError {
     OnnxError::Invalid(what.into())
 }
@@ -105,7 +126,7 @@ impl Tensor {
             )));
         }
         let shape: Vec<usize> = t.dims.iter().map(|d| (*d).max(0) as usize).collect();
-        let n: usize = shape.iter().product();
+        let n = elements(&shape).map_err(|e| bad(format!("tensor {}: {e}", t.name)))?;
         let raw = &t.raw_data;
         let data = match t.data_type {
             elem::FLOAT => Data::F32(if raw.is_empty() {
@@ -183,6 +204,7 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, OnnxError
             _ => return Err(bad(format!("shapes {a:?} and {b:?} do not broadcast"))),
         };
     }
+    elements(&out)?;
     Ok(out)
 }
 

@@ -16,7 +16,15 @@ pub fn build(op: &str, a: &Attrs) -> Result<Box<dyn Op>, OnnxError> {
         "LinearRegressor" => Box::new(LinearRegressor {
             coefficients: a.floats("coefficients").unwrap_or(&[]).to_vec(),
             intercepts: a.floats("intercepts").unwrap_or(&[]).to_vec(),
-            targets: a.int("targets").unwrap_or(1).max(1) as usize,
+            targets: match a.int("targets").unwrap_or(1).max(1) {
+                t if t as u64 <= crate::tensor::MAX_OUTPUTS as u64 => t as usize,
+                t => {
+                    return Err(OnnxError::Invalid(format!(
+                        "LinearRegressor targets {t} is over {}",
+                        crate::tensor::MAX_OUTPUTS
+                    )))
+                }
+            },
         }),
         "ArrayFeatureExtractor" => Box::new(ArrayFeatureExtractor),
         "Imputer" => Box::new(Imputer {

@@ -87,6 +87,30 @@ impl<'a> Attrs<'a> {
 
 /// The operator for a node, or the reason it cannot run.
 pub fn build(node: &NodeProto) -> Result<Box<dyn Op>, OnnxError> {
+    // Operators read their inputs by position: too few is a broken model.
+    let need = match node.op_type.as_str() {
+        "Where" => 3,
+        "Add"
+        | "Sub"
+        | "Mul"
+        | "Div"
+        | "Pow"
+        | "Equal"
+        | "Greater"
+        | "Less"
+        | "GreaterOrEqual"
+        | "LessOrEqual"
+        | "Reshape"
+        | "Gather"
+        | "ArrayFeatureExtractor" => 2,
+        _ => 1,
+    };
+    if node.input.len() < need || node.output.is_empty() {
+        return Err(OnnxError::Invalid(format!(
+            "node {} ({}) needs {need} input(s) and an output",
+            node.name, node.op_type
+        )));
+    }
     let a = Attrs::new(node);
     let op: Box<dyn Op> = match (node.domain.as_str(), node.op_type.as_str()) {
         ("ai.onnx.ml", "TreeEnsembleRegressor") => Box::new(tree::TreeRegressor::build(&a)?),

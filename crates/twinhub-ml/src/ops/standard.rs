@@ -83,7 +83,11 @@ impl Op for Reshape {
                     as i64;
             }
         }
-        let known: i64 = shape.iter().filter(|d| **d >= 0).product();
+        let known: i64 = shape
+            .iter()
+            .filter(|d| **d >= 0)
+            .try_fold(1i64, |n, d| n.checked_mul(*d))
+            .ok_or_else(|| bad(format!("Reshape to {spec:?} overflows")))?;
         let n = x.len() as i64;
         if let Some(d) = shape.iter_mut().find(|d| **d == -1) {
             if known == 0 || n % known != 0 {
@@ -92,7 +96,7 @@ impl Op for Reshape {
             *d = n / known;
         }
         let shape: Vec<usize> = shape.iter().map(|d| (*d).max(0) as usize).collect();
-        if shape.iter().product::<usize>() != x.len() {
+        if crate::tensor::elements(&shape)? != x.len() {
             return Err(bad(format!("cannot reshape {} values to {spec:?}", n)));
         }
         Ok(vec![Tensor {
