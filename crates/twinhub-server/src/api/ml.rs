@@ -291,7 +291,10 @@ pub async fn predict_batch(
         rows.push(x);
         warnings.push(w);
     }
-    let preds = state.ml.predict(&tenant, &name, &v, &rows)?;
+    let preds = state
+        .ml
+        .predict_rows(&tenant, &name, v.clone(), rows)
+        .await?;
     let predictions: Vec<Value> = preds
         .into_iter()
         .zip(warnings)
@@ -417,9 +420,11 @@ pub async fn scenarios(
                 .0,
         );
     }
-    let preds = v
-        .predictor
-        .predict(&rows)
+    let (v2, rows) = (v.clone(), Arc::new(rows));
+    let rows2 = rows.clone();
+    let preds = tokio::task::spawn_blocking(move || v2.predictor.predict(&rows2))
+        .await
+        .map_err(|_| ApiError::from(MlError::from(crate::store::StoreError::Unavailable)))?
         .map_err(|e| ApiError::invalid("model", &e.to_string()))?;
     let features: Vec<String> = v
         .predictor

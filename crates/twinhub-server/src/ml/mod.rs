@@ -21,6 +21,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use twinhub_ml::{Drift, FieldError, Manifest, Model, Prediction, Predictor};
 
+/// Rows from which a prediction call leaves the async workers.
+pub const OFFLOAD_ROWS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MlError {
     #[error("{0}")]
@@ -420,6 +423,24 @@ impl MlModels {
     }
 
     /// Predicts rows with `v`, through the cache; records stats and drift.
+    /// `predict`, with batches big enough to matter run off the async
+    /// workers so MQTT and HTTP traffic on them never waits behind one.
+    pub async fn predict_rows(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        v: Arc<Version>,
+        rows: Vec<Vec<f32>>,
+    ) -> Result<Vec<Prediction>, MlError> {
+        if rows.len() < OFFLOAD_ROWS {
+            return self.predict(tenant, name, &v, &rows);
+        }
+        let (me, t, n) = (self.clone(), tenant.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || me.predict(&t, &n, &v, &rows))
+            .await
+            .map_err(|_| StoreError::Unavailable)?
+    }
+
     pub fn predict(
         &self,
         tenant: &str,

@@ -130,6 +130,35 @@ async fn upload_and_predict_with_the_seed_interval() {
     assert!(error_of(r, 400, "bad_request")
         .await
         .contains("rows[2].flow_rate"));
+    // A large batch (computed off the async workers, across cores) keeps
+    // its order too (no cache, so every answer is computed).
+    let s = {
+        s.stop().await;
+        let s = TestServer::start_with(|c| c.ml.cache_entries = 0).await;
+        upload_yield(&s, "1.0.0").await;
+        s
+    };
+    let rows: Vec<Value> = (0..1000)
+        .map(|i| json!({"temperature": 340.0 + 0.04 * i as f64, "pressure": 5.5, "flow_rate": 100}))
+        .collect();
+    let (st, b) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": rows}),
+        ))
+        .await;
+    assert_eq!(st, 200);
+    for i in [0, 377, 999] {
+        let (_, one) = s
+            .json(s.post("/api/v1/ml/models/reactor-yield/predict", rows[i].clone()))
+            .await;
+        assert_eq!(
+            b["predictions"][i]["prediction"], one["prediction"],
+            "row {i}"
+        );
+    }
+    let info = s.json(s.get("/api/v1/ml/models/reactor-yield")).await.1;
+    assert_eq!(info["cache"]["hits"], 0, "{info}");
     let many: Vec<Value> = (0..1001)
         .map(|_| serde_json::from_str(ROW).unwrap())
         .collect();
