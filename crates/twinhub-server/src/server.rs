@@ -217,7 +217,7 @@ pub async fn run(
         .map(|(l, _)| l.local_addr())
         .transpose()?;
     let mut jobs = spawn_jobs(state.clone());
-    jobs.push(tokio::spawn(crate::ml::bindings::run(
+    jobs.push(tokio::spawn(crate::ml::soft_sensor::run(
         state.bindings.clone(),
         state.ml.clone(),
         state.pipeline.clone(),

@@ -1,20 +1,14 @@
-//! Soft sensors: a binding maps a model's features to twin properties;
-//! whenever a bound twin's inputs change, the prediction (and its
-//! interval) is written back to the twin as telemetry — live value and
-//! history — so it charts, alarms and routes like a measured value. When
-//! the model's own output name arrives later as telemetry (ground truth),
-//! the version's error statistics are updated.
+//! Soft-sensor bindings: which model serves which twins (by twin id, DTDL
+//! model or twin query) and which twin properties receive the outputs;
+//! validated against the model and the twins' DTDL, stored, and matched
+//! against telemetry events. The loop that predicts and writes lives in
+//! `soft_sensor`.
 //!
-//! Runs after the store on the event stream (ingest → … → store → here),
-//! writing through the pipeline like any source. It ignores events that
-//! carry only its own outputs, so a binding never feeds itself.
-//!
-//! May call: ml (predict), pipeline (ingest_derived), store (latest values
-//! and binding rows), twins (model checks), events (subscribe).
+//! May call: ml (model lookup), store (binding rows, latest values for
+//! queries), twins (model checks, queries).
 
 use super::{MlError, MlModels};
-use crate::events::{Event, EventBus};
-use crate::pipeline::Pipeline;
+use crate::events::Event;
 use crate::store::ml as rows;
 use crate::store::Store;
 use crate::twins::TwinGraphs;
@@ -68,7 +62,7 @@ pub struct Binding {
 }
 
 impl Binding {
-    fn property_of<'a>(&'a self, feature: &'a str) -> &'a str {
+    pub(super) fn property_of<'a>(&'a self, feature: &'a str) -> &'a str {
         self.inputs
             .get(feature)
             .map(String::as_str)
@@ -98,16 +92,15 @@ type Key = (String, String);
 
 /// The last prediction per (tenant, twin, model): (version, value), for
 /// ground truth arriving later.
-type Recent = HashMap<(String, String, String), (String, f64)>;
 
 pub struct Bindings {
     store: Store,
     by_id: RwLock<HashMap<Key, Arc<Binding>>>,
-    recent: Mutex<Recent>,
+    pub(super) recent: Mutex<super::soft_sensor::Recent>,
     /// The twins each query binding selects.
     members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
     /// Tenants whose graph changed since their query bindings last ran.
-    stale: Mutex<HashSet<String>>,
+    pub(super) stale: Mutex<HashSet<String>>,
     pub written: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
 }
@@ -313,7 +306,7 @@ impl Bindings {
         Ok(gone)
     }
 
-    fn matching(&self, e: &Event, twins: &TwinGraphs) -> Vec<Arc<Binding>> {
+    pub(super) fn matching(&self, e: &Event, twins: &TwinGraphs) -> Vec<Arc<Binding>> {
         let Some(twin) = e.twin.as_deref() else {
             return Vec::new();
         };
@@ -366,183 +359,4 @@ fn query_members(
         }
     }
     Ok(out)
-}
-
-/// The soft-sensor loop: follows telemetry events until shutdown.
-pub async fn run(
-    bindings: Arc<Bindings>,
-    ml: Arc<MlModels>,
-    pipeline: Arc<Pipeline>,
-    store: Store,
-    twins: Arc<TwinGraphs>,
-    events: Arc<EventBus>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let (_, mut rx) = events.subscribe(None);
-    bindings.refresh_queries(&twins, None);
-    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(5));
-    loop {
-        let e = tokio::select! {
-            r = rx.recv() => r,
-            // Graph changes refresh query bindings at once (below); the
-            // tick catches conditions on telemetry values.
-            _ = refresh.tick() => {
-                bindings.refresh_queries(&twins, None);
-                continue;
-            }
-            _ = shutdown.changed() => return,
-        };
-        let e = match e {
-            Ok(e) => e,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "soft sensors fell behind the event stream");
-                continue;
-            }
-            Err(_) => return,
-        };
-        if e.kind == "twin" || e.kind == "relationship" {
-            bindings
-                .stale
-                .lock()
-                .expect("stale")
-                .insert(e.tenant.clone());
-            continue;
-        }
-        if e.kind != "telemetry" {
-            continue;
-        }
-        if bindings.stale.lock().expect("stale").remove(&e.tenant) {
-            bindings.refresh_queries(&twins, Some(&e.tenant));
-        }
-        let Some(values) = e.data.get("values").and_then(|v| v.as_object()) else {
-            continue;
-        };
-        let twin = e.twin.clone().unwrap_or_default();
-        for b in bindings.matching(&e, &twins) {
-            let Some(entry) = ml.get(&e.tenant, &b.model) else {
-                continue;
-            };
-            let Some(active) = entry.version(&entry.active) else {
-                continue;
-            };
-            let manifest = &active.predictor.manifest;
-            // Ground truth for the model's output, measured later.
-            if let Some(actual) = values.get(&manifest.output.name).and_then(|v| v.as_f64()) {
-                let k = (e.tenant.clone(), twin.clone(), b.model.clone());
-                if let Some((ver, predicted)) =
-                    bindings.recent.lock().expect("recent").get(&k).cloned()
-                {
-                    if let Some(v) = entry.version(&ver) {
-                        v.stats.record_truth(predicted, actual);
-                    }
-                }
-            }
-            let touches_input = manifest
-                .features
-                .iter()
-                .any(|f| values.contains_key(b.property_of(&f.name)));
-            if !touches_input {
-                continue;
-            }
-            let latest: HashMap<String, f64> = store
-                .latest_of_twin(&e.tenant, &twin)
-                .into_iter()
-                .filter_map(|(n, p)| Some((n, p.value.as_f64()?)))
-                .collect();
-            let row: Option<Vec<f32>> = manifest
-                .features
-                .iter()
-                .map(|f| latest.get(b.property_of(&f.name)).map(|x| *x as f32))
-                .collect();
-            let Some(row) = row else { continue };
-            if manifest.range_policy == twinhub_ml::manifest::RangePolicy::Reject
-                && manifest.features.iter().zip(&row).any(|(f, x)| {
-                    let x = *x as f64;
-                    f.min.is_some_and(|lo| x < lo) || f.max.is_some_and(|hi| x > hi)
-                })
-            {
-                continue;
-            }
-            let Ok(version) = ml.pick(&e.tenant, &b.model, None, Some(&twin)) else {
-                continue;
-            };
-            let pred = match ml.predict(&e.tenant, &b.model, &version, &[row]) {
-                Ok(mut p) => p.remove(0),
-                Err(err) => {
-                    bindings
-                        .failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(binding = %b.id, error = %err, "soft sensor prediction failed");
-                    continue;
-                }
-            };
-            let value = match &pred.prediction {
-                serde_json::Value::Number(n) => {
-                    twinhub_model::Value::Number(n.as_f64().unwrap_or(f64::NAN))
-                }
-                serde_json::Value::String(s) => twinhub_model::Value::String(s.clone()),
-                serde_json::Value::Bool(b) => twinhub_model::Value::Bool(*b),
-                _ => continue,
-            };
-            if let Some(y) = value.as_f64() {
-                bindings.recent.lock().expect("recent").insert(
-                    (e.tenant.clone(), twin.clone(), b.model.clone()),
-                    (version.version.clone(), y),
-                );
-            }
-            let ts = e
-                .data
-                .get("ts")
-                .and_then(|t| t.as_i64())
-                .map(|ms| ms * 1000);
-            let mut out = vec![(b.outputs.prediction.clone(), value, Default::default())];
-            let probability = pred
-                .probabilities
-                .as_ref()
-                .and_then(|p| p.iter().copied().reduce(f64::max));
-            for (name, v) in [
-                (&b.outputs.probability, probability),
-                (&b.outputs.score, pred.score),
-            ] {
-                if let (Some(name), Some(v)) = (name, v) {
-                    out.push((
-                        name.clone(),
-                        twinhub_model::Value::Number(v),
-                        Default::default(),
-                    ));
-                }
-            }
-            if let (Some(iv), Some(lo)) = (pred.interval, &b.outputs.lower) {
-                out.push((
-                    lo.clone(),
-                    twinhub_model::Value::Number(iv.lower),
-                    Default::default(),
-                ));
-            }
-            if let (Some(iv), Some(hi)) = (pred.interval, &b.outputs.upper) {
-                out.push((
-                    hi.clone(),
-                    twinhub_model::Value::Number(iv.upper),
-                    Default::default(),
-                ));
-            }
-            let msg = twinhub_codec::TelemetryMessage { ts, values: out };
-            match pipeline
-                .ingest_derived(&e.tenant, &twin, "ml", vec![msg])
-                .await
-            {
-                Ok(_) => {
-                    bindings
-                        .written
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(err) => {
-                    bindings
-                        .failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
-                }
-            }
-        }
-    }
 }

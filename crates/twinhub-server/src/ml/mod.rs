@@ -9,6 +9,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod soft_sensor;
 pub mod stats;
 
 use crate::clock::SharedClock;

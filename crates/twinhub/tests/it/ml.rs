@@ -571,7 +571,16 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     let (_, t2) = s.json(s.get("/api/v1/twins/r2")).await;
     assert!(t2.get("yield_pred").is_none());
 
-    // The measured yield arrives: the version's error is scored.
+    // New inputs arrive, then the yield measured between the two input
+    // times (a lab value, late): it is scored against the prediction made
+    // from the inputs of its time, not the newest one.
+    s.send("d-r1", &key, json!({"ts": ts + 2000, "temperature": 375}))
+        .await;
+    poll(|| async {
+        let (_, t) = s.json(s.get("/api/v1/twins/r1")).await;
+        (t["yield_pred"].as_f64() != Some(y)).then_some(t)
+    })
+    .await;
     s.send("d-r1", &key, json!({"ts": ts + 1000, "yield": y - 2.0}))
         .await;
     let info = poll(|| async {

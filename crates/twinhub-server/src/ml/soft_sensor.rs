@@ -1,0 +1,278 @@
+//! The soft-sensor loop: follows the event stream; when a bound twin's
+//! inputs change it predicts and writes the outputs through the pipeline
+//! (stored, evented and routed like measurements); when the model's output
+//! is measured (ground truth, often a lab value arriving late), it scores
+//! the prediction that was made from the inputs of the measurement's time.
+//!
+//! May call: bindings (selection), ml (predict, stats), store (latest
+//! values), pipeline (derived ingest), twins (query bindings), events.
+
+use super::bindings::{Binding, Bindings};
+use super::MlModels;
+use crate::events::{Event, EventBus};
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::twins::TwinGraphs;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Predictions kept per (tenant, twin, model) for pairing with ground
+/// truth: about half a minute at one input change a second (≈1 KB each).
+const KEEP: usize = 32;
+
+/// Recent predictions of one twin and model, by the time of their inputs.
+#[derive(Debug, Default)]
+pub struct PredictionLog(VecDeque<(i64, Arc<str>, f64)>);
+
+impl PredictionLog {
+    pub fn record(&mut self, ts_us: i64, version: Arc<str>, y: f64) {
+        let at = self
+            .0
+            .iter()
+            .rposition(|(t, ..)| *t <= ts_us)
+            .map_or(0, |i| i + 1);
+        self.0.insert(at, (ts_us, version, y));
+        if self.0.len() > KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    /// The prediction made from the newest inputs at or before `ts_us`.
+    pub fn at(&self, ts_us: i64) -> Option<(&str, f64)> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(t, ..)| *t <= ts_us)
+            .map(|(_, v, y)| (&**v, *y))
+    }
+}
+
+pub type Recent = HashMap<(String, String, String), PredictionLog>;
+
+/// Everything the loop works with.
+struct Ctx {
+    bindings: Arc<Bindings>,
+    ml: Arc<MlModels>,
+    pipeline: Arc<Pipeline>,
+    store: Store,
+}
+
+/// Follows the event stream until shutdown.
+pub async fn run(
+    bindings: Arc<Bindings>,
+    ml: Arc<MlModels>,
+    pipeline: Arc<Pipeline>,
+    store: Store,
+    twins: Arc<TwinGraphs>,
+    events: Arc<EventBus>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let (_, mut rx) = events.subscribe(None);
+    bindings.refresh_queries(&twins, None);
+    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(5));
+    let cx = Ctx {
+        bindings,
+        ml,
+        pipeline,
+        store,
+    };
+    loop {
+        let e = tokio::select! {
+            r = rx.recv() => r,
+            // Graph changes refresh query bindings at once (below); the
+            // tick catches conditions on telemetry values.
+            _ = refresh.tick() => {
+                cx.bindings.refresh_queries(&twins, None);
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        };
+        let e = match e {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "soft sensors fell behind the event stream");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if e.kind == "twin" || e.kind == "relationship" {
+            cx.bindings
+                .stale
+                .lock()
+                .expect("stale")
+                .insert(e.tenant.clone());
+            continue;
+        }
+        if e.kind != "telemetry" {
+            continue;
+        }
+        if cx.bindings.stale.lock().expect("stale").remove(&e.tenant) {
+            cx.bindings.refresh_queries(&twins, Some(&e.tenant));
+        }
+        for b in cx.bindings.matching(&e, &twins) {
+            cx.serve(&e, &b).await;
+        }
+    }
+}
+
+impl Ctx {
+    /// One telemetry event for one binding: predict when an input changed,
+    /// then score a measured output (after, so a measurement sent with its
+    /// inputs pairs with the prediction from those inputs).
+    async fn serve(&self, e: &Event, b: &Binding) {
+        let Some(values) = e.data.get("values").and_then(|v| v.as_object()) else {
+            return;
+        };
+        let twin = e.twin.clone().unwrap_or_default();
+        let Some(entry) = self.ml.get(&e.tenant, &b.model) else {
+            return;
+        };
+        let Some(active) = entry.version(&entry.active) else {
+            return;
+        };
+        let manifest = &active.predictor.manifest;
+        // Telemetry times are ms; the server's clock stands in when absent.
+        let ts_us = e
+            .data
+            .get("ts")
+            .and_then(|t| t.as_i64())
+            .map(|ms| ms * 1000);
+        let key = (e.tenant.clone(), twin.clone(), b.model.clone());
+        if manifest
+            .features
+            .iter()
+            .any(|f| values.contains_key(b.property_of(&f.name)))
+        {
+            self.predict(e, b, &twin, ts_us, &key).await;
+        }
+        if let Some(actual) = values.get(&manifest.output.name).and_then(|v| v.as_f64()) {
+            let at = ts_us.unwrap_or_else(|| self.ml.clock.now_us());
+            let recent = self.bindings.recent.lock().expect("recent");
+            if let Some((ver, predicted)) = recent.get(&key).and_then(|l| l.at(at)) {
+                if let Some(v) = entry.version(ver) {
+                    v.stats.record_truth(predicted, actual);
+                }
+            }
+        }
+    }
+
+    async fn predict(
+        &self,
+        e: &Event,
+        b: &Binding,
+        twin: &str,
+        ts_us: Option<i64>,
+        key: &(String, String, String),
+    ) {
+        let Ok(version) = self.ml.pick(&e.tenant, &b.model, None, Some(twin)) else {
+            return;
+        };
+        let manifest = &version.predictor.manifest;
+        let latest: HashMap<String, f64> = self
+            .store
+            .latest_of_twin(&e.tenant, twin)
+            .into_iter()
+            .filter_map(|(n, p)| Some((n, p.value.as_f64()?)))
+            .collect();
+        let row: Option<Vec<f32>> = manifest
+            .features
+            .iter()
+            .map(|f| latest.get(b.property_of(&f.name)).map(|x| *x as f32))
+            .collect();
+        let Some(row) = row else { return };
+        if manifest.range_policy == twinhub_ml::manifest::RangePolicy::Reject
+            && manifest.features.iter().zip(&row).any(|(f, x)| {
+                let x = *x as f64;
+                f.min.is_some_and(|lo| x < lo) || f.max.is_some_and(|hi| x > hi)
+            })
+        {
+            return;
+        }
+        let pred = match self.ml.predict(&e.tenant, &b.model, &version, &[row]) {
+            Ok(mut p) => p.remove(0),
+            Err(err) => {
+                self.bindings.failed.fetch_add(1, Relaxed);
+                tracing::debug!(binding = %b.id, error = %err, "soft sensor prediction failed");
+                return;
+            }
+        };
+        let value = match &pred.prediction {
+            serde_json::Value::Number(n) => {
+                twinhub_model::Value::Number(n.as_f64().unwrap_or(f64::NAN))
+            }
+            serde_json::Value::String(s) => twinhub_model::Value::String(s.clone()),
+            serde_json::Value::Bool(b) => twinhub_model::Value::Bool(*b),
+            _ => return,
+        };
+        if let Some(y) = value.as_f64() {
+            let at = ts_us.unwrap_or_else(|| self.ml.clock.now_us());
+            self.bindings
+                .recent
+                .lock()
+                .expect("recent")
+                .entry(key.clone())
+                .or_default()
+                .record(at, version.version.as_str().into(), y);
+        }
+        let probability = pred
+            .probabilities
+            .as_ref()
+            .and_then(|p| p.iter().copied().reduce(f64::max));
+        let o = &b.outputs;
+        let mut out = vec![(o.prediction.clone(), value, Default::default())];
+        for (name, v) in [
+            (&o.probability, probability),
+            (&o.score, pred.score),
+            (&o.lower, pred.interval.map(|i| i.lower)),
+            (&o.upper, pred.interval.map(|i| i.upper)),
+        ] {
+            if let (Some(name), Some(v)) = (name, v) {
+                out.push((
+                    name.clone(),
+                    twinhub_model::Value::Number(v),
+                    Default::default(),
+                ));
+            }
+        }
+        let msg = twinhub_codec::TelemetryMessage {
+            ts: ts_us,
+            values: out,
+        };
+        match self
+            .pipeline
+            .ingest_derived(&e.tenant, twin, "ml", vec![msg])
+            .await
+        {
+            Ok(_) => {
+                self.bindings.written.fetch_add(1, Relaxed);
+            }
+            Err(err) => {
+                self.bindings.failed.fetch_add(1, Relaxed);
+                tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truth_pairs_with_the_prediction_of_its_time() {
+        let mut log = PredictionLog::default();
+        log.record(1_000, "1".into(), 10.0);
+        log.record(3_000, "1".into(), 30.0);
+        log.record(2_000, "2".into(), 20.0); // late, sorted in
+        assert_eq!(log.at(500), None, "nothing predicted yet then");
+        assert_eq!(log.at(1_000), Some(("1", 10.0)));
+        assert_eq!(log.at(2_500), Some(("2", 20.0)));
+        assert_eq!(log.at(9_000), Some(("1", 30.0)));
+        for t in 0..100 {
+            log.record(10_000 + t, "1".into(), t as f64);
+        }
+        assert_eq!(log.0.len(), KEEP, "bounded");
+        assert_eq!(log.at(10_099), Some(("1", 99.0)));
+    }
+}
