@@ -55,6 +55,11 @@ fn yield_proto() -> ModelProto {
     ModelProto::decode(&fixture("reactor_yield.onnx")[..]).unwrap()
 }
 
+/// A small model (boosted trees, 22 KB) for tests that load hundreds.
+fn small_proto() -> ModelProto {
+    ModelProto::decode(&fixture("gbr.onnx")[..]).unwrap()
+}
+
 fn floats(name: &str, dims: &[i64], n: usize) -> TensorProto {
     TensorProto {
         name: name.into(),
@@ -165,10 +170,10 @@ fn malformed_nodes_are_refused() {
         ("ai.onnx.ml", "TreeEnsembleRegressor"),
         ("ai.onnx.ml", "TreeEnsembleClassifier"),
     ];
-    let input = yield_proto().graph.unwrap().input[0].name.clone();
+    let input = small_proto().graph.unwrap().input[0].name.clone();
     for (domain, op) in ops {
         for n_inputs in 0..4 {
-            let mut m = yield_proto();
+            let mut m = small_proto();
             let g = m.graph.as_mut().unwrap();
             g.initializer.push(floats("k", &[1, 3], 3));
             let inputs = [input.clone(), "k".into(), input.clone()];

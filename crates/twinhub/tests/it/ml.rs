@@ -35,6 +35,15 @@ pub async fn upload_yield(s: &TestServer, version: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// POST …/reactor-yield/predict/batch with these rows.
+async fn predict_batch(s: &TestServer, rows: &[Value]) -> (reqwest::StatusCode, Value) {
+    s.json(s.post(
+        "/api/v1/ml/models/reactor-yield/predict/batch",
+        json!({ "rows": rows }),
+    ))
+    .await
+}
+
 const ROW: &str = r#"{"temperature": 350, "pressure": 5.5, "flow_rate": 100}"#;
 
 #[tokio::test]
@@ -104,12 +113,7 @@ async fn upload_and_predict_with_the_seed_interval() {
     let rows: Vec<Value> = (0..5)
         .map(|i| json!({"temperature": 345 + 5 * i, "pressure": 5.5, "flow_rate": 100}))
         .collect();
-    let (st, b) = s
-        .json(s.post(
-            "/api/v1/ml/models/reactor-yield/predict/batch",
-            json!({"rows": rows}),
-        ))
-        .await;
+    let (st, b) = predict_batch(&s, &rows).await;
     assert_eq!(st, 200, "{b}");
     let preds = b["predictions"].as_array().unwrap();
     assert_eq!(preds.len(), 5);
@@ -141,12 +145,7 @@ async fn upload_and_predict_with_the_seed_interval() {
     let rows: Vec<Value> = (0..1000)
         .map(|i| json!({"temperature": 340.0 + 0.04 * i as f64, "pressure": 5.5, "flow_rate": 100}))
         .collect();
-    let (st, b) = s
-        .json(s.post(
-            "/api/v1/ml/models/reactor-yield/predict/batch",
-            json!({"rows": rows}),
-        ))
-        .await;
+    let (st, b) = predict_batch(&s, &rows).await;
     assert_eq!(st, 200);
     for i in [0, 377, 999] {
         let (_, one) = s
