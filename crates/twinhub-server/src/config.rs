@@ -390,7 +390,17 @@ impl Config {
                 continue;
             }
             let path = env_key_path(&rest.to_ascii_lowercase());
-            set_path(&mut doc, &path, parse_scalar(&v)).map_err(|m| invalid(&k, m))?;
+            // Secrets and addresses stay text even when they look numeric.
+            let text = path
+                .rsplit('.')
+                .next()
+                .is_some_and(|k| k == "key" || k.ends_with("token") || k.ends_with("listen"));
+            let value = if text {
+                toml::Value::String(v)
+            } else {
+                parse_scalar(&v)
+            };
+            set_path(&mut doc, &path, value).map_err(|m| invalid(&k, m))?;
         }
         for (path, v) in flags {
             set_path(&mut doc, path, toml::Value::String(v.clone()))
@@ -498,10 +508,37 @@ impl Config {
 }
 
 /// `HTTP_MAX_INGEST_BODY` → `http.max_ingest_body`; `DATA_DIR` → `data_dir`.
+/// `rate_limits_requests_per_second` → `rate_limits.requests_per_second`:
+/// the longest section name that prefixes the variable wins, so sections
+/// with an underscore in their name work too.
 fn env_key_path(lower: &str) -> String {
     const TOP: &[&str] = &["data_dir"];
+    const SECTIONS: &[&str] = &[
+        "rate_limits",
+        "http",
+        "mqtt",
+        "log",
+        "auth",
+        "ingest",
+        "devices",
+        "store",
+        "retention",
+        "metrics",
+        "tls",
+        "audit",
+        "secrets",
+        "ml",
+    ];
     if TOP.contains(&lower) {
         return lower.to_string();
+    }
+    for section in SECTIONS {
+        if let Some(key) = lower
+            .strip_prefix(section)
+            .and_then(|k| k.strip_prefix('_'))
+        {
+            return format!("{section}.{key}");
+        }
     }
     match lower.split_once('_') {
         Some((section, key)) => format!("{section}.{key}"),
@@ -515,6 +552,11 @@ fn parse_scalar(v: &str) -> toml::Value {
     }
     if let Ok(i) = v.parse::<i64>() {
         return toml::Value::Integer(i);
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        if f.is_finite() {
+            return toml::Value::Float(f);
+        }
     }
     toml::Value::String(v.to_string())
 }
@@ -577,6 +619,31 @@ mod tests {
         assert_eq!(c.http.max_body, 10);
         assert!(c.mqtt.allow_anonymous);
         assert_eq!(c.admin_password.as_deref(), Some("s3cret-pass"));
+    }
+
+    #[test]
+    fn environment_reaches_every_section() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load(
+            None,
+            env("TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND", "0.5"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.requests_per_second, 0.5);
+        let c = Config::load(
+            None,
+            env("TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND", "0"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits.requests_per_second, 0.0);
+        let c = Config::load(None, env("TWINHUB_ML_MAX_BATCH", "5"), &[]).unwrap();
+        assert_eq!(c.ml.max_batch, 5);
+        let c = Config::load(None, env("TWINHUB_SECRETS_KEY", "12e4"), &[]).unwrap();
+        assert_eq!(c.secrets.key.as_deref(), Some("12e4"));
+        let c = Config::load(None, env("TWINHUB_DATA_DIR", "/d"), &[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
     }
 
     #[test]

@@ -402,10 +402,15 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         ])
         .env("TWINHUB_ADMIN_PASSWORD", BENCH_PASSWORD)
         .env("TWINHUB_MQTT_MAX_QUEUED", "100")
+        // Thousands of device registrations from one admin: no API limit.
+        .env("TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND", "0.0")
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let ports = dir.path().join("ports.json");
     while !ports.exists() {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the server exited before it was ready ({status})");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&ports)?)?;
@@ -459,7 +464,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
     row(
         &format!("idle connected devices (fd limit here: {limit})"),
         format!("{}", conns.len()),
-        "",
+        &format!("of {n} asked; {} registered", keys.len()),
     );
     row(
         "server RSS with them connected (MB)",
