@@ -148,7 +148,27 @@ impl Exposition {
 
     /// A gauge with several labelled series (values escaped).
     pub fn gauge_series(&mut self, name: &str, help: &str, series: &[(Vec<(&str, String)>, f64)]) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge");
+        self.series("gauge", name, help, series);
+    }
+
+    /// A counter with several labelled series (values escaped).
+    pub fn counter_series(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &[(Vec<(&str, String)>, f64)],
+    ) {
+        self.series("counter", name, help, series);
+    }
+
+    fn series(
+        &mut self,
+        kind: &str,
+        name: &str,
+        help: &str,
+        series: &[(Vec<(&str, String)>, f64)],
+    ) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, v) in series {
             let l: Vec<String> = labels
                 .iter()

@@ -220,6 +220,58 @@ pub async fn metrics(
         .into_iter()
         .map(|(t, m, f, psi)| (vec![("tenant", t), ("model", m), ("feature", f)], psi))
         .collect();
+    let stats = ml.version_stats();
+    let labels = |t: &String, m: &String, v: &String| {
+        vec![
+            ("tenant", t.clone()),
+            ("model", m.clone()),
+            ("version", v.clone()),
+        ]
+    };
+    type Pick = fn(&crate::ml::stats::StatsView) -> Option<f64>;
+    let per_version: [(&str, &str, bool, Pick); 5] = [
+        (
+            "twinhub_ml_requests_total",
+            "Prediction calls per model version.",
+            true,
+            |s| Some(s.calls as f64),
+        ),
+        (
+            "twinhub_ml_predictions_total",
+            "Rows predicted per model version.",
+            true,
+            |s| Some(s.rows as f64),
+        ),
+        (
+            "twinhub_ml_errors_total",
+            "Failed prediction calls per model version.",
+            true,
+            |s| Some(s.errors as f64),
+        ),
+        (
+            "twinhub_ml_latency_p99_seconds",
+            "99th percentile of inference time per model version.",
+            false,
+            |s| s.latency_p99_ms.map(|ms| ms / 1e3),
+        ),
+        (
+            "twinhub_ml_mae",
+            "Mean absolute error against measured ground truth per model version.",
+            false,
+            |s| s.mae,
+        ),
+    ];
+    for (name, help, counter, pick) in per_version {
+        let series: Vec<(Vec<(&str, String)>, f64)> = stats
+            .iter()
+            .filter_map(|(t, m, v, s)| Some((labels(t, m, v), pick(s)?)))
+            .collect();
+        if counter {
+            x.counter_series(name, help, &series);
+        } else {
+            x.gauge_series(name, help, &series);
+        }
+    }
     x.gauge_series(
         "twinhub_ml_drift_psi",
         "Population stability index of live inputs against training, per active model and feature.",

@@ -497,6 +497,19 @@ impl MlModels {
 
     /// (tenant, model, feature, psi) of every version with drift data, for
     /// `/metrics` (active versions only).
+    /// Every version's statistics: (tenant, model, version, stats).
+    pub fn version_stats(&self) -> Vec<(String, String, String, stats::StatsView)> {
+        let m = self.entries.read().expect("ml");
+        let mut out = Vec::new();
+        for ((t, n), e) in m.iter() {
+            for v in &e.versions {
+                out.push((t.clone(), n.clone(), v.version.clone(), v.stats.view()));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        out
+    }
+
     pub fn drift_gauges(&self) -> Vec<(String, String, String, f64)> {
         let m = self.entries.read().expect("ml");
         let mut out = Vec::new();

@@ -591,6 +591,20 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
         .as_f64()
         .unwrap();
     assert!((mae - 2.0).abs() < 1e-6, "{info}");
+    // The same figures per version in /metrics, for dashboards and alerts.
+    let metrics = s.metrics().await;
+    let value = |name: &str| -> f64 {
+        let series =
+            format!("{name}{{tenant=\"default\",model=\"reactor-yield\",version=\"1.0.0\"}} ");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .unwrap_or_else(|| panic!("{series} missing in:\n{metrics}"));
+        line[series.len()..].parse().unwrap()
+    };
+    assert!((value("twinhub_ml_mae") - 2.0).abs() < 1e-6);
+    assert!(value("twinhub_ml_predictions_total") >= 2.0);
+    assert!(value("twinhub_ml_latency_p99_seconds") > 0.0);
 
     // Bindings survive a restart and can be removed.
     let s = s.restart().await;
