@@ -50,6 +50,50 @@ pub enum ModelCmd {
         #[command(flatten)]
         flags: ServerFlags,
     },
+    /// Route a share of keys (twin ids) to a candidate version, or end
+    /// the A/B test with --stop.
+    Ab {
+        name: String,
+        /// The candidate version (not needed with --stop).
+        candidate: Option<String>,
+        /// Share of keys for the candidate, 0 < share < 1.
+        #[arg(long, default_value_t = 0.1)]
+        share: f64,
+        #[arg(long)]
+        stop: bool,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Delete a version that is neither active nor the A/B candidate.
+    Rm {
+        name: String,
+        version: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+}
+
+/// One API call through the running (or an in-process) server; prints the
+/// answer.
+async fn call_and_print(
+    file: Option<&PathBuf>,
+    flags: &ServerFlags,
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+) -> anyhow::Result<()> {
+    with_api(file, flags, move |api| {
+        Box::pin(async move {
+            let v = api.call(method, &path, body).await?;
+            println!("{v}");
+            Ok(())
+        })
+    })
+    .await
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -141,23 +185,41 @@ pub async fn run(file: Option<&PathBuf>, cmd: ModelCmd) -> anyhow::Result<()> {
             tenant,
             flags,
         } => {
-            with_api(file, &flags, move |api| {
-                Box::pin(async move {
-                    let v = api
-                        .call(
-                            "POST",
-                            &format!(
-                                "/api/v1/ml/models/{name}/versions/{version}/activate{}",
-                                tenant_q(&tenant)
-                            ),
-                            Some(json!({})),
-                        )
-                        .await?;
-                    println!("{v}");
-                    Ok(())
-                })
-            })
-            .await
+            let path = format!(
+                "/api/v1/ml/models/{name}/versions/{version}/activate{}",
+                tenant_q(&tenant)
+            );
+            call_and_print(file, &flags, "POST", path, Some(json!({}))).await
+        }
+        ModelCmd::Ab {
+            name,
+            candidate,
+            share,
+            stop,
+            tenant,
+            flags,
+        } => {
+            let path = format!("/api/v1/ml/models/{name}/ab{}", tenant_q(&tenant));
+            match (stop, candidate) {
+                (true, _) => call_and_print(file, &flags, "DELETE", path, None).await,
+                (false, Some(c)) => {
+                    let body = json!({"candidate": c, "share": share});
+                    call_and_print(file, &flags, "PUT", path, Some(body)).await
+                }
+                (false, None) => anyhow::bail!("give the candidate version, or --stop"),
+            }
+        }
+        ModelCmd::Rm {
+            name,
+            version,
+            tenant,
+            flags,
+        } => {
+            let path = format!(
+                "/api/v1/ml/models/{name}/versions/{version}{}",
+                tenant_q(&tenant)
+            );
+            call_and_print(file, &flags, "DELETE", path, None).await
         }
     }
 }

@@ -218,6 +218,30 @@ async fn model_package_upload_and_list() {
     let listed = run(&dir, &["model", "list"], None, "TWINHUB_PASSWORD");
     assert_eq!(listed["active"], "2.0.0");
     assert_eq!(listed["versions"], json!(["1.0.0", "2.0.0"]));
+    // A/B from the command line; a version in use cannot be deleted.
+    let ab = run(
+        &dir,
+        &["model", "ab", "reactor-yield", "1.0.0", "--share", "0.3"],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    assert_eq!(ab["candidate"], json!({"version": "1.0.0", "share": 0.3}));
+    let err = fails(&dir, &["model", "rm", "reactor-yield", "1.0.0"]);
+    assert!(err.contains("1.0.0"), "{err}");
+    run(
+        &dir,
+        &["model", "ab", "reactor-yield", "--stop"],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    run(
+        &dir,
+        &["model", "rm", "reactor-yield", "1.0.0"],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    let listed = run(&dir, &["model", "list"], None, "TWINHUB_PASSWORD");
+    assert_eq!(listed["versions"], json!(["2.0.0"]));
     unsafe_kill(s.child.id() as i32, 15);
     s.child.wait().unwrap();
 }
