@@ -23,6 +23,8 @@ pub struct TenantQuotas {
     /// Compressed history bytes (measured every 30 s).
     pub storage_bytes: Option<u64>,
     pub requests_per_second: Option<f64>,
+    /// MQTT connections open at once (devices, users and API keys).
+    pub mqtt_connections: Option<u64>,
 }
 
 /// Which quota refused, with its limit: the API answers
@@ -54,6 +56,25 @@ pub struct Quotas {
     /// Counts changed since they were last saved.
     points_dirty: std::sync::atomic::AtomicBool,
     storage: RwLock<HashMap<String, u64>>,
+    connections: Mutex<HashMap<String, u64>>,
+}
+
+/// An open MQTT connection of a tenant; gives its place back when dropped.
+pub struct ConnectionSlot {
+    quotas: Arc<Quotas>,
+    tenant: String,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.quotas.connections.lock().expect("connections");
+        if let Some(n) = c.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Quotas {
@@ -74,6 +95,7 @@ impl Quotas {
             points: Mutex::new(points),
             points_dirty: Default::default(),
             storage: RwLock::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
         });
         q.measure_storage();
         Ok(q)
@@ -213,6 +235,31 @@ impl Quotas {
             .get(tenant)
             .filter(|c| c.day == day)
             .map(|c| c.points)
+            .unwrap_or(0)
+    }
+
+    /// Takes a connection slot of `tenant` (held for the connection's life).
+    pub fn connect(self: &Arc<Self>, tenant: &str) -> Result<ConnectionSlot, QuotaExceeded> {
+        let max = self.of(tenant).mqtt_connections;
+        let mut c = self.connections.lock().expect("connections");
+        let n = c.entry(tenant.to_string()).or_insert(0);
+        if max.is_some_and(|max| *n >= max) {
+            return Err(Self::exceeded(tenant, "mqtt_connections", max.unwrap_or(0)));
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            quotas: self.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// MQTT connections of a tenant open now.
+    pub fn connections_of(&self, tenant: &str) -> u64 {
+        self.connections
+            .lock()
+            .expect("connections")
+            .get(tenant)
+            .copied()
             .unwrap_or(0)
     }
 

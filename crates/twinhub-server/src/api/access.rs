@@ -676,6 +676,7 @@ pub struct TenantUsage {
     /// Points accepted today (UTC); counted while a daily quota is set.
     pub points_today: u64,
     pub storage_bytes: u64,
+    pub mqtt_connections: u64,
 }
 
 fn tenant_detail(state: &AppState, id: &str) -> Result<TenantDetail, ApiError> {
@@ -691,6 +692,7 @@ fn tenant_detail(state: &AppState, id: &str) -> Result<TenantDetail, ApiError> {
             twins: state.twins.read(id, |g| g.twins.len()),
             points_today: state.quotas.points_today(id),
             storage_bytes: state.quotas.storage_of(id),
+            mqtt_connections: state.quotas.connections_of(id),
         },
         quotas: state.quotas.of(id),
         id: t.id,

@@ -382,6 +382,8 @@ pub enum Refusal {
     ClientIdInvalid,
     ServerBusy,
     UnsupportedVersion,
+    /// The tenant's connection quota is used up.
+    QuotaExceeded,
 }
 
 /// Packets the server writes.
@@ -456,6 +458,7 @@ fn v5_connack_code(r: Refusal) -> v5::ConnectReturnCode {
         Refusal::ClientIdInvalid => v5::ConnectReturnCode::ClientIdentifierNotValid,
         Refusal::ServerBusy => v5::ConnectReturnCode::ServerBusy,
         Refusal::UnsupportedVersion => v5::ConnectReturnCode::UnsupportedProtocolVersion,
+        Refusal::QuotaExceeded => v5::ConnectReturnCode::QuotaExceeded,
     }
 }
 
@@ -466,6 +469,7 @@ fn v4_connack_code(r: Refusal) -> v4::ConnectReturnCode {
         Refusal::ClientIdInvalid => v4::ConnectReturnCode::BadClientId,
         Refusal::ServerBusy => v4::ConnectReturnCode::ServiceUnavailable,
         Refusal::UnsupportedVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
+        Refusal::QuotaExceeded => v4::ConnectReturnCode::ServiceUnavailable,
     }
 }
 

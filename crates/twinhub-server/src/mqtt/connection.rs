@@ -333,6 +333,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
+    // Held until the connection ends.
+    let _slot = match broker.app.quotas.connect(&tenant) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::info!(client = %c.client_id, %peer, tenant = %e.tenant, "MQTT connection over the tenant's quota");
+            refuse(conn, Refusal::QuotaExceeded, "quota_exceeded");
+            return None;
+        }
+    };
     // Client id: devices use their own; others may leave it empty with a
     // clean start and get one assigned [MQTT-3.1.3-6].
     let mut assigned = None;

@@ -189,3 +189,45 @@ async fn request_rates_and_who_may_set_quotas() {
         .contains("requests_per_second"));
     s.stop().await;
 }
+
+/// A tenant's MQTT connections are capped: one more is refused with
+/// "quota exceeded" (v5) or "server unavailable" (3.1.1) until one closes;
+/// other tenants are unaffected.
+#[tokio::test]
+async fn mqtt_connections_are_capped_per_tenant() {
+    let s = TestServer::start().await;
+    small_tenant(&s, json!({"mqtt_connections": 1})).await;
+    let mut keys = Vec::new();
+    for id in ["c1", "c2"] {
+        let d: Value = device_in_small(&s, id).await.json().await.unwrap();
+        keys.push(d["key"].as_str().unwrap().to_string());
+    }
+    let (first, ack) = open5(s.mqtt(), "c1", Some(("c1", &keys[0])), true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    let (_, ack) = open5(s.mqtt(), "c2", Some(("c2", &keys[1])), true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::QuotaExceeded);
+    let (_, ack) = crate::mqtt::open4(s.mqtt(), "c2", Some(("c2", &keys[1])), true).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::mqttbytes::v4::ConnectReturnCode::ServiceUnavailable
+    );
+    let (_, t) = s.json(s.get("/api/v1/tenants/small")).await;
+    assert_eq!(t["usage"]["mqtt_connections"], 1, "{t}");
+    // The default tenant has no such quota.
+    let key = s.device("other").await;
+    let (_, ack) = open5(s.mqtt(), "other", Some(("other", &key)), true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    // When the first connection closes, its place is free again.
+    drop(first);
+    let mut ok = false;
+    for _ in 0..100 {
+        let (_, ack) = open5(s.mqtt(), "c2", Some(("c2", &keys[1])), true, None).await;
+        if ack.code == v5::ConnectReturnCode::Success {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the freed place is taken");
+    s.stop().await;
+}
