@@ -5,11 +5,9 @@
 use crate::admin::{tenant_q, with_api};
 use crate::ServerFlags;
 use anyhow::{bail, Context};
-use base64::Engine;
 use clap::Subcommand;
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
-use sha2::Digest;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -66,6 +64,18 @@ pub enum ModelCmd {
         #[command(flatten)]
         flags: ServerFlags,
     },
+    /// Export a version from a server as a bundle (to carry to another box).
+    Export {
+        name: String,
+        version: String,
+        /// Output file (default: <name>-<version>.thm.json).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
     /// Delete a version that is neither active nor the A/B candidate.
     Rm {
         name: String,
@@ -100,20 +110,6 @@ fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("{}", p.display()))
 }
 
-/// A bundle: the manifest, the ONNX bytes (base64) and their SHA-256.
-pub fn bundle(model: &[u8], manifest: &Value) -> Value {
-    let sum: String = sha2::Sha256::digest(model)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect();
-    json!({
-        "format": "twinhub-model-bundle/1",
-        "manifest": manifest,
-        "sha256": sum,
-        "model": base64::engine::general_purpose::STANDARD.encode(model),
-    })
-}
-
 pub async fn run(file: Option<&PathBuf>, cmd: ModelCmd) -> anyhow::Result<()> {
     match cmd {
         ModelCmd::Package {
@@ -132,7 +128,7 @@ pub async fn run(file: Option<&PathBuf>, cmd: ModelCmd) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| {
                 PathBuf::from(format!("{}-{}.thm.json", parsed.name, parsed.version))
             });
-            let b = bundle(&onnx, &m);
+            let b = twinhub_server::ml::bundle::make(&onnx, &m);
             std::fs::write(&out, serde_json::to_vec(&b)?)?;
             println!(
                 "{}",
@@ -208,6 +204,32 @@ pub async fn run(file: Option<&PathBuf>, cmd: ModelCmd) -> anyhow::Result<()> {
                 }
                 (false, None) => anyhow::bail!("give the candidate version, or --stop"),
             }
+        }
+        ModelCmd::Export {
+            name,
+            version,
+            out,
+            tenant,
+            flags,
+        } => {
+            let path = format!(
+                "/api/v1/ml/models/{name}/versions/{version}/bundle{}",
+                tenant_q(&tenant)
+            );
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.thm.json")));
+            with_api(file, &flags, move |api| {
+                Box::pin(async move {
+                    let b = api.call("GET", &path, None).await?;
+                    std::fs::write(&out, b.to_string())
+                        .with_context(|| format!("{}", out.display()))?;
+                    println!(
+                        "{}",
+                        json!({"bundle": out.display().to_string(), "name": name, "version": version, "sha256": b["sha256"]})
+                    );
+                    Ok(())
+                })
+            })
+            .await
         }
         ModelCmd::Rm {
             name,

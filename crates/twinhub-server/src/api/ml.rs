@@ -31,17 +31,6 @@ impl From<MlError> for ApiError {
     }
 }
 
-/// The model bundle `twinhub model package` writes: manifest, base64 ONNX
-/// and its SHA-256, checked on upload.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Bundle {
-    format: String,
-    manifest: Value,
-    sha256: String,
-    model: String,
-}
-
 fn entry_view(e: &Entry) -> Value {
     json!({
         "name": e.name,
@@ -92,32 +81,18 @@ pub async fn upload(
             "model" => model = Some(bytes.to_vec()),
             "manifest" => manifest = Some(bytes.to_vec()),
             "bundle" => {
-                let b: Bundle = super::extract::parse_json(&bytes)?;
-                if b.format != "twinhub-model-bundle/1" {
-                    return Err(ApiError::field(
-                        "bundle.format",
-                        "must be twinhub-model-bundle/1",
-                    ));
-                }
-                use base64::Engine;
-                let onnx = base64::engine::general_purpose::STANDARD
-                    .decode(b.model.as_bytes())
-                    .map_err(|_| ApiError::field("bundle.model", "is not base64"))?;
-                let sum: String = {
-                    use sha2::Digest;
-                    sha2::Sha256::digest(&onnx)
-                        .iter()
-                        .map(|x| format!("{x:02x}"))
-                        .collect()
-                };
-                if sum != b.sha256.to_ascii_lowercase() {
-                    return Err(ApiError::invalid(
+                let b: crate::ml::bundle::Bundle = super::extract::parse_json(&bytes)?;
+                let (onnx, m) = crate::ml::bundle::open(b).map_err(|r| match r {
+                    crate::ml::bundle::Refused::Malformed(field, rule) => {
+                        ApiError::field(field, rule)
+                    }
+                    crate::ml::bundle::Refused::Damaged => ApiError::invalid(
                         "bundle.sha256",
                         "does not match the model: the bundle is damaged",
-                    ));
-                }
+                    ),
+                })?;
                 model = Some(onnx);
-                manifest = Some(serde_json::to_vec(&b.manifest).unwrap_or_default());
+                manifest = Some(serde_json::to_vec(&m).unwrap_or_default());
             }
             other => {
                 return Err(ApiError::field(
@@ -527,6 +502,42 @@ pub async fn delete_ab(
         .audit(&p, &tenant, "ml.ab_end", &name, json!({}))
         .await;
     Ok(Json(entry_view(&e)))
+}
+
+/// The model's information, as `GET /api/v1/ml/models/{name}` (seed 000's
+/// `/model/info`).
+#[utoipa::path(get, path = "/api/v1/ml/models/{name}/info", tag = "ml", params(("name" = String, Path), Paging),
+    responses((status = 200, body = Value), (status = 404)))]
+pub async fn info_alias(
+    state: State<AppState>,
+    p: Principal,
+    name: Path<String>,
+    q: ApiQuery<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    info(state, p, name, q).await
+}
+
+/// One version as a checksummed bundle (`twinhub-model-bundle/1`) to carry
+/// to an air-gapped edge box, where `twinhub model upload` takes it.
+#[utoipa::path(get, path = "/api/v1/ml/models/{name}/versions/{version}/bundle", tag = "ml",
+    params(("name" = String, Path), ("version" = String, Path), Paging), responses((status = 200, body = Value), (status = 404)))]
+pub async fn export_bundle(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((name, version)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::MlAdmin)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let (t, n, v) = (tenant.clone(), name.clone(), version.clone());
+    let (manifest, onnx) = state
+        .store
+        .read(move |c| crate::store::ml::model_files(c, &t, &n, &v))?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("version {version} of model {name} not found"))
+        })?;
+    let manifest: Value = serde_json::from_str(&manifest).unwrap_or(Value::Null);
+    Ok(Json(crate::ml::bundle::make(&onnx, &manifest)))
 }
 
 /// Deletes a version that is neither active nor the A/B candidate.

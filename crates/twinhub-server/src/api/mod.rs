@@ -239,6 +239,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ml::activate))
         .routes(routes!(ml::put_ab, ml::delete_ab))
         .routes(routes!(ml::delete_version))
+        .routes(routes!(ml::info_alias))
+        .routes(routes!(ml::export_bundle))
         .routes(routes!(ml::put_binding, ml::list_bindings))
         .routes(routes!(ml::delete_binding))
         .split_for_parts();

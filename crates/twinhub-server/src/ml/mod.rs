@@ -8,6 +8,7 @@
 //! May call: store (ml rows), twinhub-ml (inference), clock.
 
 pub mod bindings;
+pub mod bundle;
 pub mod cache;
 pub mod soft_sensor;
 pub mod stats;

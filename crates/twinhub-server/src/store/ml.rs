@@ -2,6 +2,7 @@
 //! version is active per model (and the A/B candidate), and bindings.
 
 use super::StoreError;
+use rusqlite::OptionalExtension;
 use rusqlite::{params, Connection};
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,21 @@ pub fn delete_model_version(
         "DELETE FROM ml_models WHERE tenant = ?1 AND name = ?2 AND version = ?3",
         params![tenant, name, version],
     )? > 0)
+}
+
+/// One version's manifest (as stored) and ONNX bytes.
+pub fn model_files(
+    c: &Connection,
+    tenant: &str,
+    name: &str,
+    version: &str,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    Ok(c.query_row(
+        "SELECT manifest, onnx FROM ml_models WHERE tenant = ?1 AND name = ?2 AND version = ?3",
+        [tenant, name, version],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
 }
 
 pub fn load_models(c: &Connection) -> Result<Vec<ModelRow>, StoreError> {

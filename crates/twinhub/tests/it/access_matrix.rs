@@ -252,6 +252,18 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!(null),
             "ml:admin",
         ),
+        (
+            "GET",
+            "/api/v1/ml/models/reactor-yield/info",
+            json!(null),
+            "ml:read",
+        ),
+        (
+            "GET",
+            "/api/v1/ml/models/reactor-yield/versions/ghost/bundle",
+            json!(null),
+            "ml:admin",
+        ),
         ("GET", "/api/v1/ml/bindings", json!(null), "ml:read"),
         (
             "POST",

@@ -226,6 +226,21 @@ async fn model_package_upload_and_list() {
         "TWINHUB_PASSWORD",
     );
     assert_eq!(ab["candidate"], json!({"version": "1.0.0", "share": 0.3}));
+    let exported = root.path().join("exported.thm.json");
+    let e = run(
+        &dir,
+        &[
+            "model",
+            "export",
+            "reactor-yield",
+            "1.0.0",
+            "-o",
+            exported.to_str().unwrap(),
+        ],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    assert_eq!(e["version"], "1.0.0");
     let err = fails(&dir, &["model", "rm", "reactor-yield", "1.0.0"]);
     assert!(err.contains("1.0.0"), "{err}");
     run(
@@ -242,6 +257,19 @@ async fn model_package_upload_and_list() {
     );
     let listed = run(&dir, &["model", "list"], None, "TWINHUB_PASSWORD");
     assert_eq!(listed["versions"], json!(["2.0.0"]));
+    // The exported bundle brings the deleted version back, checksum intact.
+    run(
+        &dir,
+        &["model", "upload", exported.to_str().unwrap()],
+        None,
+        "TWINHUB_PASSWORD",
+    );
+    let listed = run(&dir, &["model", "list"], None, "TWINHUB_PASSWORD");
+    assert_eq!(
+        listed["versions"],
+        json!(["2.0.0", "1.0.0"]),
+        "in upload order"
+    );
     unsafe_kill(s.child.id() as i32, 15);
     s.child.wait().unwrap();
 }

@@ -68,6 +68,17 @@ async fn upload_and_predict_with_the_seed_interval() {
     assert_eq!(v["interval"]["level"], 0.9);
     assert_eq!(v["model_version"], "1.0.0");
     assert!(v["inference_time_ms"].as_f64().unwrap() >= 0.0);
+    // Seed 000's /model/info, under the model.
+    let (st, info) = s.json(s.get("/api/v1/ml/models/reactor-yield/info")).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (
+            info["active"].as_str(),
+            info["manifest"]["features"][0]["name"].as_str()
+        ),
+        (Some("1.0.0"), Some("temperature")),
+        "{info}"
+    );
 
     // Validation names the feature: missing 400, out of range 422,
     // unknown 400.
