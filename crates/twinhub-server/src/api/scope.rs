@@ -10,6 +10,9 @@ use super::AppState;
 use crate::auth::{Denied, Perm, Principal, ScopedGrant};
 use std::sync::Arc;
 
+/// Subtrees (root twin, relationship names) a scoped caller may use.
+pub type Subtrees = Vec<(String, Vec<String>)>;
+
 /// Decides per twin id; `None` from `twin_filter` means every twin passes.
 pub type TwinFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -46,15 +49,11 @@ impl AppState {
 
     /// The subtrees (root, relationship names) `p` may use `perm` in, for
     /// the query evaluator; `None` when tenant-wide, Err when nowhere.
-    pub fn twin_scope(
-        &self,
-        p: &Principal,
-        perm: Perm,
-    ) -> Result<Option<Vec<(String, Vec<String>)>>, ApiError> {
+    pub fn twin_scope(&self, p: &Principal, perm: Perm) -> Result<Option<Subtrees>, ApiError> {
         if p.perms.contains(perm) {
             return Ok(None);
         }
-        let roots: Vec<(String, Vec<String>)> = p
+        let roots: Subtrees = p
             .scoped
             .iter()
             .filter(|g| g.perms.contains(perm))

@@ -90,9 +90,8 @@ fn bad(status: u16, field: &str, rule: impl Into<String>) -> MlError {
 
 type Key = (String, String);
 
-/// The last prediction per (tenant, twin, model): (version, value), for
-/// ground truth arriving later.
-
+/// The bindings of every tenant, with what the soft-sensor loop keeps
+/// between events.
 pub struct Bindings {
     store: Store,
     by_id: RwLock<HashMap<Key, Arc<Binding>>>,
