@@ -616,6 +616,10 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     assert!((value("twinhub_ml_mae") - 2.0).abs() < 1e-6);
     assert!(value("twinhub_ml_predictions_total") >= 2.0);
     assert!(value("twinhub_ml_latency_p99_seconds") > 0.0);
+    assert!(
+        metrics.contains("twinhub_ml_soft_sensor_outputs_total 2"),
+        "two input changes, two outputs"
+    );
 
     // Bindings survive a restart and can be removed.
     let s = s.restart().await;
