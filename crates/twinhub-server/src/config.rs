@@ -273,6 +273,8 @@ pub struct MlConfig {
     pub cache_ttl: String,
     /// Scenario rows per what-if call at most.
     pub max_scenarios: usize,
+    /// Versions one model keeps at most; an upload beyond answers 409.
+    pub max_versions: usize,
 }
 
 impl Default for MlConfig {
@@ -283,6 +285,7 @@ impl Default for MlConfig {
             cache_entries: 10_000,
             cache_ttl: "60s".into(),
             max_scenarios: 10_000,
+            max_versions: 32,
         }
     }
 }
@@ -493,6 +496,7 @@ impl Config {
             cache_entries: self.ml.cache_entries,
             cache_ttl_us: parse_duration(&self.ml.cache_ttl).unwrap_or(60_000_000),
             max_scenarios: self.ml.max_scenarios.max(1),
+            max_versions: self.ml.max_versions.max(1),
         }
     }
 

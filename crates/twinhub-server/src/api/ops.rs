@@ -223,12 +223,18 @@ pub async fn metrics(
     x.counter(
         "twinhub_ml_soft_sensor_outputs_total",
         "Soft-sensor predictions written to twins and history.",
-        state.bindings.written.load(std::sync::atomic::Ordering::Relaxed),
+        state
+            .bindings
+            .written
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
     x.counter(
         "twinhub_ml_soft_sensor_failures_total",
         "Soft-sensor predictions that failed or whose outputs were refused.",
-        state.bindings.failed.load(std::sync::atomic::Ordering::Relaxed),
+        state
+            .bindings
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
     let stats = ml.version_stats();
     let labels = |t: &String, m: &String, v: &String| {

@@ -50,6 +50,8 @@ pub struct MlSettings {
     pub cache_entries: usize,
     pub cache_ttl_us: i64,
     pub max_scenarios: usize,
+    /// Versions one model keeps at most (each is compiled in memory).
+    pub max_versions: usize,
 }
 
 /// One uploaded version, compiled.
@@ -224,13 +226,18 @@ impl MlModels {
         }
         let parsed = Manifest::parse(manifest)?;
         let (name, version) = (parsed.name.clone(), parsed.version.clone());
-        if self
-            .get(tenant, &name)
-            .is_some_and(|e| e.version(&version).is_some())
-        {
-            return Err(MlError::Conflict(format!(
-                "model {name} version {version} already exists"
-            )));
+        if let Some(e) = self.get(tenant, &name) {
+            if e.version(&version).is_some() {
+                return Err(MlError::Conflict(format!(
+                    "model {name} version {version} already exists"
+                )));
+            }
+            if e.versions.len() >= self.settings.max_versions {
+                return Err(MlError::Conflict(format!(
+                    "model {name} has {} versions, the most it keeps (ml.max_versions); delete an old one first",
+                    e.versions.len()
+                )));
+            }
         }
         let bytes = onnx.clone();
         let predictor = tokio::task::spawn_blocking(move || compile(&bytes, parsed))

@@ -186,6 +186,23 @@ async fn upload_and_predict_with_the_seed_interval() {
 
 #[tokio::test]
 async fn bad_uploads_are_refused_with_the_reason() {
+    // Versions per model are capped; deleting one makes room.
+    let s = TestServer::start_with(|c| c.ml.max_versions = 2).await;
+    upload_yield(&s, "1").await;
+    upload_yield(&s, "2").await;
+    let r = upload(&s, fixture("reactor_yield.onnx"), &yield_manifest("3")).await;
+    assert!(error_of(r, 409, "conflict")
+        .await
+        .contains("ml.max_versions"));
+    let r = s
+        .delete("/api/v1/ml/models/reactor-yield/versions/2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    upload_yield(&s, "3").await;
+    s.stop().await;
+
     let s = TestServer::start_with(|c| c.ml.max_model_bytes = 300_000).await;
     // Too big for this server's limit.
     let r = upload(&s, fixture("reactor_yield.onnx"), &yield_manifest("1")).await;
