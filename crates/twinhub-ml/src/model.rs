@@ -26,6 +26,8 @@ pub struct Model {
     outputs: Vec<(String, usize)>,
     /// The step whose trees give the per-tree interval of output 0.
     interval_step: Option<usize>,
+    /// A classifier's labels, in the order of its probabilities.
+    pub class_labels: Option<Vec<i64>>,
 }
 
 /// What one run produced.
@@ -150,7 +152,12 @@ impl Model {
                         && t.averaging()
                 })
         });
+        let class_labels = steps
+            .iter()
+            .find_map(|s| s.op.class_labels())
+            .map(<[i64]>::to_vec);
         Ok(Model {
+            class_labels,
             steps,
             constants,
             n_slots: slots.len(),

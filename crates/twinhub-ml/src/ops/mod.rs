@@ -20,6 +20,11 @@ pub trait Op: Send + Sync {
     fn trees(&self) -> Option<&tree::Trees> {
         None
     }
+
+    /// A classifier's labels, in the order of its probabilities.
+    fn class_labels(&self) -> Option<&[i64]> {
+        None
+    }
 }
 
 /// A node's attributes by name.

@@ -500,6 +500,10 @@ impl TreeClassifier {
 }
 
 impl Op for TreeClassifier {
+    fn class_labels(&self) -> Option<&[i64]> {
+        Some(&self.labels)
+    }
+
     fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, OnnxError> {
         let t = &self.trees;
         let k = self.labels.len();

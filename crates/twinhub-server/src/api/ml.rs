@@ -172,6 +172,13 @@ pub async fn info(
         .map(|v| serde_json::to_value(&v.predictor.manifest).unwrap_or_default());
     let mut v = entry_view(&e);
     v["manifest"] = active.unwrap_or(Value::Null);
+    // A classifier's labels, in the order of its `probabilities`.
+    if let Some(labels) = e
+        .version(&e.active)
+        .and_then(|v| v.predictor.model.class_labels.clone())
+    {
+        v["classes"] = json!(labels);
+    }
     v["version_details"] = json!(crate::ml::versions_view(&e));
     v["cache"] = json!({
         "hits": state.ml.cache.hits.load(std::sync::atomic::Ordering::Relaxed),

@@ -42,6 +42,10 @@ pub struct Outputs {
     /// Classifiers: the probability of the predicted label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<String>,
+    /// Classifiers: class label → property receiving its probability
+    /// (e.g. `{"2": "p_off_spec"}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probabilities: BTreeMap<String, String>,
     /// Outlier models: the anomaly score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<String>,
@@ -75,6 +79,7 @@ impl Binding {
             .chain(o.lower.as_deref())
             .chain(o.upper.as_deref())
             .chain(o.probability.as_deref())
+            .chain(o.probabilities.values().map(String::as_str))
             .chain(o.score.as_deref())
             .collect()
     }
@@ -167,6 +172,23 @@ impl Bindings {
                 "outputs.probability",
                 format!("needs a classifier; {} is not one", b.model),
             ));
+        }
+        for label in b.outputs.probabilities.keys() {
+            let known = predictor
+                .model
+                .class_labels
+                .as_ref()
+                .is_some_and(|ls| label.parse::<i64>().is_ok_and(|l| ls.contains(&l)));
+            if !known {
+                return Err(bad(
+                    422,
+                    &format!("outputs.probabilities.{label}"),
+                    match &predictor.model.class_labels {
+                        Some(ls) => format!("is not a class of {}; classes are {ls:?}", b.model),
+                        None => format!("needs a classifier; {} is not one", b.model),
+                    },
+                ));
+            }
         }
         if b.outputs.score.is_some() && kind != twinhub_ml::Kind::Outlier {
             return Err(bad(

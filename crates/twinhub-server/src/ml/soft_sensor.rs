@@ -221,6 +221,26 @@ impl Ctx {
             .and_then(|p| p.iter().copied().reduce(f64::max));
         let o = &b.outputs;
         let mut out = vec![(o.prediction.clone(), value, Default::default())];
+        let labels = version
+            .predictor
+            .model
+            .class_labels
+            .as_deref()
+            .unwrap_or(&[]);
+        for (label, name) in &o.probabilities {
+            let p = label
+                .parse::<i64>()
+                .ok()
+                .and_then(|l| labels.iter().position(|x| *x == l))
+                .and_then(|i| pred.probabilities.as_ref()?.get(i).copied());
+            if let Some(p) = p {
+                out.push((
+                    name.clone(),
+                    twinhub_model::Value::Number(p),
+                    Default::default(),
+                ));
+            }
+        }
         for (name, v) in [
             (&o.probability, probability),
             (&o.score, pred.score),

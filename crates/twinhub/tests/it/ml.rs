@@ -483,6 +483,7 @@ async fn yield_reactors(s: &TestServer, twins: &[(&str, &str)]) -> Vec<String> {
         "grade_p",
         "anomaly",
         "anomaly_score",
+        "p_class2",
     ]
     .iter()
     .map(|n| telemetry(n))
@@ -790,6 +791,21 @@ async fn classifier_and_outlier_bindings() {
         m.as_object_mut().unwrap().remove("interval");
         assert_eq!(upload(&s, fixture(file), &m).await.status(), 201);
     }
+    // Per-class outputs name classes the model has.
+    let (_, info) = s.json(s.get("/api/v1/ml/models/grade")).await;
+    assert_eq!(info["classes"], json!([0, 1, 2]), "{info}");
+    let r = s
+        .post(
+            "/api/v1/ml/bindings",
+            json!({"id": "x", "model": "grade", "select": {"twin": "r1"},
+            "outputs": {"prediction": "grade", "probabilities": {"7": "p_class2"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("outputs.probabilities.7"));
     // Outputs must suit the model's kind.
     let r = s
         .post(
@@ -805,7 +821,7 @@ async fn classifier_and_outlier_bindings() {
         .contains("outputs.probability"));
     for body in [
         json!({"id": "grade", "model": "grade", "select": {"twin": "r1"},
-            "outputs": {"prediction": "grade", "probability": "grade_p"}}),
+            "outputs": {"prediction": "grade", "probability": "grade_p", "probabilities": {"2": "p_class2"}}}),
         json!({"id": "outlier", "model": "outlier", "select": {"twin": "r1"},
             "outputs": {"prediction": "anomaly", "score": "anomaly_score"}}),
     ] {
@@ -816,7 +832,10 @@ async fn classifier_and_outlier_bindings() {
     assert_eq!(s.send("d-r1", &keys[0], row.clone()).await.status(), 200);
     let twin = poll(|| async {
         let (_, t) = s.json(s.get("/api/v1/twins/r1")).await;
-        (t.get("grade_p").is_some() && t.get("anomaly_score").is_some()).then_some(t)
+        (t.get("grade_p").is_some()
+            && t.get("anomaly_score").is_some()
+            && t.get("p_class2").is_some())
+        .then_some(t)
     })
     .await;
     let (_, direct) = s
@@ -831,6 +850,11 @@ async fn classifier_and_outlier_bindings() {
         .fold(0.0, f64::max);
     assert!(
         (twin["grade_p"].as_f64().unwrap() - best).abs() < 1e-9,
+        "{twin}"
+    );
+    let p2 = direct["probabilities"][2].as_f64().unwrap();
+    assert!(
+        (twin["p_class2"].as_f64().unwrap() - p2).abs() < 1e-9,
         "{twin}"
     );
     let (_, direct) = s
