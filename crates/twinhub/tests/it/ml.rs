@@ -35,6 +35,11 @@ pub async fn upload_yield(s: &TestServer, version: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// POST /api/v1/ml/bindings.
+async fn post_binding(s: &TestServer, body: Value) -> reqwest::Response {
+    s.post("/api/v1/ml/bindings", body).send().await.unwrap()
+}
+
 /// POST …/reactor-yield/predict/batch with these rows.
 async fn predict_batch(s: &TestServer, rows: &[Value]) -> (reqwest::StatusCode, Value) {
     s.json(s.post(
@@ -533,24 +538,17 @@ async fn soft_sensors_write_predictions_to_twins_and_history() {
     upload_yield(&s, "1.0.0").await;
 
     // Outputs must be telemetry of the twins' model.
-    let r = s
-        .post("/api/v1/ml/bindings", json!({"id": "bad", "model": "reactor-yield", "select": {"model": "dtmi:test:YieldReactor;1"},
-            "outputs": {"prediction": "nonsense"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_binding(&s, json!({"id": "bad", "model": "reactor-yield", "select": {"model": "dtmi:test:YieldReactor;1"},
+            "outputs": {"prediction": "nonsense"}})).await;
     assert!(error_of(r, 422, "unprocessable_entity")
         .await
         .contains("nonsense"));
-    let r = s
-        .post(
-            "/api/v1/ml/bindings",
-            json!({"id": "bad", "model": "no-such-model", "select": {"twin": "r1"},
+    let r = post_binding(
+        &s,
+        json!({"id": "bad", "model": "no-such-model", "select": {"twin": "r1"},
             "outputs": {"prediction": "yield_pred"}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    )
+    .await;
     error_of(r, 422, "unprocessable_entity").await;
     let (st, _) = s
         .json(s.post("/api/v1/ml/bindings", json!({"id": "yield", "model": "reactor-yield",
@@ -666,27 +664,21 @@ async fn soft_sensors_bound_by_query_follow_the_graph() {
         ("SELECT T FROM", "select.query"),
         ("SELECT COUNT() FROM DIGITALTWINS", "must return twins"),
     ] {
-        let r = s
-            .post(
-                "/api/v1/ml/bindings",
-                json!({"id": "q", "model": "reactor-yield",
+        let r = post_binding(
+            &s,
+            json!({"id": "q", "model": "reactor-yield",
                 "select": {"query": query}, "outputs": outputs}),
-            )
-            .send()
-            .await
-            .unwrap();
+        )
+        .await;
         let msg = error_of(r, 400, "bad_request").await;
         assert!(msg.contains(rule), "{query}: {msg}");
     }
-    let r = s
-        .post(
-            "/api/v1/ml/bindings",
-            json!({"id": "q", "model": "reactor-yield",
+    let r = post_binding(
+        &s,
+        json!({"id": "q", "model": "reactor-yield",
             "select": {"twin": "r1", "query": "SELECT T FROM DIGITALTWINS T"}, "outputs": outputs}),
-        )
-        .send()
-        .await
-        .unwrap();
+    )
+    .await;
     assert!(error_of(r, 400, "bad_request")
         .await
         .contains("exactly one"));
@@ -794,28 +786,22 @@ async fn classifier_and_outlier_bindings() {
     // Per-class outputs name classes the model has.
     let (_, info) = s.json(s.get("/api/v1/ml/models/grade")).await;
     assert_eq!(info["classes"], json!([0, 1, 2]), "{info}");
-    let r = s
-        .post(
-            "/api/v1/ml/bindings",
-            json!({"id": "x", "model": "grade", "select": {"twin": "r1"},
+    let r = post_binding(
+        &s,
+        json!({"id": "x", "model": "grade", "select": {"twin": "r1"},
             "outputs": {"prediction": "grade", "probabilities": {"7": "p_class2"}}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    )
+    .await;
     assert!(error_of(r, 422, "unprocessable_entity")
         .await
         .contains("outputs.probabilities.7"));
     // Outputs must suit the model's kind.
-    let r = s
-        .post(
-            "/api/v1/ml/bindings",
-            json!({"id": "x", "model": "reactor-yield", "select": {"twin": "r1"},
+    let r = post_binding(
+        &s,
+        json!({"id": "x", "model": "reactor-yield", "select": {"twin": "r1"},
             "outputs": {"prediction": "yield_pred", "probability": "grade_p"}}),
-        )
-        .send()
-        .await
-        .unwrap();
+    )
+    .await;
     assert!(error_of(r, 422, "unprocessable_entity")
         .await
         .contains("outputs.probability"));
