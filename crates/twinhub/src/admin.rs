@@ -205,16 +205,9 @@ impl Api {
                 let password = std::env::var("TWINHUB_PASSWORD")
                     .or_else(|_| std::env::var("TWINHUB_ADMIN_PASSWORD"))
                     .map_err(|_| anyhow!("a server is running: set TWINHUB_TOKEN, or TWINHUB_USERNAME and TWINHUB_PASSWORD, to go through its API"))?;
-                let r = client
-                    .post(format!("{base}/api/v1/auth/login"))
-                    .json(&json!({"username": username, "password": password}))
-                    .send()
-                    .await?;
-                let body: Value = r.json().await?;
-                body["access_token"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("login refused: {}", body["error"]["message"]))?
-                    .to_string()
+                login(&client, &base, &username, &password)
+                    .await?
+                    .map_err(|why| anyhow!("login refused: {why}"))?
             }
         };
         Ok(Api {
@@ -319,6 +312,27 @@ where
     let res = f(&api).await;
     api.close().await?;
     res
+}
+
+/// Logs in through the API: the token, or the server's reason for refusing
+/// (transport failures are the outer error).
+pub(crate) async fn login(
+    client: &reqwest::Client,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<Result<String, String>> {
+    let body: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body["access_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| body["error"]["message"].to_string()))
 }
 
 pub(crate) fn tenant_q(tenant: &Option<String>) -> String {

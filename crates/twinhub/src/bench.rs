@@ -345,14 +345,9 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
 
 /// Logs in as the bench admin.
 pub async fn admin_token(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let r = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": BENCH_PASSWORD}))
-        .send()
+    crate::admin::login(http, base, "admin", BENCH_PASSWORD)
         .await?
-        .json::<serde_json::Value>()
-        .await?;
-    Ok(r["access_token"].as_str().unwrap_or_default().to_string())
+        .map_err(|why| anyhow::anyhow!("login refused: {why}"))
 }
 
 async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {

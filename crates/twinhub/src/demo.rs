@@ -74,16 +74,12 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
     let base = format!("http://{}", server.ready.http);
     let client = reqwest::Client::new();
 
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": password}))
-        .send()
+    let token = crate::admin::login(&client, &base, "admin", &password)
         .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().ok_or_else(|| {
-        anyhow!("the admin password of {} differs from this one; pass TWINHUB_ADMIN_PASSWORD or use a fresh --data-dir", data_dir.display())
-    })?;
+        .map_err(|_| {
+            anyhow!("the admin password of {} differs from this one; pass TWINHUB_ADMIN_PASSWORD or use a fresh --data-dir", data_dir.display())
+        })?;
+    let token = token.as_str();
 
     // The twin graph from the shipped process-plant ontology: plants that
     // contain reactors, each reactor's twin fed by its device.

@@ -16,15 +16,7 @@ pub fn build(op: &str, a: &Attrs) -> Result<Box<dyn Op>, OnnxError> {
         "LinearRegressor" => Box::new(LinearRegressor {
             coefficients: a.floats("coefficients").unwrap_or(&[]).to_vec(),
             intercepts: a.floats("intercepts").unwrap_or(&[]).to_vec(),
-            targets: match a.int("targets").unwrap_or(1).max(1) {
-                t if t as u64 <= crate::tensor::MAX_OUTPUTS as u64 => t as usize,
-                t => {
-                    return Err(OnnxError::Invalid(format!(
-                        "LinearRegressor targets {t} is over {}",
-                        crate::tensor::MAX_OUTPUTS
-                    )))
-                }
-            },
+            targets: a.output_count("LinearRegressor", "targets")?,
         }),
         "ArrayFeatureExtractor" => Box::new(ArrayFeatureExtractor),
         "Imputer" => Box::new(Imputer {

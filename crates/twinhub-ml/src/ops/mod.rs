@@ -56,6 +56,19 @@ impl<'a> Attrs<'a> {
         Attrs { by_name, strings }
     }
 
+    /// A count of outputs (`n_targets`, `targets`): at least 1, refused
+    /// beyond `MAX_OUTPUTS` so a model cannot size allocations by claim.
+    pub fn output_count(&self, op: &str, n: &str) -> Result<usize, OnnxError> {
+        let v = self.int(n).unwrap_or(1).max(1);
+        if v as u64 > crate::tensor::MAX_OUTPUTS as u64 {
+            return Err(OnnxError::Invalid(format!(
+                "{op} {n} {v} is over {}",
+                crate::tensor::MAX_OUTPUTS
+            )));
+        }
+        Ok(v as usize)
+    }
+
     pub fn int(&self, n: &str) -> Option<i64> {
         self.by_name.get(n).map(|a| a.i)
     }

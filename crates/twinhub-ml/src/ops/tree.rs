@@ -433,14 +433,7 @@ pub struct TreeRegressor(pub Trees);
 
 impl TreeRegressor {
     pub fn build(a: &Attrs) -> Result<Self, OnnxError> {
-        let n_targets = a.int("n_targets").unwrap_or(1).max(1);
-        if n_targets as u64 > crate::tensor::MAX_OUTPUTS as u64 {
-            return Err(OnnxError::Invalid(format!(
-                "TreeEnsembleRegressor n_targets {n_targets} is over {}",
-                crate::tensor::MAX_OUTPUTS
-            )));
-        }
-        let n_targets = n_targets as usize;
+        let n_targets = a.output_count("TreeEnsembleRegressor", "n_targets")?;
         Ok(TreeRegressor(Trees::build(a, "target", n_targets)?))
     }
 }

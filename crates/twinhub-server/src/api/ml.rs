@@ -404,9 +404,8 @@ pub async fn scenarios(
     }
     let (v2, rows) = (v.clone(), Arc::new(rows));
     let rows2 = rows.clone();
-    let preds = tokio::task::spawn_blocking(move || v2.predictor.predict(&rows2))
-        .await
-        .map_err(|_| ApiError::from(MlError::from(crate::store::StoreError::Unavailable)))?
+    let preds = crate::ml::sized(rows.len(), move || v2.predictor.predict(&rows2))
+        .await?
         .map_err(|e| ApiError::invalid("model", &e.to_string()))?;
     let features: Vec<String> = v
         .predictor

@@ -26,6 +26,21 @@ use twinhub_ml::{Drift, FieldError, Manifest, Model, Prediction, Predictor};
 /// Rows from which a prediction call leaves the async workers.
 pub const OFFLOAD_ROWS: usize = 64;
 
+/// Runs inference over `rows` rows: inline when small, on the blocking
+/// pool from `OFFLOAD_ROWS` on, so MQTT and HTTP traffic on the async
+/// workers never waits behind a big batch.
+pub async fn sized<T: Send + 'static>(
+    rows: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, MlError> {
+    if rows < OFFLOAD_ROWS {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| MlError::Store(StoreError::Unavailable))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MlError {
     #[error("{0}")]
@@ -441,13 +456,8 @@ impl MlModels {
         v: Arc<Version>,
         rows: Vec<Vec<f32>>,
     ) -> Result<Vec<Prediction>, MlError> {
-        if rows.len() < OFFLOAD_ROWS {
-            return self.predict(tenant, name, &v, &rows);
-        }
         let (me, t, n) = (self.clone(), tenant.to_string(), name.to_string());
-        tokio::task::spawn_blocking(move || me.predict(&t, &n, &v, &rows))
-            .await
-            .map_err(|_| StoreError::Unavailable)?
+        sized(rows.len(), move || me.predict(&t, &n, &v, &rows)).await?
     }
 
     pub fn predict(

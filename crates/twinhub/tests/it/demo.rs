@@ -2,7 +2,7 @@
 //! whose simulated reactors report over MQTT and whose yield soft sensor
 //! writes predictions to every reactor twin.
 
-use crate::process::{cmd, layout, login, unsafe_kill, PW};
+use crate::process::{cmd, get_json, layout, login, unsafe_kill, PW};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -51,15 +51,12 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
     let http = reqwest::Client::new();
     let token = login(&base, PW).await;
     let twin = loop {
-        let twin: Value = http
-            .get(format!("{base}/api/v1/twins/plant1-reactor2"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let twin: Value = get_json(
+            &http,
+            &format!("{base}/api/v1/twins/plant1-reactor2"),
+            &token,
+        )
+        .await;
         if twin.get("yield_pred").is_some() && twin.get("yield").is_some() {
             break twin;
         }

@@ -68,6 +68,18 @@ pub fn start(dir: &Path, with_password: bool) -> Server {
     }
 }
 
+/// GET a JSON document with a bearer token.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn login(base: &str, pw: &str) -> String {
     let r: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
@@ -170,15 +182,7 @@ async fn kill_9_loses_nothing_acknowledged() {
         s.base
     );
     loop {
-        let page: Value = http
-            .get(&url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(&http, &url, &token).await;
         for p in page["points"].as_array().unwrap() {
             stored.insert(p["ts"].as_i64().unwrap());
         }
@@ -423,18 +427,12 @@ async fn device_cli_backup_and_restore() {
     );
     let s = start(&dir, false);
     let token = login(&s.base, PW).await;
-    let v: Value = http
-        .get(format!(
-            "{}/api/v1/twins/cli-dev/telemetry/v?from=0",
-            s.base
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(
+        &http,
+        &format!("{}/api/v1/twins/cli-dev/telemetry/v?from=0", s.base),
+        &token,
+    )
+    .await;
     assert_eq!(
         v["points"],
         json!([{"ts": 1_700_000_000_000i64, "value": 42}]),
