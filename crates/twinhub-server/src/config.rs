@@ -224,6 +224,9 @@ pub struct StoreConfig {
     pub flush_points: usize,
     pub flush_interval: String,
     pub queue: usize,
+    /// Free space kept in reserve ("64MB", "2%", or both as "64MB,2%":
+    /// the larger); under it new telemetry is refused.
+    pub min_free: String,
 }
 
 impl Default for StoreConfig {
@@ -233,6 +236,7 @@ impl Default for StoreConfig {
             flush_points: d.flush_points,
             flush_interval: "10m".into(),
             queue: d.queue,
+            min_free: "64MB".into(),
         }
     }
 }
@@ -462,6 +466,8 @@ impl Config {
         self.retention
             .validate()
             .map_err(|m| invalid("retention", m))?;
+        crate::store::health::parse_min_free(&self.store.min_free, None)
+            .map_err(|rule| invalid("store.min_free", rule))?;
         if self.store.flush_points < 1000 {
             return Err(invalid("store.flush_points", "must be at least 1000"));
         }
@@ -506,6 +512,11 @@ impl Config {
             flush_interval: Config::duration(&self.store.flush_interval),
             queue: self.store.queue.max(16),
             retention: self.retention.clone(),
+            min_free: crate::store::health::parse_min_free(
+                &self.store.min_free,
+                crate::store::health::total_space(&self.data_dir),
+            )
+            .unwrap_or(0),
             ..StoreOptions::default()
         }
     }

@@ -18,7 +18,7 @@ use twinhub_codec::TelemetryMessage;
 use twinhub_model::time::to_epoch_ms_json;
 use twinhub_model::Point;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     #[error("{field}: {rule}")]
     Invalid { field: String, rule: String },
@@ -26,6 +26,9 @@ pub enum IngestError {
     Busy,
     #[error("the store is unavailable")]
     Unavailable,
+    /// Free disk space is under `store.min_free`.
+    #[error("free disk space is under the reserve; telemetry is refused until space is freed")]
+    NoSpace,
     #[error(transparent)]
     Quota(#[from] crate::quotas::QuotaExceeded),
 }
@@ -80,13 +83,28 @@ impl Pipeline {
         msgs: Vec<TelemetryMessage>,
         wait: Option<Duration>,
     ) -> Result<usize, IngestError> {
+        let mut out = self.ingest_each(device, protocol, vec![msgs], wait).await;
+        out.pop().expect("one outcome per group")
+    }
+
+    /// Stores several independent groups of one device's messages (one
+    /// group per MQTT PUBLISH) in one commit, with an outcome per group:
+    /// a group that breaks a rule or the quota is refused alone, the rest
+    /// are stored together.
+    pub async fn ingest_each(
+        &self,
+        device: &Device,
+        protocol: &'static str,
+        groups: Vec<Vec<TelemetryMessage>>,
+        wait: Option<Duration>,
+    ) -> Vec<Result<usize, IngestError>> {
         let src = Source {
             tenant: &device.row.tenant,
             twin: device.twin(),
             unknown: &device.row.unknown_telemetry,
             device: Some(device),
         };
-        self.ingest_from(src, protocol, msgs, wait).await
+        self.ingest_from(src, protocol, groups, wait).await
     }
 
     /// Values a twin gets from inside twinhub (soft sensors): validated
@@ -104,94 +122,130 @@ impl Pipeline {
             unknown: "reject",
             device: None,
         };
-        self.ingest_from(src, protocol, msgs, None).await
+        let mut out = self.ingest_from(src, protocol, vec![msgs], None).await;
+        out.pop().expect("one outcome per group")
+    }
+
+    /// A modelled twin takes only its model's telemetry (and properties),
+    /// each of the right type; the whole group or nothing.
+    fn validate(&self, src: &Source<'_>, msgs: &[TelemetryMessage]) -> Result<(), IngestError> {
+        use crate::twins::TelemetryCheck;
+        let (tenant, twin) = (src.tenant, src.twin);
+        for m in msgs {
+            for (name, value, _) in &m.values {
+                let rule = match self
+                    .twins
+                    .check_telemetry(tenant, twin, name, &value.to_json())
+                {
+                    TelemetryCheck::Ok => continue,
+                    TelemetryCheck::Unknown(_) if src.unknown == "record" => continue,
+                    TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
+                };
+                self.metrics.ingest_rejected.add("model", 1);
+                return Err(IngestError::Invalid {
+                    field: name.clone(),
+                    rule,
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn ingest_from(
         &self,
         src: Source<'_>,
         protocol: &'static str,
-        msgs: Vec<TelemetryMessage>,
+        groups: Vec<Vec<TelemetryMessage>>,
         wait: Option<Duration>,
-    ) -> Result<usize, IngestError> {
+    ) -> Vec<Result<usize, IngestError>> {
         let (tenant, twin) = (src.tenant, src.twin);
-        // Validate: a modelled twin takes only its model's telemetry (and
-        // properties), each of the right type; the whole message or nothing.
-        if self.twins.twin_exists(tenant, twin) {
-            for m in &msgs {
-                for (name, value, _) in &m.values {
-                    use crate::twins::TelemetryCheck;
-                    let rule =
-                        match self
-                            .twins
-                            .check_telemetry(tenant, twin, name, &value.to_json())
-                        {
-                            TelemetryCheck::Ok => continue,
-                            TelemetryCheck::Unknown(_) if src.unknown == "record" => continue,
-                            TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
-                        };
-                    self.metrics.ingest_rejected.add("model", 1);
-                    return Err(IngestError::Invalid {
-                        field: name.clone(),
-                        rule,
+        let modelled = self.twins.twin_exists(tenant, twin);
+        let now = self.clock.now_us();
+        let mut outcomes: Vec<Result<usize, IngestError>> = Vec::with_capacity(groups.len());
+        let mut accepted: Vec<Vec<(i64, TelemetryMessage)>> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        let mut reserved = 0;
+        for msgs in groups {
+            if modelled {
+                if let Err(e) = self.validate(&src, &msgs) {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            }
+            let points: usize = msgs.iter().map(|m| m.values.len()).sum();
+            if let Err(q) = self.quotas.reserve_points(tenant, points) {
+                self.metrics.ingest_rejected.add("quota", 1);
+                outcomes.push(Err(q.into()));
+                continue;
+            }
+            reserved += points;
+            let stamped = self.stamp(tenant, twin, msgs, now);
+            for (ts, m) in &stamped {
+                for (name, value, quality) in &m.values {
+                    let i = match by_name.get(name.as_str()) {
+                        Some(i) => *i,
+                        None => {
+                            batch
+                                .entries
+                                .push((SeriesKey::new(tenant, twin, name), Vec::new()));
+                            by_name.insert(name.clone(), batch.entries.len() - 1);
+                            batch.entries.len() - 1
+                        }
+                    };
+                    batch.entries[i].1.push(Point {
+                        ts: *ts,
+                        value: value.clone(),
+                        quality: *quality,
                     });
                 }
             }
+            outcomes.push(Ok(points));
+            accepted.push(stamped);
         }
-        let now = self.clock.now_us();
-        let stamped = self.stamp(tenant, twin, msgs, now);
-
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        let mut points = 0;
-        for (ts, m) in &stamped {
-            for (name, value, quality) in &m.values {
-                let i = *by_name.entry(name.as_str()).or_insert_with(|| {
-                    batch
-                        .entries
-                        .push((SeriesKey::new(tenant, twin, name), Vec::new()));
-                    batch.entries.len() - 1
-                });
-                batch.entries[i].1.push(Point {
-                    ts: *ts,
-                    value: value.clone(),
-                    quality: *quality,
-                });
-                points += 1;
-            }
-        }
-        if let Err(q) = self.quotas.reserve_points(tenant, points) {
-            self.metrics.ingest_rejected.add("quota", 1);
-            return Err(q.into());
+        if accepted.is_empty() {
+            return outcomes;
         }
         let res = match wait {
             Some(w) => self.store.append_within(batch, w).await,
             None => self.store.append(batch).await,
         };
-        if res.is_err() {
-            self.quotas.release_points(tenant, points);
-        }
-        match res {
-            Ok(()) => {}
+        let failed = match res {
+            Ok(()) => None,
             Err(StoreError::Busy) => {
                 self.metrics.ingest_rejected.add("busy", 1);
-                return Err(IngestError::Busy);
+                Some(IngestError::Busy)
+            }
+            Err(StoreError::NoSpace) => {
+                self.metrics.ingest_rejected.add("no_space", 1);
+                Some(IngestError::NoSpace)
             }
             Err(e) => {
                 tracing::error!(error = %e, "ingest failed in the store");
                 self.metrics.ingest_rejected.add("store", 1);
-                return Err(IngestError::Unavailable);
+                Some(IngestError::Unavailable)
             }
+        };
+        if let Some(e) = failed {
+            self.quotas.release_points(tenant, reserved);
+            return outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Ok(_) => Err(e.clone()),
+                    refused => refused,
+                })
+                .collect();
         }
-        self.metrics.messages_in.add(protocol, stamped.len() as u64);
-        self.metrics.points_in.add(protocol, points as u64);
+        let messages: usize = accepted.iter().map(Vec::len).sum();
+        self.metrics.messages_in.add(protocol, messages as u64);
+        self.metrics.points_in.add(protocol, reserved as u64);
         if let Some(device) = src.device {
             self.seen(device, now);
         }
         let model = self
             .twins
             .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
-        for (ts, m) in &stamped {
+        for (ts, m) in accepted.iter().flatten() {
             let values: serde_json::Map<String, serde_json::Value> = m
                 .values
                 .iter()
@@ -205,7 +259,7 @@ impl Pipeline {
                 serde_json::json!({"device": src.device.map(|d| d.row.id.as_str()), "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
             );
         }
-        Ok(points)
+        outcomes
     }
 
     fn stamp(

@@ -97,6 +97,18 @@ impl ApiError {
         }
     }
 
+    /// Free disk space is under `store.min_free`: nothing was stored.
+    pub fn no_space() -> ApiError {
+        ApiError {
+            retry_after: Some(30),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                "free disk space is under the server's reserve (store.min_free); telemetry is refused until space is freed",
+            )
+        }
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -138,6 +150,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Invalid { field, rule } => ApiError::invalid(&field, &rule),
             StoreError::Busy => ApiError::busy(),
+            StoreError::NoSpace => ApiError::no_space(),
             StoreError::Unavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -170,6 +183,7 @@ impl From<IngestError> for ApiError {
                 "service_unavailable",
                 "the store is unavailable",
             ),
+            IngestError::NoSpace => ApiError::no_space(),
             IngestError::Quota(q) => q.into(),
         }
     }

@@ -16,16 +16,34 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when started and taking telemetry. While the store cannot take
+/// telemetry (chunk installs failing, free space under `store.min_free`)
+/// it answers 503 with `"ingest": false` and the reason; reads are still
+/// served then, so a load balancer can keep sending queries.
 #[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200), (status = 503)), security(()))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
-    } else {
-        (
+    if !state.ready.load(Ordering::SeqCst) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not ready"})),
-        )
+        );
     }
+    if state.store.ingest_ready() {
+        return (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "ingest": true, "reads": true})),
+        );
+    }
+    let h = state.store.health();
+    let reason = if h.low_space.load(Ordering::Relaxed) {
+        "free disk space is under store.min_free"
+    } else {
+        "the store cannot install chunks; retrying"
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "degraded", "ingest": false, "reads": true, "reason": reason})),
+    )
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain")), security(()))]
@@ -129,6 +147,42 @@ pub async fn metrics(
         "Series in the store.",
         st.series as f64,
     );
+    let health = state.store.health();
+    x.gauge(
+        "twinhub_store_ingest_ready",
+        "1 while telemetry is taken (chunks install, free space over store.min_free).",
+        if state.store.ingest_ready() { 1.0 } else { 0.0 },
+    );
+    x.gauge(
+        "twinhub_store_flush_failures",
+        "Consecutive failed flushes of the head into chunks (0: healthy).",
+        health.flush_failures.load(Ordering::Relaxed) as f64,
+    );
+    x.counter(
+        "twinhub_store_flush_failures_total",
+        "Failed flushes of the head into chunks.",
+        health.flush_failures_total.load(Ordering::Relaxed),
+    );
+    x.counter(
+        "twinhub_store_compactor_restarts_total",
+        "Times the compactor was restarted after a panic.",
+        health.compactor_restarts.load(Ordering::Relaxed),
+    );
+    x.gauge(
+        "twinhub_store_free_bytes",
+        "Free bytes on the data directory's file system.",
+        health.free_bytes.load(Ordering::Relaxed).min(1 << 60) as f64,
+    );
+    x.gauge(
+        "twinhub_store_reserve_bytes",
+        "Free bytes kept in reserve (store.min_free).",
+        health.reserve_bytes.load(Ordering::Relaxed) as f64,
+    );
+    x.counter(
+        "twinhub_store_refused_low_space_total",
+        "Writes refused because free space was under store.min_free.",
+        health.refused_low_space.load(Ordering::Relaxed),
+    );
     x.gauge(
         "twinhub_store_size_bytes",
         "Size of the database file and its WAL.",
@@ -192,6 +246,11 @@ pub async fn metrics(
             "twinhub_mqtt_dropped_total",
             "Messages dropped from full client queues.",
             mm.dropped_slow.get(),
+        );
+        x.counter(
+            "twinhub_mqtt_unacknowledged_closes_total",
+            "MQTT 3.1.1 connections closed without PUBACK because a message could not be stored.",
+            mm.unacknowledged_closes.get(),
         );
         x.counter(
             "twinhub_mqtt_rate_limited_total",

@@ -116,6 +116,9 @@ pub struct MqttMetrics {
     pub dropped_slow: Counter,
     pub telemetry_rejected: Counter,
     pub rate_limited: Counter,
+    /// 3.1.1 connections closed instead of acknowledging a message that
+    /// was not stored.
+    pub unacknowledged_closes: Counter,
 }
 
 fn qos_label(q: u8) -> &'static str {

@@ -484,8 +484,10 @@ fn drain<S: AsyncRead + AsyncWrite + Unpin>(
 
 struct Pass {
     acks: Vec<Option<Ack>>,
-    telemetry: Vec<(usize, TelemetryMessage)>,
-    routed: Vec<Arc<Message>>,
+    /// Telemetry per PUBLISH, by its slot in `acks`.
+    telemetry: Vec<(usize, Vec<TelemetryMessage>)>,
+    /// Telemetry PUBLISHes to route once stored, by slot.
+    routed: Vec<(usize, Arc<Message>)>,
     /// Store operations (retained messages, queued copies for persistent
     /// sessions) that must be durable before the acknowledgements go out.
     ops: Vec<super::persist::Op>,
@@ -567,7 +569,6 @@ impl Reader<'_> {
                         }
                     }
                     let r = on_publish(
-                        conn,
                         broker,
                         self.identity,
                         self.tenant,
@@ -689,13 +690,51 @@ impl Reader<'_> {
     }
 }
 
-fn write_acks<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, acks: Vec<Ack>) {
+/// Reason codes that mean "not stored". MQTT 3.1.1 has no negative
+/// PUBACK: for these the connection closes without acknowledging, so the
+/// client sends the message again once it reconnects. Other refusals
+/// (invalid telemetry 0x99, not authorised 0x87) are final: 3.1.1 gets a
+/// plain acknowledgement and the message is dropped and counted.
+fn retry_later(reason: u8) -> bool {
+    matches!(reason, 0x80 | 0x97)
+}
+
+/// Writes a pass's acknowledgements in order; false when the connection
+/// must close instead (3.1.1 and a message that was not stored).
+fn write_acks<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    broker: &Broker,
+    h: &SessionHandle,
+    acks: Vec<Ack>,
+) -> bool {
     for a in acks {
+        let (pkid, reason, qos2) = match a {
+            Ack::PubAck(p, r) => (p, r, false),
+            Ack::PubRec(p, r) => (p, r, true),
+        };
+        if qos2 && reason >= 0x80 {
+            // A refused QoS 2 message ends its exchange: the id is free
+            // again, and a resend after reconnect is taken anew.
+            let held = h.state.lock().expect("state").qos2_released(pkid);
+            if held && h.expiry_s.load(Ordering::SeqCst) > 0 {
+                broker.persist.send(vec![Op::Qos2In {
+                    client_id: h.client_id.to_string(),
+                    pkid,
+                    held: false,
+                }]);
+            }
+        }
+        if conn.version != Version::V5 && retry_later(reason) {
+            broker.metrics.unacknowledged_closes.inc();
+            tracing::warn!(client = %h.client_id, pkid, reason, "a message could not be stored; closing the MQTT 3.1.1 connection without PUBACK so the client resends it");
+            return false;
+        }
         match a {
-            Ack::PubAck(pkid, reason) => conn.write(Out::PubAck { pkid, reason }),
-            Ack::PubRec(pkid, reason) => conn.write(Out::PubRec { pkid, reason }),
+            Ack::PubAck(..) => conn.write(Out::PubAck { pkid, reason }),
+            Ack::PubRec(..) => conn.write(Out::PubRec { pkid, reason }),
         }
     }
+    true
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -760,7 +799,11 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 break End::Abnormal;
             }
-            Some(acks) = rd.pending.next(), if !rd.pending.is_empty() => write_acks(conn, acks),
+            Some(acks) = rd.pending.next(), if !rd.pending.is_empty() => {
+                if !write_acks(conn, broker, h, acks) {
+                    break End::Abnormal;
+                }
+            }
             _ = async { tokio::time::sleep_until(resume_at.expect("guarded")).await }, if resume_at.is_some() => {
                 rd.resume_at = None;
                 if let Some(e) = rd.process(conn) {
@@ -793,7 +836,9 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // Acknowledge what became durable before we stopped reading.
     while let Some(acks) = rd.pending.next().await {
-        write_acks(conn, acks);
+        if !write_acks(conn, broker, h, acks) {
+            break;
+        }
     }
     end
 }
@@ -814,8 +859,7 @@ fn rate_check(
 /// Handles one PUBLISH: alias, validation, ACL, QoS 2 duplicates, then
 /// telemetry hand-off or routing. Err(v5 reason) closes the connection.
 #[allow(clippy::too_many_arguments)]
-fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
+fn on_publish(
     broker: &Arc<Broker>,
     identity: &Identity,
     tenant: &Arc<str>,
@@ -875,8 +919,7 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
         if p.qos == 2 {
             h.state.lock().expect("state").qos2_released(p.pkid);
         }
-        pass.acks
-            .push(ack(if conn.version == Version::V5 { 0x87 } else { 0 }));
+        pass.acks.push(ack(0x87));
         return Ok(());
     }
     let now = broker.now_us();
@@ -894,18 +937,15 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(msgs) => {
                 let slot = pass.acks.len();
                 pass.acks.push(ack(0));
-                for m in msgs {
-                    pass.telemetry.push((slot, m));
-                }
-                pass.routed.push(msg);
+                pass.telemetry.push((slot, msgs));
+                pass.routed.push((slot, msg));
             }
             Err(e) => {
                 broker.metrics.telemetry_rejected.inc();
                 broker.app.metrics.ingest_rejected.add("invalid", 1);
                 tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
                 // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
-                pass.acks
-                    .push(ack(if conn.version == Version::V5 { 0x99 } else { 0 }));
+                pass.acks.push(ack(0x99));
             }
         }
         return Ok(());
@@ -928,7 +968,9 @@ fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Turns a read pass into one ordered acknowledgement future: immediate
-/// acks and, when the pass held telemetry, the durable write they wait for.
+/// acks and, when the pass held telemetry or state to store, the durable
+/// writes they wait for. Each PUBLISH keeps its own outcome; the pass's
+/// telemetry is still committed together.
 fn finish_pass(
     broker: &Arc<Broker>,
     tenant: &Arc<str>,
@@ -940,61 +982,66 @@ fn finish_pass(
         broker.persist.send(pass.ops);
         return;
     }
-    if pass.telemetry.is_empty() {
-        if pass.ops.is_empty() {
-            pending.push_back(Box::pin(futures_util::future::ready(
-                pass.acks.into_iter().flatten().collect(),
-            )));
-        } else {
-            let durable = broker.persist.durable(pass.ops);
-            pending.push_back(Box::pin(async move {
-                durable.await;
-                pass.acks.into_iter().flatten().collect()
-            }));
-        }
+    if pass.telemetry.is_empty() && pass.ops.is_empty() {
+        pending.push_back(Box::pin(futures_util::future::ready(
+            pass.acks.into_iter().flatten().collect(),
+        )));
         return;
     }
     let (broker, tenant) = (broker.clone(), tenant.clone());
     pending.push_back(Box::pin(async move {
-        let device = device.expect("telemetry comes from a device");
-        let msgs: Vec<TelemetryMessage> = pass.telemetry.iter().map(|(_, m)| m.clone()).collect();
-        let res = broker
-            .app
-            .pipeline
-            .ingest(&device, "mqtt", msgs, None)
-            .await;
-        let failed = match &res {
-            Ok(_) => None,
-            Err(crate::pipeline::IngestError::Invalid { .. }) => Some(0x99u8),
-            Err(crate::pipeline::IngestError::Quota(_)) => Some(0x97u8),
-            Err(_) => Some(0x80u8),
-        };
-        let mut ops = pass.ops;
-        if failed.is_none() {
-            for m in pass.routed {
-                ops.extend(broker.route(&tenant, m));
+        let Pass {
+            mut acks,
+            telemetry,
+            routed,
+            mut ops,
+        } = pass;
+        if !telemetry.is_empty() {
+            let device = device.expect("telemetry comes from a device");
+            let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
+                telemetry.into_iter().unzip();
+            let outcomes = broker
+                .app
+                .pipeline
+                .ingest_each(&device, "mqtt", groups, None)
+                .await;
+            let mut stored = std::collections::HashSet::new();
+            for (slot, outcome) in slots.into_iter().zip(outcomes) {
+                let reason = match outcome {
+                    Ok(_) => {
+                        stored.insert(slot);
+                        continue;
+                    }
+                    Err(crate::pipeline::IngestError::Invalid { .. }) => 0x99u8,
+                    Err(crate::pipeline::IngestError::Quota(_)) => 0x97,
+                    Err(_) => 0x80,
+                };
+                refuse(&mut acks[slot], reason);
+            }
+            for (slot, m) in routed {
+                if stored.contains(&slot) {
+                    ops.extend(broker.route(&tenant, m));
+                }
             }
         }
-        if !ops.is_empty() {
-            broker.persist.durable(ops).await;
+        if !ops.is_empty() && broker.persist.durable(ops).await.is_err() {
+            // Retained messages or queued copies were not stored: nothing
+            // of this pass is acknowledged as taken.
+            for a in acks.iter_mut() {
+                refuse(a, 0x80);
+            }
         }
-        let slots: std::collections::HashSet<usize> =
-            pass.telemetry.iter().map(|(s, _)| *s).collect();
-        pass.acks
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, a)| {
-                let a = a?;
-                match (failed, slots.contains(&i)) {
-                    (Some(r), true) => Some(match a {
-                        Ack::PubAck(p, _) => Ack::PubAck(p, r),
-                        Ack::PubRec(p, _) => Ack::PubRec(p, r),
-                    }),
-                    _ => Some(a),
-                }
-            })
-            .collect()
+        acks.into_iter().flatten().collect()
     }));
+}
+
+/// Turns a success acknowledgement into a refusal with `reason`.
+fn refuse(a: &mut Option<Ack>, reason: u8) {
+    if let Some(Ack::PubAck(_, r) | Ack::PubRec(_, r)) = a {
+        if *r < 0x80 {
+            *r = reason;
+        }
+    }
 }
 
 fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(

@@ -41,12 +41,21 @@ pub enum Op {
     },
 }
 
-type Batch = (Vec<Op>, Option<oneshot::Sender<()>>);
+/// Operations and, when someone waits for them, where to say whether they
+/// were committed.
+type Batch = (Vec<Op>, Option<Waiter>);
+type Waiter = oneshot::Sender<bool>;
 
 pub struct Persister {
     tx: mpsc::UnboundedSender<Batch>,
     next_id: AtomicI64,
 }
+
+/// A write of broker state did not commit: nothing that waited for it may
+/// be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker's state could not be stored")]
+pub struct NotStored;
 
 impl Persister {
     pub fn start(store: Store, next_id: i64) -> Persister {
@@ -60,19 +69,7 @@ impl Persister {
                         Err(_) => break,
                     }
                 }
-                let mut ops = Vec::new();
-                let mut done = Vec::new();
-                for (o, d) in batches {
-                    ops.extend(o);
-                    done.extend(d);
-                }
-                let res = store.write(move |ctx| apply(ctx.tx, &ops)).await;
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "could not persist MQTT state");
-                }
-                for d in done {
-                    let _ = d.send(());
-                }
+                commit(&store, batches).await;
             }
         });
         Persister {
@@ -92,14 +89,58 @@ impl Persister {
         }
     }
 
-    /// Resolves once the operations (and all sent before) are committed.
-    pub fn durable(&self, ops: Vec<Op>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Resolves once the operations (and all sent before) are committed,
+    /// or with `NotStored` when they could not be.
+    pub fn durable(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), NotStored>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let sent = self.tx.send((ops, Some(tx))).is_ok();
         async move {
-            if sent {
-                let _ = rx.await;
+            if !sent {
+                return Err(NotStored);
             }
+            match rx.await {
+                Ok(true) => Ok(()),
+                _ => Err(NotStored),
+            }
+        }
+    }
+}
+
+/// Commits merged batches in one transaction; if that fails, each batch
+/// alone, so one failing operation fails only its own waiter.
+async fn commit(store: &Store, batches: Vec<Batch>) {
+    let batches: Vec<(Arc<Vec<Op>>, Option<Waiter>)> =
+        batches.into_iter().map(|(o, d)| (Arc::new(o), d)).collect();
+    if batches.len() > 1 {
+        let all: Vec<Arc<Vec<Op>>> = batches.iter().map(|(o, _)| o.clone()).collect();
+        let res = store
+            .write(move |ctx| {
+                for ops in &all {
+                    apply(ctx.tx, ops)?;
+                }
+                Ok(())
+            })
+            .await;
+        if res.is_ok() {
+            for (_, d) in batches {
+                if let Some(d) = d {
+                    let _ = d.send(true);
+                }
+            }
+            return;
+        }
+    }
+    for (ops, done) in batches {
+        let n = ops.len();
+        let res = store.write(move |ctx| apply(ctx.tx, &ops)).await;
+        if let Err(e) = &res {
+            tracing::error!(error = %e, operations = n, waited = done.is_some(), "could not persist MQTT state");
+        }
+        if let Some(d) = done {
+            let _ = d.send(res.is_ok());
         }
     }
 }

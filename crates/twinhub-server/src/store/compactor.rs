@@ -141,8 +141,10 @@ fn wait<T>(rx: oneshot::Receiver<T>) -> Result<T, StoreError> {
     rx.blocking_recv().map_err(|_| StoreError::Unavailable)
 }
 
-/// Moves the whole head into chunks. Must not run on an async worker.
-pub fn flush(store: &Store) -> Result<(), StoreError> {
+/// Moves the whole head into chunks (or retries the frozen head whose
+/// install failed). Must not run on an async worker; callers go through
+/// `Store::flush`, which serialises flushes and records their health.
+pub(super) fn flush(store: &Store) -> Result<(), StoreError> {
     let (ack, rx) = oneshot::channel();
     store.ctrl(Ctrl::Freeze { ack })?;
     let Some(upto_seq) = wait(rx)? else {
@@ -189,19 +191,47 @@ impl Compactor {
         }
     }
 
+    /// Runs rounds until the store stops. A failed round is retried with
+    /// backoff (tick, doubling, at most 5 s); a panicking round is caught,
+    /// counted and the loop goes on, so one bad window or one transient
+    /// fault never leaves the head growing until the writer stops.
     pub fn run(mut self) {
         let tick = self.store.opts().tick;
+        let mut pause = tick;
         while !self.store.stopping() {
-            let until = Instant::now() + tick;
+            let until = Instant::now() + pause;
             while Instant::now() < until && !self.store.stopping() {
-                std::thread::sleep(tick.min(Duration::from_millis(50)));
+                std::thread::sleep(pause.min(Duration::from_millis(50)));
             }
             if self.store.stopping() {
                 break;
             }
-            if let Err(e) = self.round(false) {
-                if !self.store.stopping() {
-                    tracing::warn!(error = %e, "compaction round failed; retrying");
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if self
+                    .store
+                    .faults()
+                    .compactor_panic
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
+                {
+                    panic!("injected fault: compactor panic");
+                }
+                self.round(false)
+            }));
+            match round {
+                Ok(Ok(())) => pause = tick,
+                Ok(Err(e)) => {
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    if !self.store.stopping() {
+                        tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "compaction round failed; retrying");
+                    }
+                }
+                Err(_) => {
+                    let h = self.store.health();
+                    h.compactor_restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!("the compactor panicked; restarting it");
+                    pause = tick;
+                    self.last_retention = None;
                 }
             }
         }
@@ -220,7 +250,7 @@ impl Compactor {
             (due, head.points)
         };
         if due || force {
-            flush(&self.store)?;
+            self.store.flush()?;
         }
         self.merge_windows(force)?;
         if force

@@ -16,6 +16,7 @@ pub mod columns;
 mod compactor;
 pub mod db;
 mod head;
+pub mod health;
 pub mod ml;
 pub mod mqtt;
 mod query;
@@ -72,6 +73,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("{field}: {rule}")]
     Invalid { field: String, rule: String },
+    #[error("free disk space is under the reserve (store.min_free); new telemetry is refused until space is freed")]
+    NoSpace,
 }
 
 /// Which series a point belongs to: a property (or dotted component path)
@@ -118,6 +121,8 @@ pub struct StoreOptions {
     pub retention: RetentionPolicy,
     /// How often the compactor looks for work.
     pub tick: Duration,
+    /// Free bytes kept in reserve: below it, appends are refused.
+    pub min_free: u64,
 }
 
 impl Default for StoreOptions {
@@ -129,6 +134,7 @@ impl Default for StoreOptions {
             close_grace_us: 60_000_000,
             retention: RetentionPolicy::default(),
             tick: Duration::from_millis(500),
+            min_free: 0,
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct Engine {
     pub(crate) last_seq: AtomicU64,
     pub metrics: StoreMetrics,
     pub clock: SharedClock,
+    pub health: health::Health,
+    pub faults: health::Faults,
 }
 
 /// An exclusive claim on a data directory for the life of the process.
@@ -260,6 +268,8 @@ struct Inner {
     stop: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     compactor: Mutex<Option<JoinHandle<()>>>,
+    /// One flush at a time: a retried install re-encodes the frozen head.
+    flush_lock: Mutex<()>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -360,7 +370,14 @@ impl Store {
             last_seq: AtomicU64::new(last_seq),
             metrics: StoreMetrics::default(),
             clock,
+            health: health::Health::new(),
+            faults: health::Faults::default(),
         });
+        engine
+            .health
+            .reserve_bytes
+            .store(opts.min_free, Ordering::Relaxed);
+        engine.health.check_space(&dir, &engine.faults, true);
         let (data_tx, data_rx) = mpsc::channel(opts.queue);
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
         let w = writer::Writer {
@@ -369,6 +386,7 @@ impl Store {
             data: data_rx,
             ctrl: ctrl_rx,
             head_limit: opts.flush_points.saturating_mul(2),
+            dir: dir.clone(),
             _lock: lock,
         };
         let writer = std::thread::Builder::new()
@@ -387,6 +405,7 @@ impl Store {
                 stop: stop.clone(),
                 writer: Mutex::new(Some(writer)),
                 compactor: Mutex::new(None),
+                flush_lock: Mutex::new(()),
             }),
         };
         let c = compactor::Compactor::new(store.clone());
@@ -403,6 +422,23 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Injected failures (tests).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &health::Faults {
+        &self.inner.engine.faults
+    }
+
+    pub fn health(&self) -> &health::Health {
+        &self.inner.engine.health
+    }
+
+    /// Whether new telemetry is taken: chunks are being installed and
+    /// free space is over the reserve. Reads are served either way.
+    pub fn ingest_ready(&self) -> bool {
+        let h = self.health();
+        !h.check_space(&self.inner.dir, self.faults(), false) && h.flushing_ok()
     }
 
     /// Queues a batch; the receiver resolves once it is durable. Waits
@@ -521,7 +557,18 @@ impl Store {
     /// Forces the head into chunks now (tests, shutdown, backup of a quiet
     /// store). Returns once the chunks are installed.
     pub fn flush(&self) -> Result<(), StoreError> {
-        compactor::flush(self)
+        let _one = self
+            .inner
+            .flush_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let res = compactor::flush(self);
+        let h = self.health();
+        match &res {
+            Ok(()) => h.flush_ok(self.inner.engine.clock.now_us()),
+            Err(e) => h.flush_failed(&e.to_string()),
+        }
+        res
     }
 
     /// Runs one round of window merging, rollups and retention now.

@@ -10,6 +10,7 @@
 
 use super::chunk;
 use super::head::Head;
+use super::health::Faults;
 use super::{batch, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
 use rusqlite::{params, Connection};
 use std::any::Any;
@@ -97,6 +98,8 @@ pub struct Writer {
     /// writer stops taking appends: back-pressure instead of unbounded
     /// memory.
     pub head_limit: usize,
+    /// The data directory: free space is measured there.
+    pub dir: std::path::PathBuf,
     /// Held until the connection is closed, so a new process (or a new
     /// in-process server) can open the directory only after this writer is
     /// gone.
@@ -150,6 +153,31 @@ impl Writer {
 
     fn commit_group(&mut self, group: Vec<Op>) {
         let engine = self.engine.clone();
+        // Under the free-space reserve, telemetry is refused before it is
+        // written, so compaction, the final flush and the next start keep
+        // the room they need. Registry changes still go through.
+        let group = if group.iter().any(|op| matches!(op, Op::Append { .. }))
+            && engine.health.check_space(&self.dir, &engine.faults, false)
+        {
+            let (appends, rest): (Vec<Op>, Vec<Op>) = group
+                .into_iter()
+                .partition(|op| matches!(op, Op::Append { .. }));
+            engine
+                .health
+                .refused_low_space
+                .fetch_add(appends.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for op in appends {
+                if let Op::Append { ack, .. } = op {
+                    let _ = ack.send(Err(StoreError::NoSpace));
+                }
+            }
+            if rest.is_empty() {
+                return;
+            }
+            rest
+        } else {
+            group
+        };
         let mut new_series: HashMap<SeriesKey, u32> = HashMap::new();
         let mut appended: Vec<(u64, Vec<(u32, Vec<Point>)>)> = Vec::new();
         let mut results: Vec<Result<Option<AnyBox>, StoreError>> = Vec::with_capacity(group.len());
@@ -208,7 +236,12 @@ impl Writer {
                 }
             }
         }
-        let committed = outcome.and_then(|_| Ok(self.conn.execute_batch("COMMIT")?));
+        let committed = outcome.and_then(|_| {
+            if Faults::on(&engine.faults.commit) {
+                return Err(Faults::injected("group commit"));
+            }
+            Ok(self.conn.execute_batch("COMMIT")?)
+        });
         if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
@@ -276,8 +309,10 @@ impl Writer {
         match c {
             Ctrl::Freeze { ack } => {
                 let mut frozen = self.engine.frozen.write().expect("frozen");
-                if frozen.is_some() {
-                    let _ = ack.send(None);
+                if let Some(f) = frozen.as_ref() {
+                    // An earlier install failed: flush the same head again
+                    // (flushes are serialised by the store's flush lock).
+                    let _ = ack.send(Some(f.max_seq));
                     return;
                 }
                 let mut active = self.engine.active.write().expect("head");
@@ -328,6 +363,9 @@ impl Writer {
     }
 
     fn install(&mut self, mut chunks: Vec<NewChunk>, upto_seq: u64) -> Result<(), StoreError> {
+        if Faults::on(&self.engine.faults.install) {
+            return Err(Faults::injected("chunk install"));
+        }
         // Ranges deleted while the flush was encoding must not come back.
         let deletes = self
             .engine

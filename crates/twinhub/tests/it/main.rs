@@ -5,6 +5,7 @@
 mod common;
 
 mod access_matrix;
+mod acks;
 mod apikeys;
 mod auth;
 mod cli;
@@ -21,3 +22,4 @@ pub mod process;
 mod quotas;
 mod roles;
 mod security;
+mod store_health;
