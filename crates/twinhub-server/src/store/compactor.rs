@@ -102,8 +102,9 @@ impl RetentionPolicy {
         Ok(())
     }
 
-    pub fn keep_for(&self, key: &SeriesKey) -> Result<Keep, String> {
-        let rule = self.rules.iter().find(|r| {
+    /// The first rule that applies to a series.
+    fn rule_for(&self, key: &SeriesKey) -> Option<&RetentionRule> {
+        self.rules.iter().find(|r| {
             r.tenant.as_deref().is_none_or(|t| t == key.tenant)
                 && r.property
                     .as_deref()
@@ -111,7 +112,11 @@ impl RetentionPolicy {
                         Some(prefix) => key.name.starts_with(prefix),
                         None => key.name == p,
                     })
-        });
+        })
+    }
+
+    pub fn keep_for(&self, key: &SeriesKey) -> Result<Keep, String> {
+        let rule = self.rule_for(key);
         let pick = |f: &str, over: Option<&String>, base: &String| {
             keep_time(&format!("retention.{f}"), over.unwrap_or(base))
         };
@@ -271,10 +276,26 @@ impl Compactor {
             let dirty = self.store.engine().dirty.lock().expect("dirty");
             dirty.iter().copied().take(WINDOWS_PER_ROUND * 4).collect()
         };
+        let retired_before: std::collections::HashMap<u32, i64> = {
+            let index = self.store.engine().index.read().expect("index");
+            candidates
+                .iter()
+                .filter_map(|(sid, _)| Some((*sid, *index.raw_from.get(sid)?)))
+                .collect()
+        };
         let mut done = 0;
         for (sid, win) in candidates {
             if done >= WINDOWS_PER_ROUND && !force {
                 break;
+            }
+            if retired_before
+                .get(&sid)
+                .is_some_and(|from| win * WINDOW < *from)
+            {
+                // A late chunk in a retired window: retention adds it to
+                // the stored rollups (a merge here would recompute them
+                // from the late points alone).
+                continue;
             }
             let closed = (win + 1) * WINDOW + grace <= now;
             let rows: Vec<(i64, Vec<u8>)> = self.store.read(|c| {
@@ -335,9 +356,17 @@ impl Compactor {
         Ok(())
     }
 
-    /// Deletes raw chunks of closed, rolled-up windows older than their
-    /// keep-time, then old rollups, and records per series from when raw
-    /// points (and 1-minute rollups) are still complete.
+    /// Retires raw chunks of windows older than their keep-time, then old
+    /// rollups, and records per series from when raw points (and 1-minute
+    /// rollups) are still complete.
+    ///
+    /// Runs in the writer, so nothing lands in between: a window whose
+    /// rollups are stale (a chunk arrived since, or none were computed) is
+    /// rolled up from its chunks first; a window retired before that got
+    /// a late chunk (a point accepted just before its window passed the
+    /// cut) has the late points added to its rollups. Either way every
+    /// acknowledged point ends up in the rollups, and rollups are never
+    /// recomputed from part of a window.
     fn retention(&mut self) -> Result<(), StoreError> {
         let now = self.store.engine().clock.now_us();
         let policy = self.store.opts().retention.clone();
@@ -359,20 +388,31 @@ impl Compactor {
             let raw_cut = cut(keep.raw, WINDOW);
             let m_cut = cut(keep.rollup_1m, WINDOW);
             let h_cut = cut(keep.rollup_1h, US_PER_DAY);
-            let changed: Vec<(u32, i64, i64)> = self.store.write_blocking(move |ctx| {
+            self.store.write_blocking(move |ctx| {
                 let mut changed = std::collections::BTreeMap::<u32, (i64, i64)>::new();
                 if let Some(cut) = raw_cut {
-                    let mut stmt = ctx.tx.prepare(
-                        "DELETE FROM chunks WHERE win < ?1 AND series_id IN (SELECT value FROM json_each(?2))
-                         AND EXISTS (SELECT 1 FROM rollups r WHERE r.series_id = chunks.series_id AND r.res = 60 AND r.win = chunks.win)
-                         RETURNING series_id",
-                    )?;
-                    let rows: Vec<u32> = stmt
-                        .query_map(params![cut / WINDOW, sids_json], |r| r.get(0))?
+                    let wins: Vec<(u32, i64)> = ctx
+                        .tx
+                        .prepare(
+                            "SELECT DISTINCT series_id, win FROM chunks
+                             WHERE win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
+                        )?
+                        .query_map(params![cut / WINDOW, sids_json], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?
                         .collect::<Result<_, _>>()?;
-                    for sid in rows {
+                    let mut retired = Vec::with_capacity(wins.len());
+                    for (sid, win) in wins {
+                        retire_window(ctx, sid, win)?;
                         changed.entry(sid).or_default().0 = cut;
+                        retired.push((sid, win));
                     }
+                    ctx.after_commit(move |engine| {
+                        let mut dirty = engine.dirty.lock().expect("dirty");
+                        for w in &retired {
+                            dirty.remove(w);
+                        }
+                    });
                 }
                 if let Some(cut) = m_cut {
                     let mut stmt = ctx.tx.prepare(
@@ -398,24 +438,93 @@ impl Compactor {
                         params![sid, raw, m],
                     )?;
                 }
-                Ok(changed.into_iter().map(|(s, (r, m))| (s, r, m)).collect())
+                // The index moves with the commit, in the writer, so a
+                // merge can never act on a window retired meanwhile.
+                ctx.after_commit(move |engine| {
+                    let mut index = engine.index.write().expect("index");
+                    for (sid, (raw, m)) in changed {
+                        if raw > 0 {
+                            let e = index.raw_from.entry(sid).or_default();
+                            *e = (*e).max(raw);
+                        }
+                        if m > 0 {
+                            let e = index.rollup_from.entry(sid).or_default();
+                            *e = (*e).max(m);
+                        }
+                    }
+                });
+                Ok(())
             })?;
-            if !changed.is_empty() {
-                let mut index = self.store.engine().index.write().expect("index");
-                for (sid, raw, m) in changed {
-                    if raw > 0 {
-                        let e = index.raw_from.entry(sid).or_default();
-                        *e = (*e).max(raw);
-                    }
-                    if m > 0 {
-                        let e = index.rollup_from.entry(sid).or_default();
-                        *e = (*e).max(m);
-                    }
-                }
-            }
         }
         Ok(())
     }
+}
+
+/// Deletes a window's chunks once its rollups hold every point in them:
+/// rolled up from the chunks when stale, added to the stored rollups when
+/// the window was retired before (its chunks are all late arrivals).
+fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<(), StoreError> {
+    let tx = ctx.tx;
+    let already_retired = {
+        let index = ctx.engine.index.read().expect("index");
+        index
+            .raw_from
+            .get(&sid)
+            .is_some_and(|from| win * WINDOW < *from)
+    };
+    let stale = ctx
+        .engine
+        .dirty
+        .lock()
+        .expect("dirty")
+        .contains(&(sid, win))
+        || tx
+            .prepare_cached("SELECT 1 FROM rollups WHERE series_id = ?1 AND res = 60 AND win = ?2")?
+            .query_row(params![sid, win], |_| Ok(()))
+            .is_err();
+    if already_retired || stale {
+        let mut merged = Columns::default();
+        let datas: Vec<Vec<u8>> = tx
+            .prepare_cached(
+                "SELECT data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
+            )?
+            .query_map(params![sid, win], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for d in &datas {
+            merged = Columns::merge(&merged, &chunk::decode(d)?);
+        }
+        let rollups = if already_retired {
+            let stored = |res: i64| -> Result<Vec<(i64, twinhub_model::Stats)>, StoreError> {
+                let data: Option<Vec<u8>> = tx
+                    .prepare_cached(
+                        "SELECT data FROM rollups WHERE series_id = ?1 AND res = ?2 AND win = ?3",
+                    )?
+                    .query_row(params![sid, res, win], |r| r.get(0))
+                    .ok();
+                Ok(match data {
+                    Some(d) => rollup::decode(win, &d)?,
+                    None => Vec::new(),
+                })
+            };
+            let minutes = stored(rollup::RES_MINUTE)?;
+            let hour = stored(rollup::RES_HOUR)?;
+            rollup::add_to_window(win, &merged, &minutes, hour.first().map(|(_, st)| st))
+        } else {
+            rollup::for_window(win, &merged)
+        };
+        for (res, data) in rollups {
+            tx.execute(
+                "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
+                params![sid, res, win, data],
+            )?;
+        }
+    }
+    tx.execute(
+        "DELETE FROM chunks WHERE series_id = ?1 AND win = ?2",
+        params![sid, win],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -197,30 +197,44 @@ impl Store {
                     ),
                 });
             }
+            // A rollup is counted whole or not at all, and there is no
+            // finer data where only rollups are kept: the range's edges
+            // must fall on rollup boundaries there, or the answer would
+            // count points outside the range (or miss some inside it).
+            let hour_end = rollup_from.min(raw_from).min(to);
+            if from < rollup_from {
+                edge_aligned("from", from, rollup::RES_HOUR, rollup_from)?;
+                if hour_end == to {
+                    edge_aligned("to", to, rollup::RES_HOUR, rollup_from)?;
+                }
+            }
+            let lo = from.max(rollup_from);
+            if lo < raw_from.min(to) {
+                edge_aligned("from", lo, rollup::RES_MINUTE, raw_from)?;
+                if to < raw_from {
+                    edge_aligned("to", to, rollup::RES_MINUTE, raw_from)?;
+                }
+            }
+            // Points that arrived after their window's raw points were
+            // retired wait in the head or in chunks until retention adds
+            // them to the rollups: count them from there meanwhile.
+            let late_to = raw_from.min(to);
+            let late_head = self.head_range(sid, from, late_to);
             self.read(|conn| {
                 if from < rollup_from {
-                    rollup::aggregate(
-                        conn,
-                        sid,
-                        rollup::RES_HOUR,
-                        from,
-                        rollup_from.min(to),
-                        &mut buckets,
-                    )?;
+                    rollup::aggregate(conn, sid, rollup::RES_HOUR, from, hour_end, &mut buckets)?;
                 }
-                let lo = from.max(rollup_from);
-                if lo < raw_from.min(to) {
-                    rollup::aggregate(
-                        conn,
-                        sid,
-                        rollup::RES_MINUTE,
-                        lo,
-                        raw_from.min(to),
-                        &mut buckets,
-                    )?;
+                if lo < late_to {
+                    rollup::aggregate(conn, sid, rollup::RES_MINUTE, lo, late_to, &mut buckets)?;
+                }
+                let metas = chunk_metas(conn, sid, from, late_to)?;
+                for group in group_by_window(&metas) {
+                    let pts = window_points(conn, &group, from, late_to)?;
+                    push_except(&mut buckets, &pts, &late_head);
                 }
                 Ok(())
             })?;
+            push_except(&mut buckets, &late_head, &Columns::default());
         }
         let lo = from.max(raw_from);
         if lo < to {
@@ -352,6 +366,27 @@ fn trim_rollups(tx: &Connection, sid: u32, from: i64, to: i64) -> Result<(), Sto
         params![sid, from, to, WINDOW],
     )?;
     Ok(())
+}
+
+/// Where only rollups of `res` seconds are kept (before `kept_until`), a
+/// range edge must fall on a rollup boundary.
+fn edge_aligned(field: &str, t: i64, res: i64, kept_until: i64) -> Result<(), StoreError> {
+    let step = res * US_PER_SEC;
+    if t.rem_euclid(step) == 0 {
+        return Ok(());
+    }
+    let (unit, floor) = (
+        if res == rollup::RES_HOUR { "1h" } else { "1m" },
+        t.div_euclid(step) * step,
+    );
+    Err(StoreError::Invalid {
+        field: field.into(),
+        rule: format!(
+            "data before {} is kept only as {unit} rollups, so `{field}` must fall on a whole {unit} boundary there (e.g. {})",
+            format_rfc3339(kept_until),
+            format_rfc3339(floor)
+        ),
+    })
 }
 
 /// Pushes the points of `pts` whose timestamps are not in `skip` (sorted).

@@ -19,9 +19,23 @@ pub const RES_MINUTE: i64 = 60;
 pub const RES_HOUR: i64 = 3600;
 
 pub fn for_window(win: i64, cols: &Columns) -> Vec<(i64, Vec<u8>)> {
+    add_to_window(win, cols, &[], None)
+}
+
+/// Rollups of a window whose raw points were retired, with late points
+/// added: the stored minute entries and hour statistics, plus `cols`.
+pub fn add_to_window(
+    win: i64,
+    cols: &Columns,
+    minutes_before: &[(i64, Stats)],
+    hour_before: Option<&Stats>,
+) -> Vec<(i64, Vec<u8>)> {
     let minute = Bucketer::new(RES_MINUTE * US_PER_SEC, None).expect("valid width");
     let mut b = Buckets::new(minute);
-    let mut hour = Stats::default();
+    let mut hour = hour_before.cloned().unwrap_or_default();
+    for (start, st) in minutes_before {
+        b.merge_at(*start, st);
+    }
     match &cols.vals {
         Vals::Num(ns) => {
             for (t, n) in cols.ts.iter().zip(ns) {

@@ -409,6 +409,19 @@ impl Writer {
         new: Option<Vec<NewChunk>>,
         rollups: Vec<(i64, Vec<u8>)>,
     ) -> Result<bool, StoreError> {
+        let retired = self
+            .engine
+            .index
+            .read()
+            .expect("index")
+            .raw_from
+            .get(&sid)
+            .is_some_and(|from| win * super::WINDOW < *from);
+        if retired {
+            // Retention owns windows past the raw cut (it adds late points
+            // to their rollups): this merge is stale.
+            return Ok(false);
+        }
         let tx = self.conn.transaction()?;
         // The window must still hold exactly the chunks that were merged:
         // a flush or a delete that ran meanwhile makes this merge stale.
