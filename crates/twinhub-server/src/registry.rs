@@ -98,6 +98,9 @@ pub enum LoginError {
     Locked(i64),
 }
 
+/// Tenant ids twinhub keeps for itself.
+pub const RESERVED_TENANT_IDS: &[&str] = &[crate::audit::SYSTEM_CHAIN, "twinhub", "internal"];
+
 pub struct Registry {
     store: Store,
     clock: SharedClock,
@@ -226,6 +229,14 @@ impl Registry {
             field: e.field,
             rule: e.rule.into(),
         })?;
+        // Names twinhub uses for itself (the system audit chain is keyed
+        // by "system"): a tenant with one would read what is not its own.
+        if RESERVED_TENANT_IDS.contains(&id.to_ascii_lowercase().as_str()) {
+            return Err(RegistryError::Invalid {
+                field: "id".into(),
+                rule: format!("`{id}` is reserved for twinhub itself; choose another tenant id"),
+            });
+        }
         let row = TenantRow {
             id: id.into(),
             name: name.into(),

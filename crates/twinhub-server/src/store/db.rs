@@ -187,18 +187,28 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported: FORMAT_VERSION,
         });
     }
+    if found == FORMAT_VERSION {
+        return Ok(());
+    }
+    // One transaction from the found format to the current one: a fresh
+    // directory is created at the current format in one step, and an old
+    // one is migrated whole or not at all.
+    let tx = conn.transaction()?;
     for v in found..FORMAT_VERSION {
-        let tx = conn.transaction()?;
         tx.execute_batch(MIGRATIONS[v as usize])?;
-        tx.execute(
-            "INSERT INTO meta(key, value) VALUES('format_version', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(v + 1).to_string()],
-        )?;
-        tx.commit()?;
-        if v > 0 {
-            tracing::info!(from = v, to = v + 1, "migrated the data directory");
-        }
+    }
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES('format_version', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [FORMAT_VERSION.to_string()],
+    )?;
+    tx.commit()?;
+    if found > 0 {
+        tracing::info!(
+            from = found,
+            to = FORMAT_VERSION,
+            "migrated the data directory"
+        );
     }
     Ok(())
 }

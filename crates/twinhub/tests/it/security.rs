@@ -212,6 +212,17 @@ async fn audit_is_per_tenant_and_needs_its_permission() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "tenant.create"));
+    // A tenant may not take the name of the system chain (its admin would
+    // read every tenant's creation and the system's own actions).
+    for id in ["system", "SYSTEM"] {
+        let r = s
+            .post("/api/v1/tenants", json!({"id": id, "name": "Sneaky"}))
+            .send()
+            .await
+            .unwrap();
+        let msg = error_of(r, 400, "bad_request").await;
+        assert!(msg.contains("id") && msg.contains("reserved"), "{msg}");
+    }
     let viewer = s.user("viewer-a", &["viewer"]).await;
     let r = s
         .http
