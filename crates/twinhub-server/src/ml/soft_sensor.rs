@@ -132,12 +132,13 @@ impl Ctx {
             return;
         };
         let manifest = &active.predictor.manifest;
-        // Telemetry times are ms; the server's clock stands in when absent.
+        // Telemetry times are ms, with a fraction when the server stamped
+        // them (µs precision); the server's clock stands in when absent.
         let ts_us = e
             .data
             .get("ts")
-            .and_then(|t| t.as_i64())
-            .map(|ms| ms * 1000);
+            .and_then(|t| t.as_f64())
+            .map(|ms| (ms * 1000.0).round() as i64);
         let key = (e.tenant.clone(), twin.clone(), b.model.clone());
         if manifest
             .features
@@ -169,12 +170,22 @@ impl Ctx {
             return;
         };
         let manifest = &version.predictor.manifest;
-        let latest: HashMap<String, f64> = self
+        // The inputs of this message, completed by the twin's latest
+        // values: the prediction belongs to this message's time even when
+        // newer telemetry has arrived meanwhile.
+        let mut latest: HashMap<String, f64> = self
             .store
             .latest_of_twin(&e.tenant, twin)
             .into_iter()
             .filter_map(|(n, p)| Some((n, p.value.as_f64()?)))
             .collect();
+        if let Some(values) = e.data.get("values").and_then(|v| v.as_object()) {
+            for (n, v) in values {
+                if let Some(x) = v.as_f64() {
+                    latest.insert(n.clone(), x);
+                }
+            }
+        }
         let row: Option<Vec<f32>> = manifest
             .features
             .iter()

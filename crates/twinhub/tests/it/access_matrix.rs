@@ -469,40 +469,84 @@ async fn every_route_gives_each_role_exactly_its_permissions() {
 async fn another_tenant_sees_nothing_of_this_one() {
     let s = TestServer::start().await;
     fixtures(&s, "default").await;
-    s.post("/api/v1/tenants", json!({"id": "other", "name": "Other"}))
+    // Every piece of set-up is checked: a failed one would make the 404s
+    // below vacuous.
+    let created = |r: reqwest::Response, what: &'static str| async move {
+        let st = r.status().as_u16();
+        assert!(
+            st == 200 || st == 201,
+            "{what}: {st} {}",
+            r.text().await.unwrap()
+        );
+    };
+    created(
+        s.post("/api/v1/tenants", json!({"id": "other", "name": "Other"}))
+            .send()
+            .await
+            .unwrap(),
+        "tenant",
+    )
+    .await;
+    fixtures(&s, "other").await;
+    created(
+        s.post(
+            "/api/v1/users",
+            json!({"username": "olaf", "password": "Olaf-pass-123", "tenant": "other", "roles": ["tenant_admin"]}),
+        )
         .send()
         .await
-        .unwrap();
-    fixtures(&s, "other").await;
-    s.post(
-        "/api/v1/users",
-        json!({"username": "olaf", "password": "Olaf-pass-123", "tenant": "other", "roles": ["tenant_admin"]}),
+        .unwrap(),
+        "user",
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     let olaf = s.login("olaf", "Olaf-pass-123").await;
-    let (_, key) = s
+    let (st, key) = s
         .json(s.post(
             "/api/v1/apikeys",
             json!({"name": "mine", "roles": ["viewer"]}),
         ))
         .await;
+    assert_eq!(st, 201, "{key}");
     let key_id = key["id"].as_str().unwrap().to_string();
-    s.http
-        .put(s.url("/api/v1/secrets/mine"))
-        .bearer_auth(&s.token)
-        .json(&json!({"value": "v-0123456789abc"}))
+    created(
+        s.http
+            .put(s.url("/api/v1/secrets/mine"))
+            .bearer_auth(&s.token)
+            .json(&json!({"value": "v-0123456789abc"}))
+            .send()
+            .await
+            .unwrap(),
+        "secret",
+    )
+    .await;
+    created(
+        s.post(
+            "/api/v1/roles",
+            json!({"name": "mine", "permissions": ["twins:read"]}),
+        )
         .send()
         .await
-        .unwrap();
-    s.post(
-        "/api/v1/roles",
-        json!({"name": "mine", "permissions": ["twins:read"]}),
+        .unwrap(),
+        "role",
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
+    // The resources exist for their own tenant.
+    for (path, field, want) in [
+        ("/api/v1/apikeys", "id", key_id.as_str()),
+        ("/api/v1/secrets", "name", "mine"),
+        ("/api/v1/roles", "name", "mine"),
+    ] {
+        let (st, list) = s.json(s.get(path)).await;
+        assert_eq!(st, 200, "{path}");
+        assert!(
+            list["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v[field] == want),
+            "{path}: {list}"
+        );
+    }
 
     let call = |method: &str, path: String, body: Value| {
         let mut r = s
@@ -626,17 +670,23 @@ async fn another_tenant_sees_nothing_of_this_one() {
         text.contains("\"or1\"") && !text.contains("\"r1\""),
         "{text}"
     );
-    let text = call(
+    let count: Value = call(
         "POST",
         "/api/v1/query".into(),
         json!({"query": "SELECT COUNT() FROM DIGITALTWINS"}),
     )
     .await
     .unwrap()
-    .text()
+    .json()
     .await
     .unwrap();
-    assert!(text.contains("2"), "counts only its own twins: {text}");
+    // The default tenant has as many twins again (r1, p1): only or1 and
+    // op1 are counted.
+    assert_eq!(
+        count["value"],
+        json!([{"COUNT": 2}]),
+        "counts only its own twins"
+    );
 
     // Events: a change in the default tenant never reaches olaf's stream.
     let mut stream = call("GET", "/api/v1/events?types=twin".into(), json!(null))

@@ -270,17 +270,49 @@ async fn https_serves_the_api_with_a_generated_certificate() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["id"], "tls-dev");
 
-    // Without the CA the certificate is refused by the client.
+    // Without the CA the certificate is refused by the client: curl's
+    // exit code 60 is "peer certificate cannot be authenticated".
     let out = curl(&["-H", &auth, &url]).await;
-    assert!(!out.status.success());
-    // Plain HTTP to the TLS port gets no HTTP answer.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(60), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    // A certificate for another name is refused too (exit 60, the name
+    // does not match), even with the CA trusted.
+    let other = format!("https://127.0.0.2:{port}/api/v1/devices/tls-dev");
+    let out = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("wrong.example:{port}:127.0.0.1"),
+        "-H",
+        &auth,
+        &other.replace("127.0.0.2", "wrong.example"),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain HTTP to the TLS port gets no HTTP answer: the TLS alert the
+    // server sends is no HTTP response (curl: 1 "HTTP/0.9 when not
+    // allowed"), or the connection just ends (52 / 56).
     let out = curl(&[
         "-H",
         &auth,
         &format!("http://127.0.0.1:{port}/api/v1/devices/tls-dev"),
     ])
     .await;
-    assert!(!out.stdout.starts_with(b"{"), "{:?}", out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(1) | Some(52) | Some(56))
+            && (err.contains("HTTP/0.9")
+                || err.contains("Empty reply")
+                || err.contains("Recv failure")),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{:?}", out);
     s.stop().await;
 }
 

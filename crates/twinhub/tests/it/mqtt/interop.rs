@@ -63,81 +63,76 @@ async fn rumqttc_v4_and_v5_clients_publish_telemetry() {
     s.stop().await;
 }
 
+/// Subscribes with mosquitto_sub, publishes with mosquitto_pub (QoS 1,
+/// retried until the subscriber has seen one) and returns what
+/// mosquitto_sub printed. `sub`/`publ` are extra arguments (credentials).
+async fn mosquitto_round_trip(
+    port: u16,
+    sub: &[&str],
+    publ: &[&str],
+    topic: &str,
+    payload: &str,
+) -> String {
+    let port = port.to_string();
+    let mut sub_cmd = tokio::process::Command::new("mosquitto_sub");
+    sub_cmd
+        .args(["-h", "127.0.0.1", "-p", &port])
+        .args(sub)
+        .args(["-t", topic, "-C", "1", "-W", "10", "-v"]);
+    let sub = tokio::spawn(sub_cmd.output());
+    for _ in 0..50 {
+        let st = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(publ)
+            .args(["-q", "1", "-t", topic, "-m", payload])
+            .status()
+            .await
+            .expect("mosquitto_pub is installed (.ci/run installs mosquitto-clients)");
+        assert!(st.success(), "mosquitto_pub on port {port}");
+        if sub.is_finished() {
+            let out = sub.await.unwrap().unwrap();
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("mosquitto_sub on port {port} received nothing");
+}
+
 /// mosquitto_pub and mosquitto_sub, unchanged, against twinhub — and the
-/// same commands against the machine's Mosquitto behave alike.
+/// same commands against the machine's Mosquitto (127.0.0.1:1883, which
+/// every machine here runs) print the same line.
 #[tokio::test]
 async fn mosquitto_clients_work_unchanged() {
     let s = TestServer::start().await;
     let key = s.device("mosq").await;
-    let port = s.mqtt().port().to_string();
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-u",
-            "admin",
-            "-P",
-            ADMIN_PASSWORD,
-            "-i",
-            "mosq-sub",
-            "-t",
-            "devices/+/telemetry",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-v",
-        ])
-        .output();
-    let sub = tokio::spawn(sub);
-    // Give the subscriber time to subscribe; the publish retries until seen.
-    let mut out = None;
-    for _ in 0..50 {
-        let st = tokio::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-i",
-                "mosq",
-                "-u",
-                "mosq",
-                "-P",
-                &key,
-                "-q",
-                "1",
-                "-t",
-                "devices/mosq/telemetry",
-                "-m",
-                r#"{"temperature": 42.5}"#,
-            ])
-            .status()
-            .await
-            .expect("mosquitto_pub is installed (.ci/run installs mosquitto-clients)");
-        assert!(st.success());
-        if sub.is_finished() {
-            out = Some(sub.await.unwrap().unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = out.expect("mosquitto_sub received the telemetry");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        r#"devices/mosq/telemetry {"temperature": 42.5}"#
-    );
+    let payload = r#"{"temperature": 42.5}"#;
+    let ours = mosquitto_round_trip(
+        s.mqtt().port(),
+        &["-u", "admin", "-P", ADMIN_PASSWORD, "-i", "mosq-sub"],
+        &["-i", "mosq", "-u", "mosq", "-P", &key],
+        "devices/mosq/telemetry",
+        payload,
+    )
+    .await;
+    assert_eq!(ours, format!("devices/mosq/telemetry {payload}"));
     let (_, twin) = s.json(s.get("/api/v1/twins/mosq")).await;
     assert_eq!(twin["temperature"], 42.5);
-    // A refused login exits non-zero, as it does against Mosquitto.
+    // The same commands against Mosquitto (anonymous there; a topic of
+    // this run's own so parallel runs do not meet).
+    let topic = format!("twinhub-it/{}/devices/mosq/telemetry", std::process::id());
+    let theirs = mosquitto_round_trip(1883, &[], &[], &topic, payload).await;
+    assert_eq!(
+        theirs.strip_prefix(topic.as_str()),
+        ours.strip_prefix("devices/mosq/telemetry"),
+        "twinhub and Mosquitto print the same message"
+    );
+    // A refused login exits non-zero.
     let st = tokio::process::Command::new("mosquitto_pub")
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &port,
+            &s.mqtt().port().to_string(),
             "-i",
             "mosq",
             "-u",
@@ -153,7 +148,6 @@ async fn mosquitto_clients_work_unchanged() {
         .await
         .unwrap();
     assert!(!st.success());
-    let _ = json!({});
     s.stop().await;
 }
 
