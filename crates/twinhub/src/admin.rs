@@ -587,6 +587,27 @@ pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyho
     Ok(())
 }
 
+pub fn check(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
+    let config = load_config(file, flags)?;
+    let r = store::check::check_dir(&config.data_dir)?;
+    println!(
+        "{}: {} chunks ({} points), {} rollups, {} batch-log records",
+        config.data_dir.display(),
+        r.chunks,
+        r.points,
+        r.rollups,
+        r.batch_log
+    );
+    if r.ok() {
+        println!("ok");
+        return Ok(());
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    bail!("the store has {} problem(s)", r.problems.len())
+}
+
 pub fn restore(file: Option<&PathBuf>, flags: &ServerFlags, src: &Path) -> anyhow::Result<()> {
     let config = load_config(file, flags)?;
     let lock = DirLock::acquire(&config.data_dir).map_err(|e| match e {

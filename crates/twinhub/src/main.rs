@@ -5,6 +5,7 @@ mod bench;
 mod bench_auth;
 mod bench_ml;
 mod bench_mqtt;
+mod bench_sustained;
 mod bench_twins;
 mod demo;
 mod model_cli;
@@ -138,6 +139,10 @@ enum Command {
     },
     /// Check a configuration (file, environment, flags) and print it.
     CheckConfig(ServerFlags),
+    /// Verify a data directory's store: SQLite integrity, every chunk
+    /// against its statistics, rollups and the batch log. Exits non-zero
+    /// on any problem.
+    Check(ServerFlags),
     /// Generate a local CA and a server certificate for the TLS listeners.
     Cert {
         /// Directory for ca.pem, ca-key.pem, server.pem, server-key.pem.
@@ -208,6 +213,7 @@ fn main() -> std::process::ExitCode {
             Command::Tenant(cmd) => admin::tenant(cli.config.as_ref(), cmd).await,
             Command::Model(cmd) => model_cli::run(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
+            Command::Check(flags) => admin::check(cli.config.as_ref(), &flags),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
                         Command::Cert {
                 out,

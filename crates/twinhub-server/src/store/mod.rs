@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod batch;
+pub mod check;
 pub mod chunk;
 pub mod columns;
 mod compactor;

@@ -9,6 +9,7 @@ mod acks;
 mod apikeys;
 mod auth;
 mod cli;
+mod crash_loop;
 mod demo;
 mod devices;
 mod events;

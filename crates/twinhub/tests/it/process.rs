@@ -13,6 +13,7 @@ pub const PW: &str = "child-admin-pass-1";
 pub struct Server {
     pub child: std::process::Child,
     pub base: String,
+    pub mqtt: std::net::SocketAddr,
 }
 
 pub fn cmd(dir: &Path) -> Command {
@@ -29,8 +30,14 @@ pub fn cmd(dir: &Path) -> Command {
 }
 
 pub fn start(dir: &Path, with_password: bool) -> Server {
+    start_env(dir, with_password, &[])
+}
+
+/// `start` with extra environment variables (configuration).
+pub fn start_env(dir: &Path, with_password: bool, env: &[(&str, &str)]) -> Server {
     let _ = std::fs::remove_file(dir.join("ports.json"));
     let mut c = cmd(dir);
+    c.envs(env.iter().copied());
     c.args([
         "serve",
         "--http-listen",
@@ -65,6 +72,7 @@ pub fn start(dir: &Path, with_password: bool) -> Server {
     Server {
         child,
         base: format!("http://{}", v["http"].as_str().unwrap()),
+        mqtt: v["mqtt"].as_str().unwrap().parse().unwrap(),
     }
 }
 
@@ -96,7 +104,7 @@ pub async fn login(base: &str, pw: &str) -> String {
         .to_string()
 }
 
-fn kill9(s: &mut Server) {
+pub fn kill9(s: &mut Server) {
     unsafe_kill(s.child.id() as i32, 9);
     let _ = s.child.wait();
 }
