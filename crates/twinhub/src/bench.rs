@@ -35,9 +35,14 @@ pub struct BenchArgs {
     /// Seconds of 1 Hz data per series for the store benchmark.
     #[arg(long, default_value_t = 3600)]
     seconds: usize,
-    /// Series for the sustained store benchmark (× --seconds points).
+    /// Series for the sustained store benchmark.
     #[arg(long, default_value_t = 2000)]
     sustained_series: usize,
+    /// Seconds of 1 Hz data per series for the sustained benchmark: three
+    /// hours by default, so several flushes and window merges happen
+    /// inside the measurement.
+    #[arg(long, default_value_t = 10_800)]
+    sustained_seconds: usize,
     /// Seconds to run the HTTP ingest benchmark.
     #[arg(long, default_value_t = 10)]
     http_seconds: u64,
@@ -153,7 +158,7 @@ fn chunk_bytes(store: &Store, prefix: &str) -> (i64, i64) {
 }
 
 async fn store_suite(args: &BenchArgs) -> anyhow::Result<()> {
-    crate::bench_sustained::sustained(args.sustained_series, args.seconds).await?;
+    crate::bench_sustained::sustained(args.sustained_series, args.sustained_seconds).await?;
     crate::bench_sustained::http_ack_to_query(1000).await?;
     println!("store, burst (compactor idle, for comparison):");
     let dir = tempfile::tempdir()?;

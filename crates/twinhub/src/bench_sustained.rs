@@ -118,22 +118,10 @@ pub async fn sustained(series: usize, seconds: usize) -> anyhow::Result<()> {
         format!("{peak_rss:.0}"),
         "",
     );
-    // Steady state: let the background catch up the way it does in
-    // service (no forced flush), then measure what is left on disk.
-    let settle = Instant::now();
-    while store.stats().head_points > 0 || store.stats().dirty_windows > 0 {
-        if settle.elapsed() > Duration::from_secs(900) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if store.stats().head_points > 0
-            && settle.elapsed() > StoreOptions::default().flush_interval
-        {
-            break;
-        }
-    }
     // The head left below the flush size waits for flush_interval (10 min)
-    // in service; flush it now so the disk figure covers every point.
+    // in service; flush it now so the disk figure covers every point, then
+    // let the background merge and roll up what is left, as in service.
+    let settle = Instant::now();
     {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.flush()).await??;

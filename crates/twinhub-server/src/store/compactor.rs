@@ -245,16 +245,7 @@ impl Compactor {
     /// One round: flush if due, merge closed windows, retention once a
     /// minute (or now when `force`).
     pub fn round(&mut self, force: bool) -> Result<(), StoreError> {
-        let (due, _) = {
-            let opts = self.store.opts();
-            let head = self.store.engine().active.read().expect("head");
-            let due = head.points >= opts.flush_points
-                || head
-                    .since
-                    .is_some_and(|s| s.elapsed() >= opts.flush_interval);
-            (due, head.points)
-        };
-        if due || force {
+        if self.flush_due() || force {
             self.store.flush()?;
         }
         self.merge_windows(force)?;
@@ -267,6 +258,15 @@ impl Compactor {
             self.last_retention = Some(Instant::now());
         }
         Ok(())
+    }
+
+    fn flush_due(&self) -> bool {
+        let opts = self.store.opts();
+        let head = self.store.engine().active.read().expect("head");
+        head.points >= opts.flush_points
+            || head
+                .since
+                .is_some_and(|s| s.elapsed() >= opts.flush_interval)
     }
 
     fn merge_windows(&mut self, force: bool) -> Result<(), StoreError> {
@@ -287,6 +287,11 @@ impl Compactor {
         for (sid, win) in candidates {
             if done >= WINDOWS_PER_ROUND && !force {
                 break;
+            }
+            // A long merge round must not let the head grow past its flush
+            // size (memory, and the writer's stall): flush in between.
+            if self.flush_due() {
+                self.store.flush()?;
             }
             if retired_before
                 .get(&sid)

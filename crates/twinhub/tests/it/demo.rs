@@ -2,30 +2,32 @@
 //! whose simulated reactors report over MQTT and whose yield soft sensor
 //! writes predictions to every reactor twin.
 
-use crate::process::{cmd, get_json, layout, login, unsafe_kill, PW};
+use crate::process::{cmd, get_json, layout, login, unsafe_kill, KillOnDrop, PW};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
     let (root, dir) = layout();
-    let mut child = cmd(&dir)
-        .args([
-            "demo",
-            "--interval",
-            "0.05",
-            "--plants",
-            "1",
-            "--reactors",
-            "2",
-        ])
-        .env("TWINHUB_ADMIN_PASSWORD", PW)
-        .env("TWINHUB_HTTP_LISTEN", "127.0.0.1:0")
-        .env("TWINHUB_HTTP_TLS_LISTEN", "127.0.0.1:0")
-        .stdout(std::fs::File::create(root.path().join("demo.out")).unwrap())
-        .stderr(std::fs::File::create(root.path().join("demo.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        cmd(&dir)
+            .args([
+                "demo",
+                "--interval",
+                "0.05",
+                "--plants",
+                "1",
+                "--reactors",
+                "2",
+            ])
+            .env("TWINHUB_ADMIN_PASSWORD", PW)
+            .env("TWINHUB_HTTP_LISTEN", "127.0.0.1:0")
+            .env("TWINHUB_HTTP_TLS_LISTEN", "127.0.0.1:0")
+            .stdout(std::fs::File::create(root.path().join("demo.out")).unwrap())
+            .stderr(std::fs::File::create(root.path().join("demo.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let t = Instant::now();
     let out = loop {
         let out = std::fs::read_to_string(root.path().join("demo.out")).unwrap_or_default();
@@ -126,7 +128,7 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         twin["yield"].is_number(),
         "the simulated measurement arrives too"
     );
-    unsafe_kill(child.id() as i32, 2);
-    let status = child.wait().unwrap();
+    unsafe_kill(child.0.id() as i32, 2);
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "Ctrl-C stops the demo cleanly");
 }

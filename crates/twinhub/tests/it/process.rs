@@ -16,6 +16,24 @@ pub struct Server {
     pub mqtt: std::net::SocketAddr,
 }
 
+/// A failed assertion must not leave a server running behind the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when dropped (the demo).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn cmd(dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.env_clear()
@@ -290,6 +308,10 @@ async fn sigterm_is_graceful_and_the_bootstrap_password_is_shown_once() {
     assert!(!dir.join("ports.json").exists());
     let logs = std::fs::read_to_string(root.path().join("stderr.log")).unwrap();
     assert!(logs.contains("\"stopped cleanly\""), "json logs: {logs}");
+    assert!(
+        !logs.contains("migrated the data directory"),
+        "a fresh data directory is created at the current format, not migrated: {logs}"
+    );
     for secret in [&pw, &key, &token, &apikey, &secret_value, &wrong_pw] {
         assert!(!logs.contains(secret.as_str()), "a secret reached the log");
     }
