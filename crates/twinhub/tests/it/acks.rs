@@ -82,19 +82,7 @@ async fn mqtt_3_1_1_gets_no_puback_when_storing_fails_and_its_resend_is_kept() {
 #[tokio::test]
 async fn mqtt_3_1_1_over_quota_is_closed_not_acknowledged() {
     let s = TestServer::start().await;
-    s.post("/api/v1/tenants", json!({"id": "small", "name": "Small"}))
-        .send()
-        .await
-        .unwrap();
-    let r = s
-        .http
-        .put(s.url("/api/v1/tenants/small/quotas"))
-        .bearer_auth(&s.token)
-        .json(&json!({"points_per_day": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    crate::quotas::small_tenant(&s, json!({"points_per_day": 1})).await;
     let (_, d) = s
         .json(s.post("/api/v1/devices?tenant=small", json!({"id": "q1"})))
         .await;

@@ -7,7 +7,9 @@
 //! `TWINHUB_CRASH_LOOP_KILLS=25 cargo test -p twinhub --test it crash_loop -- --nocapture`.
 
 use crate::mqtt::{open5, pub5, Got5};
-use crate::process::{cmd, get_json, kill9, layout, login, start_env, unsafe_kill, PW};
+use crate::process::{
+    all_points, cmd, kill9, layout, login, post_json, start_env, unsafe_kill, PW,
+};
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -137,16 +139,13 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let http = reqwest::Client::new();
     let mut devices = Vec::new();
     for (id, mqtt) in [("h1", false), ("h2", false), ("m1", true), ("m2", true)] {
-        let created: Value = http
-            .post(format!("{}/api/v1/devices", s.base))
-            .bearer_auth(&token)
-            .json(&json!({"id": id}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = post_json(
+            &http,
+            &format!("{}/api/v1/devices", s.base),
+            &token,
+            &json!({"id": id}),
+        )
+        .await;
         devices.push((
             id.to_string(),
             created["key"].as_str().unwrap().to_string(),
@@ -212,26 +211,18 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let token = login(&s.base, PW).await;
     for (id, want) in &acked {
         let (from, to) = (want.keys().next().unwrap(), want.keys().last().unwrap() + 1);
-        let mut stored = BTreeMap::new();
-        let mut url = format!(
-            "{}/api/v1/twins/{id}/telemetry/v?from={from}&to={to}&limit=1000",
-            s.base
-        );
-        loop {
-            let page: Value = get_json(&http, &url, &token).await;
-            for p in page["points"].as_array().expect("points") {
-                stored.insert(p["ts"].as_i64().unwrap(), p["value"].as_i64().unwrap());
-            }
-            match page["next"].as_str() {
-                Some(n) => {
-                    url = format!(
-                        "{}/api/v1/twins/{id}/telemetry/v?from={from}&to={to}&limit=1000&next={n}",
-                        s.base
-                    )
-                }
-                None => break,
-            }
-        }
+        let stored: BTreeMap<i64, i64> = all_points(
+            &http,
+            &s.base,
+            &token,
+            &format!("{id}/telemetry/v"),
+            *from,
+            to,
+        )
+        .await
+        .iter()
+        .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_i64().unwrap()))
+        .collect();
         let lost: Vec<(&i64, &i64)> = want
             .iter()
             .filter(|(t, v)| stored.get(t) != Some(v))

@@ -2,7 +2,7 @@
 //! whose simulated reactors report over MQTT and whose yield soft sensor
 //! writes predictions to every reactor twin.
 
-use crate::process::{cmd, get_json, layout, login, unsafe_kill, KillOnDrop, PW};
+use crate::process::{cmd, get_json, layout, login, post_json, unsafe_kill, KillOnDrop, PW};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -108,16 +108,13 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
             .unwrap_or_else(|| panic!("no {name} at {ts}: {pts}"));
         inputs.insert(name.into(), p["value"].clone());
     }
-    let direct: Value = http
-        .post(format!("{base}/api/v1/ml/models/reactor-yield/predict"))
-        .bearer_auth(&token)
-        .json(&inputs)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let direct = post_json(
+        &http,
+        &format!("{base}/api/v1/ml/models/reactor-yield/predict"),
+        &token,
+        &Value::Object(inputs.clone()),
+    )
+    .await;
     let pred = last["value"].as_f64().unwrap();
     assert!(
         (pred - direct["prediction"].as_f64().unwrap()).abs() <= 1e-9 * pred.abs().max(1.0),

@@ -106,6 +106,41 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
         .unwrap()
 }
 
+/// POST a JSON body with a bearer token; the answer's JSON.
+pub async fn post_json(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Value {
+    http.post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Every raw point of a series in `[from, to)`, following `next` pages.
+pub async fn all_points(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    series: &str,
+    from: i64,
+    to: i64,
+) -> Vec<Value> {
+    let first = format!("{base}/api/v1/twins/{series}?from={from}&to={to}&limit=1000");
+    let mut url = first.clone();
+    let mut out = Vec::new();
+    loop {
+        let page: Value = get_json(http, &url, token).await;
+        out.extend(page["points"].as_array().expect("points").iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => url = format!("{first}&next={n}"),
+            None => return out,
+        }
+    }
+}
+
 pub async fn login(base: &str, pw: &str) -> String {
     let r: Value = reqwest::Client::new()
         .post(format!("{base}/api/v1/auth/login"))
@@ -149,16 +184,13 @@ async fn kill_9_loses_nothing_acknowledged() {
     let mut s = start(&dir, true);
     let token = login(&s.base, PW).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}/api/v1/devices", s.base))
-        .bearer_auth(&token)
-        .json(&json!({"id": "crash"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post_json(
+        &http,
+        &format!("{}/api/v1/devices", s.base),
+        &token,
+        &json!({"id": "crash"}),
+    )
+    .await;
     let key = created["key"].as_str().unwrap().to_string();
     let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
     let mut writers = Vec::new();
@@ -202,26 +234,18 @@ async fn kill_9_loses_nothing_acknowledged() {
 
     let mut s = start(&dir, false);
     let token = login(&s.base, PW).await;
-    let mut stored = std::collections::HashSet::new();
-    let mut url = format!(
-        "{}/api/v1/twins/crash/telemetry/v?from=0&limit=10000",
-        s.base
-    );
-    loop {
-        let page: Value = get_json(&http, &url, &token).await;
-        for p in page["points"].as_array().unwrap() {
-            stored.insert(p["ts"].as_i64().unwrap());
-        }
-        match page["next"].as_str() {
-            Some(n) => {
-                url = format!(
-                    "{}/api/v1/twins/crash/telemetry/v?from=0&limit=10000&next={n}",
-                    s.base
-                )
-            }
-            None => break,
-        }
-    }
+    let stored: std::collections::HashSet<i64> = all_points(
+        &http,
+        &s.base,
+        &token,
+        "crash/telemetry/v",
+        0,
+        7_000_000_000_000,
+    )
+    .await
+    .iter()
+    .map(|p| p["ts"].as_i64().unwrap())
+    .collect();
     let missing: Vec<&i64> = acked.iter().filter(|t| !stored.contains(t)).collect();
     assert!(
         missing.is_empty(),

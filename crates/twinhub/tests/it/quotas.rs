@@ -6,7 +6,7 @@ use crate::mqtt::{open5, pub5};
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 
-async fn small_tenant(s: &TestServer, quotas: Value) {
+pub async fn small_tenant(s: &TestServer, quotas: Value) {
     s.post("/api/v1/tenants", json!({"id": "small", "name": "Small"}))
         .send()
         .await
