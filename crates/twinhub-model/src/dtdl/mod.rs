@@ -152,4 +152,6 @@ pub enum Schema {
 }
 
 #[cfg(test)]
+mod spec_tests;
+#[cfg(test)]
 mod tests;

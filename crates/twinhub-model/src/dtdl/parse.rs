@@ -51,6 +51,7 @@ pub fn parse_models(bytes: &[u8]) -> Result<Vec<Interface>, Vec<ModelError>> {
         }
     };
     let mut errors = Vec::new();
+    unique_ids(&items, &mut errors);
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(obj) = item.as_object() else {
@@ -80,6 +81,49 @@ pub fn parse_models(bytes: &[u8]) -> Result<Vec<Interface>, Vec<ModelError>> {
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// Every element's "@id" is unique among all elements of the model
+/// (Requirement-ClassInterfaceIdDuplicateV3 and its siblings for every
+/// element class): interfaces, inline interfaces, named and inline
+/// schemas, contents.
+fn unique_ids(items: &[Value], errors: &mut Vec<ModelError>) {
+    fn walk<'a>(
+        v: &'a Value,
+        top: &str,
+        seen: &mut std::collections::HashMap<&'a str, String>,
+        errors: &mut Vec<ModelError>,
+    ) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(id)) = o.get("@id") {
+                    if let Some(first) = seen.insert(id.as_str(), top.to_string()) {
+                        errors.push(ModelError {
+                            interface: top.to_string(),
+                            element: "@id".into(),
+                            rule: format!("{id} is also the @id of another element (in {first}); an @id must be unique among all elements of the model"),
+                        });
+                    }
+                }
+                for (k, x) in o {
+                    if k != "@id" {
+                        walk(x, top, seen, errors);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, top, seen, errors)),
+            _ => {}
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let top = item
+            .get("@id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("[{i}]"));
+        walk(item, &top, &mut seen, errors);
     }
 }
 

@@ -8,7 +8,15 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+/// DTDL v3, Limits and exclusions: at most 10 "extends" members in any
+/// path (Requirement-ClassInterfacePropertiesExtendsMaxDepthV3).
 pub const MAX_EXTENDS_DEPTH: usize = 10;
+/// At most 1024 values among all "extends" members of the hierarchy
+/// (Requirement-ClassInterfacePropertiesExtendsMaxCountV3).
+pub const MAX_EXTENDS_VALUES: usize = 1024;
+/// At most 100,000 values among the contents (and their schemas,
+/// fields, …) of an interface, including what it inherits.
+pub const MAX_CONTENT_VALUES: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelationshipDef {
@@ -29,6 +37,9 @@ pub struct Resolved {
     pub components: BTreeMap<String, Dtmi>,
     /// This interface and every interface it extends, transitively.
     pub ancestors: BTreeSet<Dtmi>,
+    /// Which interface defines each element (for inherited ones, the
+    /// ancestor that declares it).
+    pub origin: BTreeMap<String, Dtmi>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -168,6 +179,7 @@ impl ModelSet {
         for id in set.interfaces.keys() {
             match set.resolve(id, &mut Vec::new()) {
                 Ok(r) => {
+                    errors.extend(set.check_limits(&r));
                     resolved.insert(id.clone(), Arc::new(r));
                 }
                 Err(e) => errors.push(e),
@@ -179,6 +191,39 @@ impl ModelSet {
             return Err(errors);
         }
         Ok(ModelSet { resolved, ..set })
+    }
+
+    /// The hierarchy-wide limits of DTDL v3 ("Limits and exclusions").
+    fn check_limits(&self, r: &Resolved) -> Vec<ModelError> {
+        let mut out = Vec::new();
+        let ext: usize = r
+            .ancestors
+            .iter()
+            .filter_map(|a| self.interfaces.get(a))
+            .map(|i| i.extends.len())
+            .sum();
+        if ext > MAX_EXTENDS_VALUES {
+            out.push(ModelError {
+                interface: r.id.to_string(),
+                element: "extends".into(),
+                rule: format!("its extends hierarchy names {ext} interfaces; DTDL allows at most {MAX_EXTENDS_VALUES}"),
+            });
+        }
+        let values: usize = r
+            .ancestors
+            .iter()
+            .filter_map(|a| self.interfaces.get(a))
+            .flat_map(|i| i.contents.iter())
+            .map(|c| 1 + content_values(&c.kind))
+            .sum();
+        if values > MAX_CONTENT_VALUES {
+            out.push(ModelError {
+                interface: r.id.to_string(),
+                element: "contents".into(),
+                rule: format!("its contents, schemas and fields (inherited ones included) hold {values} values; DTDL allows at most {MAX_CONTENT_VALUES}"),
+            });
+        }
+        out
     }
 
     fn check_refs(&self, s: &Schema, iface: &Dtmi, element: &str, errors: &mut Vec<ModelError>) {
@@ -222,28 +267,33 @@ impl ModelSet {
             relationships: BTreeMap::new(),
             components: BTreeMap::new(),
             ancestors: [id.clone()].into(),
+            origin: BTreeMap::new(),
         };
-        let mut owner: BTreeMap<String, Dtmi> = BTreeMap::new();
+        // DTDL v3 forbids two different definitions of one name; one
+        // definition reached through two `extends` paths (a diamond) is
+        // one element.
         fn add(
             id: &Dtmi,
-            owner: &mut BTreeMap<String, Dtmi>,
             r: &mut Resolved,
             name: &str,
             from: &Dtmi,
             kind: &ContentKind,
         ) -> Result<(), ModelError> {
-            if let Some(prev) = owner.get(name) {
+            if let Some(prev) = r.origin.get(name) {
+                if prev == from && from != id {
+                    return Ok(());
+                }
                 return Err(ModelError {
                     interface: id.to_string(),
                     element: name.to_string(),
                     rule: if prev == from {
                         "duplicate name".into()
                     } else {
-                        format!("duplicate name (also defined by {prev})")
+                        format!("duplicate name: defined by {prev} and by {from}")
                     },
                 });
             }
-            owner.insert(name.to_string(), from.clone());
+            r.origin.insert(name.to_string(), from.clone());
             match kind {
                 ContentKind::Property { schema, writable } => {
                     r.properties
@@ -324,16 +374,14 @@ impl ModelSet {
                         .iter()
                         .map(|(n, s)| (n.clone(), ContentKind::Component { schema: s.clone() })),
                 );
+            let kinds: Vec<(String, ContentKind)> = kinds.collect();
             for (n, k) in kinds {
-                // A diamond (the same ancestor twice) is not a duplicate.
-                if owner.get(&n).is_some_and(|o| b.ancestors.contains(o)) {
-                    continue;
-                }
-                add(id, &mut owner, &mut r, &n, base, &k)?;
+                let origin = b.origin.get(&n).unwrap_or(base).clone();
+                add(id, &mut r, &n, &origin, &k)?;
             }
         }
         for c in &iface.contents {
-            add(id, &mut owner, &mut r, &c.name, id, &c.kind)?;
+            add(id, &mut r, &c.name, id, &c.kind)?;
         }
         path.pop();
         Ok(r)
@@ -414,5 +462,34 @@ impl ModelSet {
                 .get(name)
                 .or_else(|| r.properties.get(name).map(|(s, _)| s)),
         }
+    }
+}
+
+/// Values under one content element: its schema, fields, enum values,
+/// request/response and relationship properties (each counted once).
+fn content_values(k: &ContentKind) -> usize {
+    match k {
+        ContentKind::Property { schema, .. } | ContentKind::Telemetry { schema } => {
+            schema_values(schema)
+        }
+        ContentKind::Command { request, response } => request
+            .iter()
+            .chain(response.iter())
+            .map(|(_, s)| 1 + schema_values(s))
+            .sum(),
+        ContentKind::Relationship { properties, .. } => {
+            properties.iter().map(|(_, s)| 1 + schema_values(s)).sum()
+        }
+        ContentKind::Component { .. } => 1,
+    }
+}
+
+fn schema_values(s: &Schema) -> usize {
+    1 + match s {
+        Schema::Primitive(_) | Schema::Ref(_) => 0,
+        Schema::Enum { values, .. } => values.len(),
+        Schema::Object { fields } => fields.iter().map(|(_, f)| 1 + schema_values(f)).sum(),
+        Schema::Map { value, .. } => 1 + schema_values(value),
+        Schema::Array { element } => schema_values(element),
     }
 }

@@ -755,3 +755,72 @@ async fn hundreds_of_interfaces_in_one_upload() {
     assert_eq!(ev[0].2["model"], "dtmi:big:T299;1");
     s.stop().await;
 }
+
+/// A published-ontology pattern: an HVAC pump is both a pump and a piece
+/// of HVAC equipment, and both are assets. The upload is accepted, and a
+/// twin of the pump has the asset's property once.
+#[tokio::test]
+async fn diamond_inheritance_from_published_ontologies_loads() {
+    let s = TestServer::start().await;
+    let i = |id: &str, ext: Value, contents: Value| json!({"@context": "dtmi:dtdl:context;3", "@id": id, "@type": "Interface", "extends": ext, "contents": contents});
+    let models = json!([
+        i(
+            "dtmi:o:Asset;1",
+            json!([]),
+            json!([{"@type": "Property", "name": "serialNumber", "schema": "string"},
+                                             {"@type": "Relationship", "name": "isLocatedIn"}])
+        ),
+        i(
+            "dtmi:o:Pump;1",
+            json!(["dtmi:o:Asset;1"]),
+            json!([{"@type": "Telemetry", "name": "flow", "schema": "double"}])
+        ),
+        i(
+            "dtmi:o:HVACEquipment;1",
+            json!(["dtmi:o:Asset;1"]),
+            json!([])
+        ),
+        i(
+            "dtmi:o:HVACPump;1",
+            json!(["dtmi:o:Pump;1", "dtmi:o:HVACEquipment;1"]),
+            json!([])
+        )
+    ]);
+    let (st, v) = s.json(s.post("/api/v1/models", models)).await;
+    assert_eq!(st, 201, "{v}");
+    let (st, _, _) = put(
+        &s,
+        "/api/v1/twins/pump-1",
+        json!({"$metadata": {"$model": "dtmi:o:HVACPump;1"}, "serialNumber": "P-1"}),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (_, q) = s
+        .json(s.post(
+            "/api/v1/query",
+            json!({"query": "SELECT T FROM DIGITALTWINS T WHERE IS_OF_MODEL('dtmi:o:Asset;1')"}),
+        ))
+        .await;
+    assert_eq!(q["value"].as_array().unwrap().len(), 1, "{q}");
+    // Two different definitions of one name are still refused, naming both.
+    let clash = json!([
+        i(
+            "dtmi:c:B;1",
+            json!([]),
+            json!([{"@type": "Property", "name": "p", "schema": "double"}])
+        ),
+        i(
+            "dtmi:c:C;1",
+            json!([]),
+            json!([{"@type": "Property", "name": "p", "schema": "string"}])
+        ),
+        i("dtmi:c:A;1", json!(["dtmi:c:B;1", "dtmi:c:C;1"]), json!([]))
+    ]);
+    let r = s.post("/api/v1/models", clash).send().await.unwrap();
+    let msg = error_of(r, 422, "unprocessable_entity").await;
+    assert!(
+        msg.contains("dtmi:c:B;1") && msg.contains("dtmi:c:C;1"),
+        "{msg}"
+    );
+    s.stop().await;
+}
