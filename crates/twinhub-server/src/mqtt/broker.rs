@@ -235,7 +235,8 @@ impl Broker {
                 gen: AtomicU64::new(0),
                 persisted: AtomicBool::new(true),
             });
-            for (raw, sub) in persist::subs_from_text(&client, &s.subs) {
+            let reader = super::acl::Reader::from_owner(&h.owner);
+            for (raw, sub) in persist::subs_from_text(&client, &reader, &s.subs) {
                 self.router
                     .write()
                     .expect("router")
@@ -619,14 +620,23 @@ impl Broker {
 
     /// Retained messages matching a filter (not for shared subscriptions
     /// [MQTT-3.8.4-…]: the caller skips those).
-    pub fn retained_for(&self, tenant: &str, filter: &str) -> Vec<Arc<Message>> {
+    pub fn retained_for(
+        &self,
+        tenant: &str,
+        filter: &str,
+        reader: &super::acl::Reader,
+    ) -> Vec<Arc<Message>> {
         let now = self.now_us();
         let all = self.retained.read().expect("retained");
         let Some(map) = all.get(tenant) else {
             return Vec::new();
         };
         map.values()
-            .filter(|m| topic::matches(&m.topic, filter) && m.expires_at.is_none_or(|e| e > now))
+            .filter(|m| {
+                topic::matches(&m.topic, filter)
+                    && reader.may_read(&m.topic)
+                    && m.expires_at.is_none_or(|e| e > now)
+            })
             .cloned()
             .collect()
     }
@@ -639,6 +649,9 @@ impl Broker {
             .read()
             .expect("router")
             .matches(tenant, &msg.topic, &mut subs);
+        // Wildcards are granted and filtered here, per message, by what
+        // each subscriber may read.
+        subs.retain(|s| s.reader.may_read(&msg.topic));
         if subs.is_empty() {
             return Vec::new();
         }

@@ -1082,13 +1082,14 @@ fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
             retain_as_published: f.retain_as_published,
             sub_id,
             share: share.map(Into::into),
+            reader: acl::Reader::of(identity),
         };
         let existed = broker.subscribe(h, &f.filter, sub);
         codes.push(Ok(f.qos));
         // Retained messages: never for shared subscriptions; per retain
         // handling otherwise [MQTT-3.3.1-9..11].
         if share.is_none() && (f.retain_handling == 0 || (f.retain_handling == 1 && !existed)) {
-            for m in broker.retained_for(&h.tenant, filter) {
+            for m in broker.retained_for(&h.tenant, filter, &acl::Reader::of(identity)) {
                 retained.push(Outgoing {
                     qos: m.qos.min(f.qos),
                     msg: m,

@@ -288,7 +288,11 @@ pub fn subs_to_text<'a>(subs: impl Iterator<Item = (&'a String, &'a Sub)>) -> St
     serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())
 }
 
-pub fn subs_from_text(client: &Arc<str>, t: &str) -> Vec<(String, Sub)> {
+pub fn subs_from_text(
+    client: &Arc<str>,
+    reader: &super::acl::Reader,
+    t: &str,
+) -> Vec<(String, Sub)> {
     let v: Vec<SubJson> = serde_json::from_str(t).unwrap_or_default();
     v.into_iter()
         .map(|s| {
@@ -302,6 +306,7 @@ pub fn subs_from_text(client: &Arc<str>, t: &str) -> Vec<(String, Sub)> {
                     retain_as_published: s.rap,
                     sub_id: s.sub_id,
                     share: s.share.map(Into::into),
+                    reader: reader.clone(),
                 },
             )
         })

@@ -17,6 +17,9 @@ pub struct Sub {
     pub retain_as_published: bool,
     pub sub_id: Option<usize>,
     pub share: Option<Arc<str>>,
+    /// Who reads through it: a wildcard may match topics the subscriber
+    /// may not read, so each message is checked against this.
+    pub reader: super::acl::Reader,
 }
 
 #[derive(Default, Debug)]
@@ -202,6 +205,7 @@ mod tests {
             retain_as_published: false,
             sub_id: None,
             share: None,
+            reader: crate::mqtt::acl::Reader::All,
         }
     }
 

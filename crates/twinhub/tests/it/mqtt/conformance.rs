@@ -586,14 +586,32 @@ async fn mqtt5_3_3_2_4_the_server_refuses_foreign_topics_with_0x87() {
         v5::Packet::PubAck(a) => assert_eq!(a.reason, v5::PubAckReason::NotAuthorized),
         p => panic!("{p:?}"),
     }
-    d.send5(sub5(2, "devices/+/telemetry", 0, |_| {}, None))
-        .await;
+    // A filter that can match nothing the device may read is refused…
+    d.send5(sub5(2, "devices/other/#", 0, |_| {}, None)).await;
     match d.recv5().await {
         v5::Packet::SubAck(a) => {
             assert_eq!(a.return_codes, vec![v5::SubscribeReasonCode::NotAuthorized])
         }
         p => panic!("{p:?}"),
     }
+    // …a wildcard that can reach its own topics is granted and filtered:
+    // another device's telemetry never arrives.
+    d.send5(sub5(4, "devices/+/telemetry", 0, |_| {}, None))
+        .await;
+    match d.recv5().await {
+        v5::Packet::SubAck(a) => assert!(matches!(
+            a.return_codes[0],
+            v5::SubscribeReasonCode::Success(_)
+        )),
+        p => panic!("{p:?}"),
+    }
+    let other_key = s.device("other").await;
+    let (mut o, _) = open5(s.mqtt(), "other", Some(("other", &other_key)), true, None).await;
+    o.send5(pub5("devices/other/telemetry", 1, 1, b"{\"v\":2}", None))
+        .await;
+    assert!(matches!(o.recv5().await, v5::Packet::PubAck(_)));
+    d.expect_silence(std::time::Duration::from_millis(300))
+        .await;
     d.send5(sub5(3, "devices/own/commands/#", 1, |_| {}, None))
         .await;
     match d.recv5().await {

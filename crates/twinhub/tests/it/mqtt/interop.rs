@@ -151,6 +151,98 @@ async fn mosquitto_clients_work_unchanged() {
     s.stop().await;
 }
 
+/// What an evaluator tries first with the anonymous mode on:
+/// `mosquitto_sub -t '#'` is granted (not "All subscription requests were
+/// denied") and shows plant topics but no device's telemetry.
+#[tokio::test]
+async fn mosquitto_sub_hash_works_anonymously_and_shows_no_device_topics() {
+    let s = TestServer::start_with(|c| c.mqtt.allow_anonymous = true).await;
+    let key = s.device("hidden").await;
+    let port = s.mqtt().port().to_string();
+    let sub = tokio::spawn(
+        tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "#",
+                "-C",
+                "2",
+                "-W",
+                "10",
+                "-v",
+            ])
+            .output(),
+    );
+    let mut out = None;
+    for i in 0..50 {
+        // A device's telemetry first, then a plant topic: only the
+        // plant topics may reach the anonymous subscriber.
+        let st = tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-i",
+                "hidden",
+                "-u",
+                "hidden",
+                "-P",
+                &key,
+            ])
+            .args([
+                "-q",
+                "1",
+                "-t",
+                "devices/hidden/telemetry",
+                "-m",
+                r#"{"v": 1}"#,
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        let st = tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-q",
+                "1",
+                "-t",
+                "plant/line1",
+            ])
+            .args(["-m", &format!("m{i}")])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+        if sub.is_finished() {
+            out = Some(sub.await.unwrap().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = out.expect("mosquitto_sub -t '#' received two messages");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("plant/line1 m")),
+        "{text}"
+    );
+    s.stop().await;
+}
+
 /// A Python interpreter with Eclipse Paho 2.x (the test uses its
 /// `CallbackAPIVersion`; Debian's packaged 1.x must not do): the one named
 /// by `TWINHUB_TEST_PYTHON`, else `python3` if its paho is 2.x, else a
