@@ -112,6 +112,11 @@ pub struct MqttConfig {
     pub session_expiry_max: String,
     /// Time allowed between connecting and sending CONNECT.
     pub connect_timeout: String,
+    /// Longest keep-alive (seconds) a client may use; 0: no maximum.
+    /// MQTT 5 clients asking for more (or none) are told this one in
+    /// CONNACK (Server Keep Alive); 3.1.1 clients, who cannot be told, are
+    /// refused (CONNACK 0x02), as Mosquitto does.
+    pub max_keepalive: u16,
 }
 
 impl Default for MqttConfig {
@@ -131,6 +136,7 @@ impl Default for MqttConfig {
             rate_limit_action: "throttle".into(),
             session_expiry_max: "7d".into(),
             connect_timeout: "10s".into(),
+            max_keepalive: 0,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub allow_anonymous: bool,
     pub anonymous_tenant: Arc<str>,
     pub topic_alias_max: u16,
+    /// 0: no maximum.
+    pub max_keepalive: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl Settings {
             allow_anonymous: c.allow_anonymous,
             anonymous_tenant: c.anonymous_tenant.as_str().into(),
             topic_alias_max: 64,
+            max_keepalive: c.max_keepalive,
         }
     }
 }

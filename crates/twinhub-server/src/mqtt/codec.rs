@@ -404,6 +404,9 @@ pub enum Out<'a> {
         props: Option<&'a MsgProps>,
         expiry_s: Option<u32>,
         sub_ids: &'a [usize],
+        /// v5 outbound topic alias (with an empty `topic` once the client
+        /// knows it).
+        alias: Option<u16>,
     },
     /// `reason` is the v5 reason code; 3.1.1 has none.
     PubAck {
@@ -651,14 +654,18 @@ pub fn write(buf: &mut BytesMut, version: Version, out: Out<'_>) -> Result<(), C
                     props,
                     expiry_s,
                     sub_ids,
+                    alias,
                 } => {
-                    let properties = if props.is_some() || expiry_s.is_some() || !sub_ids.is_empty()
+                    let properties = if props.is_some()
+                        || expiry_s.is_some()
+                        || !sub_ids.is_empty()
+                        || alias.is_some()
                     {
                         let p = props.cloned().unwrap_or_default();
                         Some(v5::PublishProperties {
                             payload_format_indicator: p.payload_format,
                             message_expiry_interval: expiry_s,
-                            topic_alias: None,
+                            topic_alias: alias,
                             response_topic: p.response_topic,
                             correlation_data: p.correlation_data,
                             user_properties: p.user_properties,
@@ -837,6 +844,7 @@ mod tests {
                     props: Some(&props),
                     expiry_s: Some(5),
                     sub_ids: &[1],
+                    alias: None,
                 },
                 Out::PubAck { pkid: 1, reason: 0 },
                 Out::PubAck {

@@ -81,6 +81,10 @@ struct Conn<S> {
     version: Version,
     max_out: Option<usize>,
     read_hint: usize,
+    /// Outbound topic aliases: at most the client's Topic Alias Maximum
+    /// (v5), assigned as topics are first sent on this connection.
+    alias_max: u16,
+    aliases: HashMap<Arc<str>, u16>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -187,6 +191,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         read_hint: MIN_READ,
         version: connect.version,
         max_out: connect.max_packet_size.map(|m| m as usize),
+        alias_max: if connect.version == Version::V5 {
+            connect.topic_alias_max
+        } else {
+            0
+        },
+        aliases: HashMap::new(),
     };
     let connected = m.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let outcome = session(
@@ -311,6 +321,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(conn, Refusal::ServerBusy, "max_connections");
         return None;
     }
+    // mqtt.max_keepalive: a v5 client uses the Server Keep Alive it is
+    // given [MQTT-3.2.2-21]; a 3.1.1 client cannot be told, so it is
+    // refused with "identifier rejected", as Mosquitto does.
+    let max_ka = broker.settings.max_keepalive;
+    let keep_alive = if max_ka > 0 && (c.keep_alive == 0 || c.keep_alive > max_ka) {
+        if c.version != Version::V5 {
+            tracing::info!(client = %c.client_id, keep_alive = c.keep_alive, max = max_ka, "MQTT 3.1.1 keep-alive over mqtt.max_keepalive refused");
+            refuse(conn, Refusal::ClientIdInvalid, "keep_alive");
+            return None;
+        }
+        max_ka
+    } else {
+        c.keep_alive
+    };
     let (identity, tenant) = match broker
         .authenticate(
             &c.client_id,
@@ -390,6 +414,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let mut props = ConnAckProps {
+        server_keep_alive: (c.version == Version::V5 && keep_alive != c.keep_alive)
+            .then_some(keep_alive),
         receive_max: Some(broker.settings.max_inflight),
         topic_alias_max: Some(broker.settings.topic_alias_max),
         max_packet_size: Some(broker.settings.max_packet_size as u32),
@@ -412,14 +438,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         write_send(conn, &broker, s);
     }
     let end = main_loop(
-        conn,
-        &broker,
-        &identity,
-        &tenant,
-        &h,
-        c.keep_alive,
-        &mut kicks,
-        shutdown,
+        conn, &broker, &identity, &tenant, &h, keep_alive, &mut kicks, shutdown,
     )
     .await;
     Some((identity, tenant, h, gen, end, c.will))
@@ -443,8 +462,21 @@ fn write_send<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, broker: &Br
                 .expires_at
                 .map(|e| ((e - now).max(0) / 1_000_000) as u32);
             let before = conn.out.len();
+            // A topic the client already knows goes as its alias alone; a
+            // new one gets the next free alias while there is one. Short
+            // topics are not worth an alias.
+            let (alias, known) = match conn.aliases.get(&out.msg.topic) {
+                Some(a) => (Some(*a), true),
+                None if out.msg.topic.len() > 2 && (conn.aliases.len() as u16) < conn.alias_max => {
+                    let a = conn.aliases.len() as u16 + 1;
+                    conn.aliases.insert(out.msg.topic.clone(), a);
+                    (Some(a), false)
+                }
+                None => (None, false),
+            };
             conn.write(Out::Publish {
-                topic: &out.msg.topic,
+                topic: if known { "" } else { &out.msg.topic },
+                alias,
                 payload: &out.msg.payload,
                 qos: out.qos,
                 retain: out.retain,
@@ -458,6 +490,10 @@ fn write_send<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, broker: &Br
             // Larger than the client accepts: drop it [MQTT-3.1.2-25].
             if conn.max_out.is_some_and(|mx| conn.out.len() - before > mx) {
                 conn.out.truncate(before);
+                // The client never saw this alias being set.
+                if alias.is_some() && !known {
+                    conn.aliases.remove(&out.msg.topic);
+                }
             }
         }
     }

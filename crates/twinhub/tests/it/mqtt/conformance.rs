@@ -641,3 +641,89 @@ async fn mqtt_2_3_1_1_subscribe_needs_a_non_zero_packet_id() {
     r.expect_closed().await;
     s.stop().await;
 }
+
+/// [MQTT-3.2.2-21]: with `mqtt.max_keepalive` set, a v5 client asking
+/// for more (or for none) is told the server's value in CONNACK and held
+/// to it; a 3.1.1 client cannot be told and is refused (0x02).
+#[tokio::test]
+async fn mqtt5_3_2_2_21_server_keep_alive_caps_the_clients() {
+    let s = TestServer::start_with(|c| c.mqtt.max_keepalive = 20).await;
+    // connect5 asks for 30 s.
+    let (_c, ack) = open5(s.mqtt(), "ka5", ADMIN, true, None).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    assert_eq!(ack.properties.unwrap().server_keep_alive, Some(20));
+    // Within the maximum: the client's own value stands, nothing is sent.
+    let mut r = Raw::open(s.mqtt(), true).await;
+    let mut p = connect5("ka5b", ADMIN, true, None);
+    if let v5::Packet::Connect(c, ..) = &mut p {
+        c.keep_alive = 10;
+    }
+    r.send5(p).await;
+    match r.recv5().await {
+        v5::Packet::ConnAck(a) => assert_eq!(a.properties.unwrap().server_keep_alive, None),
+        p => panic!("{p:?}"),
+    }
+    // 3.1.1 asking for 30 s: identifier rejected.
+    let (_c4, ack) = open4(s.mqtt(), "ka4", ADMIN, true).await;
+    assert_eq!(ack.code, C4::BadClientId);
+    s.stop().await;
+}
+
+/// [MQTT-3.3.2-…] Topic Alias: the server assigns outbound aliases up to
+/// the client's Topic Alias Maximum — the topic is sent once, then only
+/// its alias — and never to a client that allows none.
+#[tokio::test]
+async fn mqtt5_3_3_2_outbound_topic_aliases_up_to_the_clients_maximum() {
+    let s = TestServer::start().await;
+    let connect_with_aliases = |id: &str, max: Option<u16>| {
+        let mut p = connect5(id, ADMIN, true, None);
+        if let v5::Packet::Connect(c, ..) = &mut p {
+            c.properties.as_mut().unwrap().topic_alias_max = max;
+        }
+        p
+    };
+    let topic = "plants/osaka/line-1/reactor-7/temperature";
+    let mut subs = Vec::new();
+    for (id, max) in [("alias-yes", Some(4)), ("alias-no", None)] {
+        let mut r = Raw::open(s.mqtt(), true).await;
+        r.send5(connect_with_aliases(id, max)).await;
+        assert!(matches!(r.recv5().await, v5::Packet::ConnAck(_)));
+        r.send5(sub5(1, "plants/#", 0, |_| {}, None)).await;
+        assert!(matches!(r.recv5().await, v5::Packet::SubAck(_)));
+        subs.push(r);
+    }
+    let (mut p, _) = open5(s.mqtt(), "alias-pub", ADMIN, true, None).await;
+    for i in 0..3u8 {
+        p.send5(pub5(topic, 0, 0, &[i], None)).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        match subs[0].recv5().await {
+            v5::Packet::Publish(m) => seen.push((
+                String::from_utf8(m.topic.to_vec()).unwrap(),
+                m.properties.and_then(|p| p.topic_alias),
+                m.payload.to_vec(),
+            )),
+            p => panic!("{p:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (topic.to_string(), Some(1), vec![0]),
+            (String::new(), Some(1), vec![1]),
+            (String::new(), Some(1), vec![2]),
+        ]
+    );
+    for i in 0..3u8 {
+        match subs[1].recv5().await {
+            v5::Packet::Publish(m) => {
+                assert_eq!(m.topic, topic.as_bytes());
+                assert_eq!(m.properties.and_then(|p| p.topic_alias), None);
+                assert_eq!(m.payload.to_vec(), vec![i]);
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+    s.stop().await;
+}
