@@ -13,6 +13,7 @@ use twinhub_model::time::format_rfc3339;
 use utoipa::IntoParams;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// The chain: your tenant (default); system admins may read `system`
     /// or any tenant's.

@@ -327,6 +327,7 @@ pub async fn post_telemetry(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CommandQuery {
     /// How long to wait for the device's reply (default 10s, at most 5m).
     pub timeout: Option<String>,

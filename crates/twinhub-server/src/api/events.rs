@@ -18,6 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Comma-separated: telemetry, twin, relationship, alarm, device (default all).
     pub types: Option<String>,

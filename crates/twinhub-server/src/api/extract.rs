@@ -193,6 +193,7 @@ fn strip_position(msg: &str) -> String {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,

@@ -24,6 +24,7 @@ pub const MAX_QUERY_CHARS: usize = 8000;
 pub const MAX_MODEL_UPLOAD: usize = 16 << 20;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TenantParam {
     /// System admins: act in this tenant.
     pub tenant: Option<String>,
@@ -109,6 +110,7 @@ pub async fn upload_models(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ModelListQuery {
     /// Include each model's DTDL definition.
     #[serde(rename = "includeModelDefinition", default)]
@@ -351,6 +353,7 @@ pub async fn patch_twin(
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteTwinQuery {
     /// Keep the twin's telemetry history (deleted with the twin otherwise).
     #[serde(default)]
@@ -520,6 +523,7 @@ pub async fn delete_relationship(
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RelListQuery {
     /// Only relationships with this name.
     #[serde(rename = "relationshipName")]

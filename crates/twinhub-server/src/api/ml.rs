@@ -43,8 +43,22 @@ fn entry_view(e: &Entry) -> Value {
 /// Uploads a model version: multipart parts `model` (ONNX bytes) and
 /// `manifest` (JSON), or one `bundle` part. The first version of a name
 /// becomes active.
+/// The multipart form of a model upload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ModelUpload {
+    /// The ONNX model.
+    #[schema(value_type = Option<String>, format = Binary)]
+    model: Option<Vec<u8>>,
+    /// The manifest (JSON text: name, version, features, output, interval).
+    manifest: Option<String>,
+    /// Instead of both: a bundle made by `twinhub model package`.
+    #[schema(value_type = Option<String>, format = Binary)]
+    bundle: Option<Vec<u8>>,
+}
+
 #[utoipa::path(post, path = "/api/v1/ml/models", tag = "ml", params(Paging),
-    request_body(content_type = "multipart/form-data", description = "parts: model (ONNX), manifest (JSON); or bundle"),
+    request_body(content_type = "multipart/form-data", content = ModelUpload, description = "parts: model (ONNX), manifest (JSON); or bundle"),
     responses((status = 201, body = Value), (status = 400), (status = 409), (status = 413), (status = 422)))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -189,6 +203,7 @@ pub async fn info(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PredictQuery {
     /// Use this version instead of the routed one.
     pub version: Option<String>,

@@ -15,6 +15,7 @@ pub mod events;
 pub mod extract;
 pub mod graph;
 pub mod ml;
+mod openapi;
 pub mod ops;
 pub mod scope;
 pub mod secrets;
@@ -244,7 +245,9 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ml::put_binding, ml::list_bindings))
         .routes(routes!(ml::delete_binding))
         .split_for_parts();
-    let doc = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".into()));
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    openapi::complete(&mut doc);
+    let doc = Arc::new(doc.to_string());
     let limit = state
         .config
         .http

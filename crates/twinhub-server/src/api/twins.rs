@@ -19,12 +19,14 @@ use twinhub_model::{AggSet, Bucketer, Point, Quality};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TenantQuery {
     /// System admins: act in this tenant.
     pub tenant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Start (inclusive): RFC 3339 or epoch ms. Default: as far back as raw points are kept.
     pub from: Option<String>,
@@ -224,6 +226,7 @@ pub async fn get_history(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     pub from: Option<String>,
     pub to: Option<String>,

@@ -225,3 +225,60 @@ pub fn use_certs(c: &mut Config, dir: &std::path::Path) {
     c.tls.cert = Some(dir.join("server.pem"));
     c.tls.key = Some(dir.join("server-key.pem"));
 }
+
+/// A Python interpreter on which `check` (a Python statement) succeeds,
+/// installing `packages` from PyPI when it does not: the one named by
+/// `TWINHUB_TEST_PYTHON` (`.ci/run` prepares it), else `python3` if it
+/// already passes, else a virtual environment under the target directory,
+/// made the first time (a venv works where PEP 668 forbids a system-wide
+/// `pip install`). One install at a time: tests run in parallel.
+pub async fn python_with(check: &str, packages: &[&str]) -> String {
+    static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let passes = |python: String| {
+        let check = check.to_string();
+        async move {
+            tokio::process::Command::new(&python)
+                .args(["-c", &check])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success())
+        }
+    };
+    let _one = INSTALL.lock().await;
+    let python = match std::env::var("TWINHUB_TEST_PYTHON") {
+        Ok(p) => p,
+        Err(_) if passes("python3".into()).await => return "python3".into(),
+        Err(_) => {
+            let venv = concat!(env!("CARGO_TARGET_TMPDIR"), "/pyenv");
+            let python = format!("{venv}/bin/python");
+            if !std::path::Path::new(&python).exists() {
+                let st = tokio::process::Command::new("python3")
+                    .args(["-m", "venv", venv])
+                    .status()
+                    .await
+                    .expect("python3 is installed");
+                assert!(st.success(), "python3 -m venv {venv}");
+            }
+            python
+        }
+    };
+    if !passes(python.clone()).await {
+        let st = tokio::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("{python}: {e}"));
+        assert!(st.success(), "pip install {packages:?} into {python}");
+        assert!(passes(python.clone()).await, "{python}: {check}");
+    }
+    python
+}

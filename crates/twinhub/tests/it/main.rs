@@ -18,6 +18,7 @@ mod history;
 mod ingest;
 pub mod ml;
 mod mqtt;
+mod openapi;
 mod ops;
 pub mod process;
 mod quotas;

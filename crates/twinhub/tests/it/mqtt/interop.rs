@@ -243,68 +243,6 @@ async fn mosquitto_sub_hash_works_anonymously_and_shows_no_device_topics() {
     s.stop().await;
 }
 
-/// A Python interpreter with Eclipse Paho 2.x (the test uses its
-/// `CallbackAPIVersion`; Debian's packaged 1.x must not do): the one named
-/// by `TWINHUB_TEST_PYTHON`, else `python3` if its paho is 2.x, else a
-/// virtual environment under the target directory with paho-mqtt 2.x from
-/// PyPI, made the first time (a venv works where PEP 668 forbids a plain
-/// `pip install`, and needs no pip on the system).
-async fn paho_python() -> String {
-    let has_paho2 = |python: String| async move {
-        tokio::process::Command::new(&python)
-            .args([
-                "-c",
-                "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    };
-    if let Ok(p) = std::env::var("TWINHUB_TEST_PYTHON") {
-        assert!(
-            has_paho2(p.clone()).await,
-            "TWINHUB_TEST_PYTHON={p} has no paho-mqtt 2.x"
-        );
-        return p;
-    }
-    if has_paho2("python3".into()).await {
-        return "python3".into();
-    }
-    let venv = concat!(env!("CARGO_TARGET_TMPDIR"), "/pyenv");
-    let python = format!("{venv}/bin/python");
-    if !has_paho2(python.clone()).await {
-        let run = |args: Vec<String>| async move {
-            let st = tokio::process::Command::new(&args[0])
-                .args(&args[1..])
-                .status()
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-            assert!(st.success(), "{args:?} failed");
-        };
-        run(vec![
-            "python3".into(),
-            "-m".into(),
-            "venv".into(),
-            venv.into(),
-        ])
-        .await;
-        run(vec![
-            python.clone(),
-            "-m".into(),
-            "pip".into(),
-            "install".into(),
-            "--quiet".into(),
-            "--disable-pip-version-check".into(),
-            "paho-mqtt>=2,<3".into(),
-        ])
-        .await;
-        assert!(has_paho2(python.clone()).await, "paho-mqtt 2.x in {venv}");
-    }
-    python
-}
-
 /// A device written with Eclipse Paho (Python), both protocol versions,
 /// over TCP and over WebSocket (`/mqtt` on the HTTP port): telemetry
 /// reaches the twin and a command round-trips.
@@ -313,7 +251,11 @@ async fn paho_python_devices_work_unchanged() {
     let s = TestServer::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
     let http_port = s.base.rsplit(':').next().unwrap().to_string();
-    let python = paho_python().await;
+    let python = python_with(
+        "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
+        &["paho-mqtt>=2,<3"],
+    )
+    .await;
     for (version, transport) in [("4", "tcp"), ("5", "tcp"), ("4", "ws"), ("5", "ws")] {
         let id = format!("paho{version}{transport}");
         let key = s.device(&id).await;
