@@ -14,7 +14,10 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantBody {
+    /// 1–128 letters, digits and - _ . : (not starting with '.').
+    #[schema(pattern = r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
     pub id: String,
+    #[schema(min_length = 1)]
     pub name: String,
 }
 
@@ -73,7 +76,11 @@ pub async fn list_tenants(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// 1–128 letters, digits and - _ . : (not starting with '.').
+    #[schema(pattern = r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
     pub username: String,
+    /// At least 10 characters, not all of one kind.
+    #[schema(min_length = 10)]
     pub password: String,
     /// Defaults to the caller's tenant; only a system admin may name another.
     pub tenant: Option<String>,
@@ -311,6 +318,7 @@ pub async fn delete_user(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Roles the key acts with…
     #[serde(default)]
@@ -500,6 +508,8 @@ pub async fn revoke_apikey(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleBody {
+    /// 1–128 letters, digits and - _ . : ; not a built-in role's name.
+    #[schema(pattern = r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
     pub name: String,
     /// Permission names, e.g. ["twins:read", "alarms:ack"].
     pub permissions: Vec<String>,

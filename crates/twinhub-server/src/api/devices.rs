@@ -19,11 +19,15 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct CreateDevice {
     /// Unique across the system: it is the MQTT client id and user name.
+    /// 1–128 letters, digits and - _ . : (not starting with '.').
+    #[schema(pattern = r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
     pub id: String,
     /// The twin this device's telemetry updates; its own id when absent.
+    #[schema(pattern = r"^[A-Za-z0-9_:-][A-Za-z0-9._:-]{0,127}$")]
     pub twin_id: Option<String>,
     /// For a modelled twin: `reject` (default) telemetry names its model
     /// lacks, or `record` them without validation.
+    #[schema(pattern = r"^(reject|record)$")]
     pub unknown_telemetry: Option<String>,
 }
 
@@ -63,6 +67,7 @@ pub struct PatchDevice {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub twin_id: Option<Option<String>>,
+    #[schema(pattern = r"^(reject|record)$")]
     pub unknown_telemetry: Option<String>,
 }
 

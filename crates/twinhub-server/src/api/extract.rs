@@ -196,6 +196,7 @@ fn strip_position(msg: &str) -> String {
 #[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Page size (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next` token of the previous page.
     pub next: Option<String>,

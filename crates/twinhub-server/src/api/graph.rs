@@ -604,6 +604,7 @@ pub struct QueryRequest {
     pub continuation_token: Option<String>,
     /// Items per page (default 100, at most 1000).
     #[serde(rename = "pageSize")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub page_size: Option<usize>,
 }
 

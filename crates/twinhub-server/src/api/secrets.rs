@@ -14,6 +14,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretValue {
+    /// 1 byte to 64 KiB.
+    #[schema(min_length = 1, max_length = 65536)]
     pub value: String,
 }
 
