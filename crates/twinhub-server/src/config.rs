@@ -2,6 +2,9 @@
 //! `TWINHUB_*` environment variables, then command-line flags. Unknown
 //! keys are errors that name the key, so a typo never silently falls back
 //! to a default.
+//!
+//! May call: `store`, `registry`, `auth`, `ml` (to build their settings;
+//! to be turned round so each module owns its settings type).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;

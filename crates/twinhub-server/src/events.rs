@@ -3,7 +3,11 @@
 //! client resume a stream with `Last-Event-ID`. Slow subscribers lag and
 //! are told so; they never slow publishers.
 //!
-//! May call: nothing but `clock` (it is a leaf the pipeline and API use).
+//! Every consumer of committed changes attaches here (the SSE stream, ML
+//! bindings, MQTT delivery of telemetry from other protocols); what each
+//! one missed by lagging is counted per subscriber in `dropped`.
+//!
+//! May call: `metrics` (a leaf the pipeline and API use).
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -25,6 +29,8 @@ pub struct Event {
 }
 
 pub struct EventBus {
+    /// Events a subscriber missed because it fell behind, by subscriber.
+    pub dropped: crate::metrics::CounterVec,
     tx: broadcast::Sender<Arc<Event>>,
     state: Mutex<(u64, VecDeque<Arc<Event>>)>,
     ring: usize,
@@ -36,6 +42,7 @@ impl EventBus {
     pub fn new(start_id: u64, ring: usize) -> EventBus {
         let (tx, _) = broadcast::channel(4096);
         EventBus {
+            dropped: Default::default(),
             tx,
             state: Mutex::new((start_id, VecDeque::with_capacity(ring.min(1 << 16)))),
             ring,

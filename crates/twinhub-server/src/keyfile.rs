@@ -2,7 +2,7 @@
 //! configuration when given, else from a 0600 file beside (never inside)
 //! the database, created on first use.
 //!
-//! May call: auth (random secrets).
+//! May call: `auth` (random key material).
 
 use std::path::Path;
 

@@ -3,7 +3,8 @@
 //! device and its decoded messages; the call returns once the points are
 //! durable, so the adapter may acknowledge.
 //!
-//! May call: `store`, `registry`, `events`, `metrics`, `clock`.
+//! May call: `store`, `registry`, `events`, `metrics`, `clock`, `quotas`
+//! (points per day), `twins` (validation against the model, live values).
 
 use crate::clock::SharedClock;
 use crate::events::EventBus;

@@ -3,7 +3,7 @@
 //! from the `tenants.quotas` column) and the usage counters; callers ask
 //! before they accept work, so nothing already acknowledged is ever lost.
 //!
-//! May call: store (rows, sizes), clock.
+//! May call: `store` (rows, sizes), `clock`.
 
 use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};

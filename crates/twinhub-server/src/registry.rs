@@ -3,7 +3,8 @@
 //! written through the store's group commit. Cache updates run as
 //! after-commit hooks, in commit order.
 //!
-//! May call: `store`, `auth`, `clock`.
+//! May call: `store`, `auth`, `clock`, `roles` (custom roles), `audit`
+//! (the system chain's name).
 
 use crate::auth::{self, jwt, password, Principal, PrincipalKind};
 use crate::clock::SharedClock;

@@ -2,7 +2,7 @@
 //! subtree (a user may operate Plant 2 only). Owns the `roles` table's
 //! cache and turns a principal's role names into permissions.
 //!
-//! May call: store (rows), auth (permission types).
+//! May call: `store` (rows), `auth` (permission types).
 
 use crate::auth::{self, Perm, PermSet, Principal, ScopedGrant};
 use crate::store::registry::{self as rows, RoleRow};

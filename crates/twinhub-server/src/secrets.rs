@@ -7,7 +7,7 @@
 //! only ever shows a masked preview; plaintext goes to in-process users
 //! (sinks) through `reveal`.
 //!
-//! May call: store (rows), keyfile, clock.
+//! May call: `store` (rows), `keyfile`, `clock`.
 
 use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};

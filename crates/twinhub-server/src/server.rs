@@ -183,7 +183,7 @@ pub async fn run(
         queue_wait: Config::duration(&config.ingest.queue_wait),
         config,
         store: store.clone(),
-        registry,
+        registry: Arc::new(registry),
         pipeline: Arc::new(pipeline),
         events,
         metrics,
@@ -227,8 +227,28 @@ pub async fn run(
         state.shutdown.clone(),
     )));
     if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
-        let broker = crate::mqtt::Broker::open(state.clone()).await?;
+        let broker = crate::mqtt::Broker::open(
+            crate::mqtt::BrokerDeps {
+                registry: state.registry.clone(),
+                pipeline: state.pipeline.clone(),
+                quotas: state.quotas.clone(),
+                events: state.events.clone(),
+                metrics: state.metrics.clone(),
+                store: state.store.clone(),
+                clock: state.clock.clone(),
+                decode_limits: state.decode_limits.clone(),
+                shutdown: state.shutdown.clone(),
+            },
+            crate::mqtt::broker::Settings::from_config(&state.config.mqtt),
+            state.config.auth_settings().cost,
+        )
+        .await?;
         *state.mqtt.write().expect("mqtt") = Some(broker.clone());
+        jobs.push(tokio::spawn(crate::mqtt::fanout::deliver_telemetry(
+            broker.clone(),
+            state.events.clone(),
+            state.shutdown.clone(),
+        )));
         if let Some(l) = listeners.mqtt {
             jobs.push(tokio::spawn(crate::mqtt::serve(
                 broker.clone(),
@@ -304,7 +324,7 @@ pub async fn run(
         j.abort();
     }
     // Connections see the shutdown signal and close; give them a moment to
-    // acknowledge what became durable, then break the state ↔ broker cycle.
+    // acknowledge what became durable.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while state.mqtt_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

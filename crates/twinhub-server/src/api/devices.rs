@@ -385,16 +385,12 @@ pub async fn send_command(
     if !broker.device_session(&id).is_some_and(|s| s.connected()) {
         return Err(ApiError::conflict(format!("device {id} is not connected")));
     }
-    let request_id = crate::auth::random_secret(9);
-    let reply = broker.expect_reply(&request_id);
-    let msg = crate::mqtt::connection::command_message(
-        format!("devices/{id}/commands/{name}/{request_id}"),
+    let (request_id, reply) = broker.send_command(
+        &dev.row.tenant,
+        &id,
+        &name,
         Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
-        format!("devices/{id}/replies/{request_id}"),
-        Bytes::from(request_id.clone()),
     );
-    let ops = broker.route(&dev.row.tenant, std::sync::Arc::new(msg));
-    broker.persist.send(ops);
     tracing::info!(device = %id, command = %name, by = %p.name(), "command sent");
     state
         .audit(

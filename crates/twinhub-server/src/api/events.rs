@@ -129,34 +129,39 @@ pub async fn events(
     let (backlog, rx) = state.events.subscribe(last_id);
     let shutdown = state.shutdown.clone();
     let last_sent = last_id.unwrap_or(0);
+    let bus = state.events.clone();
     let stream = futures_util::stream::unfold(
         (backlog.into_iter(), rx, shutdown, last_sent, filter),
-        |(mut backlog, mut rx, mut shutdown, mut last, filter)| async move {
-            loop {
-                if let Some(e) = backlog.next() {
-                    if filter.matches(&e) {
-                        last = e.id;
-                        return Some((Ok(sse(&e)), (backlog, rx, shutdown, last, filter)));
+        move |(mut backlog, mut rx, mut shutdown, mut last, filter)| {
+            let bus = bus.clone();
+            async move {
+                loop {
+                    if let Some(e) = backlog.next() {
+                        if filter.matches(&e) {
+                            last = e.id;
+                            return Some((Ok(sse(&e)), (backlog, rx, shutdown, last, filter)));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let e = tokio::select! {
-                    r = rx.recv() => r,
-                    _ = shutdown.changed() => return None,
-                };
-                match e {
-                    Ok(e) if e.id > last && filter.matches(&e) => {
-                        last = e.id;
-                        return Some((Ok(sse(&e)), (backlog, rx, shutdown, last, filter)));
+                    let e = tokio::select! {
+                        r = rx.recv() => r,
+                        _ = shutdown.changed() => return None,
+                    };
+                    match e {
+                        Ok(e) if e.id > last && filter.matches(&e) => {
+                            last = e.id;
+                            return Some((Ok(sse(&e)), (backlog, rx, shutdown, last, filter)));
+                        }
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(n)) => {
+                            bus.dropped.add("sse", n);
+                            let ev = SseEvent::default()
+                                .event("lagged")
+                                .data(format!("{{\"missed\":{n}}}"));
+                            return Some((Ok(ev), (backlog, rx, shutdown, last, filter)));
+                        }
+                        Err(RecvError::Closed) => return None,
                     }
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        let ev = SseEvent::default()
-                            .event("lagged")
-                            .data(format!("{{\"missed\":{n}}}"));
-                        return Some((Ok(ev), (backlog, rx, shutdown, last, filter)));
-                    }
-                    Err(RecvError::Closed) => return None,
                 }
             }
         },

@@ -4,7 +4,10 @@
 //! generated from the handlers' annotations.
 //!
 //! May call: `registry`, `pipeline`, `store` (reads and deletions),
-//! `events`, `auth`.
+//! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
+//! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
+//! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
+//! API calls it.
 
 pub mod access;
 pub mod audit;
@@ -49,7 +52,7 @@ use utoipa_axum::routes;
 pub struct AppInner {
     pub config: Config,
     pub store: Store,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub pipeline: Arc<Pipeline>,
     pub events: Arc<EventBus>,
     pub metrics: Arc<ServerMetrics>,

@@ -197,6 +197,12 @@ pub async fn metrics(
             .filter(|d| d.active.load(Ordering::Relaxed))
             .count() as f64,
     );
+    x.counter_vec(
+        "twinhub_fanout_dropped_total",
+        "Committed events a subscriber of the fan-out missed because it fell behind (sse, ml, mqtt).",
+        "subscriber",
+        &state.events.dropped,
+    );
     x.gauge(
         "twinhub_event_subscribers",
         "Open event streams.",

@@ -5,7 +5,9 @@
 //! A model entry is immutable and swapped whole (copy on write), so an
 //! upload or an activation never blocks predictions in flight.
 //!
-//! May call: store (ml rows), twinhub-ml (inference), clock.
+//! May call: `store` (ml rows), twinhub-ml (inference), `clock`; soft
+//! sensors also `pipeline` (derived values), `events` (their input) and
+//! `twins` (query bindings).
 
 pub mod bindings;
 pub mod bundle;

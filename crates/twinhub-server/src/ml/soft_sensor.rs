@@ -92,6 +92,7 @@ pub async fn run(
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "soft sensors fell behind the event stream");
+                events.dropped.add("ml", n);
                 continue;
             }
             Err(_) => return,

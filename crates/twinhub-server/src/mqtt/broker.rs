@@ -9,7 +9,6 @@ use super::persist::{self, Op, Persister};
 use super::router::{Router, Sub};
 use super::session::{Message, Outgoing, SessionState};
 use super::topic;
-use crate::api::AppState;
 use crate::auth::password;
 use crate::config::{Config, MqttConfig};
 use crate::metrics::{Counter, CounterVec};
@@ -141,8 +140,24 @@ impl MqttMetrics {
     }
 }
 
+/// What the broker uses of the rest of twinhub: handles to the
+/// subsystems it calls, never the application state (the API holds the
+/// broker, not the other way round).
+#[derive(Clone)]
+pub struct BrokerDeps {
+    pub registry: Arc<crate::registry::Registry>,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    pub quotas: Arc<crate::quotas::Quotas>,
+    pub events: Arc<crate::events::EventBus>,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
+    pub store: crate::store::Store,
+    pub clock: crate::clock::SharedClock,
+    pub decode_limits: twinhub_codec::Limits,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
 pub struct Broker {
-    pub app: AppState,
+    pub deps: BrokerDeps,
     pub settings: Settings,
     sessions: RwLock<HashMap<Arc<str>, Arc<SessionHandle>>>,
     router: RwLock<Router>,
@@ -158,14 +173,12 @@ pub struct Broker {
 impl Broker {
     /// Starts the broker with the state the store kept: retained messages,
     /// persistent sessions with their subscriptions and queued messages.
-    pub async fn open(app: AppState) -> Result<Arc<Broker>, crate::store::StoreError> {
-        let settings = Settings::from_config(&app.config.mqtt);
-        let cost = password::Cost {
-            memory_kib: app.config.auth.argon2_memory_kib,
-            iterations: app.config.auth.argon2_iterations,
-            lanes: app.config.auth.argon2_lanes,
-        };
-        let (retained, sessions, queue, qos2_in) = app.store.read(|c| {
+    pub async fn open(
+        deps: BrokerDeps,
+        settings: Settings,
+        cost: password::Cost,
+    ) -> Result<Arc<Broker>, crate::store::StoreError> {
+        let (retained, sessions, queue, qos2_in) = deps.store.read(|c| {
             Ok((
                 rows_t::load_retained(c)?,
                 rows_t::load_sessions(c)?,
@@ -175,7 +188,7 @@ impl Broker {
         })?;
         let next_id = queue.iter().map(|q| q.id).max().unwrap_or(0) + 1;
         let broker = Arc::new(Broker {
-            persist: Persister::start(app.store.clone(), next_id),
+            persist: Persister::start(deps.store.clone(), next_id),
             settings,
             sessions: RwLock::new(HashMap::new()),
             router: RwLock::new(Router::default()),
@@ -185,7 +198,7 @@ impl Broker {
             next_gen: AtomicU64::new(1),
             share_rr: AtomicUsize::new(0),
             dummy_hash: password::dummy_hash(cost),
-            app,
+            deps,
         });
         broker.restore(retained, sessions, queue, qos2_in);
         Ok(broker)
@@ -326,7 +339,7 @@ impl Broker {
     }
 
     pub fn now_us(&self) -> i64 {
-        self.app.clock.now_us()
+        self.deps.clock.now_us()
     }
 
     /// Checks CONNECT credentials. Every failure costs the same (one argon2
@@ -342,7 +355,7 @@ impl Broker {
         // A client certificate from the configured CA names the device
         // (CN = device id); it replaces the password.
         if let Some(cn) = cert_device {
-            if let Some(d) = self.app.registry.device(cn) {
+            if let Some(d) = self.deps.registry.device(cn) {
                 if cn != client_id || username.is_some_and(|u| u != cn) {
                     return Err(Refusal::ClientIdInvalid);
                 }
@@ -366,7 +379,7 @@ impl Broker {
         let pw = password.unwrap_or("");
         if username == "apikey" {
             let Some(p) = self
-                .app
+                .deps
                 .registry
                 .principal_for_token(pw)
                 .filter(|p| matches!(p.kind, crate::auth::PrincipalKind::ApiKey(_)))
@@ -387,8 +400,8 @@ impl Broker {
                 p.tenant.as_str().into(),
             ));
         }
-        if self.app.registry.device(username).is_some() {
-            return match self.app.registry.authenticate_device(username, pw) {
+        if self.deps.registry.device(username).is_some() {
+            return match self.deps.registry.authenticate_device(username, pw) {
                 Ok(d) if d.row.id != client_id => Err(Refusal::ClientIdInvalid),
                 Ok(d) => Ok((
                     Identity::Device {
@@ -403,9 +416,9 @@ impl Broker {
                 }
             };
         }
-        match self.app.registry.check_password(username, pw).await {
+        match self.deps.registry.check_password(username, pw).await {
             Some(user) => {
-                let p = self.app.registry.principal(
+                let p = self.deps.registry.principal(
                     crate::auth::PrincipalKind::User(user.username.clone()),
                     &user.tenant,
                     user.roles.clone(),
@@ -714,7 +727,40 @@ impl Broker {
     }
 
     /// Registers a pending command; the device's reply completes it.
-    pub fn expect_reply(&self, request_id: &str) -> oneshot::Receiver<Bytes> {
+    /// Publishes a command to a device on
+    /// `devices/{id}/commands/{name}/{requestId}` (QoS 1, with the v5
+    /// response topic and correlation data) and returns the request id and
+    /// where its reply arrives.
+    pub fn send_command(
+        &self,
+        tenant: &str,
+        device: &str,
+        name: &str,
+        body: Bytes,
+    ) -> (String, oneshot::Receiver<Bytes>) {
+        let request_id = crate::auth::random_secret(9);
+        let reply = self.expect_reply(&request_id);
+        let msg = Message {
+            topic: format!("devices/{device}/commands/{name}/{request_id}").into(),
+            payload: body,
+            qos: 1,
+            retain: false,
+            props: Some(Arc::new(super::session::MsgProps {
+                payload_format: Some(1),
+                content_type: Some("application/json".into()),
+                response_topic: Some(format!("devices/{device}/replies/{request_id}")),
+                correlation_data: Some(Bytes::from(request_id.clone())),
+                user_properties: vec![],
+            })),
+            expires_at: None,
+            from: None,
+        };
+        let ops = self.route(tenant, Arc::new(msg));
+        self.persist.send(ops);
+        (request_id, reply)
+    }
+
+    fn expect_reply(&self, request_id: &str) -> oneshot::Receiver<Bytes> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .lock()

@@ -11,9 +11,9 @@ use super::codec::{
 };
 use super::persist::Op;
 use super::router::Sub;
-use super::session::{Message, MsgProps, Outgoing, PubRec, Send as Next};
+use super::session::{Message, Outgoing, PubRec, Send as Next};
 use super::topic;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::HashMap;
@@ -237,9 +237,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 fn presence(broker: &Broker, device: &str, connected: bool) {
-    if let Some(d) = broker.app.registry.device(device) {
+    if let Some(d) = broker.deps.registry.device(device) {
         d.connected.store(connected, Ordering::Relaxed);
-        broker.app.events.publish(
+        broker.deps.events.publish(
             &d.row.tenant,
             "device",
             Some(d.twin()),
@@ -358,7 +358,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     // Held until the connection ends.
-    let _slot = match broker.app.quotas.connect(&tenant) {
+    let _slot = match broker.deps.quotas.connect(&tenant) {
         Ok(slot) => slot,
         Err(e) => {
             tracing::info!(client = %c.client_id, %peer, tenant = %e.tenant, "MQTT connection over the tenant's quota");
@@ -383,7 +383,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         c.client_id.clone()
     };
     if !matches!(identity, Identity::Device { .. })
-        && broker.app.registry.device(&client_id).is_some()
+        && broker.deps.registry.device(&client_id).is_some()
     {
         refuse(conn, Refusal::ClientIdInvalid, "client_id");
         return None;
@@ -787,7 +787,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     let keep = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
     let mut deadline = keep.map(|k| tokio::time::Instant::now() + k);
     let device = match identity {
-        Identity::Device { id } => broker.app.registry.device(id),
+        Identity::Device { id } => broker.deps.registry.device(id),
         _ => None,
     };
     let mut rd = Reader {
@@ -969,7 +969,7 @@ fn on_publish(
         from: Some(h.client_id.clone()),
     });
     if telemetry_topic == Some(&*msg.topic) {
-        match twinhub_codec::decode_telemetry(&msg.payload, &broker.app.decode_limits) {
+        match twinhub_codec::decode_telemetry(&msg.payload, &broker.deps.decode_limits) {
             Ok(msgs) => {
                 let slot = pass.acks.len();
                 pass.acks.push(ack(0));
@@ -978,7 +978,7 @@ fn on_publish(
             }
             Err(e) => {
                 broker.metrics.telemetry_rejected.inc();
-                broker.app.metrics.ingest_rejected.add("invalid", 1);
+                broker.deps.metrics.ingest_rejected.add("invalid", 1);
                 tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
                 // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
                 pass.acks.push(ack(0x99));
@@ -1037,7 +1037,7 @@ fn finish_pass(
             let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
                 telemetry.into_iter().unzip();
             let outcomes = broker
-                .app
+                .deps
                 .pipeline
                 .ingest_each(&device, "mqtt", groups, None)
                 .await;
@@ -1144,29 +1144,5 @@ fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
         }
         drop(st);
         h.notify.notify_one();
-    }
-}
-
-/// A sender's view of a message body: used by the command API.
-pub fn command_message(
-    topic: String,
-    payload: Bytes,
-    response_topic: String,
-    correlation: Bytes,
-) -> Message {
-    Message {
-        topic: topic.into(),
-        payload,
-        qos: 1,
-        retain: false,
-        props: Some(Arc::new(MsgProps {
-            payload_format: Some(1),
-            content_type: Some("application/json".into()),
-            response_topic: Some(response_topic),
-            correlation_data: Some(correlation),
-            user_properties: vec![],
-        })),
-        expires_at: None,
-        from: None,
     }
 }

@@ -3,19 +3,24 @@
 //! Layers: `codec` (wire ↔ version-neutral packets) → `connection` (one
 //! task per client: read, ACL, hand-off, write) → `session` (pure delivery
 //! state) and `router` (pure subscription trie) → the ingest `pipeline` for
-//! device telemetry. May call: `pipeline`, `registry`, `events`, `store`
-//! (persistence of retained messages and sessions), `metrics`.
+//! device telemetry. The broker gets handles (`BrokerDeps`), never the
+//! application state.
+//!
+//! May call: `pipeline`, `registry`, `events`, `store` (persistence of
+//! retained messages and sessions), `metrics`, `quotas` (connections),
+//! `auth` (principals), `clock`, `config` (its settings), `tls` (MQTTS).
 
 pub mod acl;
 pub mod broker;
 pub mod codec;
 pub mod connection;
+pub mod fanout;
 pub mod persist;
 pub mod router;
 pub mod session;
 pub mod topic;
 
-pub use broker::Broker;
+pub use broker::{Broker, BrokerDeps};
 
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -102,7 +107,7 @@ pub async fn serve_websocket(
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let shutdown = broker.app.shutdown.clone();
+    let shutdown = broker.deps.shutdown.clone();
     let conn = tokio::spawn(connection::run(broker, theirs, peer, None, shutdown));
     let (mut rd, mut wr) = tokio::io::split(ours);
     let (mut sink, mut stream) = ws.split();

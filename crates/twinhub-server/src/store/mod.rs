@@ -7,7 +7,7 @@
 //! batch log with group commit → in-memory head → compacted chunks with
 //! statistics → rollups, with retention.
 //!
-//! May call: `twinhub-model` types and the clock; nothing above it.
+//! May call: `twinhub-model` types and the `clock`; nothing above it.
 
 pub mod audit;
 pub mod batch;

@@ -4,8 +4,8 @@
 //! such as `If-Match` and multiplicity are atomic with the write), are
 //! undone if the commit fails, and publish change events once committed.
 //!
-//! May call: `store`, `events`, `clock`, `twinhub-model` (DTDL, JSON
-//! Patch, query).
+//! May call: `store`, `events`, `clock`, `auth` (scopes), `twinhub-model`
+//! (DTDL, JSON Patch, query).
 
 mod graph;
 pub mod ops;

@@ -13,6 +13,7 @@ mod crash_loop;
 mod demo;
 mod devices;
 mod events;
+mod fanout;
 mod graph;
 mod history;
 mod ingest;
