@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Paging};
 use super::AppState;
+use crate::api::error::Code;
 use crate::auth::{Perm, Principal};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -120,7 +121,7 @@ pub async fn create_user(
     if req.roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "only a system admin may grant system_admin",
         ));
     }
@@ -220,14 +221,14 @@ pub async fn update_user(
         if roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                Code::Forbidden,
                 "only a system admin may grant system_admin",
             ));
         }
         if user.roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                Code::Forbidden,
                 "only a system admin may change a system admin",
             ));
         }
@@ -290,14 +291,14 @@ pub async fn delete_user(
     if user.roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "only a system admin may delete a system admin",
         ));
     }
     if matches!(&p.kind, crate::auth::PrincipalKind::User(n) if *n == username) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "conflict",
+            Code::Conflict,
             "you cannot delete yourself",
         ));
     }
@@ -386,7 +387,7 @@ pub async fn create_apikey(
     if req.roles.iter().any(|r| r == "system_admin") && !p.is_system_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "only a system admin may grant system_admin",
         ));
     }
@@ -426,7 +427,7 @@ pub async fn create_apikey(
         if over {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                Code::Forbidden,
                 format!("a key cannot hold {}, which you lack", perm.as_str()),
             ));
         }
@@ -567,7 +568,7 @@ pub async fn put_role(
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             format!("a role cannot hold {}, which you lack", missing.as_str()),
         ));
     }

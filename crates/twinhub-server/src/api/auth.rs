@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::extract::ApiJson;
 use super::AppState;
+use crate::api::error::Code;
 use crate::auth::Principal;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -74,7 +75,7 @@ pub async fn login(
                         retry_after: Some(secs),
                         ..ApiError::new(
                             StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
+                            Code::RateLimited,
                             format!("too many failed logins for this user name; retry in {secs} s"),
                         )
                     }

@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::extract::{body_error, ApiJson, ApiQuery, DeviceCreds, Paging};
 use super::{rfc3339_opt, AppState};
+use crate::api::error::Code;
 use crate::auth::{Perm, Principal};
 use crate::registry::Device;
 use axum::body::Bytes;
@@ -311,7 +312,7 @@ pub async fn post_telemetry(
     if dev.row.id != id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            Code::Forbidden,
             "a device may post only its own telemetry",
         ));
     }
@@ -378,7 +379,7 @@ pub async fn send_command(
     let broker = state.broker().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
+            Code::ServiceUnavailable,
             "MQTT is disabled on this server",
         )
     })?;
@@ -405,7 +406,7 @@ pub async fn send_command(
         Ok(Ok(payload)) => serde_json::from_slice(&payload).map(Json).map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                "bad_gateway",
+                Code::BadGateway,
                 "the device replied with something other than JSON",
             )
         }),
@@ -413,7 +414,7 @@ pub async fn send_command(
             broker.forget_reply(&request_id);
             Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
+                Code::GatewayTimeout,
                 format!("device {id} did not reply within the timeout"),
             ))
         }

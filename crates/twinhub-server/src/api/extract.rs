@@ -4,6 +4,7 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::api::error::Code;
 use crate::auth::Principal;
 use crate::registry::{Device, DeviceAuthError};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -20,7 +21,7 @@ fn too_many(wait: std::time::Duration) -> ApiError {
         retry_after: Some(secs),
         ..ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            Code::RateLimited,
             format!("too many requests; retry in {secs} s"),
         )
     }
@@ -135,7 +136,7 @@ impl FromRequestParts<AppState> for DeviceCreds {
                 state.metrics.auth_failures.add("device_disabled", 1);
                 Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "forbidden",
+                    Code::Forbidden,
                     "this device is disabled",
                 ))
             }

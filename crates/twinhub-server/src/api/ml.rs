@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Paging};
 use super::AppState;
+use crate::api::error::Code;
 use crate::auth::{Perm, Principal};
 use crate::ml::{Entry, MlError, Version};
 use axum::extract::{Multipart, Path, State};
@@ -19,7 +20,7 @@ impl From<MlError> for ApiError {
             MlError::NotFound(m) => ApiError::not_found(m),
             MlError::Conflict(m) => ApiError::conflict(m),
             MlError::TooLarge(m) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m)
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Code::PayloadTooLarge, m)
             }
             MlError::Field(f) if f.status == 422 => ApiError::invalid(&f.field, &f.rule),
             MlError::Field(f) => ApiError::field(&f.field, &f.rule),
@@ -268,7 +269,7 @@ pub async fn predict_batch(
     if body.rows.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!(
                 "rows: {} rows; a batch holds at most {max} (ml.max_batch)",
                 body.rows.len()
@@ -384,7 +385,7 @@ pub async fn scenarios(
         if total.saturating_add(scen.len()) > max {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                Code::PayloadTooLarge,
                 format!("grid: {total} scenarios; at most {max} (ml.max_scenarios)"),
             ));
         }
@@ -404,7 +405,7 @@ pub async fn scenarios(
     if scen.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("rows: at most {max} scenarios"),
         ));
     }

@@ -24,6 +24,7 @@ pub mod scope;
 pub mod secrets;
 pub mod twins;
 
+use crate::api::error::Code;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::events::EventBus;
@@ -292,7 +293,7 @@ async fn mqtt_websocket(
     let broker = state.broker().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
+            Code::ServiceUnavailable,
             "MQTT is disabled on this server",
         )
     })?;
@@ -309,7 +310,7 @@ async fn not_found(method: Method, uri: Uri) -> ApiError {
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        Code::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

@@ -34,6 +34,7 @@ fn error_response(code: &str) -> Value {
 }
 
 fn error_schema() -> Value {
+    let codes: Vec<&str> = super::error::Code::ALL.iter().map(|c| c.as_str()).collect();
     json!({
         "type": "object",
         "required": ["error"],
@@ -42,7 +43,7 @@ fn error_schema() -> Value {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "pattern": "^[a-z][a-z_]*$", "description": "A stable snake_case code."},
+                    "code": {"type": "string", "enum": codes, "description": "A stable snake_case code."},
                     "message": {"type": "string"},
                     "details": {"description": "Per-element details where there are several (DTDL errors)."}
                 }

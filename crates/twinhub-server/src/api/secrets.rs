@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Paging};
 use super::AppState;
+use crate::api::error::Code;
 use crate::auth::{Perm, Principal};
 use crate::secrets::{SecretError, SecretInfo, MAX_SECRET_BYTES};
 use axum::extract::{Path, State};
@@ -24,7 +25,7 @@ impl From<SecretError> for ApiError {
         match e {
             SecretError::Undecryptable(name) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "secret_undecryptable",
+                Code::SecretUndecryptable,
                 format!("secret {name} cannot be decrypted with the configured key"),
             ),
             SecretError::Store(s) => s.into(),

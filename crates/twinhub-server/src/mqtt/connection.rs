@@ -10,6 +10,7 @@ use super::codec::{
     self, CodecError, ConnAckProps, ConnectIn, In, Out, PublishIn, Refusal, Version, Will,
 };
 use super::persist::Op;
+use super::reason::code;
 use super::router::Sub;
 use super::session::{Message, Outgoing, PubRec, Send as Next};
 use super::topic;
@@ -568,9 +569,9 @@ impl Reader<'_> {
                     tracing::debug!(client = %h.client_id, error = %e, "closing a connection that sent a bad packet");
                     if v5 {
                         let reason = if matches!(e, CodecError::TooLarge(_)) {
-                            0x95
+                            code::PACKET_TOO_LARGE
                         } else {
-                            0x81
+                            code::MALFORMED_PACKET
                         };
                         conn.write(Out::Disconnect {
                             reason,
@@ -599,7 +600,11 @@ impl Reader<'_> {
                                 self.resume_at = Some(tokio::time::Instant::now() + wait)
                             }
                             RateAction::Reject | RateAction::Disconnect => {
-                                ended = protocol_error(conn, 0x96, Some("message rate too high"));
+                                ended = protocol_error(
+                                    conn,
+                                    code::MESSAGE_RATE_TOO_HIGH,
+                                    Some("message rate too high"),
+                                );
                                 break;
                             }
                         }
@@ -635,7 +640,11 @@ impl Reader<'_> {
                     }
                     conn.write(Out::PubRel {
                         pkid,
-                        reason: if rec == PubRec::Unknown { 0x92 } else { 0 },
+                        reason: if rec == PubRec::Unknown {
+                            code::PACKET_ID_NOT_FOUND
+                        } else {
+                            0
+                        },
                     });
                 }
                 In::PubComp(pkid) => {
@@ -653,12 +662,12 @@ impl Reader<'_> {
                     }
                     conn.write(Out::PubComp {
                         pkid,
-                        reason: if known { 0 } else { 0x92 },
+                        reason: if known { 0 } else { code::PACKET_ID_NOT_FOUND },
                     });
                 }
                 In::Subscribe { pkid: 0, .. } | In::Unsubscribe { pkid: 0, .. } => {
                     // [MQTT-2.3.1-1]: these need a non-zero packet id.
-                    ended = protocol_error(conn, 0x82, Some("packet identifier 0"));
+                    ended = protocol_error(conn, code::PROTOCOL_ERROR, Some("packet identifier 0"));
                     break;
                 }
                 In::Subscribe {
@@ -669,7 +678,13 @@ impl Reader<'_> {
                 In::Unsubscribe { pkid, filters } => {
                     let reasons = filters
                         .iter()
-                        .map(|f| if broker.unsubscribe(h, f) { 0x00 } else { 0x11 })
+                        .map(|f| {
+                            if broker.unsubscribe(h, f) {
+                                code::SUCCESS
+                            } else {
+                                code::NO_SUBSCRIPTION_EXISTED
+                            }
+                        })
                         .collect();
                     conn.write(Out::UnsubAck { pkid, reasons });
                 }
@@ -683,7 +698,7 @@ impl Reader<'_> {
                         if h.expiry_s.load(Ordering::SeqCst) == 0 && s > 0 {
                             ended = protocol_error(
                                 conn,
-                                0x82,
+                                code::PROTOCOL_ERROR,
                                 Some("session expiry cannot be set at disconnect"),
                             );
                             break;
@@ -693,7 +708,7 @@ impl Reader<'_> {
                             Ordering::SeqCst,
                         );
                     }
-                    ended = Some(if reason == 0x04 {
+                    ended = Some(if reason == code::DISCONNECT_WITH_WILL {
                         End::WithWill
                     } else {
                         End::Normal
@@ -702,12 +717,12 @@ impl Reader<'_> {
                 }
                 In::Connect(_) => {
                     // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
-                    ended = protocol_error(conn, 0x82, None);
+                    ended = protocol_error(conn, code::PROTOCOL_ERROR, None);
                     break;
                 }
                 In::Unexpected(what) => {
                     tracing::debug!(client = %h.client_id, packet = what, "protocol error");
-                    ended = protocol_error(conn, 0x82, None);
+                    ended = protocol_error(conn, code::PROTOCOL_ERROR, None);
                     break;
                 }
             }
@@ -732,7 +747,7 @@ impl Reader<'_> {
 /// (invalid telemetry 0x99, not authorised 0x87) are final: 3.1.1 gets a
 /// plain acknowledgement and the message is dropped and counted.
 fn retry_later(reason: u8) -> bool {
-    matches!(reason, 0x80 | 0x97)
+    matches!(reason, code::UNSPECIFIED_ERROR | code::QUOTA_EXCEEDED)
 }
 
 /// Writes a pass's acknowledgements in order; false when the connection
@@ -748,7 +763,7 @@ fn write_acks<S: AsyncRead + AsyncWrite + Unpin>(
             Ack::PubAck(p, r) => (p, r, false),
             Ack::PubRec(p, r) => (p, r, true),
         };
-        if qos2 && reason >= 0x80 {
+        if qos2 && code::is_failure(reason) {
             // A refused QoS 2 message ends its exchange: the id is free
             // again, and a resend after reconnect is taken anew.
             let held = h.state.lock().expect("state").qos2_released(pkid);
@@ -823,7 +838,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             k = kicks.recv() => {
-                let reason = match k { Some(Kick::SlowConsumer) => 0x97, _ => 0x8E };
+                let reason = match k { Some(Kick::SlowConsumer) => code::QUOTA_EXCEEDED, _ => code::SESSION_TAKEN_OVER };
                 if conn.version == Version::V5 {
                     conn.write(Out::Disconnect { reason, message: None });
                 }
@@ -831,7 +846,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ = shutdown.changed() => {
                 if conn.version == Version::V5 {
-                    conn.write(Out::Disconnect { reason: 0x8B, message: Some("server shutting down") });
+                    conn.write(Out::Disconnect { reason: code::SERVER_SHUTTING_DOWN, message: Some("server shutting down") });
                 }
                 break End::Abnormal;
             }
@@ -864,7 +879,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                 // [MQTT-3.1.2-24]: 1.5 × keep-alive without a packet.
                 if conn.version == Version::V5 {
-                    conn.write(Out::Disconnect { reason: 0x8D, message: None });
+                    conn.write(Out::Disconnect { reason: code::KEEP_ALIVE_TIMEOUT, message: None });
                 }
                 break End::Abnormal;
             }
@@ -908,23 +923,23 @@ fn on_publish(
 ) -> Result<(), u8> {
     if let Some(a) = p.topic_alias {
         if a == 0 || a > broker.settings.topic_alias_max {
-            return Err(0x94);
+            return Err(code::TOPIC_ALIAS_INVALID);
         }
         if p.topic.is_empty() {
-            p.topic = aliases.get(&a).cloned().ok_or(0x82u8)?;
+            p.topic = aliases.get(&a).cloned().ok_or(code::PROTOCOL_ERROR)?;
         } else {
             aliases.insert(a, p.topic.clone());
         }
     }
     if !topic::valid_topic(&p.topic) {
-        return Err(0x90);
+        return Err(code::TOPIC_NAME_INVALID);
     }
     if p.qos > 2 {
-        return Err(0x81);
+        return Err(code::MALFORMED_PACKET);
     }
     if p.qos > 0 && p.pkid == 0 {
         // [MQTT-2.3.1-1]
-        return Err(0x82);
+        return Err(code::PROTOCOL_ERROR);
     }
     broker.metrics.count_in(p.qos);
     let ack = |reason: u8| match p.qos {
@@ -955,7 +970,7 @@ fn on_publish(
         if p.qos == 2 {
             h.state.lock().expect("state").qos2_released(p.pkid);
         }
-        pass.acks.push(ack(0x87));
+        pass.acks.push(ack(code::NOT_AUTHORIZED));
         return Ok(());
     }
     let now = broker.now_us();
@@ -981,7 +996,7 @@ fn on_publish(
                 broker.deps.metrics.ingest_rejected.add("invalid", 1);
                 tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
                 // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
-                pass.acks.push(ack(0x99));
+                pass.acks.push(ack(code::PAYLOAD_FORMAT_INVALID));
             }
         }
         return Ok(());
@@ -1048,9 +1063,11 @@ fn finish_pass(
                         stored.insert(slot);
                         continue;
                     }
-                    Err(crate::pipeline::IngestError::Invalid { .. }) => 0x99u8,
-                    Err(crate::pipeline::IngestError::Quota(_)) => 0x97,
-                    Err(_) => 0x80,
+                    Err(crate::pipeline::IngestError::Invalid { .. }) => {
+                        code::PAYLOAD_FORMAT_INVALID
+                    }
+                    Err(crate::pipeline::IngestError::Quota(_)) => code::QUOTA_EXCEEDED,
+                    Err(_) => code::UNSPECIFIED_ERROR,
                 };
                 refuse(&mut acks[slot], reason);
             }
@@ -1064,7 +1081,7 @@ fn finish_pass(
             // Retained messages or queued copies were not stored: nothing
             // of this pass is acknowledged as taken.
             for a in acks.iter_mut() {
-                refuse(a, 0x80);
+                refuse(a, code::UNSPECIFIED_ERROR);
             }
         }
         acks.into_iter().flatten().collect()
@@ -1074,7 +1091,7 @@ fn finish_pass(
 /// Turns a success acknowledgement into a refusal with `reason`.
 fn refuse(a: &mut Option<Ack>, reason: u8) {
     if let Some(Ack::PubAck(_, r) | Ack::PubRec(_, r)) = a {
-        if *r < 0x80 {
+        if !code::is_failure(*r) {
             *r = reason;
         }
     }
@@ -1093,21 +1110,21 @@ fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
     let mut retained = Vec::new();
     for f in &filters {
         let Ok((share, filter)) = topic::parse_shared(&f.filter) else {
-            codes.push(Err(0x8F));
+            codes.push(Err(code::TOPIC_FILTER_INVALID));
             continue;
         };
         if !topic::valid_filter(filter) || f.qos > 2 {
-            codes.push(Err(0x8F));
+            codes.push(Err(code::TOPIC_FILTER_INVALID));
             continue;
         }
         if share.is_some() && f.no_local {
             // [MQTT-3.8.3-4]
-            codes.push(Err(0x8F));
+            codes.push(Err(code::TOPIC_FILTER_INVALID));
             continue;
         }
         if !acl::may_subscribe(identity, filter) {
             broker.metrics.acl_denied.inc();
-            codes.push(Err(0x87));
+            codes.push(Err(code::NOT_AUTHORIZED));
             continue;
         }
         let sub = Sub {

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod connection;
 pub mod fanout;
 pub mod persist;
+pub mod reason;
 pub mod router;
 pub mod session;
 pub mod topic;
