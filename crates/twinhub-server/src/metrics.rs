@@ -194,7 +194,25 @@ impl Exposition {
 pub struct ServerMetrics {
     pub messages_in: CounterVec,
     pub points_in: CounterVec,
+    /// Refused telemetry by reason, all protocols together.
     pub ingest_rejected: CounterVec,
+    /// Refused telemetry by (protocol, reason): every adapter counts under
+    /// the same names.
+    pub ingest_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub http_responses: CounterVec,
     pub auth_failures: CounterVec,
+}
+
+impl ServerMetrics {
+    /// Counts refused telemetry (`reason`: invalid, model, quota, busy,
+    /// no_space, store) from `protocol`.
+    pub fn refused(&self, protocol: &'static str, reason: &'static str) {
+        self.ingest_rejected.add(reason, 1);
+        *self
+            .ingest_refused
+            .lock()
+            .expect("metrics lock")
+            .entry((protocol, reason))
+            .or_default() += 1;
+    }
 }

@@ -129,7 +129,12 @@ impl Pipeline {
 
     /// A modelled twin takes only its model's telemetry (and properties),
     /// each of the right type; the whole group or nothing.
-    fn validate(&self, src: &Source<'_>, msgs: &[TelemetryMessage]) -> Result<(), IngestError> {
+    fn validate(
+        &self,
+        src: &Source<'_>,
+        protocol: &'static str,
+        msgs: &[TelemetryMessage],
+    ) -> Result<(), IngestError> {
         use crate::twins::TelemetryCheck;
         let (tenant, twin) = (src.tenant, src.twin);
         for m in msgs {
@@ -142,7 +147,7 @@ impl Pipeline {
                     TelemetryCheck::Unknown(_) if src.unknown == "record" => continue,
                     TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
                 };
-                self.metrics.ingest_rejected.add("model", 1);
+                self.metrics.refused(protocol, "model");
                 return Err(IngestError::Invalid {
                     field: name.clone(),
                     rule,
@@ -169,14 +174,14 @@ impl Pipeline {
         let mut reserved = 0;
         for msgs in groups {
             if modelled {
-                if let Err(e) = self.validate(&src, &msgs) {
+                if let Err(e) = self.validate(&src, protocol, &msgs) {
                     outcomes.push(Err(e));
                     continue;
                 }
             }
             let points: usize = msgs.iter().map(|m| m.values.len()).sum();
             if let Err(q) = self.quotas.reserve_points(tenant, points) {
-                self.metrics.ingest_rejected.add("quota", 1);
+                self.metrics.refused(protocol, "quota");
                 outcomes.push(Err(q.into()));
                 continue;
             }
@@ -214,16 +219,16 @@ impl Pipeline {
         let failed = match res {
             Ok(()) => None,
             Err(StoreError::Busy) => {
-                self.metrics.ingest_rejected.add("busy", 1);
+                self.metrics.refused(protocol, "busy");
                 Some(IngestError::Busy)
             }
             Err(StoreError::NoSpace) => {
-                self.metrics.ingest_rejected.add("no_space", 1);
+                self.metrics.refused(protocol, "no_space");
                 Some(IngestError::NoSpace)
             }
             Err(e) => {
                 tracing::error!(error = %e, "ingest failed in the store");
-                self.metrics.ingest_rejected.add("store", 1);
+                self.metrics.refused(protocol, "store");
                 Some(IngestError::Unavailable)
             }
         };

@@ -322,7 +322,7 @@ pub async fn post_telemetry(
         return Err(ApiError::too_large(limit));
     }
     let msgs = twinhub_codec::decode_telemetry(&body, &state.decode_limits).inspect_err(|_| {
-        state.metrics.ingest_rejected.add("invalid", 1);
+        state.metrics.refused("http", "invalid");
     })?;
     let messages = msgs.len();
     let points = state

@@ -85,6 +85,23 @@ pub async fn metrics(
         "reason",
         &m.ingest_rejected,
     );
+    let refused: Vec<(Vec<(&str, String)>, f64)> = m
+        .ingest_refused
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|((p, r), n)| {
+            (
+                vec![("protocol", p.to_string()), ("reason", r.to_string())],
+                *n as f64,
+            )
+        })
+        .collect();
+    x.counter_series(
+        "twinhub_ingest_refused_total",
+        "Telemetry refused, by protocol and reason (invalid, model, quota, busy, no_space, store).",
+        &refused,
+    );
     x.counter_vec(
         "twinhub_auth_failures_total",
         "Failed authentications, by kind.",

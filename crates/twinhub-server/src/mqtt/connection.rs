@@ -993,7 +993,7 @@ fn on_publish(
             }
             Err(e) => {
                 broker.metrics.telemetry_rejected.inc();
-                broker.deps.metrics.ingest_rejected.add("invalid", 1);
+                broker.deps.metrics.refused("mqtt", "invalid");
                 tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
                 // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
                 pass.acks.push(ack(code::PAYLOAD_FORMAT_INVALID));

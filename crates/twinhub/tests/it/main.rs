@@ -17,6 +17,7 @@ mod fanout;
 mod graph;
 mod history;
 mod ingest;
+mod ingest_compliance;
 pub mod ml;
 mod mqtt;
 mod openapi;
