@@ -13,6 +13,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod ingest;
 pub mod keyfile;
 pub mod metrics;
 pub mod ml;

@@ -321,15 +321,19 @@ pub async fn post_telemetry(
     if body.len() > limit {
         return Err(ApiError::too_large(limit));
     }
-    let msgs = twinhub_codec::decode_telemetry(&body, &state.decode_limits).inspect_err(|_| {
-        state.metrics.refused("http", "invalid");
-    })?;
-    let messages = msgs.len();
-    let points = state
-        .pipeline
-        .ingest(&dev, "http", msgs, Some(state.queue_wait))
-        .await?;
-    Ok(Json(IngestReceipt { messages, points }))
+    let r = crate::ingest::http::store(
+        &state.pipeline,
+        &state.metrics,
+        &state.decode_limits,
+        &dev,
+        &body,
+        state.queue_wait,
+    )
+    .await?;
+    Ok(Json(IngestReceipt {
+        messages: r.messages,
+        points: r.points,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -271,6 +271,15 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+impl From<crate::ingest::http::Refused> for ApiError {
+    fn from(e: crate::ingest::http::Refused) -> ApiError {
+        match e {
+            crate::ingest::http::Refused::Decode(d) => d.into(),
+            crate::ingest::http::Refused::Ingest(i) => i.into(),
+        }
+    }
+}
+
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> ApiError {
         match e {

@@ -3,7 +3,8 @@
 //! alone), answer JSON, and fail with `ApiError`. The OpenAPI document is
 //! generated from the handlers' annotations.
 //!
-//! May call: `registry`, `pipeline`, `store` (reads and deletions),
+//! May call: `ingest` (the device endpoint), `registry`, `pipeline`,
+//! `store` (reads and deletions),
 //! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
 //! `config`, `tls` (the peer address of HTTPS requests). Nothing below the

@@ -6,7 +6,7 @@
 //! upload or an activation never blocks predictions in flight.
 //!
 //! May call: `store` (ml rows), twinhub-ml (inference), `clock`; soft
-//! sensors also `pipeline` (derived values), `events` (their input) and
+//! sensors also `ingest` and `pipeline` (derived values), `events` (their input) and
 //! `twins` (query bindings).
 
 pub mod bindings;

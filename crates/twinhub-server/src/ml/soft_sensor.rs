@@ -271,17 +271,14 @@ impl Ctx {
             ts: ts_us,
             values: out,
         };
-        match self
-            .pipeline
-            .ingest_derived(&e.tenant, twin, "ml", vec![msg])
-            .await
+        match crate::ingest::derived::store(&self.pipeline, &e.tenant, twin, "ml", vec![msg]).await
         {
-            Ok(_) => {
+            (crate::ingest::Answer::Stored(_), _) => {
                 self.bindings.written.fetch_add(1, Relaxed);
             }
-            Err(err) => {
+            (_, err) => {
                 self.bindings.failed.fetch_add(1, Relaxed);
-                tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
+                tracing::warn!(binding = %b.id, twin = %twin, error = ?err, "soft sensor output refused");
             }
         }
     }

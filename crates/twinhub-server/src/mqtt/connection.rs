@@ -984,7 +984,11 @@ fn on_publish(
         from: Some(h.client_id.clone()),
     });
     if telemetry_topic == Some(&*msg.topic) {
-        match twinhub_codec::decode_telemetry(&msg.payload, &broker.deps.decode_limits) {
+        match crate::ingest::mqtt::decode(
+            &broker.deps.metrics,
+            &broker.deps.decode_limits,
+            &msg.payload,
+        ) {
             Ok(msgs) => {
                 let slot = pass.acks.len();
                 pass.acks.push(ack(0));
@@ -993,7 +997,6 @@ fn on_publish(
             }
             Err(e) => {
                 broker.metrics.telemetry_rejected.inc();
-                broker.deps.metrics.refused("mqtt", "invalid");
                 tracing::info!(client = %h.client_id, error = %e, "telemetry refused");
                 // MQTT 5 says why; 3.1.1 can only acknowledge and drop.
                 pass.acks.push(ack(code::PAYLOAD_FORMAT_INVALID));
@@ -1051,23 +1054,17 @@ fn finish_pass(
             let device = device.expect("telemetry comes from a device");
             let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
                 telemetry.into_iter().unzip();
-            let outcomes = broker
-                .deps
-                .pipeline
-                .ingest_each(&device, "mqtt", groups, None)
-                .await;
+            let answers = crate::ingest::mqtt::store(&broker.deps.pipeline, &device, groups).await;
             let mut stored = std::collections::HashSet::new();
-            for (slot, outcome) in slots.into_iter().zip(outcomes) {
-                let reason = match outcome {
-                    Ok(_) => {
+            for (slot, answer) in slots.into_iter().zip(answers) {
+                let reason = match answer {
+                    crate::ingest::Answer::Stored(_) => {
                         stored.insert(slot);
                         continue;
                     }
-                    Err(crate::pipeline::IngestError::Invalid { .. }) => {
-                        code::PAYLOAD_FORMAT_INVALID
-                    }
-                    Err(crate::pipeline::IngestError::Quota(_)) => code::QUOTA_EXCEEDED,
-                    Err(_) => code::UNSPECIFIED_ERROR,
+                    crate::ingest::Answer::Invalid => code::PAYLOAD_FORMAT_INVALID,
+                    crate::ingest::Answer::OverQuota => code::QUOTA_EXCEEDED,
+                    crate::ingest::Answer::RetryLater => code::UNSPECIFIED_ERROR,
                 };
                 refuse(&mut acks[slot], reason);
             }

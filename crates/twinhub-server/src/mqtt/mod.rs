@@ -6,7 +6,8 @@
 //! device telemetry. The broker gets handles (`BrokerDeps`), never the
 //! application state.
 //!
-//! May call: `pipeline`, `registry`, `events`, `store` (persistence of
+//! May call: `ingest` (the telemetry hand-off), `pipeline`, `registry`,
+//! `events`, `store` (persistence of
 //! retained messages and sessions), `metrics`, `quotas` (connections),
 //! `auth` (principals), `clock`, `config` (its settings), `tls` (MQTTS).
 

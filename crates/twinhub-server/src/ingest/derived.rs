@@ -1,0 +1,19 @@
+//! Values twinhub derives itself (soft-sensor outputs today, calculated
+//! properties later) enter like device telemetry: validated against the
+//! twin's model, stored, fanned out (`twins/{twinId}/derived` on MQTT).
+
+use super::Answer;
+use crate::pipeline::Pipeline;
+use twinhub_codec::TelemetryMessage;
+
+/// Stores derived values for a twin; `source` names the producer (`ml`).
+pub async fn store(
+    pipeline: &Pipeline,
+    tenant: &str,
+    twin: &str,
+    source: &'static str,
+    msgs: Vec<TelemetryMessage>,
+) -> (Answer, Option<crate::pipeline::IngestError>) {
+    let r = pipeline.ingest_derived(tenant, twin, source, msgs).await;
+    (Answer::of(&r), r.err())
+}
