@@ -100,7 +100,7 @@ type Key = (String, String);
 pub struct Bindings {
     store: Store,
     by_id: RwLock<HashMap<Key, Arc<Binding>>>,
-    pub(super) recent: Mutex<super::soft_sensor::Recent>,
+    pub(super) recent: Mutex<super::prediction_log::Recent>,
     /// The twins each query binding selects.
     members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
     /// Tenants whose graph changed since their query bindings last ran.

@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod bundle;
 pub mod cache;
+pub mod prediction_log;
 pub mod soft_sensor;
 pub mod stats;
 
