@@ -560,15 +560,7 @@ pub async fn list_relationships(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RelListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant = p.tenant_scope(q.tenant.as_deref());
-    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
-    let rels = state.twins.read(&tenant, |g| {
-        g.twins
-            .contains_key(id.as_str())
-            .then(|| g.outgoing(&id).cloned().collect::<Vec<_>>())
-    });
-    let rels = rels.ok_or_else(|| ApiError::not_found(format!("twin {id} not found")))?;
-    Ok(Json(page_rels(rels, &q, |r| r.id.clone())?))
+    list_rels(&state, &p, &id, &q, false).map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/twins/{id}/incomingrelationships", tag = "twins", params(("id" = String, Path), RelListQuery), responses((status = 200, body = serde_json::Value), (status = 404)))]
@@ -578,20 +570,38 @@ pub async fn list_incoming(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<RelListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    list_rels(&state, &p, &id, &q, true).map(Json)
+}
+
+/// A twin's outgoing or incoming relationships, a page at a time.
+/// Incoming ones from twins outside a scoped caller's subtrees are left
+/// out; pages continue by relationship id (outgoing) or source and id.
+fn list_rels(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    q: &RelListQuery,
+    incoming: bool,
+) -> Result<Value, ApiError> {
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    state.authorize_twin(&p, Perm::TwinsRead, &tenant, &id)?;
+    state.authorize_twin(p, Perm::TwinsRead, &tenant, id)?;
     let rels = state.twins.read(&tenant, |g| {
-        g.twins
-            .contains_key(id.as_str())
-            .then(|| g.incoming_of(&id).cloned().collect::<Vec<_>>())
+        g.twins.contains_key(id).then(|| {
+            if incoming {
+                g.incoming_of(id).cloned().collect::<Vec<_>>()
+            } else {
+                g.outgoing(id).cloned().collect::<Vec<_>>()
+            }
+        })
     });
     let mut rels = rels.ok_or_else(|| ApiError::not_found(format!("twin {id} not found")))?;
-    if let Some(f) = state.twin_filter(&p, Perm::TwinsRead, &tenant)? {
+    if !incoming {
+        return page_rels(rels, q, |r| r.id.clone());
+    }
+    if let Some(f) = state.twin_filter(p, Perm::TwinsRead, &tenant)? {
         rels.retain(|r| f(&r.source));
     }
-    Ok(Json(page_rels(rels, &q, |r| {
-        format!("{}\u{0}{}", r.source, r.id)
-    })?))
+    page_rels(rels, q, |r| format!("{}\u{0}{}", r.source, r.id))
 }
 
 // ---- query ----
