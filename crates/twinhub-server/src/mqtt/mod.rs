@@ -28,8 +28,16 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Accepts MQTT clients until shutdown.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+/// Accepts clients until shutdown and hands each socket to `start`
+/// (which runs the connection, after a TLS handshake where there is one).
+async fn accept_loop<F>(
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    what: &str,
+    start: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr),
+{
     let mut stop = shutdown.clone();
     loop {
         if *stop.borrow() {
@@ -40,15 +48,30 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
                     let _ = sock.set_nodelay(true);
-                    tokio::spawn(connection::run(broker.clone(), sock, peer, None, shutdown.clone()));
+                    start(sock, peer);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "MQTT accept failed");
+                    tracing::warn!(error = %e, "{what} accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
         }
     }
+}
+
+/// Accepts MQTT clients until shutdown.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let sd = shutdown.clone();
+    accept_loop(listener, shutdown, "MQTT", move |sock, peer| {
+        tokio::spawn(connection::run(
+            broker.clone(),
+            sock,
+            peer,
+            None,
+            sd.clone(),
+        ));
+    })
+    .await
 }
 
 /// Accepts MQTT-over-TLS clients until shutdown; the handshake runs in the
@@ -59,42 +82,28 @@ pub async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     shutdown: watch::Receiver<bool>,
 ) {
-    let mut stop = shutdown.clone();
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        tokio::select! {
-            _ = stop.changed() => continue,
-            r = listener.accept() => match r {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let (b, a, sd) = (broker.clone(), acceptor.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        let timeout = b.settings.connect_timeout;
-                        match tokio::time::timeout(timeout, a.accept(sock)).await {
-                            Ok(Ok(tls)) => {
-                                // Verified by the TLS layer against tls.client_ca.
-                                let cn = tls
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(|c| crate::tls::subject_cn(c.as_ref()));
-                                connection::run(b, tls, peer, cn, sd).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
+    let sd = shutdown.clone();
+    accept_loop(listener, shutdown, "MQTTS", move |sock, peer| {
+        let (b, a, sd) = (broker.clone(), acceptor.clone(), sd.clone());
+        tokio::spawn(async move {
+            let timeout = b.settings.connect_timeout;
+            match tokio::time::timeout(timeout, a.accept(sock)).await {
+                Ok(Ok(tls)) => {
+                    // Verified by the TLS layer against tls.client_ca.
+                    let cn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::tls::subject_cn(c.as_ref()));
+                    connection::run(b, tls, peer, cn, sd).await
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "MQTTS accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
-        }
-    }
+        });
+    })
+    .await
 }
 
 /// MQTT over WebSocket (`/mqtt` on the HTTP port, subprotocol `mqtt`):
