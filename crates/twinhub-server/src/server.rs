@@ -236,7 +236,7 @@ pub async fn run(
                 metrics: state.metrics.clone(),
                 store: state.store.clone(),
                 clock: state.clock.clone(),
-                decode_limits: state.decode_limits.clone(),
+                decode_limits: state.decode_limits,
                 shutdown: state.shutdown.clone(),
             },
             crate::mqtt::broker::Settings::from_config(&state.config.mqtt),

@@ -132,7 +132,8 @@ fn check_chunks(conn: &Connection, r: &mut CheckReport) -> Result<(), StoreError
         }
         let first_ok = st.first.as_ref().map(|(_, v)| chunk::value_blob(v)) == Some(first);
         let last_ok = st.last.as_ref().map(|(_, v)| chunk::value_blob(v)) == Some(last);
-        if !cols.is_empty() && !(first_ok && last_ok) {
+        let ends_ok = cols.is_empty() || (first_ok && last_ok);
+        if !ends_ok {
             bad.push("first/last differ from its points".into());
         }
         for b in bad {

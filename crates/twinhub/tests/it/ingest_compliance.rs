@@ -137,6 +137,16 @@ async fn stored_points(s: &TestServer, id: &str) -> usize {
     v["points"].as_array().map(|p| p.len()).unwrap_or(0)
 }
 
+async fn reactor_twin(s: &TestServer, tenant: &str, twin: &str) -> (reqwest::StatusCode, Value) {
+    s.json(
+        s.http
+            .put(s.url(&format!("/api/v1/twins/{twin}?tenant={tenant}")))
+            .bearer_auth(&s.token)
+            .json(&json!({"$metadata": {"$model": "dtmi:test:Reactor;1"}, "jacket": {"$metadata": {}}})),
+    )
+    .await
+}
+
 fn refused_metric(text: &str, protocol: &str, reason: &str) -> u64 {
     let want =
         format!("twinhub_ingest_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} ");
@@ -175,14 +185,7 @@ async fn every_adapter_answers_every_case_alike() {
             };
             let tenant = tenant_of(&id);
             // A modelled twin (a reactor) for the device to update.
-            let (st, v) = s
-                .json(
-                    s.http
-                        .put(s.url(&format!("/api/v1/twins/{}?tenant={tenant}", twin_of(&id))))
-                        .bearer_auth(&s.token)
-                        .json(&json!({"$metadata": {"$model": "dtmi:test:Reactor;1"}, "jacket": {"$metadata": {}}})),
-                )
-                .await;
+            let (st, v) = reactor_twin(&s, tenant, &twin_of(&id)).await;
             if st != 201 {
                 // The small tenant needs the models too.
                 s.http
@@ -192,14 +195,7 @@ async fn every_adapter_answers_every_case_alike() {
                     .send()
                     .await
                     .unwrap();
-                let (st2, v2) = s
-                    .json(
-                        s.http
-                            .put(s.url(&format!("/api/v1/twins/{}?tenant={tenant}", twin_of(&id))))
-                            .bearer_auth(&s.token)
-                            .json(&json!({"$metadata": {"$model": "dtmi:test:Reactor;1"}, "jacket": {"$metadata": {}}})),
-                    )
-                    .await;
+                let (st2, v2) = reactor_twin(&s, tenant, &twin_of(&id)).await;
                 assert_eq!(st2, 201, "{v} {v2}");
             }
             let (st, d) = s

@@ -29,6 +29,18 @@ const TOOLS: &[&str] = &[
     "openapi-python-client",
 ];
 
+/// Runs a command to success; its output otherwise.
+async fn run_ok(cmd: &mut tokio::process::Command) -> std::process::Output {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 async fn tools_python() -> String {
     python_with(
         "import openapi_spec_validator, schemathesis, openapi_python_client",
@@ -78,18 +90,12 @@ async fn the_document_is_valid_openapi_3_1_with_query_parameters_in_the_query() 
         "{q}"
     );
     let python = tools_python().await;
-    let out = tokio::process::Command::new(&python)
-        .args(["-m", "openapi_spec_validator"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(
+        tokio::process::Command::new(&python)
+            .args(["-m", "openapi_spec_validator"])
+            .arg(&path),
+    )
+    .await;
     s.stop().await;
 }
 
@@ -168,20 +174,14 @@ async fn a_client_generated_from_the_document_works() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/generated_client_smoke.py"
     );
-    let out = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(&gen)
-        .arg(&s.base)
-        .arg(ADMIN_PASSWORD)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(&gen)
+            .arg(&s.base)
+            .arg(ADMIN_PASSWORD),
+    )
+    .await;
     let history: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         history["points"],
