@@ -27,9 +27,21 @@ async fn connect(
     id: &str,
     login: Option<(&str, &str)>,
 ) -> anyhow::Result<(TcpStream, BytesMut)> {
+    connect_session(addr, id, login, true).await
+}
+
+/// `clean` false: a persistent session, whose QoS 1 copies the broker
+/// stores until they are acknowledged.
+async fn connect_session(
+    addr: SocketAddr,
+    id: &str,
+    login: Option<(&str, &str)>,
+    clean: bool,
+) -> anyhow::Result<(TcpStream, BytesMut)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let mut c = v4::Connect::new(id);
+    c.clean_session = clean;
     c.keep_alive = 60;
     c.login = login.map(|(u, p)| v4::Login::new(u, p));
     let mut out = BytesMut::new();
@@ -148,8 +160,9 @@ async fn subscriber(
     filter: &str,
     qos: QoS,
     count: Arc<AtomicU64>,
+    persistent: bool,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (mut s, mut buf) = connect(addr, id, login).await?;
+    let (mut s, mut buf) = connect_session(addr, id, login, !persistent).await?;
     let mut out = BytesMut::new();
     let mut sub = v4::Subscribe::new(filter, qos);
     sub.pkid = 1;
@@ -199,15 +212,21 @@ async fn run_load(
     t: &Target,
     args: &MqttArgs,
     qos: QoS,
+    persistent: bool,
 ) -> anyhow::Result<(f64, u64, Option<u64>)> {
     let delivered = Arc::new(AtomicU64::new(0));
     let sub = subscriber(
         t.addr,
-        &format!("bench-sub-{}", qos as u8),
+        &format!(
+            "bench-sub-{}{}",
+            qos as u8,
+            if persistent { "-p" } else { "" }
+        ),
         t.sub_login.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
         "devices/+/telemetry",
         qos,
         delivered.clone(),
+        persistent,
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -300,10 +319,22 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
         "mqtt: {} publishers × {} messages (~100 bytes, 3 values + ts), QoS 1 with 100 in flight, one subscriber on devices/+/telemetry",
         args.connections, args.messages
     );
-    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-        let (rate, delivered, stored) = run_load(&twinhub, &args, qos).await?;
+    for (qos, persistent) in [
+        (QoS::AtMostOnce, false),
+        (QoS::AtLeastOnce, false),
+        (QoS::AtLeastOnce, true),
+    ] {
+        let (rate, delivered, stored) = run_load(&twinhub, &args, qos, persistent).await?;
+        let what = if persistent {
+            ", persistent subscriber (its copies stored before PUBACK)"
+        } else {
+            ""
+        };
         row(
-            &format!("twinhub QoS {} end to end into history (msg/s)", qos as u8),
+            &format!(
+                "twinhub QoS {} end to end into history{what} (msg/s)",
+                qos as u8
+            ),
             format!("{rate:.0}"),
             &format!(
                 "stored {} of {}, subscriber got {delivered}; target ≥ {}",
@@ -329,7 +360,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
             stored: None,
         };
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-            match run_load(&m, &args, qos).await {
+            match run_load(&m, &args, qos, false).await {
                 Ok((rate, delivered, _)) => row(
                     &format!(
                         "{} QoS {} acknowledged, routed only (msg/s)",
