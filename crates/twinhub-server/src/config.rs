@@ -3,8 +3,9 @@
 //! keys are errors that name the key, so a typo never silently falls back
 //! to a default.
 //!
-//! May call: `store`, `registry`, `auth`, `ml` (to build their settings;
-//! to be turned round so each module owns its settings type).
+//! May call: `mqtt` (its settings section, which it owns), `store`,
+//! `registry`, `auth`, `ml` (config still builds their settings; to be
+//! turned round as `mqtt` was, so each module owns its settings type).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;
@@ -84,65 +85,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MqttConfig {
-    /// Empty disables the MQTT listener.
-    pub listen: String,
-    /// MQTT over TLS (needs `tls.cert` and `tls.key`); empty disables it.
-    pub tls_listen: String,
-    pub allow_anonymous: bool,
-    pub anonymous_tenant: String,
-    /// Largest packet accepted (bytes); larger ones close the connection.
-    pub max_packet_size: usize,
-    /// Connections at most; more are refused (server busy).
-    pub max_connections: usize,
-    /// QoS 1/2 messages in flight to one client (capped by its Receive
-    /// Maximum).
-    pub max_inflight: u16,
-    /// Messages queued for one client; beyond it `slow_subscriber` applies.
-    pub max_queued: usize,
-    /// `drop_oldest` or `disconnect`.
-    pub slow_subscriber: String,
-    /// Per-device publish rate limit in messages per second (0: none).
-    pub rate_limit_messages: f64,
-    /// Per-device publish rate limit in bytes per second (0: none).
-    pub rate_limit_bytes: f64,
-    /// `throttle`, `reject` or `disconnect`.
-    pub rate_limit_action: String,
-    /// How long a persistent 3.1.1 session (clean session false) outlives
-    /// its connection; MQTT 5 clients state their own, capped by this.
-    pub session_expiry_max: String,
-    /// Time allowed between connecting and sending CONNECT.
-    pub connect_timeout: String,
-    /// Longest keep-alive (seconds) a client may use; 0: no maximum.
-    /// MQTT 5 clients asking for more (or none) are told this one in
-    /// CONNACK (Server Keep Alive); 3.1.1 clients, who cannot be told, are
-    /// refused (CONNACK 0x02), as Mosquitto does.
-    pub max_keepalive: u16,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            listen: "127.0.0.1:1883".into(),
-            tls_listen: String::new(),
-            allow_anonymous: false,
-            anonymous_tenant: "default".into(),
-            max_packet_size: 1 << 20,
-            max_connections: 200_000,
-            max_inflight: 100,
-            max_queued: 1000,
-            slow_subscriber: "drop_oldest".into(),
-            rate_limit_messages: 0.0,
-            rate_limit_bytes: 0.0,
-            rate_limit_action: "throttle".into(),
-            session_expiry_max: "7d".into(),
-            connect_timeout: "10s".into(),
-            max_keepalive: 0,
-        }
-    }
-}
+pub use crate::mqtt::MqttConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

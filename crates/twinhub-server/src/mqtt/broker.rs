@@ -10,7 +10,6 @@ use super::router::{Router, Sub};
 use super::session::{Message, Outgoing, SessionState};
 use super::topic;
 use crate::auth::password;
-use crate::config::{Config, MqttConfig};
 use crate::metrics::{Counter, CounterVec};
 use crate::registry::DeviceAuthError;
 use crate::store::mqtt as rows_t;
@@ -21,57 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub max_packet_size: usize,
-    pub max_connections: usize,
-    pub max_inflight: u16,
-    pub max_queued: usize,
-    pub disconnect_slow: bool,
-    pub rate_messages: f64,
-    pub rate_bytes: f64,
-    pub rate_action: RateAction,
-    pub session_expiry_max_s: u32,
-    pub connect_timeout: Duration,
-    pub allow_anonymous: bool,
-    pub anonymous_tenant: Arc<str>,
-    pub topic_alias_max: u16,
-    /// 0: no maximum.
-    pub max_keepalive: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateAction {
-    Throttle,
-    Reject,
-    Disconnect,
-}
-
-impl Settings {
-    pub fn from_config(c: &MqttConfig) -> Settings {
-        Settings {
-            max_packet_size: c.max_packet_size.max(64),
-            max_connections: c.max_connections,
-            max_inflight: c.max_inflight.max(1),
-            max_queued: c.max_queued.max(1),
-            disconnect_slow: c.slow_subscriber == "disconnect",
-            rate_messages: c.rate_limit_messages,
-            rate_bytes: c.rate_limit_bytes,
-            rate_action: match c.rate_limit_action.as_str() {
-                "reject" => RateAction::Reject,
-                "disconnect" => RateAction::Disconnect,
-                _ => RateAction::Throttle,
-            },
-            session_expiry_max_s: (Config::duration(&c.session_expiry_max).as_secs())
-                .min(u32::MAX as u64) as u32,
-            connect_timeout: Config::duration(&c.connect_timeout),
-            allow_anonymous: c.allow_anonymous,
-            anonymous_tenant: c.anonymous_tenant.as_str().into(),
-            topic_alias_max: 64,
-            max_keepalive: c.max_keepalive,
-        }
-    }
-}
+pub use super::settings::{RateAction, Settings};
 
 /// Why a connection is being closed from outside its own task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,8 @@
 //! May call: `ingest` (the telemetry hand-off), `pipeline`, `registry`,
 //! `events`, `store` (persistence of
 //! retained messages and sessions), `metrics`, `quotas` (connections),
-//! `auth` (principals), `clock`, `config` (its settings), `tls` (MQTTS).
+//! `auth` (principals), `clock`, `tls` (MQTTS). Its settings are its own
+//! (`settings`), which the configuration assembles.
 
 pub mod acl;
 pub mod broker;
@@ -20,9 +21,11 @@ pub mod persist;
 pub mod reason;
 pub mod router;
 pub mod session;
+pub mod settings;
 pub mod topic;
 
 pub use broker::{Broker, BrokerDeps};
+pub use settings::MqttConfig;
 
 use std::sync::Arc;
 use tokio::net::TcpListener;
