@@ -169,8 +169,6 @@ impl Pipeline {
         let now = self.clock.now_us();
         let mut outcomes: Vec<Result<usize, IngestError>> = Vec::with_capacity(groups.len());
         let mut accepted: Vec<Vec<(i64, TelemetryMessage)>> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        let mut batch = WriteBatch::default();
         let mut reserved = 0;
         for msgs in groups {
             if modelled {
@@ -186,28 +184,26 @@ impl Pipeline {
                 continue;
             }
             reserved += points;
-            let stamped = self.stamp(tenant, twin, msgs, now);
-            for (ts, m) in &stamped {
-                for (name, value, quality) in &m.values {
-                    let i = match by_name.get(name.as_str()) {
-                        Some(i) => *i,
-                        None => {
-                            batch
-                                .entries
-                                .push((SeriesKey::new(tenant, twin, name), Vec::new()));
-                            by_name.insert(name.clone(), batch.entries.len() - 1);
-                            batch.entries.len() - 1
-                        }
-                    };
-                    batch.entries[i].1.push(Point {
-                        ts: *ts,
-                        value: value.clone(),
-                        quality: *quality,
-                    });
-                }
-            }
             outcomes.push(Ok(points));
-            accepted.push(stamped);
+            accepted.push(self.stamp(tenant, twin, msgs, now));
+        }
+        // One columnar batch of every accepted group, a series per name.
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        for (ts, m) in accepted.iter().flatten() {
+            for (name, value, quality) in &m.values {
+                let i = *by_name.entry(name.as_str()).or_insert_with(|| {
+                    batch
+                        .entries
+                        .push((SeriesKey::new(tenant, twin, name), Vec::new()));
+                    batch.entries.len() - 1
+                });
+                batch.entries[i].1.push(Point {
+                    ts: *ts,
+                    value: value.clone(),
+                    quality: *quality,
+                });
+            }
         }
         if accepted.is_empty() {
             return outcomes;

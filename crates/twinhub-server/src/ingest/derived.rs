@@ -2,8 +2,7 @@
 //! properties later) enter like device telemetry: validated against the
 //! twin's model, stored, fanned out (`twins/{twinId}/derived` on MQTT).
 
-use super::Answer;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{IngestError, Pipeline};
 use twinhub_codec::TelemetryMessage;
 
 /// Stores derived values for a twin; `source` names the producer (`ml`).
@@ -13,7 +12,6 @@ pub async fn store(
     twin: &str,
     source: &'static str,
     msgs: Vec<TelemetryMessage>,
-) -> (Answer, Option<crate::pipeline::IngestError>) {
-    let r = pipeline.ingest_derived(tenant, twin, source, msgs).await;
-    (Answer::of(&r), r.err())
+) -> Result<usize, IngestError> {
+    pipeline.ingest_derived(tenant, twin, source, msgs).await
 }

@@ -240,12 +240,12 @@ impl Ctx {
         };
         match crate::ingest::derived::store(&self.pipeline, &e.tenant, twin, "ml", vec![msg]).await
         {
-            (crate::ingest::Answer::Stored(_), _) => {
+            Ok(_) => {
                 self.bindings.written.fetch_add(1, Relaxed);
             }
-            (_, err) => {
+            Err(err) => {
                 self.bindings.failed.fetch_add(1, Relaxed);
-                tracing::warn!(binding = %b.id, twin = %twin, error = ?err, "soft sensor output refused");
+                tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
             }
         }
     }

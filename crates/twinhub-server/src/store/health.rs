@@ -146,19 +146,9 @@ impl Default for Health {
     }
 }
 
-/// Free bytes available to this process on the file system holding `dir`.
-pub fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
-    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (r == 0).then(|| s.f_bavail as u64 * s.f_frsize as u64)
-}
-
-/// Total bytes of the file system holding `dir` (or its nearest existing
-/// ancestor, before the directory is created).
-pub fn total_space(dir: &Path) -> Option<u64> {
+/// `(available, total)` bytes of the file system holding `dir`, or of its
+/// nearest existing ancestor (before the directory is created).
+fn statvfs(dir: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let dir = dir.ancestors().find(|d| d.exists())?;
     let dir = if dir.as_os_str().is_empty() {
@@ -168,9 +158,20 @@ pub fn total_space(dir: &Path) -> Option<u64> {
     };
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as in `free_space`.
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (r == 0).then(|| s.f_blocks as u64 * s.f_frsize as u64)
+    let frsize = s.f_frsize as u64;
+    (r == 0).then(|| (s.f_bavail as u64 * frsize, s.f_blocks as u64 * frsize))
+}
+
+/// Free bytes available to this process on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Option<u64> {
+    statvfs(dir).map(|(free, _)| free)
+}
+
+/// Total bytes of the file system holding `dir`.
+pub fn total_space(dir: &Path) -> Option<u64> {
+    statvfs(dir).map(|(_, total)| total)
 }
 
 /// `store.min_free`: bytes ("64MB", "1GB", a plain number) or a share of
