@@ -361,6 +361,27 @@ pub async fn admin_token(http: &reqwest::Client, base: &str) -> anyhow::Result<S
         .map_err(|why| anyhow::anyhow!("login refused: {why}"))
 }
 
+/// Registers a device through the API and returns its key.
+pub async fn create_device(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+) -> anyhow::Result<String> {
+    let v: serde_json::Value = http
+        .post(format!("{base}/api/v1/devices"))
+        .bearer_auth(token)
+        .json(&json!({"id": id}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("registering device {id} was refused: {v}"))
+}
+
 async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
     let BenchServer {
         server,
@@ -375,15 +396,7 @@ async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.http_seconds);
     for c in 0..conns {
         let id = format!("bench{c}");
-        let created: serde_json::Value = client
-            .post(format!("{base}/api/v1/devices"))
-            .bearer_auth(&token)
-            .json(&json!({"id": id}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let key = created["key"].as_str().unwrap_or_default().to_string();
+        let key = create_device(&client, &base, &token, &id).await?;
         let (client, base) = (reqwest::Client::new(), base.clone());
         tasks.spawn(async move {
             let mut ts = 1_700_000_000_000i64;

@@ -4,11 +4,10 @@
 //! machine's Mosquitto for reference; and the memory of idle connected
 //! devices.
 
-use crate::bench::{admin_token, bench_server, BenchServer, BENCH_PASSWORD};
+use crate::bench::{admin_token, bench_server, create_device, BenchServer, BENCH_PASSWORD};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4;
 use rumqttc::QoS;
-use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -292,18 +291,8 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let mut creds = Vec::new();
     for i in 0..args.connections {
         let id = format!("bench-dev-{i}");
-        let v: serde_json::Value = http
-            .post(format!("{base}/api/v1/devices"))
-            .bearer_auth(&token)
-            .json(&json!({"id": id}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        creds.push((
-            id.clone(),
-            Some((id, v["key"].as_str().unwrap_or_default().to_string())),
-        ));
+        let key = create_device(&http, &base, &token, &id).await?;
+        creds.push((id.clone(), Some((id, key))));
     }
     let store = server.ready.store.clone();
     let twinhub = Target {
@@ -457,17 +446,8 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         tasks.spawn(async move {
             let _p = sem.acquire().await;
             let id = format!("idle-{i}");
-            let v: serde_json::Value = http
-                .post(format!("{base}/api/v1/devices"))
-                .bearer_auth(&token)
-                .json(&json!({"id": id}))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some((id, v["key"].as_str()?.to_string()))
+            let key = create_device(&http, &base, &token, &id).await.ok()?;
+            Some((id, key))
         });
     }
     while let Some(r) = tasks.join_next().await {

@@ -5,7 +5,7 @@
 //! disk bytes per point at the end. And acknowledged → queryable measured
 //! the way a client sees it: an HTTP POST, then a GET.
 
-use crate::bench::{bench_server, row, BenchServer};
+use crate::bench::{bench_server, create_device, row, BenchServer};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use twinhub_model::time::{US_PER_HOUR, US_PER_SEC};
@@ -162,15 +162,7 @@ pub async fn http_ack_to_query(samples: usize) -> anyhow::Result<()> {
         _dir,
     } = bench_server(|_| {}).await?;
     let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("{base}/api/v1/devices"))
-        .bearer_auth(&token)
-        .json(&json!({"id": "ack"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = created["key"].as_str().unwrap_or_default().to_string();
+    let key = create_device(&http, &base, &token, "ack").await?;
     let ts0 = clock::SystemClock.now_us() / 1000 - 60_000;
     let (mut post, mut get) = (Vec::new(), Vec::new());
     let mut misses = 0;

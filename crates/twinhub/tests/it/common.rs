@@ -282,3 +282,22 @@ pub async fn python_with(check: &str, packages: &[&str]) -> String {
     }
     python
 }
+
+/// One series of a Prometheus text (`name` or `name{labels}` as printed).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `f` until it is true, for background work (compactor ticks,
+/// delivery tasks); fails after 30 s naming `what`.
+pub async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -148,12 +148,9 @@ async fn reactor_twin(s: &TestServer, tenant: &str, twin: &str) -> (reqwest::Sta
 }
 
 fn refused_metric(text: &str, protocol: &str, reason: &str) -> u64 {
-    let want =
-        format!("twinhub_ingest_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want)?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
+    let series =
+        format!("twinhub_ingest_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}");
+    metric_value(text, &series).unwrap_or(0.0) as u64
 }
 
 #[tokio::test]

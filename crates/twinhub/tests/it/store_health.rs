@@ -11,22 +11,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use twinhub_server::store::health::Faults;
 
-/// Polls `f` until it is true (background work: the compactor's ticks).
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    metric_value(text, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
 }
 
 async fn ready(s: &TestServer) -> (u16, Value) {
