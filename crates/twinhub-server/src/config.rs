@@ -3,9 +3,12 @@
 //! keys are errors that name the key, so a typo never silently falls back
 //! to a default.
 //!
-//! May call: `mqtt` (its settings section, which it owns), `store`,
-//! `registry`, `auth`, `ml` (config still builds their settings; to be
-//! turned round as `mqtt` was, so each module owns its settings type).
+//! Each section's type is owned by the module it configures (`mqtt`,
+//! `store`, `registry` for `[auth]`, `ml`), which also turns it into the
+//! settings it works with; this module only assembles them, reads the file
+//! and the environment, and checks what spans sections.
+//!
+//! May call: `mqtt`, `store`, `registry`, `ml` (their settings sections).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;
@@ -85,7 +88,10 @@ impl Default for HttpConfig {
     }
 }
 
+pub use crate::ml::MlConfig;
 pub use crate::mqtt::MqttConfig;
+pub use crate::registry::AuthConfig;
+pub use crate::store::StoreConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,36 +107,6 @@ impl Default for LogConfig {
         LogConfig {
             format: "text".into(),
             level: "info".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub access_token_ttl: String,
-    pub refresh_token_ttl: String,
-    /// argon2id memory cost in KiB, time cost and lanes for human
-    /// passwords. The defaults (32 MiB, 5 passes) take about 100 ms per
-    /// login on a 2-core box; see `twinhub bench auth`.
-    pub argon2_memory_kib: u32,
-    pub argon2_iterations: u32,
-    pub argon2_lanes: u32,
-    /// Failed logins in a row before the user name is locked.
-    pub lockout_threshold: u32,
-    pub lockout_duration: String,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            access_token_ttl: "15m".into(),
-            refresh_token_ttl: "24h".into(),
-            argon2_memory_kib: 32 * 1024,
-            argon2_iterations: 5,
-            argon2_lanes: 1,
-            lockout_threshold: 5,
-            lockout_duration: "15m".into(),
         }
     }
 }
@@ -172,29 +148,6 @@ impl Default for DevicesConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    pub flush_points: usize,
-    pub flush_interval: String,
-    pub queue: usize,
-    /// Free space kept in reserve ("64MB", "2%", or both as "64MB,2%":
-    /// the larger); under it new telemetry is refused.
-    pub min_free: String,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        let d = StoreOptions::default();
-        StoreConfig {
-            flush_points: d.flush_points,
-            flush_interval: "10m".into(),
-            queue: d.queue,
-            min_free: "64MB".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// API requests per second per user or API key (0: unlimited).
     pub requests_per_second: f64,
@@ -213,35 +166,6 @@ impl Default for RateLimitConfig {
             burst: 1000.0,
             roles: Default::default(),
             device_requests_per_second: 0.0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MlConfig {
-    /// Largest ONNX model accepted (bytes); larger uploads answer 413.
-    pub max_model_bytes: usize,
-    /// Rows per batch prediction at most; more answer 413.
-    pub max_batch: usize,
-    /// Prediction cache entries (0 disables it) and how long one lives.
-    pub cache_entries: usize,
-    pub cache_ttl: String,
-    /// Scenario rows per what-if call at most.
-    pub max_scenarios: usize,
-    /// Versions one model keeps at most; an upload beyond answers 409.
-    pub max_versions: usize,
-}
-
-impl Default for MlConfig {
-    fn default() -> Self {
-        MlConfig {
-            max_model_bytes: 64 << 20,
-            max_batch: 1000,
-            cache_entries: 10_000,
-            cache_ttl: "60s".into(),
-            max_scenarios: 10_000,
-            max_versions: 32,
         }
     }
 }
@@ -418,59 +342,26 @@ impl Config {
         self.retention
             .validate()
             .map_err(|m| invalid("retention", m))?;
-        crate::store::health::parse_min_free(&self.store.min_free, None)
-            .map_err(|rule| invalid("store.min_free", rule))?;
-        if self.store.flush_points < 1000 {
-            return Err(invalid("store.flush_points", "must be at least 1000"));
-        }
+        self.store
+            .validate()
+            .map_err(|(field, rule)| invalid(&format!("store.{field}"), rule))?;
         Ok(())
+    }
+
+    pub fn auth_settings(&self) -> crate::registry::AuthSettings {
+        self.auth.settings()
+    }
+
+    pub fn ml_settings(&self) -> crate::ml::MlSettings {
+        self.ml.settings()
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        self.store.options(&self.retention, &self.data_dir)
     }
 
     pub fn duration(s: &str) -> Duration {
         Duration::from_micros(parse_duration(s).unwrap_or(1_000_000) as u64)
-    }
-
-    pub fn auth_settings(&self) -> crate::registry::AuthSettings {
-        crate::registry::AuthSettings {
-            cost: crate::auth::password::Cost {
-                memory_kib: self.auth.argon2_memory_kib,
-                iterations: self.auth.argon2_iterations,
-                lanes: self.auth.argon2_lanes,
-            },
-            access_ttl_s: parse_duration(&self.auth.access_token_ttl).unwrap_or(900_000_000)
-                / 1_000_000,
-            refresh_ttl_s: parse_duration(&self.auth.refresh_token_ttl).unwrap_or(86_400_000_000)
-                / 1_000_000,
-            lockout_threshold: self.auth.lockout_threshold.max(1),
-            lockout_s: parse_duration(&self.auth.lockout_duration).unwrap_or(900_000_000)
-                / 1_000_000,
-        }
-    }
-
-    pub fn ml_settings(&self) -> crate::ml::MlSettings {
-        crate::ml::MlSettings {
-            max_model_bytes: self.ml.max_model_bytes,
-            max_batch: self.ml.max_batch.max(1),
-            cache_entries: self.ml.cache_entries,
-            cache_ttl_us: parse_duration(&self.ml.cache_ttl).unwrap_or(60_000_000),
-            max_scenarios: self.ml.max_scenarios.max(1),
-            max_versions: self.ml.max_versions.max(1),
-        }
-    }
-
-    pub fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            flush_points: self.store.flush_points,
-            flush_interval: Config::duration(&self.store.flush_interval),
-            queue: self.store.queue.max(16),
-            retention: self.retention.clone(),
-            min_free: crate::store::health::parse_min_free(
-                &self.store.min_free,
-                crate::store::health::total_space(&self.data_dir),
-            )
-            .unwrap_or(0),
-            ..StoreOptions::default()
-        }
     }
 }
 

@@ -1,26 +1,108 @@
-//! The in-process event bus: telemetry as it is stored, twin and device
-//! changes. Each event has an increasing id; a ring of recent events lets a
-//! client resume a stream with `Last-Event-ID`. Slow subscribers lag and
-//! are told so; they never slow publishers.
+//! The post-commit fan-out: every committed change (telemetry as stored,
+//! twin and relationship changes, device presence) as an `Event`, in
+//! commit order, to every subscriber. The store's writer is the only
+//! publisher: it gives each event its id (increasing, also across
+//! restarts) and publishes it once the commit that carried it is durable.
 //!
-//! Every consumer of committed changes attaches here (the SSE stream, ML
-//! bindings, MQTT delivery of telemetry from other protocols); what each
-//! one missed by lagging is counted per subscriber in `dropped`.
+//! Live subscribers (the SSE stream, ML bindings, MQTT delivery of
+//! telemetry from other protocols) get a bounded queue: one that falls
+//! behind loses the oldest events, is told how many, and never slows
+//! ingest; what each missed is counted in `dropped` and how far behind it
+//! is in `lags`. A ring of recent events lets a client resume a stream
+//! with `Last-Event-ID`. Consumers that must not miss anything (rules,
+//! routes) read the store's outbox from a durable position instead
+//! (`store::outbox`), and use this bus only to be woken.
 //!
 //! May call: `metrics` (a leaf the pipeline and API use).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::broadcast;
+pub use tokio::sync::broadcast::error::RecvError;
 
+/// What changed. The SSE stream's event names and `types=` filter use
+/// `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Telemetry,
+    Twin,
+    Relationship,
+    Device,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Telemetry,
+        Kind::Twin,
+        Kind::Relationship,
+        Kind::Device,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "telemetry",
+            Kind::Twin => "twin",
+            Kind::Relationship => "relationship",
+            Kind::Device => "device",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A change about to be committed: an event without its id.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub tenant: String,
+    pub kind: Kind,
+    pub twin: Option<String>,
+    pub model: Option<String>,
+    pub data: serde_json::Value,
+}
+
+impl Draft {
+    pub fn new(
+        tenant: &str,
+        kind: Kind,
+        twin: Option<&str>,
+        model: Option<&str>,
+        data: serde_json::Value,
+    ) -> Draft {
+        Draft {
+            tenant: tenant.to_string(),
+            kind,
+            twin: twin.map(str::to_string),
+            model: model.map(str::to_string),
+            data,
+        }
+    }
+
+    pub fn with_id(self, id: u64) -> Event {
+        Event {
+            id,
+            tenant: self.tenant,
+            kind: self.kind,
+            twin: self.twin,
+            model: self.model,
+            data: self.data,
+        }
+    }
+}
+
+/// A committed change. Serialised as the SSE stream shows it (the tenant
+/// is implied by the caller).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub id: u64,
     #[serde(skip)]
     pub tenant: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,47 +114,49 @@ pub struct EventBus {
     /// Events a subscriber missed because it fell behind, by subscriber.
     pub dropped: crate::metrics::CounterVec,
     tx: broadcast::Sender<Arc<Event>>,
-    state: Mutex<(u64, VecDeque<Arc<Event>>)>,
-    ring: usize,
+    ring: Mutex<VecDeque<Arc<Event>>>,
+    ring_len: usize,
+    last_id: AtomicU64,
+    /// The last id each named subscriber took, for its lag.
+    seen: Mutex<Vec<(&'static str, Weak<AtomicU64>)>>,
 }
 
 impl EventBus {
-    /// Ids start from the current time in µs so they keep increasing
-    /// across restarts.
-    pub fn new(start_id: u64, ring: usize) -> EventBus {
+    pub fn new(ring: usize) -> EventBus {
         let (tx, _) = broadcast::channel(4096);
         EventBus {
             dropped: Default::default(),
             tx,
-            state: Mutex::new((start_id, VecDeque::with_capacity(ring.min(1 << 16)))),
-            ring,
+            ring: Mutex::new(VecDeque::with_capacity(ring.min(1 << 16))),
+            ring_len: ring,
+            last_id: AtomicU64::new(0),
+            seen: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn publish(
-        &self,
-        tenant: &str,
-        kind: &'static str,
-        twin: Option<&str>,
-        model: Option<&str>,
-        data: serde_json::Value,
-    ) {
-        let mut st = self.state.lock().expect("events");
-        st.0 += 1;
-        let ev = Arc::new(Event {
-            id: st.0,
-            tenant: tenant.to_string(),
-            kind,
-            twin: twin.map(str::to_string),
-            model: model.map(str::to_string),
-            data,
-        });
-        if st.1.len() >= self.ring {
-            st.1.pop_front();
+    /// Publishes committed events; ids must increase. Only the store's
+    /// writer calls it, after the commit that carried them.
+    pub fn publish_committed(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
         }
-        st.1.push_back(ev.clone());
-        // Sent under the lock so every subscriber sees ids in order.
-        let _ = self.tx.send(ev);
+        let mut ring = self.ring.lock().expect("events");
+        for ev in events {
+            let ev = Arc::new(ev);
+            self.last_id.store(ev.id, Ordering::Relaxed);
+            if ring.len() >= self.ring_len {
+                ring.pop_front();
+            }
+            ring.push_back(ev.clone());
+            // Sent under the lock so a subscriber that joins with a
+            // backlog sees each id once, in order.
+            let _ = self.tx.send(ev);
+        }
+    }
+
+    /// The id of the last event published (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.last_id.load(Ordering::Relaxed)
     }
 
     /// A live receiver plus the retained events after `after` (for
@@ -81,13 +165,45 @@ impl EventBus {
         &self,
         after: Option<u64>,
     ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
-        let st = self.state.lock().expect("events");
+        let ring = self.ring.lock().expect("events");
         let rx = self.tx.subscribe();
         let backlog = match after {
-            Some(a) => st.1.iter().filter(|e| e.id > a).cloned().collect(),
+            Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
             None => Vec::new(),
         };
         (backlog, rx)
+    }
+
+    /// A named live subscriber: its misses are counted in `dropped` and
+    /// its lag is reported under its name.
+    pub fn subscribe_as(self: &Arc<Self>, name: &'static str) -> Subscription {
+        let (_, rx) = self.subscribe(None);
+        let seen = Arc::new(AtomicU64::new(self.last_id()));
+        let mut all = self.seen.lock().expect("seen");
+        all.retain(|(_, w)| w.strong_count() > 0);
+        all.push((name, Arc::downgrade(&seen)));
+        Subscription {
+            name,
+            rx,
+            seen,
+            bus: self.clone(),
+        }
+    }
+
+    /// How many published events each named subscriber has not taken yet
+    /// (the largest per name).
+    pub fn lags(&self) -> Vec<(&'static str, u64)> {
+        let last = self.last_id();
+        let mut out: Vec<(&'static str, u64)> = Vec::new();
+        for (name, w) in self.seen.lock().expect("seen").iter() {
+            let Some(seen) = w.upgrade() else { continue };
+            let lag = last.saturating_sub(seen.load(Ordering::Relaxed));
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, l)) => *l = (*l).max(lag),
+                None => out.push((name, lag)),
+            }
+        }
+        out
     }
 
     pub fn subscribers(&self) -> usize {
@@ -95,28 +211,97 @@ impl EventBus {
     }
 }
 
+/// A named subscriber's receiver.
+pub struct Subscription {
+    name: &'static str,
+    rx: broadcast::Receiver<Arc<Event>>,
+    seen: Arc<AtomicU64>,
+    bus: Arc<EventBus>,
+}
+
+impl Subscription {
+    /// The next event; a `Lagged(n)` has already been counted.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, RecvError> {
+        match self.rx.recv().await {
+            Ok(e) => {
+                self.seen.store(e.id, Ordering::Relaxed);
+                Ok(e)
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    subscriber = self.name,
+                    missed = n,
+                    "fell behind the event stream"
+                );
+                self.bus.dropped.add(self.name, n);
+                Err(RecvError::Lagged(n))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next event already queued, if any.
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => {
+                    self.seen.store(e.id, Ordering::Relaxed);
+                    return Some(e);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.bus.dropped.add(self.name, n);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn ev(id: u64) -> Event {
+        Draft::new(
+            "default",
+            Kind::Telemetry,
+            Some("t"),
+            None,
+            serde_json::json!(id),
+        )
+        .with_id(id)
+    }
+
     #[tokio::test]
     async fn resume_replays_only_newer_events() {
-        let bus = EventBus::new(100, 3);
-        for i in 0..5 {
-            bus.publish(
-                "default",
-                "telemetry",
-                Some("t"),
-                None,
-                serde_json::json!(i),
-            );
-        }
+        let bus = EventBus::new(3);
+        bus.publish_committed((101..=105).map(ev).collect());
         let (backlog, mut rx) = bus.subscribe(Some(102));
         assert_eq!(
             backlog.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![103, 104, 105]
         );
-        bus.publish("default", "twin", None, None, serde_json::json!({}));
+        bus.publish_committed(vec![ev(106)]);
         assert_eq!(rx.recv().await.unwrap().id, 106);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_is_counted_and_its_lag_reported() {
+        let bus = Arc::new(EventBus::new(16));
+        let mut sub = bus.subscribe_as("slow");
+        bus.publish_committed((1..=5000).map(ev).collect());
+        assert_eq!(bus.lags(), vec![("slow", 5000)]);
+        assert!(matches!(sub.recv().await, Err(RecvError::Lagged(904))));
+        assert_eq!(sub.recv().await.unwrap().id, 905);
+        assert_eq!(bus.lags(), vec![("slow", 4095)]);
+        assert_eq!(bus.dropped.get("slow"), 904);
+    }
+
+    #[test]
+    fn kinds_round_trip_their_names() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 }

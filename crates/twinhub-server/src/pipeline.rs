@@ -1,13 +1,14 @@
 //! The one ingest pipeline every protocol feeds: validate → twin → store →
-//! (events). Adapters decode and authenticate, then call `ingest` with the
+//! fan-out. Adapters decode and authenticate, then call `ingest` with the
 //! device and its decoded messages; the call returns once the points are
-//! durable, so the adapter may acknowledge.
+//! durable, so the adapter may acknowledge. The telemetry events go to the
+//! store with the batch, which publishes them once it is committed.
 //!
 //! May call: `store`, `registry`, `events`, `metrics`, `clock`, `quotas`
 //! (points per day), `twins` (validation against the model, live values).
 
 use crate::clock::SharedClock;
-use crate::events::EventBus;
+use crate::events::{Draft, Kind};
 use crate::metrics::ServerMetrics;
 use crate::registry::Device;
 use crate::store::{SeriesKey, Store, StoreError, WriteBatch};
@@ -45,7 +46,6 @@ struct Source<'a> {
 pub struct Pipeline {
     store: Store,
     twins: Arc<crate::twins::TwinGraphs>,
-    events: Arc<EventBus>,
     metrics: Arc<ServerMetrics>,
     clock: SharedClock,
     quotas: Arc<crate::quotas::Quotas>,
@@ -57,7 +57,6 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         store: Store,
-        events: Arc<EventBus>,
         metrics: Arc<ServerMetrics>,
         clock: SharedClock,
         twins: Arc<crate::twins::TwinGraphs>,
@@ -66,7 +65,6 @@ impl Pipeline {
         Pipeline {
             store,
             twins,
-            events,
             metrics,
             clock,
             quotas,
@@ -208,10 +206,29 @@ impl Pipeline {
         if accepted.is_empty() {
             return outcomes;
         }
-        let res = match wait {
-            Some(w) => self.store.append_within(batch, w).await,
-            None => self.store.append(batch).await,
-        };
+        let model = self
+            .twins
+            .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
+        let device_id = src.device.map(|d| d.row.id.as_str());
+        let mut events: Vec<Draft> = Vec::with_capacity(accepted.len() + 1);
+        if let Some(d) = src.device.filter(|d| !d.active.load(Ordering::Relaxed)) {
+            events.push(Self::activity(d, true, None));
+        }
+        for (ts, m) in accepted.iter().flatten() {
+            let values: serde_json::Map<String, serde_json::Value> = m
+                .values
+                .iter()
+                .map(|(n, v, _)| (n.clone(), v.to_json()))
+                .collect();
+            events.push(Draft::new(
+                tenant,
+                Kind::Telemetry,
+                Some(twin),
+                model.as_deref(),
+                serde_json::json!({"device": device_id, "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
+            ));
+        }
+        let res = self.store.append_with(batch, events, wait).await;
         let failed = match res {
             Ok(()) => None,
             Err(StoreError::Busy) => {
@@ -242,24 +259,8 @@ impl Pipeline {
         self.metrics.messages_in.add(protocol, messages as u64);
         self.metrics.points_in.add(protocol, reserved as u64);
         if let Some(device) = src.device {
-            self.seen(device, now);
-        }
-        let model = self
-            .twins
-            .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
-        for (ts, m) in accepted.iter().flatten() {
-            let values: serde_json::Map<String, serde_json::Value> = m
-                .values
-                .iter()
-                .map(|(n, v, _)| (n.clone(), v.to_json()))
-                .collect();
-            self.events.publish(
-                tenant,
-                "telemetry",
-                Some(twin),
-                model.as_deref(),
-                serde_json::json!({"device": src.device.map(|d| d.row.id.as_str()), "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
-            );
+            device.last_seen.store(now, Ordering::Relaxed);
+            device.active.store(true, Ordering::Relaxed);
         }
         outcomes
     }
@@ -289,42 +290,31 @@ impl Pipeline {
             .collect()
     }
 
-    /// Marks a device seen; a device that had gone quiet becomes active
-    /// again, with an event.
-    pub fn seen(&self, device: &Device, now: i64) {
-        device.last_seen.store(now, Ordering::Relaxed);
-        if !device.active.swap(true, Ordering::Relaxed) {
-            self.events.publish(
-                &device.row.tenant,
-                "device",
-                Some(device.twin()),
-                None,
-                serde_json::json!({"device": device.row.id, "active": true}),
-            );
+    /// A device's activity changed (it reported again, or went quiet).
+    fn activity(d: &Device, active: bool, last_seen: Option<i64>) -> Draft {
+        let mut data = serde_json::json!({"device": d.row.id, "active": active});
+        if let Some(seen) = last_seen {
+            data["last_seen"] = to_epoch_ms_json(seen);
         }
+        Draft::new(&d.row.tenant, Kind::Device, Some(d.twin()), None, data)
     }
 
     /// Marks devices silent for longer than `timeout` inactive; returns how
     /// many changed.
     pub fn sweep_inactive(&self, devices: &[Arc<Device>], timeout_us: i64) -> usize {
         let now = self.clock.now_us();
-        let mut n = 0;
+        let mut changed = Vec::new();
         for d in devices {
             let seen = d.last_seen.load(Ordering::Relaxed);
             if d.active.load(Ordering::Relaxed)
                 && now - seen >= timeout_us
                 && d.active.swap(false, Ordering::Relaxed)
             {
-                n += 1;
-                self.events.publish(
-                    &d.row.tenant,
-                    "device",
-                    Some(d.twin()),
-                    None,
-                    serde_json::json!({"device": d.row.id, "active": false, "last_seen": to_epoch_ms_json(seen)}),
-                );
+                changed.push(Self::activity(d, false, Some(seen)));
             }
         }
+        let n = changed.len();
+        self.store.emit_detached(changed);
         n
     }
 }

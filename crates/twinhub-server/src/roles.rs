@@ -123,36 +123,35 @@ impl RoleBook {
 
     pub async fn put(&self, store: &Store, row: RoleRow) -> Result<(), RoleError> {
         RoleBook::validate(&row)?;
-        let cache = self.by_tenant.clone();
+        let r2 = row.clone();
         store
-            .write(move |ctx| {
-                rows::put_role(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    cache
-                        .write()
-                        .expect("roles")
+            .write_cached(
+                &self.by_tenant,
+                move |tx| rows::put_role(tx, &r2),
+                move |roles| {
+                    roles
                         .entry(row.tenant.clone())
                         .or_default()
                         .insert(row.name.clone(), row);
-                });
-                Ok(())
-            })
+                },
+            )
             .await?;
         Ok(())
     }
 
     pub async fn delete(&self, store: &Store, tenant: &str, name: &str) -> Result<bool, RoleError> {
-        let (t, n, cache) = (tenant.to_string(), name.to_string(), self.by_tenant.clone());
+        let (t, n) = (tenant.to_string(), name.to_string());
+        let (t2, n2) = (t.clone(), n.clone());
         Ok(store
-            .write(move |ctx| {
-                let gone = rows::delete_role(ctx.tx, &t, &n)?;
-                ctx.after_commit(move |_| {
-                    if let Some(m) = cache.write().expect("roles").get_mut(&t) {
-                        m.remove(&n);
+            .write_cached(
+                &self.by_tenant,
+                move |tx| rows::delete_role(tx, &t, &n),
+                move |roles| {
+                    if let Some(m) = roles.get_mut(&t2) {
+                        m.remove(&n2);
                     }
-                });
-                Ok(gone)
-            })
+                },
+            )
             .await?)
     }
 

@@ -7,7 +7,6 @@
 use crate::api::{self, AppInner, AppState};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::events::EventBus;
 use crate::metrics::ServerMetrics;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
@@ -153,8 +152,8 @@ pub async fn run(
         write_private(&dir.join(INITIAL_PASSWORD_FILE), pw)?;
     }
     let metrics = Arc::new(ServerMetrics::default());
-    let events = Arc::new(EventBus::new(clock.now_us().max(0) as u64, 10_000));
-    let twins = crate::twins::TwinGraphs::load(store.clone(), events.clone(), clock.clone())?;
+    let events = store.events().clone();
+    let twins = crate::twins::TwinGraphs::load(store.clone(), clock.clone())?;
     let audit =
         crate::audit::AuditLog::open(store.clone(), clock.clone(), config.audit.key.as_deref())?;
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
@@ -167,7 +166,6 @@ pub async fn run(
     )?);
     let pipeline = Pipeline::new(
         store.clone(),
-        events.clone(),
         metrics.clone(),
         clock.clone(),
         twins.clone(),
@@ -232,7 +230,6 @@ pub async fn run(
                 registry: state.registry.clone(),
                 pipeline: state.pipeline.clone(),
                 quotas: state.quotas.clone(),
-                events: state.events.clone(),
                 metrics: state.metrics.clone(),
                 store: state.store.clone(),
                 clock: state.clock.clone(),

@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::AppState;
 use crate::auth::{Perm, Principal};
-use crate::events::Event;
+use crate::events::{Event, Kind};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -45,7 +45,7 @@ struct Filter {
 
 impl Filter {
     fn in_scope(&self, e: &Event) -> bool {
-        let scope = if e.kind == "telemetry" {
+        let scope = if e.kind == Kind::Telemetry {
             &self.telemetry_scope
         } else {
             &self.events_scope
@@ -59,7 +59,7 @@ impl Filter {
     fn matches(&self, e: &Event) -> bool {
         e.tenant == self.tenant
             && self.in_scope(e)
-            && self.types.iter().any(|t| t == e.kind)
+            && self.types.iter().any(|t| t == e.kind.as_str())
             && self
                 .twin
                 .as_deref()
@@ -74,7 +74,7 @@ impl Filter {
 fn sse(e: &Event) -> SseEvent {
     SseEvent::default()
         .id(e.id.to_string())
-        .event(e.kind)
+        .event(e.kind.as_str())
         .json_data(e)
         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
 }

@@ -225,6 +225,39 @@ pub async fn metrics(
         "Open event streams.",
         state.events.subscribers() as f64,
     );
+    let last = state.events.last_id();
+    x.gauge_series(
+        "twinhub_fanout_lag",
+        "Committed events a live subscriber of the fan-out has not taken yet (ml, mqtt).",
+        &state
+            .events
+            .lags()
+            .into_iter()
+            .map(|(n, l)| (vec![("subscriber", n.to_string())], l as f64))
+            .collect::<Vec<_>>(),
+    );
+    if let Ok(consumers) = state.store.consumers() {
+        x.gauge_series(
+            "twinhub_outbox_consumer_lag",
+            "Committed events a durable consumer has not recorded as applied yet.",
+            &consumers
+                .into_iter()
+                .map(|(n, p)| (vec![("consumer", n)], last.saturating_sub(p) as f64))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Ok((rows, bytes)) = state.store.outbox_size() {
+        x.gauge(
+            "twinhub_outbox_bytes",
+            "Bytes of committed events kept for durable consumers.",
+            bytes as f64,
+        );
+        x.gauge(
+            "twinhub_outbox_rows",
+            "Rows (one per committed operation) kept for durable consumers.",
+            rows as f64,
+        );
+    }
     if let Some(b) = state.broker() {
         let mm = &b.metrics;
         x.gauge(

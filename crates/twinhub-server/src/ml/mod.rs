@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod bundle;
 pub mod cache;
 pub mod prediction_log;
+mod settings;
 pub mod soft_sensor;
 pub mod stats;
 
@@ -20,6 +21,7 @@ use crate::clock::SharedClock;
 use crate::store::ml::{self as rows, ModelRow, RoutingRow};
 use crate::store::{Store, StoreError};
 use cache::{CacheKey, PredictionCache};
+pub use settings::MlConfig;
 use sha2::Digest;
 use stats::VersionStats;
 use std::collections::{BTreeMap, HashMap};

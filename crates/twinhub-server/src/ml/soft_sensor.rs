@@ -9,7 +9,7 @@
 
 use super::bindings::{Binding, Bindings};
 use super::MlModels;
-use crate::events::{Event, EventBus};
+use crate::events::{Event, EventBus, Kind, RecvError};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::twins::TwinGraphs;
@@ -35,7 +35,7 @@ pub async fn run(
     events: Arc<EventBus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let (_, mut rx) = events.subscribe(None);
+    let mut rx = events.subscribe_as("ml");
     bindings.refresh_queries(&twins, None);
     let mut refresh = tokio::time::interval(std::time::Duration::from_secs(5));
     let cx = Ctx {
@@ -57,14 +57,10 @@ pub async fn run(
         };
         let e = match e {
             Ok(e) => e,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "soft sensors fell behind the event stream");
-                events.dropped.add("ml", n);
-                continue;
-            }
+            Err(RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        if e.kind == "twin" || e.kind == "relationship" {
+        if matches!(e.kind, Kind::Twin | Kind::Relationship) {
             cx.bindings
                 .stale
                 .lock()
@@ -72,7 +68,7 @@ pub async fn run(
                 .insert(e.tenant.clone());
             continue;
         }
-        if e.kind != "telemetry" {
+        if e.kind != Kind::Telemetry {
             continue;
         }
         if cx.bindings.stale.lock().expect("stale").remove(&e.tenant) {

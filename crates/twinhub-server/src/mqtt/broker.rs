@@ -97,7 +97,6 @@ pub struct BrokerDeps {
     pub registry: Arc<crate::registry::Registry>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
     pub quotas: Arc<crate::quotas::Quotas>,
-    pub events: Arc<crate::events::EventBus>,
     pub metrics: Arc<crate::metrics::ServerMetrics>,
     pub store: crate::store::Store,
     pub clock: crate::clock::SharedClock,

@@ -14,6 +14,7 @@ use super::reason::code;
 use super::router::Sub;
 use super::session::{Message, Outgoing, PubRec, Send as Next};
 use super::topic;
+use crate::events::{Draft, Kind};
 use bytes::BytesMut;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -240,13 +241,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 fn presence(broker: &Broker, device: &str, connected: bool) {
     if let Some(d) = broker.deps.registry.device(device) {
         d.connected.store(connected, Ordering::Relaxed);
-        broker.deps.events.publish(
+        broker.deps.store.emit_detached(vec![Draft::new(
             &d.row.tenant,
-            "device",
+            Kind::Device,
             Some(d.twin()),
             None,
             serde_json::json!({"device": d.row.id, "connected": connected}),
-        );
+        )]);
     }
 }
 

@@ -14,15 +14,15 @@
 
 use super::broker::Broker;
 use super::session::{Message, MsgProps};
-use crate::events::{Event, EventBus};
+use crate::events::RecvError;
+use crate::events::{Event, EventBus, Kind};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 
 /// The MQTT message for a committed telemetry event, if MQTT should carry
 /// it (not already routed by an MQTT connection).
 pub fn message_for(e: &Event) -> Option<Message> {
-    if e.kind != "telemetry" || e.data.get("source").and_then(|s| s.as_str()) == Some("mqtt") {
+    if e.kind != Kind::Telemetry || e.data.get("source").and_then(|s| s.as_str()) == Some("mqtt") {
         return None;
     }
     let values = e.data.get("values")?.as_object()?;
@@ -58,10 +58,10 @@ pub async fn deliver_telemetry(
     events: Arc<EventBus>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let (_, mut rx) = events.subscribe(None);
+    let mut sub = events.subscribe_as("mqtt");
     loop {
         let e = tokio::select! {
-            r = rx.recv() => r,
+            r = sub.recv() => r,
             _ = shutdown.changed() => return,
         };
         match e {
@@ -71,13 +71,7 @@ pub async fn deliver_telemetry(
                     broker.persist.send(ops);
                 }
             }
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "MQTT delivery of non-MQTT telemetry fell behind"
-                );
-                events.dropped.add("mqtt", n);
-            }
+            Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,
         }
     }

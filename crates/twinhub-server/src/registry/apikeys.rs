@@ -22,18 +22,15 @@ impl Registry {
             row: row.clone(),
             last_used: AtomicI64::new(0),
         });
-        let (e2, cache) = (entry.clone(), self.apikeys.clone());
+        let e2 = entry.clone();
         self.store
-            .write(move |ctx| {
-                rows::put_apikey(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    cache
-                        .write()
-                        .expect("apikeys")
-                        .insert(e2.row.id.clone(), e2);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.apikeys,
+                move |tx| rows::put_apikey(tx, &row),
+                move |keys| {
+                    keys.insert(e2.row.id.clone(), e2);
+                },
+            )
             .await?;
         Ok((entry, key))
     }
@@ -72,22 +69,18 @@ impl Registry {
         let mut row = k.row.clone();
         row.revoked_at = Some(self.now_us());
         row.last_used = Some(k.last_used.load(Ordering::Relaxed)).filter(|t| *t > 0);
-        let cache = self.apikeys.clone();
+        let revoked = Arc::new(ApiKey {
+            last_used: AtomicI64::new(row.last_used.unwrap_or(0)),
+            row: row.clone(),
+        });
         self.store
-            .write(move |ctx| {
-                rows::put_apikey(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    let last = Arc::new(ApiKey {
-                        last_used: AtomicI64::new(row.last_used.unwrap_or(0)),
-                        row,
-                    });
-                    cache
-                        .write()
-                        .expect("apikeys")
-                        .insert(last.row.id.clone(), last);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.apikeys,
+                move |tx| rows::put_apikey(tx, &row),
+                move |keys| {
+                    keys.insert(revoked.row.id.clone(), revoked);
+                },
+            )
             .await?;
         Ok(true)
     }

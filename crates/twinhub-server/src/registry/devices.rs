@@ -46,15 +46,15 @@ impl Registry {
             previous_key_until: None,
         };
         let dev = Arc::new(Device::new(row.clone()));
-        let (d, cache) = (dev.clone(), self.devices.clone());
+        let d = dev.clone();
         self.store
-            .write(move |ctx| {
-                rows::insert_device(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("devices").insert(d.row.id.clone(), d);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.devices,
+                move |tx| rows::insert_device(tx, &row),
+                move |devices| {
+                    devices.insert(d.row.id.clone(), d);
+                },
+            )
             .await?;
         Ok((dev, key))
     }
@@ -153,30 +153,30 @@ impl Registry {
             .store(current.active.load(Ordering::Relaxed), Ordering::Relaxed);
         dev.connected
             .store(current.connected.load(Ordering::Relaxed), Ordering::Relaxed);
-        let (d, cache) = (dev.clone(), self.devices.clone());
+        let d = dev.clone();
         self.store
-            .write(move |ctx| {
-                rows::update_device(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("devices").insert(d.row.id.clone(), d);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.devices,
+                move |tx| rows::update_device(tx, &row),
+                move |devices| {
+                    devices.insert(d.row.id.clone(), d);
+                },
+            )
             .await?;
         Ok(dev)
     }
 
     pub async fn delete_device(&self, id: &str) -> Result<bool, RegistryError> {
-        let (id, cache) = (id.to_string(), self.devices.clone());
+        let (i1, i2) = (id.to_string(), id.to_string());
         Ok(self
             .store
-            .write(move |ctx| {
-                let found = rows::delete_device(ctx.tx, &id)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("devices").remove(&id);
-                });
-                Ok(found)
-            })
+            .write_cached(
+                &self.devices,
+                move |tx| rows::delete_device(tx, &i1),
+                move |devices| {
+                    devices.remove(&i2);
+                },
+            )
             .await?)
     }
 

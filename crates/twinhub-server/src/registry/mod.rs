@@ -14,6 +14,7 @@ use crate::auth::{self, jwt, password, Principal, PrincipalKind};
 use crate::clock::SharedClock;
 use crate::store::registry::{self as rows, DeviceRow, TenantRow, UserRow};
 use crate::store::{Store, StoreError};
+pub use settings::AuthConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,6 +23,7 @@ use twinhub_model::ids::check_id;
 mod apikeys;
 mod devices;
 mod lockout;
+mod settings;
 mod tenants;
 mod users;
 

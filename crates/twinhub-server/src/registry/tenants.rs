@@ -21,15 +21,15 @@ impl Registry {
             name: name.into(),
             created_at: self.now_us(),
         };
-        let (r, cache) = (row.clone(), self.tenants.clone());
+        let (r1, r2) = (row.clone(), row.clone());
         self.store
-            .write(move |ctx| {
-                rows::insert_tenant(ctx.tx, &r)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("tenants").insert(r.id.clone(), r);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.tenants,
+                move |tx| rows::insert_tenant(tx, &r1),
+                move |tenants| {
+                    tenants.insert(r2.id.clone(), r2);
+                },
+            )
             .await?;
         Ok(row)
     }

@@ -42,18 +42,15 @@ impl Registry {
             roles,
             created_at: self.now_us(),
         };
-        let cache = self.users.clone();
+        let r2 = row.clone();
         self.store
-            .write(move |ctx| {
-                rows::insert_user(ctx.tx, &row)?;
-                ctx.after_commit(move |_| {
-                    cache
-                        .write()
-                        .expect("users")
-                        .insert(row.username.clone(), row);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.users,
+                move |tx| rows::insert_user(tx, &r2),
+                move |users| {
+                    users.insert(row.username.clone(), row);
+                },
+            )
             .await?;
         Ok(())
     }
@@ -114,17 +111,16 @@ impl Registry {
     /// Deletes a user; their tokens stop working at once.
     pub async fn delete_user(&self, username: &str) -> Result<bool, RegistryError> {
         self.end_sessions_of(username).await?;
-        let name = username.to_string();
-        let cache = self.users.clone();
+        let (n1, n2) = (username.to_string(), username.to_string());
         Ok(self
             .store
-            .write(move |ctx| {
-                let gone = rows::delete_user(ctx.tx, &name)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("users").remove(&name);
-                });
-                Ok(gone)
-            })
+            .write_cached(
+                &self.users,
+                move |tx| rows::delete_user(tx, &n1),
+                move |users| {
+                    users.remove(&n2);
+                },
+            )
             .await?)
     }
 
@@ -270,15 +266,15 @@ impl Registry {
     pub async fn logout(&self, session: &str) -> Result<(), RegistryError> {
         let exp =
             self.now_us() / 1_000_000 + self.settings.refresh_ttl_s.max(self.settings.access_ttl_s);
-        let (s, cache) = (session.to_string(), self.revoked.clone());
+        let (s1, s2) = (session.to_string(), session.to_string());
         self.store
-            .write(move |ctx| {
-                rows::revoke_session(ctx.tx, &s, exp)?;
-                ctx.after_commit(move |_| {
-                    cache.write().expect("revoked").insert(s, exp);
-                });
-                Ok(())
-            })
+            .write_cached(
+                &self.revoked,
+                move |tx| rows::revoke_session(tx, &s1, exp),
+                move |revoked| {
+                    revoked.insert(s2, exp);
+                },
+            )
             .await?;
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 7;
+pub const FORMAT_VERSION: i64 = 8;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -117,6 +117,12 @@ ALTER TABLE mqtt_queue ADD COLUMN pkid INTEGER;
 ALTER TABLE mqtt_queue ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE mqtt_qos2_in(client_id TEXT NOT NULL, pkid INTEGER NOT NULL,
     PRIMARY KEY(client_id, pkid)) WITHOUT ROWID;
+"#,
+    // 8: the durable fan-out: events of committed changes, kept while a
+    // durable consumer (rules, routes) has not applied them.
+    r#"
+CREATE TABLE outbox(last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE consumers(name TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
 "#,
 ];
 

@@ -7,7 +7,12 @@
 //! batch log with group commit → in-memory head → compacted chunks with
 //! statistics → rollups, with retention.
 //!
-//! May call: `twinhub-model` types and the `clock`; nothing above it.
+//! The writer is also where the fan-out starts: it publishes the events
+//! of each commit on the bus (`events`), in commit order, and keeps them
+//! in the outbox for durable consumers (`outbox.rs`).
+//!
+//! May call: `twinhub-model` types, the `clock`, `metrics` (counters) and
+//! `events` (the bus it publishes on); nothing above it.
 
 pub mod audit;
 pub mod batch;
@@ -20,13 +25,17 @@ mod head;
 pub mod health;
 pub mod ml;
 pub mod mqtt;
+pub mod outbox;
 mod query;
 pub mod registry;
 mod rollup;
+mod settings;
 pub mod twins;
 pub mod varint;
 mod writer;
 
+#[cfg(test)]
+mod outbox_tests;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +44,7 @@ use crate::metrics::{Counter, Histogram, LATENCY_BOUNDS};
 use columns::Columns;
 use head::Head;
 use rusqlite::params;
+pub use settings::StoreConfig;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,6 +237,11 @@ pub struct Engine {
     pub(crate) dirty: Mutex<BTreeSet<(u32, i64)>>,
     pub(crate) deletes_since_freeze: Mutex<Vec<(u32, i64, i64)>>,
     pub(crate) last_seq: AtomicU64,
+    /// The id of the last event committed (written by the writer only).
+    pub(crate) event_seq: AtomicU64,
+    /// Durable consumers exist: events are kept in the outbox.
+    pub(crate) outbox_on: AtomicBool,
+    pub(crate) bus: Arc<crate::events::EventBus>,
     pub metrics: StoreMetrics,
     pub clock: SharedClock,
     pub health: health::Health,
@@ -361,6 +376,11 @@ impl Store {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
 
+        // Event ids start from the boot time in µs (so a client resuming
+        // a stream after a restart does not see old ids again), and never
+        // below what the outbox and the consumers have seen.
+        let (high, outbox_on) = outbox::high_water(&conn)?;
+        let event_seq = high.max(clock.now_us().max(0) as u64);
         let engine = Arc::new(Engine {
             index: RwLock::new(index),
             active: RwLock::new(head),
@@ -369,6 +389,9 @@ impl Store {
             dirty: Mutex::new(dirty),
             deletes_since_freeze: Mutex::new(Vec::new()),
             last_seq: AtomicU64::new(last_seq),
+            event_seq: AtomicU64::new(event_seq),
+            outbox_on: AtomicBool::new(outbox_on),
+            bus: Arc::new(crate::events::EventBus::new(10_000)),
             metrics: StoreMetrics::default(),
             clock,
             health: health::Health::new(),
@@ -442,45 +465,43 @@ impl Store {
         !h.check_space(&self.inner.dir, self.faults(), false) && h.flushing_ok()
     }
 
-    /// Queues a batch; the receiver resolves once it is durable. Waits
-    /// while the writer's queue is full (back-pressure).
+    /// Queues a batch; resolves once it is durable. Waits while the
+    /// writer's queue is full (back-pressure).
     pub async fn append(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let rx = self.enqueue(batch).await?;
-        rx.await.map_err(|_| StoreError::Unavailable)?.map(|_| ())
-    }
-
-    async fn enqueue(
-        &self,
-        batch: WriteBatch,
-    ) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
-        let (ack, rx) = oneshot::channel();
-        let op = writer::Op::Append {
-            batch,
-            enqueued: Instant::now(),
-            ack,
-        };
-        self.inner
-            .data_tx
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        Ok(rx)
+        self.append_with(batch, Vec::new(), None).await
     }
 
     /// Like `append`, but gives up with `Busy` if the queue stays full for
     /// `wait` (HTTP answers 503 + Retry-After then).
     pub async fn append_within(&self, batch: WriteBatch, wait: Duration) -> Result<(), StoreError> {
+        self.append_with(batch, Vec::new(), Some(wait)).await
+    }
+
+    /// Appends a batch and, in the same commit, the events that describe
+    /// it: they are published (and kept for durable consumers) only if the
+    /// batch is committed. `wait` bounds the wait for room in the queue
+    /// (None: as long as it takes).
+    pub async fn append_with(
+        &self,
+        batch: WriteBatch,
+        events: Vec<crate::events::Draft>,
+        wait: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let (ack, rx) = oneshot::channel();
         let op = writer::Op::Append {
             batch,
+            events,
             enqueued: Instant::now(),
             ack,
         };
-        match tokio::time::timeout(wait, self.inner.data_tx.send(op)).await {
-            Err(_) => return Err(StoreError::Busy),
-            Ok(Err(_)) => return Err(StoreError::Unavailable),
-            Ok(Ok(())) => {}
-        }
+        let sent = match wait {
+            Some(w) => match tokio::time::timeout(w, self.inner.data_tx.send(op)).await {
+                Err(_) => return Err(StoreError::Busy),
+                Ok(r) => r,
+            },
+            None => self.inner.data_tx.send(op).await,
+        };
+        sent.map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?.map(|_| ())
     }
 
@@ -499,6 +520,29 @@ impl Store {
             .map_err(|_| StoreError::Unavailable)?;
         let out = rx.await.map_err(|_| StoreError::Unavailable)??;
         Ok(*out.downcast::<R>().expect("write result type"))
+    }
+
+    /// The shape of every cached table: `write` runs in the writer's
+    /// transaction and, only once that commits, `apply` updates the
+    /// in-memory copy under its lock (so the cache never shows a change
+    /// that was not stored, and readers see it as soon as it is durable).
+    pub async fn write_cached<C, R>(
+        &self,
+        cache: &Arc<RwLock<C>>,
+        write: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+        apply: impl FnOnce(&mut C) + Send + 'static,
+    ) -> Result<R, StoreError>
+    where
+        C: Send + Sync + 'static,
+        R: Send + 'static,
+    {
+        let cache = cache.clone();
+        self.write(move |ctx| {
+            let r = write(ctx.tx)?;
+            ctx.after_commit(move |_| apply(&mut cache.write().expect("cache")));
+            Ok(r)
+        })
+        .await
     }
 
     /// Blocking form of `write` for threads outside the runtime (CLI).

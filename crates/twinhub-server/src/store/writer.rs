@@ -11,7 +11,8 @@
 use super::chunk;
 use super::head::Head;
 use super::health::Faults;
-use super::{batch, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
+use super::{batch, outbox, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
+use crate::events::{Draft, Event};
 use rusqlite::{params, Connection};
 use std::any::Any;
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ pub struct WriteCtx<'a> {
     pub engine: &'a Engine,
     hooks: Vec<Hook>,
     undo: Vec<Hook>,
+    /// Events to publish once committed (`emit`).
+    pub(super) events: Vec<Draft>,
 }
 
 impl WriteCtx<'_> {
@@ -49,6 +52,8 @@ impl WriteCtx<'_> {
 pub enum Op {
     Append {
         batch: WriteBatch,
+        /// What the fan-out publishes once the batch is committed.
+        events: Vec<Draft>,
         enqueued: Instant,
         ack: oneshot::Sender<Result<u64, StoreError>>,
     },
@@ -184,6 +189,14 @@ impl Writer {
         let mut hooks: Vec<Hook> = Vec::new();
         let mut undo: Vec<Hook> = Vec::new();
         let now = engine.clock.now_us();
+        let mut drafts: Vec<Vec<Draft>> = Vec::with_capacity(group.len());
+        let mut group = group;
+        for op in group.iter_mut() {
+            drafts.push(match op {
+                Op::Append { events, .. } => std::mem::take(events),
+                Op::Exec { .. } => Vec::new(),
+            });
+        }
 
         let outcome = (|| -> Result<(), StoreError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -209,7 +222,6 @@ impl Writer {
 
         // Registry closures run each in a savepoint so one refused change
         // (a conflict) does not fail its neighbours.
-        let mut group = group;
         if outcome.is_ok() {
             for (i, op) in group.iter_mut().enumerate() {
                 if let Op::Exec { f, .. } = op {
@@ -220,12 +232,14 @@ impl Writer {
                         engine: &engine,
                         hooks: Vec::new(),
                         undo: Vec::new(),
+                        events: Vec::new(),
                     };
                     match f(&mut ctx) {
                         Ok(v) => {
                             let _ = self.conn.execute_batch("RELEASE op");
                             hooks.append(&mut ctx.hooks);
                             undo.append(&mut ctx.undo);
+                            drafts[i] = std::mem::take(&mut ctx.events);
                             results[i] = Ok(Some(v));
                         }
                         Err(e) => {
@@ -236,6 +250,27 @@ impl Writer {
                 }
             }
         }
+        // Events get their ids in operation order; with durable consumers
+        // they are stored in this same transaction.
+        let mut last_id = engine.last_event_id();
+        let durable = engine.outbox_on.load(std::sync::atomic::Ordering::SeqCst);
+        let mut committed_events: Vec<Event> = Vec::new();
+        let outcome = outcome.and_then(|_| {
+            for (i, ds) in drafts.into_iter().enumerate() {
+                if ds.is_empty() || matches!(results[i], Err(_)) {
+                    continue;
+                }
+                let from = committed_events.len();
+                for d in ds {
+                    last_id += 1;
+                    committed_events.push(d.with_id(last_id));
+                }
+                if durable {
+                    outbox::insert(&self.conn, &committed_events[from..])?;
+                }
+            }
+            Ok(())
+        });
         let committed = outcome.and_then(|_| {
             if Faults::on(&engine.faults.commit) {
                 return Err(Faults::injected("group commit"));
@@ -291,6 +326,10 @@ impl Writer {
         for h in hooks {
             h(&engine);
         }
+        engine
+            .event_seq
+            .store(last_id, std::sync::atomic::Ordering::SeqCst);
+        engine.bus.publish_committed(committed_events);
         engine.metrics.commits.inc();
         for (op, res) in group.into_iter().zip(results) {
             match op {

@@ -14,7 +14,6 @@ mod query;
 pub use graph::{Rel, TenantGraph, Twin};
 
 use crate::clock::SharedClock;
-use crate::events::EventBus;
 use crate::store::twins as rows;
 use crate::store::{Store, StoreError};
 use serde_json::{json, Map, Value};
@@ -61,7 +60,6 @@ pub enum TelemetryCheck {
 pub struct TwinGraphs {
     tenants: RwLock<HashMap<String, TenantGraph>>,
     store: Store,
-    events: Arc<EventBus>,
     clock: SharedClock,
 }
 
@@ -70,11 +68,7 @@ fn etag() -> String {
 }
 
 impl TwinGraphs {
-    pub fn load(
-        store: Store,
-        events: Arc<EventBus>,
-        clock: SharedClock,
-    ) -> Result<Arc<TwinGraphs>, StoreError> {
+    pub fn load(store: Store, clock: SharedClock) -> Result<Arc<TwinGraphs>, StoreError> {
         let (models, twins, rels) = store.read(|c| {
             Ok((
                 rows::load_models(c)?,
@@ -154,7 +148,6 @@ impl TwinGraphs {
         Ok(Arc::new(TwinGraphs {
             tenants: RwLock::new(tenants),
             store,
-            events,
             clock,
         }))
     }
@@ -258,16 +251,5 @@ impl TwinGraphs {
 
     fn now(&self) -> String {
         format_rfc3339(self.clock.now_us())
-    }
-
-    fn publish(
-        &self,
-        tenant: &str,
-        kind: &'static str,
-        twin: &str,
-        model: Option<&str>,
-        data: Value,
-    ) {
-        self.events.publish(tenant, kind, Some(twin), model, data);
     }
 }

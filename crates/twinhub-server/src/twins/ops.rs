@@ -1,10 +1,11 @@
 //! Writes of the twin graph. Each runs inside the store writer's
 //! transaction: validate against the current graph, write the rows, apply
-//! the change in memory (undone if the commit fails), publish the event
-//! once committed.
+//! the change in memory (undone if the commit fails), and emit the event
+//! the writer publishes once committed.
 
 use super::graph::{ModelInfo, Rel, Twin};
 use super::{etag, TwinError, TwinGraphs, MAX_RELATIONSHIPS_PER_TWIN, MAX_TWIN_BYTES};
+use crate::events::{Draft, Kind};
 use crate::store::twins as rows;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -170,14 +171,11 @@ impl TwinGraphs {
                 for i in &ifaces {
                     g.model_info.insert(i.id.clone(), ModelInfo { uploaded_at: now, decommissioned: false });
                 }
-                let (m2, t2, ids) = (me.clone(), tenant.clone(), ifaces.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
-                ctx.on_rollback(move |_| {
-                    let mut all = m2.tenants.write().expect("twins");
-                    if let Some(g) = all.get_mut(&t2) {
-                        g.models = old;
-                        for id in ids {
-                            g.model_info.remove(&id);
-                        }
+                let ids = ifaces.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    g.models = old;
+                    for id in ids {
+                        g.model_info.remove(&id);
                     }
                 });
                 Ok(Ok(out))
@@ -219,15 +217,9 @@ impl TwinGraphs {
                 )?;
                 let was = info.decommissioned;
                 info.decommissioned = flag;
-                let (m2, t2, i2) = (me.clone(), tenant.clone(), id.clone());
-                ctx.on_rollback(move |_| {
-                    if let Some(i) = m2
-                        .tenants
-                        .write()
-                        .expect("twins")
-                        .get_mut(&t2)
-                        .and_then(|g| g.model_info.get_mut(&i2))
-                    {
+                let i2 = id.clone();
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    if let Some(i) = g.model_info.get_mut(&i2) {
                         i.decommissioned = was;
                     }
                 });
@@ -262,13 +254,11 @@ impl TwinGraphs {
                 let smaller = g.models.without(&id);
                 let old = std::mem::replace(&mut g.models, smaller);
                 let info = g.model_info.remove(&id);
-                let (m2, t2, i2) = (me.clone(), tenant.clone(), id.clone());
-                ctx.on_rollback(move |_| {
-                    if let Some(g) = m2.tenants.write().expect("twins").get_mut(&t2) {
-                        g.models = old;
-                        if let Some(info) = info {
-                            g.model_info.insert(i2, info);
-                        }
+                let i2 = id.clone();
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    g.models = old;
+                    if let Some(info) = info {
+                        g.model_info.insert(i2, info);
                     }
                 });
                 Ok(Ok(()))
@@ -351,37 +341,24 @@ impl TwinGraphs {
                 rows::put_twin(ctx.tx, &super::ops::twin_row(&tenant, &twin))?;
                 let old = g.put_twin(twin.clone());
                 let created = old.is_none();
-                let (m2, t2, id2) = (me.clone(), tenant.clone(), id.clone());
-                ctx.on_rollback(move |_| {
-                    let mut all = m2.tenants.write().expect("twins");
-                    if let Some(g) = all.get_mut(&t2) {
-                        match old {
-                            Some(o) => {
-                                g.put_twin(o);
-                            }
-                            None => {
-                                g.remove_twin(&id2);
-                            }
-                        }
+                let id2 = id.clone();
+                me.undo_on_rollback(ctx, &tenant, move |g| match old {
+                    Some(o) => {
+                        g.put_twin(o);
+                    }
+                    None => {
+                        g.remove_twin(&id2);
                     }
                 });
-                let (m3, t3, i3, model_s, doc) = (
-                    me.clone(),
-                    tenant.clone(),
-                    id.clone(),
-                    model.to_string(),
-                    Value::Object(props),
-                );
-                ctx.after_commit(move |_| {
-                    let op = if created { "create" } else { "replace" };
-                    m3.publish(
-                        &t3,
-                        "twin",
-                        &i3,
-                        Some(&model_s),
-                        json!({"op": op, "twin": i3, "model": model_s, "content": doc}),
-                    );
-                });
+                let op = if created { "create" } else { "replace" };
+                let model = model.to_string();
+                ctx.emit(Draft::new(
+                    &tenant,
+                    Kind::Twin,
+                    Some(&id),
+                    Some(&model),
+                    json!({"op": op, "twin": id, "model": model, "content": Value::Object(props)}),
+                ));
                 Ok(Ok((twin, created)))
             })
             .await?
@@ -470,23 +447,17 @@ impl TwinGraphs {
                 };
                 rows::put_twin(ctx.tx, &super::ops::twin_row(&tenant, &twin))?;
                 g.put_twin(twin.clone());
-                let (m2, t2) = (me.clone(), tenant.clone());
-                ctx.on_rollback(move |_| {
-                    if let Some(g) = m2.tenants.write().expect("twins").get_mut(&t2) {
-                        g.put_twin(current);
-                    }
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    g.put_twin(current);
                 });
-                let (m3, t3, i3, model_s) =
-                    (me.clone(), tenant.clone(), id.clone(), model.to_string());
-                ctx.after_commit(move |_| {
-                    m3.publish(
-                        &t3,
-                        "twin",
-                        &i3,
-                        Some(&model_s),
-                        json!({"op": "update", "twin": i3, "model": model_s, "patch": patch}),
-                    );
-                });
+                let model = model.to_string();
+                ctx.emit(Draft::new(
+                    &tenant,
+                    Kind::Twin,
+                    Some(&id),
+                    Some(&model),
+                    json!({"op": "update", "twin": id, "model": model, "patch": patch}),
+                ));
                 Ok(Ok(twin))
             })
             .await?
@@ -524,16 +495,13 @@ impl TwinGraphs {
                         g.put_twin(current);
                     }
                 });
-                let (m3, t3, i3) = (me.clone(), tenant.clone(), id.clone());
-                ctx.after_commit(move |_| {
-                    m3.publish(
-                        &t3,
-                        "twin",
-                        &i3,
-                        Some(&model),
-                        json!({"op": "delete", "twin": i3, "model": model}),
-                    );
-                });
+                ctx.emit(Draft::new(
+                    &tenant,
+                    Kind::Twin,
+                    Some(&id),
+                    Some(&model),
+                    json!({"op": "delete", "twin": id, "model": model}),
+                ));
                 Ok(Ok(()))
             })
             .await?
@@ -591,55 +559,92 @@ impl TwinGraphs {
                     return Ok(Err(TwinError::NotFound(format!("twin {source} not found"))));
                 };
                 let Some(tgt) = g.twins.get(target.as_str()) else {
-                    return Ok(Err(invalid("$targetId", format!("twin {target} does not exist"))));
+                    return Ok(Err(invalid(
+                        "$targetId",
+                        format!("twin {target} does not exist"),
+                    )));
                 };
-                let Some(def) = g.models.resolved(&src.model).and_then(|r| r.relationships.get(&name)).cloned() else {
-                    return Ok(Err(invalid("$relationshipName", format!("{} has no relationship named {name}", src.model))));
+                let Some(def) = g
+                    .models
+                    .resolved(&src.model)
+                    .and_then(|r| r.relationships.get(&name))
+                    .cloned()
+                else {
+                    return Ok(Err(invalid(
+                        "$relationshipName",
+                        format!("{} has no relationship named {name}", src.model),
+                    )));
                 };
                 if let Some(t) = &def.target {
                     if !g.models.is_a(&tgt.model, t) {
-                        return Ok(Err(invalid("$targetId", format!("{target} is a {}, but {name} must target {t}", tgt.model))));
+                        return Ok(Err(invalid(
+                            "$targetId",
+                            format!("{target} is a {}, but {name} must target {t}", tgt.model),
+                        )));
                     }
                 }
                 let existing = g.rel(&source, &rel_id).cloned();
                 if let Err(e) = cond.check(existing.as_ref().map(|r| r.etag.as_str())) {
                     return Ok(Err(e));
                 }
-                let same_name = g.outgoing(&source).filter(|r| r.name == name && r.id != rel_id).count();
+                let same_name = g
+                    .outgoing(&source)
+                    .filter(|r| r.name == name && r.id != rel_id)
+                    .count();
                 if let Some(max) = def.max {
                     if same_name as u64 + 1 > max {
-                        return Ok(Err(invalid("$relationshipName", format!("{name} allows at most {max} relationship(s) per twin"))));
+                        return Ok(Err(invalid(
+                            "$relationshipName",
+                            format!("{name} allows at most {max} relationship(s) per twin"),
+                        )));
                     }
                 }
                 if existing.is_none() && g.outgoing(&source).count() >= MAX_RELATIONSHIPS_PER_TWIN {
-                    return Ok(Err(invalid("$relationshipId", format!("a twin may have at most {MAX_RELATIONSHIPS_PER_TWIN} relationships"))));
+                    return Ok(Err(invalid(
+                        "$relationshipId",
+                        format!(
+                            "a twin may have at most {MAX_RELATIONSHIPS_PER_TWIN} relationships"
+                        ),
+                    )));
                 }
                 for (k, v) in &props {
                     let Some(schema) = def.properties.get(k) else {
-                        return Ok(Err(invalid(k.clone(), format!("is not a property of relationship {name}"))));
+                        return Ok(Err(invalid(
+                            k.clone(),
+                            format!("is not a property of relationship {name}"),
+                        )));
                     };
                     if let Err(e) = check_value(&g.models, schema, v, k) {
                         return Ok(Err(invalid(e.path, e.rule)));
                     }
                 }
-                let rel = Rel { id: rel_id.clone(), source: src.id.clone(), name, target: tgt.id.clone(), etag: etag(), props };
+                let rel = Rel {
+                    id: rel_id.clone(),
+                    source: src.id.clone(),
+                    name,
+                    target: tgt.id.clone(),
+                    etag: etag(),
+                    props,
+                };
                 rows::put_relationship(ctx.tx, &super::ops::rel_row(&tenant, &rel))?;
                 let old = g.put_rel(rel.clone());
                 let created = old.is_none();
-                let (m2, t2, s2, r2) = (me.clone(), tenant.clone(), source.clone(), rel_id.clone());
-                ctx.on_rollback(move |_| {
-                    if let Some(g) = m2.tenants.write().expect("twins").get_mut(&t2) {
-                        g.remove_rel(&s2, &r2);
-                        if let Some(o) = old {
-                            g.put_rel(o);
-                        }
+                let s2 = source.clone();
+                let r2 = rel_id.clone();
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    g.remove_rel(&s2, &r2);
+                    if let Some(o) = old {
+                        g.put_rel(o);
                     }
                 });
-                let (m3, t3, doc) = (me.clone(), tenant.clone(), rel.doc());
-                let src_id = source.clone();
-                ctx.after_commit(move |_| {
-                    m3.publish(&t3, "relationship", &src_id, None, json!({"op": if created { "create" } else { "replace" }, "relationship": doc}));
-                });
+                let op = if created { "create" } else { "replace" };
+                ctx.emit(Draft::new(
+                    &tenant,
+                    Kind::Relationship,
+                    Some(&source),
+                    None,
+                    json!({"op": op, "relationship": rel.doc()}),
+                ));
                 Ok(Ok((rel, created)))
             })
             .await?
@@ -711,24 +716,37 @@ impl TwinGraphs {
                 rows::delete_relationship(ctx.tx, &tenant, &source, &rel_id)?;
                 g.remove_rel(&source, &rel_id);
                 let doc = current.doc();
-                let (m2, t2) = (me.clone(), tenant.clone());
-                ctx.on_rollback(move |_| {
-                    if let Some(g) = m2.tenants.write().expect("twins").get_mut(&t2) {
-                        g.put_rel(current);
-                    }
+                me.undo_on_rollback(ctx, &tenant, move |g| {
+                    g.put_rel(current);
                 });
-                let (m3, t3, s3) = (me.clone(), tenant.clone(), source.clone());
-                ctx.after_commit(move |_| {
-                    m3.publish(
-                        &t3,
-                        "relationship",
-                        &s3,
-                        None,
-                        json!({"op": "delete", "relationship": doc}),
-                    );
-                });
+                ctx.emit(Draft::new(
+                    &tenant,
+                    Kind::Relationship,
+                    Some(&source),
+                    None,
+                    json!({"op": "delete", "relationship": doc}),
+                ));
                 Ok(Ok(()))
             })
             .await?
+    }
+}
+
+impl TwinGraphs {
+    /// Registers the undo of a change made eagerly to a tenant's graph
+    /// inside the writer's transaction (so later writes of the same group
+    /// see it), run if the commit fails.
+    fn undo_on_rollback(
+        self: &Arc<Self>,
+        ctx: &mut crate::store::WriteCtx<'_>,
+        tenant: &str,
+        undo: impl FnOnce(&mut super::TenantGraph) + Send + 'static,
+    ) {
+        let (me, tenant) = (self.clone(), tenant.to_string());
+        ctx.on_rollback(move |_| {
+            if let Some(g) = me.tenants.write().expect("twins").get_mut(&tenant) {
+                undo(g);
+            }
+        });
     }
 }

@@ -1,0 +1,358 @@
+//! The durable side of the fan-out. While at least one durable consumer
+//! exists (rules, routes), the writer stores the events of each operation
+//! in `outbox` in the same transaction as the operation itself, so an
+//! event is in the outbox exactly when its change is committed. A consumer
+//! records the last event id it has applied in `consumers` — ideally in
+//! the same transaction as its own effects (`WriteCtx::set_position`),
+//! which makes those effects exactly-once — and resumes after a crash or a
+//! restart from there. Rows every consumer has passed are deleted.
+//!
+//! `Consumer::next` gives at-least-once delivery in id (commit) order: it
+//! reads the outbox until it has caught up, then follows the live bus,
+//! and goes back to the outbox whenever it falls behind the bus.
+
+use super::{Engine, Store, StoreError, WriteCtx};
+use crate::events::{Draft, Event, Kind};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+/// One stored event: `[id, tenant, kind, twin, model, data]`.
+type Row<'a> = (
+    u64,
+    &'a str,
+    Kind,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a serde_json::Value,
+);
+type OwnedRow = (
+    u64,
+    String,
+    Kind,
+    Option<String>,
+    Option<String>,
+    serde_json::Value,
+);
+
+/// Writes the events of one operation as one row (inside the writer's
+/// transaction).
+pub(super) fn insert(tx: &Connection, events: &[Event]) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    let rows: Vec<Row<'_>> = events
+        .iter()
+        .map(|e| {
+            (
+                e.id,
+                e.tenant.as_str(),
+                e.kind,
+                e.twin.as_deref(),
+                e.model.as_deref(),
+                &e.data,
+            )
+        })
+        .collect();
+    let data = serde_json::to_vec(&rows).expect("events serialise");
+    tx.prepare_cached("INSERT INTO outbox(last_id, first_id, data) VALUES (?1, ?2, ?3)")?
+        .execute(params![last.id as i64, first.id as i64, data])?;
+    Ok(())
+}
+
+/// The highest event id the directory has seen (outbox rows and consumer
+/// positions), so ids keep increasing across restarts even when the clock
+/// does not.
+pub(super) fn high_water(conn: &Connection) -> Result<(u64, bool), StoreError> {
+    let (rows, consumers): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT MAX(last_id) FROM outbox), (SELECT MAX(position) FROM consumers)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let on = consumers.is_some();
+    Ok((
+        rows.unwrap_or(0).max(consumers.unwrap_or(0)).max(0) as u64,
+        on,
+    ))
+}
+
+/// Events with ids after `after`, in order; whole rows, so possibly a few
+/// more than `max`.
+fn read_after(conn: &Connection, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT data FROM outbox WHERE last_id > ?1 ORDER BY last_id")?;
+    let mut rows = stmt.query([after as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let blob: Vec<u8> = r.get(0)?;
+        let decoded: Vec<OwnedRow> = serde_json::from_slice(&blob)
+            .map_err(|e| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        for (id, tenant, kind, twin, model, data) in decoded {
+            if id > after {
+                out.push(Event {
+                    id,
+                    tenant,
+                    kind,
+                    twin,
+                    model,
+                    data,
+                });
+            }
+        }
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn set_position(tx: &Connection, name: &str, pos: u64) -> Result<(), StoreError> {
+    let n = tx.execute(
+        "UPDATE consumers SET position = MAX(position, ?2) WHERE name = ?1",
+        params![name, pos as i64],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("no durable consumer {name}")));
+    }
+    tx.execute(
+        "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
+        [],
+    )?;
+    Ok(())
+}
+
+impl WriteCtx<'_> {
+    /// Publishes `draft` once this transaction commits (and stores it in
+    /// the outbox with it, when durable consumers exist). Dropped if this
+    /// closure fails.
+    pub fn emit(&mut self, draft: Draft) {
+        self.events.push(draft);
+    }
+
+    /// Records that consumer `name` has applied every event up to `pos`,
+    /// atomically with whatever else this closure writes.
+    pub fn set_position(&mut self, name: &str, pos: u64) -> Result<(), StoreError> {
+        set_position(self.tx, name, pos)
+    }
+}
+
+impl Engine {
+    /// The id of the last event committed.
+    pub fn last_event_id(&self) -> u64 {
+        self.event_seq.load(Ordering::SeqCst)
+    }
+}
+
+impl Store {
+    /// The post-commit fan-out: every committed change, in commit order.
+    pub fn events(&self) -> &Arc<crate::events::EventBus> {
+        &self.inner.engine.bus
+    }
+
+    /// Commits events that carry no other change (device presence).
+    pub async fn emit(&self, events: Vec<Draft>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(move |ctx| {
+            ctx.events.extend(events);
+            Ok(())
+        })
+        .await
+    }
+
+    /// `emit` without waiting (from synchronous code in the runtime).
+    pub fn emit_detached(&self, events: Vec<Draft>) {
+        if events.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.emit(events).await {
+                tracing::warn!(error = %e, "an event could not be committed");
+            }
+        });
+    }
+
+    /// Opens the durable consumer `name`, creating it at the current end
+    /// of the stream (it sees what is committed from now on) if it does
+    /// not exist yet.
+    pub async fn consumer(&self, name: &str) -> Result<Consumer, StoreError> {
+        // Subscribed before the position is read, so nothing committed
+        // after it can be missed.
+        let (_, rx) = self.events().subscribe(None);
+        let n = name.to_string();
+        let position = self
+            .write(move |ctx| {
+                let found: Option<i64> = ctx
+                    .tx
+                    .query_row(
+                        "SELECT position FROM consumers WHERE name = ?1",
+                        [&n],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let pos = match found {
+                    Some(p) => p as u64,
+                    None => {
+                        let p = ctx.engine.last_event_id();
+                        ctx.tx.execute(
+                            "INSERT INTO consumers(name, position) VALUES (?1, ?2)",
+                            params![n, p as i64],
+                        )?;
+                        p
+                    }
+                };
+                let was = ctx.engine.outbox_on.swap(true, Ordering::SeqCst);
+                ctx.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
+                Ok(pos)
+            })
+            .await?;
+        Ok(Consumer {
+            store: self.clone(),
+            name: name.to_string(),
+            position,
+            delivered: position,
+            rx,
+            catching_up: true,
+        })
+    }
+
+    /// Removes a durable consumer; when none is left the outbox is emptied
+    /// and no longer written.
+    pub async fn drop_consumer(&self, name: &str) -> Result<bool, StoreError> {
+        let n = name.to_string();
+        self.write(move |ctx| {
+            let gone = ctx
+                .tx
+                .execute("DELETE FROM consumers WHERE name = ?1", [&n])?
+                > 0;
+            let left: i64 = ctx
+                .tx
+                .query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get(0))?;
+            if left == 0 {
+                ctx.tx.execute("DELETE FROM outbox", [])?;
+                let was = ctx.engine.outbox_on.swap(false, Ordering::SeqCst);
+                ctx.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
+            } else {
+                ctx.tx.execute(
+                    "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
+                    [],
+                )?;
+            }
+            Ok(gone)
+        })
+        .await
+    }
+
+    /// Durable consumers and their positions.
+    pub fn consumers(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT name, position FROM consumers ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Rows and bytes held in the outbox.
+    pub fn outbox_size(&self) -> Result<(u64, u64), StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM outbox",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+    }
+}
+
+/// A durable consumer of the fan-out (see the module doc).
+pub struct Consumer {
+    store: Store,
+    name: String,
+    position: u64,
+    delivered: u64,
+    rx: broadcast::Receiver<Arc<Event>>,
+    catching_up: bool,
+}
+
+impl Consumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The last id recorded as applied.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next events after those already handed out, in id order (at
+    /// least one; waits for it). After a restart, delivery resumes after
+    /// the recorded position, so events handed out but not recorded come
+    /// again.
+    pub async fn next(&mut self, max: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        let max = max.max(1);
+        loop {
+            if self.catching_up {
+                let after = self.delivered;
+                let evs = self.store.read(move |c| read_after(c, after, max))?;
+                if let Some(last) = evs.last() {
+                    self.delivered = last.id;
+                    return Ok(evs.into_iter().map(Arc::new).collect());
+                }
+                self.catching_up = false;
+            }
+            let first = match self.rx.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    continue;
+                }
+                Err(RecvError::Closed) => return Err(StoreError::Unavailable),
+            };
+            let mut out = Vec::new();
+            let mut next = Some(first);
+            while let Some(e) = next.take() {
+                if e.id > self.delivered {
+                    self.delivered = e.id;
+                    out.push(e);
+                }
+                if out.len() >= max {
+                    break;
+                }
+                match self.rx.try_recv() {
+                    Ok(e) => next = Some(e),
+                    Err(TryRecvError::Lagged(_)) => {
+                        self.catching_up = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Records every event up to `pos` as applied (when the consumer has no
+    /// store writes of its own to make it atomic with).
+    pub async fn commit(&mut self, pos: u64) -> Result<(), StoreError> {
+        let n = self.name.clone();
+        self.store
+            .write(move |ctx| ctx.set_position(&n, pos))
+            .await?;
+        self.position = self.position.max(pos);
+        Ok(())
+    }
+
+    /// Notes a position recorded through `WriteCtx::set_position`.
+    pub fn committed(&mut self, pos: u64) {
+        self.position = self.position.max(pos);
+    }
+}
