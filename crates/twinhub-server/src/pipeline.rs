@@ -11,7 +11,7 @@ use crate::clock::SharedClock;
 use crate::events::{Draft, Kind};
 use crate::metrics::ServerMetrics;
 use crate::registry::Device;
-use crate::store::{SeriesKey, Store, StoreError, WriteBatch};
+use crate::store::{AlsoFn, SeriesKey, Store, StoreError, WriteBatch};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -97,13 +97,30 @@ impl Pipeline {
         groups: Vec<Vec<TelemetryMessage>>,
         wait: Option<Duration>,
     ) -> Vec<Result<usize, IngestError>> {
+        self.ingest_each_with(device, protocol, groups, wait, |_| None)
+            .await
+    }
+
+    /// `ingest_each`, where `also` is told which groups were accepted
+    /// (before they are stored) and may return rows to write in the same
+    /// commit: the MQTT server queues the copies of accepted messages for
+    /// persistent sessions this way, so one commit makes both durable. If
+    /// those rows cannot be written, every group is refused.
+    pub async fn ingest_each_with(
+        &self,
+        device: &Device,
+        protocol: &'static str,
+        groups: Vec<Vec<TelemetryMessage>>,
+        wait: Option<Duration>,
+        also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
+    ) -> Vec<Result<usize, IngestError>> {
         let src = Source {
             tenant: &device.row.tenant,
             twin: device.twin(),
             unknown: &device.row.unknown_telemetry,
             device: Some(device),
         };
-        self.ingest_from(src, protocol, groups, wait).await
+        self.ingest_from(src, protocol, groups, wait, also).await
     }
 
     /// Values a twin gets from inside twinhub (soft sensors): validated
@@ -121,7 +138,9 @@ impl Pipeline {
             unknown: "reject",
             device: None,
         };
-        let mut out = self.ingest_from(src, protocol, vec![msgs], None).await;
+        let mut out = self
+            .ingest_from(src, protocol, vec![msgs], None, |_| None)
+            .await;
         out.pop().expect("one outcome per group")
     }
 
@@ -161,6 +180,7 @@ impl Pipeline {
         protocol: &'static str,
         groups: Vec<Vec<TelemetryMessage>>,
         wait: Option<Duration>,
+        also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
     ) -> Vec<Result<usize, IngestError>> {
         let (tenant, twin) = (src.tenant, src.twin);
         let modelled = self.twins.twin_exists(tenant, twin);
@@ -228,7 +248,9 @@ impl Pipeline {
                 serde_json::json!({"device": device_id, "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
             ));
         }
-        let res = self.store.append_with(batch, events, wait).await;
+        let accepted_groups: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+        let also = also(&accepted_groups);
+        let res = self.store.append_with(batch, events, also, wait).await;
         let failed = match res {
             Ok(()) => None,
             Err(StoreError::Busy) => {

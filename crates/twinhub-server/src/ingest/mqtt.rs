@@ -24,13 +24,16 @@ pub fn decode(
 /// Stores the telemetry of several PUBLISHes in one commit (waiting as
 /// long as it takes: the connection stops reading meanwhile), one answer
 /// per PUBLISH in order.
+/// `also` sees which PUBLISHes were accepted and may add rows to the same
+/// commit (their copies for persistent sessions).
 pub async fn store(
     pipeline: &Pipeline,
     device: &Device,
     groups: Vec<Vec<TelemetryMessage>>,
+    also: impl FnOnce(&[bool]) -> Option<crate::store::AlsoFn>,
 ) -> Vec<Answer> {
     pipeline
-        .ingest_each(device, "mqtt", groups, None)
+        .ingest_each_with(device, "mqtt", groups, None, also)
         .await
         .iter()
         .map(Answer::of)

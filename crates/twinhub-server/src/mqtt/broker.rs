@@ -93,6 +93,12 @@ impl MqttMetrics {
 /// subsystems it calls, never the application state (the API holds the
 /// broker, not the other way round).
 #[derive(Clone)]
+/// One copy of a message on its way to one session.
+pub struct Delivery {
+    session: Arc<SessionHandle>,
+    out: Outgoing,
+}
+
 pub struct BrokerDeps {
     pub registry: Arc<crate::registry::Registry>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
@@ -607,7 +613,18 @@ impl Broker {
 
     /// Delivers a message to every session it matches. Never blocks: a
     /// full queue drops its oldest message (or disconnects its client).
+    /// Returns the store operations that keep the copies of persistent
+    /// sessions.
     pub fn route(&self, tenant: &str, msg: Arc<Message>) -> Vec<Op> {
+        let (plan, mut ops) = self.plan(tenant, msg);
+        ops.extend(self.deliver(plan));
+        ops
+    }
+
+    /// Who gets a message, and the rows that queue its copies for
+    /// persistent sessions (to be committed before `deliver`, when the
+    /// message itself waits for a commit).
+    pub fn plan(&self, tenant: &str, msg: Arc<Message>) -> (Vec<Delivery>, Vec<Op>) {
         let mut subs = Vec::new();
         self.router
             .read()
@@ -617,7 +634,7 @@ impl Broker {
         // each subscriber may read.
         subs.retain(|s| s.reader.may_read(&msg.topic));
         if subs.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let sessions = self.sessions.read().expect("sessions");
         // Shared groups deliver to one member each; prefer connected ones.
@@ -646,6 +663,7 @@ impl Broker {
             add_target(&mut targets, &msg, pick);
         }
         let mut ops = Vec::new();
+        let mut plan = Vec::with_capacity(targets.len());
         for (client, mut out) in targets {
             let Some(h) = sessions.get(&client) else {
                 continue;
@@ -657,6 +675,42 @@ impl Broker {
                 out.persist_id = Some(id);
                 ops.push(Op::Enqueue(persist::queued_row(&client, &out, id)));
             }
+            plan.push(Delivery {
+                session: h.clone(),
+                out,
+            });
+        }
+        (plan, ops)
+    }
+
+    /// Rows and delivery of planned copies tied to another write's commit
+    /// (the telemetry they carry): the rows go in its transaction, the
+    /// copies reach their sessions once it committed, and nothing happens
+    /// if it did not.
+    pub fn deliver_on_commit(
+        self: &Arc<Self>,
+        plan: Vec<Delivery>,
+        ops: Vec<Op>,
+    ) -> Option<crate::store::AlsoFn> {
+        if plan.is_empty() {
+            return None;
+        }
+        let broker = self.clone();
+        Some(Box::new(move |ctx| {
+            persist::apply(ctx.tx, &ops)?;
+            ctx.after_commit(move |_| {
+                let dropped = broker.deliver(plan);
+                broker.persist.send(dropped);
+            });
+            Ok(())
+        }))
+    }
+
+    /// Puts planned copies in their sessions' queues; returns the rows to
+    /// delete for copies a full queue dropped.
+    pub fn deliver(&self, plan: Vec<Delivery>) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for Delivery { session: h, out } in plan {
             let dropped = h.state.lock().expect("state").push(out);
             if let Some(d) = dropped {
                 self.metrics.dropped_slow.inc();

@@ -1049,30 +1049,42 @@ fn finish_pass(
             mut acks,
             telemetry,
             routed,
-            mut ops,
+            ops,
         } = pass;
         if !telemetry.is_empty() {
             let device = device.expect("telemetry comes from a device");
             let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
                 telemetry.into_iter().unzip();
-            let answers = crate::ingest::mqtt::store(&broker.deps.pipeline, &device, groups).await;
-            let mut stored = std::collections::HashSet::new();
+            // The copies of accepted messages are queued for persistent
+            // sessions in the telemetry's own commit and delivered once it
+            // is durable: one commit per pass, not two.
+            let group_slots = slots.clone();
+            let (b, t) = (broker.clone(), tenant.clone());
+            let copies = move |accepted: &[bool]| {
+                let (mut plan, mut rows) = (Vec::new(), Vec::new());
+                for (slot, m) in routed {
+                    let taken = group_slots
+                        .iter()
+                        .position(|s| *s == slot)
+                        .is_some_and(|g| accepted[g]);
+                    if taken {
+                        let (p, r) = b.plan(&t, m);
+                        plan.extend(p);
+                        rows.extend(r);
+                    }
+                }
+                b.deliver_on_commit(plan, rows)
+            };
+            let answers =
+                crate::ingest::mqtt::store(&broker.deps.pipeline, &device, groups, copies).await;
             for (slot, answer) in slots.into_iter().zip(answers) {
                 let reason = match answer {
-                    crate::ingest::Answer::Stored(_) => {
-                        stored.insert(slot);
-                        continue;
-                    }
+                    crate::ingest::Answer::Stored(_) => continue,
                     crate::ingest::Answer::Invalid => code::PAYLOAD_FORMAT_INVALID,
                     crate::ingest::Answer::OverQuota => code::QUOTA_EXCEEDED,
                     crate::ingest::Answer::RetryLater => code::UNSPECIFIED_ERROR,
                 };
                 refuse(&mut acks[slot], reason);
-            }
-            for (slot, m) in routed {
-                if stored.contains(&slot) {
-                    ops.extend(broker.route(&tenant, m));
-                }
             }
         }
         if !ops.is_empty() && broker.persist.durable(ops).await.is_err() {

@@ -56,7 +56,7 @@ use twinhub_model::time::{US_PER_DAY, US_PER_HOUR};
 use twinhub_model::{Point, Stats};
 
 pub use compactor::RetentionPolicy;
-pub use writer::WriteCtx;
+pub use writer::{AlsoFn, WriteCtx};
 
 /// Chunks never cross a window boundary; windows are aligned to the UTC
 /// epoch. Rollups are computed per closed window.
@@ -468,29 +468,32 @@ impl Store {
     /// Queues a batch; resolves once it is durable. Waits while the
     /// writer's queue is full (back-pressure).
     pub async fn append(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        self.append_with(batch, Vec::new(), None).await
+        self.append_with(batch, Vec::new(), None, None).await
     }
 
     /// Like `append`, but gives up with `Busy` if the queue stays full for
     /// `wait` (HTTP answers 503 + Retry-After then).
     pub async fn append_within(&self, batch: WriteBatch, wait: Duration) -> Result<(), StoreError> {
-        self.append_with(batch, Vec::new(), Some(wait)).await
+        self.append_with(batch, Vec::new(), None, Some(wait)).await
     }
 
     /// Appends a batch and, in the same commit, the events that describe
     /// it: they are published (and kept for durable consumers) only if the
-    /// batch is committed. `wait` bounds the wait for room in the queue
-    /// (None: as long as it takes).
+    /// batch is committed; `also` writes other rows in the same
+    /// transaction. `wait` bounds the wait for room in the queue (None: as
+    /// long as it takes).
     pub async fn append_with(
         &self,
         batch: WriteBatch,
         events: Vec<crate::events::Draft>,
+        also: Option<AlsoFn>,
         wait: Option<Duration>,
     ) -> Result<(), StoreError> {
         let (ack, rx) = oneshot::channel();
         let op = writer::Op::Append {
             batch,
             events,
+            also,
             enqueued: Instant::now(),
             ack,
         };

@@ -24,6 +24,10 @@ use twinhub_model::Point;
 pub type AnyBox = Box<dyn Any + Send>;
 pub type Hook = Box<dyn FnOnce(&Engine) + Send>;
 pub type ExecFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<AnyBox, StoreError> + Send>;
+/// Rows an append writes in its own transaction besides the points (the
+/// MQTT copies queued for persistent sessions); if it fails, the append is
+/// refused alone.
+pub type AlsoFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + Send>;
 
 /// What a registry closure sees: the open transaction, the engine and a
 /// place to register work that must happen only once the commit succeeded
@@ -54,6 +58,7 @@ pub enum Op {
         batch: WriteBatch,
         /// What the fan-out publishes once the batch is committed.
         events: Vec<Draft>,
+        also: Option<AlsoFn>,
         enqueued: Instant,
         ack: oneshot::Sender<Result<u64, StoreError>>,
     },
@@ -200,9 +205,31 @@ impl Writer {
 
         let outcome = (|| -> Result<(), StoreError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            for op in &group {
+            for op in group.iter_mut() {
                 match op {
-                    Op::Append { batch, .. } => {
+                    Op::Append { batch, also, .. } => {
+                        if let Some(f) = also.take() {
+                            self.conn.execute_batch("SAVEPOINT also")?;
+                            let mut ctx = WriteCtx {
+                                tx: &self.conn,
+                                engine: &engine,
+                                hooks: Vec::new(),
+                                undo: Vec::new(),
+                                events: Vec::new(),
+                            };
+                            match f(&mut ctx) {
+                                Ok(()) => {
+                                    self.conn.execute_batch("RELEASE also")?;
+                                    hooks.append(&mut ctx.hooks);
+                                    undo.append(&mut ctx.undo);
+                                }
+                                Err(e) => {
+                                    self.conn.execute_batch("ROLLBACK TO also; RELEASE also")?;
+                                    results.push(Err(e));
+                                    continue;
+                                }
+                            }
+                        }
                         let resolved = resolve(&self.conn, &engine, &mut new_series, batch)?;
                         let data = batch::encode(resolved.iter().map(|(s, p)| (*s, p.as_slice())));
                         self.conn
