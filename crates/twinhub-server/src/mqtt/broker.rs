@@ -683,27 +683,13 @@ impl Broker {
         (plan, ops)
     }
 
-    /// Rows and delivery of planned copies tied to another write's commit
-    /// (the telemetry they carry): the rows go in its transaction, the
-    /// copies reach their sessions once it committed, and nothing happens
-    /// if it did not.
-    pub fn deliver_on_commit(
-        self: &Arc<Self>,
-        plan: Vec<Delivery>,
-        ops: Vec<Op>,
-    ) -> Option<crate::store::AlsoFn> {
-        if plan.is_empty() {
+    /// The rows of planned copies, to be written in another write's
+    /// transaction (the telemetry they carry).
+    pub fn rows_in_commit(ops: Vec<Op>) -> Option<crate::store::AlsoFn> {
+        if ops.is_empty() {
             return None;
         }
-        let broker = self.clone();
-        Some(Box::new(move |ctx| {
-            persist::apply(ctx.tx, &ops)?;
-            ctx.after_commit(move |_| {
-                let dropped = broker.deliver(plan);
-                broker.persist.send(dropped);
-            });
-            Ok(())
-        }))
+        Some(Box::new(move |ctx| persist::apply(ctx.tx, &ops)))
     }
 
     /// Puts planned copies in their sessions' queues; returns the rows to

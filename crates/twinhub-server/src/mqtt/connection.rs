@@ -1056,10 +1056,11 @@ fn finish_pass(
             let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
                 telemetry.into_iter().unzip();
             // The copies of accepted messages are queued for persistent
-            // sessions in the telemetry's own commit and delivered once it
-            // is durable: one commit per pass, not two.
+            // sessions in the telemetry's own commit, and delivered (here,
+            // not in the writer) once it is durable: one commit per pass.
             let group_slots = slots.clone();
-            let (b, t) = (broker.clone(), tenant.clone());
+            let planned = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (b, t, p) = (broker.clone(), tenant.clone(), planned.clone());
             let copies = move |accepted: &[bool]| {
                 let (mut plan, mut rows) = (Vec::new(), Vec::new());
                 for (slot, m) in routed {
@@ -1073,10 +1074,18 @@ fn finish_pass(
                         rows.extend(r);
                     }
                 }
-                b.deliver_on_commit(plan, rows)
+                *p.lock().expect("plan") = plan;
+                Broker::rows_in_commit(rows)
             };
             let answers =
                 crate::ingest::mqtt::store(&broker.deps.pipeline, &device, groups, copies).await;
+            if answers
+                .iter()
+                .any(|a| matches!(a, crate::ingest::Answer::Stored(_)))
+            {
+                let plan = std::mem::take(&mut *planned.lock().expect("plan"));
+                broker.persist.send(broker.deliver(plan));
+            }
             for (slot, answer) in slots.into_iter().zip(answers) {
                 let reason = match answer {
                     crate::ingest::Answer::Stored(_) => continue,
