@@ -209,25 +209,11 @@ impl Writer {
                 match op {
                     Op::Append { batch, also, .. } => {
                         if let Some(f) = also.take() {
-                            self.conn.execute_batch("SAVEPOINT also")?;
-                            let mut ctx = WriteCtx {
-                                tx: &self.conn,
-                                engine: &engine,
-                                hooks: Vec::new(),
-                                undo: Vec::new(),
-                                events: Vec::new(),
-                            };
-                            match f(&mut ctx) {
-                                Ok(()) => {
-                                    self.conn.execute_batch("RELEASE also")?;
-                                    hooks.append(&mut ctx.hooks);
-                                    undo.append(&mut ctx.undo);
-                                }
-                                Err(e) => {
-                                    self.conn.execute_batch("ROLLBACK TO also; RELEASE also")?;
-                                    results.push(Err(e));
-                                    continue;
-                                }
+                            if let Err(e) =
+                                in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo)
+                            {
+                                results.push(Err(e));
+                                continue;
                             }
                         }
                         let resolved = resolve(&self.conn, &engine, &mut new_series, batch)?;
@@ -253,26 +239,12 @@ impl Writer {
             for (i, op) in group.iter_mut().enumerate() {
                 if let Op::Exec { f, .. } = op {
                     let f = std::mem::replace(f, Box::new(|_| Ok(Box::new(()))));
-                    let _ = self.conn.execute_batch("SAVEPOINT op");
-                    let mut ctx = WriteCtx {
-                        tx: &self.conn,
-                        engine: &engine,
-                        hooks: Vec::new(),
-                        undo: Vec::new(),
-                        events: Vec::new(),
-                    };
-                    match f(&mut ctx) {
-                        Ok(v) => {
-                            let _ = self.conn.execute_batch("RELEASE op");
-                            hooks.append(&mut ctx.hooks);
-                            undo.append(&mut ctx.undo);
-                            drafts[i] = std::mem::take(&mut ctx.events);
+                    match in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo) {
+                        Ok((v, events)) => {
+                            drafts[i] = events;
                             results[i] = Ok(Some(v));
                         }
-                        Err(e) => {
-                            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                            results[i] = Err(e);
-                        }
+                        Err(e) => results[i] = Err(e),
                     }
                 }
             }
@@ -553,6 +525,37 @@ pub fn insert_chunk(tx: &Connection, c: &NewChunk) -> Result<(), StoreError> {
         chunk::encode(&c.cols),
     ])?;
     Ok(())
+}
+
+/// Runs `f` in a savepoint of the open transaction: kept, with its hooks
+/// and events, if it succeeds; undone alone (its neighbours go on) if not.
+fn in_savepoint<R>(
+    conn: &Connection,
+    engine: &Engine,
+    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError>,
+    hooks: &mut Vec<Hook>,
+    undo: &mut Vec<Hook>,
+) -> Result<(R, Vec<Draft>), StoreError> {
+    conn.execute_batch("SAVEPOINT op")?;
+    let mut ctx = WriteCtx {
+        tx: conn,
+        engine,
+        hooks: Vec::new(),
+        undo: Vec::new(),
+        events: Vec::new(),
+    };
+    match f(&mut ctx) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            hooks.append(&mut ctx.hooks);
+            undo.append(&mut ctx.undo);
+            Ok((v, ctx.events))
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(e)
+        }
+    }
 }
 
 fn resolve(

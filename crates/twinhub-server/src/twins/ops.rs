@@ -12,6 +12,13 @@ use std::sync::Arc;
 use twinhub_model::dtdl::{check_value, parse_models, Dtmi};
 use twinhub_model::patch::{apply, parse_patch, PatchOp};
 
+/// A twin event: `data` (with its `op`) plus the twin's id and model.
+fn twin_changed(tenant: &str, id: &str, model: &str, mut data: Value) -> Draft {
+    data["twin"] = json!(id);
+    data["model"] = json!(model);
+    Draft::new(tenant, Kind::Twin, Some(id), Some(model), data)
+}
+
 /// `If-Match` / `If-None-Match: *` of a request.
 #[derive(Debug, Clone, Default)]
 pub struct Cond {
@@ -351,13 +358,11 @@ impl TwinGraphs {
                     }
                 });
                 let op = if created { "create" } else { "replace" };
-                let model = model.to_string();
-                ctx.emit(Draft::new(
+                ctx.emit(twin_changed(
                     &tenant,
-                    Kind::Twin,
-                    Some(&id),
-                    Some(&model),
-                    json!({"op": op, "twin": id, "model": model, "content": Value::Object(props)}),
+                    &id,
+                    &model.to_string(),
+                    json!({"op": op, "content": Value::Object(props)}),
                 ));
                 Ok(Ok((twin, created)))
             })
@@ -450,13 +455,11 @@ impl TwinGraphs {
                 me.undo_on_rollback(ctx, &tenant, move |g| {
                     g.put_twin(current);
                 });
-                let model = model.to_string();
-                ctx.emit(Draft::new(
+                ctx.emit(twin_changed(
                     &tenant,
-                    Kind::Twin,
-                    Some(&id),
-                    Some(&model),
-                    json!({"op": "update", "twin": id, "model": model, "patch": patch}),
+                    &id,
+                    &model.to_string(),
+                    json!({"op": "update", "patch": patch}),
                 ));
                 Ok(Ok(twin))
             })
@@ -495,13 +498,7 @@ impl TwinGraphs {
                         g.put_twin(current);
                     }
                 });
-                ctx.emit(Draft::new(
-                    &tenant,
-                    Kind::Twin,
-                    Some(&id),
-                    Some(&model),
-                    json!({"op": "delete", "twin": id, "model": model}),
-                ));
+                ctx.emit(twin_changed(&tenant, &id, &model, json!({"op": "delete"})));
                 Ok(Ok(()))
             })
             .await?
