@@ -174,3 +174,64 @@ async fn a_stalled_subscriber_never_slows_ingest() {
     drop(stalled);
     s.stop().await;
 }
+
+/// An SSE client that stops reading: ingest goes on at full speed, every
+/// batch is stored, and when the client reads again it gets every event or
+/// is told how many it missed — never less than the whole.
+#[tokio::test]
+async fn a_stalled_event_stream_never_slows_ingest_and_is_told_what_it_missed() {
+    let s = TestServer::start().await;
+    let key = s.device("chatty").await;
+    let mut stream = s
+        .get("/api/v1/events?types=telemetry")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // 20,000 events, five times what a subscriber's queue holds, while
+    // the stream is not read.
+    const N: i64 = 20_000;
+    for i in 0..N / 500 {
+        let batch: Vec<Value> = (0..500)
+            .map(|j| json!({"ts": 1_764_500_000_000i64 + i * 500 + j, "v": j}))
+            .collect();
+        assert_eq!(s.send("chatty", &key, json!(batch)).await.status(), 200);
+    }
+    let (_, h) = s
+        .json(s.get("/api/v1/twins/chatty/telemetry/v?from=0&bucket=1d&agg=count"))
+        .await;
+    assert_eq!(h["buckets"][0]["count"], N, "{h}");
+    let (mut got, mut missed, mut buf) = (0i64, 0i64, String::new());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while got + missed < N {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("got {got}, told of {missed} missed, of {N}"))
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if frame.contains("event: telemetry") {
+                got += 1;
+            } else if frame.contains("event: lagged") {
+                let n = frame.split("\"missed\":").nth(1).and_then(|t| {
+                    t.split('}')
+                        .next()
+                        .and_then(|n| n.trim().parse::<i64>().ok())
+                });
+                missed += n.expect("lagged names how many were missed");
+            }
+        }
+    }
+    assert_eq!(got + missed, N);
+    if missed > 0 {
+        let m = s.metrics().await;
+        assert_eq!(
+            metric_value(&m, "twinhub_fanout_dropped_total{subscriber=\"sse\"}"),
+            Some(missed as f64),
+            "{m}"
+        );
+    }
+    s.stop().await;
+}
