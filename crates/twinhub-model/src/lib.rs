@@ -10,6 +10,7 @@ pub mod dtdl;
 pub mod ids;
 pub mod patch;
 pub mod query;
+pub mod rules;
 pub mod time;
 pub mod value;
 
