@@ -30,7 +30,7 @@ pub async fn store(
     pipeline: &Pipeline,
     device: &Device,
     groups: Vec<Vec<TelemetryMessage>>,
-    also: impl FnOnce(&[bool]) -> Option<crate::store::AlsoFn>,
+    also: impl FnOnce(&[bool]) -> Option<crate::pipeline::AlsoFn>,
 ) -> Vec<Answer> {
     pipeline
         .ingest_each_with(device, "mqtt", groups, None, also)

@@ -73,7 +73,9 @@ async fn committed_events_are_published_in_commit_order_and_failed_ones_never() 
         tasks.push(tokio::spawn(async move {
             for i in 0..50u64 {
                 let n = p * 1000 + i;
-                s.append_with(batch(n), vec![draft(n)], None).await.unwrap();
+                s.append_with(batch(n), vec![draft(n)], None, None)
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -82,7 +84,7 @@ async fn committed_events_are_published_in_commit_order_and_failed_ones_never() 
     }
     Faults::set(&s.faults().commit, true);
     assert!(s
-        .append_with(batch(9999), vec![draft(9999)], None)
+        .append_with(batch(9999), vec![draft(9999)], None, None)
         .await
         .is_err());
     assert!(s.emit(vec![draft(9998)]).await.is_err());
@@ -117,7 +119,9 @@ async fn a_durable_consumer_resumes_after_its_recorded_position_across_a_restart
     s.emit(vec![draft(0)]).await.unwrap();
     let mut c = s.consumer("rules").await.unwrap();
     for n in 1..=10 {
-        s.append_with(batch(n), vec![draft(n)], None).await.unwrap();
+        s.append_with(batch(n), vec![draft(n)], None, None)
+            .await
+            .unwrap();
     }
     let first = take(&mut c, 10).await;
     assert_eq!(numbers(&first), (1..=10).collect::<Vec<_>>());
