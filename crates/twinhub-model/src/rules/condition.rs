@@ -21,6 +21,9 @@ pub struct ConditionState {
 pub enum Transition {
     None,
     Raise,
+    /// Raised already and the raise expression holds again: the open
+    /// alarm counts one more event.
+    Repeat,
     Clear,
 }
 
@@ -43,7 +46,11 @@ impl ConditionState {
                 *self = ConditionState::default();
                 return Transition::Clear;
             }
-            return Transition::None;
+            return if o.raise {
+                Transition::Repeat
+            } else {
+                Transition::None
+            };
         }
         if !o.raise {
             self.since = None;
@@ -82,7 +89,7 @@ mod tests {
                 };
                 (ts, st.step(o, for_us))
             })
-            .filter(|(_, t)| *t != Transition::None)
+            .filter(|(_, t)| !matches!(t, Transition::None | Transition::Repeat))
             .collect()
     }
 
@@ -104,6 +111,21 @@ mod tests {
         vals.push((20 * S, 360.0));
         vals.extend((21..60).map(|i| (i * S, 380.0)));
         assert_eq!(run(&vals, 30 * S, true), vec![(51 * S, Transition::Raise)]);
+    }
+
+    #[test]
+    fn every_event_over_the_threshold_after_the_raise_repeats() {
+        let mut st = ConditionState::default();
+        let o = |ts, v: f64| Observation {
+            ts,
+            raise: v > 375.0,
+            clear: Some(v < 370.0),
+        };
+        assert_eq!(st.step(o(0, 380.0), 0), Transition::Raise);
+        assert_eq!(st.step(o(1, 381.0), 0), Transition::Repeat);
+        assert_eq!(st.step(o(2, 372.0), 0), Transition::None);
+        assert_eq!(st.step(o(3, 376.0), 0), Transition::Repeat);
+        assert_eq!(st.step(o(4, 360.0), 0), Transition::Clear);
     }
 
     proptest! {

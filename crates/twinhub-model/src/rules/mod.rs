@@ -5,3 +5,4 @@
 
 pub mod alarm;
 pub mod condition;
+pub mod expr;
