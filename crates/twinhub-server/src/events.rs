@@ -31,6 +31,7 @@ pub enum Kind {
     Twin,
     Relationship,
     Device,
+    Alarm,
 }
 
 impl Kind {
@@ -47,6 +48,7 @@ impl Kind {
             Kind::Twin => "twin",
             Kind::Relationship => "relationship",
             Kind::Device => "device",
+            Kind::Alarm => "alarm",
         }
     }
 

@@ -159,6 +159,8 @@ pub async fn run(
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
     let ml = crate::ml::MlModels::load(store.clone(), clock.clone(), config.ml_settings())?;
     let bindings = crate::ml::bindings::Bindings::load(store.clone())?;
+    let rules = crate::rules::RuleBook::load(store.clone(), clock.clone(), &twins)?;
+    let alarms = crate::rules::alarms::Alarms::load(store.clone(), clock.clone())?;
     let secrets = Arc::new(crate::secrets::SecretBox::open(
         store.clone(),
         clock.clone(),
@@ -196,6 +198,8 @@ pub async fn run(
         secrets,
         ml,
         bindings,
+        rules,
+        alarms,
     }));
 
     let http_addr = listeners.http.local_addr()?;
@@ -224,6 +228,16 @@ pub async fn run(
         state.events.clone(),
         state.shutdown.clone(),
     )));
+    jobs.push(tokio::spawn(
+        crate::rules::engine::Engine::new(
+            state.rules.clone(),
+            state.alarms.clone(),
+            state.twins.clone(),
+            state.store.clone(),
+            state.clock.clone(),
+        )
+        .run(state.shutdown.clone()),
+    ));
     if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
         let broker = crate::mqtt::Broker::open(
             crate::mqtt::BrokerDeps {

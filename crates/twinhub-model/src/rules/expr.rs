@@ -130,7 +130,6 @@ impl Expr {
                     let is_type_error = matches!(
                         e,
                         E::UnsupportedBinaryOperator(..)
-                            | E::UnsupportedUnaryOperator(..)
                             | E::NoSuchOverload(..)
                             | E::ValuesNotComparable(..)
                     );

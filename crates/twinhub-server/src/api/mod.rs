@@ -6,6 +6,7 @@
 //! May call: `ingest` (the device endpoint), `registry`, `pipeline`,
 //! `store` (reads and deletions),
 //! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
+//! `rules` (rules and alarms),
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
 //! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
 //! API calls it.
@@ -21,6 +22,7 @@ pub mod graph;
 pub mod ml;
 mod openapi;
 pub mod ops;
+pub mod rules;
 pub mod scope;
 pub mod secrets;
 pub mod twins;
@@ -74,6 +76,8 @@ pub struct AppInner {
     pub secrets: Arc<crate::secrets::SecretBox>,
     pub ml: Arc<crate::ml::MlModels>,
     pub bindings: Arc<crate::ml::bindings::Bindings>,
+    pub rules: Arc<crate::rules::RuleBook>,
+    pub alarms: Arc<crate::rules::alarms::Alarms>,
 }
 
 #[derive(Clone)]
@@ -229,6 +233,18 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(graph::list_relationships))
         .routes(routes!(graph::list_incoming))
         .routes(routes!(graph::query))
+        .routes(routes!(rules::create_rule, rules::list_rules))
+        .routes(routes!(
+            rules::get_rule,
+            rules::update_rule,
+            rules::patch_rule,
+            rules::delete_rule
+        ))
+        .routes(routes!(rules::list_alarms))
+        .routes(routes!(rules::get_alarm))
+        .routes(routes!(rules::ack_alarm))
+        .routes(routes!(rules::clear_alarm))
+        .routes(routes!(rules::comment_alarm))
         .routes(routes!(audit::list_audit))
         .routes(routes!(access::create_apikey, access::list_apikeys))
         .routes(routes!(access::revoke_apikey))

@@ -17,19 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use twinhub_ml::FieldError;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Select {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub twin: Option<String>,
-    /// Every twin of this DTDL model (and models extending it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// The twins a query returns (`SELECT T FROM DIGITALTWINS T WHERE …`),
-    /// re-evaluated every few seconds as the graph changes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<String>,
-}
+pub use crate::twins::select::Select;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -206,25 +194,10 @@ impl Bindings {
                 ));
             }
         }
-        let given = [
-            b.select.twin.is_some(),
-            b.select.model.is_some(),
-            b.select.query.is_some(),
-        ];
-        if given.iter().filter(|x| **x).count() != 1 {
-            return Err(bad(
-                400,
-                "select",
-                "give exactly one of twin, model or query",
-            ));
-        }
-        let members = match &b.select.query {
-            Some(q) => Some(
-                query_members(tenant, q, twins, &self.store)
-                    .map_err(|rule| bad(400, "select.query", rule))?,
-            ),
-            None => None,
-        };
+        let members = b
+            .select
+            .check(tenant, twins, &self.store)
+            .map_err(|(field, rule)| bad(400, field, rule))?;
         if b.outputs.prediction.is_empty() {
             return Err(bad(400, "outputs.prediction", "must name a property"));
         }
@@ -305,7 +278,7 @@ impl Bindings {
             .collect();
         for ((tenant, id), b) in list {
             let q = b.select.query.as_deref().unwrap_or_default();
-            if let Ok(m) = query_members(&tenant, q, twins, &self.store) {
+            if let Ok(m) = crate::twins::select::query_members(&tenant, q, twins, &self.store) {
                 self.members
                     .write()
                     .expect("members")
@@ -335,49 +308,11 @@ impl Bindings {
         let members = self.members.read().expect("members");
         m.iter()
             .filter(|((t, _), _)| *t == e.tenant)
-            .filter(|(k, b)| match (&b.select.twin, &b.select.model) {
-                _ if b.select.query.is_some() => members.get(*k).is_some_and(|s| s.contains(twin)),
-                (Some(t), _) => t == twin,
-                (_, Some(dtmi)) => twins.read(&e.tenant, |g| {
-                    let (Some(tw), Ok(want)) =
-                        (g.twins.get(twin), twinhub_model::dtdl::Dtmi::parse(dtmi))
-                    else {
-                        return false;
-                    };
-                    tw.model == want || g.models.is_a(&tw.model, &want)
-                }),
-                _ => false,
+            .filter(|(k, b)| {
+                b.select
+                    .matches(&e.tenant, twin, twins, members.get(*k).map(|m| &**m))
             })
             .map(|(_, b)| b.clone())
             .collect()
     }
-}
-
-/// The twin ids a query returns.
-fn query_members(
-    tenant: &str,
-    q: &str,
-    twins: &TwinGraphs,
-    store: &Store,
-) -> Result<HashSet<String>, String> {
-    let parsed = twinhub_model::query::parse(q).map_err(|e| e.to_string())?;
-    let page = twins
-        .query(tenant, &parsed, 0, 1_000_000, None, |id| {
-            store.latest_of_twin(tenant, id)
-        })
-        .map_err(|e| e.0)?;
-    let mut out = HashSet::new();
-    for row in &page.items {
-        let id = row.get("$dtId").or_else(|| {
-            row.as_object()
-                .and_then(|o| o.values().find_map(|v| v.get("$dtId")))
-        });
-        match id.and_then(|v| v.as_str()) {
-            Some(id) => {
-                out.insert(id.to_string());
-            }
-            None => return Err("must return twins (SELECT T FROM DIGITALTWINS T …)".into()),
-        }
-    }
-    Ok(out)
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 8;
+pub const FORMAT_VERSION: i64 = 9;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -123,6 +123,21 @@ CREATE TABLE mqtt_qos2_in(client_id TEXT NOT NULL, pkid INTEGER NOT NULL,
     r#"
 CREATE TABLE outbox(last_id INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE consumers(name TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
+"#,
+    // 9: rules (versioned JSON bodies), their rolling state per twin, and
+    // alarms; one open alarm per (tenant, originator, type) at most.
+    r#"
+CREATE TABLE rules(tenant TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    enabled INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, PRIMARY KEY(tenant, id)) WITHOUT ROWID;
+CREATE TABLE rule_state(tenant TEXT NOT NULL, rule TEXT NOT NULL, twin TEXT NOT NULL,
+    state TEXT NOT NULL, PRIMARY KEY(tenant, rule, twin)) WITHOUT ROWID;
+CREATE TABLE alarms(id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, originator TEXT NOT NULL,
+    type TEXT NOT NULL, severity TEXT NOT NULL, status TEXT NOT NULL, start_ts INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE UNIQUE INDEX alarms_open ON alarms(tenant, originator, type)
+    WHERE status IN ('ACTIVE_UNACK', 'ACTIVE_ACK');
+CREATE INDEX alarms_by_tenant ON alarms(tenant, id);
 "#,
 ];
 

@@ -29,6 +29,7 @@ pub mod outbox;
 mod query;
 pub mod registry;
 mod rollup;
+pub mod rules;
 mod settings;
 pub mod twins;
 pub mod varint;

@@ -10,6 +10,7 @@
 mod graph;
 pub mod ops;
 mod query;
+pub mod select;
 
 pub use graph::{Rel, TenantGraph, Twin};
 

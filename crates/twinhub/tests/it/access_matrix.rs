@@ -277,6 +277,47 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!(null),
             "ml:admin",
         ),
+        ("GET", "/api/v1/rules", json!(null), "rules:read"),
+        (
+            "POST",
+            "/api/v1/rules",
+            json!({"id": "rule-{u}", "name": "hot", "select": {"twin": "r1"}, "condition": "temperature > 375", "alarm": {"type": "Hot", "severity": "major"}}),
+            "rules:write",
+        ),
+        ("GET", "/api/v1/rules/ghost", json!(null), "rules:read"),
+        (
+            "PUT",
+            "/api/v1/rules/ghost",
+            json!({"name": "hot", "select": {"twin": "r1"}, "condition": "temperature > 375", "alarm": {"type": "Hot", "severity": "major"}}),
+            "rules:write",
+        ),
+        (
+            "PATCH",
+            "/api/v1/rules/ghost",
+            json!({"enabled": false}),
+            "rules:write",
+        ),
+        ("DELETE", "/api/v1/rules/ghost", json!(null), "rules:write"),
+        ("GET", "/api/v1/alarms", json!(null), "alarms:read"),
+        ("GET", "/api/v1/alarms/999999", json!(null), "alarms:read"),
+        (
+            "POST",
+            "/api/v1/alarms/999999/ack",
+            json!(null),
+            "alarms:ack",
+        ),
+        (
+            "POST",
+            "/api/v1/alarms/999999/clear",
+            json!(null),
+            "alarms:ack",
+        ),
+        (
+            "POST",
+            "/api/v1/alarms/999999/comments",
+            json!({"text": "checked"}),
+            "alarms:ack",
+        ),
     ]
 }
 

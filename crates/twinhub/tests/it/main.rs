@@ -25,5 +25,6 @@ mod ops;
 pub mod process;
 mod quotas;
 mod roles;
+mod rules;
 mod security;
 mod store_health;

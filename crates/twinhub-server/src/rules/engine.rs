@@ -1,0 +1,471 @@
+//! The rule engine: one task, a durable consumer of the fan-out
+//! (`Store::consumer("rules")`). It takes committed events in commit
+//! order, keeps each twin's live values as the events tell them, evaluates
+//! the rules that select the twin, and commits — in one transaction — the
+//! alarm changes, the rule states that changed and its position. A crash
+//! before that commit replays the batch onto the state as it was: no
+//! alarm is counted twice, none is lost. No-data rules run on the injected
+//! clock with a deadline heap (not a scan of every twin).
+
+use super::alarms::{Alarms, Intent};
+use super::{Rule, RuleBook, RuleKind};
+use crate::clock::SharedClock;
+use crate::events::{Event, Kind};
+use crate::store::rules as rows;
+use crate::store::Store;
+use crate::twins::TwinGraphs;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
+
+/// The durable consumer's name.
+pub const CONSUMER: &str = "rules";
+
+/// What is kept per rule × twin (persisted as JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum State {
+    Condition(ConditionState),
+    NoData { last_seen: i64, raised: bool },
+}
+
+type StateKey = (String, String, String);
+
+pub struct Engine {
+    book: Arc<RuleBook>,
+    alarms: Arc<Alarms>,
+    twins: Arc<TwinGraphs>,
+    store: Store,
+    clock: SharedClock,
+    states: HashMap<StateKey, State>,
+    /// Each twin's live values, as the events told them.
+    values: HashMap<(String, String), Map<String, Value>>,
+    deadlines: BinaryHeap<Reverse<(i64, StateKey)>>,
+    /// Enabled rules by tenant, rebuilt when the book changes.
+    by_tenant: HashMap<String, Vec<Arc<Rule>>>,
+    generation: u64,
+}
+
+impl Engine {
+    pub fn new(
+        book: Arc<RuleBook>,
+        alarms: Arc<Alarms>,
+        twins: Arc<TwinGraphs>,
+        store: Store,
+        clock: SharedClock,
+    ) -> Engine {
+        Engine {
+            book,
+            alarms,
+            twins,
+            store,
+            clock,
+            states: HashMap::new(),
+            values: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            by_tenant: HashMap::new(),
+            generation: u64::MAX,
+        }
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        match self.store.read(rows::load_states) {
+            Ok(rows) => {
+                for (tenant, rule, twin, body) in rows {
+                    if let Ok(s) = serde_json::from_str::<State>(&body) {
+                        self.states.insert((tenant, rule, twin), s);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "rule states could not be read"),
+        }
+        let mut consumer = loop {
+            match self.store.consumer(CONSUMER).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::error!(error = %e, "the rule engine cannot open its position; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let mut intents = Vec::new();
+            let mut dirty: HashSet<StateKey> = HashSet::new();
+            let mut last = None;
+            tokio::select! {
+                r = consumer.next(2000) => match r {
+                    Ok(evs) => {
+                        self.refresh_rules();
+                        let mut stale = HashSet::new();
+                        for e in &evs {
+                            self.on_event(e, &mut intents, &mut dirty, &mut stale);
+                        }
+                        for t in stale {
+                            self.book.refresh_queries(&self.twins, Some(&t));
+                        }
+                        last = evs.last().map(|e| e.id);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the rule engine lost the event stream");
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.refresh_rules();
+                    self.expire(&mut intents, &mut dirty);
+                }
+                _ = shutdown.changed() => return,
+            }
+            if intents.is_empty() && dirty.is_empty() && last.is_none() {
+                continue;
+            }
+            if !self.commit(intents, dirty, last, &mut shutdown).await {
+                return;
+            }
+            if let Some(id) = last {
+                consumer.committed(id);
+            }
+        }
+    }
+
+    /// Writes one batch's effects with the position; retried until it
+    /// commits (or shutdown: the batch is then replayed after restart).
+    async fn commit(
+        &self,
+        intents: Vec<Intent>,
+        dirty: HashSet<StateKey>,
+        last: Option<u64>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let states: Vec<(StateKey, Option<String>)> = dirty
+            .into_iter()
+            .map(|k| {
+                let body = self
+                    .states
+                    .get(&k)
+                    .and_then(|s| serde_json::to_string(s).ok());
+                (k, body)
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (alarms, intents, states) = (self.alarms.clone(), intents.clone(), states.clone());
+            let res = self
+                .store
+                .write(move |ctx| {
+                    alarms.apply(ctx, intents)?;
+                    for ((tenant, rule, twin), body) in &states {
+                        rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
+                    }
+                    if let Some(id) = last {
+                        ctx.set_position(CONSUMER, id)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            match res {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rule results could not be stored; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn refresh_rules(&mut self) {
+        let generation = self
+            .book
+            .generation
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.by_tenant.clear();
+        let now = self.clock.now_us();
+        for r in self.book.all() {
+            if !r.spec.enabled {
+                continue;
+            }
+            if r.spec.kind == RuleKind::NoData {
+                // Every selected twin is watched from now (or from its
+                // last point), so a twin silent from the start is caught.
+                for twin in self.book.selected_now(&r, &self.twins) {
+                    let key = (r.tenant.clone(), r.id.clone(), twin);
+                    let st = self.states.entry(key.clone()).or_insert(State::NoData {
+                        last_seen: now,
+                        raised: false,
+                    });
+                    if let State::NoData { last_seen, .. } = st {
+                        self.deadlines
+                            .push(Reverse((*last_seen + r.timeout_us, key)));
+                    }
+                }
+            }
+            self.by_tenant.entry(r.tenant.clone()).or_default().push(r);
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        e: &Event,
+        intents: &mut Vec<Intent>,
+        dirty: &mut HashSet<StateKey>,
+        stale: &mut HashSet<String>,
+    ) {
+        let Some(twin) = e.twin.as_deref() else {
+            return;
+        };
+        let ts = match e.kind {
+            Kind::Telemetry => {
+                let Some(vals) = e.data.get("values").and_then(Value::as_object) else {
+                    return;
+                };
+                let live = self
+                    .values
+                    .entry((e.tenant.clone(), twin.to_string()))
+                    .or_default();
+                for (k, v) in vals {
+                    live.insert(k.clone(), v.clone());
+                }
+                e.data
+                    .get("ts")
+                    .and_then(Value::as_f64)
+                    .map_or_else(|| self.clock.now_us(), |ms| (ms * 1000.0).round() as i64)
+            }
+            Kind::Twin | Kind::Relationship => {
+                stale.insert(e.tenant.clone());
+                if e.data.get("op").and_then(Value::as_str) == Some("delete")
+                    && e.kind == Kind::Twin
+                {
+                    self.values.remove(&(e.tenant.clone(), twin.to_string()));
+                    return;
+                }
+                if e.kind == Kind::Relationship {
+                    return;
+                }
+                self.clock.now_us()
+            }
+            _ => return,
+        };
+        let Some(rules) = self.by_tenant.get(&e.tenant).cloned() else {
+            return;
+        };
+        for rule in rules {
+            if !self.book.selects(&rule, twin, &self.twins) {
+                continue;
+            }
+            let key = (e.tenant.clone(), rule.id.clone(), twin.to_string());
+            match rule.spec.kind {
+                RuleKind::Condition => self.condition(&rule, twin, ts, key, intents, dirty),
+                RuleKind::NoData if e.kind == Kind::Telemetry => {
+                    let now = self.clock.now_us();
+                    let was = self.states.insert(
+                        key.clone(),
+                        State::NoData {
+                            last_seen: now,
+                            raised: false,
+                        },
+                    );
+                    if let Some(State::NoData { raised: true, .. }) = was {
+                        intents.push(Intent::Clear {
+                            tenant: e.tenant.clone(),
+                            originator: twin.to_string(),
+                            kind: rule.spec.alarm.kind.clone(),
+                            value: Value::Null,
+                            ts,
+                        });
+                    }
+                    self.deadlines
+                        .push(Reverse((now + rule.timeout_us, key.clone())));
+                    dirty.insert(key);
+                }
+                RuleKind::NoData => {}
+            }
+        }
+    }
+
+    fn condition(
+        &mut self,
+        rule: &Rule,
+        twin: &str,
+        ts: i64,
+        key: StateKey,
+        intents: &mut Vec<Intent>,
+        dirty: &mut HashSet<StateKey>,
+    ) {
+        let Some(cond) = &rule.condition else {
+            return;
+        };
+        let mut names = cond.variables();
+        if let Some(c) = &rule.clear {
+            names.extend(c.variables());
+        }
+        let (vars, shown) = self.vars(&rule.tenant, twin, &names);
+        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let raise = cond.eval_bool(&refs);
+        let clear = rule.clear.as_ref().map(|c| c.eval_bool(&refs)).transpose();
+        let (raise, clear) = match (raise, clear) {
+            (Ok(r), Ok(c)) => (r, c),
+            (Err(e), _) | (_, Err(e)) => {
+                self.book
+                    .record(rule, twin, Err(e.message), self.clock.now_us());
+                return;
+            }
+        };
+        self.book.record(rule, twin, Ok(()), 0);
+        let st = self
+            .states
+            .entry(key.clone())
+            .or_insert(State::Condition(ConditionState::default()));
+        let State::Condition(cs) = st else {
+            *st = State::Condition(ConditionState::default());
+            return;
+        };
+        let before = *cs;
+        let t = cs.step(Observation { ts, raise, clear }, rule.for_us);
+        if *cs != before {
+            dirty.insert(key);
+        }
+        let (tenant, originator, kind) = (
+            rule.tenant.clone(),
+            twin.to_string(),
+            rule.spec.alarm.kind.clone(),
+        );
+        match t {
+            Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
+                tenant,
+                originator,
+                kind,
+                severity: rule.spec.alarm.severity,
+                rule: rule.id.clone(),
+                propagate: rule.spec.alarm.propagate.clone(),
+                value: shown,
+                ts,
+            }),
+            Transition::Clear => intents.push(Intent::Clear {
+                tenant,
+                originator,
+                kind,
+                value: shown,
+                ts,
+            }),
+            Transition::None => {}
+        }
+    }
+
+    /// The variables an expression reads, and the plain values among them
+    /// (shown as the alarm's last value).
+    fn vars(&self, tenant: &str, twin: &str, names: &[String]) -> (Vec<(String, Value)>, Value) {
+        let live = self.values.get(&(tenant.to_string(), twin.to_string()));
+        let props_of = |id: &str| -> Map<String, Value> {
+            let mut m = self
+                .twins
+                .read(tenant, |g| g.twins.get(id).map(|t| t.props.clone()))
+                .unwrap_or_default();
+            if let Some(l) = self.values.get(&(tenant.to_string(), id.to_string())) {
+                for (k, v) in l {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+            m
+        };
+        let mut out = Vec::new();
+        let mut shown = Map::new();
+        let mut seen = HashSet::new();
+        for n in names {
+            if !seen.insert(n.as_str()) {
+                continue;
+            }
+            let v = match n.as_str() {
+                "props" => Value::Object(props_of(twin)),
+                "twin" => {
+                    let model = self
+                        .twins
+                        .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
+                    serde_json::json!({"id": twin, "model": model})
+                }
+                "related" => {
+                    let targets: Vec<(String, String)> = self.twins.read(tenant, |g| {
+                        g.outgoing(twin)
+                            .map(|r| (r.name.clone(), r.target.to_string()))
+                            .collect()
+                    });
+                    let mut m = Map::new();
+                    for (name, target) in targets {
+                        m.entry(name)
+                            .or_insert_with(|| Value::Object(props_of(&target)));
+                    }
+                    Value::Object(m)
+                }
+                name => {
+                    let v = live.and_then(|l| l.get(name)).cloned().or_else(|| {
+                        self.twins.read(tenant, |g| {
+                            g.twins.get(twin).and_then(|t| t.props.get(name).cloned())
+                        })
+                    });
+                    match v {
+                        Some(v) => {
+                            shown.insert(name.to_string(), v.clone());
+                            v
+                        }
+                        // Unbound: the evaluation fails naming it.
+                        None => continue,
+                    }
+                }
+            };
+            out.push((n.clone(), v));
+        }
+        (out, Value::Object(shown))
+    }
+
+    /// No-data rules whose deadline passed raise.
+    fn expire(&mut self, intents: &mut Vec<Intent>, dirty: &mut HashSet<StateKey>) {
+        let now = self.clock.now_us();
+        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
+            if *deadline > now {
+                break;
+            }
+            let Some(Reverse((deadline, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(rule) = self.book.get(&key.0, &key.1).filter(|r| r.spec.enabled) else {
+                continue;
+            };
+            let Some(State::NoData { last_seen, raised }) = self.states.get_mut(&key) else {
+                continue;
+            };
+            // A later point moved the deadline: this entry is stale.
+            if *raised || *last_seen + rule.timeout_us != deadline {
+                continue;
+            }
+            *raised = true;
+            dirty.insert(key.clone());
+            intents.push(Intent::Raise {
+                tenant: key.0.clone(),
+                originator: key.2.clone(),
+                kind: rule.spec.alarm.kind.clone(),
+                severity: rule.spec.alarm.severity,
+                rule: rule.id.clone(),
+                propagate: rule.spec.alarm.propagate.clone(),
+                value: serde_json::json!({"last_seen": twinhub_model::time::to_epoch_ms_json(*last_seen)}),
+                ts: now,
+            });
+        }
+    }
+}

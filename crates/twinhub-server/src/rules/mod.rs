@@ -1,0 +1,469 @@
+//! Rules and alarms. A rule selects twins (by id, DTDL model or query),
+//! watches every committed change of them and raises, repeats and clears
+//! alarms. Definitions are checked and compiled when saved (`RuleBook`);
+//! evaluation runs in one task that consumes the fan-out from a durable
+//! position (`engine`), so alarm changes, rule state and the position
+//! commit together; alarms have one lifecycle (`alarms`). Design:
+//! docs/design/rules.md.
+//!
+//! May call: `store` (rule, state and alarm rows; the durable consumer),
+//! `twins` (selection, properties, relationships), `events` (alarm
+//! events), `clock`, `metrics`, `auth` (random ids), `twinhub-model`
+//! (CEL, state machines).
+
+pub mod alarms;
+pub mod engine;
+
+use crate::clock::SharedClock;
+use crate::store::rules::{self as rows, RuleRow};
+use crate::store::{Store, StoreError};
+use crate::twins::select::Select;
+use crate::twins::TwinGraphs;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use twinhub_model::rules::alarm::Severity;
+use twinhub_model::rules::expr::Expr;
+use twinhub_model::time::parse_duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// A request field breaks a rule: (status 400 or 422).
+    #[error("{field}: {rule}")]
+    Field {
+        status: u16,
+        field: String,
+        rule: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn field(status: u16, field: &str, rule: impl Into<String>) -> RuleError {
+    RuleError::Field {
+        status,
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// An expression raises (held for `for`) and clears (the `clear`
+    /// expression, else when it stops holding).
+    #[default]
+    Condition,
+    /// No telemetry from a selected twin for `timeout`.
+    NoData,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub severity: Severity,
+    /// A relationship name: the alarm also counts on the twins its
+    /// originator reaches through it (reactor → line → plant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagate: Option<String>,
+}
+
+/// A rule as written (the API's body).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub kind: RuleKind,
+    pub select: Select,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<String>,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    pub alarm: AlarmSpec,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// A saved rule, compiled.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub tenant: String,
+    pub id: String,
+    pub version: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub spec: RuleSpec,
+    pub condition: Option<Expr>,
+    pub clear: Option<Expr>,
+    pub for_us: i64,
+    pub timeout_us: i64,
+}
+
+impl Rule {
+    fn compile(tenant: &str, id: &str, spec: RuleSpec) -> Result<Rule, RuleError> {
+        if spec.name.trim().is_empty() || spec.name.len() > 200 {
+            return Err(field(400, "name", "must be 1 to 200 characters"));
+        }
+        twinhub_model::ids::check_id("alarm.type", &spec.alarm.kind)
+            .map_err(|e| field(400, &e.field, e.rule))?;
+        let expr = |name: &str, src: &Option<String>| -> Result<Option<Expr>, RuleError> {
+            src.as_deref()
+                .map(|s| Expr::compile(s).map_err(|e| field(422, name, e.to_string())))
+                .transpose()
+        };
+        let duration = |name: &str, src: &Option<String>| -> Result<i64, RuleError> {
+            match src.as_deref() {
+                None => Ok(0),
+                Some(s) => parse_duration(s)
+                    .ok()
+                    .filter(|d| *d >= 0)
+                    .ok_or_else(|| field(400, name, "must be a duration such as 30s, 5m or 1h")),
+            }
+        };
+        let condition = expr("condition", &spec.condition)?;
+        let clear = expr("clear", &spec.clear)?;
+        let for_us = duration("for", &spec.for_)?;
+        let timeout_us = duration("timeout", &spec.timeout)?;
+        match spec.kind {
+            RuleKind::Condition if condition.is_none() => {
+                return Err(field(
+                    400,
+                    "condition",
+                    "a condition rule needs an expression",
+                ))
+            }
+            RuleKind::NoData if timeout_us < 1_000_000 => {
+                return Err(field(
+                    400,
+                    "timeout",
+                    "a no_data rule needs a timeout of 1s or more",
+                ))
+            }
+            _ => {}
+        }
+        Ok(Rule {
+            tenant: tenant.into(),
+            id: id.into(),
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+            spec,
+            condition,
+            clear,
+            for_us,
+            timeout_us,
+        })
+    }
+
+    /// The rule as the API shows it.
+    pub fn doc(&self, status: &RuleStatus) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.spec).unwrap_or_default();
+        v["id"] = self.id.clone().into();
+        v["version"] = self.version.into();
+        v["created_at"] = twinhub_model::time::to_epoch_ms_json(self.created_at);
+        v["updated_at"] = twinhub_model::time::to_epoch_ms_json(self.updated_at);
+        v["status"] = status.doc();
+        v
+    }
+}
+
+/// How a rule is doing, kept in memory (evaluations since start).
+#[derive(Debug, Clone, Default)]
+pub struct RuleStatus {
+    pub evaluations: u64,
+    pub errors: u64,
+    /// Twins whose last evaluation failed, with the error.
+    pub failing: HashMap<String, String>,
+    pub last_error: Option<(String, String, i64)>,
+}
+
+impl RuleStatus {
+    fn doc(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": if self.failing.is_empty() { "ok" } else { "failing" },
+            "evaluations": self.evaluations,
+            "errors": self.errors,
+            "failing_twins": self.failing.len(),
+            "last_error": self.last_error.as_ref().map(|(twin, message, at)| serde_json::json!({
+                "twin": twin, "message": message, "at": twinhub_model::time::to_epoch_ms_json(*at),
+            })),
+        })
+    }
+}
+
+type Key = (String, String);
+
+/// The rules of every tenant, compiled, with their query members and
+/// status; the engine reads it, the API writes it.
+pub struct RuleBook {
+    store: Store,
+    clock: SharedClock,
+    rules: RwLock<HashMap<Key, Arc<Rule>>>,
+    members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
+    status: Mutex<HashMap<Key, RuleStatus>>,
+    /// Bumped on every change, so the engine knows to re-read.
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
+impl RuleBook {
+    pub fn load(
+        store: Store,
+        clock: SharedClock,
+        twins: &TwinGraphs,
+    ) -> Result<Arc<RuleBook>, StoreError> {
+        let mut rules = HashMap::new();
+        for r in store.read(rows::load_rules)? {
+            let spec = match serde_json::from_str::<RuleSpec>(&r.body) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(rule = %r.id, error = %e, "stored rule no longer parses");
+                    continue;
+                }
+            };
+            match Rule::compile(&r.tenant, &r.id, spec) {
+                Ok(mut rule) => {
+                    rule.version = r.version;
+                    rule.created_at = r.created_at;
+                    rule.updated_at = r.updated_at;
+                    rule.spec.enabled = r.enabled;
+                    rules.insert((r.tenant, r.id), Arc::new(rule));
+                }
+                Err(e) => {
+                    tracing::error!(rule = %r.id, error = %e, "stored rule no longer compiles")
+                }
+            }
+        }
+        let book = Arc::new(RuleBook {
+            store,
+            clock,
+            rules: RwLock::new(rules),
+            members: RwLock::new(HashMap::new()),
+            status: Mutex::new(HashMap::new()),
+            generation: Default::default(),
+        });
+        book.refresh_queries(twins, None);
+        Ok(book)
+    }
+
+    /// Checks, compiles and stores a rule: a new one (version 1), or a new
+    /// version of an existing one (`replace`).
+    pub async fn put(
+        &self,
+        tenant: &str,
+        mut spec: RuleSpec,
+        replace: Option<&str>,
+        twins: &TwinGraphs,
+    ) -> Result<Arc<Rule>, RuleError> {
+        let id = match (replace, &spec.id) {
+            (Some(id), Some(given)) if given != id => {
+                return Err(field(400, "id", "differs from the id in the path"))
+            }
+            (Some(id), _) => id.to_string(),
+            (None, Some(given)) => given.clone(),
+            (None, None) => format!("r-{}", crate::auth::random_secret(6).to_lowercase()),
+        };
+        twinhub_model::ids::check_id("id", &id).map_err(|e| field(400, &e.field, e.rule))?;
+        spec.id = None;
+        let members = spec
+            .select
+            .check(tenant, twins, &self.store)
+            .map_err(|(f, rule)| field(400, f, rule))?;
+        let mut rule = Rule::compile(tenant, &id, spec)?;
+        let key = (tenant.to_string(), id.clone());
+        let current = self.get(tenant, &id);
+        match (replace, &current) {
+            (None, Some(_)) => {
+                return Err(RuleError::Conflict(format!("rule {id} already exists")))
+            }
+            (Some(_), None) => return Err(RuleError::NotFound(format!("rule {id} not found"))),
+            _ => {}
+        }
+        let now = self.clock.now_us();
+        rule.version = current.as_ref().map_or(1, |c| c.version + 1);
+        rule.created_at = current.as_ref().map_or(now, |c| c.created_at);
+        rule.updated_at = now;
+        let row = RuleRow {
+            tenant: tenant.into(),
+            id: id.clone(),
+            version: rule.version,
+            enabled: rule.spec.enabled,
+            body: serde_json::to_string(&rule.spec).unwrap_or_default(),
+            created_at: rule.created_at,
+            updated_at: now,
+        };
+        let rule = Arc::new(rule);
+        self.store
+            .write(move |ctx| rows::put_rule(ctx.tx, &row))
+            .await?;
+        if let Some(m) = members {
+            self.members
+                .write()
+                .expect("members")
+                .insert(key.clone(), Arc::new(m));
+        }
+        self.rules
+            .write()
+            .expect("rules")
+            .insert(key.clone(), rule.clone());
+        self.status.lock().expect("status").remove(&key);
+        self.bump();
+        Ok(rule)
+    }
+
+    /// Enables or disables a rule (a new version).
+    pub async fn set_enabled(
+        &self,
+        tenant: &str,
+        id: &str,
+        enabled: bool,
+        twins: &TwinGraphs,
+    ) -> Result<Arc<Rule>, RuleError> {
+        let current = self
+            .get(tenant, id)
+            .ok_or_else(|| RuleError::NotFound(format!("rule {id} not found")))?;
+        let mut spec = current.spec.clone();
+        spec.enabled = enabled;
+        self.put(tenant, spec, Some(id), twins).await
+    }
+
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, RuleError> {
+        let (t, i) = (tenant.to_string(), id.to_string());
+        let gone = self
+            .store
+            .write(move |ctx| rows::delete_rule(ctx.tx, &t, &i))
+            .await?;
+        let key = (tenant.to_string(), id.to_string());
+        self.rules.write().expect("rules").remove(&key);
+        self.members.write().expect("members").remove(&key);
+        self.status.lock().expect("status").remove(&key);
+        self.bump();
+        Ok(gone)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Rule>> {
+        self.rules
+            .read()
+            .expect("rules")
+            .get(&(tenant.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<Arc<Rule>> {
+        let mut v: Vec<Arc<Rule>> = self
+            .rules
+            .read()
+            .expect("rules")
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, r)| r.clone())
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn all(&self) -> Vec<Arc<Rule>> {
+        self.rules
+            .read()
+            .expect("rules")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn status(&self, tenant: &str, id: &str) -> RuleStatus {
+        self.status
+            .lock()
+            .expect("status")
+            .get(&(tenant.to_string(), id.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records one evaluation of a rule for a twin.
+    pub fn record(&self, rule: &Rule, twin: &str, outcome: Result<(), String>, at: i64) {
+        let mut all = self.status.lock().expect("status");
+        let s = all
+            .entry((rule.tenant.clone(), rule.id.clone()))
+            .or_default();
+        s.evaluations += 1;
+        match outcome {
+            Ok(()) => {
+                if !s.failing.is_empty() {
+                    s.failing.remove(twin);
+                }
+            }
+            Err(message) => {
+                s.errors += 1;
+                s.failing.insert(twin.to_string(), message.clone());
+                s.last_error = Some((twin.to_string(), message, at));
+            }
+        }
+    }
+
+    /// Evaluations and errors of every rule (for /metrics).
+    pub fn totals(&self) -> (u64, u64) {
+        self.status
+            .lock()
+            .expect("status")
+            .values()
+            .fold((0, 0), |(e, x), s| (e + s.evaluations, x + s.errors))
+    }
+
+    pub fn selects(&self, rule: &Rule, twin: &str, twins: &TwinGraphs) -> bool {
+        let members = self.members.read().expect("members");
+        let m = members.get(&(rule.tenant.clone(), rule.id.clone()));
+        rule.spec
+            .select
+            .matches(&rule.tenant, twin, twins, m.map(|m| &**m))
+    }
+
+    pub fn selected_now(&self, rule: &Rule, twins: &TwinGraphs) -> Vec<String> {
+        let members = self.members.read().expect("members");
+        let m = members.get(&(rule.tenant.clone(), rule.id.clone()));
+        rule.spec
+            .select
+            .twins_now(&rule.tenant, twins, m.map(|m| &**m))
+    }
+
+    /// Re-evaluates the queries of query rules (of one tenant, or all).
+    pub fn refresh_queries(&self, twins: &TwinGraphs, tenant: Option<&str>) {
+        let list: Vec<Arc<Rule>> = self
+            .all()
+            .into_iter()
+            .filter(|r| r.spec.select.query.is_some() && tenant.is_none_or(|t| t == r.tenant))
+            .collect();
+        for r in list {
+            let q = r.spec.select.query.as_deref().unwrap_or_default();
+            if let Ok(m) = crate::twins::select::query_members(&r.tenant, q, twins, &self.store) {
+                self.members
+                    .write()
+                    .expect("members")
+                    .insert((r.tenant.clone(), r.id.clone()), Arc::new(m));
+            }
+        }
+    }
+}

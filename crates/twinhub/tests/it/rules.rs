@@ -1,0 +1,410 @@
+//! Rules and alarms through the real interfaces: rules over HTTP, telemetry
+//! over HTTP and MQTT, alarms listed, acknowledged and cleared over HTTP.
+//! The lifecycle, `for` and hysteresis by event time, no-data on the
+//! injected clock, exactly one alarm under concurrency, state and position
+//! kept across a restart, and clear errors for bad rules.
+
+use crate::common::*;
+use crate::mqtt::*;
+use rumqttc::v5::mqttbytes::v5;
+use serde_json::{json, Value};
+
+const T0: i64 = 1_764_500_000_000;
+
+async fn rule(s: &TestServer, body: Value) -> Value {
+    let (st, v) = s.json(s.post("/api/v1/rules", body)).await;
+    assert_eq!(st, 201, "{v}");
+    v
+}
+
+fn hot(id: &str, twin: &str) -> Value {
+    json!({
+        "id": id, "name": "Reactor too hot",
+        "select": {"twin": twin},
+        "condition": "temperature > 375", "clear": "temperature < 370",
+        "alarm": {"type": "HighTemperature", "severity": "major"},
+    })
+}
+
+async fn alarms(s: &TestServer, query: &str) -> Vec<Value> {
+    let (st, v) = s.json(s.get(&format!("/api/v1/alarms?{query}"))).await;
+    assert_eq!(st, 200, "{v}");
+    v["value"].as_array().unwrap().clone()
+}
+
+/// Waits until the alarms matching `query` satisfy `f` (rules run after
+/// the commit that acknowledged the telemetry), and returns them.
+async fn alarms_until(
+    s: &TestServer,
+    query: &str,
+    what: &str,
+    f: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let a = alarms(s, query).await;
+        if f(&a) {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; alarms: {a:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn temp(s: &TestServer, id: &str, key: &str, at_s: i64, t: f64) {
+    let r = s
+        .send(id, key, json!({"ts": T0 + at_s * 1000, "temperature": t}))
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_alarm_is_raised_counted_acknowledged_and_cleared_by_recovery() {
+    let s = TestServer::start().await;
+    let key = s.device("r1").await;
+    let r = rule(&s, hot("hot", "r1")).await;
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["status"]["state"], "ok");
+    temp(&s, "r1", &key, 0, 350.0).await;
+    temp(&s, "r1", &key, 1, 380.0).await;
+    temp(&s, "r1", &key, 2, 381.5).await;
+    let a = alarms_until(&s, "status=active", "an active alarm counting 2", |a| {
+        a.len() == 1 && a[0]["count"] == 2
+    })
+    .await;
+    let a = &a[0];
+    assert_eq!(a["status"], "ACTIVE_UNACK");
+    assert_eq!(a["type"], "HighTemperature");
+    assert_eq!(a["severity"], "major");
+    assert_eq!(a["originator"], "r1");
+    assert_eq!(a["rule"], "hot");
+    assert_eq!(a["start_ts"], T0 + 1000);
+    assert_eq!(a["last_value"], json!({"temperature": 381.5}));
+    let id = a["id"].as_str().unwrap().to_string();
+    // Inside the hysteresis band: nothing changes.
+    temp(&s, "r1", &key, 3, 372.0).await;
+    let (st, acked) = s
+        .json(s.post(&format!("/api/v1/alarms/{id}/ack"), json!(null)))
+        .await;
+    assert_eq!(st, 200, "{acked}");
+    assert_eq!(acked["status"], "ACTIVE_ACK");
+    assert_eq!(acked["ack_by"], "admin");
+    let r = s
+        .post(&format!("/api/v1/alarms/{id}/ack"), json!(null))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 409, "conflict")
+        .await
+        .contains("already acknowledged"));
+    // Recovery clears it.
+    temp(&s, "r1", &key, 4, 365.0).await;
+    let a = alarms_until(&s, "", "the alarm cleared", |a| {
+        a.len() == 1 && a[0]["status"] == "CLEARED_ACK"
+    })
+    .await;
+    assert_eq!(a[0]["end_ts"], T0 + 4000);
+    assert_eq!(a[0]["count"], 2, "the in-band point did not count");
+    // A new excursion opens a new alarm.
+    temp(&s, "r1", &key, 5, 390.0).await;
+    let a = alarms_until(&s, "status=active", "a second alarm", |a| a.len() == 1).await;
+    assert_ne!(a[0]["id"], id);
+    assert_eq!(a[0]["status"], "ACTIVE_UNACK");
+    assert_eq!(alarms(&s, "status=cleared").await.len(), 1);
+    // Comments and audit.
+    let (st, c) = s
+        .json(s.post(
+            &format!("/api/v1/alarms/{id}/comments"),
+            json!({"text": "valve replaced"}),
+        ))
+        .await;
+    assert_eq!(st, 201, "{c}");
+    assert_eq!(c["comments"][0]["text"], "valve replaced");
+    let (_, audit) = s.json(s.get("/api/v1/audit")).await;
+    let acks: Vec<&Value> = audit["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "alarm.ack")
+        .collect();
+    assert_eq!(acks.len(), 1, "{audit}");
+    assert_eq!(acks[0]["target"], id.as_str());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn for_durations_count_event_time() {
+    let s = TestServer::start().await;
+    let key = s.device("r2").await;
+    let mut body = hot("hot30", "r2");
+    body["for"] = json!("30s");
+    rule(&s, body).await;
+    // 20 s over the threshold, a dip, then 30 s over it.
+    for i in 0..=20 {
+        temp(&s, "r2", &key, i, 380.0).await;
+    }
+    temp(&s, "r2", &key, 21, 360.0).await;
+    for i in 22..=51 {
+        temp(&s, "r2", &key, i, 380.0).await;
+    }
+    assert!(alarms(&s, "").await.is_empty(), "29 s is not 30 s");
+    temp(&s, "r2", &key, 52, 380.0).await;
+    let a = alarms_until(&s, "", "the alarm after 30 s", |a| a.len() == 1).await;
+    assert_eq!(a[0]["start_ts"], T0 + 52_000);
+    s.stop().await;
+}
+
+/// ThingsBoard's users see duplicate alarms when events race; here 200
+/// events over the threshold, sent at once from several HTTP and MQTT
+/// clients, make exactly one open alarm counting all 200 — and 50 twins at
+/// once make one alarm each.
+#[tokio::test]
+async fn concurrent_events_make_exactly_one_alarm_per_twin() {
+    let s = TestServer::start().await;
+    let key = s.device("hot1").await;
+    rule(&s, hot("hot", "hot1")).await;
+    let mut tasks = Vec::new();
+    for w in 0..3i64 {
+        // Two HTTP writers, 50 events each…
+        if w < 2 {
+            let (http, url, key) = (
+                s.http.clone(),
+                s.url("/api/v1/devices/hot1/telemetry"),
+                key.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50i64 {
+                    let r = http
+                        .post(&url)
+                        .basic_auth("hot1", Some(&key))
+                        .json(&json!({"ts": T0 + w * 1000 + i, "temperature": 380.0 + i as f64}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            }));
+        } else {
+            // …and the device's MQTT connection, 100 events (QoS 1).
+            let (addr, key) = (s.mqtt(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut c, ack) = open5(addr, "hot1", Some(("hot1", &key)), true, None).await;
+                assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+                for i in 0..100i64 {
+                    let body = json!({"ts": T0 + w * 1000 + i, "temperature": 380.0 + i as f64});
+                    c.send5(pub5(
+                        "devices/hot1/telemetry",
+                        1,
+                        (i + 1) as u16,
+                        body.to_string().as_bytes(),
+                        None,
+                    ))
+                    .await;
+                    match c.recv5().await {
+                        v5::Packet::PubAck(a) => assert_eq!(a.pkid, (i + 1) as u16),
+                        p => panic!("expected PUBACK, got {p:?}"),
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let a = alarms_until(&s, "originator=hot1", "one alarm counting 200", |a| {
+        a.iter()
+            .map(|a| a["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == 200
+    })
+    .await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0]["count"], 200);
+
+    // 50 twins of a model at once, 10 events each.
+    let model = json!([{"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:Kiln;1", "@type": "Interface",
+        "contents": [{"@type": "Telemetry", "name": "temperature", "schema": "double"}]}]);
+    let (st, v) = s.json(s.post("/api/v1/models", model)).await;
+    assert_eq!(st, 201, "{v}");
+    let mut keys = Vec::new();
+    for i in 0..50 {
+        let twin = json!({"$metadata": {"$model": "dtmi:test:Kiln;1"}});
+        let r = s
+            .http
+            .put(s.url(&format!("/api/v1/twins/m{i}")))
+            .bearer_auth(&s.token)
+            .json(&twin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        keys.push(s.device(&format!("m{i}")).await);
+    }
+    rule(
+        &s,
+        json!({
+            "id": "fleet", "name": "any hot kiln", "select": {"model": "dtmi:test:Kiln;1"},
+            "condition": "temperature > 375", "alarm": {"type": "Hot", "severity": "minor"},
+        }),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for (i, key) in keys.into_iter().enumerate() {
+        let (http, url, id) = (
+            s.http.clone(),
+            s.url(&format!("/api/v1/devices/m{i}/telemetry")),
+            format!("m{i}"),
+        );
+        tasks.push(tokio::spawn(async move {
+            for j in 0..10i64 {
+                let r = http
+                    .post(&url)
+                    .basic_auth(&id, Some(&key))
+                    .json(&json!({"ts": T0 + j, "temperature": 400.0}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let a = alarms_until(
+        &s,
+        "type=Hot&limit=1000",
+        "50 alarms counting 10 each",
+        |a| a.len() == 50 && a.iter().all(|a| a["count"] == 10),
+    )
+    .await;
+    assert_eq!(a.len(), 50);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rule_state_and_open_alarms_survive_a_restart_without_duplicates() {
+    let s = TestServer::start().await;
+    let key = s.device("r3").await;
+    rule(&s, hot("hot", "r3")).await;
+    for i in 0..3 {
+        temp(&s, "r3", &key, i, 380.0).await;
+    }
+    alarms_until(&s, "", "an alarm counting 3", |a| {
+        a.len() == 1 && a[0]["count"] == 3
+    })
+    .await;
+    let s = s.restart().await;
+    temp(&s, "r3", &key, 3, 381.0).await;
+    let a = alarms_until(&s, "", "the same alarm counting 4", |a| {
+        a.len() == 1 && a[0]["count"] == 4
+    })
+    .await;
+    assert_eq!(a[0]["status"], "ACTIVE_UNACK");
+    // The rule is still raised: the hysteresis clear still applies.
+    temp(&s, "r3", &key, 4, 360.0).await;
+    alarms_until(&s, "status=cleared", "cleared after the restart", |a| {
+        a.len() == 1
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_data_raises_on_the_clock_and_clears_when_data_returns() {
+    let s = TestServer::start().await;
+    let key = s.device("quiet").await;
+    rule(
+        &s,
+        json!({
+            "id": "silent", "name": "no data", "kind": "no_data", "select": {"twin": "quiet"},
+            "timeout": "60s", "alarm": {"type": "NoData", "severity": "warning"},
+        }),
+    )
+    .await;
+    temp(&s, "quiet", &key, 0, 300.0).await;
+    // The clock moves on 61 s (no sleeping for a minute).
+    s.clock.advance_us(61_000_000);
+    let a = alarms_until(&s, "type=NoData", "a no-data alarm", |a| a.len() == 1).await;
+    assert_eq!(a[0]["severity"], "warning");
+    temp(&s, "quiet", &key, 1, 300.0).await;
+    alarms_until(
+        &s,
+        "type=NoData&status=cleared",
+        "cleared by new data",
+        |a| a.len() == 1,
+    )
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_rules_are_refused_with_the_field_and_the_position() {
+    let s = TestServer::start().await;
+    let mut body = hot("bad", "r1");
+    body["condition"] = json!("temperature >\n  && pressure");
+    let r = s.post("/api/v1/rules", body).send().await.unwrap();
+    let msg = error_of(r, 422, "unprocessable_entity").await;
+    assert!(
+        msg.contains("condition") && msg.contains("line 2, column 3"),
+        "{msg}"
+    );
+    let mut body = hot("bad", "r1");
+    body["condition"] = json!("temperature * 2 > 750");
+    let r = s.post("/api/v1/rules", body).send().await.unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("2.0"));
+    let mut body = hot("bad", "r1");
+    body["alarm"]["severity"] = json!("apocalyptic");
+    let r = s.post("/api/v1/rules", body).send().await.unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("severity"));
+    let mut body = hot("bad", "r1");
+    body["select"] = json!({});
+    let r = s.post("/api/v1/rules", body).send().await.unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("select"));
+    rule(&s, hot("dup", "r1")).await;
+    let r = s
+        .post("/api/v1/rules", hot("dup", "r1"))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, 409, "conflict").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_rule_shows_its_error_and_others_go_on() {
+    let s = TestServer::start().await;
+    let key = s.device("r4").await;
+    let mut broken = hot("needs-pressure", "r4");
+    broken["condition"] = json!("pressure > 5");
+    broken["clear"] = json!(null);
+    rule(&s, broken).await;
+    rule(&s, hot("hot", "r4")).await;
+    temp(&s, "r4", &key, 0, 390.0).await;
+    alarms_until(&s, "", "the working rule's alarm", |a| a.len() == 1).await;
+    let (_, r) = s.json(s.get("/api/v1/rules/needs-pressure")).await;
+    assert_eq!(r["status"]["state"], "failing", "{r}");
+    assert!(
+        r["status"]["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pressure"),
+        "{r}"
+    );
+    assert_eq!(r["status"]["last_error"]["twin"], "r4");
+    // Disabling is a new version; a disabled rule raises nothing.
+    let (st, r) = s
+        .json(s.patch("/api/v1/rules/hot", json!({"enabled": false})))
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["version"].clone(), r["enabled"].clone()),
+        (json!(2), json!(false))
+    );
+    s.stop().await;
+}
