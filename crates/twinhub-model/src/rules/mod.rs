@@ -6,3 +6,4 @@
 pub mod alarm;
 pub mod condition;
 pub mod expr;
+pub mod stats;

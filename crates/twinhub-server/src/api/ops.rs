@@ -246,6 +246,27 @@ pub async fn metrics(
                 .collect::<Vec<_>>(),
         );
     }
+    let (evaluations, errors) = state.rules.totals();
+    x.counter(
+        "twinhub_rule_evaluations_total",
+        "Rule evaluations since start (one rule on one event of one twin).",
+        evaluations,
+    );
+    x.counter(
+        "twinhub_rule_errors_total",
+        "Rule evaluations that failed (missing property, type error); the rule's status names the error.",
+        errors,
+    );
+    x.gauge(
+        "twinhub_alarms_open",
+        "Alarms active now (ACTIVE_UNACK or ACTIVE_ACK).",
+        state.alarms.open_count() as f64,
+    );
+    x.counter(
+        "twinhub_alarms_raised_total",
+        "Alarms opened since start.",
+        state.alarms.raised.load(Ordering::Relaxed),
+    );
     if let Ok((rows, bytes)) = state.store.outbox_size() {
         x.gauge(
             "twinhub_outbox_bytes",

@@ -21,6 +21,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
+use twinhub_model::rules::stats::Rolling;
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "rules";
@@ -30,7 +31,14 @@ pub const CONSUMER: &str = "rules";
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum State {
     Condition(ConditionState),
-    NoData { last_seen: i64, raised: bool },
+    NoData {
+        last_seen: i64,
+        raised: bool,
+    },
+    Statistical {
+        rolling: Rolling,
+        cond: ConditionState,
+    },
 }
 
 type StateKey = (String, String, String);
@@ -296,6 +304,10 @@ impl Engine {
                     dirty.insert(key);
                 }
                 RuleKind::NoData => {}
+                RuleKind::Statistical if e.kind == Kind::Telemetry => {
+                    self.statistic(&rule, twin, ts, e, key, intents, dirty)
+                }
+                RuleKind::Statistical => {}
             }
         }
     }
@@ -348,6 +360,84 @@ impl Engine {
             rule.spec.alarm.kind.clone(),
         );
         match t {
+            Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
+                tenant,
+                originator,
+                kind,
+                severity: rule.spec.alarm.severity,
+                rule: rule.id.clone(),
+                propagate: rule.spec.alarm.propagate.clone(),
+                value: shown,
+                ts,
+            }),
+            Transition::Clear => intents.push(Intent::Clear {
+                tenant,
+                originator,
+                kind,
+                value: shown,
+                ts,
+            }),
+            Transition::None => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn statistic(
+        &mut self,
+        rule: &Rule,
+        twin: &str,
+        ts: i64,
+        e: &Event,
+        key: StateKey,
+        intents: &mut Vec<Intent>,
+        dirty: &mut HashSet<StateKey>,
+    ) {
+        let (Some(p), Some(spec)) = (&rule.stats, &rule.spec.statistic) else {
+            return;
+        };
+        let Some(v) = e.data.get("values").and_then(|v| v.get(&spec.property)) else {
+            return;
+        };
+        let Some(x) = v.as_f64() else {
+            self.book.record(
+                rule,
+                twin,
+                Err(format!("{} is not a number", spec.property)),
+                self.clock.now_us(),
+            );
+            return;
+        };
+        self.book.record(rule, twin, Ok(()), 0);
+        let st = self
+            .states
+            .entry(key.clone())
+            .or_insert(State::Statistical {
+                rolling: Rolling::default(),
+                cond: ConditionState::default(),
+            });
+        let State::Statistical { rolling, cond } = st else {
+            *st = State::Statistical {
+                rolling: Rolling::default(),
+                cond: ConditionState::default(),
+            };
+            return;
+        };
+        dirty.insert(key);
+        let Some(anomalous) = rolling.observe(p, ts, x) else {
+            return;
+        };
+        let obs = Observation {
+            ts,
+            raise: anomalous,
+            clear: Some(!anomalous),
+        };
+        let shown = serde_json::json!({ spec.property.as_str(): v });
+        let (tenant, originator, kind) = (
+            rule.tenant.clone(),
+            twin.to_string(),
+            rule.spec.alarm.kind.clone(),
+        );
+        match cond.step(obs, rule.for_us) {
             Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
                 tenant,
                 originator,

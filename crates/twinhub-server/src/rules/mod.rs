@@ -60,6 +60,30 @@ pub enum RuleKind {
     Condition,
     /// No telemetry from a selected twin for `timeout`.
     NoData,
+    /// A property's value is anomalous against its own rolling baseline
+    /// (z-score, EWMA limits, rate of change, flatline).
+    Statistical,
+}
+
+/// What a statistical rule watches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticSpec {
+    pub property: String,
+    pub method: twinhub_model::rules::stats::Method,
+    /// zscore/ewma: in standard deviations (default 3); rate: units per
+    /// second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Effective samples in the baseline (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
+    /// Samples before it may fire (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u32>,
+    /// flatline: how long the value must stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -94,6 +118,8 @@ pub struct RuleSpec {
     pub for_: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<StatisticSpec>,
     pub alarm: AlarmSpec,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
@@ -116,6 +142,7 @@ pub struct Rule {
     pub clear: Option<Expr>,
     pub for_us: i64,
     pub timeout_us: i64,
+    pub stats: Option<twinhub_model::rules::stats::Params>,
 }
 
 impl Rule {
@@ -160,6 +187,45 @@ impl Rule {
             }
             _ => {}
         }
+        let stats = match (&spec.kind, &spec.statistic) {
+            (RuleKind::Statistical, None) => {
+                return Err(field(
+                    400,
+                    "statistic",
+                    "a statistical rule needs {property, method}",
+                ))
+            }
+            (RuleKind::Statistical, Some(st)) => {
+                use twinhub_model::rules::stats::{Method, Params};
+                let threshold = st.threshold.unwrap_or(3.0);
+                if !(threshold.is_finite() && threshold > 0.0) {
+                    return Err(field(
+                        400,
+                        "statistic.threshold",
+                        "must be a positive number",
+                    ));
+                }
+                let flat_us = duration("statistic.duration", &st.duration)?;
+                if st.method == Method::Flatline && flat_us < 1_000_000 {
+                    return Err(field(
+                        400,
+                        "statistic.duration",
+                        "a flatline check needs a duration of 1s or more",
+                    ));
+                }
+                Some(Params {
+                    method: st.method,
+                    threshold,
+                    window: st.window.unwrap_or(100).clamp(2, 100_000),
+                    warmup: st.warmup.unwrap_or(30).min(100_000),
+                    flat_us,
+                })
+            }
+            (_, Some(_)) => {
+                return Err(field(400, "statistic", "only a statistical rule takes one"))
+            }
+            _ => None,
+        };
         Ok(Rule {
             tenant: tenant.into(),
             id: id.into(),
@@ -171,6 +237,7 @@ impl Rule {
             clear,
             for_us,
             timeout_us,
+            stats,
         })
     }
 

@@ -54,6 +54,16 @@ async fn alarms_until(
     }
 }
 
+/// Waits until `rule` has evaluated `n` events, so an absence of alarms
+/// afterwards means something.
+async fn evaluated(s: &TestServer, rule: &str, n: u64) {
+    until(&format!("{n} evaluations of {rule}"), || async {
+        let (_, r) = s.json(s.get(&format!("/api/v1/rules/{rule}"))).await;
+        r["status"]["evaluations"] == n
+    })
+    .await;
+}
+
 async fn temp(s: &TestServer, id: &str, key: &str, at_s: i64, t: f64) {
     let r = s
         .send(id, key, json!({"ts": T0 + at_s * 1000, "temperature": t}))
@@ -150,6 +160,7 @@ async fn for_durations_count_event_time() {
     for i in 22..=51 {
         temp(&s, "r2", &key, i, 380.0).await;
     }
+    evaluated(&s, "hot30", 52).await;
     assert!(alarms(&s, "").await.is_empty(), "29 s is not 30 s");
     temp(&s, "r2", &key, 52, 380.0).await;
     let a = alarms_until(&s, "", "the alarm after 30 s", |a| a.len() == 1).await;
@@ -406,5 +417,96 @@ async fn a_failing_rule_shows_its_error_and_others_go_on() {
         (r["version"].clone(), r["enabled"].clone()),
         (json!(2), json!(false))
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_zscore_rule_learns_the_baseline_and_flags_a_spike() {
+    let s = TestServer::start().await;
+    let key = s.device("z1").await;
+    rule(&s, json!({
+        "id": "spiky", "name": "temperature spike", "kind": "statistical", "select": {"twin": "z1"},
+        "statistic": {"property": "temperature", "method": "zscore", "threshold": 4, "window": 50, "warmup": 20},
+        "alarm": {"type": "TemperatureAnomaly", "severity": "minor"},
+    }))
+    .await;
+    for i in 0..60 {
+        temp(&s, "z1", &key, i, 350.0 + ((i * 7) % 5) as f64 * 0.2).await;
+    }
+    temp(&s, "z1", &key, 60, 351.0).await;
+    let (_, r) = s.json(s.get("/api/v1/rules/spiky")).await;
+    assert_eq!(r["status"]["evaluations"], 61, "{r}");
+    assert!(
+        alarms(&s, "").await.is_empty(),
+        "the baseline is not an anomaly"
+    );
+    temp(&s, "z1", &key, 61, 380.0).await;
+    let a = alarms_until(&s, "", "an anomaly alarm", |a| a.len() == 1).await;
+    assert_eq!(a[0]["last_value"]["temperature"].as_f64(), Some(380.0));
+    temp(&s, "z1", &key, 62, 350.4).await;
+    alarms_until(&s, "status=cleared", "back to normal", |a| a.len() == 1).await;
+    let mut bad = json!({
+        "name": "x", "kind": "statistical", "select": {"twin": "z1"},
+        "statistic": {"property": "temperature", "method": "flatline"},
+        "alarm": {"type": "Stuck", "severity": "minor"},
+    });
+    let r = s.post("/api/v1/rules", bad.clone()).send().await.unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .contains("statistic.duration"));
+    bad["statistic"]["duration"] = json!("10m");
+    rule(&s, bad).await;
+    s.stop().await;
+}
+
+/// A reactor's alarm counts on its line and plant (the rule propagates it
+/// along `isPartOf`), and every alarm change is on the event stream.
+#[tokio::test]
+async fn alarms_propagate_up_the_graph_and_stream_as_events() {
+    let s = TestServer::start().await;
+    let model = json!([{"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:Unit;1", "@type": "Interface",
+        "contents": [{"@type": "Telemetry", "name": "temperature", "schema": "double"},
+                     {"@type": "Relationship", "name": "isPartOf"}]}]);
+    let (st, v) = s.json(s.post("/api/v1/models", model)).await;
+    assert_eq!(st, 201, "{v}");
+    for t in ["plant", "line", "r9", "other"] {
+        let r = s
+            .http
+            .put(s.url(&format!("/api/v1/twins/{t}")))
+            .bearer_auth(&s.token)
+            .json(&json!({"$metadata": {"$model": "dtmi:test:Unit;1"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    for (src, dst) in [("line", "plant"), ("r9", "line")] {
+        let r = s
+            .http
+            .put(s.url(&format!("/api/v1/twins/{src}/relationships/{src}-{dst}")))
+            .bearer_auth(&s.token)
+            .json(&json!({"$relationshipName": "isPartOf", "$targetId": dst}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let stream = s.get("/api/v1/events?types=alarm").send().await.unwrap();
+    let mut body = hot("hot", "r9");
+    body["select"] = json!({"model": "dtmi:test:Unit;1"});
+    body["alarm"]["propagate"] = json!("isPartOf");
+    rule(&s, body).await;
+    let key = s.device("r9").await;
+    let other = s.device("other").await;
+    temp(&s, "r9", &key, 0, 390.0).await;
+    temp(&s, "other", &other, 0, 390.0).await;
+    alarms_until(&s, "", "two alarms", |a| a.len() == 2).await;
+    let under = alarms(&s, "originator=plant&subtree=true").await;
+    assert_eq!(under.len(), 1, "{under:?}");
+    assert_eq!(under[0]["originator"], "r9");
+    assert!(alarms(&s, "originator=plant").await.is_empty());
+    let evs = crate::events::read_events(stream, 2).await;
+    assert!(evs.iter().all(|e| e.1 == "alarm"), "{evs:?}");
+    assert_eq!(evs[0].2["data"]["op"], "raise");
     s.stop().await;
 }
