@@ -169,6 +169,40 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         anyhow::bail!("binding the yield model failed: {}", bound.text().await?);
     }
 
+    // Rules on every reactor: an overheat condition with hysteresis and a
+    // minimum duration, and a statistical check on pressure. The simulated
+    // reactors drift hot now and then, so alarms appear, and clear when the
+    // reactor recovers. Alarms count on the plant that contains them.
+    for rule in [
+        json!({"id": "reactor-overheat", "name": "Reactor above 372 K for 5 s",
+            "select": {"model": "dtmi:twinhub:plant:Reactor;1"},
+            "condition": "temperature > 372", "clear": "temperature < 368", "for": "5s",
+            "alarm": {"type": "ReactorOverheat", "severity": "major", "propagate": "contains"}}),
+        json!({"id": "temperature-anomaly", "name": "Temperature off its own baseline",
+            "kind": "statistical", "select": {"model": "dtmi:twinhub:plant:Reactor;1"},
+            "statistic": {"property": "temperature", "method": "zscore", "threshold": 5, "window": 120, "warmup": 60},
+            "alarm": {"type": "TemperatureAnomaly", "severity": "minor", "propagate": "contains"}}),
+    ] {
+        let id = rule["id"].as_str().unwrap_or_default().to_string();
+        let mut r = client
+            .put(format!("{base}/api/v1/rules/{id}"))
+            .bearer_auth(token)
+            .json(&rule)
+            .send()
+            .await?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            r = client
+                .post(format!("{base}/api/v1/rules"))
+                .bearer_auth(token)
+                .json(&rule)
+                .send()
+                .await?;
+        }
+        if !r.status().is_success() {
+            anyhow::bail!("creating the rule {id} failed: {}", r.text().await?);
+        }
+    }
+
     let interval = Duration::from_secs_f64(args.interval.max(0.01));
     let mqtt = server
         .ready
@@ -203,6 +237,10 @@ Try:
       -d '{{"temperature": 362, "pressure": 6.1, "flow_rate": 101}}'      # soft sensor: every reactor's yield_pred
   curl -s -u {first}:{first_key} -H 'content-type: application/json' \
       -X POST {base}/api/v1/devices/{first}/telemetry -d '{{"temperature": 361.5}}'
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/alarms?status=active"          # reactors that ran hot
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/alarms?originator=plant1&subtree=true"
+  curl -s -H "Authorization: Bearer $TOKEN" -X POST {base}/api/v1/alarms/ID/ack
+  curl -s -N -H "Authorization: Bearer $TOKEN" "{base}/api/v1/events?types=alarm"
   mosquitto_sub -h {mh} -p {mp} -u admin -P '{password}' -t 'devices/+/telemetry' -v
   mosquitto_pub -h {mh} -p {mp} -i {first} -u {first} -P '{first_key}' -q 1 \
       -t devices/{first}/telemetry -m '{{"temperature": 362.0}}'

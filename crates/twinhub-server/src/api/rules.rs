@@ -253,8 +253,10 @@ fn severities(s: &str) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-/// The twins whose alarms count on `root`: itself and every twin that
-/// reaches it through the relationships rules propagate on.
+/// The twins whose alarms count on `root`: itself and every twin below it
+/// along the relationships rules propagate on — in whichever direction the
+/// graph uses the name (`isPartOf` from child to parent, `contains` from
+/// parent to child), each walk keeping its direction.
 fn below(state: &AppState, tenant: &str, root: &str) -> Vec<String> {
     let rels: HashSet<String> = state
         .rules
@@ -264,11 +266,24 @@ fn below(state: &AppState, tenant: &str, root: &str) -> Vec<String> {
         .collect();
     state.twins.read(tenant, |g| {
         let mut seen: HashSet<String> = HashSet::from([root.to_string()]);
-        let mut stack = vec![root.to_string()];
-        while let Some(t) = stack.pop() {
-            for r in g.incoming_of(&t) {
-                if rels.contains(&r.name) && seen.insert(r.source.to_string()) {
-                    stack.push(r.source.to_string());
+        for upward in [true, false] {
+            let mut stack = vec![root.to_string()];
+            while let Some(t) = stack.pop() {
+                let next: Vec<String> = if upward {
+                    g.incoming_of(&t)
+                        .filter(|r| rels.contains(&r.name))
+                        .map(|r| r.source.to_string())
+                        .collect()
+                } else {
+                    g.outgoing(&t)
+                        .filter(|r| rels.contains(&r.name))
+                        .map(|r| r.target.to_string())
+                        .collect()
+                };
+                for n in next {
+                    if seen.insert(n.clone()) {
+                        stack.push(n);
+                    }
                 }
             }
         }

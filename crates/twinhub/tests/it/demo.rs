@@ -1,6 +1,6 @@
 //! The README's first command: `twinhub demo` starts a populated system
 //! whose simulated reactors report over MQTT and whose yield soft sensor
-//! writes predictions to every reactor twin.
+//! writes predictions to every reactor twin, with rules watching them.
 
 use crate::process::{cmd, get_json, layout, login, post_json, unsafe_kill, KillOnDrop, PW};
 use serde_json::Value;
@@ -125,6 +125,24 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         twin["yield"].is_number(),
         "the simulated measurement arrives too"
     );
+    // The demo's rules run on every reactor's data.
+    loop {
+        let rules = get_json(&http, &format!("{base}/api/v1/rules"), &token).await;
+        let list = rules["value"].as_array().unwrap();
+        assert_eq!(list.len(), 2, "{rules}");
+        let evaluated = list
+            .iter()
+            .all(|r| r["status"]["evaluations"].as_u64().unwrap_or(0) > 0);
+        if evaluated {
+            assert!(list.iter().all(|r| r["status"]["state"] == "ok"), "{rules}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "rules not running: {rules}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     unsafe_kill(child.0.id() as i32, 2);
     let status = child.0.wait().unwrap();
     assert!(status.success(), "Ctrl-C stops the demo cleanly");
