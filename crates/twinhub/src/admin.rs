@@ -625,3 +625,22 @@ pub fn restore(file: Option<&PathBuf>, flags: &ServerFlags, src: &Path) -> anyho
     );
     Ok(())
 }
+
+/// One API call through the running (or an in-process) server; prints the
+/// answer.
+pub async fn call_and_print(
+    file: Option<&PathBuf>,
+    flags: &ServerFlags,
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+) -> anyhow::Result<()> {
+    with_api(file, flags, move |api| {
+        Box::pin(async move {
+            let v = api.call(method, &path, body).await?;
+            println!("{v}");
+            Ok(())
+        })
+    })
+    .await
+}

@@ -9,6 +9,7 @@ mod bench_sustained;
 mod bench_twins;
 mod demo;
 mod model_cli;
+mod rule_cli;
 mod sim;
 
 use clap::{Args, Parser, Subcommand};
@@ -125,6 +126,12 @@ enum Command {
     /// ML models: upload, package for the edge, list, activate.
     #[command(subcommand)]
     Model(model_cli::ModelCmd),
+    /// Rules: create from JSON, list with status, update, enable, disable.
+    #[command(subcommand)]
+    Rule(rule_cli::RuleCmd),
+    /// Alarms: list, acknowledge, clear, comment.
+    #[command(subcommand)]
+    Alarm(rule_cli::AlarmCmd),
     /// Take a consistent copy of the store (safe while the server runs).
     Backup {
         file: PathBuf,
@@ -212,6 +219,8 @@ fn main() -> std::process::ExitCode {
             Command::Apikey(cmd) => admin::apikey(cli.config.as_ref(), cmd).await,
             Command::Tenant(cmd) => admin::tenant(cli.config.as_ref(), cmd).await,
             Command::Model(cmd) => model_cli::run(cli.config.as_ref(), cmd).await,
+            Command::Rule(cmd) => rule_cli::rule(cli.config.as_ref(), cmd).await,
+            Command::Alarm(cmd) => rule_cli::alarm(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Check(flags) => admin::check(cli.config.as_ref(), &flags),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),

@@ -2,7 +2,7 @@
 //! as one checksummed bundle for air-gapped edge boxes (seed 000's
 //! package_model_for_edge), list them, activate a version.
 
-use crate::admin::{tenant_q, with_api};
+use crate::admin::{call_and_print, tenant_q, with_api};
 use crate::ServerFlags;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -85,25 +85,6 @@ pub enum ModelCmd {
         #[command(flatten)]
         flags: ServerFlags,
     },
-}
-
-/// One API call through the running (or an in-process) server; prints the
-/// answer.
-async fn call_and_print(
-    file: Option<&PathBuf>,
-    flags: &ServerFlags,
-    method: &'static str,
-    path: String,
-    body: Option<Value>,
-) -> anyhow::Result<()> {
-    with_api(file, flags, move |api| {
-        Box::pin(async move {
-            let v = api.call(method, &path, body).await?;
-            println!("{v}");
-            Ok(())
-        })
-    })
-    .await
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {

@@ -273,3 +273,46 @@ async fn model_package_upload_and_list() {
     unsafe_kill(s.child.id() as i32, 15);
     s.child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_and_alarms_from_the_cli() {
+    let (root, dir) = layout();
+    let file = root.path().join("hot.json");
+    std::fs::write(
+        &file,
+        json!({"id": "hot", "name": "hot", "select": {"twin": "r1"},
+            "condition": "temperature > 375", "alarm": {"type": "Hot", "severity": "major"}})
+        .to_string(),
+    )
+    .unwrap();
+    let direct = "TWINHUB_ADMIN_PASSWORD";
+    let created = run(
+        &dir,
+        &["rule", "create", file.to_str().unwrap()],
+        None,
+        direct,
+    );
+    assert_eq!(
+        (created["id"].as_str(), created["version"].as_i64()),
+        (Some("hot"), Some(1))
+    );
+    let off = run(&dir, &["rule", "disable", "hot"], None, direct);
+    assert_eq!(
+        (off["enabled"].as_bool(), off["version"].as_i64()),
+        (Some(false), Some(2))
+    );
+    let listed = run(&dir, &["rule", "list"], None, direct);
+    assert_eq!(listed["id"], "hot");
+    // A bad expression is refused with its position.
+    std::fs::write(
+        &file,
+        json!({"name": "bad", "select": {"twin": "r1"}, "condition": "temperature >",
+            "alarm": {"type": "Hot", "severity": "major"}})
+        .to_string(),
+    )
+    .unwrap();
+    let err = fails(&dir, &["rule", "create", file.to_str().unwrap()]);
+    assert!(err.contains("condition") && err.contains("line 1"), "{err}");
+    let err = fails(&dir, &["alarm", "ack", "12345"]);
+    assert!(err.contains("not found"), "{err}");
+}
