@@ -8,7 +8,8 @@
 //! settings it works with; this module only assembles them, reads the file
 //! and the environment, and checks what spans sections.
 //!
-//! May call: `mqtt`, `store`, `registry`, `ml` (their settings sections).
+//! May call: `mqtt`, `store`, `registry`, `ml`, `rules` (their settings
+//! sections).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;
@@ -35,6 +36,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub secrets: SecretsConfig,
     pub ml: MlConfig,
+    pub rules: RulesConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -59,6 +61,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             secrets: SecretsConfig::default(),
             ml: MlConfig::default(),
+            rules: RulesConfig::default(),
             admin_password: None,
         }
     }
@@ -91,6 +94,7 @@ impl Default for HttpConfig {
 pub use crate::ml::MlConfig;
 pub use crate::mqtt::MqttConfig;
 pub use crate::registry::AuthConfig;
+pub use crate::rules::RulesConfig;
 pub use crate::store::StoreConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +349,9 @@ impl Config {
         self.store
             .validate()
             .map_err(|(field, rule)| invalid(&format!("store.{field}"), rule))?;
+        self.rules
+            .validate()
+            .map_err(|(field, rule)| invalid(&format!("rules.{field}"), rule))?;
         Ok(())
     }
 
@@ -386,6 +393,7 @@ fn env_key_path(lower: &str) -> String {
         "audit",
         "secrets",
         "ml",
+        "rules",
     ];
     if TOP.contains(&lower) {
         return lower.to_string();

@@ -32,14 +32,18 @@ pub enum Kind {
     Relationship,
     Device,
     Alarm,
+    /// A rule's `event` action (for routes).
+    Rule,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Telemetry,
         Kind::Twin,
         Kind::Relationship,
         Kind::Device,
+        Kind::Alarm,
+        Kind::Rule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Relationship => "relationship",
             Kind::Device => "device",
             Kind::Alarm => "alarm",
+            Kind::Rule => "rule",
         }
     }
 

@@ -159,7 +159,20 @@ pub async fn run(
     let quotas = crate::quotas::Quotas::load(store.clone(), clock.clone())?;
     let ml = crate::ml::MlModels::load(store.clone(), clock.clone(), config.ml_settings())?;
     let bindings = crate::ml::bindings::Bindings::load(store.clone())?;
-    let rules = crate::rules::RuleBook::load(store.clone(), clock.clone(), &twins)?;
+    let lookup_bindings: crate::rules::BindingLookup = {
+        let bindings = bindings.clone();
+        Arc::new(move |tenant: &str, id: &str| {
+            bindings
+                .get(tenant, id)
+                .map(|b| crate::rules::BindingOutputs {
+                    prediction: b.outputs.prediction.clone(),
+                    lower: b.outputs.lower.clone(),
+                    upper: b.outputs.upper.clone(),
+                })
+        })
+    };
+    let rules =
+        crate::rules::RuleBook::load(store.clone(), clock.clone(), &twins, lookup_bindings)?;
     let alarms = crate::rules::alarms::Alarms::load(store.clone(), clock.clone())?;
     let secrets = Arc::new(crate::secrets::SecretBox::open(
         store.clone(),
@@ -228,16 +241,6 @@ pub async fn run(
         state.events.clone(),
         state.shutdown.clone(),
     )));
-    jobs.push(tokio::spawn(
-        crate::rules::engine::Engine::new(
-            state.rules.clone(),
-            state.alarms.clone(),
-            state.twins.clone(),
-            state.store.clone(),
-            state.clock.clone(),
-        )
-        .run(state.shutdown.clone()),
-    ));
     if listeners.mqtt.is_some() || listeners.mqtts.is_some() {
         let broker = crate::mqtt::Broker::open(
             crate::mqtt::BrokerDeps {
@@ -276,6 +279,19 @@ pub async fn run(
             )));
         }
     }
+    jobs.push(tokio::spawn(
+        crate::rules::engine::Engine::new(crate::rules::engine::EngineDeps {
+            book: state.rules.clone(),
+            alarms: state.alarms.clone(),
+            twins: state.twins.clone(),
+            store: state.store.clone(),
+            clock: state.clock.clone(),
+            pipeline: state.pipeline.clone(),
+            broker: state.broker(),
+            settings: state.config.rules.clone(),
+        })
+        .run(state.shutdown.clone()),
+    ));
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();
     let https = listeners.https.map(|(l, acceptor)| {

@@ -30,7 +30,14 @@ pub struct EventsQuery {
     pub tenant: Option<String>,
 }
 
-const TYPES: &[&str] = &["telemetry", "twin", "relationship", "alarm", "device"];
+const TYPES: &[&str] = &[
+    "telemetry",
+    "twin",
+    "relationship",
+    "alarm",
+    "device",
+    "rule",
+];
 
 struct Filter {
     tenant: String,

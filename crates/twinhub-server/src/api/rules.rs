@@ -262,7 +262,7 @@ fn below(state: &AppState, tenant: &str, root: &str) -> Vec<String> {
         .rules
         .list(tenant)
         .iter()
-        .filter_map(|r| r.spec.alarm.propagate.clone())
+        .filter_map(|r| r.alarm.propagate.clone())
         .collect();
     state.twins.read(tenant, |g| {
         let mut seen: HashSet<String> = HashSet::from([root.to_string()]);

@@ -121,6 +121,14 @@ impl Bindings {
         }))
     }
 
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Binding>> {
+        self.by_id
+            .read()
+            .expect("bindings")
+            .get(&(tenant.to_string(), id.to_string()))
+            .cloned()
+    }
+
     pub fn list(&self, tenant: &str) -> Vec<Arc<Binding>> {
         let mut v: Vec<_> = self
             .by_id

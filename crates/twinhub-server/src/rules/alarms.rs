@@ -105,6 +105,13 @@ pub fn text<T: Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
+/// An alarm change a batch made (for the rules' actions).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub op: &'static str,
+    pub alarm: Alarm,
+}
+
 /// What a rule decided for one originator.
 #[derive(Debug, Clone)]
 pub enum Intent {
@@ -125,6 +132,7 @@ pub enum Intent {
         tenant: String,
         originator: String,
         kind: String,
+        rule: String,
         value: Value,
         ts: i64,
     },
@@ -174,7 +182,7 @@ impl Alarms {
         self: &Arc<Self>,
         ctx: &mut WriteCtx<'_>,
         intents: Vec<Intent>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Change>, StoreError> {
         let now = self.clock.now_us();
         let mut changed: Vec<(OpenKey, &'static str)> = Vec::new();
         let mut closed: Vec<Alarm> = Vec::new();
@@ -200,10 +208,15 @@ impl Alarms {
                         let op = match open.get_mut(&key) {
                             Some(a) => {
                                 a.count += 1;
+                                let escalated = severity > a.severity;
                                 a.severity = a.severity.max(severity);
                                 a.last_value = value;
                                 a.updated_at = now;
-                                "update"
+                                if escalated {
+                                    "escalate"
+                                } else {
+                                    "update"
+                                }
                             }
                             None => {
                                 let id = self.next_id.fetch_add(1, Ordering::SeqCst);
@@ -242,6 +255,7 @@ impl Alarms {
                         kind,
                         value,
                         ts,
+                        ..
                     } => {
                         let key = (tenant, originator, kind);
                         before
@@ -277,18 +291,27 @@ impl Alarms {
         // Cleared ones first: a new excursion after a clear in the same
         // batch opens a new alarm, which the unique index of open alarms
         // allows only once the old one is closed.
+        let mut out = Vec::new();
         for a in closed {
             rows::put_alarm(ctx.tx, &a.row())?;
             ctx.emit(event(&a, "clear"));
+            out.push(Change {
+                op: "clear",
+                alarm: a,
+            });
         }
         let open = self.open.read().expect("alarms");
         for (key, op) in changed {
             if let Some(a) = open.get(&key) {
                 rows::put_alarm(ctx.tx, &a.row())?;
                 ctx.emit(event(a, op));
+                out.push(Change {
+                    op,
+                    alarm: a.clone(),
+                });
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Acknowledges (by an operator).
@@ -431,9 +454,10 @@ impl Alarms {
 
 fn note(changed: &mut Vec<(OpenKey, &'static str)>, key: OpenKey, op: &'static str) {
     match changed.iter_mut().find(|(k, _)| *k == key) {
-        // A raise followed by repeats in one batch is announced as a raise.
+        // A raise followed by repeats in one batch is announced as a
+        // raise, an escalation as one even if repeats follow.
         Some((_, existing)) => {
-            if *existing != "raise" {
+            if *existing == "update" {
                 *existing = op;
             }
         }

@@ -43,12 +43,30 @@ enum State {
 
 type StateKey = (String, String, String);
 
+/// What the engine works with (handles, given by the composition root).
+pub struct EngineDeps {
+    pub book: Arc<RuleBook>,
+    pub alarms: Arc<Alarms>,
+    pub twins: Arc<TwinGraphs>,
+    pub store: Store,
+    pub clock: SharedClock,
+    /// Calculated properties enter through it, like any derived value.
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    /// For command actions (None without an MQTT listener).
+    pub broker: Option<Arc<crate::mqtt::Broker>>,
+    pub settings: super::RulesConfig,
+}
+
+/// A calculated value to store: (tenant, twin, rule, property, value, ts).
+pub(super) type Derived = (String, String, Arc<Rule>, String, Value, i64);
+
 pub struct Engine {
+    pub(super) deps: EngineDeps,
     book: Arc<RuleBook>,
     alarms: Arc<Alarms>,
-    twins: Arc<TwinGraphs>,
-    store: Store,
-    clock: SharedClock,
+    pub(super) twins: Arc<TwinGraphs>,
+    pub(super) store: Store,
+    pub(super) clock: SharedClock,
     states: HashMap<StateKey, State>,
     /// Each twin's live values, as the events told them.
     values: HashMap<(String, String), Map<String, Value>>,
@@ -56,28 +74,37 @@ pub struct Engine {
     /// Enabled rules by tenant, rebuilt when the book changes.
     by_tenant: HashMap<String, Vec<Arc<Rule>>>,
     generation: u64,
+    /// When each rule last acted for a twin (throttling).
+    pub(super) last_action: HashMap<StateKey, i64>,
+    pub(super) last_retire: i64,
 }
 
 impl Engine {
-    pub fn new(
-        book: Arc<RuleBook>,
-        alarms: Arc<Alarms>,
-        twins: Arc<TwinGraphs>,
-        store: Store,
-        clock: SharedClock,
-    ) -> Engine {
+    pub fn new(deps: EngineDeps) -> Engine {
         Engine {
-            book,
-            alarms,
-            twins,
-            store,
-            clock,
+            book: deps.book.clone(),
+            alarms: deps.alarms.clone(),
+            twins: deps.twins.clone(),
+            store: deps.store.clone(),
+            clock: deps.clock.clone(),
+            deps,
             states: HashMap::new(),
             values: HashMap::new(),
             deadlines: BinaryHeap::new(),
             by_tenant: HashMap::new(),
             generation: u64::MAX,
+            last_action: HashMap::new(),
+            last_retire: 0,
         }
+    }
+
+    pub(super) fn book(&self) -> &RuleBook {
+        &self.book
+    }
+
+    /// The variables of `names` for a twin (see `vars`), for the actions.
+    pub(super) fn bind(&self, tenant: &str, twin: &str, names: &[String]) -> Vec<(String, Value)> {
+        self.vars(tenant, twin, names).0
     }
 
     /// Runs until shutdown.
@@ -109,6 +136,7 @@ impl Engine {
         loop {
             let mut intents = Vec::new();
             let mut dirty: HashSet<StateKey> = HashSet::new();
+            let mut derived: Vec<Derived> = Vec::new();
             let mut last = None;
             tokio::select! {
                 r = consumer.next(2000) => match r {
@@ -116,7 +144,7 @@ impl Engine {
                         self.refresh_rules();
                         let mut stale = HashSet::new();
                         for e in &evs {
-                            self.on_event(e, &mut intents, &mut dirty, &mut stale);
+                            self.on_event(e, &mut intents, &mut dirty, &mut stale, &mut derived);
                         }
                         for t in stale {
                             self.book.refresh_queries(&self.twins, Some(&t));
@@ -137,12 +165,17 @@ impl Engine {
             if intents.is_empty() && dirty.is_empty() && last.is_none() {
                 continue;
             }
-            if !self.commit(intents, dirty, last, &mut shutdown).await {
+            // Calculated values are stored before the position moves past
+            // the events they came from: at least once.
+            self.write_derived(derived).await;
+            let Some(changes) = self.commit(intents, dirty, last, &mut shutdown).await else {
                 return;
-            }
+            };
             if let Some(id) = last {
                 consumer.committed(id);
             }
+            self.act(changes).await;
+            self.retire_alarms().await;
         }
     }
 
@@ -154,7 +187,7 @@ impl Engine {
         dirty: HashSet<StateKey>,
         last: Option<u64>,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Option<Vec<super::alarms::Change>> {
         let states: Vec<(StateKey, Option<String>)> = dirty
             .into_iter()
             .map(|k| {
@@ -171,23 +204,23 @@ impl Engine {
             let res = self
                 .store
                 .write(move |ctx| {
-                    alarms.apply(ctx, intents)?;
+                    let changes = alarms.apply(ctx, intents)?;
                     for ((tenant, rule, twin), body) in &states {
                         rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
                     }
                     if let Some(id) = last {
                         ctx.set_position(CONSUMER, id)?;
                     }
-                    Ok(())
+                    Ok(changes)
                 })
                 .await;
             match res {
-                Ok(()) => return true,
+                Ok(changes) => return Some(changes),
                 Err(e) => {
                     tracing::warn!(error = %e, "rule results could not be stored; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return false,
+                        _ = shutdown.changed() => return None,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -235,6 +268,7 @@ impl Engine {
         intents: &mut Vec<Intent>,
         dirty: &mut HashSet<StateKey>,
         stale: &mut HashSet<String>,
+        derived: &mut Vec<Derived>,
     ) {
         let Some(twin) = e.twin.as_deref() else {
             return;
@@ -280,7 +314,13 @@ impl Engine {
             }
             let key = (e.tenant.clone(), rule.id.clone(), twin.to_string());
             match rule.spec.kind {
-                RuleKind::Condition => self.condition(&rule, twin, ts, key, intents, dirty),
+                RuleKind::Condition | RuleKind::ModelOutput => {
+                    self.condition(&rule, twin, ts, key, intents, dirty)
+                }
+                RuleKind::Calculated if e.kind == Kind::Telemetry => {
+                    self.calculate(&rule, twin, ts, e, derived)
+                }
+                RuleKind::Calculated => {}
                 RuleKind::NoData if e.kind == Kind::Telemetry => {
                     let now = self.clock.now_us();
                     let was = self.states.insert(
@@ -294,7 +334,8 @@ impl Engine {
                         intents.push(Intent::Clear {
                             tenant: e.tenant.clone(),
                             originator: twin.to_string(),
-                            kind: rule.spec.alarm.kind.clone(),
+                            kind: rule.alarm.kind.clone(),
+                            rule: rule.id.clone(),
                             value: Value::Null,
                             ts,
                         });
@@ -357,16 +398,16 @@ impl Engine {
         let (tenant, originator, kind) = (
             rule.tenant.clone(),
             twin.to_string(),
-            rule.spec.alarm.kind.clone(),
+            rule.alarm.kind.clone(),
         );
         match t {
             Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
                 tenant,
                 originator,
                 kind,
-                severity: rule.spec.alarm.severity,
+                severity: rule.alarm.severity,
                 rule: rule.id.clone(),
-                propagate: rule.spec.alarm.propagate.clone(),
+                propagate: rule.alarm.propagate.clone(),
                 value: shown,
                 ts,
             }),
@@ -374,6 +415,7 @@ impl Engine {
                 tenant,
                 originator,
                 kind,
+                rule: rule.id.clone(),
                 value: shown,
                 ts,
             }),
@@ -435,16 +477,16 @@ impl Engine {
         let (tenant, originator, kind) = (
             rule.tenant.clone(),
             twin.to_string(),
-            rule.spec.alarm.kind.clone(),
+            rule.alarm.kind.clone(),
         );
         match cond.step(obs, rule.for_us) {
             Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
                 tenant,
                 originator,
                 kind,
-                severity: rule.spec.alarm.severity,
+                severity: rule.alarm.severity,
                 rule: rule.id.clone(),
-                propagate: rule.spec.alarm.propagate.clone(),
+                propagate: rule.alarm.propagate.clone(),
                 value: shown,
                 ts,
             }),
@@ -452,6 +494,7 @@ impl Engine {
                 tenant,
                 originator,
                 kind,
+                rule: rule.id.clone(),
                 value: shown,
                 ts,
             }),
@@ -549,10 +592,10 @@ impl Engine {
             intents.push(Intent::Raise {
                 tenant: key.0.clone(),
                 originator: key.2.clone(),
-                kind: rule.spec.alarm.kind.clone(),
-                severity: rule.spec.alarm.severity,
+                kind: rule.alarm.kind.clone(),
+                severity: rule.alarm.severity,
                 rule: rule.id.clone(),
-                propagate: rule.spec.alarm.propagate.clone(),
+                propagate: rule.alarm.propagate.clone(),
                 value: serde_json::json!({"last_seen": twinhub_model::time::to_epoch_ms_json(*last_seen)}),
                 ts: now,
             });

@@ -7,12 +7,17 @@
 //! docs/design/rules.md.
 //!
 //! May call: `store` (rule, state and alarm rows; the durable consumer),
-//! `twins` (selection, properties, relationships), `events` (alarm
-//! events), `clock`, `metrics`, `auth` (random ids), `twinhub-model`
+//! `twins` (selection, properties, relationships, property actions),
+//! `events` (alarm and rule events), `pipeline` and `ingest` (calculated
+//! values), `mqtt` (command actions), `clock`, `metrics`, `auth` (random ids), `twinhub-model`
 //! (CEL, state machines).
 
+mod actions;
 pub mod alarms;
 pub mod engine;
+mod settings;
+
+pub use settings::RulesConfig;
 
 use crate::clock::SharedClock;
 use crate::store::rules::{self as rows, RuleRow};
@@ -63,6 +68,85 @@ pub enum RuleKind {
     /// A property's value is anomalous against its own rolling baseline
     /// (z-score, EWMA limits, rate of change, flatline).
     Statistical,
+    /// An expression's value written to a twin property through the
+    /// pipeline (a virtual sensor): stored, charted, routed, and seen by
+    /// other rules.
+    Calculated,
+    /// A soft sensor's prediction outside a band, or a measured value
+    /// outside the prediction's own interval.
+    ModelOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelCheck {
+    /// The prediction below `min` or above `max`.
+    Band,
+    /// The measured property outside [lower, upper] of the prediction.
+    Interval,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOutputSpec {
+    /// The soft-sensor binding whose outputs are checked.
+    pub binding: String,
+    pub check: ModelCheck,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// interval: the measured property (the ground truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<String>,
+}
+
+/// When an action runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionOn {
+    Raise,
+    Escalate,
+    Clear,
+}
+
+/// What a rule does besides raising an alarm: one of `set_property`
+/// (a twin property write, DTDL-checked), `command` (to the device, as
+/// the commands API sends it) or `event` (a `rule` event on the fan-out,
+/// for routes), on the listed alarm changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    #[serde(default = "on_raise")]
+    pub on: Vec<ActionOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_property: Option<SetProperty>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
+}
+
+fn on_raise() -> Vec<ActionOn> {
+    vec![ActionOn::Raise]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetProperty {
+    pub name: String,
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandAction {
+    pub name: String,
+    /// The device (default: the one with the twin's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub payload: serde_json::Value,
 }
 
 /// What a statistical rule watches.
@@ -120,7 +204,22 @@ pub struct RuleSpec {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistic: Option<StatisticSpec>,
-    pub alarm: AlarmSpec,
+    /// calculated: the expression and the property receiving its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_output: Option<ModelOutputSpec>,
+    /// Every kind but `calculated` raises this alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<AlarmSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionSpec>,
+    /// Least time between two actions of this rule for one twin (default
+    /// `rules.action_interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<String>,
     #[serde(default = "enabled_default")]
     pub enabled: bool,
 }
@@ -128,6 +227,18 @@ pub struct RuleSpec {
 fn enabled_default() -> bool {
     true
 }
+
+/// The property names a soft-sensor binding writes.
+#[derive(Debug, Clone)]
+pub struct BindingOutputs {
+    pub prediction: String,
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+}
+
+/// Looks up a binding's outputs (given by the composition root, so rules
+/// need not know ML).
+pub type BindingLookup = Arc<dyn Fn(&str, &str) -> Option<BindingOutputs> + Send + Sync>;
 
 /// A saved rule, compiled.
 #[derive(Debug, Clone)]
@@ -143,15 +254,36 @@ pub struct Rule {
     pub for_us: i64,
     pub timeout_us: i64,
     pub stats: Option<twinhub_model::rules::stats::Params>,
+    /// The alarm it raises (for `calculated`, none is raised).
+    pub alarm: AlarmSpec,
+    /// calculated: the value's expression.
+    pub expression: Option<Expr>,
+    pub throttle_us: Option<i64>,
 }
 
 impl Rule {
-    fn compile(tenant: &str, id: &str, spec: RuleSpec) -> Result<Rule, RuleError> {
+    fn compile(
+        tenant: &str,
+        id: &str,
+        spec: RuleSpec,
+        binding: &dyn Fn(&str) -> Option<BindingOutputs>,
+    ) -> Result<Rule, RuleError> {
         if spec.name.trim().is_empty() || spec.name.len() > 200 {
             return Err(field(400, "name", "must be 1 to 200 characters"));
         }
-        twinhub_model::ids::check_id("alarm.type", &spec.alarm.kind)
-            .map_err(|e| field(400, &e.field, e.rule))?;
+        let alarm = match (&spec.alarm, spec.kind) {
+            (Some(a), _) => {
+                twinhub_model::ids::check_id("alarm.type", &a.kind)
+                    .map_err(|e| field(400, &e.field, e.rule))?;
+                a.clone()
+            }
+            (None, RuleKind::Calculated) => AlarmSpec {
+                kind: String::new(),
+                severity: Severity::Indeterminate,
+                propagate: None,
+            },
+            (None, _) => return Err(field(400, "alarm", "needs {type, severity}")),
+        };
         let expr = |name: &str, src: &Option<String>| -> Result<Option<Expr>, RuleError> {
             src.as_deref()
                 .map(|s| Expr::compile(s).map_err(|e| field(422, name, e.to_string())))
@@ -166,10 +298,16 @@ impl Rule {
                     .ok_or_else(|| field(400, name, "must be a duration such as 30s, 5m or 1h")),
             }
         };
-        let condition = expr("condition", &spec.condition)?;
+        let mut condition = expr("condition", &spec.condition)?;
         let clear = expr("clear", &spec.clear)?;
         let for_us = duration("for", &spec.for_)?;
         let timeout_us = duration("timeout", &spec.timeout)?;
+        let throttle_us = spec
+            .throttle
+            .as_ref()
+            .map(|_| duration("throttle", &spec.throttle))
+            .transpose()?;
+        let expression = expr("expression", &spec.expression)?;
         match spec.kind {
             RuleKind::Condition if condition.is_none() => {
                 return Err(field(
@@ -185,7 +323,103 @@ impl Rule {
                     "a no_data rule needs a timeout of 1s or more",
                 ))
             }
+            RuleKind::Calculated => {
+                let (Some(e), Some(out)) = (&expression, &spec.output) else {
+                    return Err(field(
+                        400,
+                        "expression",
+                        "a calculated rule needs expression and output",
+                    ));
+                };
+                twinhub_model::ids::check_id("output", out)
+                    .map_err(|e| field(400, &e.field, e.rule))?;
+                if e.variables().iter().any(|v| v == out) {
+                    return Err(field(
+                        422,
+                        "expression",
+                        format!("must not read its own output {out}"),
+                    ));
+                }
+            }
+            RuleKind::ModelOutput => {
+                let Some(m) = &spec.model_output else {
+                    return Err(field(
+                        400,
+                        "model_output",
+                        "a model_output rule needs {binding, check}",
+                    ));
+                };
+                let outs = binding(&m.binding).ok_or_else(|| {
+                    field(
+                        422,
+                        "model_output.binding",
+                        format!("no soft-sensor binding {}", m.binding),
+                    )
+                })?;
+                let p = |name: &str| format!("props[{}]", serde_json::Value::from(name));
+                let src = match m.check {
+                    ModelCheck::Band => {
+                        let mut parts = Vec::new();
+                        if let Some(min) = m.min {
+                            parts.push(format!("{} < {min:?}", p(&outs.prediction)));
+                        }
+                        if let Some(max) = m.max {
+                            parts.push(format!("{} > {max:?}", p(&outs.prediction)));
+                        }
+                        if parts.is_empty() {
+                            return Err(field(
+                                400,
+                                "model_output",
+                                "a band needs min, max or both",
+                            ));
+                        }
+                        parts.join(" || ")
+                    }
+                    ModelCheck::Interval => {
+                        let (Some(lo), Some(hi)) = (&outs.lower, &outs.upper) else {
+                            return Err(field(
+                                422,
+                                "model_output.binding",
+                                "the binding writes no interval (outputs.lower/upper)",
+                            ));
+                        };
+                        let Some(measured) = &m.measured else {
+                            return Err(field(
+                                400,
+                                "model_output.measured",
+                                "names the measured property",
+                            ));
+                        };
+                        format!(
+                            "{m} < {lo} || {m} > {hi}",
+                            m = p(measured),
+                            lo = p(lo),
+                            hi = p(hi)
+                        )
+                    }
+                };
+                condition = Some(
+                    Expr::compile(&src).map_err(|e| field(422, "model_output", e.to_string()))?,
+                );
+            }
             _ => {}
+        }
+        for (i, a) in spec.actions.iter().enumerate() {
+            let n = [
+                a.set_property.is_some(),
+                a.command.is_some(),
+                a.event.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if n != 1 {
+                return Err(field(
+                    400,
+                    &format!("actions[{i}]"),
+                    "give exactly one of set_property, command or event",
+                ));
+            }
         }
         let stats = match (&spec.kind, &spec.statistic) {
             (RuleKind::Statistical, None) => {
@@ -238,6 +472,9 @@ impl Rule {
             for_us,
             timeout_us,
             stats,
+            alarm,
+            expression,
+            throttle_us,
         })
     }
 
@@ -283,6 +520,7 @@ type Key = (String, String);
 /// status; the engine reads it, the API writes it.
 pub struct RuleBook {
     store: Store,
+    bindings: BindingLookup,
     clock: SharedClock,
     rules: RwLock<HashMap<Key, Arc<Rule>>>,
     members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
@@ -296,6 +534,7 @@ impl RuleBook {
         store: Store,
         clock: SharedClock,
         twins: &TwinGraphs,
+        bindings: BindingLookup,
     ) -> Result<Arc<RuleBook>, StoreError> {
         let mut rules = HashMap::new();
         for r in store.read(rows::load_rules)? {
@@ -306,7 +545,8 @@ impl RuleBook {
                     continue;
                 }
             };
-            match Rule::compile(&r.tenant, &r.id, spec) {
+            let tenant = r.tenant.clone();
+            match Rule::compile(&r.tenant, &r.id, spec, &|b| bindings(&tenant, b)) {
                 Ok(mut rule) => {
                     rule.version = r.version;
                     rule.created_at = r.created_at;
@@ -321,6 +561,7 @@ impl RuleBook {
         }
         let book = Arc::new(RuleBook {
             store,
+            bindings,
             clock,
             rules: RwLock::new(rules),
             members: RwLock::new(HashMap::new()),
@@ -354,7 +595,8 @@ impl RuleBook {
             .select
             .check(tenant, twins, &self.store)
             .map_err(|(f, rule)| field(400, f, rule))?;
-        let mut rule = Rule::compile(tenant, &id, spec)?;
+        let lookup = self.bindings.clone();
+        let mut rule = Rule::compile(tenant, &id, spec, &|b| lookup(tenant, b))?;
         let key = (tenant.to_string(), id.clone());
         let current = self.get(tenant, &id);
         match (replace, &current) {

@@ -474,7 +474,7 @@ where
 /// A DTDL reactor model with the yield model's inputs and outputs, one
 /// twin per `(id, line)` and a device `d-{id}` feeding it; returns the
 /// devices' keys.
-async fn yield_reactors(s: &TestServer, twins: &[(&str, &str)]) -> Vec<String> {
+pub async fn yield_reactors(s: &TestServer, twins: &[(&str, &str)]) -> Vec<String> {
     let telemetry = |n: &str| json!({"@type": "Telemetry", "name": n, "schema": "double"});
     let mut contents: Vec<Value> = [
         "temperature",

@@ -510,3 +510,121 @@ async fn alarms_propagate_up_the_graph_and_stream_as_events() {
     assert_eq!(evs[0].2["data"]["op"], "raise");
     s.stop().await;
 }
+
+/// A calculated property is stored like telemetry (a virtual sensor) and
+/// feeds other rules.
+#[tokio::test]
+async fn calculated_properties_are_stored_and_feed_other_rules() {
+    let s = TestServer::start().await;
+    let key = s.device("c1").await;
+    rule(
+        &s,
+        json!({
+            "id": "fahrenheit", "name": "°F", "kind": "calculated", "select": {"twin": "c1"},
+            "expression": "temperature * 1.8 - 459.67", "output": "temperature_f",
+        }),
+    )
+    .await;
+    rule(
+        &s,
+        json!({
+            "id": "hot-f", "name": "hot in °F", "select": {"twin": "c1"},
+            "condition": "temperature_f > 200", "alarm": {"type": "HotF", "severity": "minor"},
+        }),
+    )
+    .await;
+    temp(&s, "c1", &key, 0, 400.0).await;
+    let a = alarms_until(&s, "", "an alarm on the calculated value", |a| a.len() == 1).await;
+    assert_eq!(a[0]["type"], "HotF");
+    let (st, h) = s
+        .json(s.get(&format!(
+            "/api/v1/twins/c1/telemetry/temperature_f?from={T0}"
+        )))
+        .await;
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["points"][0]["ts"], T0);
+    assert!(
+        (h["points"][0]["value"].as_f64().unwrap() - 260.33).abs() < 1e-9,
+        "{h}"
+    );
+    let r = s
+        .post(
+            "/api/v1/rules",
+            json!({
+                "name": "loop", "kind": "calculated", "select": {"twin": "c1"},
+                "expression": "x + 1.0", "output": "x",
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("its own output"));
+    s.stop().await;
+}
+
+/// A model-output rule watches a soft sensor's prediction; its actions
+/// write a twin property and put a `rule` event on the stream when the
+/// alarm is raised.
+#[tokio::test]
+async fn model_output_rules_watch_a_soft_sensor_and_actions_follow_alarms() {
+    let s = TestServer::start().await;
+    let keys = crate::ml::yield_reactors(&s, &[("y1", "A")]).await;
+    crate::ml::upload_yield(&s, "1.0.0").await;
+    let (st, v) = s
+        .json(s.post("/api/v1/ml/bindings", json!({"id": "yield", "model": "reactor-yield",
+            "select": {"twin": "y1"},
+            "outputs": {"prediction": "yield_pred", "lower": "yield_pred_lower", "upper": "yield_pred_upper"}})))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r = s
+        .post(
+            "/api/v1/rules",
+            json!({
+                "name": "x", "kind": "model_output", "select": {"twin": "y1"},
+                "model_output": {"binding": "nope", "check": "band", "max": 1.0},
+                "alarm": {"type": "YieldOff", "severity": "major"},
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("nope"));
+    let stream = s.get("/api/v1/events?types=rule").send().await.unwrap();
+    rule(&s, json!({
+        "id": "yield-band", "name": "yield outside 0–1 %", "kind": "model_output", "select": {"twin": "y1"},
+        "model_output": {"binding": "yield", "check": "band", "min": 0.0, "max": 1.0},
+        "alarm": {"type": "YieldOff", "severity": "major"},
+        "actions": [
+            {"set_property": {"name": "line", "value": "HOLD"}},
+            {"event": {"page": "shift-lead"}},
+        ],
+    }))
+    .await;
+    let r = s
+        .send(
+            "d-y1",
+            &keys[0],
+            json!({"ts": T0, "temperature": 355.0, "pressure": 6.0, "flow_rate": 100.0}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let a = alarms_until(&s, "type=YieldOff", "the model-output alarm", |a| {
+        a.len() == 1
+    })
+    .await;
+    assert_eq!(a[0]["originator"], "y1");
+    let evs = crate::events::read_events(stream, 1).await;
+    assert_eq!(evs[0].1, "rule");
+    assert_eq!(evs[0].2["data"]["data"]["page"], "shift-lead");
+    assert_eq!(evs[0].2["data"]["op"], "raise");
+    until("the action's property write", || async {
+        let (_, t) = s.json(s.get("/api/v1/twins/y1")).await;
+        t["line"] == "HOLD"
+    })
+    .await;
+    s.stop().await;
+}

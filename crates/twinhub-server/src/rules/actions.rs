@@ -1,0 +1,213 @@
+//! What rules do besides raising alarms: calculated properties written back
+//! through the pipeline (stored before the engine's position moves past
+//! the events they came from), actions on alarm changes (a property write,
+//! a device command, a `rule` event for routes) throttled per rule × twin,
+//! and the retention of closed alarms. Actions run once the alarm change
+//! is committed; one lost to a crash in between is not repeated (at most
+//! once), unlike alarms and calculated values.
+
+use super::alarms::Change;
+use super::engine::{Derived, Engine};
+use super::{ActionOn, ActionSpec, Rule};
+use crate::events::Event;
+use crate::events::{Draft, Kind};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use twinhub_codec::TelemetryMessage;
+
+impl Engine {
+    /// A calculated rule on one telemetry event: evaluated when the event
+    /// carries one of the values the expression reads (values the rules
+    /// derived themselves do not re-trigger calculated rules, so two such
+    /// rules cannot feed each other forever).
+    pub(super) fn calculate(
+        &mut self,
+        rule: &Arc<Rule>,
+        twin: &str,
+        ts: i64,
+        e: &Event,
+        derived: &mut Vec<Derived>,
+    ) {
+        let (Some(expr), Some(out)) = (&rule.expression, &rule.spec.output) else {
+            return;
+        };
+        if e.data.get("source").and_then(Value::as_str) == Some("rule") {
+            return;
+        }
+        let names = expr.variables();
+        let reads_maps = names
+            .iter()
+            .any(|n| ["props", "related", "twin", "event"].contains(&n.as_str()));
+        let touched = e
+            .data
+            .get("values")
+            .and_then(Value::as_object)
+            .is_some_and(|v| names.iter().any(|n| v.contains_key(n)));
+        if !touched && !reads_maps {
+            return;
+        }
+        let vars = self.bind(&rule.tenant, twin, &names);
+        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        match expr.eval(&refs) {
+            Ok(v) if v.is_null() => {}
+            Ok(v) => {
+                self.book().record(rule, twin, Ok(()), 0);
+                derived.push((
+                    rule.tenant.clone(),
+                    twin.to_string(),
+                    rule.clone(),
+                    out.clone(),
+                    v,
+                    ts,
+                ));
+            }
+            Err(err) => self
+                .book()
+                .record(rule, twin, Err(err.message), self.clock.now_us()),
+        }
+    }
+
+    /// Stores calculated values (source `rule`), each like device telemetry.
+    pub(super) async fn write_derived(&self, derived: Vec<Derived>) {
+        for (tenant, twin, rule, name, value, ts) in derived {
+            let v = match &value {
+                Value::Number(n) => n.as_f64().map(twinhub_model::Value::Number),
+                Value::Bool(b) => Some(twinhub_model::Value::Bool(*b)),
+                Value::String(s) => Some(twinhub_model::Value::String(s.clone())),
+                _ => None,
+            };
+            let Some(v) = v else {
+                self.book().record(
+                    &rule,
+                    &twin,
+                    Err(format!(
+                        "{name}: the expression gave {value}, which is not a telemetry value"
+                    )),
+                    self.clock.now_us(),
+                );
+                continue;
+            };
+            let msg = TelemetryMessage {
+                ts: Some(ts),
+                values: vec![(name.clone(), v, Default::default())],
+            };
+            if let Err(e) = crate::ingest::derived::store(
+                &self.deps.pipeline,
+                &tenant,
+                &twin,
+                "rule",
+                vec![msg],
+            )
+            .await
+            {
+                self.book().record(
+                    &rule,
+                    &twin,
+                    Err(format!("{name}: {e}")),
+                    self.clock.now_us(),
+                );
+            }
+        }
+    }
+
+    /// Runs the actions of the rules whose alarms changed.
+    pub(super) async fn act(&mut self, changes: Vec<Change>) {
+        let now = self.clock.now_us();
+        let mut events = Vec::new();
+        for c in changes {
+            let Some(rule) = c
+                .alarm
+                .rule
+                .as_deref()
+                .and_then(|r| self.book().get(&c.alarm.tenant, r))
+            else {
+                continue;
+            };
+            if rule.spec.actions.is_empty() {
+                continue;
+            }
+            let on = match c.op {
+                "raise" => ActionOn::Raise,
+                "escalate" => ActionOn::Escalate,
+                "clear" => ActionOn::Clear,
+                _ => continue,
+            };
+            let key = (
+                rule.tenant.clone(),
+                rule.id.clone(),
+                c.alarm.originator.clone(),
+            );
+            let every = rule
+                .throttle_us
+                .unwrap_or_else(|| self.deps.settings.action_interval_us());
+            if self.last_action.get(&key).is_some_and(|t| now - t < every) {
+                continue;
+            }
+            self.last_action.insert(key, now);
+            for a in rule.spec.actions.iter().filter(|a| a.on.contains(&on)) {
+                if let Err(e) = self.run_action(&rule, &c, a, &mut events).await {
+                    self.book().record(&rule, &c.alarm.originator, Err(e), now);
+                }
+            }
+        }
+        if let Err(e) = self.store.emit(events).await {
+            tracing::warn!(error = %e, "rule events could not be committed");
+        }
+    }
+
+    async fn run_action(
+        &self,
+        rule: &Rule,
+        c: &Change,
+        a: &ActionSpec,
+        events: &mut Vec<Draft>,
+    ) -> Result<(), String> {
+        let (tenant, twin) = (&c.alarm.tenant, &c.alarm.originator);
+        if let Some(sp) = &a.set_property {
+            let patch = json!([{"op": "add", "path": format!("/{}", sp.name), "value": sp.value}]);
+            self.twins
+                .patch_twin(tenant, twin, patch, Default::default())
+                .await
+                .map_err(|e| format!("action set_property {}: {e}", sp.name))?;
+        }
+        if let Some(cmd) = &a.command {
+            let Some(broker) = &self.deps.broker else {
+                return Err("action command: the MQTT listener is off".into());
+            };
+            let device = cmd.device.as_deref().unwrap_or(twin);
+            let body = json!({"rule": rule.id, "alarm": c.alarm.doc(), "payload": cmd.payload});
+            // Fire and forget: the device's reply is not awaited here.
+            let _ = broker.send_command(tenant, device, &cmd.name, body.to_string().into());
+        }
+        if let Some(data) = &a.event {
+            events.push(Draft::new(
+                tenant,
+                Kind::Rule,
+                Some(twin),
+                None,
+                json!({"rule": rule.id, "op": c.op, "alarm": c.alarm.doc(), "data": data}),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes closed alarms older than `rules.alarm_retention`, at most
+    /// every ten minutes.
+    pub(super) async fn retire_alarms(&mut self) {
+        let now = self.clock.now_us();
+        if now - self.last_retire < 600_000_000 {
+            return;
+        }
+        self.last_retire = now;
+        let before = now - self.deps.settings.alarm_retention_us();
+        match self
+            .store
+            .write(move |ctx| crate::store::rules::delete_closed_alarms(ctx.tx, before))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(alarms = n, "closed alarms past retention deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "closed alarms could not be retired"),
+        }
+    }
+}
