@@ -23,6 +23,7 @@ pub enum Suite {
     Twins,
     Auth,
     Ml,
+    Rules,
 }
 
 #[derive(Args)]
@@ -60,6 +61,9 @@ pub struct BenchArgs {
     /// Sensor twins (100,000 twins in all with the defaults).
     #[arg(long, default_value_t = 50_510)]
     sensors: usize,
+    /// Twins in the rules benchmark (5 rules each).
+    #[arg(long, default_value_t = 10_000)]
+    rule_twins: usize,
     /// Idle MQTT devices to connect for the memory figure (0 skips).
     #[arg(long, default_value_t = 15_000)]
     mqtt_idle: usize,
@@ -503,6 +507,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             reactors_per_plant: args.reactors_per_plant,
             sensors: args.sensors,
             seconds: 5,
+        })
+        .await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Rules) {
+        crate::bench_rules::run(crate::bench_rules::RulesArgs {
+            twins: args.rule_twins,
+            seconds: args.http_seconds,
         })
         .await?;
     }

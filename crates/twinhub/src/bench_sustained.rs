@@ -13,7 +13,7 @@ use twinhub_model::Point;
 use twinhub_server::clock::{self, Clock};
 use twinhub_server::store::{DirLock, SeriesKey, Store, StoreOptions, WriteBatch};
 
-fn rss_mb() -> f64 {
+pub(crate) fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -21,7 +21,7 @@ fn row(name: &str, value: String, note: &str) {
 }
 
 /// Runs `n` requests built by `make` with `conc` in flight.
-async fn fan_out<F, Fut>(n: usize, conc: usize, make: F) -> anyhow::Result<()>
+pub(crate) async fn fan_out<F, Fut>(n: usize, conc: usize, make: F) -> anyhow::Result<()>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,

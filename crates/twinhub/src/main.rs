@@ -5,6 +5,7 @@ mod bench;
 mod bench_auth;
 mod bench_ml;
 mod bench_mqtt;
+mod bench_rules;
 mod bench_sustained;
 mod bench_twins;
 mod demo;

@@ -258,6 +258,11 @@ pub async fn metrics(
         errors,
     );
     x.gauge(
+        "twinhub_rule_engine_busy_seconds_total",
+        "Time the rule engine spent evaluating events (its capacity is evaluations / this).",
+        state.rules.busy_seconds(),
+    );
+    x.gauge(
         "twinhub_alarms_open",
         "Alarms active now (ACTIVE_UNACK or ACTIVE_ACK).",
         state.alarms.open_count() as f64,

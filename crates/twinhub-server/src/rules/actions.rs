@@ -67,8 +67,13 @@ impl Engine {
         }
     }
 
-    /// Stores calculated values (source `rule`), each like device telemetry.
+    /// Stores calculated values (source `rule`) like device telemetry: one
+    /// write per twin, all at once, so the store commits them together.
     pub(super) async fn write_derived(&self, derived: Vec<Derived>) {
+        let mut by_twin: std::collections::HashMap<
+            (String, String),
+            Vec<(Arc<Rule>, TelemetryMessage)>,
+        > = Default::default();
         for (tenant, twin, rule, name, value, ts) in derived {
             let v = match &value {
                 Value::Number(n) => n.as_f64().map(twinhub_model::Value::Number),
@@ -89,23 +94,26 @@ impl Engine {
             };
             let msg = TelemetryMessage {
                 ts: Some(ts),
-                values: vec![(name.clone(), v, Default::default())],
+                values: vec![(name, v, Default::default())],
             };
-            if let Err(e) = crate::ingest::derived::store(
-                &self.deps.pipeline,
-                &tenant,
-                &twin,
-                "rule",
-                vec![msg],
-            )
-            .await
-            {
-                self.book().record(
-                    &rule,
-                    &twin,
-                    Err(format!("{name}: {e}")),
-                    self.clock.now_us(),
-                );
+            by_twin.entry((tenant, twin)).or_default().push((rule, msg));
+        }
+        let pipeline = &self.deps.pipeline;
+        let writes = by_twin
+            .into_iter()
+            .map(|((tenant, twin), msgs)| async move {
+                let rules: Vec<Arc<Rule>> = msgs.iter().map(|(r, _)| r.clone()).collect();
+                let msgs: Vec<TelemetryMessage> = msgs.into_iter().map(|(_, m)| m).collect();
+                let res =
+                    crate::ingest::derived::store(pipeline, &tenant, &twin, "rule", msgs).await;
+                (twin, rules, res)
+            });
+        for (twin, rules, res) in futures_util::future::join_all(writes).await {
+            if let Err(e) = res {
+                for r in rules {
+                    self.book()
+                        .record(&r, &twin, Err(e.to_string()), self.clock.now_us());
+                }
             }
         }
     }

@@ -23,6 +23,22 @@ use std::time::Duration;
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
 use twinhub_model::rules::stats::Rolling;
 
+/// Whether an event can change what a rule's expressions read: a twin
+/// change always can; telemetry only when it carries one of the names
+/// (or the rule reads the maps). Events of other properties — derived
+/// values among them — do not evaluate it.
+fn touches(rule: &Rule, e: &Event) -> bool {
+    if e.kind != Kind::Telemetry {
+        return true;
+    }
+    let Some(values) = e.data.get("values").and_then(Value::as_object) else {
+        return false;
+    };
+    rule.names.iter().any(|n| {
+        values.contains_key(n) || matches!(n.as_str(), "props" | "related" | "twin" | "event")
+    })
+}
+
 /// The durable consumer's name.
 pub const CONSUMER: &str = "rules";
 
@@ -74,6 +90,9 @@ pub struct Engine {
     /// Enabled rules by tenant, rebuilt when the book changes.
     by_tenant: HashMap<String, Vec<Arc<Rule>>>,
     generation: u64,
+    /// The enabled rules selecting each twin, by tenant (cleared when the
+    /// rules or the tenant's graph change).
+    twin_rules: HashMap<String, HashMap<String, Arc<[Arc<Rule>]>>>,
     /// When each rule last acted for a twin (throttling).
     pub(super) last_action: HashMap<StateKey, i64>,
     pub(super) last_retire: i64,
@@ -95,7 +114,30 @@ impl Engine {
             generation: u64::MAX,
             last_action: HashMap::new(),
             last_retire: 0,
+            twin_rules: HashMap::new(),
         }
+    }
+
+    /// The enabled rules that select `twin` (cached).
+    fn rules_of(&mut self, tenant: &str, twin: &str) -> Arc<[Arc<Rule>]> {
+        if let Some(r) = self.twin_rules.get(tenant).and_then(|m| m.get(twin)) {
+            return r.clone();
+        }
+        let rules: Arc<[Arc<Rule>]> = self
+            .by_tenant
+            .get(tenant)
+            .map(|all| {
+                all.iter()
+                    .filter(|r| self.book.selects(r, twin, &self.twins))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.twin_rules
+            .entry(tenant.to_string())
+            .or_default()
+            .insert(twin.to_string(), rules.clone());
+        rules
     }
 
     pub(super) fn book(&self) -> &RuleBook {
@@ -141,6 +183,7 @@ impl Engine {
             tokio::select! {
                 r = consumer.next(2000) => match r {
                     Ok(evs) => {
+                        let busy = std::time::Instant::now();
                         self.refresh_rules();
                         let mut stale = HashSet::new();
                         for e in &evs {
@@ -150,6 +193,7 @@ impl Engine {
                             self.book.refresh_queries(&self.twins, Some(&t));
                         }
                         last = evs.last().map(|e| e.id);
+                        self.book.add_busy(busy.elapsed());
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the rule engine lost the event stream");
@@ -237,6 +281,7 @@ impl Engine {
             return;
         }
         self.generation = generation;
+        self.twin_rules.clear();
         self.by_tenant.clear();
         let now = self.clock.now_us();
         for r in self.book.all() {
@@ -292,6 +337,8 @@ impl Engine {
             }
             Kind::Twin | Kind::Relationship => {
                 stale.insert(e.tenant.clone());
+                // The graph changed: which rules select which twin may too.
+                self.twin_rules.remove(&e.tenant);
                 if e.data.get("op").and_then(Value::as_str) == Some("delete")
                     && e.kind == Kind::Twin
                 {
@@ -305,17 +352,16 @@ impl Engine {
             }
             _ => return,
         };
-        let Some(rules) = self.by_tenant.get(&e.tenant).cloned() else {
-            return;
-        };
-        for rule in rules {
-            if !self.book.selects(&rule, twin, &self.twins) {
-                continue;
-            }
+        let rules = self.rules_of(&e.tenant, twin);
+        for rule in rules.iter() {
             let key = (e.tenant.clone(), rule.id.clone(), twin.to_string());
             match rule.spec.kind {
                 RuleKind::Condition | RuleKind::ModelOutput => {
-                    self.condition(&rule, twin, ts, key, intents, dirty)
+                    // A rule not yet evaluated for this twin (or failing:
+                    // no state) always runs, so a misspelt name shows up.
+                    if touches(rule, e) || !self.states.contains_key(&key) {
+                        self.condition(rule, twin, ts, key, intents, dirty)
+                    }
                 }
                 RuleKind::Calculated if e.kind == Kind::Telemetry => {
                     self.calculate(&rule, twin, ts, e, derived)
@@ -365,11 +411,7 @@ impl Engine {
         let Some(cond) = &rule.condition else {
             return;
         };
-        let mut names = cond.variables();
-        if let Some(c) = &rule.clear {
-            names.extend(c.variables());
-        }
-        let (vars, shown) = self.vars(&rule.tenant, twin, &names);
+        let (vars, shown) = self.vars(&rule.tenant, twin, &rule.names);
         let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let raise = cond.eval_bool(&refs);
         let clear = rule.clear.as_ref().map(|c| c.eval_bool(&refs)).transpose();

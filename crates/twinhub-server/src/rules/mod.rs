@@ -240,8 +240,17 @@ pub struct BindingOutputs {
 /// need not know ML).
 pub type BindingLookup = Arc<dyn Fn(&str, &str) -> Option<BindingOutputs> + Send + Sync>;
 
+/// Evaluation counters of one rule version, bumped without a lock.
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    pub evaluations: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Some twin's last evaluation failed (the book has which and why).
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
 /// A saved rule, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Rule {
     pub tenant: String,
     pub id: String,
@@ -259,6 +268,9 @@ pub struct Rule {
     /// calculated: the value's expression.
     pub expression: Option<Expr>,
     pub throttle_us: Option<i64>,
+    /// The variables its expressions read.
+    pub names: Vec<String>,
+    pub counters: RuleCounters,
 }
 
 impl Rule {
@@ -460,6 +472,14 @@ impl Rule {
             }
             _ => None,
         };
+        let mut names: Vec<String> = condition
+            .iter()
+            .chain(clear.iter())
+            .chain(expression.iter())
+            .flat_map(|e| e.variables())
+            .collect();
+        names.sort();
+        names.dedup();
         Ok(Rule {
             tenant: tenant.into(),
             id: id.into(),
@@ -472,9 +492,11 @@ impl Rule {
             for_us,
             timeout_us,
             stats,
+            names,
             alarm,
             expression,
             throttle_us,
+            counters: Default::default(),
         })
     }
 
@@ -527,6 +549,10 @@ pub struct RuleBook {
     status: Mutex<HashMap<Key, RuleStatus>>,
     /// Bumped on every change, so the engine knows to re-read.
     pub generation: std::sync::atomic::AtomicU64,
+    evaluations: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+    /// Time the engine spent evaluating (µs), for its capacity.
+    busy_us: std::sync::atomic::AtomicU64,
 }
 
 impl RuleBook {
@@ -567,6 +593,9 @@ impl RuleBook {
             members: RwLock::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             generation: Default::default(),
+            evaluations: Default::default(),
+            errors: Default::default(),
+            busy_us: Default::default(),
         });
         book.refresh_queries(twins, None);
         Ok(book)
@@ -704,42 +733,67 @@ impl RuleBook {
     }
 
     pub fn status(&self, tenant: &str, id: &str) -> RuleStatus {
-        self.status
+        let mut st = self
+            .status
             .lock()
             .expect("status")
             .get(&(tenant.to_string(), id.to_string()))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(r) = self.get(tenant, id) {
+            use std::sync::atomic::Ordering::Relaxed;
+            st.evaluations = r.counters.evaluations.load(Relaxed);
+            st.errors = r.counters.errors.load(Relaxed);
+        }
+        st
     }
 
-    /// Records one evaluation of a rule for a twin.
+    /// Records one evaluation of a rule for a twin: two counters, and the
+    /// lock only when something fails or stops failing.
     pub fn record(&self, rule: &Rule, twin: &str, outcome: Result<(), String>, at: i64) {
-        let mut all = self.status.lock().expect("status");
-        let s = all
-            .entry((rule.tenant.clone(), rule.id.clone()))
-            .or_default();
-        s.evaluations += 1;
+        use std::sync::atomic::Ordering::Relaxed;
+        rule.counters.evaluations.fetch_add(1, Relaxed);
+        self.evaluations.fetch_add(1, Relaxed);
         match outcome {
+            Ok(()) if !rule.counters.failing.load(Relaxed) => {}
             Ok(()) => {
-                if !s.failing.is_empty() {
-                    s.failing.remove(twin);
+                let mut all = self.status.lock().expect("status");
+                let s = all
+                    .entry((rule.tenant.clone(), rule.id.clone()))
+                    .or_default();
+                s.failing.remove(twin);
+                if s.failing.is_empty() {
+                    rule.counters.failing.store(false, Relaxed);
                 }
             }
             Err(message) => {
-                s.errors += 1;
+                rule.counters.errors.fetch_add(1, Relaxed);
+                self.errors.fetch_add(1, Relaxed);
+                rule.counters.failing.store(true, Relaxed);
+                let mut all = self.status.lock().expect("status");
+                let s = all
+                    .entry((rule.tenant.clone(), rule.id.clone()))
+                    .or_default();
                 s.failing.insert(twin.to_string(), message.clone());
                 s.last_error = Some((twin.to_string(), message, at));
             }
         }
     }
 
-    /// Evaluations and errors of every rule (for /metrics).
+    pub fn add_busy(&self, d: std::time::Duration) {
+        self.busy_us
+            .fetch_add(d.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Seconds the engine spent evaluating since start.
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Evaluations and errors of every rule since start (for /metrics).
     pub fn totals(&self) -> (u64, u64) {
-        self.status
-            .lock()
-            .expect("status")
-            .values()
-            .fold((0, 0), |(e, x), s| (e + s.evaluations, x + s.errors))
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.evaluations.load(Relaxed), self.errors.load(Relaxed))
     }
 
     pub fn selects(&self, rule: &Rule, twin: &str, twins: &TwinGraphs) -> bool {
