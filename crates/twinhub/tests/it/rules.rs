@@ -8,6 +8,7 @@ use crate::common::*;
 use crate::mqtt::*;
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 const T0: i64 = 1_764_500_000_000;
 
@@ -627,4 +628,113 @@ async fn model_output_rules_watch_a_soft_sensor_and_actions_follow_alarms() {
     })
     .await;
     s.stop().await;
+}
+
+/// Exactly once across SIGKILL: the real binary is killed at random
+/// moments while a device keeps sending events that cross the threshold.
+/// Afterwards the one open alarm has counted every stored event — none
+/// twice (the batch replayed after a crash starts from the saved state),
+/// none lost — and at least every acknowledged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarm_counts_are_exact_across_kill_9() {
+    use crate::process::{kill9, layout, login, post_json, start_env, PW};
+    let env: &[(&str, &str)] = &[("TWINHUB_STORE_FLUSH_POINTS", "1000")];
+    let (_root, dir) = layout();
+    let mut s = start_env(&dir, true, env);
+    let token = login(&s.base, PW).await;
+    let http = reqwest::Client::new();
+    let d = post_json(
+        &http,
+        &format!("{}/api/v1/devices", s.base),
+        &token,
+        &json!({"id": "k1"}),
+    )
+    .await;
+    let key = d["key"].as_str().unwrap().to_string();
+    let r = post_json(
+        &http,
+        &format!("{}/api/v1/rules", s.base),
+        &token,
+        &json!({
+            "id": "any", "name": "every event", "select": {"twin": "k1"},
+            "condition": "v > 0", "alarm": {"type": "Seen", "severity": "warning"},
+        }),
+    )
+    .await;
+    assert_eq!(r["id"], "any", "{r}");
+    let mut acked = 0u64;
+    let mut ts = T0;
+    for round in 0..4u64 {
+        if round > 0 {
+            s = start_env(&dir, false, env);
+        }
+        let until_kill = Instant::now() + Duration::from_millis(300 + 150 * round);
+        while Instant::now() < until_kill {
+            let body: Vec<Value> = (0..20).map(|i| json!({"ts": ts + i, "v": 1})).collect();
+            ts += 20;
+            let r = http
+                .post(format!("{}/api/v1/devices/k1/telemetry", s.base))
+                .basic_auth("k1", Some(&key))
+                .json(&body)
+                .send()
+                .await;
+            if matches!(r, Ok(ref r) if r.status().is_success()) {
+                acked += 20;
+            }
+        }
+        kill9(&mut s);
+    }
+    s = start_env(&dir, false, env);
+    let token = login(&s.base, PW).await;
+    let count_stored = || {
+        let (http, base, token) = (http.clone(), s.base.clone(), token.clone());
+        async move {
+            let h: Value = http
+                .get(format!(
+                    "{base}/api/v1/twins/k1/telemetry/v?from=0&bucket=1d&agg=count"
+                ))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            h["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["count"].as_u64().unwrap())
+                .sum::<u64>()
+        }
+    };
+    let stored = count_stored().await;
+    assert!(stored >= acked, "stored {stored} < acknowledged {acked}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alarm = loop {
+        let a: Value = http
+            .get(format!("{}/api/v1/alarms?type=Seen", s.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = a["value"].as_array().unwrap().clone();
+        assert!(list.len() <= 1, "one alarm only: {a}");
+        if list
+            .first()
+            .is_some_and(|x| x["count"].as_u64() == Some(stored))
+        {
+            break list[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alarm should count all {stored} stored events (acknowledged {acked}): {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(alarm["status"], "ACTIVE_UNACK");
+    kill9(&mut s);
 }
