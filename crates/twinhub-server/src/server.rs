@@ -165,6 +165,7 @@ pub async fn run(
             bindings
                 .get(tenant, id)
                 .map(|b| crate::rules::BindingOutputs {
+                    model: b.model.clone(),
                     prediction: b.outputs.prediction.clone(),
                     lower: b.outputs.lower.clone(),
                     upper: b.outputs.upper.clone(),
@@ -289,6 +290,10 @@ pub async fn run(
             pipeline: state.pipeline.clone(),
             broker: state.broker(),
             settings: state.config.rules.clone(),
+            drift: {
+                let ml = state.ml.clone();
+                Arc::new(move || ml.drift_gauges())
+            },
         })
         .run(state.shutdown.clone()),
     ));

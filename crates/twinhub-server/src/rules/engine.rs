@@ -71,6 +71,8 @@ pub struct EngineDeps {
     /// For command actions (None without an MQTT listener).
     pub broker: Option<Arc<crate::mqtt::Broker>>,
     pub settings: super::RulesConfig,
+    /// (tenant, model, feature, psi) of the active model versions.
+    pub drift: Arc<dyn Fn() -> Vec<(String, String, String, f64)> + Send + Sync>,
 }
 
 /// A calculated value to store: (tenant, twin, rule, property, value, ts).
@@ -96,6 +98,7 @@ pub struct Engine {
     /// When each rule last acted for a twin (throttling).
     pub(super) last_action: HashMap<StateKey, i64>,
     pub(super) last_retire: i64,
+    last_drift: i64,
 }
 
 impl Engine {
@@ -114,6 +117,7 @@ impl Engine {
             generation: u64::MAX,
             last_action: HashMap::new(),
             last_retire: 0,
+            last_drift: 0,
             twin_rules: HashMap::new(),
         }
     }
@@ -203,6 +207,7 @@ impl Engine {
                 _ = tick.tick() => {
                     self.refresh_rules();
                     self.expire(&mut intents, &mut dirty);
+                    self.check_drift(&mut intents, &mut dirty);
                 }
                 _ = shutdown.changed() => return,
             }
@@ -607,6 +612,86 @@ impl Engine {
             out.push((n.clone(), v));
         }
         (out, Value::Object(shown))
+    }
+
+    /// Drift checks, every 10 s: a model whose largest feature PSI is above
+    /// the rule's raises (originator `ml:<model>`), and clears below it.
+    fn check_drift(&mut self, intents: &mut Vec<Intent>, dirty: &mut HashSet<StateKey>) {
+        let now = self.clock.now_us();
+        if now - self.last_drift < 10_000_000 {
+            return;
+        }
+        self.last_drift = now;
+        let rules: Vec<Arc<Rule>> = self
+            .by_tenant
+            .values()
+            .flatten()
+            .filter(|r| r.drift_model.is_some())
+            .cloned()
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let gauges = (self.deps.drift)();
+        for rule in rules {
+            let (Some(model), Some(limit)) = (
+                rule.drift_model.as_deref(),
+                rule.spec.model_output.as_ref().and_then(|m| m.psi),
+            ) else {
+                continue;
+            };
+            let worst = gauges
+                .iter()
+                .filter(|(t, m, _, _)| *t == rule.tenant && m == model)
+                .max_by(|a, b| a.3.total_cmp(&b.3));
+            let Some((_, _, feature, psi)) = worst else {
+                continue;
+            };
+            let originator = format!("ml:{model}");
+            let key = (rule.tenant.clone(), rule.id.clone(), originator.clone());
+            let st = self
+                .states
+                .entry(key.clone())
+                .or_insert(State::Condition(ConditionState::default()));
+            let State::Condition(cs) = st else {
+                continue;
+            };
+            let over = *psi > limit;
+            let before = *cs;
+            let t = cs.step(
+                Observation {
+                    ts: now,
+                    raise: over,
+                    clear: Some(!over),
+                },
+                rule.for_us,
+            );
+            if *cs != before {
+                dirty.insert(key);
+            }
+            let value = serde_json::json!({"feature": feature, "psi": psi});
+            match t {
+                Transition::Raise => intents.push(Intent::Raise {
+                    tenant: rule.tenant.clone(),
+                    originator,
+                    kind: rule.alarm.kind.clone(),
+                    severity: rule.alarm.severity,
+                    rule: rule.id.clone(),
+                    propagate: None,
+                    value,
+                    ts: now,
+                }),
+                Transition::Clear => intents.push(Intent::Clear {
+                    tenant: rule.tenant.clone(),
+                    originator,
+                    kind: rule.alarm.kind.clone(),
+                    rule: rule.id.clone(),
+                    value,
+                    ts: now,
+                }),
+                _ => {}
+            }
+        }
     }
 
     /// No-data rules whose deadline passed raise.

@@ -738,3 +738,55 @@ async fn alarm_counts_are_exact_across_kill_9() {
     assert_eq!(alarm["status"], "ACTIVE_UNACK");
     kill9(&mut s);
 }
+
+/// A drift rule raises when the bound model's inputs drift from its
+/// training distribution (checked on the injected clock).
+#[tokio::test]
+async fn model_drift_raises_an_alarm_on_the_model() {
+    let s = TestServer::start().await;
+    crate::ml::yield_reactors(&s, &[("y2", "A")]).await;
+    crate::ml::upload_yield(&s, "1.0.0").await;
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/ml/bindings",
+            json!({"id": "yield", "model": "reactor-yield",
+            "select": {"twin": "y2"}, "outputs": {"prediction": "yield_pred"}}),
+        ))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let r = s
+        .post(
+            "/api/v1/rules",
+            json!({
+                "name": "x", "kind": "model_output", "select": {"twin": "y2"},
+                "model_output": {"binding": "yield", "check": "drift"},
+                "alarm": {"type": "ModelDrift", "severity": "minor"},
+            }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.contains("psi"));
+    rule(&s, json!({
+        "id": "drift", "name": "yield model drift", "kind": "model_output", "select": {"twin": "y2"},
+        "model_output": {"binding": "yield", "check": "drift", "psi": 0.2},
+        "alarm": {"type": "ModelDrift", "severity": "minor"},
+    }))
+    .await;
+    // Hot inputs, far from the training distribution.
+    let rows: Vec<Value> = (0..200)
+        .map(|i| json!({"temperature": 375 + (i % 10), "pressure": 4 + (i % 5), "flow_rate": 80 + (i % 40)}))
+        .collect();
+    let (st, _) = s
+        .json(s.post(
+            "/api/v1/ml/models/reactor-yield/predict/batch",
+            json!({"rows": rows}),
+        ))
+        .await;
+    assert_eq!(st, 200);
+    s.clock.advance_us(11_000_000);
+    let a = alarms_until(&s, "type=ModelDrift", "a drift alarm", |a| a.len() == 1).await;
+    assert_eq!(a[0]["originator"], "ml:reactor-yield");
+    assert!(a[0]["last_value"]["psi"].as_f64().unwrap() > 0.2, "{a:?}");
+    s.stop().await;
+}
