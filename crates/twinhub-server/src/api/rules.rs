@@ -393,19 +393,7 @@ pub async fn ack_alarm(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require(Perm::AlarmsAck)?;
-    let tenant = p.tenant_scope(q.tenant.as_deref());
-    let a = state.alarms.ack(&tenant, &id, p.name()).await?;
-    state
-        .audit(
-            &p,
-            &tenant,
-            "alarm.ack",
-            &id,
-            json!({"originator": a.originator}),
-        )
-        .await;
-    Ok(Json(a.doc()))
+    operator_step(&state, &p, &id, q, "alarm.ack").await
 }
 
 /// Clears an alarm by hand (409 if it already is cleared).
@@ -417,17 +405,25 @@ pub async fn clear_alarm(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<Paging>,
 ) -> Result<Json<Value>, ApiError> {
+    operator_step(&state, &p, &id, q, "alarm.clear").await
+}
+
+/// An operator's acknowledgement or clear, audited.
+async fn operator_step(
+    state: &AppState,
+    p: &Principal,
+    id: &str,
+    q: Paging,
+    action: &'static str,
+) -> Result<Json<Value>, ApiError> {
     p.require(Perm::AlarmsAck)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    let a = state.alarms.clear(&tenant, &id, p.name()).await?;
+    let a = match action {
+        "alarm.ack" => state.alarms.ack(&tenant, id, p.name()).await?,
+        _ => state.alarms.clear(&tenant, id, p.name()).await?,
+    };
     state
-        .audit(
-            &p,
-            &tenant,
-            "alarm.clear",
-            &id,
-            json!({"originator": a.originator}),
-        )
+        .audit(p, &tenant, action, id, json!({"originator": a.originator}))
         .await;
     Ok(Json(a.doc()))
 }

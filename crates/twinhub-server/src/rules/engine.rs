@@ -23,6 +23,37 @@ use std::time::Duration;
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
 use twinhub_model::rules::stats::Rolling;
 
+/// The alarm change a transition asks for (none for `None`): raises and
+/// repeats count on the open alarm, a clear closes it.
+fn intent(rule: &Rule, originator: &str, t: Transition, value: Value, ts: i64) -> Option<Intent> {
+    let (tenant, originator, kind) = (
+        rule.tenant.clone(),
+        originator.to_string(),
+        rule.alarm.kind.clone(),
+    );
+    match t {
+        Transition::Raise | Transition::Repeat => Some(Intent::Raise {
+            tenant,
+            originator,
+            kind,
+            severity: rule.alarm.severity,
+            rule: rule.id.clone(),
+            propagate: rule.alarm.propagate.clone(),
+            value,
+            ts,
+        }),
+        Transition::Clear => Some(Intent::Clear {
+            tenant,
+            originator,
+            kind,
+            rule: rule.id.clone(),
+            value,
+            ts,
+        }),
+        Transition::None => None,
+    }
+}
+
 /// Whether an event can change what a rule's expressions read: a twin
 /// change always can; telemetry only when it carries one of the names
 /// (or the rule reads the maps). Events of other properties — derived
@@ -442,32 +473,7 @@ impl Engine {
         if *cs != before {
             dirty.insert(key);
         }
-        let (tenant, originator, kind) = (
-            rule.tenant.clone(),
-            twin.to_string(),
-            rule.alarm.kind.clone(),
-        );
-        match t {
-            Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
-                tenant,
-                originator,
-                kind,
-                severity: rule.alarm.severity,
-                rule: rule.id.clone(),
-                propagate: rule.alarm.propagate.clone(),
-                value: shown,
-                ts,
-            }),
-            Transition::Clear => intents.push(Intent::Clear {
-                tenant,
-                originator,
-                kind,
-                rule: rule.id.clone(),
-                value: shown,
-                ts,
-            }),
-            Transition::None => {}
-        }
+        intents.extend(intent(rule, twin, t, shown, ts));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -521,32 +527,7 @@ impl Engine {
             clear: Some(!anomalous),
         };
         let shown = serde_json::json!({ spec.property.as_str(): v });
-        let (tenant, originator, kind) = (
-            rule.tenant.clone(),
-            twin.to_string(),
-            rule.alarm.kind.clone(),
-        );
-        match cond.step(obs, rule.for_us) {
-            Transition::Raise | Transition::Repeat => intents.push(Intent::Raise {
-                tenant,
-                originator,
-                kind,
-                severity: rule.alarm.severity,
-                rule: rule.id.clone(),
-                propagate: rule.alarm.propagate.clone(),
-                value: shown,
-                ts,
-            }),
-            Transition::Clear => intents.push(Intent::Clear {
-                tenant,
-                originator,
-                kind,
-                rule: rule.id.clone(),
-                value: shown,
-                ts,
-            }),
-            Transition::None => {}
-        }
+        intents.extend(intent(rule, twin, cond.step(obs, rule.for_us), shown, ts));
     }
 
     /// The variables an expression reads, and the plain values among them
@@ -670,26 +651,9 @@ impl Engine {
                 dirty.insert(key);
             }
             let value = serde_json::json!({"feature": feature, "psi": psi});
-            match t {
-                Transition::Raise => intents.push(Intent::Raise {
-                    tenant: rule.tenant.clone(),
-                    originator,
-                    kind: rule.alarm.kind.clone(),
-                    severity: rule.alarm.severity,
-                    rule: rule.id.clone(),
-                    propagate: None,
-                    value,
-                    ts: now,
-                }),
-                Transition::Clear => intents.push(Intent::Clear {
-                    tenant: rule.tenant.clone(),
-                    originator,
-                    kind: rule.alarm.kind.clone(),
-                    rule: rule.id.clone(),
-                    value,
-                    ts: now,
-                }),
-                _ => {}
+            // A drift alarm counts checks, not repeats of each one.
+            if t != Transition::Repeat {
+                intents.extend(intent(&rule, &originator, t, value, now));
             }
         }
     }
