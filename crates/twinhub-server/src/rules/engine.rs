@@ -196,27 +196,43 @@ impl Engine {
             }
             Err(e) => tracing::error!(error = %e, "rule states could not be read"),
         }
-        let mut consumer = loop {
-            match self.store.consumer(CONSUMER).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::error!(error = %e, "the rule engine cannot open its position; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-        };
+        // The engine follows the fan-out durably only while rules exist:
+        // without any, nothing is kept in the outbox for it (ingest pays
+        // nothing for rules nobody wrote).
+        let mut consumer: Option<crate::store::outbox::Consumer> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let wanted = !self.book.is_empty();
+            if wanted && consumer.is_none() {
+                match self.store.consumer(CONSUMER).await {
+                    Ok(c) => consumer = Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the rule engine cannot open its position; retrying")
+                    }
+                }
+            } else if !wanted && consumer.is_some() {
+                consumer = None;
+                self.values.clear();
+                // Only if no rule was written meanwhile (its write created
+                // the position this would drop).
+                let res = self
+                    .store
+                    .write(|ctx| match rows::count_rules(ctx.tx)? {
+                        0 => ctx.drop_consumer(CONSUMER).map(|_| ()),
+                        _ => Ok(()),
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "the rule engine's position could not be dropped");
+                }
+            }
             let mut intents = Vec::new();
             let mut dirty: HashSet<StateKey> = HashSet::new();
             let mut derived: Vec<Derived> = Vec::new();
             let mut last = None;
             tokio::select! {
-                r = consumer.next(2000) => match r {
+                r = async { consumer.as_mut().expect("consumer").next(2000).await }, if consumer.is_some() => match r {
                     Ok(evs) => {
                         let busy = std::time::Instant::now();
                         self.refresh_rules();
@@ -240,6 +256,10 @@ impl Engine {
                     self.expire(&mut intents, &mut dirty);
                     self.check_drift(&mut intents, &mut dirty);
                 }
+                _ = self.book.changed.notified() => {
+                    self.refresh_rules();
+                    continue;
+                }
                 _ = shutdown.changed() => return,
             }
             if intents.is_empty() && dirty.is_empty() && last.is_none() {
@@ -251,8 +271,8 @@ impl Engine {
             let Some(changes) = self.commit(intents, dirty, last, &mut shutdown).await else {
                 return;
             };
-            if let Some(id) = last {
-                consumer.committed(id);
+            if let (Some(id), Some(c)) = (last, consumer.as_mut()) {
+                c.committed(id);
             }
             self.act(changes).await;
             self.retire_alarms().await;
@@ -359,10 +379,23 @@ impl Engine {
                 let Some(vals) = e.data.get("values").and_then(Value::as_object) else {
                     return;
                 };
+                if !self.by_tenant.contains_key(&e.tenant) {
+                    return;
+                }
+                let store = &self.store;
                 let live = self
                     .values
                     .entry((e.tenant.clone(), twin.to_string()))
-                    .or_default();
+                    // First sight of the twin: its latest stored values,
+                    // so a rule reading two properties sent apart works
+                    // from its first event.
+                    .or_insert_with(|| {
+                        store
+                            .latest_of_twin(&e.tenant, twin)
+                            .into_iter()
+                            .map(|(k, p)| (k, p.value.to_json()))
+                            .collect()
+                    });
                 for (k, v) in vals {
                     live.insert(k.clone(), v.clone());
                 }

@@ -396,8 +396,10 @@ pub struct RuleBook {
     rules: RwLock<HashMap<Key, Arc<Rule>>>,
     members: RwLock<HashMap<Key, Arc<HashSet<String>>>>,
     status: Mutex<HashMap<Key, RuleStatus>>,
-    /// Bumped on every change, so the engine knows to re-read.
+    /// Bumped on every change, so the engine knows to re-read…
     pub generation: std::sync::atomic::AtomicU64,
+    /// …and woken.
+    pub changed: tokio::sync::Notify,
     evaluations: std::sync::atomic::AtomicU64,
     errors: std::sync::atomic::AtomicU64,
     /// Time the engine spent evaluating (µs), for its capacity.
@@ -442,6 +444,7 @@ impl RuleBook {
             members: RwLock::new(HashMap::new()),
             status: Mutex::new(HashMap::new()),
             generation: Default::default(),
+            changed: Default::default(),
             evaluations: Default::default(),
             errors: Default::default(),
             busy_us: Default::default(),
@@ -549,6 +552,7 @@ impl RuleBook {
     fn bump(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_one();
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Rule>> {
@@ -570,6 +574,11 @@ impl RuleBook {
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// No rule in any tenant.
+    pub fn is_empty(&self) -> bool {
+        self.rules.read().expect("rules").is_empty()
     }
 
     pub fn all(&self) -> Vec<Arc<Rule>> {

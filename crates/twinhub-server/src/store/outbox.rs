@@ -130,6 +130,56 @@ impl WriteCtx<'_> {
         self.events.push(draft);
     }
 
+    /// Creates the durable consumer `name` at the end of the stream as this
+    /// transaction leaves it (so it sees every change committed after —
+    /// including this one's events), unless it exists; its position.
+    pub fn ensure_consumer(&mut self, name: &str) -> Result<u64, StoreError> {
+        let found: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT position FROM consumers WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let pos = match found {
+            Some(p) => p as u64,
+            None => {
+                let p = self.engine.last_event_id();
+                self.tx.execute(
+                    "INSERT INTO consumers(name, position) VALUES (?1, ?2)",
+                    params![name, p as i64],
+                )?;
+                p
+            }
+        };
+        let was = self.engine.outbox_on.swap(true, Ordering::SeqCst);
+        self.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
+        Ok(pos)
+    }
+
+    /// Removes a durable consumer (see `Store::drop_consumer`).
+    pub fn drop_consumer(&mut self, name: &str) -> Result<bool, StoreError> {
+        let gone = self
+            .tx
+            .execute("DELETE FROM consumers WHERE name = ?1", [name])?
+            > 0;
+        let left: i64 = self
+            .tx
+            .query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get(0))?;
+        if left == 0 {
+            self.tx.execute("DELETE FROM outbox", [])?;
+            let was = self.engine.outbox_on.swap(false, Ordering::SeqCst);
+            self.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
+        } else {
+            self.tx.execute(
+                "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
+                [],
+            )?;
+        }
+        Ok(gone)
+    }
+
     /// Records that consumer `name` has applied every event up to `pos`,
     /// atomically with whatever else this closure writes.
     pub fn set_position(&mut self, name: &str, pos: u64) -> Result<(), StoreError> {
@@ -183,32 +233,7 @@ impl Store {
         // after it can be missed.
         let (_, rx) = self.events().subscribe(None);
         let n = name.to_string();
-        let position = self
-            .write(move |ctx| {
-                let found: Option<i64> = ctx
-                    .tx
-                    .query_row(
-                        "SELECT position FROM consumers WHERE name = ?1",
-                        [&n],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let pos = match found {
-                    Some(p) => p as u64,
-                    None => {
-                        let p = ctx.engine.last_event_id();
-                        ctx.tx.execute(
-                            "INSERT INTO consumers(name, position) VALUES (?1, ?2)",
-                            params![n, p as i64],
-                        )?;
-                        p
-                    }
-                };
-                let was = ctx.engine.outbox_on.swap(true, Ordering::SeqCst);
-                ctx.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
-                Ok(pos)
-            })
-            .await?;
+        let position = self.write(move |ctx| ctx.ensure_consumer(&n)).await?;
         Ok(Consumer {
             store: self.clone(),
             name: name.to_string(),
@@ -223,27 +248,7 @@ impl Store {
     /// and no longer written.
     pub async fn drop_consumer(&self, name: &str) -> Result<bool, StoreError> {
         let n = name.to_string();
-        self.write(move |ctx| {
-            let gone = ctx
-                .tx
-                .execute("DELETE FROM consumers WHERE name = ?1", [&n])?
-                > 0;
-            let left: i64 = ctx
-                .tx
-                .query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get(0))?;
-            if left == 0 {
-                ctx.tx.execute("DELETE FROM outbox", [])?;
-                let was = ctx.engine.outbox_on.swap(false, Ordering::SeqCst);
-                ctx.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
-            } else {
-                ctx.tx.execute(
-                    "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
-                    [],
-                )?;
-            }
-            Ok(gone)
-        })
-        .await
+        self.write(move |ctx| ctx.drop_consumer(&n)).await
     }
 
     /// Durable consumers and their positions.

@@ -49,6 +49,10 @@ pub fn delete_rule(tx: &Connection, tenant: &str, id: &str) -> Result<bool, Stor
     )? > 0)
 }
 
+pub fn count_rules(c: &Connection) -> Result<i64, StoreError> {
+    Ok(c.query_row("SELECT COUNT(*) FROM rules", [], |r| r.get(0))?)
+}
+
 pub fn load_rules(c: &Connection) -> Result<Vec<RuleRow>, StoreError> {
     let mut stmt =
         c.prepare("SELECT tenant, id, version, enabled, body, created_at, updated_at FROM rules")?;

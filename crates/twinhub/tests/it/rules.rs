@@ -790,3 +790,38 @@ async fn model_drift_raises_an_alarm_on_the_model() {
     assert!(a[0]["last_value"]["psi"].as_f64().unwrap() > 0.2, "{a:?}");
     s.stop().await;
 }
+
+/// Without rules nothing is kept for the engine (ingest pays nothing for
+/// rules nobody wrote); the first rule starts its durable position, and
+/// deleting the last one ends it.
+#[tokio::test]
+async fn the_engine_keeps_a_position_only_while_rules_exist() {
+    let s = TestServer::start().await;
+    let key = s.device("p1").await;
+    temp(&s, "p1", &key, 0, 380.0).await;
+    let m = s.metrics().await;
+    assert_eq!(metric_value(&m, "twinhub_outbox_rows"), Some(0.0), "{m}");
+    assert!(!m.contains("consumer=\"rules\""), "{m}");
+    rule(&s, hot("hot", "p1")).await;
+    temp(&s, "p1", &key, 1, 381.0).await;
+    alarms_until(&s, "", "the first event after the rule raises", |a| {
+        a.len() == 1
+    })
+    .await;
+    assert!(s
+        .metrics()
+        .await
+        .contains("twinhub_outbox_consumer_lag{consumer=\"rules\"}"));
+    let r = s.delete("/api/v1/rules/hot").send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    until("the position dropped", || async {
+        !s.metrics().await.contains("consumer=\"rules\"")
+    })
+    .await;
+    temp(&s, "p1", &key, 2, 382.0).await;
+    assert_eq!(
+        metric_value(&s.metrics().await, "twinhub_outbox_rows"),
+        Some(0.0)
+    );
+    s.stop().await;
+}
