@@ -13,6 +13,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Messages per request of the paced load (a gateway's batch).
+const BATCH: u64 = 10;
+
 pub struct RulesArgs {
     pub twins: usize,
     pub seconds: u64,
@@ -220,6 +223,20 @@ async fn latency(
     // Latency at a paced rate: probes on twin u0 alternate a
     // spike and a recovery; each spike's alarm event is timed from the
     // acknowledged POST.
+    // Start from a caught-up engine, so one phase's backlog does not
+    // count in the next.
+    let caught_up = Instant::now() + Duration::from_secs(300);
+    while metric(
+        http,
+        base,
+        "twinhub_outbox_consumer_lag{consumer=\"rules\"}",
+    )
+    .await?
+        > 0.0
+        && Instant::now() < caught_up
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut stream = http
         .get(format!("{base}/api/v1/events?types=alarm&twin=u0"))
         .bearer_auth(token)
@@ -241,7 +258,7 @@ async fn latency(
                 tokio::time::sleep_until(due.into()).await;
                 let id = format!("u{}", 1 + i % (n - 1));
                 let key = keys.lock().expect("keys")[1 + i % (n - 1)].clone();
-                let body: Vec<Value> = (0..10)
+                let body: Vec<Value> = (0..BATCH)
                     .map(|_| {
                         ts += 100;
                         json!({"ts": ts, "temperature": 351.0, "pressure": 6.0})
@@ -253,8 +270,8 @@ async fn latency(
                     .json(&body)
                     .send()
                     .await;
-                sent += 10.0;
-                sent_total.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
+                sent += BATCH as f64;
+                sent_total.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
                 i += writers;
             }
         });
