@@ -241,6 +241,7 @@ pub fn router(state: AppState) -> Router {
             rules::delete_rule
         ))
         .routes(routes!(rules::list_alarms))
+        .routes(routes!(rules::count_alarms))
         .routes(routes!(rules::get_alarm))
         .routes(routes!(rules::ack_alarm))
         .routes(routes!(rules::clear_alarm))

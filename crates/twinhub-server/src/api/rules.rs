@@ -367,6 +367,64 @@ pub async fn list_alarms(
     })))
 }
 
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CountQuery {
+    /// Only this twin (and, with `subtree`, the twins below it).
+    pub originator: Option<String>,
+    pub subtree: Option<bool>,
+    pub tenant: Option<String>,
+}
+
+/// Open (active) alarms counted by severity and by originator — what a
+/// fleet view shows next to each twin, from memory (no store read).
+#[utoipa::path(get, path = "/api/v1/alarms/counts", tag = "alarms", params(CountQuery),
+    responses((status = 200, body = Value), (status = 400)))]
+pub async fn count_alarms(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<CountQuery>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::AlarmsRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let subtree = q.subtree.unwrap_or(false);
+    if subtree && q.originator.is_none() {
+        return Err(ApiError::field("subtree", "needs originator"));
+    }
+    let only: Option<HashSet<String>> = q.originator.as_deref().map(|o| {
+        if subtree {
+            below(&state, &tenant, o).into_iter().collect()
+        } else {
+            HashSet::from([o.to_string()])
+        }
+    });
+    let mut by_severity = serde_json::Map::new();
+    for s in Severity::ALL {
+        by_severity.insert(crate::rules::alarms::text(&s), json!(0));
+    }
+    let mut by_originator: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut total = 0u64;
+    for a in state.alarms.open_of(&tenant) {
+        if only.as_ref().is_some_and(|o| !o.contains(&a.originator)) {
+            continue;
+        }
+        if subtree
+            && a.originator != q.originator.as_deref().unwrap_or_default()
+            && a.propagate.is_none()
+        {
+            continue;
+        }
+        total += 1;
+        let k = crate::rules::alarms::text(&a.severity);
+        by_severity[&k] = json!(by_severity[&k].as_u64().unwrap_or(0) + 1);
+        *by_originator.entry(a.originator.clone()).or_default() += 1;
+    }
+    Ok(Json(
+        json!({"total": total, "by_severity": by_severity, "by_originator": by_originator}),
+    ))
+}
+
 #[utoipa::path(get, path = "/api/v1/alarms/{id}", tag = "alarms", params(("id" = String, Path), Paging),
     responses((status = 200, body = Value), (status = 404)))]
 pub async fn get_alarm(

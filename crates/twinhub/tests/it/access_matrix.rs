@@ -299,6 +299,7 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
         ),
         ("DELETE", "/api/v1/rules/ghost", json!(null), "rules:write"),
         ("GET", "/api/v1/alarms", json!(null), "alarms:read"),
+        ("GET", "/api/v1/alarms/counts", json!(null), "alarms:read"),
         ("GET", "/api/v1/alarms/999999", json!(null), "alarms:read"),
         (
             "POST",

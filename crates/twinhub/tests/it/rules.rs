@@ -506,6 +506,16 @@ async fn alarms_propagate_up_the_graph_and_stream_as_events() {
     assert_eq!(under.len(), 1, "{under:?}");
     assert_eq!(under[0]["originator"], "r9");
     assert!(alarms(&s, "originator=plant").await.is_empty());
+    let (st, c) = s
+        .json(s.get("/api/v1/alarms/counts?originator=plant&subtree=true"))
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["total"], 1, "{c}");
+    assert_eq!(c["by_severity"]["major"], 1, "{c}");
+    assert_eq!(c["by_severity"]["critical"], 0, "{c}");
+    assert_eq!(c["by_originator"], json!({"r9": 1}));
+    let (_, all) = s.json(s.get("/api/v1/alarms/counts")).await;
+    assert_eq!(all["total"], 2, "{all}");
     let evs = crate::events::read_events(stream, 2).await;
     assert!(evs.iter().all(|e| e.1 == "alarm"), "{evs:?}");
     assert_eq!(evs[0].2["data"]["op"], "raise");
