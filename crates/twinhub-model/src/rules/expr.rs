@@ -21,6 +21,9 @@ pub struct CompileError {
     pub message: String,
 }
 
+/// The maps a rule binds besides plain names (see docs/design/rules.md).
+pub const MAPS: [&str; 4] = ["props", "related", "twin", "event"];
+
 /// A compiled expression.
 #[derive(Clone)]
 pub struct Expr {
@@ -76,13 +79,12 @@ impl Expr {
             source: src.into(),
             program: Arc::new(program),
         };
-        let maps = ["props", "related", "twin", "event"];
         let names: Vec<String> = expr
             .program
             .references()
             .variables()
             .into_iter()
-            .filter(|v| !maps.contains(v))
+            .filter(|v| !MAPS.contains(v))
             .map(str::to_string)
             .collect();
         let one = serde_json::json!(1.0);

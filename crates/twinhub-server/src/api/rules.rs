@@ -291,6 +291,45 @@ fn below(state: &AppState, tenant: &str, root: &str) -> Vec<String> {
     })
 }
 
+/// Whose alarms a request asks for: one originator, or (with `subtree`)
+/// it and the twins below it whose alarms propagate.
+struct Scope {
+    root: String,
+    twins: Vec<String>,
+    subtree: bool,
+}
+
+impl Scope {
+    fn of(
+        state: &AppState,
+        tenant: &str,
+        originator: Option<&str>,
+        subtree: Option<bool>,
+    ) -> Result<Option<Scope>, ApiError> {
+        let subtree = subtree.unwrap_or(false);
+        let Some(root) = originator else {
+            return match subtree {
+                true => Err(ApiError::field("subtree", "needs originator")),
+                false => Ok(None),
+            };
+        };
+        let twins = match subtree {
+            true => below(state, tenant, root),
+            false => vec![root.to_string()],
+        };
+        Ok(Some(Scope {
+            root: root.to_string(),
+            twins,
+            subtree,
+        }))
+    }
+
+    /// Whether an alarm of one of `twins` counts here.
+    fn admits(&self, a: &crate::rules::alarms::Alarm) -> bool {
+        a.originator == self.root || (self.subtree && a.propagate.is_some())
+    }
+}
+
 /// Alarms, newest first, filtered.
 #[utoipa::path(get, path = "/api/v1/alarms", tag = "alarms", params(AlarmQuery),
     responses((status = 200, body = Value), (status = 400)))]
@@ -314,17 +353,7 @@ pub async fn list_alarms(
             })
             .transpose()
     };
-    let subtree = q.subtree.unwrap_or(false);
-    if subtree && q.originator.is_none() {
-        return Err(ApiError::field("subtree", "needs originator"));
-    }
-    let originators = q.originator.as_deref().map(|o| {
-        if subtree {
-            below(&state, &tenant, o)
-        } else {
-            vec![o.to_string()]
-        }
-    });
+    let scope = Scope::of(&state, &tenant, q.originator.as_deref(), q.subtree)?;
     let filter = AlarmFilter {
         statuses: q
             .status
@@ -339,7 +368,7 @@ pub async fn list_alarms(
             .transpose()?
             .unwrap_or_default(),
         kind: q.kind.clone(),
-        originators,
+        originators: scope.as_ref().map(|s| s.twins.clone()),
         from: time("from", &q.from)?,
         to: time("to", &q.to)?,
         before: match &q.next {
@@ -352,15 +381,16 @@ pub async fn list_alarms(
         limit: limit + 1,
     };
     let mut alarms = state.alarms.list(&tenant, filter)?;
-    if subtree {
-        let root = q.originator.clone().unwrap_or_default();
-        alarms.retain(|a| a.originator == root || a.propagate.is_some());
-    }
     let more = alarms.len() > limit;
     alarms.truncate(limit);
+    // The cursor follows what was read, so a page thinned by the scope
+    // never ends the list early.
     let next = more
         .then(|| alarms.last().map(|a| a.id.to_string()))
         .flatten();
+    if let Some(scope) = &scope {
+        alarms.retain(|a| scope.admits(a));
+    }
     Ok(Json(json!({
         "value": alarms.iter().map(|a| a.doc()).collect::<Vec<_>>(),
         "next": next,
@@ -388,17 +418,10 @@ pub async fn count_alarms(
 ) -> Result<Json<Value>, ApiError> {
     p.require(Perm::AlarmsRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    let subtree = q.subtree.unwrap_or(false);
-    if subtree && q.originator.is_none() {
-        return Err(ApiError::field("subtree", "needs originator"));
-    }
-    let only: Option<HashSet<String>> = q.originator.as_deref().map(|o| {
-        if subtree {
-            below(&state, &tenant, o).into_iter().collect()
-        } else {
-            HashSet::from([o.to_string()])
-        }
-    });
+    let scope = Scope::of(&state, &tenant, q.originator.as_deref(), q.subtree)?;
+    let only: Option<HashSet<&str>> = scope
+        .as_ref()
+        .map(|s| s.twins.iter().map(String::as_str).collect());
     let mut by_severity = serde_json::Map::new();
     for s in Severity::ALL {
         by_severity.insert(crate::rules::alarms::text(&s), json!(0));
@@ -406,13 +429,11 @@ pub async fn count_alarms(
     let mut by_originator: std::collections::BTreeMap<String, u64> = Default::default();
     let mut total = 0u64;
     for a in state.alarms.open_of(&tenant) {
-        if only.as_ref().is_some_and(|o| !o.contains(&a.originator)) {
-            continue;
-        }
-        if subtree
-            && a.originator != q.originator.as_deref().unwrap_or_default()
-            && a.propagate.is_none()
-        {
+        let in_scope = match (&scope, &only) {
+            (Some(s), Some(o)) => o.contains(a.originator.as_str()) && s.admits(&a),
+            _ => true,
+        };
+        if !in_scope {
             continue;
         }
         total += 1;

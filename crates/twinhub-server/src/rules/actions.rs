@@ -34,19 +34,10 @@ impl Engine {
         if e.data.get("source").and_then(Value::as_str) == Some("rule") {
             return;
         }
-        let names = expr.variables();
-        let reads_maps = names
-            .iter()
-            .any(|n| ["props", "related", "twin", "event"].contains(&n.as_str()));
-        let touched = e
-            .data
-            .get("values")
-            .and_then(Value::as_object)
-            .is_some_and(|v| names.iter().any(|n| v.contains_key(n)));
-        if !touched && !reads_maps {
+        if !super::engine::touches(rule, e) {
             return;
         }
-        let vars = self.bind(&rule.tenant, twin, &names);
+        let vars = self.bind(&rule.tenant, twin, &rule.names);
         let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
         match expr.eval(&refs) {
             Ok(v) if v.is_null() => {}

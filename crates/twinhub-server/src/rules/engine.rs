@@ -21,6 +21,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
+use twinhub_model::rules::expr::MAPS;
 use twinhub_model::rules::stats::Rolling;
 
 /// The alarm change a transition asks for (none for `None`): raises and
@@ -58,16 +59,16 @@ fn intent(rule: &Rule, originator: &str, t: Transition, value: Value, ts: i64) -
 /// change always can; telemetry only when it carries one of the names
 /// (or the rule reads the maps). Events of other properties — derived
 /// values among them — do not evaluate it.
-fn touches(rule: &Rule, e: &Event) -> bool {
+pub(super) fn touches(rule: &Rule, e: &Event) -> bool {
     if e.kind != Kind::Telemetry {
         return true;
     }
     let Some(values) = e.data.get("values").and_then(Value::as_object) else {
         return false;
     };
-    rule.names.iter().any(|n| {
-        values.contains_key(n) || matches!(n.as_str(), "props" | "related" | "twin" | "event")
-    })
+    rule.names
+        .iter()
+        .any(|n| values.contains_key(n) || MAPS.contains(&n.as_str()))
 }
 
 /// The durable consumer's name.
@@ -361,6 +362,11 @@ impl Engine {
             }
             self.by_tenant.entry(r.tenant.clone()).or_default().push(r);
         }
+        // Live values are followed only for tenants with rules: those of
+        // the others would go stale, so a tenant's first rule starts from
+        // the store's latest values again.
+        let by_tenant = &self.by_tenant;
+        self.values.retain(|(t, _), _| by_tenant.contains_key(t));
     }
 
     fn on_event(

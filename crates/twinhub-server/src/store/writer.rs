@@ -205,15 +205,16 @@ impl Writer {
 
         let outcome = (|| -> Result<(), StoreError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
-            for op in group.iter_mut() {
+            for (i, op) in group.iter_mut().enumerate() {
                 match op {
                     Op::Append { batch, also, .. } => {
                         if let Some(f) = also.take() {
-                            if let Err(e) =
-                                in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo)
-                            {
-                                results.push(Err(e));
-                                continue;
+                            match in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo) {
+                                Ok(((), events)) => drafts[i].extend(events),
+                                Err(e) => {
+                                    results.push(Err(e));
+                                    continue;
+                                }
                             }
                         }
                         let resolved = resolve(&self.conn, &engine, &mut new_series, batch)?;
