@@ -340,6 +340,9 @@ impl Engine {
         self.generation = generation;
         self.twin_rules.clear();
         self.by_tenant.clear();
+        // Deadlines are rebuilt from the states: one entry per armed twin
+        // of an enabled no-data rule.
+        self.deadlines.clear();
         let now = self.clock.now_us();
         for r in self.book.all() {
             if !r.spec.enabled {
@@ -354,7 +357,11 @@ impl Engine {
                         last_seen: now,
                         raised: false,
                     });
-                    if let State::NoData { last_seen, .. } = st {
+                    if let State::NoData {
+                        last_seen,
+                        raised: false,
+                    } = st
+                    {
                         self.deadlines
                             .push(Reverse((*last_seen + r.timeout_us, key)));
                     }
@@ -451,18 +458,27 @@ impl Engine {
                             raised: false,
                         },
                     );
-                    if let Some(State::NoData { raised: true, .. }) = was {
-                        intents.push(Intent::Clear {
-                            tenant: e.tenant.clone(),
-                            originator: twin.to_string(),
-                            kind: rule.alarm.kind.clone(),
-                            rule: rule.id.clone(),
-                            value: Value::Null,
-                            ts,
-                        });
+                    // One heap entry per armed twin: a point only moves
+                    // `last_seen`; `expire` re-arms an entry the point
+                    // made early. A new or cleared twin is armed here.
+                    match was {
+                        Some(State::NoData { raised: false, .. }) => {}
+                        Some(State::NoData { raised: true, .. }) => {
+                            intents.push(Intent::Clear {
+                                tenant: e.tenant.clone(),
+                                originator: twin.to_string(),
+                                kind: rule.alarm.kind.clone(),
+                                rule: rule.id.clone(),
+                                value: Value::Null,
+                                ts,
+                            });
+                            self.deadlines
+                                .push(Reverse((now + rule.timeout_us, key.clone())));
+                        }
+                        _ => self
+                            .deadlines
+                            .push(Reverse((now + rule.timeout_us, key.clone()))),
                     }
-                    self.deadlines
-                        .push(Reverse((now + rule.timeout_us, key.clone())));
                     dirty.insert(key);
                 }
                 RuleKind::NoData => {}
@@ -713,8 +729,14 @@ impl Engine {
             let Some(State::NoData { last_seen, raised }) = self.states.get_mut(&key) else {
                 continue;
             };
-            // A later point moved the deadline: this entry is stale.
-            if *raised || *last_seen + rule.timeout_us != deadline {
+            // Raised: re-armed by the point that clears it.
+            if *raised {
+                continue;
+            }
+            // A later point moved the deadline: wait for the new one.
+            let due = *last_seen + rule.timeout_us;
+            if due > deadline {
+                self.deadlines.push(Reverse((due, key)));
                 continue;
             }
             *raised = true;
