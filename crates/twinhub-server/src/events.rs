@@ -246,22 +246,6 @@ impl Subscription {
             Err(e) => Err(e),
         }
     }
-
-    /// The next event already queued, if any.
-    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
-        loop {
-            match self.rx.try_recv() {
-                Ok(e) => {
-                    self.seen.store(e.id, Ordering::Relaxed);
-                    return Some(e);
-                }
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    self.bus.dropped.add(self.name, n);
-                }
-                Err(_) => return None,
-            }
-        }
-    }
 }
 
 #[cfg(test)]
