@@ -451,6 +451,7 @@ impl Engine {
                 RuleKind::Calculated => {}
                 RuleKind::NoData if e.kind == Kind::Telemetry => {
                     let now = self.clock.now_us();
+                    self.book.record(rule, twin, Ok(()), 0);
                     let was = self.states.insert(
                         key.clone(),
                         State::NoData {

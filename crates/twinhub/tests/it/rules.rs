@@ -338,7 +338,9 @@ async fn no_data_raises_on_the_clock_and_clears_when_data_returns() {
     )
     .await;
     temp(&s, "quiet", &key, 0, 300.0).await;
-    // The clock moves on 61 s (no sleeping for a minute).
+    // The engine saw the point (its silence is counted from when it does),
+    // then the clock moves on 61 s (no sleeping for a minute).
+    evaluated(&s, "silent", 1).await;
     s.clock.advance_us(61_000_000);
     let a = alarms_until(&s, "type=NoData", "a no-data alarm", |a| a.len() == 1).await;
     assert_eq!(a[0]["severity"], "warning");
