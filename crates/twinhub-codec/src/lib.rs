@@ -5,5 +5,7 @@
 //! panics) and names the offending field in its errors.
 
 pub mod json;
+pub mod telemetry;
 
-pub use json::{decode_telemetry, DecodeError, Limits, TelemetryMessage};
+pub use json::{decode_telemetry, DecodeError, Limits};
+pub use telemetry::{Message, Reading, Telemetry, TelemetryMessage};

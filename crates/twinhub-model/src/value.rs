@@ -26,6 +26,16 @@ impl Value {
         }
     }
 
+    /// A JSON scalar as a value (null, arrays and objects are none).
+    pub fn from_json(v: &serde_json::Value) -> Option<Value> {
+        match v {
+            serde_json::Value::Number(n) => n.as_f64().map(Value::Number),
+            serde_json::Value::Bool(b) => Some(Value::Bool(*b)),
+            serde_json::Value::String(s) => Some(Value::String(s.clone())),
+            _ => None,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Number(n) => number_json(*n),

@@ -8,7 +8,7 @@
 //! (points per day), `twins` (validation against the model, live values).
 
 use crate::clock::SharedClock;
-use crate::events::{Draft, Kind};
+use crate::events::{Draft, Kind, TelemetryData};
 use crate::metrics::ServerMetrics;
 use crate::registry::Device;
 pub use crate::store::AlsoFn;
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use twinhub_codec::TelemetryMessage;
+use twinhub_codec::Telemetry;
 use twinhub_model::time::to_epoch_ms_json;
 use twinhub_model::Point;
 
@@ -80,7 +80,7 @@ impl Pipeline {
         &self,
         device: &Device,
         protocol: &'static str,
-        msgs: Vec<TelemetryMessage>,
+        msgs: Telemetry,
         wait: Option<Duration>,
     ) -> Result<usize, IngestError> {
         let mut out = self.ingest_each(device, protocol, vec![msgs], wait).await;
@@ -95,7 +95,7 @@ impl Pipeline {
         &self,
         device: &Device,
         protocol: &'static str,
-        groups: Vec<Vec<TelemetryMessage>>,
+        groups: Vec<Telemetry>,
         wait: Option<Duration>,
     ) -> Vec<Result<usize, IngestError>> {
         self.ingest_each_with(device, protocol, groups, wait, |_| None)
@@ -111,7 +111,7 @@ impl Pipeline {
         &self,
         device: &Device,
         protocol: &'static str,
-        groups: Vec<Vec<TelemetryMessage>>,
+        groups: Vec<Telemetry>,
         wait: Option<Duration>,
         also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
     ) -> Vec<Result<usize, IngestError>> {
@@ -131,7 +131,7 @@ impl Pipeline {
         tenant: &str,
         twin: &str,
         protocol: &'static str,
-        msgs: Vec<TelemetryMessage>,
+        msgs: Telemetry,
     ) -> Result<usize, IngestError> {
         let src = Source {
             tenant,
@@ -151,35 +151,22 @@ impl Pipeline {
         &self,
         src: &Source<'_>,
         protocol: &'static str,
-        msgs: &[TelemetryMessage],
+        msgs: &Telemetry,
     ) -> Result<(), IngestError> {
-        use crate::twins::TelemetryCheck;
-        let (tenant, twin) = (src.tenant, src.twin);
-        for m in msgs {
-            for (name, value, _) in &m.values {
-                let rule = match self
-                    .twins
-                    .check_telemetry(tenant, twin, name, &value.to_json())
-                {
-                    TelemetryCheck::Ok => continue,
-                    TelemetryCheck::Unknown(_) if src.unknown == "record" => continue,
-                    TelemetryCheck::Unknown(r) | TelemetryCheck::Invalid(r) => r,
-                };
+        let record = src.unknown == "record";
+        self.twins
+            .check_batch(src.tenant, src.twin, msgs, record)
+            .map_err(|(field, rule)| {
                 self.metrics.refused(protocol, "model");
-                return Err(IngestError::Invalid {
-                    field: name.clone(),
-                    rule,
-                });
-            }
-        }
-        Ok(())
+                IngestError::Invalid { field, rule }
+            })
     }
 
     async fn ingest_from(
         &self,
         src: Source<'_>,
         protocol: &'static str,
-        groups: Vec<Vec<TelemetryMessage>>,
+        groups: Vec<Telemetry>,
         wait: Option<Duration>,
         also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
     ) -> Vec<Result<usize, IngestError>> {
@@ -187,16 +174,16 @@ impl Pipeline {
         let modelled = self.twins.twin_exists(tenant, twin);
         let now = self.clock.now_us();
         let mut outcomes: Vec<Result<usize, IngestError>> = Vec::with_capacity(groups.len());
-        let mut accepted: Vec<Vec<(i64, TelemetryMessage)>> = Vec::new();
+        let mut accepted: Vec<Telemetry> = Vec::new();
         let mut reserved = 0;
-        for msgs in groups {
+        for mut msgs in groups {
             if modelled {
                 if let Err(e) = self.validate(&src, protocol, &msgs) {
                     outcomes.push(Err(e));
                     continue;
                 }
             }
-            let points: usize = msgs.iter().map(|m| m.values.len()).sum();
+            let points = msgs.points();
             if let Err(q) = self.quotas.reserve_points(tenant, points) {
                 self.metrics.refused(protocol, "quota");
                 outcomes.push(Err(q.into()));
@@ -204,49 +191,59 @@ impl Pipeline {
             }
             reserved += points;
             outcomes.push(Ok(points));
-            accepted.push(self.stamp(tenant, twin, msgs, now));
-        }
-        // One columnar batch of every accepted group, a series per name.
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
-        let mut batch = WriteBatch::default();
-        for (ts, m) in accepted.iter().flatten() {
-            for (name, value, quality) in &m.values {
-                let i = *by_name.entry(name.as_str()).or_insert_with(|| {
-                    batch
-                        .entries
-                        .push((SeriesKey::new(tenant, twin, name), Vec::new()));
-                    batch.entries.len() - 1
-                });
-                batch.entries[i].1.push(Point {
-                    ts: *ts,
-                    value: value.clone(),
-                    quality: *quality,
-                });
-            }
+            self.stamp(tenant, twin, &mut msgs, now);
+            accepted.push(msgs);
         }
         if accepted.is_empty() {
             return outcomes;
         }
+        // One columnar batch of every accepted group, a series per name.
+        let mut batch = WriteBatch::default();
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for msgs in &accepted {
+            let slots: Vec<usize> = msgs
+                .names()
+                .iter()
+                .map(|name| {
+                    *by_name.entry(name).or_insert_with(|| {
+                        batch
+                            .entries
+                            .push((SeriesKey::new(tenant, twin, name), Vec::new()));
+                        batch.entries.len() - 1
+                    })
+                })
+                .collect();
+            for m in msgs.messages() {
+                let ts = m.ts.unwrap_or(now);
+                for r in m.readings {
+                    batch.entries[slots[r.name as usize]].1.push(Point {
+                        ts,
+                        value: r.value.clone(),
+                        quality: r.quality,
+                    });
+                }
+            }
+        }
         let model = self
             .twins
             .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
-        let device_id = src.device.map(|d| d.row.id.as_str());
+        let device_id = src.device.map(|d| d.row.id.clone());
         let mut events: Vec<Draft> = Vec::with_capacity(accepted.len() + 1);
         if let Some(d) = src.device.filter(|d| !d.active.load(Ordering::Relaxed)) {
             events.push(Self::activity(d, true, None));
         }
-        for (ts, m) in accepted.iter().flatten() {
-            let values: serde_json::Map<String, serde_json::Value> = m
-                .values
-                .iter()
-                .map(|(n, v, _)| (n.clone(), v.to_json()))
-                .collect();
-            events.push(Draft::new(
+        let messages: usize = accepted.iter().map(Telemetry::len).sum();
+        for msgs in accepted {
+            let data = TelemetryData {
+                device: device_id.clone(),
+                source: protocol.to_string(),
+                batch: msgs,
+            };
+            events.push(Draft::telemetry(
                 tenant,
-                Kind::Telemetry,
-                Some(twin),
+                twin,
                 model.as_deref(),
-                serde_json::json!({"device": device_id, "source": protocol, "ts": to_epoch_ms_json(*ts), "values": values}),
+                Arc::new(data),
             ));
         }
         let accepted_groups: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
@@ -278,7 +275,6 @@ impl Pipeline {
                 })
                 .collect();
         }
-        let messages: usize = accepted.iter().map(Vec::len).sum();
         self.metrics.messages_in.add(protocol, messages as u64);
         self.metrics.points_in.add(protocol, reserved as u64);
         if let Some(device) = src.device {
@@ -288,29 +284,22 @@ impl Pipeline {
         outcomes
     }
 
-    fn stamp(
-        &self,
-        tenant: &str,
-        twin: &str,
-        msgs: Vec<TelemetryMessage>,
-        now: i64,
-    ) -> Vec<(i64, TelemetryMessage)> {
-        if msgs.iter().all(|m| m.ts.is_some()) {
-            return msgs.into_iter().map(|m| (m.ts.unwrap_or(now), m)).collect();
+    /// Gives messages without `ts` the server's time, strictly increasing
+    /// per twin so they never collapse onto one another.
+    fn stamp(&self, tenant: &str, twin: &str, msgs: &mut Telemetry, now: i64) {
+        if msgs.messages().all(|m| m.ts.is_some()) {
+            return;
         }
         let mut last = self.last_server_ts.lock().expect("ts map");
         let slot = last
             .entry((tenant.to_string(), twin.to_string()))
             .or_insert(0);
-        msgs.into_iter()
-            .map(|m| match m.ts {
-                Some(ts) => (ts, m),
-                None => {
-                    *slot = (*slot + 1).max(now);
-                    (*slot, m)
-                }
-            })
-            .collect()
+        for ts in msgs.timestamps_mut() {
+            if ts.is_none() {
+                *slot = (*slot + 1).max(now);
+                *ts = Some(*slot);
+            }
+        }
     }
 
     /// A device's activity changed (it reported again, or went quiet).

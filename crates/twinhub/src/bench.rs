@@ -24,6 +24,7 @@ pub enum Suite {
     Auth,
     Ml,
     Rules,
+    Ingest,
 }
 
 #[derive(Args)]
@@ -64,6 +65,18 @@ pub struct BenchArgs {
     /// Twins in the rules benchmark (5 rules each).
     #[arg(long, default_value_t = 10_000)]
     rule_twins: usize,
+    /// Series (devices) in the ingest benchmark, one request each.
+    #[arg(long, default_value_t = 1000)]
+    ingest_series: usize,
+    /// Points per series (per request) in the ingest benchmark.
+    #[arg(long, default_value_t = 2000)]
+    ingest_points: usize,
+    /// Concurrent clients in the ingest benchmark.
+    #[arg(long, default_value_t = 4)]
+    ingest_clients: usize,
+    /// Seconds the ingest benchmark lets the disk settle before `du`.
+    #[arg(long, default_value_t = 30)]
+    ingest_settle: u64,
     /// Idle MQTT devices to connect for the memory figure (0 skips).
     #[arg(long, default_value_t = 15_000)]
     mqtt_idle: usize,
@@ -100,7 +113,7 @@ fn random_doubles(seed: u64, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+pub(crate) fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     let opts = StoreOptions {
         tick: Duration::from_secs(3600),
         ..StoreOptions::default()
@@ -149,7 +162,7 @@ async fn ingest(
     (series * seconds) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn chunk_bytes(store: &Store, prefix: &str) -> (i64, i64) {
+pub(crate) fn chunk_bytes(store: &Store, prefix: &str) -> (i64, i64) {
     store
         .read(|c| {
             Ok(c.query_row(
@@ -491,6 +504,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Http) {
         http_suite(&args).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Ingest) {
+        crate::bench_ingest::run(crate::bench_ingest::IngestArgs {
+            series: args.ingest_series,
+            points: args.ingest_points,
+            clients: args.ingest_clients,
+            settle: args.ingest_settle,
+        })
+        .await?;
     }
     if matches!(args.suite, Suite::All | Suite::Idle) {
         blocking(idle_suite).await?;

@@ -13,5 +13,7 @@ pub async fn store(
     source: &'static str,
     msgs: Vec<TelemetryMessage>,
 ) -> Result<usize, IngestError> {
-    pipeline.ingest_derived(tenant, twin, source, msgs).await
+    pipeline
+        .ingest_derived(tenant, twin, source, msgs.into())
+        .await
 }

@@ -8,14 +8,14 @@ use super::Answer;
 use crate::metrics::ServerMetrics;
 use crate::pipeline::Pipeline;
 use crate::registry::Device;
-use twinhub_codec::{DecodeError, Limits, TelemetryMessage};
+use twinhub_codec::{DecodeError, Limits, Telemetry};
 
 /// Decodes one PUBLISH payload; a refusal is counted.
 pub fn decode(
     metrics: &ServerMetrics,
     limits: &Limits,
     payload: &[u8],
-) -> Result<Vec<TelemetryMessage>, DecodeError> {
+) -> Result<Telemetry, DecodeError> {
     twinhub_codec::decode_telemetry(payload, limits).inspect_err(|_| {
         metrics.refused("mqtt", "invalid");
     })
@@ -29,7 +29,7 @@ pub fn decode(
 pub async fn store(
     pipeline: &Pipeline,
     device: &Device,
-    groups: Vec<Vec<TelemetryMessage>>,
+    groups: Vec<Telemetry>,
     also: impl FnOnce(&[bool]) -> Option<crate::pipeline::AlsoFn>,
 ) -> Vec<Answer> {
     pipeline

@@ -81,11 +81,12 @@ pub async fn run(
 }
 
 impl Ctx {
-    /// One telemetry event for one binding: predict when an input changed,
-    /// then score a measured output (after, so a measurement sent with its
-    /// inputs pairs with the prediction from those inputs).
+    /// One telemetry event for one binding, message by message: predict
+    /// when an input changed, then score a measured output (after, so a
+    /// measurement sent with its inputs pairs with the prediction from
+    /// those inputs). The predictions of one event are stored together.
     async fn serve(&self, e: &Event, b: &Binding) {
-        let Some(values) = e.data.get("values").and_then(|v| v.as_object()) else {
+        let Some(t) = e.data.telemetry() else {
             return;
         };
         let twin = e.twin.clone().unwrap_or_default();
@@ -96,43 +97,51 @@ impl Ctx {
             return;
         };
         let manifest = &active.predictor.manifest;
-        // Telemetry times are ms, with a fraction when the server stamped
-        // them (µs precision); the server's clock stands in when absent.
-        let ts_us = e
-            .data
-            .get("ts")
-            .and_then(|t| t.as_f64())
-            .map(|ms| (ms * 1000.0).round() as i64);
         let key = (e.tenant.clone(), twin.clone(), b.model.clone());
-        if manifest
-            .features
-            .iter()
-            .any(|f| values.contains_key(b.property_of(&f.name)))
-        {
-            self.predict(e, b, &twin, ts_us, &key).await;
-        }
-        if let Some(actual) = values.get(&manifest.output.name).and_then(|v| v.as_f64()) {
-            let at = ts_us.unwrap_or_else(|| self.ml.clock.now_us());
-            let recent = self.bindings.recent.lock().expect("recent");
-            if let Some((ver, predicted)) = recent.get(&key).and_then(|l| l.at(at)) {
-                if let Some(v) = entry.version(ver) {
-                    v.stats.record_truth(predicted, actual);
+        let mut out = Vec::new();
+        for (ts_us, m) in t.messages() {
+            if manifest
+                .features
+                .iter()
+                .any(|f| m.get(b.property_of(&f.name)).is_some())
+            {
+                out.extend(self.predict(e, b, &twin, ts_us, m, &key));
+            }
+            if let Some(actual) = m.get(&manifest.output.name).and_then(|v| v.as_f64()) {
+                let recent = self.bindings.recent.lock().expect("recent");
+                if let Some((ver, predicted)) = recent.get(&key).and_then(|l| l.at(ts_us)) {
+                    if let Some(v) = entry.version(ver) {
+                        v.stats.record_truth(predicted, actual);
+                    }
                 }
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        let n = out.len() as u64;
+        match crate::ingest::derived::store(&self.pipeline, &e.tenant, &twin, "ml", out).await {
+            Ok(_) => {
+                self.bindings.written.fetch_add(n, Relaxed);
+            }
+            Err(err) => {
+                self.bindings.failed.fetch_add(n, Relaxed);
+                tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
             }
         }
     }
 
-    async fn predict(
+    /// The outputs for one message, if the model could run.
+    fn predict(
         &self,
         e: &Event,
         b: &Binding,
         twin: &str,
-        ts_us: Option<i64>,
+        ts_us: i64,
+        m: twinhub_codec::Message<'_>,
         key: &(String, String, String),
-    ) {
-        let Ok(version) = self.ml.pick(&e.tenant, &b.model, None, Some(twin)) else {
-            return;
-        };
+    ) -> Option<twinhub_codec::TelemetryMessage> {
+        let version = self.ml.pick(&e.tenant, &b.model, None, Some(twin)).ok()?;
         let manifest = &version.predictor.manifest;
         // The inputs of this message, completed by the twin's latest
         // values: the prediction belongs to this message's time even when
@@ -143,11 +152,9 @@ impl Ctx {
             .into_iter()
             .filter_map(|(n, p)| Some((n, p.value.as_f64()?)))
             .collect();
-        if let Some(values) = e.data.get("values").and_then(|v| v.as_object()) {
-            for (n, v) in values {
-                if let Some(x) = v.as_f64() {
-                    latest.insert(n.clone(), x);
-                }
+        for (n, v, _) in m.values() {
+            if let Some(x) = v.as_f64() {
+                latest.insert(n.to_string(), x);
             }
         }
         let row: Option<Vec<f32>> = manifest
@@ -155,21 +162,21 @@ impl Ctx {
             .iter()
             .map(|f| latest.get(b.property_of(&f.name)).map(|x| *x as f32))
             .collect();
-        let Some(row) = row else { return };
+        let row = row?;
         if manifest.range_policy == twinhub_ml::manifest::RangePolicy::Reject
             && manifest.features.iter().zip(&row).any(|(f, x)| {
                 let x = *x as f64;
                 f.min.is_some_and(|lo| x < lo) || f.max.is_some_and(|hi| x > hi)
             })
         {
-            return;
+            return None;
         }
         let pred = match self.ml.predict(&e.tenant, &b.model, &version, &[row]) {
             Ok(mut p) => p.remove(0),
             Err(err) => {
                 self.bindings.failed.fetch_add(1, Relaxed);
                 tracing::debug!(binding = %b.id, error = %err, "soft sensor prediction failed");
-                return;
+                return None;
             }
         };
         let value = match &pred.prediction {
@@ -178,10 +185,10 @@ impl Ctx {
             }
             serde_json::Value::String(s) => twinhub_model::Value::String(s.clone()),
             serde_json::Value::Bool(b) => twinhub_model::Value::Bool(*b),
-            _ => return,
+            _ => return None,
         };
         if let Some(y) = value.as_f64() {
-            let at = ts_us.unwrap_or_else(|| self.ml.clock.now_us());
+            let at = ts_us;
             self.bindings
                 .recent
                 .lock()
@@ -230,19 +237,9 @@ impl Ctx {
                 ));
             }
         }
-        let msg = twinhub_codec::TelemetryMessage {
-            ts: ts_us,
+        Some(twinhub_codec::TelemetryMessage {
+            ts: Some(ts_us),
             values: out,
-        };
-        match crate::ingest::derived::store(&self.pipeline, &e.tenant, twin, "ml", vec![msg]).await
-        {
-            Ok(_) => {
-                self.bindings.written.fetch_add(1, Relaxed);
-            }
-            Err(err) => {
-                self.bindings.failed.fetch_add(1, Relaxed);
-                tracing::warn!(binding = %b.id, twin = %twin, error = %err, "soft sensor output refused");
-            }
-        }
+        })
     }
 }

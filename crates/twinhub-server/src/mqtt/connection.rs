@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use twinhub_codec::TelemetryMessage;
+use twinhub_codec::Telemetry;
 
 /// Read passes whose acknowledgements may wait for durability at once;
 /// beyond it the connection stops reading (back-pressure).
@@ -523,7 +523,7 @@ fn drain<S: AsyncRead + AsyncWrite + Unpin>(
 struct Pass {
     acks: Vec<Option<Ack>>,
     /// Telemetry per PUBLISH, by its slot in `acks`.
-    telemetry: Vec<(usize, Vec<TelemetryMessage>)>,
+    telemetry: Vec<(usize, Telemetry)>,
     /// Telemetry PUBLISHes to route once stored, by slot.
     routed: Vec<(usize, Arc<Message>)>,
     /// Store operations (retained messages, queued copies for persistent
@@ -1053,8 +1053,7 @@ fn finish_pass(
         } = pass;
         if !telemetry.is_empty() {
             let device = device.expect("telemetry comes from a device");
-            let (slots, groups): (Vec<usize>, Vec<Vec<TelemetryMessage>>) =
-                telemetry.into_iter().unzip();
+            let (slots, groups): (Vec<usize>, Vec<Telemetry>) = telemetry.into_iter().unzip();
             // The copies of accepted messages are queued for persistent
             // sessions in the telemetry's own commit, and delivered (here,
             // not in the writer) once it is durable: one commit per pass.

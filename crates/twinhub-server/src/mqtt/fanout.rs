@@ -20,26 +20,26 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 /// The MQTT message for a committed telemetry event, if MQTT should carry
-/// it (not already routed by an MQTT connection).
+/// it (not already routed by an MQTT connection): the group's messages as
+/// a device would send them, one object, or an array for several.
 pub fn message_for(e: &Event) -> Option<Message> {
-    if e.kind != Kind::Telemetry || e.data.get("source").and_then(|s| s.as_str()) == Some("mqtt") {
+    let t = e.data.telemetry().filter(|_| e.kind == Kind::Telemetry)?;
+    if t.source == "mqtt" {
         return None;
     }
-    let values = e.data.get("values")?.as_object()?;
-    let topic = match e.data.get("device").and_then(|d| d.as_str()) {
+    let topic = match &t.device {
         Some(device) => format!("devices/{device}/telemetry"),
         None => format!("twins/{}/derived", e.twin.as_deref()?),
     };
-    let mut body = serde_json::Map::with_capacity(values.len() + 1);
-    if let Some(ts) = e.data.get("ts") {
-        body.insert("ts".into(), ts.clone());
+    let payload = if t.batch.len() == 1 {
+        serde_json::to_vec(&Flat(t.batch.messages().next()?))
+    } else {
+        serde_json::to_vec(&t.batch.messages().map(Flat).collect::<Vec<_>>())
     }
-    for (k, v) in values {
-        body.insert(k.clone(), v.clone());
-    }
+    .ok()?;
     Some(Message {
         topic: topic.into(),
-        payload: Bytes::from(serde_json::Value::Object(body).to_string()),
+        payload: Bytes::from(payload),
         qos: 1,
         retain: false,
         props: Some(Arc::new(MsgProps {
@@ -50,6 +50,24 @@ pub fn message_for(e: &Event) -> Option<Message> {
         expires_at: None,
         from: None,
     })
+}
+
+/// `{"ts": epoch ms, name: value, …}`: a message as a device sends it.
+struct Flat<'a>(twinhub_codec::Message<'a>);
+
+impl serde::Serialize for Flat<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.readings.len() + 1))?;
+        m.serialize_entry(
+            "ts",
+            &twinhub_model::time::to_epoch_ms_json(self.0.ts.unwrap_or(0)),
+        )?;
+        for (name, value, _) in self.0.values() {
+            m.serialize_entry(name, &value.to_json())?;
+        }
+        m.end()
+    }
 }
 
 /// Runs until shutdown.

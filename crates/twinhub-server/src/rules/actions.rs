@@ -9,7 +9,6 @@
 use super::alarms::Change;
 use super::engine::{Derived, Engine};
 use super::{ActionOn, ActionSpec, Rule};
-use crate::events::Event;
 use crate::events::{Draft, Kind};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -25,16 +24,16 @@ impl Engine {
         rule: &Arc<Rule>,
         twin: &str,
         ts: i64,
-        e: &Event,
+        seen: super::engine::Seen<'_>,
         derived: &mut Vec<Derived>,
     ) {
         let (Some(expr), Some(out)) = (&rule.expression, &rule.spec.output) else {
             return;
         };
-        if e.data.get("source").and_then(Value::as_str) == Some("rule") {
+        if seen.source == "rule" {
             return;
         }
-        if !super::engine::touches(rule, e) {
+        if !super::engine::touches(rule, seen) {
             return;
         }
         let vars = self.bind(&rule.tenant, twin, &rule.names);

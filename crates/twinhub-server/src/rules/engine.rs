@@ -55,20 +55,25 @@ fn intent(rule: &Rule, originator: &str, t: Transition, value: Value, ts: i64) -
     }
 }
 
-/// Whether an event can change what a rule's expressions read: a twin
-/// change always can; telemetry only when it carries one of the names
-/// (or the rule reads the maps). Events of other properties — derived
-/// values among them — do not evaluate it.
-pub(super) fn touches(rule: &Rule, e: &Event) -> bool {
-    if e.kind != Kind::Telemetry {
+/// What a rule looks at: one telemetry message (with its source), or a
+/// twin change (no values).
+#[derive(Clone, Copy)]
+pub(super) struct Seen<'a> {
+    pub message: Option<twinhub_codec::Message<'a>>,
+    pub source: &'a str,
+}
+
+/// Whether what was seen can change what a rule's expressions read: a
+/// twin change always can; telemetry only when it carries one of the
+/// names (or the rule reads the maps). Messages of other properties —
+/// derived values among them — do not evaluate it.
+pub(super) fn touches(rule: &Rule, seen: Seen<'_>) -> bool {
+    let Some(m) = seen.message else {
         return true;
-    }
-    let Some(values) = e.data.get("values").and_then(Value::as_object) else {
-        return false;
     };
     rule.names
         .iter()
-        .any(|n| values.contains_key(n) || MAPS.contains(&n.as_str()))
+        .any(|n| m.get(n).is_some() || MAPS.contains(&n.as_str()))
 }
 
 /// The durable consumer's name.
@@ -387,35 +392,45 @@ impl Engine {
         let Some(twin) = e.twin.as_deref() else {
             return;
         };
-        let ts = match e.kind {
+        match e.kind {
             Kind::Telemetry => {
-                let Some(vals) = e.data.get("values").and_then(Value::as_object) else {
+                let Some(t) = e.data.telemetry() else {
                     return;
                 };
                 if !self.by_tenant.contains_key(&e.tenant) {
                     return;
                 }
-                let store = &self.store;
-                let live = self
-                    .values
-                    .entry((e.tenant.clone(), twin.to_string()))
-                    // First sight of the twin: its latest stored values,
-                    // so a rule reading two properties sent apart works
-                    // from its first event.
-                    .or_insert_with(|| {
-                        store
-                            .latest_of_twin(&e.tenant, twin)
-                            .into_iter()
-                            .map(|(k, p)| (k, p.value.to_json()))
-                            .collect()
-                    });
-                for (k, v) in vals {
-                    live.insert(k.clone(), v.clone());
+                // Message by message, in order: `for` and hysteresis see
+                // each point at its own time.
+                for (ts, m) in t.messages() {
+                    let store = &self.store;
+                    let live = self
+                        .values
+                        .entry((e.tenant.clone(), twin.to_string()))
+                        // First sight of the twin: its latest stored
+                        // values, so a rule reading two properties sent
+                        // apart works from its first message.
+                        .or_insert_with(|| {
+                            store
+                                .latest_of_twin(&e.tenant, twin)
+                                .into_iter()
+                                .map(|(k, p)| (k, p.value.to_json()))
+                                .collect()
+                        });
+                    for (k, v, _) in m.values() {
+                        match live.get_mut(k) {
+                            Some(slot) => *slot = v.to_json(),
+                            None => {
+                                live.insert(k.to_string(), v.to_json());
+                            }
+                        }
+                    }
+                    let seen = Seen {
+                        message: Some(m),
+                        source: &t.source,
+                    };
+                    self.evaluate(&e.tenant, twin, ts, seen, intents, dirty, derived);
                 }
-                e.data
-                    .get("ts")
-                    .and_then(Value::as_f64)
-                    .map_or_else(|| self.clock.now_us(), |ms| (ms * 1000.0).round() as i64)
             }
             Kind::Twin | Kind::Relationship => {
                 stale.insert(e.tenant.clone());
@@ -430,26 +445,44 @@ impl Engine {
                 if e.kind == Kind::Relationship {
                     return;
                 }
-                self.clock.now_us()
+                let seen = Seen {
+                    message: None,
+                    source: "",
+                };
+                let now = self.clock.now_us();
+                self.evaluate(&e.tenant, twin, now, seen, intents, dirty, derived);
             }
-            _ => return,
-        };
-        let rules = self.rules_of(&e.tenant, twin);
+            _ => {}
+        }
+    }
+
+    /// Runs the rules of a twin over one thing seen at `ts`.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &mut self,
+        tenant: &str,
+        twin: &str,
+        ts: i64,
+        seen: Seen<'_>,
+        intents: &mut Vec<Intent>,
+        dirty: &mut HashSet<StateKey>,
+        derived: &mut Vec<Derived>,
+    ) {
+        let telemetry = seen.message.is_some();
+        let rules = self.rules_of(tenant, twin);
         for rule in rules.iter() {
-            let key = (e.tenant.clone(), rule.id.clone(), twin.to_string());
+            let key = (tenant.to_string(), rule.id.clone(), twin.to_string());
             match rule.spec.kind {
                 RuleKind::Condition | RuleKind::ModelOutput => {
                     // A rule not yet evaluated for this twin (or failing:
                     // no state) always runs, so a misspelt name shows up.
-                    if touches(rule, e) || !self.states.contains_key(&key) {
+                    if touches(rule, seen) || !self.states.contains_key(&key) {
                         self.condition(rule, twin, ts, key, intents, dirty)
                     }
                 }
-                RuleKind::Calculated if e.kind == Kind::Telemetry => {
-                    self.calculate(&rule, twin, ts, e, derived)
-                }
+                RuleKind::Calculated if telemetry => self.calculate(&rule, twin, ts, seen, derived),
                 RuleKind::Calculated => {}
-                RuleKind::NoData if e.kind == Kind::Telemetry => {
+                RuleKind::NoData if telemetry => {
                     let now = self.clock.now_us();
                     self.book.record(rule, twin, Ok(()), 0);
                     let was = self.states.insert(
@@ -466,7 +499,7 @@ impl Engine {
                         Some(State::NoData { raised: false, .. }) => {}
                         Some(State::NoData { raised: true, .. }) => {
                             intents.push(Intent::Clear {
-                                tenant: e.tenant.clone(),
+                                tenant: tenant.to_string(),
                                 originator: twin.to_string(),
                                 kind: rule.alarm.kind.clone(),
                                 rule: rule.id.clone(),
@@ -483,8 +516,8 @@ impl Engine {
                     dirty.insert(key);
                 }
                 RuleKind::NoData => {}
-                RuleKind::Statistical if e.kind == Kind::Telemetry => {
-                    self.statistic(&rule, twin, ts, e, key, intents, dirty)
+                RuleKind::Statistical if telemetry => {
+                    self.statistic(&rule, twin, ts, seen, key, intents, dirty)
                 }
                 RuleKind::Statistical => {}
             }
@@ -538,7 +571,7 @@ impl Engine {
         rule: &Rule,
         twin: &str,
         ts: i64,
-        e: &Event,
+        seen: Seen<'_>,
         key: StateKey,
         intents: &mut Vec<Intent>,
         dirty: &mut HashSet<StateKey>,
@@ -546,9 +579,10 @@ impl Engine {
         let (Some(p), Some(spec)) = (&rule.stats, &rule.spec.statistic) else {
             return;
         };
-        let Some(v) = e.data.get("values").and_then(|v| v.get(&spec.property)) else {
+        let Some(v) = seen.message.and_then(|m| m.get(&spec.property)) else {
             return;
         };
+        let v = v.to_json();
         let Some(x) = v.as_f64() else {
             self.book.record(
                 rule,

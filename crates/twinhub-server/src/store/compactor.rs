@@ -264,6 +264,7 @@ impl Compactor {
         let opts = self.store.opts();
         let head = self.store.engine().active.read().expect("head");
         head.points >= opts.flush_points
+            || head.log_bytes >= opts.flush_log_bytes
             || head
                 .since
                 .is_some_and(|s| s.elapsed() >= opts.flush_interval)

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 9;
+pub const FORMAT_VERSION: i64 = 10;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -139,6 +139,19 @@ CREATE UNIQUE INDEX alarms_open ON alarms(tenant, originator, type)
     WHERE status IN ('ACTIVE_UNACK', 'ACTIVE_ACK');
 CREATE INDEX alarms_by_tenant ON alarms(tenant, id);
 "#,
+    // 10: rollups in a rowid table: a rollup (a few hundred bytes) is kept
+    // in its b-tree page, where a WITHOUT ROWID row that size spilled into
+    // a mostly empty overflow page. Batch-log records (v2) and rollups
+    // (columnar) are written in smaller encodings from this format on, which
+    // earlier binaries cannot read; they read what those wrote.
+    r#"
+CREATE TABLE rollups_by_rowid(
+    id INTEGER PRIMARY KEY, series_id INTEGER NOT NULL, res INTEGER NOT NULL,
+    win INTEGER NOT NULL, data BLOB NOT NULL, UNIQUE(series_id, res, win));
+INSERT INTO rollups_by_rowid(series_id, res, win, data) SELECT series_id, res, win, data FROM rollups;
+DROP TABLE rollups;
+ALTER TABLE rollups_by_rowid RENAME TO rollups;
+"#,
 ];
 
 pub const DB_FILE: &str = "twinhub.db";
@@ -147,8 +160,16 @@ pub fn db_path(dir: &Path) -> PathBuf {
     dir.join(DB_FILE)
 }
 
+/// Pages of a new file. Chunks (a few KB each) are the bulk of the file;
+/// with 4 KB pages each sits alone in a page and a third of the file is
+/// slack, with 1 KB pages their overflow pages are full and the slack is
+/// a few percent.
+const PAGE_SIZE: i64 = 1024;
+
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -16_000)?;
     Ok(())
@@ -161,11 +182,52 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     configure(&conn)?;
     // WAL with FULL sync: a commit is on disk before it returns, which is
     // what an acknowledgement promises; readers never block the writer.
+    incremental_vacuum(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // A write-ahead log that grew under a burst shrinks back to this
+    // when it restarts (the writer also truncates it after compaction).
+    conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Freed pages must be given back to the file system (the batch log frees
+/// as much as it holds at every compaction), which needs the file in
+/// incremental auto-vacuum mode: set before the first table of a new
+/// file; an older file is rewritten once (`VACUUM`) if it is small enough
+/// to do so at start, else it keeps its mode and says so.
+fn incremental_vacuum(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    const REWRITE_UP_TO: u64 = 1 << 30;
+    // Only a file not yet written takes it (first, before any read).
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    if tables == 0 {
+        return Ok(());
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    if size > REWRITE_UP_TO {
+        tracing::info!(
+            bytes = size,
+            "the database file keeps freed pages (run VACUUM offline to change that)"
+        );
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    conn.execute_batch("VACUUM")?;
+    tracing::info!(
+        bytes = size,
+        ms = t.elapsed().as_millis() as u64,
+        "the database file now gives freed pages back"
+    );
+    Ok(())
 }
 
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {

@@ -72,6 +72,8 @@ pub struct Head {
     pub since: Option<Instant>,
     /// Highest batch-log sequence whose points are in this head.
     pub max_seq: u64,
+    /// Bytes of batch-log records behind this head.
+    pub log_bytes: usize,
 }
 
 impl Head {

@@ -25,6 +25,7 @@ mod head;
 pub mod health;
 pub mod ml;
 pub mod mqtt;
+mod numcol;
 pub mod outbox;
 mod query;
 pub mod registry;
@@ -124,6 +125,9 @@ impl WriteBatch {
 pub struct StoreOptions {
     /// Flush the head to chunks once it holds this many points…
     pub flush_points: usize,
+    /// …or once its batch-log records take this many bytes (long strings
+    /// fill a log long before they are many points)…
+    pub flush_log_bytes: usize,
     /// …or once its oldest point is this old.
     pub flush_interval: Duration,
     /// Appends waiting for the writer; beyond it producers wait.
@@ -141,6 +145,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             flush_points: 2_000_000,
+            flush_log_bytes: 64 << 20,
             flush_interval: Duration::from_secs(600),
             queue: 8192,
             close_grace_us: 60_000_000,
@@ -412,6 +417,7 @@ impl Store {
             ctrl: ctrl_rx,
             head_limit: opts.flush_points.saturating_mul(2),
             dir: dir.clone(),
+            written: false,
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

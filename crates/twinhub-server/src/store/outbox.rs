@@ -25,7 +25,7 @@ type Row<'a> = (
     Kind,
     Option<&'a str>,
     Option<&'a str>,
-    &'a serde_json::Value,
+    &'a crate::events::Data,
 );
 type OwnedRow = (
     u64,
@@ -96,7 +96,7 @@ fn read_after(conn: &Connection, after: u64, max: usize) -> Result<Vec<Event>, S
                     kind,
                     twin,
                     model,
-                    data,
+                    data: crate::events::Data::from_stored(kind, data),
                 });
             }
         }

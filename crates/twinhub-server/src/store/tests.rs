@@ -586,3 +586,85 @@ async fn a_range_edge_inside_a_rollup_hour_is_refused_not_overcounted() {
     );
     blocking(move || s.close()).await;
 }
+
+/// What the user sees with `du`: once a burst is compacted, the batch
+/// log's pages go back to the file system and the write-ahead log is
+/// truncated, so the directory holds little more than the chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_gives_the_disk_back() {
+    let T0 = t0();
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Arc::new(OffsetClock::default()));
+    let size = |dir: &Path| -> u64 {
+        ["twinhub.db", "twinhub.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for series in 0..50 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            for b in 0..20 {
+                let pts: Vec<(i64, f64)> = (0..200)
+                    .map(|i| {
+                        let n = b * 200 + i;
+                        (T0 + n * US_PER_SEC, 20.0 + (n % 97) as f64 / 100.0)
+                    })
+                    .collect();
+                s.append(batch(&format!("p{series}"), &pts)).await.unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    blocking({
+        let s = s.clone();
+        move || s.flush()
+    })
+    .await
+    .unwrap();
+    let free: i64 = s
+        .read(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
+        .unwrap();
+    let after = size(dir.path());
+    let payload: i64 = s
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM chunks)
+                      + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM rollups)
+                      + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batch_log)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert!(free < 256, "{free} free pages kept");
+    assert!(
+        after < (payload as u64) * 3 / 2 + 256 * 1024,
+        "{after} bytes on disk for {payload} bytes of chunks and rollups"
+    );
+    let wal = std::fs::metadata(dir.path().join("twinhub.db-wal")).map_or(0, |m| m.len());
+    assert!(wal < 64 * 1024, "the write-ahead log kept {wal} bytes");
+    assert_eq!(
+        s.raw(&key("p7"), T0, T0 + 4000 * US_PER_SEC, 10_000)
+            .unwrap()
+            .len(),
+        4000
+    );
+    blocking(move || s.close()).await;
+}
+
+/// A file written before incremental auto-vacuum is rewritten once.
+#[test]
+fn an_older_file_is_switched_to_incremental_vacuum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twinhub.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .unwrap();
+    }
+    let c = db::open_writer(&path).unwrap();
+    let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, 2);
+}

@@ -110,6 +110,9 @@ pub struct Writer {
     pub head_limit: usize,
     /// The data directory: free space is measured there.
     pub dir: std::path::PathBuf,
+    /// Something was written since the disk was last given back: done
+    /// once the writer has been idle a moment.
+    pub written: bool,
     /// Held until the connection is closed, so a new process (or a new
     /// in-process server) can open the directory only after this writer is
     /// gone.
@@ -139,7 +142,10 @@ impl Writer {
                         Some(Ctrl::Pause(until)) => {
                             let _ = until.await;
                         }
-                        Some(c) => self.control(c),
+                        Some(c) => {
+                            self.control(c);
+                            self.written = true;
+                        }
                     },
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
@@ -151,10 +157,15 @@ impl Writer {
                                 }
                             }
                             self.commit_group(group);
+                            self.written = true;
                         }
                         None => break,
                     },
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)), if self.written && !stalled => {
+                        self.written = false;
+                        self.reclaim(true);
+                    }
                 }
             }
         });
@@ -190,6 +201,7 @@ impl Writer {
         };
         let mut new_series: HashMap<SeriesKey, u32> = HashMap::new();
         let mut appended: Vec<(u64, Vec<(u32, Vec<Point>)>)> = Vec::new();
+        let mut log_bytes = 0usize;
         let mut results: Vec<Result<Option<AnyBox>, StoreError>> = Vec::with_capacity(group.len());
         let mut hooks: Vec<Hook> = Vec::new();
         let mut undo: Vec<Hook> = Vec::new();
@@ -219,6 +231,7 @@ impl Writer {
                         }
                         let resolved = resolve(&self.conn, &engine, &mut new_series, batch)?;
                         let data = batch::encode(resolved.iter().map(|(s, p)| (*s, p.as_slice())));
+                        log_bytes += data.len();
                         self.conn
                             .prepare_cached(
                                 "INSERT INTO batch_log(received, data) VALUES (?1, ?2)",
@@ -302,6 +315,7 @@ impl Writer {
         }
         if !appended.is_empty() {
             let mut head = engine.active.write().expect("head");
+            head.log_bytes += log_bytes;
             let mut latest = engine.latest.write().expect("latest");
             let mut points = 0u64;
             for (seq, entries) in &appended {
@@ -377,6 +391,7 @@ impl Writer {
                 let res = self.install(chunks, upto_seq);
                 if res.is_ok() {
                     *self.engine.frozen.write().expect("frozen") = None;
+                    self.reclaim(true);
                 }
                 let _ = ack.send(res);
             }
@@ -396,8 +411,45 @@ impl Writer {
                     self.engine.dirty.lock().expect("dirty").remove(&(sid, win));
                 }
                 let _ = ack.send(res);
+                self.reclaim(false);
             }
             Ctrl::Shutdown | Ctrl::Pause(_) => {}
+        }
+    }
+
+    /// Gives freed pages back to the file system: the batch log's once
+    /// its points are in chunks, merged chunks', expired data's. The file
+    /// is in incremental auto-vacuum mode, so this is a short write of the
+    /// free pages only (skipped under a megabyte but after a compaction,
+    /// which frees the most). After a compaction
+    /// (`wal`) the write-ahead log is also truncated, unless a reader
+    /// still needs it (never waited for: ingest must not stall).
+    fn reclaim(&mut self, wal: bool) {
+        let min_free_pages = if wal { 16 } else { 256 };
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .unwrap_or(0);
+        if free >= min_free_pages {
+            // Each step of the pragma releases one page: step it to the end.
+            let released = self
+                .conn
+                .prepare("PRAGMA incremental_vacuum")
+                .and_then(|mut stmt| {
+                    let mut rows = stmt.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                });
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "free pages could not be released");
+            }
+        }
+        if wal {
+            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = self.conn.busy_timeout(super::db::BUSY_TIMEOUT);
         }
     }
 

@@ -189,6 +189,45 @@ impl TwinGraphs {
         })
     }
 
+    /// Checks a whole batch against the twin's model, each name's schema
+    /// looked up once: the first reading that breaks it, as (name, rule).
+    /// `record_unknown` lets names the model lacks through.
+    pub fn check_batch(
+        &self,
+        tenant: &str,
+        twin: &str,
+        batch: &twinhub_codec::Telemetry,
+        record_unknown: bool,
+    ) -> Result<(), (String, String)> {
+        self.read(tenant, |g| {
+            let Some(t) = g.twins.get(twin) else {
+                return Ok(());
+            };
+            let schemas: Vec<_> = batch
+                .names()
+                .iter()
+                .map(|n| g.models.telemetry_schema(&t.model, n))
+                .collect();
+            for r in batch.readings() {
+                let name = &*batch.names()[r.name as usize];
+                match schemas[r.name as usize] {
+                    None if record_unknown => {}
+                    None => {
+                        return Err((name.to_string(), format!("is not telemetry of {}", t.model)))
+                    }
+                    Some(schema) => twinhub_model::dtdl::check_value(
+                        &g.models,
+                        schema,
+                        &r.value.to_json(),
+                        name,
+                    )
+                    .map_err(|e| (name.to_string(), e.rule))?,
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The twin as Azure Digital Twins shows it: `$dtId`, `$etag`,
     /// `$metadata` (`$model`, per-property `lastUpdateTime`), properties,
     /// components with their own `$metadata`, and live telemetry.

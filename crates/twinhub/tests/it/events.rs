@@ -58,9 +58,9 @@ async fn telemetry_streams_live_filtered_and_resumable() {
     let evs = read_events(resp, 2).await;
     assert_eq!(evs[0].1, "telemetry");
     assert_eq!(evs[0].2["twin"], "a");
-    assert_eq!(evs[0].2["data"]["values"]["t"], 1);
-    assert_eq!(evs[0].2["data"]["ts"], 1_700_000_000_000i64);
-    assert_eq!(evs[1].2["data"]["values"]["t"], 2);
+    assert_eq!(evs[0].2["data"]["messages"][0]["values"]["t"], 1);
+    assert_eq!(evs[0].2["data"]["messages"][0]["ts"], 1_700_000_000_000i64);
+    assert_eq!(evs[1].2["data"]["messages"][0]["values"]["t"], 2);
     // Resume after the first: the second comes again, then new ones.
     let resp = s
         .get("/api/v1/events?types=telemetry&twin=a")
@@ -71,7 +71,7 @@ async fn telemetry_streams_live_filtered_and_resumable() {
     s.send("a", &ka, json!({"t": 3})).await;
     let again = read_events(resp, 2).await;
     assert_eq!(again[0].0, evs[1].0);
-    assert_eq!(again[1].2["data"]["values"]["t"], 3);
+    assert_eq!(again[1].2["data"]["messages"][0]["values"]["t"], 3);
     let r = s.get("/api/v1/events?types=gossip").send().await.unwrap();
     assert!(error_of(r, 400, "bad_request").await.contains("gossip"));
     s.stop().await;

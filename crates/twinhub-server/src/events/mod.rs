@@ -15,6 +15,9 @@
 //!
 //! May call: `metrics` (a leaf the pipeline and API use).
 
+mod data;
+
+pub use data::{Data, MessageJson, TelemetryData, Values};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +72,7 @@ pub struct Draft {
     pub kind: Kind,
     pub twin: Option<String>,
     pub model: Option<String>,
-    pub data: serde_json::Value,
+    pub data: Data,
 }
 
 impl Draft {
@@ -85,7 +88,23 @@ impl Draft {
             kind,
             twin: twin.map(str::to_string),
             model: model.map(str::to_string),
-            data,
+            data: Data::Json(data),
+        }
+    }
+
+    /// Committed telemetry of one ingest group.
+    pub fn telemetry(
+        tenant: &str,
+        twin: &str,
+        model: Option<&str>,
+        data: Arc<TelemetryData>,
+    ) -> Draft {
+        Draft {
+            tenant: tenant.to_string(),
+            kind: Kind::Telemetry,
+            twin: Some(twin.to_string()),
+            model: model.map(str::to_string),
+            data: Data::Telemetry(data),
         }
     }
 
@@ -114,7 +133,7 @@ pub struct Event {
     pub twin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    pub data: serde_json::Value,
+    pub data: Data,
 }
 
 pub struct EventBus {
@@ -191,6 +210,7 @@ impl EventBus {
         all.push((name, Arc::downgrade(&seen)));
         Subscription {
             name,
+            warned: None,
             rx,
             seen,
             bus: self.clone(),
@@ -221,6 +241,9 @@ impl EventBus {
 /// A named subscriber's receiver.
 pub struct Subscription {
     name: &'static str,
+    /// When a fall behind was last logged (at most one line a minute;
+    /// the counter has every drop).
+    warned: Option<std::time::Instant>,
     rx: broadcast::Receiver<Arc<Event>>,
     seen: Arc<AtomicU64>,
     bus: Arc<EventBus>,
@@ -235,11 +258,18 @@ impl Subscription {
                 Ok(e)
             }
             Err(RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    subscriber = self.name,
-                    missed = n,
-                    "fell behind the event stream"
-                );
+                if self
+                    .warned
+                    .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(60))
+                {
+                    self.warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        subscriber = self.name,
+                        missed = n,
+                        "fell behind the event stream (logged at most once a minute; \
+                         twinhub_fanout_dropped_total counts every event)"
+                    );
+                }
                 self.bus.dropped.add(self.name, n);
                 Err(RecvError::Lagged(n))
             }
