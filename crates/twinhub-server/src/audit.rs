@@ -24,12 +24,56 @@ pub const SYSTEM_CHAIN: &str = "system";
 const KEY_FILE: &str = "audit.key";
 const HEADS_FILE: &str = "audit-heads.json";
 
+type Heads = Arc<Mutex<HashMap<String, (i64, Vec<u8>)>>>;
+
 pub struct AuditLog {
     store: Store,
     clock: SharedClock,
     key: Vec<u8>,
-    heads: Arc<Mutex<HashMap<String, (i64, Vec<u8>)>>>,
+    heads: Heads,
     heads_file: PathBuf,
+    checkpoint: Arc<Checkpoint>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The heads file is rewritten (and synced) off the store's writer, once
+/// for however many entries committed meanwhile: one file write per entry
+/// capped durable twin writes at about a thousand a second. It may lag the
+/// database by the entries of the last moments, never lead it; `verify`
+/// brings it up to date first.
+#[derive(Default)]
+struct Checkpoint {
+    /// (heads changed since written, closing)
+    state: Mutex<(bool, bool)>,
+    wake: std::sync::Condvar,
+    /// One writer of the file (and its temporary) at a time.
+    writing: Mutex<()>,
+}
+
+fn write_heads(cp: &Checkpoint, heads: &Heads, file: &std::path::Path) {
+    let _one = cp.writing.lock().expect("checkpoint writer");
+    let snapshot: HashMap<String, serde_json::Value> = heads
+        .lock()
+        .expect("audit heads")
+        .iter()
+        .map(|(c, (s, m))| (c.clone(), serde_json::json!({"seq": s, "mac": hex(m)})))
+        .collect();
+    if let Err(e) = crate::keyfile::write_private(
+        file,
+        serde_json::to_vec(&snapshot).unwrap_or_default().as_slice(),
+    ) {
+        tracing::error!(error = %e, "could not checkpoint the audit chain heads");
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.checkpoint.state.lock().expect("checkpoint").1 = true;
+        self.checkpoint.wake.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,12 +125,40 @@ impl AuditLog {
             .into_iter()
             .map(|(c, s, m)| (c, (s, m)))
             .collect();
+        let heads: Heads = Arc::new(Mutex::new(heads));
+        let heads_file = dir.join(HEADS_FILE);
+        let checkpoint = Arc::new(Checkpoint::default());
+        let checkpointer = {
+            let (cp, heads, file) = (checkpoint.clone(), heads.clone(), heads_file.clone());
+            std::thread::Builder::new()
+                .name("twinhub-audit".into())
+                .spawn(move || loop {
+                    let closing = {
+                        let mut st = cp.state.lock().expect("checkpoint");
+                        while !st.0 && !st.1 {
+                            st = cp.wake.wait(st).expect("checkpoint");
+                        }
+                        let dirty = std::mem::take(&mut st.0);
+                        if !dirty && st.1 {
+                            return;
+                        }
+                        st.1
+                    };
+                    write_heads(&cp, &heads, &file);
+                    if closing {
+                        return;
+                    }
+                })
+                .map_err(StoreError::Io)?
+        };
         Ok(AuditLog {
             store,
             clock,
             key,
-            heads: Arc::new(Mutex::new(heads)),
-            heads_file: dir.join(HEADS_FILE),
+            heads,
+            heads_file,
+            checkpoint,
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -99,10 +171,10 @@ impl AuditLog {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let (key, heads, file) = (
+        let (key, heads, checkpoint) = (
             self.key.clone(),
             self.heads.clone(),
-            self.heads_file.clone(),
+            self.checkpoint.clone(),
         );
         let mut row = AuditRow {
             chain: chain.to_string(),
@@ -131,22 +203,9 @@ impl AuditLog {
                         None => h.remove(&chain),
                     };
                 });
-                let h3 = heads.clone();
                 ctx.after_commit(move |_| {
-                    let snapshot: HashMap<String, serde_json::Value> = h3
-                        .lock()
-                        .expect("audit heads")
-                        .iter()
-                        .map(|(c, (s, m))| {
-                            (c.clone(), serde_json::json!({"seq": s, "mac": hex(m)}))
-                        })
-                        .collect();
-                    if let Err(e) = crate::keyfile::write_private(
-                        &file,
-                        serde_json::to_vec(&snapshot).unwrap_or_default().as_slice(),
-                    ) {
-                        tracing::error!(error = %e, "could not checkpoint the audit chain heads");
-                    }
+                    checkpoint.state.lock().expect("checkpoint").0 = true;
+                    checkpoint.wake.notify_one();
                 });
                 Ok(row.seq)
             })
@@ -161,6 +220,7 @@ impl AuditLog {
     /// Recomputes a chain and compares its head with the checkpoint kept
     /// outside the database.
     pub fn verify(&self, chain: &str) -> Result<ChainReport, StoreError> {
+        write_heads(&self.checkpoint, &self.heads, &self.heads_file);
         let checkpoint: Option<(i64, String)> = std::fs::read(&self.heads_file)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
