@@ -449,36 +449,15 @@ async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn idle_suite() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .env("TWINHUB_ADMIN_PASSWORD", "idle-password-1")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let ports = dir.path().join("ports.json");
-    let t = Instant::now();
-    while !ports.exists() && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = crate::bench_ingest::Child::spawn(&[])?;
     std::thread::sleep(Duration::from_secs(2));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?;
     let rss = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .unwrap_or("VmRSS: 0 kB")
         .to_string();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let kb: f64 = rss
         .split_whitespace()
         .nth(1)

@@ -20,10 +20,13 @@ pub struct IngestArgs {
     pub settle: u64,
 }
 
-/// A `twinhub serve` child on free ports in a temporary directory.
+/// A `twinhub serve` child on free ports in a temporary directory (the
+/// benchmarks that measure the server's own CPU or memory use one).
 pub struct Child {
     pub child: std::process::Child,
     pub base: String,
+    /// The addresses it bound (`ports.json`).
+    pub ports: serde_json::Value,
     pub dir: tempfile::TempDir,
 }
 
@@ -41,31 +44,42 @@ impl Child {
             ])
             .args(["--log-level", "warn"])
             .env("TWINHUB_ADMIN_PASSWORD", BENCH_PASSWORD)
+            // Thousands of registrations from one admin: no API limit.
+            .env("TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND", "0.0")
             .stdout(std::process::Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let ports = dir.path().join("ports.json");
         let t = Instant::now();
         while !ports.exists() {
+            if let Some(status) = child.try_wait()? {
+                return Err(anyhow!("the server exited before it was ready ({status})"));
+            }
             if t.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
                 return Err(anyhow!("the server did not start in 30 s"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ports)?)?;
-        let http = v["http"].as_str().context("ports.json has no http")?;
+        let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(&ports)?)?;
+        let http = ports["http"].as_str().context("ports.json has no http")?;
         Ok(Child {
             child,
             base: format!("http://{http}"),
+            ports,
             dir,
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// User + system CPU the server has used, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
         // Fields after the command name (which may hold spaces) in ')'.
         let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();

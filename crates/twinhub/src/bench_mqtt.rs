@@ -407,35 +407,9 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         r.rlim_max as usize
     };
     let n = n.min(limit.saturating_sub(500));
-    let dir = tempfile::tempdir()?;
-    let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .env("TWINHUB_ADMIN_PASSWORD", BENCH_PASSWORD)
-        .env("TWINHUB_MQTT_MAX_QUEUED", "100")
-        // Thousands of device registrations from one admin: no API limit.
-        .env("TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND", "0.0")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let ports = dir.path().join("ports.json");
-    while !ports.exists() {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the server exited before it was ready ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&ports)?)?;
-    let base = format!("http://{}", p["http"].as_str().unwrap_or_default());
-    let mqtt: SocketAddr = p["mqtt"].as_str().unwrap_or_default().parse()?;
+    let server = crate::bench_ingest::Child::spawn(&[("TWINHUB_MQTT_MAX_QUEUED", "100")])?;
+    let base = server.base.clone();
+    let mqtt: SocketAddr = server.ports["mqtt"].as_str().unwrap_or_default().parse()?;
     let http = reqwest::Client::new();
     let token = admin_token(&http, &base).await?;
     let mut keys = Vec::with_capacity(n);
@@ -456,7 +430,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kb(child.id());
+    let before = rss_kb(server.pid());
     let mut conns = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(500) {
         let mut set = tokio::task::JoinSet::new();
@@ -470,7 +444,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kb(child.id());
+    let after = rss_kb(server.pid());
     let per = (after.saturating_sub(before)) as f64 / conns.len().max(1) as f64;
     row(
         &format!("idle connected devices (fd limit here: {limit})"),
@@ -491,7 +465,6 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         ),
     );
     drop(conns);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     Ok(())
 }
