@@ -1,8 +1,9 @@
 //! Telemetry that did not arrive over MQTT reaches MQTT subscribers too:
 //! a subscriber of the event bus (the post-commit fan-out) that publishes
-//! each committed HTTP (or connector) message on `devices/{id}/telemetry`
-//! and each derived value (soft sensors) on `twins/{twinId}/derived`, as a
-//! JSON object of property → value with `ts` (epoch ms). Telemetry that
+//! each committed HTTP (or connector) request on `devices/{id}/telemetry`
+//! and each derived batch (soft sensors, calculated properties) on
+//! `twins/{twinId}/derived`: a message as a JSON object of property →
+//! value with `ts` (epoch ms), several as an array of them. Telemetry that
 //! came over MQTT is routed by its connection, with its own payload and
 //! properties, inside its acknowledgement.
 //!
