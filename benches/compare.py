@@ -206,8 +206,9 @@ reporting-disabled = true
 def run_victoria(data, args):
     d = tempfile.mkdtemp(prefix="cmp-vm-")
     port = free_port()
+    # The series start in 2023: the default retention (1 month) would drop them.
     p = subprocess.Popen(["victoria-metrics", f"-storageDataPath={d}", f"-httpListenAddr=127.0.0.1:{port}",
-                          "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "-retentionPeriod=100y", "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(port, "/health")
         jobs = line_protocol_jobs(data, "/write")
