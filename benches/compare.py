@@ -20,6 +20,7 @@ peers' packages.
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import math
@@ -71,6 +72,18 @@ def wait_http(port, path="/", timeout=30):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answers on port {port}")
+
+
+@contextlib.contextmanager
+def serving(cmd, data_dir, env=None):
+    """A server process whose data directory is removed with it."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def request(port, method, path, body=None, headers=None):
@@ -130,10 +143,8 @@ def run_twinhub(data, args):
     # "A flush": the head is compacted 5 s after its oldest point (or at
     # 2M points), where the default waits up to 10 minutes.
     env = dict(os.environ, TWINHUB_ADMIN_PASSWORD="compare-password-1", TWINHUB_STORE_FLUSH_INTERVAL="5s")
-    p = subprocess.Popen([exe, "serve", "--data-dir", d, "--http-listen", "127.0.0.1:0",
-                          "--mqtt-listen", "127.0.0.1:0", "--log-level", "warn"],
-                         env=env, stdout=subprocess.DEVNULL)
-    try:
+    with serving([exe, "serve", "--data-dir", d, "--http-listen", "127.0.0.1:0",
+                  "--mqtt-listen", "127.0.0.1:0", "--log-level", "warn"], d, env):
         ports = os.path.join(d, "ports.json")
         deadline = time.time() + 30
         while not os.path.exists(ports) and time.time() < deadline:
@@ -163,10 +174,6 @@ def run_twinhub(data, args):
             time.sleep(0.5)
         time.sleep(args.settle)
         return secs, du(d)
-    finally:
-        p.kill()
-        p.wait()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_influxdb(data, args):
@@ -188,8 +195,7 @@ reporting-disabled = true
 [monitor]
   store-enabled = false
 """)
-    p = subprocess.Popen(["influxd", "-config", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with serving(["influxd", "-config", conf], d):
         wait_http(port, "/ping")
         request(port, "POST", "/query?q=CREATE%20DATABASE%20bench")
         jobs = line_protocol_jobs(data, "/write?db=bench&precision=ms")
@@ -197,29 +203,20 @@ reporting-disabled = true
         # InfluxDB snapshots its cache to TSM files when idle (cache-snapshot-write-cold-duration).
         time.sleep(args.settle)
         return secs, du(os.path.join(d, "data")) + du(os.path.join(d, "wal")) + du(os.path.join(d, "meta"))
-    finally:
-        p.kill()
-        p.wait()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def run_victoria(data, args):
     d = tempfile.mkdtemp(prefix="cmp-vm-")
     port = free_port()
     # The series start in 2023: the default retention (1 month) would drop them.
-    p = subprocess.Popen(["victoria-metrics", f"-storageDataPath={d}", f"-httpListenAddr=127.0.0.1:{port}",
-                          "-retentionPeriod=100y", "-loggerLevel=ERROR"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with serving(["victoria-metrics", f"-storageDataPath={d}", f"-httpListenAddr=127.0.0.1:{port}",
+                  "-retentionPeriod=100y", "-loggerLevel=ERROR"], d):
         wait_http(port, "/health")
         jobs = line_protocol_jobs(data, "/write")
         secs = send_all(port, jobs, args.threads)
         request(port, "GET", "/internal/force_flush")
         time.sleep(args.settle)
         return secs, du(d)
-    finally:
-        p.kill()
-        p.wait()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def main():

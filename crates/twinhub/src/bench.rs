@@ -359,6 +359,9 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
     config.mqtt.listen = String::new();
     config.admin_password = Some(BENCH_PASSWORD.into());
     config.log.level = "warn".into();
+    // Benchmarks measure the server, not the per-user API limiter (set-ups
+    // register thousands of things with one admin token).
+    config.rate_limits.requests_per_second = 0.0;
     tweak(&mut config);
     let server = ServerHandle::start(config, clock::system()).await?;
     let base = format!("http://{}", server.ready.http);
@@ -369,6 +372,20 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
         token,
         _dir: dir,
     })
+}
+
+/// One Prometheus sample of a server's `/metrics` (0 when absent).
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
 }
 
 /// Logs in as the bench admin.

@@ -88,21 +88,6 @@ impl Child {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Ok(ticks / hz)
     }
-
-    /// One Prometheus sample's value (the first line that starts with it).
-    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<f64> {
-        let text = http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await?
-            .text()
-            .await?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no metric {name}"))
-    }
 }
 
 impl Child {
@@ -244,7 +229,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     // on the interval; wait for it, then let the disk settle.
     let t = Instant::now();
     loop {
-        let head = server.metric(&http, "twinhub_store_head_points").await?;
+        let head = crate::bench::metric(&http, &server.base, "twinhub_store_head_points").await?;
         if head == 0.0 || t.elapsed() > Duration::from_secs(900) {
             break;
         }

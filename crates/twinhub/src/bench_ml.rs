@@ -140,7 +140,6 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         _dir,
     } = bench_server(|c| {
         c.ml.cache_entries = 0;
-        c.rate_limits.requests_per_second = 0.0;
     })
     .await?;
     let http = reqwest::Client::new();

@@ -21,19 +21,6 @@ pub struct RulesArgs {
     pub seconds: u64,
 }
 
-async fn metric(http: &reqwest::Client, base: &str, name: &str) -> anyhow::Result<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0))
-}
-
 pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
     let BenchServer {
         server,
@@ -41,9 +28,7 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         token,
         _dir,
     } = bench_server(|c| {
-        // The set-up registers twins and devices as fast as it can, and
-        // the load sends many requests per device.
-        c.rate_limits.requests_per_second = 0.0;
+        // The load sends many requests per device.
         c.rate_limits.device_requests_per_second = 0.0;
     })
     .await?;
@@ -122,8 +107,9 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         anyhow::ensure!(resp.status().is_success(), "rule: {}", resp.text().await?);
     }
     let rss0 = rss_mb();
-    let evals0 = metric(&http, &base, "twinhub_rule_evaluations_total").await?;
-    let busy0 = metric(&http, &base, "twinhub_rule_engine_busy_seconds_total").await?;
+    let evals0 = crate::bench::metric(&http, &base, "twinhub_rule_evaluations_total").await?;
+    let busy0 =
+        crate::bench::metric(&http, &base, "twinhub_rule_engine_busy_seconds_total").await?;
     let lag = "twinhub_outbox_consumer_lag{consumer=\"rules\"}";
 
     // Sustained: 16 writers, each over its share of the twins, 10 messages
@@ -168,15 +154,17 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
     let ingest_s = t.elapsed().as_secs_f64();
     let caught_up = Instant::now() + Duration::from_secs(300);
     loop {
-        let l = metric(&http, &base, lag).await?;
+        let l = crate::bench::metric(&http, &base, lag).await?;
         if l <= 0.0 || Instant::now() > caught_up {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_s = t.elapsed().as_secs_f64();
-    let evals = metric(&http, &base, "twinhub_rule_evaluations_total").await? - evals0;
-    let busy = metric(&http, &base, "twinhub_rule_engine_busy_seconds_total").await? - busy0;
+    let evals =
+        crate::bench::metric(&http, &base, "twinhub_rule_evaluations_total").await? - evals0;
+    let busy =
+        crate::bench::metric(&http, &base, "twinhub_rule_engine_busy_seconds_total").await? - busy0;
     let rss1 = rss_mb();
     row(
         "telemetry events ingested (events/s, while the rules ran)",
@@ -226,7 +214,7 @@ async fn latency(
     // Start from a caught-up engine, so one phase's backlog does not
     // count in the next.
     let caught_up = Instant::now() + Duration::from_secs(300);
-    while metric(
+    while crate::bench::metric(
         http,
         base,
         "twinhub_outbox_consumer_lag{consumer=\"rules\"}",

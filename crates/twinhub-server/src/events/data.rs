@@ -33,11 +33,6 @@ impl TelemetryData {
     pub fn messages(&self) -> impl Iterator<Item = (i64, twinhub_codec::Message<'_>)> + '_ {
         self.batch.messages().map(|m| (m.ts.unwrap_or(0), m))
     }
-
-    /// Whether any message carries `name`.
-    pub fn carries(&self, name: &str) -> bool {
-        self.batch.find(name).is_some()
-    }
 }
 
 static NULL: serde_json::Value = serde_json::Value::Null;
@@ -58,7 +53,8 @@ impl Data {
         }
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
+    #[cfg(test)]
+    fn to_json(&self) -> serde_json::Value {
         match self {
             Data::Json(v) => v.clone(),
             Data::Telemetry(_) => serde_json::to_value(self).unwrap_or_default(),
@@ -139,7 +135,7 @@ impl Serialize for Messages<'_> {
 }
 
 /// `{"ts": epoch ms, "values": {name: value}}`.
-pub struct MessageJson<'a>(pub twinhub_codec::Message<'a>);
+struct MessageJson<'a>(twinhub_codec::Message<'a>);
 
 impl Serialize for MessageJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -151,7 +147,7 @@ impl Serialize for MessageJson<'_> {
 }
 
 /// `{name: value}` of one message.
-pub struct Values<'a>(pub twinhub_codec::Message<'a>);
+struct Values<'a>(twinhub_codec::Message<'a>);
 
 impl Serialize for Values<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -163,7 +159,8 @@ impl Serialize for Values<'_> {
     }
 }
 
-struct ValueJson<'a>(&'a twinhub_model::Value);
+/// A value as JSON, written straight to the serializer.
+pub struct ValueJson<'a>(pub &'a twinhub_model::Value);
 
 impl Serialize for ValueJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

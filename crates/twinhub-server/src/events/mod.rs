@@ -17,7 +17,7 @@
 
 mod data;
 
-pub use data::{Data, MessageJson, TelemetryData, Values};
+pub use data::{Data, TelemetryData, ValueJson};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,7 +65,7 @@ impl serde::Serialize for Flat<'_> {
             &twinhub_model::time::to_epoch_ms_json(self.0.ts.unwrap_or(0)),
         )?;
         for (name, value, _) in self.0.values() {
-            m.serialize_entry(name, &value.to_json())?;
+            m.serialize_entry(name, &crate::events::ValueJson(value))?;
         }
         m.end()
     }
