@@ -649,7 +649,7 @@ async fn model_output_rules_watch_a_soft_sensor_and_actions_follow_alarms() {
 /// none lost — and at least every acknowledged one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarm_counts_are_exact_across_kill_9() {
-    use crate::process::{kill9, layout, login, post_json, start_env, PW};
+    use crate::process::{get_json, kill9, layout, login, post_json, start_env, PW};
     let env: &[(&str, &str)] = &[("TWINHUB_STORE_FLUSH_POINTS", "1000")];
     let (_root, dir) = layout();
     let mut s = start_env(&dir, true, env);
@@ -701,17 +701,12 @@ async fn alarm_counts_are_exact_across_kill_9() {
     let count_stored = || {
         let (http, base, token) = (http.clone(), s.base.clone(), token.clone());
         async move {
-            let h: Value = http
-                .get(format!(
-                    "{base}/api/v1/twins/k1/telemetry/v?from=0&bucket=1d&agg=count"
-                ))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let h = get_json(
+                &http,
+                &format!("{base}/api/v1/twins/k1/telemetry/v?from=0&bucket=1d&agg=count"),
+                &token,
+            )
+            .await;
             h["buckets"]
                 .as_array()
                 .unwrap()
@@ -724,15 +719,12 @@ async fn alarm_counts_are_exact_across_kill_9() {
     assert!(stored >= acked, "stored {stored} < acknowledged {acked}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let alarm = loop {
-        let a: Value = http
-            .get(format!("{}/api/v1/alarms?type=Seen", s.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let a = get_json(
+            &http,
+            &format!("{}/api/v1/alarms?type=Seen", s.base),
+            &token,
+        )
+        .await;
         let list = a["value"].as_array().unwrap().clone();
         assert!(list.len() <= 1, "one alarm only: {a}");
         if list
