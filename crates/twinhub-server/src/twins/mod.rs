@@ -58,6 +58,24 @@ pub enum TelemetryCheck {
     Invalid(String),
 }
 
+/// How a value fits the telemetry `schema` the twin's `model` gives `name`
+/// (none: the model lacks it).
+fn telemetry_fit(
+    models: &ModelSet,
+    model: &Dtmi,
+    schema: Option<&twinhub_model::dtdl::Schema>,
+    name: &str,
+    v: &Value,
+) -> TelemetryCheck {
+    let Some(schema) = schema else {
+        return TelemetryCheck::Unknown(format!("is not telemetry of {model}"));
+    };
+    match twinhub_model::dtdl::check_value(models, schema, v, name) {
+        Ok(()) => TelemetryCheck::Ok,
+        Err(e) => TelemetryCheck::Invalid(e.rule),
+    }
+}
+
 pub struct TwinGraphs {
     tenants: RwLock<HashMap<String, TenantGraph>>,
     store: Store,
@@ -175,16 +193,11 @@ impl TwinGraphs {
         name: &str,
         v: &Value,
     ) -> TelemetryCheck {
-        self.read(tenant, |g| {
-            let Some(t) = g.twins.get(twin) else {
-                return TelemetryCheck::Ok;
-            };
-            let Some(schema) = g.models.telemetry_schema(&t.model, name) else {
-                return TelemetryCheck::Unknown(format!("is not telemetry of {}", t.model));
-            };
-            match twinhub_model::dtdl::check_value(&g.models, schema, v, name) {
-                Ok(()) => TelemetryCheck::Ok,
-                Err(e) => TelemetryCheck::Invalid(e.rule),
+        self.read(tenant, |g| match g.twins.get(twin) {
+            None => TelemetryCheck::Ok,
+            Some(t) => {
+                let schema = g.models.telemetry_schema(&t.model, name);
+                telemetry_fit(&g.models, &t.model, schema, name, v)
             }
         })
     }
@@ -210,18 +223,15 @@ impl TwinGraphs {
                 .collect();
             for r in batch.readings() {
                 let name = &*batch.names()[r.name as usize];
-                match schemas[r.name as usize] {
-                    None if record_unknown => {}
-                    None => {
-                        return Err((name.to_string(), format!("is not telemetry of {}", t.model)))
+                let schema = schemas[r.name as usize];
+                if schema.is_none() && record_unknown {
+                    continue;
+                }
+                match telemetry_fit(&g.models, &t.model, schema, name, &r.value.to_json()) {
+                    TelemetryCheck::Ok => {}
+                    TelemetryCheck::Unknown(rule) | TelemetryCheck::Invalid(rule) => {
+                        return Err((name.to_string(), rule))
                     }
-                    Some(schema) => twinhub_model::dtdl::check_value(
-                        &g.models,
-                        schema,
-                        &r.value.to_json(),
-                        name,
-                    )
-                    .map_err(|e| (name.to_string(), e.rule))?,
                 }
             }
             Ok(())
