@@ -214,6 +214,7 @@ pub async fn run(
         bindings,
         rules,
         alarms,
+        listeners: Default::default(),
     }));
 
     let http_addr = listeners.http.local_addr()?;
@@ -328,7 +329,8 @@ pub async fn run(
         }
     });
 
-    write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
+    let ports = write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
+    let _ = state.listeners.set(ports);
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
     if let Some(tx) = on_ready {
@@ -429,7 +431,7 @@ fn write_ports(
     mqtt: Option<SocketAddr>,
     mqtts: Option<SocketAddr>,
     https: Option<SocketAddr>,
-) -> std::io::Result<()> {
+) -> std::io::Result<serde_json::Value> {
     let mut v = serde_json::json!({"http": http.to_string()});
     if let Some(m) = mqtt {
         v["mqtt"] = serde_json::json!(m.to_string());
@@ -442,7 +444,8 @@ fn write_ports(
     }
     let tmp = dir.join("ports.json.tmp");
     std::fs::write(&tmp, v.to_string())?;
-    std::fs::rename(tmp, dir.join(PORTS_FILE))
+    std::fs::rename(tmp, dir.join(PORTS_FILE))?;
+    Ok(v)
 }
 
 fn write_private(path: &PathBuf, secret: &str) -> std::io::Result<()> {

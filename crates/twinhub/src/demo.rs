@@ -217,7 +217,9 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         r#"
 twinhub demo is running ({n} simulated reactors report temperature, pressure, flow_rate and yield every {iv}s over MQTT)
 
-    HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
+  Dashboard    {base}/   log in as admin / {password}
+
+  HTTP API     {base}/api/v1   (OpenAPI: {base}/api/v1/openapi.json)
   HTTPS        {https}   (curl --cacert {dir}/certs/ca.pem https://localhost:PORT/health)
   MQTT         {mqtt}   (devices: client id = user name = device id, password = device key)
   MQTTS        {mqtts}   (CA: {dir}/certs/ca.pem)   MQTT over WebSocket: ws://{http_host}/mqtt

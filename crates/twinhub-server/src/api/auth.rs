@@ -132,3 +132,53 @@ pub async fn logout(State(state): State<AppState>, p: Principal) -> Result<Statu
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScopedGrantInfo {
+    pub root: String,
+    pub relationships: Vec<String>,
+    pub permissions: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The user name, API key id or device id.
+    pub name: String,
+    /// `user`, `apikey` or `device`.
+    pub kind: &'static str,
+    pub tenant: String,
+    pub roles: Vec<String>,
+    /// What the caller may do anywhere in its tenant.
+    pub permissions: Vec<&'static str>,
+    /// What the caller may do only under a twin subtree.
+    pub scoped: Vec<ScopedGrantInfo>,
+}
+
+/// Who the caller is and what it may do, so a client (the dashboard) can
+/// offer only what the API would allow. The API still checks every call.
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", responses((status = 200, body = WhoAmI), (status = 401)))]
+pub async fn me(p: Principal) -> Json<WhoAmI> {
+    use crate::auth::PrincipalKind;
+    let kind = match &p.kind {
+        PrincipalKind::User(_) => "user",
+        PrincipalKind::ApiKey(_) => "apikey",
+        PrincipalKind::Device(_) => "device",
+        PrincipalKind::Local => "local",
+    };
+    Json(WhoAmI {
+        name: p.name().to_string(),
+        kind,
+        tenant: p.tenant.clone(),
+        roles: p.roles.clone(),
+        permissions: p.perms.names(),
+        scoped: p
+            .scoped
+            .iter()
+            .map(|g| ScopedGrantInfo {
+                root: g.root.clone(),
+                relationships: g.relationships.clone(),
+                permissions: g.perms.names(),
+            })
+            .collect(),
+    })
+}

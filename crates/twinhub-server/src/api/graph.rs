@@ -132,8 +132,85 @@ fn model_view(g: &crate::twins::TenantGraph, id: &Dtmi, definition: bool) -> Val
     });
     if definition {
         v["model"] = i.map(|i| i.source.clone()).unwrap_or(Value::Null);
+        v["elements"] = Value::Array(elements(g, id));
     }
     v
+}
+
+/// Every element a twin of the model has, inherited ones included, in a
+/// flat shape a client can render without resolving `extends` itself:
+/// `{name, kind, schema, unit?, displayName?, writable?, target?, origin}`.
+fn elements(g: &crate::twins::TenantGraph, id: &Dtmi) -> Vec<Value> {
+    use twinhub_model::dtdl::{ContentKind, Primitive, Schema};
+    fn schema_name(s: &Schema) -> String {
+        match s {
+            Schema::Primitive(p) | Schema::Enum { value: p, .. } => match p {
+                Primitive::Boolean => "boolean",
+                Primitive::Date => "date",
+                Primitive::DateTime => "dateTime",
+                Primitive::Double => "double",
+                Primitive::Duration => "duration",
+                Primitive::Float => "float",
+                Primitive::Integer => "integer",
+                Primitive::Long => "long",
+                Primitive::String => "string",
+                Primitive::Time => "time",
+            }
+            .to_string(),
+            Schema::Object { .. } => "object".into(),
+            Schema::Map { .. } => "map".into(),
+            Schema::Array { .. } => "array".into(),
+            Schema::Ref(d) => d.to_string(),
+        }
+    }
+    let text = |t: &Option<twinhub_model::dtdl::LangText>| {
+        t.as_ref()
+            .and_then(|t| t.get("en").or_else(|| t.values().next()).cloned())
+    };
+    let Some(r) = g.models.resolved(id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for anc in &r.ancestors {
+        let Some(iface) = g.models.get(anc) else {
+            continue;
+        };
+        for c in &iface.contents {
+            if r.origin.get(&c.name) != Some(anc) {
+                continue;
+            }
+            let mut e = json!({
+                "name": c.name,
+                "kind": c.kind.label(),
+                "origin": anc.as_str(),
+            });
+            if let Some(u) = &c.unit {
+                e["unit"] = json!(u);
+            }
+            if let Some(d) = text(&c.display_name) {
+                e["displayName"] = json!(d);
+            }
+            match &c.kind {
+                ContentKind::Property { schema, writable } => {
+                    e["schema"] = json!(schema_name(schema));
+                    e["writable"] = json!(writable);
+                }
+                ContentKind::Telemetry { schema } => e["schema"] = json!(schema_name(schema)),
+                ContentKind::Command { request, .. } => {
+                    if let Some((name, schema)) = request {
+                        e["request"] = json!({"name": name, "schema": schema_name(schema)});
+                    }
+                }
+                ContentKind::Relationship { target, .. } => {
+                    e["target"] = json!(target.as_ref().map(|t| t.as_str()));
+                }
+                ContentKind::Component { schema } => e["schema"] = json!(schema.as_str()),
+            }
+            out.push(e);
+        }
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "models", params(ModelListQuery), responses((status = 200, body = serde_json::Value)))]

@@ -6,7 +6,7 @@
 //! May call: `ingest` (the device endpoint), `registry`, `pipeline`,
 //! `store` (reads and deletions),
 //! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
-//! `rules` (rules and alarms),
+//! `rules` (rules and alarms), `web` (the dashboard's files),
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
 //! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
 //! API calls it.
@@ -78,6 +78,8 @@ pub struct AppInner {
     pub bindings: Arc<crate::ml::bindings::Bindings>,
     pub rules: Arc<crate::rules::RuleBook>,
     pub alarms: Arc<crate::rules::alarms::Alarms>,
+    /// The bound addresses (as in ports.json), once the server is ready.
+    pub listeners: std::sync::OnceLock<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -194,6 +196,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(auth::login))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(ops::server_info))
         .routes(routes!(access::create_tenant, access::list_tenants))
         .routes(routes!(access::get_tenant))
         .routes(routes!(devices::rotate_key))
@@ -290,6 +294,7 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

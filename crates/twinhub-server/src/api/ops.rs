@@ -439,3 +439,17 @@ pub async fn metrics(
         x.finish(),
     ))
 }
+
+/// The server's version and bound listeners, so a client (the dashboard's
+/// device page) can show a ready `mosquitto_pub` line. Any signed-in
+/// caller may read it.
+#[utoipa::path(get, path = "/api/v1/server", tag = "ops", responses((status = 200, body = serde_json::Value), (status = 401)))]
+pub async fn server_info(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    _p: crate::auth::Principal,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listeners": state.listeners.get().cloned().unwrap_or_else(|| serde_json::json!({})),
+    }))
+}

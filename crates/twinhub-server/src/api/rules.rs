@@ -427,6 +427,8 @@ pub async fn count_alarms(
         by_severity.insert(crate::rules::alarms::text(&s), json!(0));
     }
     let mut by_originator: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut severities: std::collections::BTreeMap<String, serde_json::Map<String, Value>> =
+        Default::default();
     let mut total = 0u64;
     for a in state.alarms.open_of(&tenant) {
         let in_scope = match (&scope, &only) {
@@ -440,9 +442,13 @@ pub async fn count_alarms(
         let k = crate::rules::alarms::text(&a.severity);
         by_severity[&k] = json!(by_severity[&k].as_u64().unwrap_or(0) + 1);
         *by_originator.entry(a.originator.clone()).or_default() += 1;
+        let per = severities.entry(a.originator.clone()).or_default();
+        let n = per.get(&k).and_then(Value::as_u64).unwrap_or(0);
+        per.insert(k, json!(n + 1));
     }
     Ok(Json(
-        json!({"total": total, "by_severity": by_severity, "by_originator": by_originator}),
+        json!({"total": total, "by_severity": by_severity, "by_originator": by_originator,
+            "by_originator_severity": severities}),
     ))
 }
 

@@ -42,6 +42,12 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
     /// The `next` token of the previous page.
     pub next: Option<String>,
+    /// Downsample for a chart `points` wide (1 … 10000): the server picks
+    /// the bucket width (answered as `bucket`) so that `[from, to)` gives
+    /// at most this many buckets, widened to whole buckets and to the
+    /// finest resolution kept. `agg` defaults to avg,min,max,count here.
+    /// Needs `from`; excludes `bucket`, `limit`, `next` and `tz`.
+    pub points: Option<usize>,
     #[serde(skip_deserializing)]
     #[param(ignore)]
     pub tenant: Option<String>,
@@ -57,7 +63,50 @@ struct HistorySpec {
     from: Option<i64>,
     to: i64,
     bucket: Option<(Bucketer, AggSet)>,
+    /// `points=N`: the width is picked per series once the store says how
+    /// fine its data is kept at `from`.
+    points: Option<(usize, AggSet)>,
     limit: usize,
+}
+
+/// Bucket widths a chart request may get, in seconds: round numbers a
+/// reader recognises on an axis.
+const CHART_WIDTHS: [(i64, &str); 20] = [
+    (1, "1s"),
+    (2, "2s"),
+    (5, "5s"),
+    (10, "10s"),
+    (15, "15s"),
+    (30, "30s"),
+    (60, "1m"),
+    (120, "2m"),
+    (300, "5m"),
+    (600, "10m"),
+    (900, "15m"),
+    (1800, "30m"),
+    (3600, "1h"),
+    (7200, "2h"),
+    (10800, "3h"),
+    (21600, "6h"),
+    (43200, "12h"),
+    (86400, "1d"),
+    (172800, "2d"),
+    (604800, "7d"),
+];
+
+/// The narrowest chart width (µs, and its name) no finer than `floor_us`
+/// that splits `span_us` into at most `points` buckets.
+pub(crate) fn chart_width(span_us: i64, points: usize, floor_us: i64) -> (i64, String) {
+    let n = points.max(1) as i64;
+    let per = (span_us.max(1) + n - 1) / n;
+    let need = per.max(floor_us);
+    for (secs, name) in CHART_WIDTHS {
+        if secs * 1_000_000 >= need {
+            return (secs * 1_000_000, name.to_string());
+        }
+    }
+    let days = ((need + 86_399_999_999) / 86_400_000_000).min(31);
+    (days * 86_400_000_000, format!("{days}d"))
 }
 
 fn spec(q: &HistoryQuery) -> Result<HistorySpec, ApiError> {
@@ -75,7 +124,32 @@ fn spec(q: &HistoryQuery) -> Result<HistorySpec, ApiError> {
             return Err(ApiError::field("from", "must not be after to"));
         }
     }
+    let points = match q.points {
+        None => None,
+        Some(n) => {
+            if !(1..=10_000).contains(&n) {
+                return Err(ApiError::field("points", "must be between 1 and 10000"));
+            }
+            for (name, set) in [
+                ("bucket", q.bucket.is_some()),
+                ("limit", q.limit.is_some()),
+                ("next", q.next.is_some()),
+                ("tz", q.tz.is_some()),
+            ] {
+                if set {
+                    return Err(ApiError::field(name, "cannot be combined with points"));
+                }
+            }
+            if from.is_none() {
+                return Err(ApiError::field("from", "is required with points"));
+            }
+            let aggs = AggSet::parse(q.agg.as_deref().unwrap_or("avg,min,max,count"))
+                .map_err(|rule| ApiError::field("agg", &rule))?;
+            Some((n, aggs))
+        }
+    };
     let bucket = match &q.bucket {
+        None if points.is_some() => None,
         None => {
             if q.agg.is_some() || q.tz.is_some() {
                 return Err(ApiError::field("bucket", "is required with agg or tz"));
@@ -104,6 +178,7 @@ fn spec(q: &HistoryQuery) -> Result<HistorySpec, ApiError> {
         from,
         to,
         bucket,
+        points,
         limit,
     })
 }
@@ -122,22 +197,37 @@ fn point_json(p: &Point) -> Json_ {
 /// `{"buckets"}`.
 async fn history(state: &AppState, key: SeriesKey, spec: HistorySpec) -> Result<Json_, ApiError> {
     let store = state.store.clone();
+    let now = state.clock.now_us();
     tokio::task::spawn_blocking(move || -> Result<Json_, ApiError> {
+        let buckets_json = |buckets: std::collections::BTreeMap<i64, twinhub_model::Stats>,
+                            aggs: AggSet| {
+            buckets
+                .into_iter()
+                .filter(|(_, st)| st.count > 0)
+                .map(|(ts, st)| {
+                    let mut m = Map::new();
+                    m.insert("ts".into(), to_epoch_ms_json(ts));
+                    st.write_json(aggs, &mut m);
+                    Json_::Object(m)
+                })
+                .collect::<Vec<_>>()
+        };
+        if let Some((n, aggs)) = spec.points {
+            let from = spec.from.unwrap_or(0);
+            let to = if spec.to == MAX_TS { now } else { spec.to }.max(from + 1);
+            let (width, name) = chart_width(to - from, n, store.finest_resolution(&key, from));
+            let from = from.div_euclid(width) * width;
+            let to = to.div_euclid(width) * width + if to % width == 0 { 0 } else { width };
+            let bucketer =
+                Bucketer::new(width, None).map_err(|rule| ApiError::field("points", rule))?;
+            let buckets = store.aggregate(&key, from, to, &bucketer)?;
+            return Ok(json!({"bucket": name, "buckets": buckets_json(buckets, aggs)}));
+        }
         match spec.bucket {
             Some((bucketer, aggs)) => {
                 let from = spec.from.unwrap_or(0);
                 let buckets = store.aggregate(&key, from, spec.to, &bucketer)?;
-                let out: Vec<Json_> = buckets
-                    .into_iter()
-                    .filter(|(_, st)| st.count > 0)
-                    .map(|(ts, st)| {
-                        let mut m = Map::new();
-                        m.insert("ts".into(), to_epoch_ms_json(ts));
-                        st.write_json(aggs, &mut m);
-                        Json_::Object(m)
-                    })
-                    .collect();
-                Ok(json!({"buckets": out}))
+                Ok(json!({"buckets": buckets_json(buckets, aggs)}))
             }
             None => {
                 let from = spec.from.unwrap_or_else(|| store.raw_from(&key).max(0));
@@ -305,6 +395,8 @@ pub struct MultiQuery {
     pub agg: Option<String>,
     pub tz: Option<String>,
     pub limit: Option<usize>,
+    /// Downsample for a chart this many points wide (see the history API).
+    pub points: Option<usize>,
 }
 
 /// Several series in one call (dashboards): the answer holds one entry per
@@ -330,6 +422,7 @@ pub async fn multi_history(
         agg: req.agg,
         tz: req.tz,
         limit: req.limit,
+        points: req.points,
         ..Default::default()
     };
     let mut out = Vec::with_capacity(req.series.len());
@@ -347,4 +440,41 @@ pub async fn multi_history(
         out.push(v);
     }
     Ok(Json(json!({ "series": out })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chart_width;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn chart_widths_are_round_and_never_finer_than_the_data() {
+        assert_eq!(chart_width(7 * 86_400 * S, 800, S), (900 * S, "15m".into()));
+        assert_eq!(chart_width(900 * S, 800, S), (2 * S, "2s".into()));
+        assert_eq!(chart_width(10 * S, 800, S), (S, "1s".into()));
+        // Past raw retention only hourly rollups exist: an hour at least.
+        assert_eq!(
+            chart_width(86_400 * S, 800, 3600 * S),
+            (3600 * S, "1h".into())
+        );
+        // Beyond the ladder: whole days, at most the largest bucket.
+        assert_eq!(
+            chart_width(3650 * 86_400 * S, 100, S),
+            (31 * 86_400 * S, "31d".into())
+        );
+        assert_eq!(
+            chart_width(300 * 86_400 * S, 20, S),
+            (15 * 86_400 * S, "15d".into())
+        );
+        for n in [1usize, 7, 640, 10_000] {
+            for span in [S, 3600 * S, 86_400 * 30 * S] {
+                let (w, _) = chart_width(span, n, S);
+                assert!(
+                    span / w <= n as i64 || w == 31 * 86_400 * S,
+                    "{span} {n} {w}"
+                );
+            }
+        }
+    }
 }

@@ -140,6 +140,15 @@ impl PermSet {
     pub fn union(self, o: PermSet) -> PermSet {
         PermSet(self.0 | o.0)
     }
+
+    /// The permission names, in `Perm::ALL` order.
+    pub fn names(self) -> Vec<&'static str> {
+        Perm::ALL
+            .iter()
+            .filter(|p| self.contains(**p))
+            .map(|p| p.as_str())
+            .collect()
+    }
 }
 
 pub const BUILTIN_ROLES: &[&str] = &[

@@ -104,6 +104,17 @@ impl Store {
         ))
     }
 
+    /// The finest bucket width (µs) the series can answer from `from` on:
+    /// a second where raw points are kept, else the rollups' resolution.
+    pub fn finest_resolution(&self, key: &SeriesKey, from: i64) -> i64 {
+        match self.sid_and_bounds(key) {
+            Some((_, raw_from, _)) if from >= raw_from => US_PER_SEC,
+            Some((_, _, rollup_from)) if from >= rollup_from => rollup::RES_MINUTE * US_PER_SEC,
+            Some(_) => rollup::RES_HOUR * US_PER_SEC,
+            None => US_PER_SEC,
+        }
+    }
+
     /// From when raw points of a series are complete (0 if never trimmed).
     pub fn raw_from(&self, key: &SeriesKey) -> i64 {
         self.sid_and_bounds(key)

@@ -330,6 +330,8 @@ const EXEMPT: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/login"),             // public
     ("post", "/api/v1/auth/refresh"),           // public (refresh token)
     ("post", "/api/v1/auth/logout"),            // any principal; ends the token
+    ("get", "/api/v1/auth/me"),                 // any principal (dashboard.rs)
+    ("get", "/api/v1/server"),                  // any principal (dashboard.rs)
     ("post", "/api/v1/devices/{id}/telemetry"), // device credentials
 ];
 

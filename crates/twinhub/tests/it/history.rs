@@ -67,6 +67,88 @@ async fn raw_pages_follow_next_to_the_end() {
 }
 
 #[tokio::test]
+async fn chart_requests_get_at_most_n_buckets_with_exact_min_max_avg() {
+    let s = TestServer::start().await;
+    let key = s.device("c").await;
+    let t0 = recent_hour() - HOUR_MS;
+    let pts: Vec<(i64, f64)> = (0..7200)
+        .map(|i| (t0 + i * SEC, (i % 100) as f64))
+        .collect();
+    send_all(&s, "c", &key, &pts).await;
+    // Two hours into at most 100 buckets: 72 s each at least, so the
+    // round width above it, 2 minutes (60 buckets).
+    let (st, v) = s
+        .json(s.get(&format!(
+            "/api/v1/twins/c/telemetry/v?from={t0}&to={}&points=100",
+            t0 + 2 * HOUR_MS
+        )))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["bucket"], "2m");
+    let b = v["buckets"].as_array().unwrap();
+    assert_eq!(b.len(), 60);
+    let total: u64 = b.iter().map(|x| x["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 7200);
+    for x in b {
+        let start = x["ts"].as_i64().unwrap();
+        let inside: Vec<f64> = pts
+            .iter()
+            .filter(|(t, _)| *t >= start && *t < start + 120 * SEC)
+            .map(|(_, v)| *v)
+            .collect();
+        let avg = inside.iter().sum::<f64>() / inside.len() as f64;
+        assert_eq!(
+            x["min"].as_f64().unwrap(),
+            inside.iter().cloned().fold(f64::MAX, f64::min)
+        );
+        assert_eq!(
+            x["max"].as_f64().unwrap(),
+            inside.iter().cloned().fold(f64::MIN, f64::max)
+        );
+        assert!((x["avg"].as_f64().unwrap() - avg).abs() < 1e-9);
+    }
+    // A narrow range goes down to the finest width, 1 s, and an uneven
+    // range is widened to whole buckets.
+    let (_, v) = s
+        .json(s.get(&format!(
+            "/api/v1/twins/c/telemetry/v?from={}&to={}&points=1000&agg=max",
+            t0 + 500,
+            t0 + 10 * SEC
+        )))
+        .await;
+    assert_eq!(v["bucket"], "1s");
+    let b = v["buckets"].as_array().unwrap();
+    assert_eq!(b.len(), 10);
+    assert_eq!(b[0], json!({"ts": t0, "max": 0}));
+    // The multi-series query takes the same option.
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/history/query",
+            json!({"series": [{"twin": "c", "name": "v"}], "from": t0, "to": t0 + 2 * HOUR_MS, "points": 30}),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["series"][0]["bucket"], "5m");
+    assert_eq!(v["series"][0]["buckets"].as_array().unwrap().len(), 24);
+    for (q, field) in [
+        ("points=0", "points:"),
+        ("points=10001", "points:"),
+        ("points=10", "from:"),
+        ("points=10&from=0&bucket=1m", "bucket:"),
+        ("points=10&from=0&limit=5", "limit:"),
+    ] {
+        let r = s
+            .get(&format!("/api/v1/twins/c/telemetry/v?{q}"))
+            .send()
+            .await
+            .unwrap();
+        let msg = error_of(r, 400, "bad_request").await;
+        assert!(msg.starts_with(field), "{q} → {msg}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn bad_history_requests_name_the_parameter() {
     let s = TestServer::start().await;
     let key = s.device("p").await;

@@ -10,6 +10,7 @@ mod apikeys;
 mod auth;
 mod cli;
 mod crash_loop;
+mod dashboard;
 mod demo;
 mod devices;
 mod events;
