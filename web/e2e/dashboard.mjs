@@ -115,6 +115,14 @@ try {
   await page.locator('[data-testid="history-info"]').filter({ hasText: /points? in \d+ buckets? of/ }).waitFor();
   await shot('twin-live');
 
+  // ---- a command to a simulated reactor, answered by the device ----
+  await page.goto(BASE + '/#/twin/plant1-reactor1');
+  await page.getByLabel('setMode mode').fill('auto');
+  await page.getByRole('button', { name: 'setMode' }).click();
+  await page.locator('[data-testid="reply-setMode"]').filter({ hasText: '"accepted":true' }).waitFor();
+  check((await page.locator('[data-testid="reply-setMode"]').textContent()).includes('"args":"auto"'), 'the reply echoes the argument');
+  await shot('command');
+
   // ---- alarms: one appears live, the operator acknowledges it ----
   await page.goto(BASE + '/#/alarms');
   await page.locator('[data-testid="no-alarms"], table.alarm-list').first().waitFor();

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod quotas;
 pub mod registry;
 pub mod roles;
+pub mod routes;
 pub mod rules;
 pub mod secrets;
 pub mod server;

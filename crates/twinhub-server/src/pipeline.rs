@@ -36,6 +36,48 @@ pub enum IngestError {
     Quota(#[from] crate::quotas::QuotaExceeded),
 }
 
+/// Tenants whose telemetry is refused for now because something
+/// downstream cannot keep up and must not lose data (a route whose backlog
+/// is full and whose policy is to block): the refusal is a 503, never an
+/// acknowledgement of data that would then be dropped.
+#[derive(Default)]
+pub struct Backpressure {
+    blocked: std::sync::RwLock<HashMap<String, Vec<String>>>,
+    any: std::sync::atomic::AtomicBool,
+}
+
+impl Backpressure {
+    /// Sets or lifts one reason for a tenant; true when this changed it.
+    pub fn set(&self, tenant: &str, reason: &str, on: bool) -> bool {
+        let mut b = self.blocked.write().expect("backpressure");
+        let reasons = b.entry(tenant.to_string()).or_default();
+        let had = reasons.iter().any(|r| r == reason);
+        match (on, had) {
+            (true, false) => reasons.push(reason.to_string()),
+            (false, true) => reasons.retain(|r| r != reason),
+            _ => {}
+        }
+        if reasons.is_empty() {
+            b.remove(tenant);
+        }
+        self.any
+            .store(!b.is_empty(), std::sync::atomic::Ordering::SeqCst);
+        on != had
+    }
+
+    /// Why the tenant's telemetry is refused now, if it is.
+    pub fn blocked(&self, tenant: &str) -> Option<String> {
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.blocked
+            .read()
+            .expect("backpressure")
+            .get(tenant)
+            .map(|r| r.join(", "))
+    }
+}
+
 /// Where telemetry comes from: a device, or twinhub itself.
 struct Source<'a> {
     tenant: &'a str,
@@ -50,6 +92,7 @@ pub struct Pipeline {
     metrics: Arc<ServerMetrics>,
     clock: SharedClock,
     quotas: Arc<crate::quotas::Quotas>,
+    pub backpressure: Arc<Backpressure>,
     /// Last server-assigned timestamp per twin, so points without `ts`
     /// never collapse onto one another.
     last_server_ts: Mutex<HashMap<(String, String), i64>>,
@@ -69,6 +112,7 @@ impl Pipeline {
             metrics,
             clock,
             quotas,
+            backpressure: Default::default(),
             last_server_ts: Mutex::new(HashMap::new()),
         }
     }
@@ -171,6 +215,11 @@ impl Pipeline {
         also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
     ) -> Vec<Result<usize, IngestError>> {
         let (tenant, twin) = (src.tenant, src.twin);
+        if let Some(why) = self.backpressure.blocked(tenant) {
+            tracing::debug!(tenant, reason = %why, "telemetry refused: a blocking route is full");
+            self.metrics.refused(protocol, "backpressure");
+            return groups.iter().map(|_| Err(IngestError::Busy)).collect();
+        }
         let modelled = self.twins.twin_exists(tenant, twin);
         let now = self.clock.now_us();
         let mut outcomes: Vec<Result<usize, IngestError>> = Vec::with_capacity(groups.len());

@@ -188,6 +188,15 @@ pub async fn run(
         quotas.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let routes = crate::routes::RouteBook::start(crate::routes::RouteDeps {
+        store: store.clone(),
+        twins: twins.clone(),
+        secrets: secrets.clone(),
+        clock: clock.clone(),
+        backpressure: pipeline.backpressure.clone(),
+        alarms: alarms.clone(),
+        shutdown: stop_rx.clone(),
+    })?;
     let state = AppState(Arc::new(AppInner {
         decode_limits: twinhub_codec::Limits {
             max_messages: config.ingest.max_messages,
@@ -214,6 +223,7 @@ pub async fn run(
         bindings,
         rules,
         alarms,
+        routes,
         listeners: Default::default(),
     }));
 

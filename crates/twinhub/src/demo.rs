@@ -290,9 +290,36 @@ async fn simulate_device(
     opts.set_credentials(&id, &key);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(opts, 64);
+    // Commands (`devices/{id}/commands/{name}/{requestId}`) are answered on
+    // `devices/{id}/replies/{requestId}`, so the dashboard's buttons and
+    // `POST …/commands/{name}` get a reply from the demo's reactors.
+    let responder = client.clone();
+    let commands = format!("devices/{id}/commands/");
+    let replies = format!("devices/{id}/replies/");
     tokio::spawn(async move {
         loop {
             match events.poll().await {
+                Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    // try_*: this task drives the event loop, so it must
+                    // never wait on the client's request queue.
+                    let _ = responder.try_subscribe(format!("{commands}+/+"), QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let Some(rest) = p.topic.strip_prefix(&commands) else {
+                        continue;
+                    };
+                    let Some((name, request)) = rest.split_once('/') else {
+                        continue;
+                    };
+                    let args: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    let reply = json!({"status": 200, "payload": {"command": name, "accepted": true, "args": args}});
+                    let _ = responder.try_publish(
+                        format!("{replies}{request}"),
+                        QoS::AtLeastOnce,
+                        false,
+                        reply.to_string(),
+                    );
+                }
                 Ok(Event::Incoming(_)) | Ok(Event::Outgoing(_)) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "simulated device reconnecting");

@@ -6,7 +6,8 @@
 //! May call: `ingest` (the device endpoint), `registry`, `pipeline`,
 //! `store` (reads and deletions),
 //! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
-//! `rules` (rules and alarms), `web` (the dashboard's files),
+//! `rules` (rules and alarms), `routes` (outbound delivery), `web` (the
+//! dashboard's files),
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
 //! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
 //! API calls it.
@@ -22,6 +23,7 @@ pub mod graph;
 pub mod ml;
 mod openapi;
 pub mod ops;
+pub mod routes;
 pub mod rules;
 pub mod scope;
 pub mod secrets;
@@ -78,6 +80,7 @@ pub struct AppInner {
     pub bindings: Arc<crate::ml::bindings::Bindings>,
     pub rules: Arc<crate::rules::RuleBook>,
     pub alarms: Arc<crate::rules::alarms::Alarms>,
+    pub routes: Arc<crate::routes::RouteBook>,
     /// The bound addresses (as in ports.json), once the server is ready.
     pub listeners: std::sync::OnceLock<serde_json::Value>,
 }
@@ -250,6 +253,16 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(rules::ack_alarm))
         .routes(routes!(rules::clear_alarm))
         .routes(routes!(rules::comment_alarm))
+        .routes(routes!(routes::create_route, routes::list_routes))
+        .routes(routes!(
+            routes::get_route,
+            routes::put_route,
+            routes::patch_route,
+            routes::delete_route
+        ))
+        .routes(routes!(routes::test_route))
+        .routes(routes!(routes::list_dead_letters))
+        .routes(routes!(routes::replay_dead_letters))
         .routes(routes!(audit::list_audit))
         .routes(routes!(access::create_apikey, access::list_apikeys))
         .routes(routes!(access::revoke_apikey))

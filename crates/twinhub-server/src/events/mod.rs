@@ -108,9 +108,11 @@ impl Draft {
         }
     }
 
-    pub fn with_id(self, id: u64) -> Event {
+    /// The committed event: its id in commit order and its commit time.
+    pub fn with_id(self, id: u64, at: i64) -> Event {
         Event {
             id,
+            at,
             tenant: self.tenant,
             kind: self.kind,
             twin: self.twin,
@@ -125,6 +127,9 @@ impl Draft {
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub id: u64,
+    /// When the change committed (µs; the envelope's `ts` for routes).
+    #[serde(skip)]
+    pub at: i64,
     #[serde(skip)]
     pub tenant: String,
     #[serde(rename = "type")]
@@ -290,7 +295,7 @@ mod tests {
             None,
             serde_json::json!(id),
         )
-        .with_id(id)
+        .with_id(id, 0)
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 10;
+pub const FORMAT_VERSION: i64 = 11;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -151,6 +151,17 @@ CREATE TABLE rollups_by_rowid(
 INSERT INTO rollups_by_rowid(series_id, res, win, data) SELECT series_id, res, win, data FROM rollups;
 DROP TABLE rollups;
 ALTER TABLE rollups_by_rowid RENAME TO rollups;
+"#,
+    // 11: routes (versioned JSON bodies) and their dead letters. Outbox
+    // rows written from this format on carry each event's commit time.
+    r#"
+CREATE TABLE routes(tenant TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+    paused INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, PRIMARY KEY(tenant, id)) WITHOUT ROWID;
+CREATE TABLE route_deadletters(seq INTEGER PRIMARY KEY, tenant TEXT NOT NULL, route TEXT NOT NULL,
+    event_id INTEGER NOT NULL, at INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    error TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX route_deadletters_by_route ON route_deadletters(tenant, route, seq);
 "#,
 ];
 

@@ -30,6 +30,7 @@ pub mod outbox;
 mod query;
 pub mod registry;
 mod rollup;
+pub mod routes;
 pub mod rules;
 mod settings;
 pub mod twins;

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-/// One stored event: `[id, tenant, kind, twin, model, data]`.
+/// One stored event: `[id, tenant, kind, twin, model, data, at]`.
 type Row<'a> = (
     u64,
     &'a str,
@@ -26,14 +26,19 @@ type Row<'a> = (
     Option<&'a str>,
     Option<&'a str>,
     &'a crate::events::Data,
+    i64,
 );
-type OwnedRow = (
+/// A stored event as read back; rows written before format 11 have no
+/// commit time (`at` reads 0).
+#[derive(serde::Deserialize)]
+struct OwnedRow(
     u64,
     String,
     Kind,
     Option<String>,
     Option<String>,
     serde_json::Value,
+    #[serde(default)] i64,
 );
 
 /// Writes the events of one operation as one row (inside the writer's
@@ -52,6 +57,7 @@ pub(super) fn insert(tx: &Connection, events: &[Event]) -> Result<(), StoreError
                 e.twin.as_deref(),
                 e.model.as_deref(),
                 &e.data,
+                e.at,
             )
         })
         .collect();
@@ -88,10 +94,11 @@ fn read_after(conn: &Connection, after: u64, max: usize) -> Result<Vec<Event>, S
         let blob: Vec<u8> = r.get(0)?;
         let decoded: Vec<OwnedRow> = serde_json::from_slice(&blob)
             .map_err(|e| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        for (id, tenant, kind, twin, model, data) in decoded {
+        for OwnedRow(id, tenant, kind, twin, model, data, at) in decoded {
             if id > after {
                 out.push(Event {
                     id,
+                    at,
                     tenant,
                     kind,
                     twin,
@@ -353,6 +360,17 @@ impl Consumer {
             .write(move |ctx| ctx.set_position(&n, pos))
             .await?;
         self.position = self.position.max(pos);
+        Ok(())
+    }
+
+    /// Moves past every event up to `pos` without applying them (a route
+    /// dropping its oldest events), recorded at once.
+    pub async fn skip_to(&mut self, pos: u64) -> Result<(), StoreError> {
+        self.commit(pos).await?;
+        if pos > self.delivered {
+            self.delivered = pos;
+            self.catching_up = true;
+        }
         Ok(())
     }
 

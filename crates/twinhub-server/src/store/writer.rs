@@ -266,6 +266,7 @@ impl Writer {
         // Events get their ids in operation order; with durable consumers
         // they are stored in this same transaction.
         let mut last_id = engine.last_event_id();
+        let at = engine.clock.now_us();
         let durable = engine.outbox_on.load(std::sync::atomic::Ordering::SeqCst);
         let mut committed_events: Vec<Event> = Vec::new();
         let outcome = outcome.and_then(|_| {
@@ -276,7 +277,7 @@ impl Writer {
                 let from = committed_events.len();
                 for d in ds {
                     last_id += 1;
-                    committed_events.push(d.with_id(last_id));
+                    committed_events.push(d.with_id(last_id, at));
                 }
                 if durable {
                     outbox::insert(&self.conn, &committed_events[from..])?;

@@ -26,6 +26,7 @@ mod ops;
 pub mod process;
 mod quotas;
 mod roles;
+mod routes;
 mod rules;
 mod security;
 mod store_health;

@@ -1,0 +1,401 @@
+//! A route as written (the API's body) and as checked: which events it
+//! selects, the sink it delivers to, batching, retry and the backlog
+//! policy. Pure: checked once when the route is saved.
+
+use crate::events::{Event, Kind};
+use crate::twins::select::Select;
+use crate::twins::TwinGraphs;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+use twinhub_model::rules::expr::Expr;
+use twinhub_model::time::parse_duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub select: SelectSpec,
+    pub sink: SinkSpec,
+    /// Used when the sink has failed `retry.fallback_after` times in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<SinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// What happens when the backlog reaches `max_backlog` events:
+    /// `block` (telemetry ingest answers 503 until it drains; the default)
+    /// or `drop_oldest` (counted, and announced as a route event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_full: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backlog: Option<u64>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SelectSpec {
+    /// Event types: telemetry, twin, relationship, alarm, presence, rule
+    /// (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// A CEL expression over `event` (the envelope) and, for telemetry,
+    /// the values of the event's last message by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+}
+
+/// The sink: `kind` and that kind's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SinkSpec {
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+    /// Tries of one batch before it goes to the dead letters (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Failures in a row that open the circuit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_after: Option<u32>,
+    /// How long an open circuit waits before one probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<String>,
+    /// Failures in a row after which the fallback sink is tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_after: Option<u32>,
+}
+
+/// Why a route was refused: the field and the rule (status 400 or 422).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub status: u16,
+    pub field: String,
+    pub rule: String,
+}
+
+pub fn refuse(status: u16, field: &str, rule: impl Into<String>) -> SpecError {
+    SpecError {
+        status,
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
+
+/// Retry timing, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub initial: Duration,
+    pub max_backoff: Duration,
+    pub max_attempts: u32,
+    pub circuit_after: u32,
+    pub open_for: Duration,
+    pub fallback_after: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            initial: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            max_attempts: 20,
+            circuit_after: 5,
+            open_for: Duration::from_secs(30),
+            fallback_after: 3,
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before attempt `n` (1-based, after `n` failures), with
+    /// ±25 % jitter so many routes do not retry in step.
+    pub fn backoff(&self, failures: u32, jitter: f64) -> Duration {
+        let base =
+            self.initial.as_secs_f64() * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+        let capped = base.min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64((capped * (0.75 + 0.5 * jitter.clamp(0.0, 1.0))).max(0.001))
+    }
+}
+
+/// How a route picks its events, compiled.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub kinds: Option<HashSet<Kind>>,
+    pub twins: Option<Select>,
+    pub condition: Option<Expr>,
+}
+
+pub const ON_FULL: [&str; 2] = ["block", "drop_oldest"];
+
+fn duration(field: &str, v: &Option<String>, default: Duration) -> Result<Duration, SpecError> {
+    match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s)
+            .map(|us| Duration::from_micros(us as u64))
+            .map_err(|rule| refuse(400, field, rule)),
+    }
+}
+
+fn kind_of(name: &str) -> Option<Kind> {
+    Some(match name {
+        "telemetry" => Kind::Telemetry,
+        "twin" => Kind::Twin,
+        "relationship" => Kind::Relationship,
+        "alarm" => Kind::Alarm,
+        "presence" | "device" => Kind::Device,
+        "rule" => Kind::Rule,
+        _ => return None,
+    })
+}
+
+/// The envelope's `type` for an event kind (presence for device events).
+pub fn type_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Device => "presence",
+        k => k.as_str(),
+    }
+}
+
+impl RouteSpec {
+    pub fn selection(&self) -> Result<Selection, SpecError> {
+        let s = &self.select;
+        let kinds = if s.types.is_empty() {
+            None
+        } else {
+            let mut set = HashSet::new();
+            for t in &s.types {
+                set.insert(kind_of(t).ok_or_else(|| {
+                    refuse(
+                        400,
+                        "select.types",
+                        format!("unknown type {t}: use telemetry, twin, relationship, alarm, presence or rule"),
+                    )
+                })?);
+            }
+            Some(set)
+        };
+        let given = [s.twin.is_some(), s.model.is_some(), s.query.is_some()];
+        let twins = match given.iter().filter(|x| **x).count() {
+            0 => None,
+            1 => Some(Select {
+                twin: s.twin.clone(),
+                model: s.model.clone(),
+                query: s.query.clone(),
+            }),
+            _ => {
+                return Err(refuse(
+                    400,
+                    "select",
+                    "give at most one of twin, model or query",
+                ))
+            }
+        };
+        let condition = s
+            .condition
+            .as_deref()
+            .map(|c| Expr::compile(c).map_err(|e| refuse(422, "select.condition", e.to_string())))
+            .transpose()?;
+        Ok(Selection {
+            kinds,
+            twins,
+            condition,
+        })
+    }
+
+    pub fn retry(&self) -> Result<Retry, SpecError> {
+        let d = Retry::default();
+        let Some(r) = &self.retry else {
+            return Ok(d);
+        };
+        let out = Retry {
+            initial: duration("retry.initial", &r.initial, d.initial)?,
+            max_backoff: duration("retry.max_backoff", &r.max_backoff, d.max_backoff)?,
+            max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+            circuit_after: r.circuit_after.unwrap_or(d.circuit_after).max(1),
+            open_for: duration("retry.open_for", &r.open_for, d.open_for)?,
+            fallback_after: r.fallback_after.unwrap_or(d.fallback_after).max(1),
+        };
+        if out.initial > out.max_backoff {
+            return Err(refuse(
+                400,
+                "retry.initial",
+                "must not exceed retry.max_backoff",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// (max events per delivery, linger).
+    pub fn batching(&self) -> Result<(usize, Duration), SpecError> {
+        let b = self.batch.as_ref();
+        let max = b.and_then(|b| b.max).unwrap_or(100);
+        if !(1..=10_000).contains(&max) {
+            return Err(refuse(400, "batch.max", "must be between 1 and 10000"));
+        }
+        let linger = duration(
+            "batch.linger",
+            &b.and_then(|b| b.linger.clone()),
+            Duration::from_millis(50),
+        )?;
+        if linger > Duration::from_secs(60) {
+            return Err(refuse(400, "batch.linger", "must be at most 60s"));
+        }
+        Ok((max, linger))
+    }
+
+    pub fn drops_oldest(&self) -> Result<bool, SpecError> {
+        match self.on_full.as_deref() {
+            None | Some("block") => Ok(false),
+            Some("drop_oldest") => Ok(true),
+            Some(other) => Err(refuse(
+                400,
+                "on_full",
+                format!("unknown policy {other}: use {}", ON_FULL.join(" or ")),
+            )),
+        }
+    }
+}
+
+impl Selection {
+    /// Whether the route takes `e` (`members`: a query selection's twins).
+    pub fn admits(&self, e: &Event, twins: &TwinGraphs, members: Option<&HashSet<String>>) -> bool {
+        if self.kinds.as_ref().is_some_and(|k| !k.contains(&e.kind)) {
+            return false;
+        }
+        if let Some(sel) = &self.twins {
+            let Some(t) = e.twin.as_deref() else {
+                return false;
+            };
+            if !sel.matches(&e.tenant, t, twins, members) {
+                return false;
+            }
+        }
+        match &self.condition {
+            None => true,
+            Some(expr) => {
+                let env = envelope(e);
+                let mut vars: Vec<(String, Value)> = Vec::new();
+                if let Some(last) = env["data"]["messages"].as_array().and_then(|m| m.last()) {
+                    if let Some(values) = last["values"].as_object() {
+                        for (k, v) in values {
+                            vars.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+                let mut bound: Vec<(&str, &Value)> =
+                    vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                bound.push(("event", &env));
+                expr.eval_bool(&bound).unwrap_or(false)
+            }
+        }
+    }
+}
+
+/// The event as routes deliver it: `{id, type, tenant, twin, model, ts,
+/// data}`. `id` is stable across redeliveries (receivers deduplicate by
+/// it); `ts` is the commit time in epoch ms.
+pub fn envelope(e: &Event) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), Value::String(e.id.to_string()));
+    m.insert("type".into(), Value::String(type_name(e.kind).into()));
+    m.insert("tenant".into(), Value::String(e.tenant.clone()));
+    m.insert(
+        "twin".into(),
+        e.twin.clone().map(Value::String).unwrap_or(Value::Null),
+    );
+    if let Some(model) = &e.model {
+        m.insert("model".into(), Value::String(model.clone()));
+    }
+    m.insert("ts".into(), twinhub_model::time::to_epoch_ms_json(e.at));
+    m.insert(
+        "data".into(),
+        serde_json::to_value(&e.data).unwrap_or(Value::Null),
+    );
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_bounded_jitter() {
+        let r = Retry::default();
+        assert_eq!(r.backoff(1, 0.5), Duration::from_millis(500));
+        assert_eq!(r.backoff(2, 0.5), Duration::from_secs(1));
+        assert_eq!(r.backoff(30, 0.5), Duration::from_secs(60));
+        for f in 1..40 {
+            for j in [0.0, 0.3, 1.0] {
+                let d = r.backoff(f, j).as_secs_f64();
+                let mid = r.backoff(f, 0.5).as_secs_f64();
+                assert!(d >= mid * 0.75 - 1e-9 && d <= mid * 1.25 + 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let spec = |v: Value| serde_json::from_value::<RouteSpec>(v).unwrap();
+        let base = serde_json::json!({"sink": {"kind": "webhook", "url": "http://x"}});
+        let mut s = spec(base.clone());
+        s.select.types = vec!["telemetry".into(), "bogus".into()];
+        assert_eq!(s.selection().unwrap_err().field, "select.types");
+        let mut s = spec(base.clone());
+        s.select.twin = Some("a".into());
+        s.select.model = Some("dtmi:x;1".into());
+        assert_eq!(s.selection().unwrap_err().field, "select");
+        let mut s = spec(base.clone());
+        s.select.condition = Some("temperature >".into());
+        assert_eq!(s.selection().unwrap_err().status, 422);
+        let mut s = spec(base.clone());
+        s.batch = Some(BatchSpec {
+            max: Some(0),
+            linger: None,
+        });
+        assert_eq!(s.batching().unwrap_err().field, "batch.max");
+        let mut s = spec(base.clone());
+        s.on_full = Some("panic".into());
+        assert_eq!(s.drops_oldest().unwrap_err().field, "on_full");
+        let mut s = spec(base);
+        s.retry = Some(RetrySpec {
+            initial: Some("2m".into()),
+            max_backoff: Some("1m".into()),
+            max_attempts: None,
+            circuit_after: None,
+            open_for: None,
+            fallback_after: None,
+        });
+        assert_eq!(s.retry().unwrap_err().field, "retry.initial");
+    }
+}
