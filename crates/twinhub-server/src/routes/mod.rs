@@ -14,6 +14,9 @@
 //! (alarms when delivery fails), `clock`, `auth` (random ids),
 //! `twinhub-model` (CEL, durations).
 
+pub mod mqtt;
+pub mod nats;
+pub mod postgres;
 pub mod sink;
 pub mod spec;
 pub mod webhook;

@@ -65,13 +65,16 @@ pub trait Sink: Send + Sync {
 }
 
 /// The sink kinds, in one place.
-pub const KINDS: [&str; 1] = ["webhook"];
+pub const KINDS: [&str; 4] = ["webhook", "mqtt", "nats", "postgres"];
 
 /// Builds the sink a spec describes; `field` names it in errors (`sink`
 /// or `fallback`).
 pub fn build(spec: &SinkSpec, field: &str, ctx: SinkContext) -> Result<Arc<dyn Sink>, SpecError> {
     match spec.kind.as_str() {
         "webhook" => Ok(Arc::new(super::webhook::Webhook::new(spec, field, ctx)?)),
+        "mqtt" => Ok(Arc::new(super::mqtt::MqttBridge::new(spec, field, ctx)?)),
+        "nats" => Ok(Arc::new(super::nats::Nats::new(spec, field, ctx)?)),
+        "postgres" => Ok(Arc::new(super::postgres::Postgres::new(spec, field, ctx)?)),
         other => Err(refuse(
             400,
             &format!("{field}.kind"),

@@ -4,6 +4,7 @@
 //! SIGKILL while the receiver is away.
 
 mod chaos;
+mod compliance;
 mod receiver;
 
 use crate::common::*;
