@@ -20,7 +20,7 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 if (!BASE || !PASSWORD) throw new Error('set TWINHUB_URL and TWINHUB_PASSWORD');
 mkdirSync(SHOTS, { recursive: true });
 
-const T = 20_000;
+const T = 45_000;
 console.log(`[e2e] dashboard at ${BASE}`);
 let step = 0;
 const log = (m) => console.log(`[e2e] ${m}`);

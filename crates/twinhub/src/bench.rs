@@ -25,6 +25,7 @@ pub enum Suite {
     Ml,
     Rules,
     Ingest,
+    Routes,
 }
 
 #[derive(Args)]
@@ -65,6 +66,9 @@ pub struct BenchArgs {
     /// Twins in the rules benchmark (5 rules each).
     #[arg(long, default_value_t = 10_000)]
     rule_twins: usize,
+    /// Events in each backlog the routes benchmark drains.
+    #[arg(long, default_value_t = 200_000)]
+    route_events: usize,
     /// Series (devices) in the ingest benchmark, one request each.
     #[arg(long, default_value_t = 1000)]
     ingest_series: usize,
@@ -531,6 +535,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if matches!(args.suite, Suite::All | Suite::Rules) {
         crate::bench_rules::run(crate::bench_rules::RulesArgs {
             twins: args.rule_twins,
+            seconds: args.http_seconds,
+        })
+        .await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Routes) {
+        crate::bench_routes::run(crate::bench_routes::RoutesArgs {
+            events: args.route_events,
             seconds: args.http_seconds,
         })
         .await?;

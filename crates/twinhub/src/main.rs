@@ -6,11 +6,13 @@ mod bench_auth;
 mod bench_ingest;
 mod bench_ml;
 mod bench_mqtt;
+mod bench_routes;
 mod bench_rules;
 mod bench_sustained;
 mod bench_twins;
 mod demo;
 mod model_cli;
+mod route_cli;
 mod rule_cli;
 mod sim;
 
@@ -134,6 +136,10 @@ enum Command {
     /// Alarms: list, acknowledge, clear, comment.
     #[command(subcommand)]
     Alarm(rule_cli::AlarmCmd),
+    /// Routes: create from JSON, list with status, pause, resume, test,
+    /// dead letters and replay.
+    #[command(subcommand)]
+    Route(route_cli::RouteCmd),
     /// Take a consistent copy of the store (safe while the server runs).
     Backup {
         file: PathBuf,
@@ -223,6 +229,7 @@ fn main() -> std::process::ExitCode {
             Command::Model(cmd) => model_cli::run(cli.config.as_ref(), cmd).await,
             Command::Rule(cmd) => rule_cli::rule(cli.config.as_ref(), cmd).await,
             Command::Alarm(cmd) => rule_cli::alarm(cli.config.as_ref(), cmd).await,
+            Command::Route(cmd) => route_cli::route(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Check(flags) => admin::check(cli.config.as_ref(), &flags),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),

@@ -107,7 +107,7 @@ pub enum AlarmCmd {
     },
 }
 
-fn read_json(p: &PathBuf) -> anyhow::Result<Value> {
+pub(crate) fn read_json(p: &PathBuf) -> anyhow::Result<Value> {
     let bytes = if p.as_os_str() == "-" {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;

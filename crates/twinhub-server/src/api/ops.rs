@@ -272,6 +272,7 @@ pub async fn metrics(
         "Alarms opened since start.",
         state.alarms.raised.load(Ordering::Relaxed),
     );
+    routes_metrics(&state, &mut x);
     if let Ok((rows, bytes)) = state.store.outbox_size() {
         x.gauge(
             "twinhub_outbox_bytes",
@@ -452,4 +453,46 @@ pub async fn server_info(
         "version": env!("CARGO_PKG_VERSION"),
         "listeners": state.listeners.get().cloned().unwrap_or_else(|| serde_json::json!({})),
     }))
+}
+
+/// Per-route counters and backlog (labels: tenant, route).
+fn routes_metrics(state: &AppState, x: &mut Exposition) {
+    use crate::routes::Stats;
+    let all = state.routes.all_stats();
+    let series = |f: &dyn Fn(&Stats) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
+        all.iter()
+            .map(|(t, r, s)| (vec![("tenant", t.clone()), ("route", r.clone())], f(s)))
+            .collect()
+    };
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    x.counter_series(
+        "twinhub_route_delivered_total",
+        "Events a route delivered.",
+        &series(&|s| n(&s.delivered)),
+    );
+    x.counter_series(
+        "twinhub_route_retries_total",
+        "Failed delivery attempts (each retried or parked).",
+        &series(&|s| n(&s.retried)),
+    );
+    x.counter_series(
+        "twinhub_route_dead_lettered_total",
+        "Events parked in a route's dead letters.",
+        &series(&|s| n(&s.dead_lettered)),
+    );
+    x.counter_series(
+        "twinhub_route_dropped_total",
+        "Events a full drop_oldest route skipped.",
+        &series(&|s| n(&s.dropped)),
+    );
+    x.gauge_series(
+        "twinhub_route_backlog_events",
+        "Events waiting for a route.",
+        &series(&|s| s.backlog.lock().expect("backlog").0 as f64),
+    );
+    x.gauge_series(
+        "twinhub_route_state",
+        "0 ok, 1 retrying, 2 open circuit, 3 paused.",
+        &series(&|s| s.state() as u8 as f64),
+    );
 }

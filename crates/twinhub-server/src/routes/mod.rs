@@ -71,6 +71,7 @@ pub struct Route {
     pub max_backlog: u64,
     pub sink: Arc<dyn Sink>,
     pub fallback: Option<Arc<dyn Sink>>,
+    pub template: Option<spec::Template>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -238,6 +239,11 @@ impl RouteBook {
         if max_backlog < 100 {
             return Err(refuse(400, "max_backlog", "must be at least 100 events").into());
         }
+        let template = spec
+            .template
+            .as_deref()
+            .map(spec::Template::compile)
+            .transpose()?;
         let sink = sink::build(&spec.sink, "sink", self.context(tenant, id))?;
         let fallback = spec
             .fallback
@@ -257,6 +263,7 @@ impl RouteBook {
             max_backlog,
             sink,
             fallback,
+            template,
             created_at: 0,
             updated_at: 0,
         })
@@ -425,7 +432,17 @@ impl RouteBook {
             "ts": twinhub_model::time::to_epoch_ms_json(now),
             "data": {"route": id, "message": "a test event from twinhub"},
         });
-        let batch = [ev.clone()];
+        let body = match &route.template {
+            Some(t) => match t.render(&ev) {
+                Ok(b) => Some(b),
+                Err(e) => return Ok(Err(e)),
+            },
+            None => None,
+        };
+        let batch = [sink::Delivery {
+            env: ev.clone(),
+            body,
+        }];
         Ok(match route.sink.send(&batch).await {
             Ok(()) => Ok(ev),
             Err(e) => Err(e.message),

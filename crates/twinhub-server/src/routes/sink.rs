@@ -58,10 +58,25 @@ impl SinkContext {
     }
 }
 
+/// One event to deliver: its envelope (id, type, twin, … — what topics,
+/// subjects, dedupe ids and table rows are made from) and the document a
+/// receiver gets: the envelope itself, or the route's template output.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub env: Value,
+    pub body: Option<Value>,
+}
+
+impl Delivery {
+    pub fn body(&self) -> &Value {
+        self.body.as_ref().unwrap_or(&self.env)
+    }
+}
+
 pub trait Sink: Send + Sync {
-    /// Delivers `batch` (envelopes in event order); Ok once the receiver
-    /// has acknowledged all of it.
-    fn send<'a>(&'a self, batch: &'a [Value]) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Delivers `batch` (in event order); Ok once the receiver has
+    /// acknowledged all of it.
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, Result<(), SinkError>>;
 }
 
 /// The sink kinds, in one place.

@@ -25,6 +25,11 @@ pub struct RouteSpec {
     /// Used when the sink has failed `retry.fallback_after` times in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<SinkSpec>,
+    /// A MiniJinja template that shapes what the receiver gets from each
+    /// event (`event` is the envelope; its fields are also top-level
+    /// names); it must render JSON. Table sinks keep the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +370,33 @@ mod tests {
     }
 
     #[test]
+    fn templates_render_json_from_the_envelope() {
+        let t = Template::compile(
+            r#"{"IDOC": {"DOCNUM": "{{ id }}", "MATNR": {{ twin | tojson }}, "TEMP": {{ data.messages[-1]["values"].temperature }}}}"#,
+        )
+        .unwrap();
+        let env = serde_json::json!({"id": "42", "twin": "press-1", "data": {"messages": [{"values": {"temperature": 71.5}}]}});
+        assert_eq!(
+            t.render(&env).unwrap(),
+            serde_json::json!({"IDOC": {"DOCNUM": "42", "MATNR": "press-1", "TEMP": 71.5}})
+        );
+        assert!(
+            t.render(&serde_json::json!({})).is_err(),
+            "renders invalid JSON without data"
+        );
+        let e = Template::compile("{% for x in %}").err().unwrap();
+        assert_eq!((e.status, e.field.as_str()), (422, "template"));
+        let spin = Template::compile(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}1",
+        )
+        .unwrap();
+        assert!(
+            spin.render(&serde_json::json!({})).is_err(),
+            "fuel stops it"
+        );
+    }
+
+    #[test]
     fn bad_specs_name_the_field() {
         let spec = |v: Value| serde_json::from_value::<RouteSpec>(v).unwrap();
         let base = serde_json::json!({"sink": {"kind": "webhook", "url": "http://x"}});
@@ -397,5 +429,48 @@ mod tests {
             fallback_after: None,
         });
         assert_eq!(s.retry().unwrap_err().field, "retry.initial");
+    }
+}
+
+/// A route's mapping template, compiled once.
+pub struct Template {
+    env: minijinja::Environment<'static>,
+}
+
+/// Work one rendering may do (loops, filters): a template cannot hang
+/// the route.
+const TEMPLATE_FUEL: u64 = 200_000;
+
+impl Template {
+    pub fn compile(src: &str) -> Result<Template, SpecError> {
+        let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+        env.add_template_owned("route", src.to_string())
+            .map_err(|e| {
+                let at = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+                refuse(
+                    422,
+                    "template",
+                    format!("{}{at}", e.detail().unwrap_or("does not parse")),
+                )
+            })?;
+        Ok(Template { env })
+    }
+
+    /// The document for one envelope: the template's output, as JSON.
+    pub fn render(&self, env: &Value) -> Result<Value, String> {
+        let tmpl = self.env.get_template("route").map_err(|e| e.to_string())?;
+        let mut ctx = env.as_object().cloned().unwrap_or_default();
+        ctx.insert("event".into(), env.clone());
+        let text = tmpl
+            .render(minijinja::Value::from(minijinja::value::Serde(&ctx)))
+            .map_err(|e| {
+                format!(
+                    "the template failed: {}",
+                    e.detail().unwrap_or("render error")
+                )
+            })?;
+        serde_json::from_str(&text).map_err(|e| format!("the template did not render JSON ({e})"))
     }
 }

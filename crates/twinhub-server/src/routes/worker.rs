@@ -6,6 +6,7 @@
 //! repeated failures; a full backlog blocks ingest or drops the oldest
 //! events, as the route says.
 
+use super::sink::Delivery;
 use super::spec::{envelope, Selection};
 use super::{Control, Route, RouteBook, State, Stats};
 use crate::events::{Event, Kind};
@@ -221,6 +222,19 @@ fn note_error(book: &RouteBook, stats: &Stats, msg: &str) {
     *stats.last_error.lock().expect("error") = Some((book.deps.clock.now_us(), msg.to_string()));
 }
 
+/// The deliveries of envelopes: each with its template output, if the
+/// route has a template.
+fn deliveries(route: &Route, envs: impl Iterator<Item = Value>) -> Result<Vec<Delivery>, String> {
+    envs.map(|env| {
+        let body = match &route.template {
+            Some(t) => Some(t.render(&env)?),
+            None => None,
+        };
+        Ok(Delivery { env, body })
+    })
+    .collect()
+}
+
 /// Delivers one batch with the route's retry policy. While it waits, the
 /// backlog is still measured, so a blocking route stops ingest and a
 /// dropping route drops during an outage, when it matters.
@@ -234,7 +248,14 @@ async fn deliver(
     last_id: u64,
 ) -> Outcome {
     let mut last_backlog = Instant::now();
-    let body: Vec<Value> = selected.iter().map(|(_, v)| v.clone()).collect();
+    let body = match deliveries(route, selected.iter().map(|(_, v)| v.clone())) {
+        Ok(b) => b,
+        // The template cannot make this batch: no retry will.
+        Err(e) => {
+            note_error(book, stats, &e);
+            return Outcome::Parked(e, 0);
+        }
+    };
     let mut failures: u32 = 0;
     loop {
         if stopped(control, book) {
@@ -271,7 +292,7 @@ async fn deliver(
                 }
                 let wait = if failures >= route.retry.circuit_after {
                     if stats.state() != State::Open {
-                        stats.set_state(State::Open);
+                        // The alarm first: a route shown open has raised it.
                         alarm(
                             book,
                             route,
@@ -279,6 +300,7 @@ async fn deliver(
                             Some(json!({"error": e.message})),
                         )
                         .await;
+                        stats.set_state(State::Open);
                     }
                     route.retry.open_for.min(
                         route
@@ -423,10 +445,18 @@ async fn replay(book: &RouteBook, route: &Route, stats: &Stats, control: &Contro
             return;
         };
         after = last.seq;
-        let body: Vec<Value> = letters
-            .iter()
-            .filter_map(|l| serde_json::from_str(&l.body).ok())
-            .collect();
+        let body = match deliveries(
+            route,
+            letters
+                .iter()
+                .filter_map(|l| serde_json::from_str(&l.body).ok()),
+        ) {
+            Ok(b) => b,
+            Err(e) => {
+                note_error(book, stats, &format!("replay: {e}"));
+                return;
+            }
+        };
         if let Err(e) = route.sink.send(&body).await {
             note_error(book, stats, &format!("replay: {}", e.message));
             return;

@@ -316,3 +316,44 @@ async fn rules_and_alarms_from_the_cli() {
     let err = fails(&dir, &["alarm", "ack", "12345"]);
     assert!(err.contains("not found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_from_the_cli() {
+    let (root, dir) = layout();
+    let file = root.path().join("route.json");
+    std::fs::write(
+        &file,
+        json!({"id": "erp", "select": {"types": ["alarm"]},
+            "sink": {"kind": "webhook", "url": "http://127.0.0.1:9/hook"}})
+        .to_string(),
+    )
+    .unwrap();
+    let direct = "TWINHUB_ADMIN_PASSWORD";
+    let created = run(
+        &dir,
+        &["route", "create", file.to_str().unwrap()],
+        None,
+        direct,
+    );
+    assert_eq!(
+        (created["id"].as_str(), created["version"].as_i64()),
+        (Some("erp"), Some(1))
+    );
+    let paused = run(&dir, &["route", "pause", "erp"], None, direct);
+    assert_eq!(
+        (paused["status"].as_str(), paused["version"].as_i64()),
+        (Some("paused"), Some(2))
+    );
+    let listed = run(&dir, &["route", "list"], None, direct);
+    assert_eq!(listed["id"], "erp");
+    let tested = run(&dir, &["route", "test", "erp"], None, direct);
+    assert_eq!(
+        tested["delivered"], false,
+        "nothing listens on port 9: {tested}"
+    );
+    std::fs::write(&file, json!({"sink": {"kind": "pigeon"}}).to_string()).unwrap();
+    let err = fails(&dir, &["route", "create", file.to_str().unwrap()]);
+    assert!(err.contains("sink.kind"), "{err}");
+    let err = fails(&dir, &["route", "replay", "nope"]);
+    assert!(err.contains("not found"), "{err}");
+}

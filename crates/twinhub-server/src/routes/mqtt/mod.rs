@@ -4,7 +4,7 @@
 //! 1 a batch is delivered once the broker has acknowledged every message;
 //! a connection error fails the batch (it is sent again: at least once).
 
-use super::sink::{only, text, Sink, SinkContext, SinkError};
+use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
@@ -263,17 +263,17 @@ impl MqttBridge {
 }
 
 impl Sink for MqttBridge {
-    fn send<'a>(&'a self, batch: &'a [Value]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut notes = self.notes.lock().await;
             // Notes from before this batch (a late ack, an old error).
             while notes.try_recv().is_ok() {}
             let deadline = tokio::time::Instant::now() + self.timeout;
-            for env in batch {
-                let topic = topic_for(&self.topic, env, &self.ctx.route);
-                let publish = self
-                    .client
-                    .publish(topic, self.qos, self.retain, env.to_string());
+            for d in batch {
+                let topic = topic_for(&self.topic, &d.env, &self.ctx.route);
+                let publish =
+                    self.client
+                        .publish(topic, self.qos, self.retain, d.body().to_string());
                 match tokio::time::timeout_at(deadline, publish).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(SinkError::transient("the MQTT client is closed")),

@@ -6,7 +6,7 @@
 //! the template's subjects) on first use if it does not exist. Without
 //! JetStream, a batch is delivered once the server has it (a flush).
 
-use super::sink::{only, text, Sink, SinkContext, SinkError};
+use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -196,7 +196,7 @@ impl Nats {
 }
 
 impl Sink for Nats {
-    fn send<'a>(&'a self, batch: &'a [Value]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut conn = self.conn.lock().await;
             if conn.is_none() {
@@ -207,12 +207,12 @@ impl Sink for Nats {
                 if self.jetstream {
                     let js = async_nats::jetstream::new(client.clone());
                     let mut acks = Vec::with_capacity(batch.len());
-                    for env in batch {
+                    for d in batch {
                         let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", env["id"].as_str().unwrap_or(""));
-                        let subject = subject_for(&self.subject, env, &self.ctx.route);
+                        headers.insert("Nats-Msg-Id", d.env["id"].as_str().unwrap_or(""));
+                        let subject = subject_for(&self.subject, &d.env, &self.ctx.route);
                         let ack = js
-                            .publish_with_headers(subject, headers, env.to_string().into())
+                            .publish_with_headers(subject, headers, d.body().to_string().into())
                             .await
                             .map_err(|e| {
                                 SinkError::transient(format!("JetStream publish failed: {e}"))
@@ -227,10 +227,10 @@ impl Sink for Nats {
                         })?;
                     }
                 } else {
-                    for env in batch {
-                        let subject = subject_for(&self.subject, env, &self.ctx.route);
+                    for d in batch {
+                        let subject = subject_for(&self.subject, &d.env, &self.ctx.route);
                         client
-                            .publish(subject, env.to_string().into())
+                            .publish(subject, d.body().to_string().into())
                             .await
                             .map_err(|_| SinkError::transient("NATS publish failed"))?;
                     }

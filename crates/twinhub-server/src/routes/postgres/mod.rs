@@ -6,7 +6,7 @@
 //! The connection string is given as `url` or, with a password, as the
 //! name of a secret (`url_secret`). Plain TCP only (no TLS yet).
 
-use super::sink::{only, text, Sink, SinkContext, SinkError};
+use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
@@ -130,13 +130,16 @@ impl Postgres {
 }
 
 impl Sink for Postgres {
-    fn send<'a>(&'a self, batch: &'a [Value]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let mut conn = self.conn.lock().await;
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
                 *conn = Some(self.connect().await?);
             }
             let client = conn.as_ref().expect("connected");
+            // The table keeps envelopes (a template shapes what other
+            // sinks send; a row needs the envelope's columns).
+            let batch: Vec<&Value> = batch.iter().map(|d| &d.env).collect();
             let s = |v: &Value, k: &str| v[k].as_str().map(str::to_string);
             let ids: Vec<String> = batch
                 .iter()

@@ -6,7 +6,7 @@
 //! headers. 2xx is delivered; 408, 429, 5xx and network errors are
 //! retried; another 4xx is a permanent refusal (dead letters).
 
-use super::sink::{only, text, Sink, SinkContext, SinkError};
+use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -118,9 +118,10 @@ impl Webhook {
 }
 
 impl Sink for Webhook {
-    fn send<'a>(&'a self, batch: &'a [Value]) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn send<'a>(&'a self, batch: &'a [Delivery]) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(batch).expect("envelopes serialise");
+            let docs: Vec<&Value> = batch.iter().map(Delivery::body).collect();
+            let body = serde_json::to_vec(&docs).expect("documents serialise");
             let ts = (self.ctx.clock.now_us() / 1_000_000).to_string();
             let mut req = self
                 .client

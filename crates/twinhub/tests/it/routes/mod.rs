@@ -121,6 +121,15 @@ async fn a_webhook_route_delivers_what_it_selects_signed_and_in_order() {
     let st = status(&s, "erp").await;
     assert_eq!(st["delivered"], 10, "{st}");
     assert_eq!(st["dead_letters"], 0);
+    let m = s.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"twinhub_route_delivered_total{tenant="default",route="erp"}"#
+        ),
+        Some(10.0),
+        "{m}"
+    );
     s.stop().await;
 }
 
@@ -516,5 +525,127 @@ async fn route_definitions_are_checked_and_tested() {
     assert_eq!(r.status(), 204);
     let r = s.get("/api/v1/routes/t").send().await.unwrap();
     error_of(r, 404, "not_found").await;
+    s.stop().await;
+}
+
+fn example(name: &str, url: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/routes")
+        .join(name);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["sink"]["url"] = json!(url);
+    v
+}
+
+#[tokio::test]
+async fn the_example_templates_give_erp_shaped_documents() {
+    let s = TestServer::start().await;
+    let rx = Receiver::start().await;
+    s.http
+        .put(s.url("/api/v1/secrets/sap-hmac"))
+        .bearer_auth(&s.token)
+        .json(&json!({"value": "k"}))
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .post(
+            "/api/v1/models",
+            serde_json::from_str(twinhub_server::ontologies::PROCESS_PLANT).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .http
+        .put(s.url("/api/v1/twins/r1"))
+        .bearer_auth(&s.token)
+        .json(&json!({"$metadata": {"$model": "dtmi:twinhub:plant:Reactor;1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut sap = example("sap-idoc.json", &rx.url());
+    sap["batch"] = json!({"max": 200, "linger": "10ms"});
+    create(&s, sap).await;
+    let mut erp = example("oracle-erp.json", &rx.url());
+    erp["select"]["types"] = json!(["alarm"]);
+    create(&s, erp).await;
+    let r = s
+        .post(
+            "/api/v1/rules",
+            json!({"id": "hot", "name": "hot", "select": {"twin": "r1"}, "condition": "temperature > 380",
+                   "alarm": {"type": "Overheat", "severity": "major"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .post("/api/v1/devices", json!({"id": "r1-dev", "twin_id": "r1"}))
+        .send()
+        .await
+        .unwrap();
+    let key = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.send(
+            "r1-dev",
+            &key,
+            json!([{"ts": 1_800_000_000_000i64, "temperature": 390.5, "pressure": 6.25}])
+        )
+        .await
+        .status(),
+        200
+    );
+    until("both documents arrive", || async {
+        let docs = rx.inbox.events();
+        docs.iter().any(|d| d.get("IDOC").is_some())
+            && docs.iter().any(|d| d.get("WorkRequestNumber").is_some())
+    })
+    .await;
+    let docs = rx.inbox.events();
+    let idoc = docs.iter().find(|d| d.get("IDOC").is_some()).unwrap();
+    assert_eq!(idoc["IDOC"]["EDI_DC40"]["IDOCTYP"], "ZTWIN_PROD01");
+    assert!(idoc["IDOC"]["EDI_DC40"]["DOCNUM"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    let seg = &idoc["IDOC"]["E1PRODEVT"][0];
+    assert_eq!(seg["EQUNR"], "r1");
+    assert_eq!(seg["MEASTS"], 1_800_000_000_000i64);
+    let values: Vec<(String, f64)> = seg["E1VALUE"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["ATNAM"].as_str().unwrap().to_string(),
+                v["ATWRT"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![("PRESSURE".into(), 6.25), ("TEMPERATURE".into(), 390.5)]
+    );
+    let wr = docs
+        .iter()
+        .find(|d| d.get("WorkRequestNumber").is_some())
+        .unwrap();
+    assert_eq!(wr["AssetNumber"], "r1");
+    assert_eq!(wr["Criticality"], "HIGH");
+    assert_eq!(wr["Description"], "Overheat on r1");
+    assert!(
+        wr["WorkRequestNumber"]
+            .as_str()
+            .unwrap()
+            .starts_with("TWH-"),
+        "{wr}"
+    );
     s.stop().await;
 }
