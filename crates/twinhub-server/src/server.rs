@@ -270,6 +270,7 @@ pub async fn run(
         )
         .await?;
         *state.mqtt.write().expect("mqtt") = Some(broker.clone());
+        state.routes.attach_broker(&broker);
         jobs.push(tokio::spawn(crate::mqtt::fanout::deliver_telemetry(
             broker.clone(),
             state.events.clone(),

@@ -24,7 +24,7 @@ impl From<RouteError> for ApiError {
     }
 }
 
-const SPEC_DOC: &str = "{id?, select: {types?: [telemetry|twin|relationship|alarm|presence|rule], twin?|model?|query?, condition?}, sink: {kind: webhook, url, secret?, headers?, timeout?}, fallback?: {sink}, batch?: {max, linger}, retry?: {initial, max_backoff, max_attempts, circuit_after, open_for, fallback_after}, on_full?: block|drop_oldest, max_backlog?, paused?}";
+const SPEC_DOC: &str = "{id?, select: {types?: [telemetry|twin|relationship|alarm|presence|rule], twin?|model?|query?, condition?, functions?}, sink: {kind: webhook|mqtt|nats|postgres|function, …}, fallback?: {sink}, template?, batch?: {max, linger}, retry?: {initial, max_backoff, max_attempts, circuit_after, open_for, fallback_after}, on_full?: block|drop_oldest, max_backlog?, paused?}";
 
 /// Creates a route: from now on every committed event it selects is
 /// delivered to its sink.

@@ -110,8 +110,15 @@ pub struct BrokerDeps {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Who answers a device's function call (`devices/{id}/functions/{name}/
+/// {requestId}`): the routes, set at start (the broker does not know them).
+pub trait FunctionCalls: Send + Sync {
+    fn call(&self, tenant: &str, device: &str, name: &str, request_id: &str, payload: Bytes);
+}
+
 pub struct Broker {
     pub deps: BrokerDeps,
+    functions: std::sync::OnceLock<Arc<dyn FunctionCalls>>,
     pub settings: Settings,
     sessions: RwLock<HashMap<Arc<str>, Arc<SessionHandle>>>,
     router: RwLock<Router>,
@@ -142,6 +149,7 @@ impl Broker {
         })?;
         let next_id = queue.iter().map(|q| q.id).max().unwrap_or(0) + 1;
         let broker = Arc::new(Broker {
+            functions: Default::default(),
             persist: Persister::start(deps.store.clone(), next_id),
             settings,
             sessions: RwLock::new(HashMap::new()),
@@ -759,6 +767,50 @@ impl Broker {
 
     pub fn forget_reply(&self, request_id: &str) {
         self.commands.lock().expect("commands").remove(request_id);
+    }
+
+    /// Sets who answers function calls (once, at start).
+    pub fn set_functions(&self, f: Arc<dyn FunctionCalls>) {
+        let _ = self.functions.set(f);
+    }
+
+    /// A device's function call; without routes it is answered at once.
+    pub fn function_call(
+        &self,
+        tenant: &str,
+        device: &str,
+        name: &str,
+        request_id: &str,
+        payload: Bytes,
+    ) {
+        match self.functions.get() {
+            Some(f) => f.call(tenant, device, name, request_id, payload),
+            None => self.publish_from_server(
+                tenant,
+                &format!("devices/{device}/functions/replies/{request_id}"),
+                Bytes::from_static(br#"{"status":503,"error":"functions are not available"}"#),
+            ),
+        }
+    }
+
+    /// Publishes a message of the server's own (a function's answer) to
+    /// the tenant's subscribers, at QoS 1.
+    pub fn publish_from_server(&self, tenant: &str, topic: &str, payload: Bytes) {
+        let msg = Message {
+            topic: topic.into(),
+            payload,
+            qos: 1,
+            retain: false,
+            props: Some(Arc::new(super::session::MsgProps {
+                payload_format: Some(1),
+                content_type: Some("application/json".into()),
+                ..Default::default()
+            })),
+            expires_at: None,
+            from: None,
+        };
+        let ops = self.route(tenant, Arc::new(msg));
+        self.persist.send(ops);
     }
 
     pub fn reply(&self, request_id: &str, payload: Bytes) -> bool {

@@ -1008,6 +1008,24 @@ fn on_publish(
     if let Some(id) = replies_prefix.and_then(|pre| msg.topic.strip_prefix(pre)) {
         broker.reply(id, msg.payload.clone());
     }
+    // A device's function call: devices/{id}/functions/{name}/{requestId}.
+    if let Some(device) = replies_prefix
+        .and_then(|pre| pre.strip_prefix("devices/"))
+        .and_then(|d| d.strip_suffix("/replies/"))
+    {
+        let call = msg
+            .topic
+            .strip_prefix("devices/")
+            .and_then(|t| t.strip_prefix(device))
+            .and_then(|t| t.strip_prefix("/functions/"))
+            .and_then(|t| t.split_once('/'))
+            .filter(|(name, rid)| {
+                *name != "replies" && !name.is_empty() && !rid.is_empty() && !rid.contains('/')
+            });
+        if let Some((name, rid)) = call {
+            broker.function_call(tenant, device, name, rid, msg.payload.clone());
+        }
+    }
     if msg.retain {
         pass.ops.push(broker.retain(tenant, &msg));
     }

@@ -10,10 +10,12 @@
 //!
 //! May call: `store` (route rows, dead letters, durable consumers),
 //! `events` (the envelopes), `twins` (selection), `secrets` (webhook keys),
-//! `pipeline` (backpressure when a blocking route is full), `rules`
+//! `pipeline` (backpressure when a blocking route is full), `mqtt` (function
+//! answers), `rules`
 //! (alarms when delivery fails), `clock`, `auth` (random ids),
 //! `twinhub-model` (CEL, durations).
 
+pub mod function;
 pub mod mqtt;
 pub mod nats;
 pub mod postgres;
@@ -72,6 +74,8 @@ pub struct Route {
     pub sink: Arc<dyn Sink>,
     pub fallback: Option<Arc<dyn Sink>>,
     pub template: Option<spec::Template>,
+    /// Function routes answer device calls instead of taking events.
+    pub function: Option<Arc<function::Endpoint>>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -169,6 +173,8 @@ pub struct RouteDeps {
 
 pub struct RouteBook {
     deps: RouteDeps,
+    /// Where function answers are published (weak: the broker holds us).
+    broker: std::sync::OnceLock<std::sync::Weak<crate::mqtt::Broker>>,
     routes: RwLock<HashMap<(String, String), Running>>,
     /// Stats survive a route's new versions (not its deletion).
     stats: Mutex<HashMap<(String, String), Arc<Stats>>>,
@@ -184,6 +190,7 @@ impl RouteBook {
         let stored = deps.store.read(rows::load_routes)?;
         let book = Arc::new(RouteBook {
             deps,
+            broker: Default::default(),
             routes: RwLock::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
         });
@@ -244,7 +251,30 @@ impl RouteBook {
             .as_deref()
             .map(spec::Template::compile)
             .transpose()?;
-        let sink = sink::build(&spec.sink, "sink", self.context(tenant, id))?;
+        let function = if spec.sink.kind == "function" {
+            if spec.fallback.is_some() || spec.template.is_some() {
+                return Err(refuse(
+                    400,
+                    "sink.kind",
+                    "a function route has no fallback or template",
+                )
+                .into());
+            }
+            Some(Arc::new(function::Endpoint::new(
+                &spec.sink,
+                "sink",
+                self.context(tenant, id),
+            )?))
+        } else {
+            if !spec.select.functions.is_empty() {
+                return Err(refuse(400, "select.functions", "is for function routes only").into());
+            }
+            None
+        };
+        let sink: Arc<dyn Sink> = match &function {
+            Some(f) => f.clone(),
+            None => sink::build(&spec.sink, "sink", self.context(tenant, id))?,
+        };
         let fallback = spec
             .fallback
             .as_ref()
@@ -264,6 +294,7 @@ impl RouteBook {
             sink,
             fallback,
             template,
+            function,
             created_at: 0,
             updated_at: 0,
         })
@@ -290,7 +321,9 @@ impl RouteBook {
             old.control.stop.store(true, Ordering::SeqCst);
             old.control.poke();
         }
-        tokio::spawn(worker::run(self.clone(), route, stats, control));
+        if route.function.is_none() {
+            tokio::spawn(worker::run(self.clone(), route, stats, control));
+        }
     }
 
     /// Checks and stores a route: a new one (version 1) or a new version
@@ -335,13 +368,16 @@ impl RouteBook {
             updated_at: now,
         };
         let name = Route::consumer_name(tenant, &id);
+        let consumes = route.function.is_none();
         // The consumer is created with the route, in its transaction: the
         // route sees every event committed after it exists.
         self.deps
             .store
             .write(move |ctx| {
                 rows::put_route(ctx.tx, &row)?;
-                ctx.ensure_consumer(&name)?;
+                if consumes {
+                    ctx.ensure_consumer(&name)?;
+                }
                 Ok(())
             })
             .await?;
@@ -526,5 +562,53 @@ impl RouteBook {
             .iter()
             .map(|((t, i), s)| (t.clone(), i.clone(), s.clone()))
             .collect()
+    }
+}
+
+impl RouteBook {
+    /// Connects function routes to the MQTT broker (both ways).
+    pub fn attach_broker(self: &Arc<Self>, broker: &Arc<crate::mqtt::Broker>) {
+        let _ = self.broker.set(Arc::downgrade(broker));
+        broker.set_functions(self.clone());
+    }
+}
+
+impl crate::mqtt::broker::FunctionCalls for RouteBook {
+    fn call(
+        &self,
+        tenant: &str,
+        device: &str,
+        name: &str,
+        request_id: &str,
+        payload: bytes::Bytes,
+    ) {
+        let Some(broker) = self.broker.get().and_then(|b| b.upgrade()) else {
+            return;
+        };
+        let endpoint = self
+            .list(tenant)
+            .into_iter()
+            .filter(|r| !r.spec.paused)
+            .filter(|r| {
+                r.spec.select.functions.is_empty()
+                    || r.spec.select.functions.iter().any(|f| f == name)
+            })
+            .find_map(|r| r.function.clone());
+        let topic = format!("devices/{device}/functions/replies/{request_id}");
+        let (tenant, device, name, request_id) = (
+            tenant.to_string(),
+            device.to_string(),
+            name.to_string(),
+            request_id.to_string(),
+        );
+        tokio::spawn(async move {
+            let reply = match endpoint {
+                Some(e) => e.call(&device, &name, &request_id, &payload).await,
+                None => {
+                    json!({"status": 404, "error": format!("no route answers the function {name}")})
+                }
+            };
+            broker.publish_from_server(&tenant, &topic, bytes::Bytes::from(reply.to_string()));
+        });
     }
 }

@@ -80,7 +80,7 @@ pub trait Sink: Send + Sync {
 }
 
 /// The sink kinds, in one place.
-pub const KINDS: [&str; 4] = ["webhook", "mqtt", "nats", "postgres"];
+pub const KINDS: [&str; 5] = ["webhook", "mqtt", "nats", "postgres", "function"];
 
 /// Builds the sink a spec describes; `field` names it in errors (`sink`
 /// or `fallback`).
@@ -90,6 +90,9 @@ pub fn build(spec: &SinkSpec, field: &str, ctx: SinkContext) -> Result<Arc<dyn S
         "mqtt" => Ok(Arc::new(super::mqtt::MqttBridge::new(spec, field, ctx)?)),
         "nats" => Ok(Arc::new(super::nats::Nats::new(spec, field, ctx)?)),
         "postgres" => Ok(Arc::new(super::postgres::Postgres::new(spec, field, ctx)?)),
+        "function" if field == "sink" => {
+            Ok(Arc::new(super::function::Endpoint::new(spec, field, ctx)?))
+        }
         other => Err(refuse(
             400,
             &format!("{field}.kind"),

@@ -62,6 +62,9 @@ pub struct SelectSpec {
     /// the values of the event's last message by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+    /// Function routes: the function names they answer (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
 }
 
 /// The sink: `kind` and that kind's settings.

@@ -649,3 +649,111 @@ async fn the_example_templates_give_erp_shaped_documents() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_function_call_is_answered_through_its_route() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let s = TestServer::start().await;
+    // The function's endpoint: adds a and b, and shows who called.
+    let app = axum::Router::new().route(
+        "/fn",
+        axum::routing::post(
+            |headers: axum::http::HeaderMap, body: axum::Json<Value>| async move {
+                let p = &body.0["payload"];
+                axum::Json(json!({
+                    "sum": p["a"].as_f64().unwrap_or(0.0) + p["b"].as_f64().unwrap_or(0.0),
+                    "device": body.0["device"], "function": body.0["function"],
+                    "signed": headers.contains_key("x-twinhub-signature"),
+                }))
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/fn", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    s.http
+        .put(s.url("/api/v1/secrets/fn-key"))
+        .bearer_auth(&s.token)
+        .json(&json!({"value": "k"}))
+        .send()
+        .await
+        .unwrap();
+    let v = create(
+        &s,
+        json!({"id": "calc", "select": {"functions": ["add"]},
+               "sink": {"kind": "function", "url": url, "secret": "fn-key", "timeout": "5s"}}),
+    )
+    .await;
+    assert_eq!(v["sink"]["kind"], "function");
+    let r = s
+        .post(
+            "/api/v1/routes",
+            json!({"select": {"functions": ["x"]}, "sink": {"kind": "webhook", "url": url}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request")
+        .await
+        .starts_with("select.functions:"));
+
+    let key = s.device("calc-dev").await;
+    let mut opts = MqttOptions::new("calc-dev", s.mqtt().ip().to_string(), s.mqtt().port());
+    opts.set_credentials("calc-dev", &key);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    client
+        .subscribe("devices/calc-dev/functions/replies/+", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send((String::new(), Value::Null));
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap()));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    assert_eq!(next(&mut replies).await.0, "", "subscribed");
+    client
+        .publish(
+            "devices/calc-dev/functions/add/req-1",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"a": 2, "b": 3.5}"#,
+        )
+        .await
+        .unwrap();
+    let (topic, reply) = next(&mut replies).await;
+    assert_eq!(topic, "devices/calc-dev/functions/replies/req-1");
+    assert_eq!(
+        reply,
+        json!({"status": 200, "payload": {"sum": 5.5, "device": "calc-dev", "function": "add", "signed": true}})
+    );
+    client
+        .publish(
+            "devices/calc-dev/functions/mul/req-2",
+            QoS::AtLeastOnce,
+            false,
+            "{}",
+        )
+        .await
+        .unwrap();
+    let (topic, reply) = next(&mut replies).await;
+    assert_eq!(topic, "devices/calc-dev/functions/replies/req-2");
+    assert_eq!(reply["status"], 404, "{reply}");
+    s.stop().await;
+}
+
+async fn next(r: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), r.recv())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+}
