@@ -41,6 +41,19 @@ export function Admin({ tab }: { tab: string }) {
   );
 }
 
+/** Runs an API action: clears the error, then reloads or shows why not. */
+function useRun(setError: (e: string | null) => void, after: () => void) {
+  return async (f: () => Promise<unknown>) => {
+    try {
+      setError(null);
+      await f();
+      after();
+    } catch (e: any) {
+      setError(e.message);
+    }
+  };
+}
+
 function Err({ e }: { e: string | null }) {
   return e ? (
     <p class="error" role="alert">
@@ -79,15 +92,9 @@ function Devices() {
   const [twin, setTwin] = useState('');
   const [secret, setSecret] = useState<{ id: string; key: string } | null>(null);
   const [error, setError] = useState<string | null>(null);
-  const run = async (f: () => Promise<unknown>) => {
-    try {
-      setError(null);
-      await f();
-      list.reload();
-    } catch (e: any) {
-      setError(e.message);
-    }
-  };
+  const run = useRun(setError, () => {
+    list.reload();
+  });
   const mqtt: string = server.data?.listeners?.mqtt ?? `${location.hostname}:1883`;
   const [mh, mp] = [mqtt.slice(0, mqtt.lastIndexOf(':')), mqtt.slice(mqtt.lastIndexOf(':') + 1)];
   const pubLine = (d: string, k: string) =>
@@ -344,16 +351,10 @@ function MlDetail({ name, admin, onChange }: { name: string; admin: boolean; onC
   const info = useLoad(() => get(`/api/v1/ml/models/${enc(name)}`), [name]);
   const [share, setShare] = useState(10);
   const [error, setError] = useState<string | null>(null);
-  const run = async (f: () => Promise<unknown>) => {
-    try {
-      setError(null);
-      await f();
-      info.reload();
-      onChange();
-    } catch (e: any) {
-      setError(e.message);
-    }
-  };
+  const run = useRun(setError, () => {
+    info.reload();
+    onChange();
+  });
   if (!info.data) return <p class="loading">{info.error ?? 'Loading…'}</p>;
   const versions: Record<string, any> = info.data.version_details ?? {};
   return (
@@ -418,15 +419,9 @@ function Users() {
   const roles = useLoad(() => get<{ value: any[] }>('/api/v1/roles').then((r) => r.value), []);
   const [form, setForm] = useState({ username: '', password: '', role: 'viewer' });
   const [error, setError] = useState<string | null>(null);
-  const run = async (f: () => Promise<unknown>) => {
-    try {
-      setError(null);
-      await f();
-      list.reload();
-    } catch (e: any) {
-      setError(e.message);
-    }
-  };
+  const run = useRun(setError, () => {
+    list.reload();
+  });
   const roleNames: string[] = (roles.data ?? []).map((r: any) => r.name ?? r);
   return (
     <>
@@ -485,15 +480,9 @@ function ApiKeys() {
   const [role, setRole] = useState('viewer');
   const [secret, setSecret] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
-  const run = async (f: () => Promise<unknown>) => {
-    try {
-      setError(null);
-      await f();
-      list.reload();
-    } catch (e: any) {
-      setError(e.message);
-    }
-  };
+  const run = useRun(setError, () => {
+    list.reload();
+  });
   return (
     <>
       <form

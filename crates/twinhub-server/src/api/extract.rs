@@ -206,6 +206,26 @@ pub struct Paging {
 }
 
 impl Paging {
+    /// One page of a list sorted by id: the items after `next` (at most
+    /// `limit`) and the token of the page after, if any.
+    pub fn page<'a, T>(
+        &self,
+        all: &'a [T],
+        id: impl Fn(&T) -> &str,
+    ) -> Result<(&'a [T], Option<String>), ApiError> {
+        let limit = self.limit()?;
+        let start = match &self.next {
+            Some(after) => all
+                .iter()
+                .position(|r| id(r) > after.as_str())
+                .unwrap_or(all.len()),
+            None => 0,
+        };
+        let end = (start + limit).min(all.len());
+        let next = (end < all.len() && end > start).then(|| id(&all[end - 1]).to_string());
+        Ok((&all[start..end], next))
+    }
+
     pub fn limit(&self) -> Result<usize, ApiError> {
         match self.limit {
             None => Ok(100),

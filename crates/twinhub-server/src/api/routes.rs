@@ -56,18 +56,9 @@ pub async fn list_routes(
 ) -> Result<Json<Value>, ApiError> {
     p.require(Perm::RoutesRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    let limit = q.limit()?;
     let all = state.routes.list(&tenant);
-    let start = match &q.next {
-        Some(after) => all.iter().position(|r| r.id > *after).unwrap_or(all.len()),
-        None => 0,
-    };
-    let page: Vec<Value> = all[start..]
-        .iter()
-        .take(limit)
-        .map(|r| state.routes.doc(r))
-        .collect();
-    let next = (start + limit < all.len()).then(|| all[start + limit - 1].id.clone());
+    let (page, next) = q.page(&all, |r| &r.id)?;
+    let page: Vec<Value> = page.iter().map(|r| state.routes.doc(r)).collect();
     Ok(Json(json!({"value": page, "next": next})))
 }
 

@@ -77,18 +77,9 @@ pub async fn list_rules(
 ) -> Result<Json<Value>, ApiError> {
     p.require(Perm::RulesRead)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    let limit = q.limit()?;
     let all = state.rules.list(&tenant);
-    let start = match &q.next {
-        Some(after) => all.iter().position(|r| r.id > *after).unwrap_or(all.len()),
-        None => 0,
-    };
-    let page: Vec<Value> = all[start..]
-        .iter()
-        .take(limit)
-        .map(|r| rule_doc(&state, r))
-        .collect();
-    let next = (start + limit < all.len()).then(|| all[start + limit - 1].id.clone());
+    let (page, next) = q.page(&all, |r| &r.id)?;
+    let page: Vec<Value> = page.iter().map(|r| rule_doc(&state, r)).collect();
     Ok(Json(json!({"value": page, "next": next})))
 }
 

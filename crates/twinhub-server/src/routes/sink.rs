@@ -135,3 +135,49 @@ pub fn only(spec: &SinkSpec, field: &str, known: &[&str]) -> Result<(), SpecErro
     }
     Ok(())
 }
+
+/// The `timeout` setting (default 10 s).
+pub fn timeout(spec: &SinkSpec, field: &str) -> Result<std::time::Duration, SpecError> {
+    match text(spec, field, "timeout", false)? {
+        None => Ok(std::time::Duration::from_secs(10)),
+        Some(t) => twinhub_model::time::parse_duration(&t)
+            .map(|us| std::time::Duration::from_micros(us as u64))
+            .map_err(|rule| refuse(400, &format!("{field}.timeout"), rule)),
+    }
+}
+
+/// A setting naming a secret of the route's tenant: the name, checked to
+/// exist now (its value is read at each use).
+pub fn secret_name(
+    spec: &SinkSpec,
+    field: &str,
+    key: &str,
+    ctx: &SinkContext,
+) -> Result<Option<String>, SpecError> {
+    let Some(name) = text(spec, field, key, false)? else {
+        return Ok(None);
+    };
+    match ctx.secrets.reveal(&ctx.tenant, &name) {
+        Ok(Some(_)) => Ok(Some(name)),
+        _ => Err(refuse(
+            422,
+            &format!("{field}.{key}"),
+            format!("no secret named {name} in this tenant (PUT /api/v1/secrets/{name} first)"),
+        )),
+    }
+}
+
+/// The `url` setting as an http(s) URL.
+pub fn http_url(spec: &SinkSpec, field: &str) -> Result<reqwest::Url, SpecError> {
+    let raw = text(spec, field, "url", true)?.unwrap_or_default();
+    let url = reqwest::Url::parse(&raw)
+        .map_err(|e| refuse(400, &format!("{field}.url"), format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse(
+            400,
+            &format!("{field}.url"),
+            "must be http or https",
+        ));
+    }
+    Ok(url)
+}

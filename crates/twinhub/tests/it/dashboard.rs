@@ -4,10 +4,10 @@
 //! (`web/e2e/dashboard.mjs`).
 
 use crate::common::*;
-use crate::process::{cmd, layout, KillOnDrop, PW};
-use serde_json::{json, Value};
+use crate::process::PW;
+use serde_json::json;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web")
@@ -182,37 +182,11 @@ async fn the_dashboard_works_end_to_end_in_chromium() {
     let Some(chromium) = browser_tools() else {
         return;
     };
-    let (root, dir) = layout();
-    let _demo = KillOnDrop(
-        cmd(&dir)
-            .args([
-                "demo",
-                "--interval",
-                "0.5",
-                "--plants",
-                "2",
-                "--reactors",
-                "2",
-            ])
-            .env("TWINHUB_ADMIN_PASSWORD", PW)
-            .env("TWINHUB_HTTP_LISTEN", "127.0.0.1:0")
-            .stdout(std::fs::File::create(root.path().join("demo.out")).unwrap())
-            .stderr(std::fs::File::create(root.path().join("demo.err")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    let out = loop {
-        let out = std::fs::read_to_string(root.path().join("demo.out")).unwrap_or_default();
-        if out.contains("Ctrl-C stops the demo") {
-            break out;
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no banner: {out}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let ports: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
-    let base = format!("http://{}", ports["http"].as_str().unwrap());
+    let (_demo, _root, out, base) = crate::process::demo(
+        &["--interval", "0.5", "--plants", "2", "--reactors", "2"],
+        &[],
+    )
+    .await;
     // The banner leads with the dashboard and its login.
     let first = out
         .lines()

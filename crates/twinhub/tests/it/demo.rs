@@ -2,56 +2,26 @@
 //! whose simulated reactors report over MQTT and whose yield soft sensor
 //! writes predictions to every reactor twin, with rules watching them.
 
-use crate::process::{cmd, get_json, layout, login, post_json, unsafe_kill, KillOnDrop, PW};
+use crate::process::{get_json, login, post_json, unsafe_kill, PW};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
-    let (root, dir) = layout();
-    let mut child = KillOnDrop(
-        cmd(&dir)
-            .args([
-                "demo",
-                "--interval",
-                "0.05",
-                "--plants",
-                "1",
-                "--reactors",
-                "2",
-            ])
-            .env("TWINHUB_ADMIN_PASSWORD", PW)
-            .env("TWINHUB_HTTP_LISTEN", "127.0.0.1:0")
-            .env("TWINHUB_HTTP_TLS_LISTEN", "127.0.0.1:0")
-            .stdout(std::fs::File::create(root.path().join("demo.out")).unwrap())
-            .stderr(std::fs::File::create(root.path().join("demo.err")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    let out = loop {
-        let out = std::fs::read_to_string(root.path().join("demo.out")).unwrap_or_default();
-        if out.contains("Ctrl-C stops the demo") {
-            break out;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no banner: {out}\n{}",
-            std::fs::read_to_string(root.path().join("demo.err")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (mut child, _root, out, base) = crate::process::demo(
+        &["--interval", "0.05", "--plants", "1", "--reactors", "2"],
+        &[("TWINHUB_HTTP_TLS_LISTEN", "127.0.0.1:0")],
+    )
+    .await;
     assert!(
         out.contains("HTTPS")
             && out.contains("MQTTS")
             && out.contains("ml/models/reactor-yield/predict"),
         "{out}"
     );
-    let ports: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
-    let base = format!("http://{}", ports["http"].as_str().unwrap());
     let http = reqwest::Client::new();
     let token = login(&base, PW).await;
+    let t = Instant::now();
     let twin = loop {
         let twin: Value = get_json(
             &http,

@@ -526,3 +526,42 @@ fn a_taken_mqtt_port_names_its_flag() {
         "{err}"
     );
 }
+
+/// `twinhub demo` with `args` in a fresh layout, once its banner is out:
+/// the child (killed on drop), the layout root, the banner and the base
+/// URL.
+pub async fn demo(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (KillOnDrop, tempfile::TempDir, String, String) {
+    let (root, dir) = layout();
+    let child = KillOnDrop(
+        cmd(&dir)
+            .arg("demo")
+            .args(args)
+            .env("TWINHUB_ADMIN_PASSWORD", PW)
+            .env("TWINHUB_HTTP_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(root.path().join("demo.out")).unwrap())
+            .stderr(std::fs::File::create(root.path().join("demo.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    let out = loop {
+        let out = std::fs::read_to_string(root.path().join("demo.out")).unwrap_or_default();
+        if out.contains("Ctrl-C stops the demo") {
+            break out;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no banner: {out}\n{}",
+            std::fs::read_to_string(root.path().join("demo.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ports: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
+    let base = format!("http://{}", ports["http"].as_str().unwrap());
+    (child, root, out, base)
+}

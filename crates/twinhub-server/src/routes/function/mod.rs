@@ -7,11 +7,10 @@
 //! "error"}`. A device retries a call it got no answer to; nothing is
 //! queued.
 
-use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
+use super::sink::{only, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 pub struct Endpoint {
     url: reqwest::Url,
@@ -23,35 +22,9 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(spec: &SinkSpec, field: &str, ctx: SinkContext) -> Result<Endpoint, SpecError> {
         only(spec, field, &["kind", "url", "secret", "timeout"])?;
-        let f = |k: &str| format!("{field}.{k}");
-        let raw = text(spec, field, "url", true)?.unwrap_or_default();
-        let url = reqwest::Url::parse(&raw)
-            .map_err(|e| refuse(400, &f("url"), format!("is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(refuse(400, &f("url"), "must be http or https"));
-        }
-        let secret = text(spec, field, "secret", false)?;
-        if let Some(name) = &secret {
-            if ctx
-                .secrets
-                .reveal(&ctx.tenant, name)
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                return Err(refuse(
-                    422,
-                    &f("secret"),
-                    format!("no secret named {name} in this tenant"),
-                ));
-            }
-        }
-        let timeout = match text(spec, field, "timeout", false)? {
-            None => Duration::from_secs(10),
-            Some(t) => twinhub_model::time::parse_duration(&t)
-                .map(|us| Duration::from_micros(us as u64))
-                .map_err(|rule| refuse(400, &f("timeout"), rule))?,
-        };
+        let url = super::sink::http_url(spec, field)?;
+        let secret = super::sink::secret_name(spec, field, "secret", &ctx)?;
+        let timeout = super::sink::timeout(spec, field)?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()

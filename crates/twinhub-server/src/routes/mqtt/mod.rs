@@ -166,12 +166,7 @@ impl MqttBridge {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(refuse(400, &f("retain"), "must be true or false")),
         };
-        let timeout = match text(spec, field, "timeout", false)? {
-            None => Duration::from_secs(10),
-            Some(t) => twinhub_model::time::parse_duration(&t)
-                .map(|us| Duration::from_micros(us as u64))
-                .map_err(|rule| refuse(400, &f("timeout"), rule))?,
-        };
+        let timeout = super::sink::timeout(spec, field)?;
         let secret = |key: &str| -> Result<Option<String>, SpecError> {
             match text(spec, field, key, false)? {
                 None => Ok(None),

@@ -118,28 +118,9 @@ impl Nats {
             }
         }
         for key in ["password_secret", "token_secret"] {
-            if let Some(name) = text(spec, field, key, false)? {
-                if ctx
-                    .secrets
-                    .reveal(&ctx.tenant, &name)
-                    .ok()
-                    .flatten()
-                    .is_none()
-                {
-                    return Err(refuse(
-                        422,
-                        &f(key),
-                        format!("no secret named {name} in this tenant"),
-                    ));
-                }
-            }
+            super::sink::secret_name(spec, field, key, &ctx)?;
         }
-        let timeout = match text(spec, field, "timeout", false)? {
-            None => Duration::from_secs(10),
-            Some(t) => twinhub_model::time::parse_duration(&t)
-                .map(|us| Duration::from_micros(us as u64))
-                .map_err(|rule| refuse(400, &f("timeout"), rule))?,
-        };
+        let timeout = super::sink::timeout(spec, field)?;
         Ok(Nats {
             url,
             subject,

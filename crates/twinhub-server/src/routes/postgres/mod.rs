@@ -89,12 +89,7 @@ impl Postgres {
                 "must be a lower-case identifier (schema.name allowed)",
             ));
         }
-        let timeout = match text(spec, field, "timeout", false)? {
-            None => Duration::from_secs(10),
-            Some(t) => twinhub_model::time::parse_duration(&t)
-                .map(|us| Duration::from_micros(us as u64))
-                .map_err(|rule| refuse(400, &f("timeout"), rule))?,
-        };
+        let timeout = super::sink::timeout(spec, field)?;
         Ok(Postgres {
             url,
             url_secret,

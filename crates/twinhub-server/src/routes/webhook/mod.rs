@@ -6,7 +6,7 @@
 //! headers. 2xx is delivered; 408, 429, 5xx and network errors are
 //! retried; another 4xx is a permanent refusal (dead letters).
 
-use super::sink::{only, text, Delivery, Sink, SinkContext, SinkError};
+use super::sink::{only, Delivery, Sink, SinkContext, SinkError};
 use super::spec::{refuse, SinkSpec, SpecError};
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
@@ -40,34 +40,8 @@ impl Webhook {
             field,
             &["kind", "url", "secret", "headers", "timeout"],
         )?;
-        let raw = text(spec, field, "url", true)?.unwrap_or_default();
-        let url = reqwest::Url::parse(&raw)
-            .map_err(|e| refuse(400, &format!("{field}.url"), format!("is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(refuse(
-                400,
-                &format!("{field}.url"),
-                "must be http or https",
-            ));
-        }
-        let secret = text(spec, field, "secret", false)?;
-        if let Some(name) = &secret {
-            if ctx
-                .secrets
-                .reveal(&ctx.tenant, name)
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                return Err(refuse(
-                    422,
-                    &format!("{field}.secret"),
-                    format!(
-                        "no secret named {name} in this tenant (PUT /api/v1/secrets/{name} first)"
-                    ),
-                ));
-            }
-        }
+        let url = super::sink::http_url(spec, field)?;
+        let secret = super::sink::secret_name(spec, field, "secret", &ctx)?;
         let mut headers = Vec::new();
         match spec.settings.get("headers") {
             None | Some(Value::Null) => {}
@@ -95,12 +69,7 @@ impl Webhook {
                 ))
             }
         }
-        let timeout = match text(spec, field, "timeout", false)? {
-            None => Duration::from_secs(10),
-            Some(t) => twinhub_model::time::parse_duration(&t)
-                .map(|us| Duration::from_micros(us as u64))
-                .map_err(|rule| refuse(400, &format!("{field}.timeout"), rule))?,
-        };
+        let timeout = super::sink::timeout(spec, field)?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
