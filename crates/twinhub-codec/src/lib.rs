@@ -5,7 +5,9 @@
 //! panics) and names the offending field in its errors.
 
 pub mod json;
+pub mod lineproto;
 pub mod telemetry;
 
 pub use json::{decode_telemetry, DecodeError, Limits};
+pub use lineproto::{decode_line_protocol, Precision, TwinBatch};
 pub use telemetry::{Message, Reading, Telemetry, TelemetryMessage};

@@ -189,6 +189,29 @@ impl Pipeline {
         out.pop().expect("one outcome per group")
     }
 
+    /// Telemetry for a twin from a client that is not its device (line
+    /// protocol with an API key): validated and stored like device
+    /// telemetry; `wait` as for `ingest`.
+    pub async fn ingest_twin(
+        &self,
+        tenant: &str,
+        twin: &str,
+        protocol: &'static str,
+        msgs: Telemetry,
+        wait: Option<Duration>,
+    ) -> Result<usize, IngestError> {
+        let src = Source {
+            tenant,
+            twin,
+            unknown: "reject",
+            device: None,
+        };
+        let mut out = self
+            .ingest_from(src, protocol, vec![msgs], wait, |_| None)
+            .await;
+        out.pop().expect("one outcome per group")
+    }
+
     /// A modelled twin takes only its model's telemetry (and properties),
     /// each of the right type; the whole group or nothing.
     fn validate(

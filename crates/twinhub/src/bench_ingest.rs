@@ -163,7 +163,91 @@ fn bodies(series: usize, points: usize) -> Vec<bytes::Bytes> {
         .collect()
 }
 
+/// The same points as InfluxDB line protocol, `ms` precision, in bodies
+/// of 5,000 lines (as Influx clients batch them).
+fn line_bodies(series: usize, points: usize) -> Vec<bytes::Bytes> {
+    let t0 = 1_700_000_000_000i64;
+    let mut out = Vec::new();
+    let mut b = String::with_capacity(5000 * 40);
+    let mut lines = 0;
+    for s in 0..series {
+        for (i, v) in sensor(s as u64, points).iter().enumerate() {
+            b.push_str(&format!("m,twin=s{s} value={v} {}\n", t0 + i as i64 * 1000));
+            lines += 1;
+            if lines == 5000 {
+                out.push(bytes::Bytes::from(std::mem::take(&mut b)));
+                lines = 0;
+            }
+        }
+    }
+    if !b.is_empty() {
+        out.push(bytes::Bytes::from(b));
+    }
+    out
+}
+
+/// The line-protocol endpoint with the same points and clients.
+async fn line_protocol(args: &IngestArgs) -> anyhow::Result<()> {
+    let server = Child::spawn(&[])?;
+    let http = reqwest::Client::new();
+    let token = crate::bench::admin_token(&http, &server.base).await?;
+    for s in 0..args.series {
+        crate::bench::create_device(&http, &server.base, &token, &format!("s{s}")).await?;
+    }
+    let key: serde_json::Value = http
+        .post(format!("{}/api/v1/apikeys", server.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "bench", "permissions": ["telemetry:write"]}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let key = key["key"].as_str().context("an API key")?.to_string();
+    let work = std::sync::Arc::new(std::sync::Mutex::new(line_bodies(args.series, args.points)));
+    let cpu0 = server.cpu_seconds()?;
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.clients {
+        let (work, base, key) = (work.clone(), server.base.clone(), key.clone());
+        let client = reqwest::Client::new();
+        tasks.spawn(async move {
+            loop {
+                let Some(body) = work.lock().expect("work").pop() else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                let r = client
+                    .post(format!("{base}/api/v2/write?bucket=b&precision=ms"))
+                    .header("authorization", format!("Token {key}"))
+                    .body(body)
+                    .send()
+                    .await?;
+                if r.status() != 204 {
+                    return Err(anyhow!("line protocol: {}", r.status()));
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = server.cpu_seconds()? - cpu0;
+    let total = (args.series * args.points) as f64;
+    row(
+        "HTTP line protocol ingest, durable (points/s)",
+        format!("{:.0}", total / secs),
+        "target ≥ 500,000",
+    );
+    row(
+        "server CPU per point, line protocol (µs)",
+        format!("{:.2}", cpu * 1e6 / total),
+        "",
+    );
+    Ok(())
+}
+
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
+    line_protocol(&args).await?;
     let server = Child::spawn(&[])?;
     let http = reqwest::Client::new();
     let token = crate::bench::admin_token(&http, &server.base).await?;

@@ -27,13 +27,12 @@ fn too_many(wait: std::time::Duration) -> ApiError {
     }
 }
 
+/// The token of `Authorization: Bearer …`, or of `Token …` as InfluxDB
+/// clients send an API key.
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("Token "))
         .map(str::trim)
 }
 

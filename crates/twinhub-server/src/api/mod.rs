@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod graph;
+pub mod lineproto;
 pub mod ml;
 mod openapi;
 pub mod ops;
@@ -218,6 +219,8 @@ pub fn router(state: AppState) -> Router {
             devices::delete_device
         ))
         .routes(routes!(devices::post_telemetry))
+        .routes(routes!(lineproto::write_v2))
+        .routes(routes!(lineproto::write_v1))
         .routes(routes!(devices::send_command))
         .routes(routes!(
             graph::get_twin,

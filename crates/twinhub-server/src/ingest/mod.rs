@@ -12,6 +12,7 @@
 
 pub mod derived;
 pub mod http;
+pub mod lineproto;
 pub mod mqtt;
 
 use crate::pipeline::IngestError;

@@ -377,6 +377,8 @@ const EXEMPT: &[(&str, &str)] = &[
     ("get", "/api/v1/auth/me"),                 // any principal (dashboard.rs)
     ("get", "/api/v1/server"),                  // any principal (dashboard.rs)
     ("post", "/api/v1/devices/{id}/telemetry"), // device credentials
+    ("post", "/api/v2/write"),                  // line protocol (lineproto.rs)
+    ("post", "/write"),                         // line protocol (lineproto.rs)
 ];
 
 /// What each built-in role holds (the table).

@@ -18,6 +18,9 @@ enum Adapter {
     Http,
     Mqtt5,
     Mqtt311,
+    /// InfluxDB line protocol with an API key (the key stands for the
+    /// device's credentials; a revoked key for a disabled device).
+    Line,
 }
 
 /// What the client learns, whatever the protocol.
@@ -67,6 +70,26 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
     let payload = body.to_string();
     let topic = format!("devices/{id}/telemetry");
     match a {
+        Adapter::Line => {
+            let m = body.as_object().unwrap();
+            let (name, value) = m.iter().find(|(k, _)| *k != "ts").unwrap();
+            let line = format!("m,twin={} {name}={value} {}", twin_of(id), m["ts"]);
+            let r = s
+                .http
+                .post(s.url("/api/v2/write?bucket=b&precision=ms"))
+                .header("authorization", format!("Token {key}"))
+                .body(line)
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                204 => Outcome::Stored,
+                401 | 403 => Outcome::NotAuthenticated,
+                503 => Outcome::RetryLater,
+                400 | 422 | 429 => Outcome::Refused,
+                st => panic!("HTTP {st}"),
+            }
+        }
         Adapter::Http => {
             let r = s.send(id, key, body).await;
             match r.status().as_u16() {
@@ -158,7 +181,12 @@ async fn every_adapter_answers_every_case_alike() {
     let s = TestServer::start().await;
     crate::graph::load_plant(&s).await;
     crate::quotas::small_tenant(&s, json!({"points_per_day": 1})).await;
-    let adapters = [Adapter::Http, Adapter::Mqtt5, Adapter::Mqtt311];
+    let adapters = [
+        Adapter::Http,
+        Adapter::Mqtt5,
+        Adapter::Mqtt311,
+        Adapter::Line,
+    ];
     let cases = [
         Case::Valid,
         Case::InvalidProperty,
@@ -171,6 +199,7 @@ async fn every_adapter_answers_every_case_alike() {
     for a in adapters {
         let proto = match a {
             Adapter::Http => "http",
+            Adapter::Line => "line",
             _ => "mqtt",
         };
         for case in cases {
@@ -202,13 +231,34 @@ async fn every_adapter_answers_every_case_alike() {
                 ))
                 .await;
             assert_eq!(st, 201, "{d}");
-            let mut key = d["key"].as_str().unwrap().to_string();
+            let device_key = d["key"].as_str().unwrap().to_string();
+            let mut key = device_key.clone();
+            let mut apikey_id = String::new();
+            if a == Adapter::Line {
+                let (st, k) = s
+                    .json(s.post(
+                        &format!("/api/v1/apikeys?tenant={tenant}"),
+                        json!({"name": id, "permissions": ["telemetry:write"]}),
+                    ))
+                    .await;
+                assert_eq!(st, 201, "{k}");
+                key = k["key"].as_str().unwrap().to_string();
+                apikey_id = k["id"].as_str().unwrap().to_string();
+            }
             ts += 1;
             let mut body = json!({"ts": ts, "temperature": 350.5});
             match case {
                 Case::Valid => {}
                 Case::InvalidProperty => body = json!({"ts": ts, "humidity": 3}),
                 Case::WrongKey => key = "wrong-key-0123456789".into(),
+                Case::Disabled if a == Adapter::Line => {
+                    let r = s
+                        .delete(&format!("/api/v1/apikeys/{apikey_id}?tenant={tenant}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 204);
+                }
                 Case::Disabled => {
                     let r = s
                         .patch(
@@ -226,7 +276,7 @@ async fn every_adapter_answers_every_case_alike() {
                         &s,
                         Adapter::Http,
                         &id,
-                        &key,
+                        &device_key,
                         json!({"ts": ts - 1_000_000, "temperature": 1}),
                     )
                     .await;

@@ -19,6 +19,7 @@ mod graph;
 mod history;
 mod ingest;
 mod ingest_compliance;
+mod lineproto;
 pub mod ml;
 mod mqtt;
 mod openapi;
