@@ -6,6 +6,7 @@
 
 pub mod json;
 pub mod lineproto;
+pub mod sparkplug;
 pub mod telemetry;
 
 pub use json::{decode_telemetry, DecodeError, Limits};

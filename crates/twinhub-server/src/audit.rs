@@ -171,6 +171,23 @@ impl AuditLog {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<i64, StoreError> {
+        self.store
+            .write(self.entry(chain, actor, action, target, detail))
+            .await
+    }
+
+    /// An entry to append inside another write's transaction (so a change
+    /// and its audit entry commit together, or neither does): call the
+    /// returned closure with that write's context.
+    pub fn entry(
+        &self,
+        chain: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> impl FnOnce(&mut crate::store::WriteCtx<'_>) -> Result<i64, StoreError> + Send + 'static
+    {
         let (key, heads, checkpoint) = (
             self.key.clone(),
             self.heads.clone(),
@@ -186,30 +203,28 @@ impl AuditLog {
             detail: detail.to_string(),
             mac: Vec::new(),
         };
-        self.store
-            .write(move |ctx| {
-                let mut h = heads.lock().expect("audit heads");
-                let (prev_seq, prev_mac) = h.get(&row.chain).cloned().unwrap_or((0, Vec::new()));
-                row.seq = prev_seq + 1;
-                row.mac = mac(&key, &prev_mac, &row);
-                rows::append(ctx.tx, &row)?;
-                let previous = h.insert(row.chain.clone(), (row.seq, row.mac.clone()));
-                drop(h);
-                let (h2, chain) = (heads.clone(), row.chain.clone());
-                ctx.on_rollback(move |_| {
-                    let mut h = h2.lock().expect("audit heads");
-                    match previous {
-                        Some(p) => h.insert(chain, p),
-                        None => h.remove(&chain),
-                    };
-                });
-                ctx.after_commit(move |_| {
-                    checkpoint.state.lock().expect("checkpoint").0 = true;
-                    checkpoint.wake.notify_one();
-                });
-                Ok(row.seq)
-            })
-            .await
+        move |ctx| {
+            let mut h = heads.lock().expect("audit heads");
+            let (prev_seq, prev_mac) = h.get(&row.chain).cloned().unwrap_or((0, Vec::new()));
+            row.seq = prev_seq + 1;
+            row.mac = mac(&key, &prev_mac, &row);
+            rows::append(ctx.tx, &row)?;
+            let previous = h.insert(row.chain.clone(), (row.seq, row.mac.clone()));
+            drop(h);
+            let (h2, chain) = (heads.clone(), row.chain.clone());
+            ctx.on_rollback(move |_| {
+                let mut h = h2.lock().expect("audit heads");
+                match previous {
+                    Some(p) => h.insert(chain, p),
+                    None => h.remove(&chain),
+                };
+            });
+            ctx.after_commit(move |_| {
+                checkpoint.state.lock().expect("checkpoint").0 = true;
+                checkpoint.wake.notify_one();
+            });
+            Ok(row.seq)
+        }
     }
 
     /// Entries of one chain after `after`, oldest first.

@@ -415,13 +415,12 @@ pub async fn patch_twin(
 ) -> Result<Response, ApiError> {
     let tenant = p.tenant_scope(q.tenant.as_deref());
     state.authorize_twin(&p, Perm::TwinsWrite, &tenant, &id)?;
+    // The change and its audit entry commit together: one commit per PATCH.
+    let entry = state.audit_entry(&p, &tenant, "twin.patch", &id, json!({"patch": patch}));
     let twin = state
         .twins
-        .patch_twin(&tenant, &id, patch.clone(), cond(&headers))
+        .patch_twin(&tenant, &id, patch, cond(&headers), Some(entry))
         .await?;
-    state
-        .audit(&p, &tenant, "twin.patch", &id, json!({"patch": patch}))
-        .await;
     Ok(with_etag(
         StatusCode::OK,
         &twin.etag,

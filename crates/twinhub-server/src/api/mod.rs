@@ -96,7 +96,33 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// Who an audit entry names for a principal.
+fn actor_of(p: &crate::auth::Principal) -> String {
+    match &p.kind {
+        crate::auth::PrincipalKind::User(u) => format!("user:{u}"),
+        crate::auth::PrincipalKind::ApiKey(k) => format!("apikey:{k}"),
+        crate::auth::PrincipalKind::Device(d) => format!("device:{d}"),
+        crate::auth::PrincipalKind::Local => "cli:local".to_string(),
+    }
+}
+
 impl AppInner {
+    /// The audit entry for a change, to commit with it (see
+    /// `AuditLog::entry`).
+    pub fn audit_entry(
+        &self,
+        p: &crate::auth::Principal,
+        tenant: &str,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> crate::store::AlsoWrite {
+        Box::new(
+            self.audit
+                .entry(tenant, &actor_of(p), action, target, detail),
+        )
+    }
+
     /// Appends to the audit chain of `tenant`; a failure is logged (the
     /// action itself already happened).
     pub async fn audit(
@@ -107,12 +133,7 @@ impl AppInner {
         target: &str,
         detail: serde_json::Value,
     ) {
-        let actor = match &p.kind {
-            crate::auth::PrincipalKind::User(u) => format!("user:{u}"),
-            crate::auth::PrincipalKind::ApiKey(k) => format!("apikey:{k}"),
-            crate::auth::PrincipalKind::Device(d) => format!("device:{d}"),
-            crate::auth::PrincipalKind::Local => "cli:local".to_string(),
-        };
+        let actor = actor_of(p);
         if let Err(e) = self
             .audit
             .record(tenant, &actor, action, target, detail)

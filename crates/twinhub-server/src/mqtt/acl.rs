@@ -30,7 +30,7 @@ pub fn may_publish(who: &Identity, topic: &str) -> bool {
         return false;
     }
     match who {
-        Identity::Device { id } => own_prefix(topic, id),
+        Identity::Device { id } => own_prefix(topic, id) || sparkplug_own(topic, id, false),
         Identity::User { perms, .. } => perms.contains(Perm::MqttPublish),
         Identity::Anonymous => first_level(topic) != "devices",
     }
@@ -94,17 +94,37 @@ impl Reader {
     pub fn may_read(&self, topic: &str) -> bool {
         match self {
             Reader::All => true,
-            Reader::Device(id) => own_prefix(topic, id),
+            Reader::Device(id) => own_prefix(topic, id) || sparkplug_own(topic, id, true),
             Reader::Anonymous => first_level(topic) != "devices",
         }
     }
 }
 
-/// Whether `filter` can match some topic under `devices/{id}/`.
+/// A Sparkplug B topic of the edge node `id` (an edge node authenticates
+/// as the device named like its edge node id): what it publishes (births,
+/// data, deaths) or, with `commands`, what it reads (NCMD/DCMD).
+fn sparkplug_own(t: &str, id: &str, commands: bool) -> bool {
+    let mut l = t.split('/');
+    let (Some("spBv1.0"), Some(g), Some(kind), Some(edge)) =
+        (l.next(), l.next(), l.next(), l.next())
+    else {
+        return false;
+    };
+    let mine = edge == id && !g.is_empty();
+    match kind {
+        "NCMD" | "DCMD" => commands && mine,
+        "NBIRTH" | "NDEATH" | "DBIRTH" | "DDEATH" | "NDATA" | "DDATA" => !commands && mine,
+        _ => false,
+    }
+}
+
+/// Whether `filter` can match some topic under `devices/{id}/` (or the
+/// device's Sparkplug commands; messages are filtered one by one).
 fn could_reach_own(filter: &str, id: &str) -> bool {
     let mut levels = filter.split('/');
     match levels.next() {
         Some("#") => return true,
+        Some("spBv1.0") => return true,
         Some("devices") | Some("+") => {}
         _ => return false,
     }

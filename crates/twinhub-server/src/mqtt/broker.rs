@@ -119,6 +119,7 @@ pub trait FunctionCalls: Send + Sync {
 pub struct Broker {
     pub deps: BrokerDeps,
     functions: std::sync::OnceLock<Arc<dyn FunctionCalls>>,
+    pub sparkplug: super::sparkplug::SparkplugState,
     pub settings: Settings,
     sessions: RwLock<HashMap<Arc<str>, Arc<SessionHandle>>>,
     router: RwLock<Router>,
@@ -150,6 +151,7 @@ impl Broker {
         let next_id = queue.iter().map(|q| q.id).max().unwrap_or(0) + 1;
         let broker = Arc::new(Broker {
             functions: Default::default(),
+            sparkplug: Default::default(),
             persist: Persister::start(deps.store.clone(), next_id),
             settings,
             sessions: RwLock::new(HashMap::new()),

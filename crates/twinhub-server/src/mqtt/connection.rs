@@ -529,6 +529,8 @@ struct Pass {
     /// Store operations (retained messages, queued copies for persistent
     /// sessions) that must be durable before the acknowledgements go out.
     ops: Vec<super::persist::Op>,
+    /// Sparkplug B messages to apply before their acknowledgement, by slot.
+    sparkplug: Vec<(usize, super::sparkplug::Work)>,
 }
 
 /// What the read loop carries between passes.
@@ -559,6 +561,7 @@ impl Reader<'_> {
             telemetry: Vec::new(),
             routed: Vec::new(),
             ops: Vec::new(),
+            sparkplug: Vec::new(),
         };
         let mut ended = None;
         let v5 = conn.version == Version::V5;
@@ -1026,6 +1029,17 @@ fn on_publish(
             broker.function_call(tenant, device, name, rid, msg.payload.clone());
         }
     }
+    // Sparkplug B births, data and deaths are stored (and routed).
+    match super::sparkplug::work(&msg.topic, &msg.payload) {
+        None => {}
+        Some(Ok(w)) => pass.sparkplug.push((pass.acks.len(), w)),
+        Some(Err(e)) => {
+            broker.metrics.telemetry_rejected.inc();
+            tracing::info!(client = %h.client_id, error = %e, "Sparkplug payload refused");
+            pass.acks.push(ack(code::PAYLOAD_FORMAT_INVALID));
+            return Ok(());
+        }
+    }
     if msg.retain {
         pass.ops.push(broker.retain(tenant, &msg));
     }
@@ -1055,7 +1069,7 @@ fn finish_pass(
         broker.persist.send(pass.ops);
         return;
     }
-    if pass.telemetry.is_empty() && pass.ops.is_empty() {
+    if pass.telemetry.is_empty() && pass.ops.is_empty() && pass.sparkplug.is_empty() {
         pending.push_back(Box::pin(futures_util::future::ready(
             pass.acks.into_iter().flatten().collect(),
         )));
@@ -1068,7 +1082,20 @@ fn finish_pass(
             telemetry,
             routed,
             ops,
+            sparkplug,
         } = pass;
+        // In order: a birth before the data that uses its aliases.
+        for (slot, w) in sparkplug {
+            use super::sparkplug::Refusal;
+            match broker.sparkplug(&tenant, w).await {
+                Ok(()) => {}
+                Err(Refusal::Invalid) => refuse(&mut acks[slot], code::PAYLOAD_FORMAT_INVALID),
+                Err(Refusal::NotStored(crate::pipeline::IngestError::Quota(_))) => {
+                    refuse(&mut acks[slot], code::QUOTA_EXCEEDED)
+                }
+                Err(Refusal::NotStored(_)) => refuse(&mut acks[slot], code::UNSPECIFIED_ERROR),
+            }
+        }
         if !telemetry.is_empty() {
             let device = device.expect("telemetry comes from a device");
             let (slots, groups): (Vec<usize>, Vec<Telemetry>) = telemetry.into_iter().unzip();

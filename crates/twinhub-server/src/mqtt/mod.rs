@@ -22,6 +22,7 @@ pub mod reason;
 pub mod router;
 pub mod session;
 pub mod settings;
+pub mod sparkplug;
 pub mod topic;
 
 pub use broker::{Broker, BrokerDeps};

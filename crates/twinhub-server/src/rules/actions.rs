@@ -164,7 +164,7 @@ impl Engine {
         if let Some(sp) = &a.set_property {
             let patch = json!([{"op": "add", "path": format!("/{}", sp.name), "value": sp.value}]);
             self.twins
-                .patch_twin(tenant, twin, patch, Default::default())
+                .patch_twin(tenant, twin, patch, Default::default(), None)
                 .await
                 .map_err(|e| format!("action set_property {}: {e}", sp.name))?;
         }

@@ -91,6 +91,10 @@ pub enum StoreError {
     NoSpace,
 }
 
+/// A write to make in another operation's transaction (an audit entry
+/// with the change it records).
+pub type AlsoWrite = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<i64, StoreError> + Send + 'static>;
+
 /// Which series a point belongs to: a property (or dotted component path)
 /// of a twin of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -370,12 +370,15 @@ impl TwinGraphs {
     }
 
     /// Applies a JSON Patch to a twin's properties (and `$metadata.$model`).
+    /// Applies a JSON Patch; `also` writes in the same transaction (the
+    /// caller's audit entry), so the change and it commit together.
     pub async fn patch_twin(
         self: &Arc<Self>,
         tenant: &str,
         id: &str,
         patch: Value,
         cond: Cond,
+        also: Option<crate::store::AlsoWrite>,
     ) -> Result<Twin, TwinError> {
         let ops = parse_patch(&patch).map_err(|e| TwinError::BadRequest(e.to_string()))?;
         for (i, op) in ops.iter().enumerate() {
@@ -461,6 +464,9 @@ impl TwinGraphs {
                     &model.to_string(),
                     json!({"op": "update", "patch": patch}),
                 ));
+                if let Some(also) = also {
+                    also(ctx)?;
+                }
                 Ok(Ok(twin))
             })
             .await?

@@ -30,4 +30,5 @@ mod roles;
 mod routes;
 mod rules;
 mod security;
+mod sparkplug;
 mod store_health;

@@ -385,3 +385,49 @@ async fn secrets_are_write_only_and_encrypted_at_rest() {
     assert_eq!(list["value"][0]["preview"], "(undecryptable)");
     s.stop().await;
 }
+
+/// A PATCH and its audit entry are one commit: a failed commit leaves
+/// neither the change nor the entry, and the chain still verifies.
+#[tokio::test]
+async fn a_patch_and_its_audit_entry_commit_together() {
+    use twinhub_server::store::health::Faults;
+    let s = TestServer::start().await;
+    crate::graph::load_plant(&s).await;
+    crate::graph::reactor(&s, "r1").await;
+    let patch = json!([{"op": "add", "path": "/setpoint", "value": 360.5}]);
+    let (st, v) = s.json(s.patch("/api/v1/twins/r1", patch.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    let entries = audit_entries(&s).await;
+    let last = entries
+        .iter()
+        .rfind(|e| e["action"] == "twin.patch")
+        .unwrap();
+    assert_eq!(last["target"], "r1");
+    assert_eq!(last["detail"]["patch"], patch, "{last}");
+    let before = entries.len();
+    Faults::set(&s.store().faults().commit, true);
+    let r = s
+        .patch(
+            "/api/v1/twins/r1",
+            json!([{"op": "replace", "path": "/setpoint", "value": 999.0}]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    Faults::set(&s.store().faults().commit, false);
+    let (_, twin) = s.json(s.get("/api/v1/twins/r1")).await;
+    assert_eq!(twin["setpoint"], 360.5, "the failed change is not applied");
+    assert_eq!(audit_entries(&s).await.len(), before, "and not audited");
+    assert_eq!(verify(&s).await["ok"], true);
+    let (st, _) = s
+        .json(s.patch(
+            "/api/v1/twins/r1",
+            json!([{"op": "replace", "path": "/setpoint", "value": 361.0}]),
+        ))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(audit_entries(&s).await.len(), before + 1);
+    assert_eq!(verify(&s).await["ok"], true);
+    s.stop().await;
+}
