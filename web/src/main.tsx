@@ -21,7 +21,7 @@ function Shell({ s }: { s: Session }) {
     ['alarms', 'Alarms', s.can('alarms:read')],
     ['whatif', 'What-if', s.can('ml:read')],
     ['graph', 'Graph', s.can('twins:read')],
-    ['admin', 'Admin', ['devices:read', 'models:read', 'ml:read', 'users:admin', 'apikeys:admin'].some(s.can)],
+    ['admin', 'Admin', ['devices:read', 'models:read', 'ml:read', 'rules:read', 'routes:read', 'users:admin', 'apikeys:admin'].some(s.can)],
   ];
   const [page, ...rest] = route;
   let body;

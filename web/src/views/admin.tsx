@@ -6,11 +6,14 @@ import { useState } from 'preact/hooks';
 import { ApiError, del, enc, get, listAll, patch, post, put, request } from '../api';
 import { href, useSession } from '../app';
 import { fmtAgo, fmtTime, useLoad } from '../util';
+import { Routes, Rules } from './automation';
 
 const TABS: [string, string, string][] = [
   ['devices', 'Devices', 'devices:read'],
   ['models', 'DTDL models', 'models:read'],
   ['ml', 'ML models', 'ml:read'],
+  ['rules', 'Rules', 'rules:read'],
+  ['routes', 'Routes', 'routes:read'],
   ['users', 'Users', 'users:admin'],
   ['apikeys', 'API keys', 'apikeys:admin'],
 ];
@@ -34,6 +37,8 @@ export function Admin({ tab }: { tab: string }) {
       {current === 'devices' && <Devices />}
       {current === 'models' && <Models />}
       {current === 'ml' && <MlModels />}
+      {current === 'rules' && <Rules />}
+      {current === 'routes' && <Routes />}
       {current === 'users' && <Users />}
       {current === 'apikeys' && <ApiKeys />}
       {!current && <p class="muted">Your role has no administration rights.</p>}
