@@ -21,6 +21,9 @@ enum Adapter {
     /// InfluxDB line protocol with an API key (the key stands for the
     /// device's credentials; a revoked key for a disabled device).
     Line,
+    /// Sparkplug B over MQTT 5: the device is the edge node; the message
+    /// is an NBIRTH carrying the value.
+    Sparkplug,
 }
 
 /// What the client learns, whatever the protocol.
@@ -70,6 +73,45 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
     let payload = body.to_string();
     let topic = format!("devices/{id}/telemetry");
     match a {
+        Adapter::Sparkplug => {
+            use prost::Message as _;
+            use twinhub_codec::sparkplug::{Metric, MetricValue, Payload};
+            let m = body.as_object().unwrap();
+            let (name, value) = m.iter().find(|(k, _)| *k != "ts").unwrap();
+            let payload = Payload {
+                timestamp: m["ts"].as_u64(),
+                seq: Some(0),
+                metrics: vec![Metric {
+                    name: Some(name.clone()),
+                    value: Some(MetricValue::DoubleValue(value.as_f64().unwrap())),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let (mut c, ack) = open5(s.mqtt(), id, Some((id, key)), true, None).await;
+            if ack.code != v5::ConnectReturnCode::Success {
+                return Outcome::NotAuthenticated;
+            }
+            c.send5(pub5(
+                &format!("spBv1.0/plant/NBIRTH/{id}"),
+                1,
+                1,
+                &payload,
+                None,
+            ))
+            .await;
+            match c.recv5_within(WAIT).await {
+                Got5::P(v5::Packet::PubAck(a)) => match a.reason {
+                    v5::PubAckReason::Success => Outcome::Stored,
+                    v5::PubAckReason::UnspecifiedError => Outcome::RetryLater,
+                    _ => Outcome::Refused,
+                },
+                Got5::Closed => Outcome::RetryLater,
+                Got5::P(p) => panic!("{p:?}"),
+                Got5::Silent => panic!("no answer"),
+            }
+        }
         Adapter::Line => {
             let m = body.as_object().unwrap();
             let (name, value) = m.iter().find(|(k, _)| *k != "ts").unwrap();
@@ -186,6 +228,7 @@ async fn every_adapter_answers_every_case_alike() {
         Adapter::Mqtt5,
         Adapter::Mqtt311,
         Adapter::Line,
+        Adapter::Sparkplug,
     ];
     let cases = [
         Case::Valid,
@@ -200,6 +243,7 @@ async fn every_adapter_answers_every_case_alike() {
         let proto = match a {
             Adapter::Http => "http",
             Adapter::Line => "line",
+            Adapter::Sparkplug => "sparkplug",
             _ => "mqtt",
         };
         for case in cases {
