@@ -177,16 +177,7 @@ impl Pipeline {
         protocol: &'static str,
         msgs: Telemetry,
     ) -> Result<usize, IngestError> {
-        let src = Source {
-            tenant,
-            twin,
-            unknown: "reject",
-            device: None,
-        };
-        let mut out = self
-            .ingest_from(src, protocol, vec![msgs], None, |_| None)
-            .await;
-        out.pop().expect("one outcome per group")
+        self.ingest_twin(tenant, twin, protocol, msgs, None).await
     }
 
     /// Telemetry for a twin from a client that is not its device (line

@@ -67,6 +67,20 @@ fn expected(case: Case, a: Adapter) -> Outcome {
     }
 }
 
+/// What an MQTT 5 client learns from the PUBACK of its QoS 1 publish.
+async fn v5_outcome(c: &mut Raw) -> Outcome {
+    match c.recv5_within(WAIT).await {
+        Got5::P(v5::Packet::PubAck(a)) => match a.reason {
+            v5::PubAckReason::Success => Outcome::Stored,
+            v5::PubAckReason::UnspecifiedError => Outcome::RetryLater,
+            _ => Outcome::Refused,
+        },
+        Got5::Closed => Outcome::RetryLater,
+        Got5::P(p) => panic!("{p:?}"),
+        Got5::Silent => panic!("no answer"),
+    }
+}
+
 /// Sends one message `{"ts": ts, name: value}` as device `id` and reports
 /// what the client saw.
 async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> Outcome {
@@ -101,16 +115,7 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
                 None,
             ))
             .await;
-            match c.recv5_within(WAIT).await {
-                Got5::P(v5::Packet::PubAck(a)) => match a.reason {
-                    v5::PubAckReason::Success => Outcome::Stored,
-                    v5::PubAckReason::UnspecifiedError => Outcome::RetryLater,
-                    _ => Outcome::Refused,
-                },
-                Got5::Closed => Outcome::RetryLater,
-                Got5::P(p) => panic!("{p:?}"),
-                Got5::Silent => panic!("no answer"),
-            }
+            v5_outcome(&mut c).await
         }
         Adapter::Line => {
             let m = body.as_object().unwrap();
@@ -148,16 +153,7 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
                 return Outcome::NotAuthenticated;
             }
             c.send5(pub5(&topic, 1, 1, payload.as_bytes(), None)).await;
-            match c.recv5_within(WAIT).await {
-                Got5::P(v5::Packet::PubAck(a)) => match a.reason {
-                    v5::PubAckReason::Success => Outcome::Stored,
-                    v5::PubAckReason::UnspecifiedError => Outcome::RetryLater,
-                    _ => Outcome::Refused,
-                },
-                Got5::Closed => Outcome::RetryLater,
-                Got5::P(p) => panic!("{p:?}"),
-                Got5::Silent => panic!("no answer"),
-            }
+            v5_outcome(&mut c).await
         }
         Adapter::Mqtt311 => {
             let (mut c, ack) = open4(s.mqtt(), id, Some((id, key)), false).await;
