@@ -5,6 +5,7 @@
 //! panics) and names the offending field in its errors.
 
 pub mod json;
+pub mod layout;
 pub mod lineproto;
 pub mod sparkplug;
 pub mod telemetry;
