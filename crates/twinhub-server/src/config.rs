@@ -123,6 +123,9 @@ pub struct IngestConfig {
     /// How long an HTTP ingest waits for room in the store's queue before
     /// answering 503 with Retry-After.
     pub queue_wait: String,
+    /// UDP address for raw frames from small devices; empty (the default)
+    /// keeps it closed. Port 0 picks a free port (in ports.json as `udp`).
+    pub udp_listen: String,
 }
 
 impl Default for IngestConfig {
@@ -131,6 +134,7 @@ impl Default for IngestConfig {
             max_messages: 10_000,
             max_properties: 1_000,
             queue_wait: "2s".into(),
+            udp_listen: String::new(),
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct Ready {
     pub mqtt: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// The raw-frame UDP socket, when configured.
+    pub udp: Option<SocketAddr>,
     /// A system-admin bearer token valid only inside this process (the
     /// CLI drives a server it started in-process through the API with it).
     pub local_token: String,
@@ -188,6 +190,7 @@ pub async fn run(
         quotas.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let layouts = crate::ingest::frames::Layouts::load(store.clone())?;
     let routes = crate::routes::RouteBook::start(crate::routes::RouteDeps {
         store: store.clone(),
         twins: twins.clone(),
@@ -224,6 +227,7 @@ pub async fn run(
         rules,
         alarms,
         routes,
+        layouts,
         listeners: Default::default(),
     }));
 
@@ -340,7 +344,41 @@ pub async fn run(
         }
     });
 
-    let ports = write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
+    // Raw frames over UDP, when configured.
+    let udp_addr = match state.config.ingest.udp_listen.trim() {
+        "" => None,
+        addr => {
+            let socket =
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|cause| ServerError::Bind {
+                        addr: addr.to_string(),
+                        flag: "ingest.udp_listen (TWINHUB_INGEST_UDP_LISTEN)",
+                        cause,
+                    })?;
+            let bound = socket.local_addr()?;
+            jobs.push(tokio::spawn(crate::ingest::frames::serve_udp(
+                socket,
+                crate::ingest::frames::UdpDeps {
+                    registry: state.registry.clone(),
+                    pipeline: state.pipeline.clone(),
+                    layouts: state.layouts.clone(),
+                    metrics: state.metrics.clone(),
+                    limits: state.decode_limits,
+                    wait: state.queue_wait,
+                },
+                state.shutdown.clone(),
+            )));
+            Some(bound)
+        }
+    };
+    let mut ports = write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
+    if let Some(u) = udp_addr {
+        ports["udp"] = serde_json::json!(u.to_string());
+        let tmp = dir.join("ports.json.tmp");
+        std::fs::write(&tmp, ports.to_string())?;
+        std::fs::rename(tmp, dir.join(PORTS_FILE))?;
+    }
     let _ = state.listeners.set(ports);
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
@@ -350,6 +388,7 @@ pub async fn run(
             mqtt: mqtt_addr,
             mqtts: mqtts_addr,
             https: https_addr,
+            udp: udp_addr,
             local_token: state.registry.mint_local_token(),
             generated_admin_password: boot.generated_password.clone(),
             store: store.clone(),

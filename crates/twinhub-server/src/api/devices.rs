@@ -424,3 +424,70 @@ pub async fn send_command(
         }
     }
 }
+
+impl From<crate::ingest::frames::PutError> for ApiError {
+    fn from(e: crate::ingest::frames::PutError) -> ApiError {
+        match e {
+            crate::ingest::frames::PutError::Invalid(d) if d.field == "layout" => {
+                ApiError::field(&d.field, &d.rule)
+            }
+            crate::ingest::frames::PutError::Invalid(d) => ApiError::invalid(&d.field, &d.rule),
+            crate::ingest::frames::PutError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Declares how the device packs its raw frames (UDP): `{"fields": [{"name",
+/// "type": "u8…u64|i8…i64|f32|f64|bool", "offset", "endian"?, "scale"?,
+/// "add"?, "bit"?, "unit"?}], "timestamp"?: {"type": "u32|u64", "offset",
+/// "unit": "s|ms"}}`. A field that breaks a rule answers 422 naming it.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/layout", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    request_body(content = serde_json::Value, description = "The binary layout"),
+    responses((status = 200, body = serde_json::Value), (status = 400), (status = 404), (status = 422)))]
+pub async fn put_layout(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::DevicesAdmin)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    state
+        .layouts
+        .put(&dev.row.tenant, &dev.row.id, &body)
+        .await?;
+    state
+        .audit(
+            &p,
+            &dev.row.tenant,
+            "device.layout",
+            &id,
+            serde_json::json!({}),
+        )
+        .await;
+    let declared = state
+        .layouts
+        .declared(&dev.row.tenant, &dev.row.id)
+        .unwrap_or_default();
+    Ok(Json(serde_json::from_str(&declared).unwrap_or_default()))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/layout", tag = "devices",
+    params(("id" = String, Path), ("tenant" = Option<String>, Query)),
+    responses((status = 200, body = serde_json::Value), (status = 404)))]
+pub async fn get_layout(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<CommandQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    p.require(Perm::DevicesRead)?;
+    let dev = find(&state, &p, q.tenant.as_deref(), &id)?;
+    let declared = state
+        .layouts
+        .declared(&dev.row.tenant, &dev.row.id)
+        .ok_or_else(|| ApiError::not_found(format!("device {id} has no layout")))?;
+    Ok(Json(serde_json::from_str(&declared).unwrap_or_default()))
+}

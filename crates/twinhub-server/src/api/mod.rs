@@ -82,6 +82,8 @@ pub struct AppInner {
     pub rules: Arc<crate::rules::RuleBook>,
     pub alarms: Arc<crate::rules::alarms::Alarms>,
     pub routes: Arc<crate::routes::RouteBook>,
+    /// Binary layouts of devices sending raw frames.
+    pub layouts: Arc<crate::ingest::frames::Layouts>,
     /// The bound addresses (as in ports.json), once the server is ready.
     pub listeners: std::sync::OnceLock<serde_json::Value>,
 }
@@ -243,6 +245,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(lineproto::write_v2))
         .routes(routes!(lineproto::write_v1))
         .routes(routes!(devices::send_command))
+        .routes(routes!(devices::put_layout, devices::get_layout))
         .routes(routes!(
             graph::get_twin,
             graph::put_twin,

@@ -8,9 +8,11 @@
 //! this folder and into the compliance test
 //! (`crates/twinhub/tests/it/ingest_compliance.rs`).
 //!
-//! May call: `pipeline`, `registry` (the device), `metrics`.
+//! May call: `pipeline`, `registry` (the device), `metrics`, `store` (device
+//! layouts).
 
 pub mod derived;
+pub mod frames;
 pub mod http;
 pub mod lineproto;
 pub mod mqtt;

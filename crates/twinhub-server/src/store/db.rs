@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 11;
+pub const FORMAT_VERSION: i64 = 12;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -162,6 +162,10 @@ CREATE TABLE route_deadletters(seq INTEGER PRIMARY KEY, tenant TEXT NOT NULL, ro
     event_id INTEGER NOT NULL, at INTEGER NOT NULL, attempts INTEGER NOT NULL,
     error TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX route_deadletters_by_route ON route_deadletters(tenant, route, seq);
+"#,
+    // 12: binary layouts of devices that send raw frames.
+    r#"
+CREATE TABLE device_layouts(device TEXT PRIMARY KEY, tenant TEXT NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 "#,
 ];
 

@@ -409,3 +409,28 @@ pub fn storage_by_tenant(c: &Connection) -> Result<Vec<(String, u64)>, StoreErro
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// A device's binary layout (JSON as declared), or its removal.
+pub fn put_layout(
+    tx: &Connection,
+    tenant: &str,
+    device: &str,
+    body: Option<&str>,
+) -> Result<(), StoreError> {
+    match body {
+        Some(b) => tx.execute(
+            "INSERT INTO device_layouts(device, tenant, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT(device) DO UPDATE SET tenant = excluded.tenant, body = excluded.body",
+            rusqlite::params![device, tenant, b],
+        )?,
+        None => tx.execute("DELETE FROM device_layouts WHERE device = ?1", [device])?,
+    };
+    Ok(())
+}
+
+/// Every stored layout: (tenant, device, body).
+pub fn load_layouts(c: &Connection) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut stmt = c.prepare("SELECT tenant, device, body FROM device_layouts")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -47,6 +47,18 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!({}),
             "commands:send",
         ),
+        (
+            "PUT",
+            "/api/v1/devices/ghost/layout",
+            json!({"fields": [{"name": "a", "type": "u8", "offset": 0}]}),
+            "devices:admin",
+        ),
+        (
+            "GET",
+            "/api/v1/devices/d1/layout",
+            json!(null),
+            "devices:read",
+        ),
         ("GET", "/api/v1/models", json!(null), "models:read"),
         ("POST", "/api/v1/models", json!([]), "models:write"),
         (

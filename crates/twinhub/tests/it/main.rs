@@ -15,6 +15,7 @@ mod demo;
 mod devices;
 mod events;
 mod fanout;
+mod frames;
 mod graph;
 mod history;
 mod ingest;
