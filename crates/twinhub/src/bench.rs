@@ -26,6 +26,7 @@ pub enum Suite {
     Rules,
     Ingest,
     Routes,
+    Frames,
 }
 
 #[derive(Args)]
@@ -66,6 +67,9 @@ pub struct BenchArgs {
     /// Twins in the rules benchmark (5 rules each).
     #[arg(long, default_value_t = 10_000)]
     rule_twins: usize,
+    /// UDP frames the frames benchmark sends.
+    #[arg(long, default_value_t = 400_000)]
+    frames: usize,
     /// Events in each backlog the routes benchmark drains.
     #[arg(long, default_value_t = 200_000)]
     route_events: usize,
@@ -545,6 +549,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             seconds: args.http_seconds,
         })
         .await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Frames) {
+        crate::bench_frames::run(args.frames).await?;
     }
     if matches!(args.suite, Suite::All | Suite::Mqtt) {
         crate::bench_mqtt::run(crate::bench_mqtt::MqttArgs {
