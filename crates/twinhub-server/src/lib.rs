@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod connectors;
 pub mod events;
 pub mod ingest;
 pub mod keyfile;

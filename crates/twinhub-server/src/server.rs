@@ -182,13 +182,13 @@ pub async fn run(
         clock.clone(),
         config.secrets.key.as_deref(),
     )?);
-    let pipeline = Pipeline::new(
+    let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         metrics.clone(),
         clock.clone(),
         twins.clone(),
         quotas.clone(),
-    );
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let layouts = crate::ingest::frames::Layouts::load(store.clone())?;
     let routes = crate::routes::RouteBook::start(crate::routes::RouteDeps {
@@ -198,6 +198,15 @@ pub async fn run(
         clock: clock.clone(),
         backpressure: pipeline.backpressure.clone(),
         alarms: alarms.clone(),
+        shutdown: stop_rx.clone(),
+    })?;
+    let connectors = crate::connectors::ConnectorBook::start(crate::connectors::ConnectorDeps {
+        store: store.clone(),
+        pipeline: pipeline.clone(),
+        secrets: secrets.clone(),
+        events: events.clone(),
+        clock: clock.clone(),
+        data_dir: dir.clone(),
         shutdown: stop_rx.clone(),
     })?;
     let state = AppState(Arc::new(AppInner {
@@ -210,7 +219,7 @@ pub async fn run(
         config,
         store: store.clone(),
         registry: Arc::new(registry),
-        pipeline: Arc::new(pipeline),
+        pipeline,
         events,
         metrics,
         clock,
@@ -227,6 +236,7 @@ pub async fn run(
         rules,
         alarms,
         routes,
+        connectors,
         layouts,
         listeners: Default::default(),
     }));

@@ -27,6 +27,7 @@ pub enum Suite {
     Ingest,
     Routes,
     Frames,
+    Opcua,
 }
 
 #[derive(Args)]
@@ -70,6 +71,12 @@ pub struct BenchArgs {
     /// UDP frames the frames benchmark sends.
     #[arg(long, default_value_t = 400_000)]
     frames: usize,
+    /// Reactors of the OPC UA benchmark (10 monitored items each).
+    #[arg(long, default_value_t = 1000)]
+    opcua_reactors: usize,
+    /// Seconds the OPC UA benchmark measures.
+    #[arg(long, default_value_t = 30)]
+    opcua_seconds: u64,
     /// Events in each backlog the routes benchmark drains.
     #[arg(long, default_value_t = 200_000)]
     route_events: usize,
@@ -88,6 +95,21 @@ pub struct BenchArgs {
     /// Idle MQTT devices to connect for the memory figure (0 skips).
     #[arg(long, default_value_t = 15_000)]
     mqtt_idle: usize,
+}
+
+/// Resident memory of a process (`/proc/{pid}/status`), in KB.
+pub(crate) fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 pub(crate) fn row(name: &str, value: String, target: &str) {
@@ -476,18 +498,8 @@ async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
 fn idle_suite() -> anyhow::Result<()> {
     let server = crate::bench_ingest::Child::spawn(&[])?;
     std::thread::sleep(Duration::from_secs(2));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: 0 kB")
-        .to_string();
+    let kb = rss_kb(server.pid()) as f64;
     drop(server);
-    let kb: f64 = rss
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
     row(
         "idle RSS of `twinhub serve`, empty data dir (MB)",
         format!("{:.1}", kb / 1024.0),
@@ -552,6 +564,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if matches!(args.suite, Suite::All | Suite::Frames) {
         crate::bench_frames::run(args.frames).await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Opcua) {
+        crate::bench_opcua::run(crate::bench_opcua::OpcUaArgs {
+            reactors: args.opcua_reactors,
+            seconds: args.opcua_seconds,
+        })
+        .await?;
     }
     if matches!(args.suite, Suite::All | Suite::Mqtt) {
         crate::bench_mqtt::run(crate::bench_mqtt::MqttArgs {

@@ -380,18 +380,6 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Connects `n` devices to a `twinhub serve` child process and reports its
 /// RSS per idle connection (bounded by this machine's file-descriptor
 /// limit, see the printed note).
@@ -430,7 +418,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kb(server.pid());
+    let before = crate::bench::rss_kb(server.pid());
     let mut conns = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(500) {
         let mut set = tokio::task::JoinSet::new();
@@ -444,7 +432,7 @@ async fn idle_connections(n: usize) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kb(server.pid());
+    let after = crate::bench::rss_kb(server.pid());
     let per = (after.saturating_sub(before)) as f64 / conns.len().max(1) as f64;
     row(
         &format!("idle connected devices (fd limit here: {limit})"),

@@ -50,17 +50,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 struct Ctx {
     http: reqwest::Client,
     base: String,
@@ -150,7 +139,7 @@ async fn drain(
     put_route(ctx, id, resume).await?;
     let mut peak = 0;
     loop {
-        peak = peak.max(rss_kb(child.pid()));
+        peak = peak.max(crate::bench::rss_kb(child.pid()));
         let st = route_status(ctx, id).await?;
         if st["delivered"].as_u64().unwrap_or(0) >= n as u64 {
             break;
@@ -241,7 +230,7 @@ pub async fn run(a: RoutesArgs) -> anyhow::Result<()> {
         .await?;
 
     // (2) Backlog drains.
-    let idle = rss_kb(child.pid()) as f64 / 1024.0;
+    let idle = crate::bench::rss_kb(child.pid()) as f64 / 1024.0;
     let (rate, peak) = drain(
         &ctx,
         &child,

@@ -7,12 +7,14 @@ mod bench_frames;
 mod bench_ingest;
 mod bench_ml;
 mod bench_mqtt;
+mod bench_opcua;
 mod bench_routes;
 mod bench_rules;
 mod bench_sustained;
 mod bench_twins;
 mod demo;
 mod model_cli;
+mod opcua_sim;
 mod route_cli;
 mod rule_cli;
 mod sim;
@@ -115,6 +117,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure ingest, compression and query speed on this machine.
     Bench(bench::BenchArgs),
+    /// A simulated plant PLC as an OPC UA server (reactors with live
+    /// values and writable setpoints), to try the OPC UA connector.
+    OpcuaSim(opcua_sim::SimArgs),
     /// Manage devices (directly on the data directory when no server runs,
     /// else through the running server's API).
     #[command(subcommand)]
@@ -223,6 +228,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(flags) => serve(cli.config.as_ref(), &flags).await,
             Command::Demo(args) => demo::run(cli.config.as_ref(), args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::OpcuaSim(args) => opcua_sim::run(args).await,
             Command::Device(cmd) => admin::device(cli.config.as_ref(), cmd).await,
             Command::User(cmd) => admin::user(cli.config.as_ref(), cmd).await,
             Command::Apikey(cmd) => admin::apikey(cli.config.as_ref(), cmd).await,

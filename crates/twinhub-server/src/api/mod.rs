@@ -6,7 +6,8 @@
 //! May call: `ingest` (the device endpoint), `registry`, `pipeline`,
 //! `store` (reads and deletions),
 //! `events`, `auth`, `audit`, `roles`, `secrets`, `quotas`, `twins`, `ml`,
-//! `rules` (rules and alarms), `routes` (outbound delivery), `web` (the
+//! `rules` (rules and alarms), `routes` (outbound delivery), `connectors`
+//! (inbound sources), `web` (the
 //! dashboard's files),
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
 //! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
@@ -15,6 +16,7 @@
 pub mod access;
 pub mod audit;
 mod auth;
+pub mod connectors;
 pub mod devices;
 pub mod error;
 pub mod events;
@@ -82,6 +84,7 @@ pub struct AppInner {
     pub rules: Arc<crate::rules::RuleBook>,
     pub alarms: Arc<crate::rules::alarms::Alarms>,
     pub routes: Arc<crate::routes::RouteBook>,
+    pub connectors: Arc<crate::connectors::ConnectorBook>,
     /// Binary layouts of devices sending raw frames.
     pub layouts: Arc<crate::ingest::frames::Layouts>,
     /// The bound addresses (as in ports.json), once the server is ready.
@@ -290,6 +293,16 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(routes::test_route))
         .routes(routes!(routes::list_dead_letters))
         .routes(routes!(routes::replay_dead_letters))
+        .routes(routes!(
+            connectors::create_connector,
+            connectors::list_connectors
+        ))
+        .routes(routes!(
+            connectors::get_connector,
+            connectors::put_connector,
+            connectors::delete_connector
+        ))
+        .routes(routes!(connectors::browse_connector))
         .routes(routes!(audit::list_audit))
         .routes(routes!(access::create_apikey, access::list_apikeys))
         .routes(routes!(access::revoke_apikey))

@@ -273,6 +273,7 @@ pub async fn metrics(
         state.alarms.raised.load(Ordering::Relaxed),
     );
     routes_metrics(&state, &mut x);
+    connectors_metrics(&state, &mut x);
     if let Ok((rows, bytes)) = state.store.outbox_size() {
         x.gauge(
             "twinhub_outbox_bytes",
@@ -453,6 +454,53 @@ pub async fn server_info(
         "version": env!("CARGO_PKG_VERSION"),
         "listeners": state.listeners.get().cloned().unwrap_or_else(|| serde_json::json!({})),
     }))
+}
+
+/// Per-connector state and counters (labels: tenant, connector).
+fn connectors_metrics(state: &AppState, x: &mut Exposition) {
+    use crate::connectors::Status;
+    let all = state.connectors.all_status();
+    let series = |f: &dyn Fn(&Status) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
+        all.iter()
+            .map(|(t, c, s)| (vec![("tenant", t.clone()), ("connector", c.clone())], f(s)))
+            .collect()
+    };
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    x.gauge_series(
+        "twinhub_connector_connected",
+        "1 while a connector is connected to its source.",
+        &series(&|s| (s.state() == "connected") as u8 as f64),
+    );
+    x.counter_series(
+        "twinhub_connector_points_total",
+        "Values a connector stored.",
+        &series(&|s| n(&s.points)),
+    );
+    x.counter_series(
+        "twinhub_connector_rejected_total",
+        "Values refused by the twin's model.",
+        &series(&|s| n(&s.rejected)),
+    );
+    x.counter_series(
+        "twinhub_connector_dropped_total",
+        "Values not stored (over quota, or the queue was full).",
+        &series(&|s| n(&s.dropped)),
+    );
+    x.counter_series(
+        "twinhub_connector_errors_total",
+        "Errors a connector met (connection, subscription, store, write).",
+        &series(&|s| n(&s.errors)),
+    );
+    x.counter_series(
+        "twinhub_connector_writes_total",
+        "Twin property changes written to the source.",
+        &series(&|s| n(&s.writes)),
+    );
+    x.gauge_series(
+        "twinhub_connector_monitored_items",
+        "Nodes a connector is subscribed to.",
+        &series(&|s| n(&s.items)),
+    );
 }
 
 /// Per-route counters and backlog (labels: tenant, route).

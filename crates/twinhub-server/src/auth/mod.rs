@@ -46,10 +46,12 @@ pub enum Perm {
     MqttPublish,
     MqttSubscribe,
     SecretsAdmin,
+    ConnectorsRead,
+    ConnectorsWrite,
 }
 
 impl Perm {
-    pub const ALL: [Perm; 27] = [
+    pub const ALL: [Perm; 29] = [
         Perm::TwinsRead,
         Perm::TwinsWrite,
         Perm::ModelsRead,
@@ -77,6 +79,8 @@ impl Perm {
         Perm::MqttPublish,
         Perm::MqttSubscribe,
         Perm::SecretsAdmin,
+        Perm::ConnectorsRead,
+        Perm::ConnectorsWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +112,8 @@ impl Perm {
             Perm::MqttPublish => "mqtt:publish",
             Perm::MqttSubscribe => "mqtt:subscribe",
             Perm::SecretsAdmin => "secrets:admin",
+            Perm::ConnectorsRead => "connectors:read",
+            Perm::ConnectorsWrite => "connectors:write",
         }
     }
 
@@ -171,6 +177,7 @@ pub fn role_perms(role: &str) -> Option<PermSet> {
         AlarmsRead,
         RulesRead,
         RoutesRead,
+        ConnectorsRead,
         MlRead,
         MqttSubscribe,
     ];

@@ -70,15 +70,21 @@ impl Registry {
         let hash = tokio::task::spawn_blocking(move || password::hash(&pw, cost))
             .await
             .map_err(|_| RegistryError::Store(StoreError::Unavailable))?;
-        let (name, h) = (username.to_string(), hash.clone());
+        let (name, n2) = (username.to_string(), username.to_string());
+        let h = hash.clone();
         let changed = self
             .store
-            .write(move |ctx| rows::set_password(ctx.tx, &name, &h))
+            .write_cached(
+                &self.users,
+                move |tx| rows::set_password(tx, &name, &h),
+                move |users| {
+                    if let Some(u) = users.get_mut(&n2) {
+                        u.password_hash = hash;
+                    }
+                },
+            )
             .await?;
         if changed {
-            if let Some(u) = self.users.write().expect("users").get_mut(username) {
-                u.password_hash = hash;
-            }
             self.end_sessions_of(username).await?;
         }
         Ok(changed)
@@ -95,17 +101,19 @@ impl Registry {
             return Ok(false);
         };
         self.check_roles(&user.tenant, &roles)?;
-        let (name, r) = (username.to_string(), roles.clone());
-        let changed = self
+        let (name, n2, r) = (username.to_string(), username.to_string(), roles.clone());
+        Ok(self
             .store
-            .write(move |ctx| rows::set_roles(ctx.tx, &name, &r))
-            .await?;
-        if changed {
-            if let Some(u) = self.users.write().expect("users").get_mut(username) {
-                u.roles = roles;
-            }
-        }
-        Ok(changed)
+            .write_cached(
+                &self.users,
+                move |tx| rows::set_roles(tx, &name, &r),
+                move |users| {
+                    if let Some(u) = users.get_mut(&n2) {
+                        u.roles = roles;
+                    }
+                },
+            )
+            .await?)
     }
 
     /// Deletes a user; their tokens stop working at once.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 12;
+pub const FORMAT_VERSION: i64 = 13;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -166,6 +166,12 @@ CREATE INDEX route_deadletters_by_route ON route_deadletters(tenant, route, seq)
     // 12: binary layouts of devices that send raw frames.
     r#"
 CREATE TABLE device_layouts(device TEXT PRIMARY KEY, tenant TEXT NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+"#,
+    // 13: inbound connectors (OPC UA clients, …): JSON definitions.
+    r#"
+CREATE TABLE connectors(tenant TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL,
+    body TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY(tenant, id)) WITHOUT ROWID;
 "#,
 ];
 

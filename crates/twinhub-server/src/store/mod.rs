@@ -20,6 +20,7 @@ pub mod check;
 pub mod chunk;
 pub mod columns;
 mod compactor;
+pub mod connectors;
 pub mod db;
 mod head;
 pub mod health;

@@ -23,6 +23,7 @@ mod ingest_compliance;
 mod lineproto;
 pub mod ml;
 mod mqtt;
+mod opcua;
 mod openapi;
 mod ops;
 pub mod process;

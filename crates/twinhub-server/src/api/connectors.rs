@@ -1,0 +1,177 @@
+//! Inbound connectors: CRUD with status, and browsing a connected OPC UA
+//! server's address space. The connectors themselves run in
+//! `crate::connectors`.
+
+use super::error::{ApiError, Code};
+use super::extract::{ApiJson, ApiQuery, Paging};
+use super::AppState;
+use crate::auth::{Perm, Principal};
+use crate::connectors::{ConnectorError, ConnectorSpec};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+impl From<ConnectorError> for ApiError {
+    fn from(e: ConnectorError) -> ApiError {
+        match e {
+            ConnectorError::Spec(s) => ApiError::field(&s.field, &s.rule),
+            ConnectorError::Unresolved(s) => ApiError::invalid(&s.field, &s.rule),
+            ConnectorError::NotFound(m) => ApiError::not_found(m),
+            ConnectorError::Conflict(m) => ApiError::conflict(m),
+            ConnectorError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::ServiceUnavailable, m)
+            }
+            ConnectorError::Store(s) => s.into(),
+        }
+    }
+}
+
+const SPEC_DOC: &str = "{id?, kind: opcua, enabled?, endpoint: opc.tcp://…, security?: {policy: None|Basic256Sha256, mode: None|Sign|SignAndEncrypt}, auth?: {user, password_secret}, trust?: {any?, certificates?: [base64 DER]}, publishing_interval?, sampling_interval?, nodes: [{node: ns=2;s=…, twin, property, mode?: read|write|read_write}]}";
+
+/// Creates a connector; it starts connecting at once (when enabled).
+#[utoipa::path(post, path = "/api/v1/connectors", tag = "connectors", params(Paging),
+    request_body(content = Value, description = SPEC_DOC),
+    responses((status = 201, body = Value), (status = 400), (status = 409), (status = 422)))]
+pub async fn create_connector(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(spec): ApiJson<ConnectorSpec>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    p.require(Perm::ConnectorsWrite)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let (c, _) = state
+        .connectors
+        .put(&tenant, spec, None, &|t| state.twin_exists(&tenant, t))
+        .await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "connector.create",
+            &c.id,
+            json!({"kind": c.spec.kind}),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(state.connectors.doc(&c))))
+}
+
+#[utoipa::path(get, path = "/api/v1/connectors", tag = "connectors", params(Paging),
+    responses((status = 200, body = Value)))]
+pub async fn list_connectors(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::ConnectorsRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let all = state.connectors.list(&tenant);
+    let (page, next) = q.page(&all, |c| &c.id)?;
+    let page: Vec<Value> = page.iter().map(|c| state.connectors.doc(c)).collect();
+    Ok(Json(json!({"value": page, "next": next})))
+}
+
+/// The connector with its status: `state` (starting, connecting,
+/// connected, reconnecting, disconnected, disabled, error), `last_error`,
+/// `points_in`, `rejected`, `dropped`, `monitored_items`, `failed_items`,
+/// `writes`, `write_errors`; and `client_certificate` to trust on the
+/// server.
+#[utoipa::path(get, path = "/api/v1/connectors/{id}", tag = "connectors", params(("id" = String, Path), Paging),
+    responses((status = 200, body = Value), (status = 404)))]
+pub async fn get_connector(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::ConnectorsRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let c = state
+        .connectors
+        .get(&tenant, &id)
+        .ok_or_else(|| ApiError::not_found(format!("connector {id} not found")))?;
+    Ok(Json(state.connectors.doc(&c)))
+}
+
+/// Creates (201) or replaces (200) a connector; a replaced one reconnects
+/// with its new definition.
+#[utoipa::path(put, path = "/api/v1/connectors/{id}", tag = "connectors", params(("id" = String, Path), Paging),
+    request_body(content = Value, description = SPEC_DOC),
+    responses((status = 200, body = Value), (status = 201, body = Value), (status = 400), (status = 422)))]
+pub async fn put_connector(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(spec): ApiJson<ConnectorSpec>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    p.require(Perm::ConnectorsWrite)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let (c, replaced) = state
+        .connectors
+        .put(&tenant, spec, Some(&id), &|t| state.twin_exists(&tenant, t))
+        .await?;
+    let action = if replaced {
+        "connector.update"
+    } else {
+        "connector.create"
+    };
+    state.audit(&p, &tenant, action, &id, json!({})).await;
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(state.connectors.doc(&c))))
+}
+
+#[utoipa::path(delete, path = "/api/v1/connectors/{id}", tag = "connectors", params(("id" = String, Path), Paging),
+    responses((status = 204), (status = 404)))]
+pub async fn delete_connector(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::ConnectorsWrite)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    if !state.connectors.delete(&tenant, &id).await? {
+        return Err(ApiError::not_found(format!("connector {id} not found")));
+    }
+    state
+        .audit(&p, &tenant, "connector.delete", &id, json!({}))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BrowseQuery {
+    /// The node whose children to list (default: the Objects folder).
+    pub node: Option<String>,
+    /// System admins: a connector of this tenant.
+    pub tenant: Option<String>,
+}
+
+/// One level of the connected server's address space:
+/// `{"node", "children": [{"node", "browse_name", "display_name",
+/// "class"}], "more"}`; 503 while the connector is not connected.
+#[utoipa::path(get, path = "/api/v1/connectors/{id}/browse", tag = "connectors", params(("id" = String, Path), BrowseQuery),
+    responses((status = 200, body = Value), (status = 400), (status = 404), (status = 503)))]
+pub async fn browse_connector(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<BrowseQuery>,
+) -> Result<Json<Value>, ApiError> {
+    p.require(Perm::ConnectorsRead)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    Ok(Json(
+        state
+            .connectors
+            .browse(&tenant, &id, q.node.as_deref())
+            .await?,
+    ))
+}
