@@ -190,7 +190,7 @@ pub async fn run(
         quotas.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let layouts = crate::ingest::frames::Layouts::load(store.clone())?;
+    let layouts = crate::ingest::frames::Layouts::load(store.clone(), twins.clone())?;
     let routes = crate::routes::RouteBook::start(crate::routes::RouteDeps {
         store: store.clone(),
         twins: twins.clone(),

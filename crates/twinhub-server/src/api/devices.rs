@@ -425,14 +425,14 @@ pub async fn send_command(
     }
 }
 
-impl From<crate::ingest::frames::PutError> for ApiError {
-    fn from(e: crate::ingest::frames::PutError) -> ApiError {
+impl From<crate::ingest::layouts::PutError> for ApiError {
+    fn from(e: crate::ingest::layouts::PutError) -> ApiError {
         match e {
-            crate::ingest::frames::PutError::Invalid(d) if d.field == "layout" => {
+            crate::ingest::layouts::PutError::Invalid(d) if d.field == "layout" => {
                 ApiError::field(&d.field, &d.rule)
             }
-            crate::ingest::frames::PutError::Invalid(d) => ApiError::invalid(&d.field, &d.rule),
-            crate::ingest::frames::PutError::Store(s) => s.into(),
+            crate::ingest::layouts::PutError::Invalid(d) => ApiError::invalid(&d.field, &d.rule),
+            crate::ingest::layouts::PutError::Store(s) => s.into(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod graph;
+pub mod layouts;
 pub mod lineproto;
 pub mod ml;
 mod openapi;
@@ -303,6 +304,12 @@ pub fn router(state: AppState) -> Router {
             connectors::delete_connector
         ))
         .routes(routes!(connectors::browse_connector))
+        .routes(routes!(layouts::list_named_layouts))
+        .routes(routes!(
+            layouts::put_named_layout,
+            layouts::get_named_layout,
+            layouts::delete_named_layout
+        ))
         .routes(routes!(audit::list_audit))
         .routes(routes!(access::create_apikey, access::list_apikeys))
         .routes(routes!(access::revoke_apikey))

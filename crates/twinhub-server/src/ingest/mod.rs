@@ -9,11 +9,12 @@
 //! (`crates/twinhub/tests/it/ingest_compliance.rs`).
 //!
 //! May call: `pipeline`, `registry` (the device), `metrics`, `store` (device
-//! layouts).
+//! layouts), `twins` (the model a layout applies to).
 
 pub mod derived;
 pub mod frames;
 pub mod http;
+pub mod layouts;
 pub mod lineproto;
 pub mod mqtt;
 

@@ -167,8 +167,11 @@ CREATE INDEX route_deadletters_by_route ON route_deadletters(tenant, route, seq)
     r#"
 CREATE TABLE device_layouts(device TEXT PRIMARY KEY, tenant TEXT NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 "#,
-    // 13: inbound connectors (OPC UA clients, …): JSON definitions.
+    // 13: inbound connectors (OPC UA clients, …): JSON definitions; named
+    // binary layouts (for listed devices or every device of a model).
     r#"
+CREATE TABLE layouts(tenant TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY(tenant, id)) WITHOUT ROWID;
 CREATE TABLE connectors(tenant TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NULL,
     body TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
     PRIMARY KEY(tenant, id)) WITHOUT ROWID;

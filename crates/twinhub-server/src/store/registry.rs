@@ -434,3 +434,30 @@ pub fn load_layouts(c: &Connection) -> Result<Vec<(String, String, String)>, Sto
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Stores (Some) or deletes (None) a named layout; whether a row changed.
+pub fn put_named_layout(
+    tx: &Connection,
+    tenant: &str,
+    id: &str,
+    body: Option<&str>,
+) -> Result<bool, StoreError> {
+    Ok(match body {
+        Some(b) => tx.execute(
+            "INSERT INTO layouts(tenant, id, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT(tenant, id) DO UPDATE SET body = excluded.body",
+            rusqlite::params![tenant, id, b],
+        )?,
+        None => tx.execute(
+            "DELETE FROM layouts WHERE tenant = ?1 AND id = ?2",
+            rusqlite::params![tenant, id],
+        )?,
+    } > 0)
+}
+
+/// Every named layout: (tenant, id, body).
+pub fn load_named_layouts(c: &Connection) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut stmt = c.prepare("SELECT tenant, id, body FROM layouts")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -354,6 +354,20 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!({}),
             "routes:write",
         ),
+        ("GET", "/api/v1/layouts", json!(null), "devices:read"),
+        (
+            "PUT",
+            "/api/v1/layouts/lay-{u}",
+            json!({"fields": [{"name": "t", "type": "u8", "offset": 0}], "devices": ["ghost"]}),
+            "devices:admin",
+        ),
+        ("GET", "/api/v1/layouts/ghost", json!(null), "devices:read"),
+        (
+            "DELETE",
+            "/api/v1/layouts/ghost",
+            json!(null),
+            "devices:admin",
+        ),
         ("GET", "/api/v1/connectors", json!(null), "connectors:read"),
         (
             "POST",

@@ -164,3 +164,138 @@ async fn udp_frames_are_decoded_with_the_layout_and_acknowledged_when_durable() 
     assert_eq!(st, 200);
     s.stop().await;
 }
+
+/// One layout for many devices: those a named layout lists, or every
+/// device whose twin is of its model (extending models too); a device's
+/// own layout wins.
+#[tokio::test]
+async fn named_layouts_serve_listed_devices_and_devices_of_a_model() {
+    let s = TestServer::start_with(|c| c.ingest.udp_listen = "127.0.0.1:0".into()).await;
+    let udp = s.handle_ready().udp.expect("the UDP socket is open");
+    let models = json!([
+        {"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:Tiny;1", "@type": "Interface",
+         "contents": [{"@type": "Telemetry", "name": "t", "schema": "double"}]},
+        {"@context": "dtmi:dtdl:context;3", "@id": "dtmi:test:TinyPlus;1", "@type": "Interface",
+         "extends": "dtmi:test:Tiny;1", "contents": []}]);
+    let (st, v) = s.json(s.post("/api/v1/models", models)).await;
+    assert_eq!(st, 201, "{v}");
+    let r = s
+        .http
+        .put(s.url("/api/v1/twins/m1"))
+        .bearer_auth(&s.token)
+        .json(&json!({"$metadata": {"$model": "dtmi:test:TinyPlus;1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let keys = [
+        ("m1", s.device("m1").await),
+        ("l1", s.device("l1").await),
+        ("o1", s.device("o1").await),
+    ];
+    let put = |path: &str, body: Value| {
+        s.http
+            .put(s.url(path))
+            .bearer_auth(&s.token)
+            .json(&body)
+            .send()
+    };
+    let by_model = json!({"fields": [{"name": "t", "type": "i16", "offset": 0, "scale": 0.1}],
+        "model": "dtmi:test:Tiny;1"});
+    assert_eq!(
+        put("/api/v1/layouts/tiny", by_model)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let listed =
+        json!({"fields": [{"name": "t", "type": "u8", "offset": 0}], "devices": ["l1", "o1"]});
+    assert_eq!(
+        put("/api/v1/layouts/listed", listed.clone())
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        put("/api/v1/layouts/listed", listed)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let own = json!({"fields": [{"name": "t", "type": "u8", "offset": 0, "scale": 10}]});
+    assert_eq!(
+        put("/api/v1/devices/o1/layout", own)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Refusals name the field.
+    let r = put(
+        "/api/v1/layouts/x",
+        json!({"fields": [{"name": "t", "type": "u8", "offset": 0}]}),
+    )
+    .await
+    .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .starts_with("devices:"));
+    let r = put(
+        "/api/v1/layouts/x",
+        json!({"fields": [{"name": "t", "type": "u8", "offset": 0}], "model": "Tiny"}),
+    )
+    .await
+    .unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .starts_with("model:"));
+    let (_, list) = s.json(s.get("/api/v1/layouts")).await;
+    let ids: Vec<&str> = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["listed", "tiny"]);
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(udp).await.unwrap();
+    let send = |dev: &'static str, seq: u16, payload: Vec<u8>| {
+        let key = keys.iter().find(|(d, _)| *d == dev).unwrap().1.clone();
+        let sock = &sock;
+        async move {
+            exchange(sock, &frame(dev, &key, seq, &payload))
+                .await
+                .unwrap()[5]
+        }
+    };
+    assert_eq!(
+        send("m1", 1, vec![0x01, 0x00]).await,
+        AckStatus::Stored as u8
+    );
+    assert_eq!(send("l1", 2, vec![7]).await, AckStatus::Stored as u8);
+    assert_eq!(send("o1", 3, vec![7]).await, AckStatus::Stored as u8);
+    assert_eq!(history(&s, "m1", "t").await[0]["value"], 25.6);
+    assert_eq!(history(&s, "l1", "t").await[0]["value"], 7.0);
+    assert_eq!(history(&s, "o1", "t").await[0]["value"], 70.0);
+
+    // Deleted: the listed device has no layout any more.
+    assert_eq!(
+        s.delete("/api/v1/layouts/listed")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(send("l1", 4, vec![8]).await, AckStatus::Invalid as u8);
+    // Named layouts survive a restart.
+    let s = s.restart().await;
+    let (st, v) = s.json(s.get("/api/v1/layouts/tiny")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["model"], "dtmi:test:Tiny;1");
+    s.stop().await;
+}

@@ -453,3 +453,57 @@ async fn connectors_need_their_permissions() {
         .contains("connectors:write"));
     s.stop().await;
 }
+
+/// OPC UA has no acknowledgement to withhold: values the store cannot
+/// take yet are kept and retried, so a store outage loses none. The
+/// simulator's probe counts up by one at every update, so a gap would
+/// show.
+#[tokio::test]
+async fn opcua_values_wait_out_a_store_failure() {
+    use twinhub_server::store::health::Faults;
+    let pki = tempfile::tempdir().unwrap();
+    let plc = sim(pki.path(), "127.0.0.1:0", &[]);
+    let ns = plc.info["namespace"].as_u64().unwrap();
+    let s = TestServer::start().await;
+    reactor_twin(&s, "r1").await;
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/connectors",
+            json!({"id": "plc", "kind": "opcua", "endpoint": plc.endpoint(),
+                   "publishing_interval": "200ms",
+                   "nodes": [{"node": format!("ns={ns};s=R1.Probe"), "twin": "r1", "property": "probe"}]}),
+        ))
+        .await;
+    assert_eq!(st, 201, "{v}");
+    connected(&s, "plc").await;
+    Faults::set(&s.store().faults().commit, true);
+    until("the connector retrying", || async {
+        status(&s, "plc").await["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retrying"))
+    })
+    .await;
+    let during = points(&s, "r1", "probe").await.len();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(points(&s, "r1", "probe").await.len(), during);
+    Faults::set(&s.store().faults().commit, false);
+    until("values after the outage", || async {
+        points(&s, "r1", "probe").await.len() > during + 8
+    })
+    .await;
+    let mut seen: Vec<i64> = points(&s, "r1", "probe")
+        .await
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap() as i64)
+        .collect();
+    seen.sort();
+    seen.dedup();
+    let (first, last) = (seen[0], *seen.last().unwrap());
+    assert_eq!(
+        seen.len() as i64,
+        last - first + 1,
+        "a value went missing: {seen:?}"
+    );
+    assert_eq!(status(&s, "plc").await["dropped"], 0);
+    s.stop().await;
+}
