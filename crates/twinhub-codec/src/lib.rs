@@ -7,6 +7,7 @@
 pub mod json;
 pub mod layout;
 pub mod lineproto;
+pub mod lorawan;
 pub mod sparkplug;
 pub mod telemetry;
 

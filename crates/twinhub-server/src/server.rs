@@ -150,6 +150,7 @@ pub async fn run(
         config.admin_password.clone(),
     )
     .await?;
+    let registry = Arc::new(registry);
     if let Some(pw) = &boot.generated_password {
         write_private(&dir.join(INITIAL_PASSWORD_FILE), pw)?;
     }
@@ -205,6 +206,8 @@ pub async fn run(
         pipeline: pipeline.clone(),
         secrets: secrets.clone(),
         events: events.clone(),
+        registry: registry.clone(),
+        layouts: layouts.clone(),
         clock: clock.clone(),
         data_dir: dir.clone(),
         shutdown: stop_rx.clone(),
@@ -218,7 +221,7 @@ pub async fn run(
         queue_wait: Config::duration(&config.ingest.queue_wait),
         config,
         store: store.clone(),
-        registry: Arc::new(registry),
+        registry: registry.clone(),
         pipeline,
         events,
         metrics,

@@ -189,8 +189,14 @@ pub fn load_config(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Resul
 
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // The OPC UA stack logs its own retries and settings at info/warn;
+    // the connector reports what matters in its status (and logs it).
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error",
+            config.log.level
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

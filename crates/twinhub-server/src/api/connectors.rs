@@ -175,3 +175,138 @@ pub async fn browse_connector(
             .await?,
     ))
 }
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UplinkQuery {
+    /// ChirpStack's HTTP integration names the event (`up`; others are
+    /// accepted and ignored).
+    pub event: Option<String>,
+    /// System admins: a connector of this tenant.
+    pub tenant: Option<String>,
+}
+
+/// A LoRaWAN network server's uplink (The Things Stack's webhook, or
+/// ChirpStack's HTTP integration): stored like the device's telemetry;
+/// 204 once durable, 422 for an unknown device or a payload that cannot be
+/// decoded (the connector's status counts it), 503 to send it again.
+#[utoipa::path(post, path = "/api/v1/connectors/{id}/uplink", tag = "connectors", params(("id" = String, Path), UplinkQuery),
+    request_body(content = Value, description = "The network server's uplink event JSON"),
+    responses((status = 204), (status = 400), (status = 404), (status = 422), (status = 503)))]
+pub async fn post_uplink(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<UplinkQuery>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    p.require(Perm::TelemetryWrite)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    if q.event.as_deref().is_some_and(|e| e != "up") {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    use crate::connectors::lorawan::UplinkError;
+    match state.connectors.uplink(&tenant, &id, &body).await? {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(UplinkError::Malformed(m)) => {
+            let (field, rule) = m.split_once(": ").unwrap_or(("body", m.as_str()));
+            Err(ApiError::field(field, rule))
+        }
+        Err(UplinkError::Invalid(m)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Code::UnprocessableEntity,
+            m,
+        )),
+        Err(UplinkError::RetryLater) => Err(ApiError::busy()),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Downlink {
+    /// The twinhub device (it has sent an uplink through this connector).
+    pub device: String,
+    /// LoRaWAN port, 1–223.
+    pub f_port: u8,
+    /// The payload, base64 …
+    #[serde(default)]
+    pub data: Option<String>,
+    /// … or hex.
+    #[serde(default)]
+    pub hex: Option<String>,
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+/// Queues a downlink with the network server (ChirpStack through its MQTT
+/// integration, The Things Stack through its webhook API); 202 once the
+/// network server took it.
+#[utoipa::path(post, path = "/api/v1/connectors/{id}/downlink", tag = "connectors", params(("id" = String, Path), Paging),
+    request_body = Downlink,
+    responses((status = 202, body = Value), (status = 400), (status = 404), (status = 422), (status = 502)))]
+pub async fn post_downlink(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<Paging>,
+    ApiJson(d): ApiJson<Downlink>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    p.require(Perm::CommandsSend)?;
+    let tenant = p.tenant_scope(q.tenant.as_deref());
+    let data = match (&d.data, &d.hex) {
+        (Some(b), None) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| ApiError::field("data", "must be base64"))?
+        }
+        (None, Some(h)) => {
+            let h = h.trim();
+            if h.len() % 2 != 0 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ApiError::field(
+                    "hex",
+                    "must be an even number of hex digits",
+                ));
+            }
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex checked"))
+                .collect()
+        }
+        _ => {
+            return Err(ApiError::field(
+                "data",
+                "give the payload as data (base64) or hex, one of them",
+            ))
+        }
+    };
+    match state
+        .connectors
+        .downlink(&tenant, &id, &d.device, d.f_port, &data, d.confirmed)
+        .await?
+    {
+        Ok(()) => {
+            state
+                .audit(
+                    &p,
+                    &tenant,
+                    "connector.downlink",
+                    &id,
+                    json!({"device": d.device, "f_port": d.f_port}),
+                )
+                .await;
+            Ok((StatusCode::ACCEPTED, Json(json!({"queued": true}))))
+        }
+        Err(m)
+            if m.starts_with("f_port:")
+                || m.starts_with("device:")
+                || m.starts_with("broker:")
+                || m.starts_with("api_url:")
+                || m.starts_with("api_key_secret:") =>
+        {
+            let (field, rule) = m.split_once(": ").unwrap_or(("device", m.as_str()));
+            Err(ApiError::invalid(field, rule))
+        }
+        Err(m) => Err(ApiError::new(StatusCode::BAD_GATEWAY, Code::BadGateway, m)),
+    }
+}

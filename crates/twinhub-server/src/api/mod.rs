@@ -304,6 +304,8 @@ pub fn router(state: AppState) -> Router {
             connectors::delete_connector
         ))
         .routes(routes!(connectors::browse_connector))
+        .routes(routes!(connectors::post_uplink))
+        .routes(routes!(connectors::post_downlink))
         .routes(routes!(layouts::list_named_layouts))
         .routes(routes!(
             layouts::put_named_layout,

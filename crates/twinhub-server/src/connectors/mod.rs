@@ -7,10 +7,12 @@
 //! stored in the definition. Status (state, last error, values in) is
 //! kept per connector for the API and `/metrics`.
 //!
-//! May call: `store` (definition rows), `pipeline` (values), `secrets` (passwords), `events` (property changes
+//! May call: `store` (definition rows), `pipeline` (values), `registry`
+//! and `ingest` (LoRaWAN devices and their binary layouts), `secrets` (passwords), `events` (property changes
 //! to write back), `clock`, `auth` (random ids), `twinhub-model` (ids,
 //! durations).
 
+pub mod lorawan;
 pub mod opcua_client;
 pub mod spec;
 
@@ -148,20 +150,36 @@ impl Status {
     }
 }
 
+/// What a connector connects to, checked.
+pub enum Source {
+    OpcUa(spec::OpcUa),
+    LoRaWan(lorawan::LoRaWan),
+}
+
 /// A stored definition, checked.
 pub struct Connector {
     pub tenant: String,
     pub id: String,
     pub spec: ConnectorSpec,
-    pub opcua: spec::OpcUa,
+    pub source: Source,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl Connector {
+    fn opcua(&self) -> Option<&spec::OpcUa> {
+        match &self.source {
+            Source::OpcUa(o) => Some(o),
+            _ => None,
+        }
+    }
 }
 
 struct Running {
     conn: Arc<Connector>,
     status: Arc<Status>,
     live: Arc<opcua_client::Live>,
+    lora: Option<Arc<lorawan::Runner>>,
     stop: watch::Sender<bool>,
     writes: mpsc::Sender<WriteRequest>,
 }
@@ -171,6 +189,8 @@ pub struct ConnectorDeps {
     pub pipeline: Arc<Pipeline>,
     pub secrets: Arc<crate::secrets::SecretBox>,
     pub events: Arc<EventBus>,
+    pub registry: Arc<crate::registry::Registry>,
+    pub layouts: Arc<crate::ingest::layouts::Layouts>,
     pub clock: SharedClock,
     /// Where each connector keeps its client certificate and trust list.
     pub data_dir: PathBuf,
@@ -230,12 +250,15 @@ impl ConnectorBook {
             );
         }
         spec.id = None;
-        let opcua = spec::OpcUa::parse(&spec.settings)?;
+        let source = match spec.kind.as_str() {
+            "lorawan" => Source::LoRaWan(lorawan::LoRaWan::parse(&spec.settings)?),
+            _ => Source::OpcUa(spec::OpcUa::parse(&spec.settings)?),
+        };
         Ok(Connector {
             tenant: tenant.into(),
             id: id.into(),
             spec,
-            opcua,
+            source,
             created_at: 0,
             updated_at: 0,
         })
@@ -248,25 +271,34 @@ impl ConnectorBook {
         c: &Connector,
         twin_exists: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(), ConnectorError> {
-        for (i, n) in c.opcua.spec.nodes.iter().enumerate() {
-            if !twin_exists(&n.twin) {
-                return Err(ConnectorError::Unresolved(spec::refuse(
-                    &format!("nodes[{i}].twin"),
-                    format!("twin {} does not exist in this tenant", n.twin),
-                )));
+        let secret = |field: &str, name: &str| -> Result<(), ConnectorError> {
+            match self.deps.secrets.reveal(&c.tenant, name) {
+                Ok(Some(_)) => Ok(()),
+                _ => Err(ConnectorError::Unresolved(spec::refuse(
+                    field,
+                    format!(
+                        "no secret named {name} in this tenant (PUT /api/v1/secrets/{name} first)"
+                    ),
+                ))),
             }
-        }
-        if let Some(a) = &c.opcua.spec.auth {
-            match self.deps.secrets.reveal(&c.tenant, &a.password_secret) {
-                Ok(Some(_)) => {}
-                _ => {
-                    return Err(ConnectorError::Unresolved(spec::refuse(
-                        "auth.password_secret",
-                        format!(
-                            "no secret named {} in this tenant (PUT /api/v1/secrets/{} first)",
-                            a.password_secret, a.password_secret
-                        ),
-                    )))
+        };
+        match &c.source {
+            Source::OpcUa(o) => {
+                for (i, n) in o.spec.nodes.iter().enumerate() {
+                    if !twin_exists(&n.twin) {
+                        return Err(ConnectorError::Unresolved(spec::refuse(
+                            &format!("nodes[{i}].twin"),
+                            format!("twin {} does not exist in this tenant", n.twin),
+                        )));
+                    }
+                }
+                if let Some(a) = &o.spec.auth {
+                    secret("auth.password_secret", &a.password_secret)?;
+                }
+            }
+            Source::LoRaWan(l) => {
+                for (field, name) in l.secrets() {
+                    secret(field, name)?;
                 }
             }
         }
@@ -288,12 +320,26 @@ impl ConnectorBook {
         let live = Arc::new(opcua_client::Live::default());
         let (stop, stop_rx) = watch::channel(false);
         let (writes, writes_rx) = mpsc::channel(1024);
+        let lora = match &conn.source {
+            Source::LoRaWan(l) => Some(Arc::new(lorawan::Runner::new(
+                &conn.tenant,
+                l.clone(),
+                self.deps.registry.clone(),
+                self.deps.layouts.clone(),
+                self.deps.pipeline.clone(),
+                self.deps.secrets.clone(),
+                status.clone(),
+                self.deps.clock.clone(),
+            ))),
+            Source::OpcUa(_) => None,
+        };
         if let Some(old) = self.running.write().expect("connectors").insert(
             k,
             Running {
                 conn: conn.clone(),
                 status: status.clone(),
                 live: live.clone(),
+                lora: lora.clone(),
                 stop,
                 writes,
             },
@@ -304,32 +350,6 @@ impl ConnectorBook {
             status.set_state("disabled", self.deps.clock.now_us());
             return;
         }
-        let password = conn.opcua.spec.auth.as_ref().and_then(|a| {
-            self.deps
-                .secrets
-                .reveal(&conn.tenant, &a.password_secret)
-                .ok()
-                .flatten()
-        });
-        if conn.opcua.spec.auth.is_some() && password.is_none() {
-            status.error(
-                self.deps.clock.now_us(),
-                "the password secret cannot be read; connecting anonymously is not tried".into(),
-            );
-            status.set_state("error", self.deps.clock.now_us());
-            return;
-        }
-        let runner = Arc::new(opcua_client::Runner {
-            tenant: conn.tenant.clone(),
-            id: conn.id.clone(),
-            conf: conn.opcua.clone(),
-            password,
-            pki_dir: self.pki_dir(&conn.tenant, &conn.id),
-            pipeline: self.deps.pipeline.clone(),
-            status,
-            live,
-            clock: self.deps.clock.clone(),
-        });
         // Stops with the connector or with the server.
         let mut shutdown = self.deps.shutdown.clone();
         let mut stop_rx2 = stop_rx.clone();
@@ -341,7 +361,86 @@ impl ConnectorBook {
             }
             let _ = both_tx.send(true);
         });
+        let opcua = match &conn.source {
+            Source::OpcUa(o) => o,
+            Source::LoRaWan(_) => {
+                if let Some(l) = lora {
+                    tokio::spawn(l.run_mqtt(both_rx));
+                }
+                return;
+            }
+        };
+        let password = opcua.spec.auth.as_ref().and_then(|a| {
+            self.deps
+                .secrets
+                .reveal(&conn.tenant, &a.password_secret)
+                .ok()
+                .flatten()
+        });
+        if opcua.spec.auth.is_some() && password.is_none() {
+            status.error(
+                self.deps.clock.now_us(),
+                "the password secret cannot be read; connecting anonymously is not tried".into(),
+            );
+            status.set_state("error", self.deps.clock.now_us());
+            return;
+        }
+        let runner = Arc::new(opcua_client::Runner {
+            tenant: conn.tenant.clone(),
+            id: conn.id.clone(),
+            conf: opcua.clone(),
+            password,
+            pki_dir: self.pki_dir(&conn.tenant, &conn.id),
+            pipeline: self.deps.pipeline.clone(),
+            status,
+            live,
+            clock: self.deps.clock.clone(),
+        });
         tokio::spawn(runner.run(both_rx, writes_rx));
+    }
+
+    fn lora(&self, tenant: &str, id: &str) -> Result<Arc<lorawan::Runner>, ConnectorError> {
+        let running = self.running.read().expect("connectors");
+        let r = running
+            .get(&key(tenant, id))
+            .ok_or_else(|| ConnectorError::NotFound(format!("connector {id} not found")))?;
+        if !r.conn.spec.enabled {
+            return Err(ConnectorError::Unavailable(format!(
+                "connector {id} is disabled"
+            )));
+        }
+        r.lora.clone().ok_or_else(|| {
+            ConnectorError::Spec(spec::refuse(
+                "id",
+                format!("connector {id} is not a lorawan connector"),
+            ))
+        })
+    }
+
+    /// An uplink event posted by the network server (webhook / HTTP
+    /// integration); the points stored.
+    pub async fn uplink(
+        &self,
+        tenant: &str,
+        id: &str,
+        body: &[u8],
+    ) -> Result<Result<usize, lorawan::UplinkError>, ConnectorError> {
+        let r = self.lora(tenant, id)?;
+        Ok(r.uplink(body).await)
+    }
+
+    /// Sends a downlink through a LoRaWAN connector.
+    pub async fn downlink(
+        &self,
+        tenant: &str,
+        id: &str,
+        device: &str,
+        f_port: u8,
+        data: &[u8],
+        confirmed: bool,
+    ) -> Result<Result<(), String>, ConnectorError> {
+        let r = self.lora(tenant, id)?;
+        Ok(r.downlink(device, f_port, data, confirmed).await)
     }
 
     /// Checks and stores a definition, new (`replace` None) or replacing
@@ -508,9 +607,10 @@ impl ConnectorBook {
             .values()
             .filter(|r| r.conn.tenant == tenant && r.conn.spec.enabled)
         {
-            for n in r
-                .conn
-                .opcua
+            let Some(opcua) = r.conn.opcua() else {
+                continue;
+            };
+            for n in opcua
                 .spec
                 .nodes
                 .iter()

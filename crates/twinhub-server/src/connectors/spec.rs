@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The kinds this server runs.
-pub const KINDS: [&str; 1] = ["opcua"];
+pub const KINDS: [&str; 2] = ["opcua", "lorawan"];
 
 /// Why a definition was refused: the field and the rule.
 #[derive(Debug, Clone, PartialEq)]

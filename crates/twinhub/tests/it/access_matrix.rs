@@ -401,6 +401,18 @@ fn routes() -> Vec<(&'static str, &'static str, Value, &'static str)> {
             json!(null),
             "connectors:read",
         ),
+        (
+            "POST",
+            "/api/v1/connectors/ghost/uplink",
+            json!({}),
+            "telemetry:write",
+        ),
+        (
+            "POST",
+            "/api/v1/connectors/ghost/downlink",
+            json!({"device": "d", "f_port": 1, "hex": "01"}),
+            "commands:send",
+        ),
         ("GET", "/api/v1/alarms", json!(null), "alarms:read"),
         ("GET", "/api/v1/alarms/counts", json!(null), "alarms:read"),
         ("GET", "/api/v1/alarms/999999", json!(null), "alarms:read"),

@@ -21,6 +21,7 @@ mod history;
 mod ingest;
 mod ingest_compliance;
 mod lineproto;
+mod lorawan;
 pub mod ml;
 mod mqtt;
 mod opcua;
