@@ -310,6 +310,8 @@ impl Layout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame<'a> {
     pub ack: bool,
+    /// The payload is CBOR telemetry (version byte bit 0x40).
+    pub cbor: bool,
     pub seq: u16,
     pub device: &'a str,
     pub key: &'a str,
@@ -321,13 +323,14 @@ impl<'a> Frame<'a> {
         let [b'T', b'H', ver, s0, s1, rest @ ..] = b else {
             return Err("not a twinhub frame (no TH header)");
         };
-        if ver & 0x7f != 1 {
+        if ver & 0x3f != 1 {
             return Err("unknown frame version");
         }
         let (id, rest) = lp(rest).ok_or("the device id is cut short")?;
         let (key, payload) = lp(rest).ok_or("the key is cut short")?;
         Ok(Frame {
             ack: ver & 0x80 != 0,
+            cbor: ver & 0x40 != 0,
             seq: u16::from_be_bytes([*s0, *s1]),
             device: std::str::from_utf8(id).map_err(|_| "the device id is not UTF-8")?,
             key: std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?,
@@ -337,7 +340,8 @@ impl<'a> Frame<'a> {
 
     /// The bytes of a frame (for clients and tests).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![b'T', b'H', 1 | if self.ack { 0x80 } else { 0 }];
+        let flags = if self.ack { 0x80 } else { 0 } | if self.cbor { 0x40 } else { 0 };
+        let mut out = vec![b'T', b'H', 1 | flags];
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.push(self.device.len() as u8);
         out.extend_from_slice(self.device.as_bytes());
@@ -506,6 +510,7 @@ mod tests {
     fn frames_parse_round_trip_and_refuse_garbage() {
         let f = Frame {
             ack: true,
+            cbor: false,
             seq: 513,
             device: "m-1",
             key: "k3y",

@@ -4,6 +4,7 @@
 //! raw TCP/UDP devices later). No I/O; every decoder is total (never
 //! panics) and names the offending field in its errors.
 
+pub mod cbor;
 pub mod json;
 pub mod layout;
 pub mod lineproto;
@@ -11,6 +12,7 @@ pub mod lorawan;
 pub mod sparkplug;
 pub mod telemetry;
 
+pub use cbor::decode_cbor_telemetry;
 pub use json::{decode_telemetry, DecodeError, Limits};
 pub use lineproto::{decode_line_protocol, Precision, TwinBatch};
 pub use telemetry::{Message, Reading, Telemetry, TelemetryMessage};

@@ -126,6 +126,12 @@ pub struct IngestConfig {
     /// UDP address for raw frames from small devices; empty (the default)
     /// keeps it closed. Port 0 picks a free port (in ports.json as `udp`).
     pub udp_listen: String,
+    /// TCP address for raw frames (length-prefixed); empty (the default)
+    /// keeps it closed (in ports.json as `tcp`).
+    pub tcp_listen: String,
+    /// Closed networks: source IP address → device id. Frames from these
+    /// addresses are the device's bare payload (no header, id or key).
+    pub frame_sources: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for IngestConfig {
@@ -135,6 +141,8 @@ impl Default for IngestConfig {
             max_properties: 1_000,
             queue_wait: "2s".into(),
             udp_listen: String::new(),
+            tcp_listen: String::new(),
+            frame_sources: Default::default(),
         }
     }
 }

@@ -201,9 +201,24 @@ pub struct ServerMetrics {
     pub ingest_refused: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub http_responses: CounterVec,
     pub auth_failures: CounterVec,
+    /// Raw frames refused, by (device, reason); `unknown` where the frame
+    /// named no device that could be read.
+    pub frames_refused: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl ServerMetrics {
+    /// Counts a refused raw frame of `device`.
+    pub fn frame_refused(&self, device: &str, reason: &'static str) {
+        let device = if device.is_empty() { "unknown" } else { device };
+        let mut m = self.frames_refused.lock().expect("metrics lock");
+        // Bounded: frames that name no registered device share one series.
+        if m.len() >= 10_000 && !m.contains_key(&(device.to_string(), reason)) {
+            *m.entry(("unknown".into(), reason)).or_default() += 1;
+            return;
+        }
+        *m.entry((device.to_string(), reason)).or_default() += 1;
+    }
+
     /// Counts refused telemetry (`reason`: invalid, model, quota, busy,
     /// no_space, store) from `protocol`.
     pub fn refused(&self, protocol: &'static str, reason: &'static str) {

@@ -112,6 +112,7 @@ pub struct Ready {
     pub https: Option<SocketAddr>,
     /// The raw-frame UDP socket, when configured.
     pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
     /// A system-admin bearer token valid only inside this process (the
     /// CLI drives a server it started in-process through the API with it).
     pub local_token: String,
@@ -357,7 +358,25 @@ pub async fn run(
         }
     });
 
-    // Raw frames over UDP, when configured.
+    // Raw frames over UDP and TCP, when configured.
+    let mut sources = std::collections::HashMap::new();
+    for (ip, device) in &state.config.ingest.frame_sources {
+        let addr: std::net::IpAddr = ip.parse().map_err(|_| ServerError::Bind {
+            addr: ip.clone(),
+            flag: "ingest.frame_sources (an IP address per device)",
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an IP address"),
+        })?;
+        sources.insert(addr, device.clone());
+    }
+    let frame_deps = || crate::ingest::frames::FrameDeps {
+        registry: state.registry.clone(),
+        pipeline: state.pipeline.clone(),
+        layouts: state.layouts.clone(),
+        metrics: state.metrics.clone(),
+        limits: state.decode_limits,
+        wait: state.queue_wait,
+        sources: sources.clone(),
+    };
     let udp_addr = match state.config.ingest.udp_listen.trim() {
         "" => None,
         addr => {
@@ -372,26 +391,43 @@ pub async fn run(
             let bound = socket.local_addr()?;
             jobs.push(tokio::spawn(crate::ingest::frames::serve_udp(
                 socket,
-                crate::ingest::frames::UdpDeps {
-                    registry: state.registry.clone(),
-                    pipeline: state.pipeline.clone(),
-                    layouts: state.layouts.clone(),
-                    metrics: state.metrics.clone(),
-                    limits: state.decode_limits,
-                    wait: state.queue_wait,
-                },
+                frame_deps(),
                 state.shutdown.clone(),
             )));
             Some(bound)
         }
     };
-    let mut ports = write_ports(&dir, http_addr, mqtt_addr, mqtts_addr, https_addr)?;
-    if let Some(u) = udp_addr {
-        ports["udp"] = serde_json::json!(u.to_string());
-        let tmp = dir.join("ports.json.tmp");
-        std::fs::write(&tmp, ports.to_string())?;
-        std::fs::rename(tmp, dir.join(PORTS_FILE))?;
-    }
+    let tcp_addr = match state.config.ingest.tcp_listen.trim() {
+        "" => None,
+        addr => {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|cause| ServerError::Bind {
+                        addr: addr.to_string(),
+                        flag: "ingest.tcp_listen (TWINHUB_INGEST_TCP_LISTEN)",
+                        cause,
+                    })?;
+            let bound = listener.local_addr()?;
+            jobs.push(tokio::spawn(crate::ingest::frames::serve_tcp(
+                listener,
+                frame_deps(),
+                state.shutdown.clone(),
+            )));
+            Some(bound)
+        }
+    };
+    let ports = write_ports(
+        &dir,
+        &[
+            ("http", Some(http_addr)),
+            ("mqtt", mqtt_addr),
+            ("mqtts", mqtts_addr),
+            ("https", https_addr),
+            ("udp", udp_addr),
+            ("tcp", tcp_addr),
+        ],
+    )?;
     let _ = state.listeners.set(ports);
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
@@ -402,6 +438,7 @@ pub async fn run(
             mqtts: mqtts_addr,
             https: https_addr,
             udp: udp_addr,
+            tcp: tcp_addr,
             local_token: state.registry.mint_local_token(),
             generated_admin_password: boot.generated_password.clone(),
             store: store.clone(),
@@ -488,22 +525,16 @@ fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
     jobs
 }
 
+/// Writes ports.json (atomically): each bound listener's address.
 fn write_ports(
     dir: &Path,
-    http: SocketAddr,
-    mqtt: Option<SocketAddr>,
-    mqtts: Option<SocketAddr>,
-    https: Option<SocketAddr>,
+    listeners: &[(&str, Option<SocketAddr>)],
 ) -> std::io::Result<serde_json::Value> {
-    let mut v = serde_json::json!({"http": http.to_string()});
-    if let Some(m) = mqtt {
-        v["mqtt"] = serde_json::json!(m.to_string());
-    }
-    if let Some(m) = mqtts {
-        v["mqtts"] = serde_json::json!(m.to_string());
-    }
-    if let Some(h) = https {
-        v["https"] = serde_json::json!(h.to_string());
+    let mut v = serde_json::json!({});
+    for (name, addr) in listeners {
+        if let Some(a) = addr {
+            v[*name] = serde_json::json!(a.to_string());
+        }
     }
     let tmp = dir.join("ports.json.tmp");
     std::fs::write(&tmp, v.to_string())?;

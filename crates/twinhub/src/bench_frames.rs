@@ -71,6 +71,7 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
                 let payload = [(i >> 8) as u8, i as u8, 0x10, 0x20, (i & 1) as u8];
                 let f = Frame {
                     ack: true,
+                    cbor: false,
                     seq: i as u16,
                     device: &id,
                     key: &key,

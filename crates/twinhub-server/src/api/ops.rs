@@ -102,6 +102,23 @@ pub async fn metrics(
         "Telemetry refused, by protocol and reason (invalid, model, quota, busy, no_space, store).",
         &refused,
     );
+    let frames: Vec<(Vec<(&str, String)>, f64)> = m
+        .frames_refused
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|((d, r), n)| {
+            (
+                vec![("device", d.clone()), ("reason", r.to_string())],
+                *n as f64,
+            )
+        })
+        .collect();
+    x.counter_series(
+        "twinhub_frames_refused_total",
+        "Raw frames (UDP, TCP) refused, by device and reason (malformed, unauthorized, invalid, model).",
+        &frames,
+    );
     x.counter_vec(
         "twinhub_auth_failures_total",
         "Failed authentications, by kind.",

@@ -238,9 +238,11 @@ impl Runner {
                 .for_device(&self.tenant, &device.row.id, device.twin())
             {
                 Some(l) => l.decode(&up.payload),
-                None => return Err(self.reject(format!(
+                None => {
+                    return Err(self.reject(format!(
                     "device {id}: the uplink has no decoded object and the device no binary layout"
-                ))),
+                )))
+                }
             },
         };
         let mut msgs =

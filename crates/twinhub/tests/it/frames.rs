@@ -36,6 +36,7 @@ async fn exchange(sock: &tokio::net::UdpSocket, frame: &[u8]) -> Option<[u8; 6]>
 fn frame(device: &str, key: &str, seq: u16, payload: &[u8]) -> Vec<u8> {
     Frame {
         ack: true,
+        cbor: false,
         seq,
         device,
         key,
@@ -297,5 +298,159 @@ async fn named_layouts_serve_listed_devices_and_devices_of_a_model() {
     let (st, v) = s.json(s.get("/api/v1/layouts/tiny")).await;
     assert_eq!(st, 200);
     assert_eq!(v["model"], "dtmi:test:Tiny;1");
+    s.stop().await;
+}
+
+/// `{"temperature": v}` in CBOR (a map of one text key and a float64).
+fn cbor_temperature(v: f64) -> Vec<u8> {
+    let mut b = vec![0xa1, 0x60 | 11];
+    b.extend_from_slice(b"temperature");
+    b.push(0xfb);
+    b.extend_from_slice(&v.to_be_bytes());
+    b
+}
+
+/// Frames over TCP: length-prefixed, acknowledged in order on the
+/// connection; CBOR payloads; every refusal counted per device.
+#[tokio::test]
+async fn tcp_frames_are_acknowledged_in_order_and_refusals_counted_per_device() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.ingest.tcp_listen = "127.0.0.1:0".into()).await;
+    let tcp = s.handle_ready().tcp.expect("the TCP listener is open");
+    let key = s.device("tcp-1").await;
+    let r = s
+        .http
+        .put(s.url("/api/v1/devices/tcp-1/layout"))
+        .bearer_auth(&s.token)
+        .body(LAYOUT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut conn = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let framed = |f: Vec<u8>| {
+        let mut out = (f.len() as u16).to_be_bytes().to_vec();
+        out.extend(f);
+        out
+    };
+    let cbor = Frame {
+        ack: true,
+        cbor: true,
+        seq: 2,
+        device: "tcp-1",
+        key: &key,
+        payload: &cbor_temperature(19.25),
+    }
+    .encode();
+    // Three frames in one write: binary, CBOR, and one with a bad key.
+    let mut burst = framed(frame(
+        "tcp-1",
+        &key,
+        1,
+        &packed(2150, 600, false, 1_700_000_000),
+    ));
+    burst.extend(framed(cbor));
+    burst.extend(framed(frame("tcp-1", "wrong-key", 3, &[0; 9])));
+    conn.write_all(&burst).await.unwrap();
+    let mut acks = [0u8; 18];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut acks))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &acks[..6],
+        &[b'T', b'H', 0x81, 0, 1, AckStatus::Stored as u8]
+    );
+    assert_eq!(
+        &acks[6..12],
+        &[b'T', b'H', 0x81, 0, 2, AckStatus::Stored as u8]
+    );
+    assert_eq!(
+        &acks[12..],
+        &[b'T', b'H', 0x81, 0, 3, AckStatus::Unauthorized as u8]
+    );
+    let t = history(&s, "tcp-1", "temperature").await;
+    let values: Vec<f64> = t.iter().map(|p| p["value"].as_f64().unwrap()).collect();
+    assert!(values.contains(&21.5) && values.contains(&19.25), "{t:?}");
+    // Too short for the layout, and garbage: refused, counted, and the
+    // connection carries on.
+    conn.write_all(&framed(frame("tcp-1", &key, 4, &[1, 2])))
+        .await
+        .unwrap();
+    conn.write_all(&framed(b"XX-not-a-frame".to_vec()))
+        .await
+        .unwrap();
+    conn.write_all(&framed(frame(
+        "tcp-1",
+        &key,
+        5,
+        &packed(2200, 600, true, 1_700_000_001),
+    )))
+    .await
+    .unwrap();
+    let mut two = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut two))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(two[5], AckStatus::Invalid as u8);
+    assert_eq!(
+        &two[6..],
+        &[b'T', b'H', 0x81, 0, 5, AckStatus::Stored as u8]
+    );
+    let m = s.metrics().await;
+    let count =
+        |series: &str| metric_value(&m, series).unwrap_or_else(|| panic!("{series} in {m}"));
+    assert_eq!(
+        count("twinhub_frames_refused_total{device=\"tcp-1\",reason=\"unauthorized\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("twinhub_frames_refused_total{device=\"tcp-1\",reason=\"invalid\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("twinhub_frames_refused_total{device=\"unknown\",reason=\"malformed\"}"),
+        1.0
+    );
+    s.stop().await;
+}
+
+/// On a closed network a device is known by its address and sends only
+/// its bare payload.
+#[tokio::test]
+async fn devices_known_by_address_send_bare_payloads() {
+    let s = TestServer::start_with(|c| {
+        c.ingest.udp_listen = "127.0.0.1:0".into();
+        c.ingest
+            .frame_sources
+            .insert("127.0.0.1".into(), "bare-1".into());
+    })
+    .await;
+    let udp = s.handle_ready().udp.unwrap();
+    s.device("bare-1").await;
+    let r = s
+        .http
+        .put(s.url("/api/v1/devices/bare-1/layout"))
+        .bearer_auth(&s.token)
+        .body(LAYOUT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(udp).await.unwrap();
+    sock.send(&packed(2345, 600, true, 1_700_000_000))
+        .await
+        .unwrap();
+    until("the bare payload stored", || async {
+        !history(&s, "bare-1", "temperature").await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        history(&s, "bare-1", "temperature").await[0]["value"],
+        23.45
+    );
+    assert_eq!(history(&s, "bare-1", "door_open").await[0]["value"], true);
     s.stop().await;
 }
