@@ -252,6 +252,51 @@ pub fn rebirth_request(now_ms: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The `bdSeq` metric of an NBIRTH or NDEATH: which MQTT session of the
+/// node the message belongs to (a death whose bdSeq is not the current
+/// birth's is stale).
+pub fn bd_seq(p: &Payload) -> Option<u64> {
+    p.metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some("bdSeq"))
+        .and_then(|m| match m.value {
+            Some(MetricValue::LongValue(v)) => Some(v),
+            Some(MetricValue::IntValue(v)) => Some(v as u64),
+            _ => None,
+        })
+}
+
+/// An NCMD/DCMD payload writing one metric `name` with a JSON scalar
+/// (boolean → Boolean, integer → Int64, other numbers → Double, text →
+/// String); None for anything else.
+pub fn command(name: &str, value: &serde_json::Value, now_ms: u64) -> Option<Vec<u8>> {
+    use serde_json::Value as J;
+    let (dt, v) = match value {
+        J::Bool(b) => (datatype::BOOLEAN, MetricValue::BooleanValue(*b)),
+        J::Number(n) => match n.as_i64() {
+            // Signed values travel as two's complement in the long field.
+            Some(i) => (datatype::INT64, MetricValue::LongValue(i as u64)),
+            None => (datatype::DOUBLE, MetricValue::DoubleValue(n.as_f64()?)),
+        },
+        J::String(t) => (datatype::STRING, MetricValue::StringValue(t.clone())),
+        _ => return None,
+    };
+    Some(
+        Payload {
+            timestamp: Some(now_ms),
+            metrics: vec![Metric {
+                name: Some(name.into()),
+                timestamp: Some(now_ms),
+                datatype: Some(dt),
+                value: Some(v),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -387,6 +387,28 @@ pub async fn send_command(
             "MQTT is disabled on this server",
         )
     })?;
+    // Sparkplug nodes and devices take commands as NCMD / DCMD (no reply).
+    if let Some((_, edge, _)) = broker.sparkplug_target(&dev.row.tenant, &id) {
+        if !broker.device_session(&edge).is_some_and(|s| s.connected()) {
+            return Err(ApiError::conflict(format!(
+                "edge node {edge} is not connected"
+            )));
+        }
+        let topic = broker
+            .sparkplug_command(&dev.row.tenant, &id, &name, &body)
+            .unwrap_or_else(|| Err("not a Sparkplug device".into()))
+            .map_err(|rule| ApiError::field("body", &rule))?;
+        state
+            .audit(
+                &p,
+                &dev.row.tenant,
+                "command.send",
+                &id,
+                serde_json::json!({"command": name, "sparkplug": topic}),
+            )
+            .await;
+        return Ok(Json(serde_json::json!({"status": 202, "sent": topic})));
+    }
     if !broker.device_session(&id).is_some_and(|s| s.connected()) {
         return Err(ApiError::conflict(format!("device {id} is not connected")));
     }

@@ -7,8 +7,12 @@
 //! aliases, data may use the aliases; `seq` must count up by one (mod
 //! 256): a gap, or data with an alias no birth declared, asks the node to
 //! send its births again (NCMD `Node Control/Rebirth`). Deaths mark the
-//! node or device inactive (a presence event). Values are stored through
-//! the pipeline before a QoS 1 message is acknowledged, like telemetry.
+//! node or device inactive (a presence event); a node's death marks its
+//! devices inactive too. An NDEATH whose `bdSeq` is not the current
+//! NBIRTH's belongs to an earlier session of the node (a late will) and is
+//! ignored. Values are stored through the pipeline before a QoS 1 message
+//! is acknowledged, like telemetry. A device command to a Sparkplug node
+//! or device goes out as NCMD / DCMD writing one metric.
 //!
 //! The messages are routed to subscribers (SCADA hosts) as published.
 
@@ -28,7 +32,10 @@ type AliasKey = (String, String, Option<String>);
 pub struct SparkplugState {
     aliases: Mutex<HashMap<AliasKey, Aliases>>,
     seq: Mutex<HashMap<NodeKey, u64>>,
+    /// Each node's group, and the bdSeq of its current birth.
+    nodes: Mutex<HashMap<NodeKey, (String, Option<u64>)>>,
     pub rebirths: std::sync::atomic::AtomicU64,
+    pub stale_deaths: std::sync::atomic::AtomicU64,
 }
 
 /// One Sparkplug PUBLISH, decoded, waiting for its pass to be stored.
@@ -84,6 +91,27 @@ impl Broker {
         let Some(node) = registry.device_in(tenant, &w.edge) else {
             return Err(Refusal::Invalid);
         };
+        {
+            let key = (tenant.to_string(), w.edge.clone());
+            let mut nodes = self.sparkplug.nodes.lock().expect("nodes");
+            let entry = nodes.entry(key).or_insert((w.group.clone(), None));
+            entry.0 = w.group.clone();
+            match w.kind {
+                MsgType::NBirth => entry.1 = sparkplug::bd_seq(&w.payload),
+                MsgType::NDeath => {
+                    if let (Some(now), Some(dead)) = (entry.1, sparkplug::bd_seq(&w.payload)) {
+                        if now != dead {
+                            self.sparkplug
+                                .stale_deaths
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(edge = %w.edge, birth = now, death = dead, "stale Sparkplug NDEATH ignored");
+                            return Ok(());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         // seq counts every message of the node but NDEATH, 0 at NBIRTH.
         if let Some(seq) = w.payload.seq {
             let key = (tenant.to_string(), w.edge.clone());
@@ -124,17 +152,38 @@ impl Broker {
         let akey = (tenant.to_string(), w.edge.clone(), w.device.clone());
         match w.kind {
             MsgType::NDeath | MsgType::DDeath => {
-                self.sparkplug
-                    .aliases
-                    .lock()
-                    .expect("aliases")
-                    .remove(&akey);
-                let data = serde_json::json!({"device": device.row.id, "active": false, "source": "sparkplug"});
-                device
-                    .active
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                let draft = Draft::new(tenant, Kind::Device, Some(device.twin()), None, data);
-                let _ = self.deps.store.emit(vec![draft]).await;
+                // A node's death is its devices' death too.
+                let mut dead = vec![device.clone()];
+                if w.kind == MsgType::NDeath {
+                    let prefix = format!("{}.", w.edge);
+                    dead.extend(
+                        registry
+                            .all_devices()
+                            .into_iter()
+                            .filter(|d| d.row.tenant == tenant && d.row.id.starts_with(&prefix)),
+                    );
+                    self.sparkplug
+                        .aliases
+                        .lock()
+                        .expect("aliases")
+                        .retain(|(t, e, _), _| !(t == tenant && *e == w.edge));
+                } else {
+                    self.sparkplug
+                        .aliases
+                        .lock()
+                        .expect("aliases")
+                        .remove(&akey);
+                }
+                let mut drafts = Vec::new();
+                for d in dead {
+                    if d.active.swap(false, std::sync::atomic::Ordering::Relaxed)
+                        || d.row.id == device.row.id
+                    {
+                        let data = serde_json::json!({"device": d.row.id, "active": false, "source": "sparkplug"});
+                        drafts.push(Draft::new(tenant, Kind::Device, Some(d.twin()), None, data));
+                    }
+                }
+                let _ = self.deps.store.emit(drafts).await;
                 return Ok(());
             }
             MsgType::NBirth | MsgType::DBirth => {
@@ -181,5 +230,53 @@ impl Broker {
                 crate::pipeline::IngestError::Invalid { .. } => Refusal::Invalid,
                 e => Refusal::NotStored(e),
             })
+    }
+}
+
+impl Broker {
+    /// (group, edge node, device) of a Sparkplug node or device (`{edge}`
+    /// or `{edge}.{device}`) this server has heard from.
+    pub fn sparkplug_target(
+        &self,
+        tenant: &str,
+        device: &str,
+    ) -> Option<(String, String, Option<String>)> {
+        let nodes = self.sparkplug.nodes.lock().expect("nodes");
+        if let Some((g, _)) = nodes.get(&(tenant.to_string(), device.to_string())) {
+            return Some((g.clone(), device.to_string(), None));
+        }
+        let (edge, dev) = device.split_once('.')?;
+        let (g, _) = nodes.get(&(tenant.to_string(), edge.to_string()))?;
+        Some((g.clone(), edge.to_string(), Some(dev.to_string())))
+    }
+
+    /// A device command as Sparkplug: NCMD to an edge node, DCMD to one of
+    /// its devices (`{edge}.{device}`), writing the metric `name`. None
+    /// when the device is not a Sparkplug node or device this server has
+    /// heard from; else the topic it went to, or why it could not.
+    pub fn sparkplug_command(
+        &self,
+        tenant: &str,
+        device: &str,
+        name: &str,
+        value: &serde_json::Value,
+    ) -> Option<Result<String, String>> {
+        let (group, edge, dev) = self.sparkplug_target(tenant, device)?;
+        let value = match value {
+            serde_json::Value::Object(m) if m.len() == 1 && m.contains_key("value") => &m["value"],
+            v => v,
+        };
+        let now_ms = (self.now_us() / 1000).max(0) as u64;
+        let Some(payload) = sparkplug::command(name, value, now_ms) else {
+            return Some(Err(
+                "a Sparkplug command writes one value: a boolean, number or text (or {\"value\": …})".into(),
+            ));
+        };
+        let topic = match dev.as_deref() {
+            None => format!("spBv1.0/{group}/NCMD/{edge}"),
+            Some(d) => format!("spBv1.0/{group}/DCMD/{edge}/{d}"),
+        };
+        self.publish_from_server(tenant, &topic, bytes::Bytes::from(payload));
+        Some(Ok(topic))
     }
 }

@@ -217,3 +217,126 @@ async fn an_edge_node_births_sends_by_alias_and_is_asked_to_rebirth() {
     assert_eq!(dev["active"], false, "{dev}");
     s.stop().await;
 }
+
+fn bd_seq(n: u64) -> Metric {
+    Metric {
+        name: Some("bdSeq".into()),
+        datatype: Some(datatype::INT64),
+        value: Some(MetricValue::LongValue(n)),
+        ..Default::default()
+    }
+}
+
+/// Commands go out as NCMD / DCMD; an NDEATH of an earlier session (its
+/// bdSeq is not the current birth's) is ignored, the current one takes
+/// the node and its devices offline.
+#[tokio::test]
+async fn commands_go_out_as_ncmd_and_dcmd_and_stale_deaths_are_ignored() {
+    let s = TestServer::start().await;
+    let key = s.device("e5").await;
+    let (mut c, _) = open5(s.mqtt(), "e5", Some(("e5", &key)), true, None).await;
+    c.send5(sub5(1, "spBv1.0/plant/+/e5/#", 1, |_| {}, None))
+        .await;
+    assert!(matches!(c.recv5().await, v5::Packet::SubAck(_)));
+    c.send5(sub5(2, "spBv1.0/plant/NCMD/e5", 1, |_| {}, None))
+        .await;
+    assert!(matches!(c.recv5().await, v5::Packet::SubAck(_)));
+    let t0 = 1_700_000_000_000u64;
+    let birth = payload(
+        0,
+        t0,
+        vec![
+            bd_seq(1),
+            metric(
+                Some("temperature"),
+                1,
+                MetricValue::DoubleValue(20.0),
+                datatype::DOUBLE,
+            ),
+        ],
+    );
+    let (r, _) = publish(&mut c, 10, "spBv1.0/plant/NBIRTH/e5", &birth).await;
+    assert_eq!(r, v5::PubAckReason::Success);
+    let dbirth = payload(
+        1,
+        t0,
+        vec![metric(
+            Some("position"),
+            5,
+            MetricValue::DoubleValue(10.0),
+            datatype::DOUBLE,
+        )],
+    );
+    let (r, _) = publish(&mut c, 11, "spBv1.0/plant/DBIRTH/e5/valve", &dbirth).await;
+    assert_eq!(r, v5::PubAckReason::Success);
+
+    // A device command is a DCMD writing the metric, a node's an NCMD.
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/devices/e5.valve/commands/position",
+            serde_json::json!({"value": 42.5}),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["sent"], "spBv1.0/plant/DCMD/e5/valve");
+    let (st, v) = s
+        .json(s.post(
+            "/api/v1/devices/e5/commands/reboot",
+            serde_json::json!(true),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["sent"], "spBv1.0/plant/NCMD/e5");
+    let mut cmds = Vec::new();
+    while cmds.len() < 2 {
+        if let v5::Packet::Publish(p) = c.recv5().await {
+            let pl = Payload::decode(&p.payload[..]).unwrap();
+            cmds.push((
+                String::from_utf8(p.topic.to_vec()).unwrap(),
+                pl.metrics[0].clone(),
+            ));
+        }
+    }
+    assert_eq!(cmds[0].0, "spBv1.0/plant/DCMD/e5/valve");
+    assert_eq!(cmds[0].1.name.as_deref(), Some("position"));
+    assert_eq!(cmds[0].1.value, Some(MetricValue::DoubleValue(42.5)));
+    assert_eq!(cmds[1].0, "spBv1.0/plant/NCMD/e5");
+    assert_eq!(cmds[1].1.value, Some(MetricValue::BooleanValue(true)));
+    let r = s
+        .post(
+            "/api/v1/devices/e5.valve/commands/position",
+            serde_json::json!({"a": 1, "b": 2}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(r, 400, "bad_request").await.starts_with("body:"));
+
+    // The will of an earlier session (bdSeq 0) changes nothing.
+    let (r, _) = publish(
+        &mut c,
+        12,
+        "spBv1.0/plant/NDEATH/e5",
+        &payload(0, t0, vec![bd_seq(0)]),
+    )
+    .await;
+    assert_eq!(r, v5::PubAckReason::Success);
+    let (_, dev) = s.json(s.get("/api/v1/devices/e5.valve")).await;
+    assert_eq!(dev["active"], true, "{dev}");
+    let (_, node) = s.json(s.get("/api/v1/devices/e5")).await;
+    assert_eq!(node["active"], true, "{node}");
+    // This session's death: the node and its device are offline.
+    let (r, _) = publish(
+        &mut c,
+        13,
+        "spBv1.0/plant/NDEATH/e5",
+        &payload(0, t0, vec![bd_seq(1)]),
+    )
+    .await;
+    assert_eq!(r, v5::PubAckReason::Success);
+    let (_, dev) = s.json(s.get("/api/v1/devices/e5.valve")).await;
+    assert_eq!(dev["active"], false, "{dev}");
+    let (_, node) = s.json(s.get("/api/v1/devices/e5")).await;
+    assert_eq!(node["active"], false, "{node}");
+    s.stop().await;
+}
