@@ -62,55 +62,45 @@ fn decode(
     }
 }
 
-/// Decodes and stores one device's payload.
-async fn store(
-    d: &FrameDeps,
-    protocol: &'static str,
-    device: &Device,
-    payload: &[u8],
-    cbor: bool,
-) -> AckStatus {
-    let msgs = match decode(d, device, payload, cbor) {
-        Ok(m) => m,
-        Err(e) => {
-            d.metrics.refused(protocol, "invalid");
-            d.metrics.frame_refused(&device.row.id, "invalid");
-            tracing::info!(device = %device.row.id, error = %format!("{}: {}", e.field, e.rule), "raw frame refused");
-            return AckStatus::Invalid;
-        }
-    };
-    match d
-        .pipeline
-        .ingest(device, protocol, msgs, Some(d.wait))
-        .await
-    {
-        Ok(_) => AckStatus::Stored,
-        Err(IngestError::Invalid { .. }) => {
-            d.metrics.frame_refused(&device.row.id, "model");
-            AckStatus::Invalid
-        }
-        Err(_) => AckStatus::RetryLater,
-    }
+/// A frame read and checked, before it is stored.
+enum Prepared {
+    /// Answered already (refused), or nothing to answer.
+    Done(Option<(bool, u16, AckStatus)>),
+    /// To store for the device; (ack wanted, seq) when it is framed.
+    Store {
+        device: Arc<Device>,
+        msgs: Telemetry,
+        ack: Option<(bool, u16)>,
+    },
 }
 
-/// One frame from `peer`: the outcome to acknowledge, if asked for.
-async fn handle(
-    d: &FrameDeps,
-    protocol: &'static str,
-    peer: IpAddr,
-    buf: &[u8],
-) -> Option<(bool, u16, AckStatus)> {
+fn refuse_decode(d: &FrameDeps, protocol: &'static str, device: &Device, e: DecodeError) {
+    d.metrics.refused(protocol, "invalid");
+    d.metrics.frame_refused(&device.row.id, "invalid");
+    tracing::info!(device = %device.row.id, error = %format!("{}: {}", e.field, e.rule), "raw frame refused");
+}
+
+/// Reads one frame from `peer`: authenticates and decodes it.
+fn prepare(d: &FrameDeps, protocol: &'static str, peer: IpAddr, buf: &[u8]) -> Prepared {
     if let Some(id) = d.sources.get(&peer) {
-        match d.registry.device(id).filter(|dev| dev.row.enabled) {
-            Some(dev) => {
-                store(d, protocol, &dev, buf, false).await;
-            }
+        return match d.registry.device(id).filter(|dev| dev.row.enabled) {
+            Some(dev) => match decode(d, &dev, buf, false) {
+                Ok(msgs) => Prepared::Store {
+                    device: dev,
+                    msgs,
+                    ack: None,
+                },
+                Err(e) => {
+                    refuse_decode(d, protocol, &dev, e);
+                    Prepared::Done(None)
+                }
+            },
             None => {
                 d.metrics.frame_refused(id, "unauthorized");
                 tracing::info!(device = %id, %peer, "frame from a known address of a missing or disabled device");
+                Prepared::Done(None)
             }
-        }
-        return None;
+        };
     }
     let frame = match Frame::parse(buf) {
         Ok(f) => f,
@@ -118,10 +108,10 @@ async fn handle(
             d.metrics.refused(protocol, "invalid");
             d.metrics.frame_refused("", "malformed");
             tracing::debug!(why, %peer, "raw frame refused");
-            return None;
+            return Prepared::Done(None);
         }
     };
-    let reply = |s| Some((frame.ack, frame.seq, s));
+    let reply = |s| Prepared::Done(Some((frame.ack, frame.seq, s)));
     let device = match d.registry.authenticate_device(frame.device, frame.key) {
         Ok(dev) => dev,
         Err(_) => {
@@ -132,18 +122,132 @@ async fn handle(
             return reply(AckStatus::Unauthorized);
         }
     };
-    reply(store(d, protocol, &device, frame.payload, frame.cbor).await)
+    match decode(d, &device, frame.payload, frame.cbor) {
+        Ok(msgs) => Prepared::Store {
+            device,
+            msgs,
+            ack: Some((frame.ack, frame.seq)),
+        },
+        Err(e) => {
+            refuse_decode(d, protocol, &device, e);
+            reply(AckStatus::Invalid)
+        }
+    }
 }
 
-/// Receives datagrams until shutdown; each is handled in its own task so
-/// a slow commit never stops the socket.
+/// What a frame's storing outcome tells the device.
+fn outcome(d: &FrameDeps, device: &Device, r: &Result<usize, IngestError>) -> AckStatus {
+    match r {
+        Ok(_) => AckStatus::Stored,
+        Err(IngestError::Invalid { .. }) => {
+            d.metrics.frame_refused(&device.row.id, "model");
+            AckStatus::Invalid
+        }
+        Err(_) => AckStatus::RetryLater,
+    }
+}
+
+/// One frame from `peer`, stored alone: the outcome to acknowledge.
+async fn handle(
+    d: &FrameDeps,
+    protocol: &'static str,
+    peer: IpAddr,
+    buf: &[u8],
+) -> Option<(bool, u16, AckStatus)> {
+    match prepare(d, protocol, peer, buf) {
+        Prepared::Done(r) => r,
+        Prepared::Store { device, msgs, ack } => {
+            let r = d
+                .pipeline
+                .ingest(&device, protocol, msgs, Some(d.wait))
+                .await;
+            let status = outcome(d, &device, &r);
+            ack.map(|(a, seq)| (a, seq, status))
+        }
+    }
+}
+
+/// Datagrams read in one go, at most.
+const UDP_BURST: usize = 512;
+/// Bursts being stored at once, at most.
+const UDP_BURSTS_IN_FLIGHT: usize = 8;
+
+/// Stores a burst of datagrams: each device's frames in one pipeline call
+/// (one commit for all of them, an outcome per frame), then every
+/// acknowledgement.
+async fn handle_burst(
+    d: &FrameDeps,
+    socket: &tokio::net::UdpSocket,
+    burst: Vec<(Vec<u8>, std::net::SocketAddr)>,
+) {
+    type Pending = (
+        Arc<Device>,
+        Vec<Telemetry>,
+        Vec<Option<(std::net::SocketAddr, u16)>>,
+    );
+    let mut replies: Vec<(std::net::SocketAddr, [u8; 6])> = Vec::new();
+    let mut by_device: HashMap<String, Pending> = HashMap::new();
+    for (data, peer) in burst {
+        match prepare(d, "udp", peer.ip(), &data) {
+            Prepared::Done(Some((true, seq, status))) => replies.push((peer, ack(seq, status))),
+            Prepared::Done(_) => {}
+            Prepared::Store { device, msgs, ack } => {
+                let e = by_device
+                    .entry(device.row.id.clone())
+                    .or_insert_with(|| (device, Vec::new(), Vec::new()));
+                e.1.push(msgs);
+                e.2.push(ack.filter(|(a, _)| *a).map(|(_, seq)| (peer, seq)));
+            }
+        }
+    }
+    let stores = by_device
+        .into_values()
+        .map(|(device, groups, acks)| async move {
+            let out = d
+                .pipeline
+                .ingest_each(&device, "udp", groups, Some(d.wait))
+                .await;
+            out.iter()
+                .zip(acks)
+                .filter_map(|(r, a)| a.map(|(peer, seq)| (peer, ack(seq, outcome(d, &device, r)))))
+                .collect::<Vec<_>>()
+        });
+    for done in futures_util::future::join_all(stores).await {
+        replies.extend(done);
+    }
+    for (peer, a) in replies {
+        let _ = socket.send_to(&a, peer).await;
+    }
+}
+
+/// A receive buffer big enough for bursts while a commit is in flight.
+fn enlarge_receive_buffer(socket: &tokio::net::UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain setsockopt on a socket this process owns; a failure
+    // (a capped rmem_max) leaves the default in place.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Receives datagrams until shutdown, in bursts (everything waiting, up
+/// to `UDP_BURST`), each stored by its own task so a slow commit never
+/// stops the socket.
 pub async fn serve_udp(
     socket: tokio::net::UdpSocket,
     deps: FrameDeps,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    enlarge_receive_buffer(&socket, 8 << 20);
     let socket = Arc::new(socket);
     let deps = Arc::new(deps);
+    let permits = Arc::new(tokio::sync::Semaphore::new(UDP_BURSTS_IN_FLIGHT));
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, peer) = tokio::select! {
@@ -153,12 +257,20 @@ pub async fn serve_udp(
             },
             _ = shutdown.changed() => return,
         };
-        let datagram = buf[..n].to_vec();
+        let mut burst = vec![(buf[..n].to_vec(), peer)];
+        while burst.len() < UDP_BURST {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, peer)) => burst.push((buf[..n].to_vec(), peer)),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (socket, deps) = (socket.clone(), deps.clone());
         tokio::spawn(async move {
-            if let Some((true, seq, status)) = handle(&deps, "udp", peer.ip(), &datagram).await {
-                let _ = socket.send_to(&ack(seq, status), peer).await;
-            }
+            handle_burst(&deps, &socket, burst).await;
+            drop(permit);
         });
     }
 }
