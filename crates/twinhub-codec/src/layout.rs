@@ -312,6 +312,8 @@ pub struct Frame<'a> {
     pub ack: bool,
     /// The payload is CBOR telemetry (version byte bit 0x40).
     pub cbor: bool,
+    /// The payload is JSON telemetry (version byte bit 0x20).
+    pub json: bool,
     pub seq: u16,
     pub device: &'a str,
     pub key: &'a str,
@@ -323,7 +325,7 @@ impl<'a> Frame<'a> {
         let [b'T', b'H', ver, s0, s1, rest @ ..] = b else {
             return Err("not a twinhub frame (no TH header)");
         };
-        if ver & 0x3f != 1 {
+        if ver & 0x1f != 1 {
             return Err("unknown frame version");
         }
         let (id, rest) = lp(rest).ok_or("the device id is cut short")?;
@@ -331,6 +333,7 @@ impl<'a> Frame<'a> {
         Ok(Frame {
             ack: ver & 0x80 != 0,
             cbor: ver & 0x40 != 0,
+            json: ver & 0x20 != 0,
             seq: u16::from_be_bytes([*s0, *s1]),
             device: std::str::from_utf8(id).map_err(|_| "the device id is not UTF-8")?,
             key: std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?,
@@ -340,7 +343,9 @@ impl<'a> Frame<'a> {
 
     /// The bytes of a frame (for clients and tests).
     pub fn encode(&self) -> Vec<u8> {
-        let flags = if self.ack { 0x80 } else { 0 } | if self.cbor { 0x40 } else { 0 };
+        let flags = if self.ack { 0x80 } else { 0 }
+            | if self.cbor { 0x40 } else { 0 }
+            | if self.json { 0x20 } else { 0 };
         let mut out = vec![b'T', b'H', 1 | flags];
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.push(self.device.len() as u8);
@@ -511,6 +516,7 @@ mod tests {
         let f = Frame {
             ack: true,
             cbor: false,
+            json: false,
             seq: 513,
             device: "m-1",
             key: "k3y",

@@ -40,14 +40,32 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let cpu0 = child.cpu_seconds()?;
     let lost = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     // When the last acknowledgement came (ns after `t`): the rate's end.
     let last_ack = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for (id, key) in devices {
         let (acked, lost, last_ack) = (acked.clone(), lost.clone(), last_ack.clone());
+        let refused = refused.clone();
         tasks.spawn(async move {
             let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
             sock.connect(udp).await?;
+            // Room for a window of acknowledgements (the default buffer
+            // holds fewer than 300 datagrams).
+            {
+                use std::os::fd::AsRawFd;
+                let bytes: i32 = 4 << 20;
+                // SAFETY: setsockopt on this task's own socket.
+                unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        &bytes as *const i32 as *const libc::c_void,
+                        std::mem::size_of::<i32>() as libc::socklen_t,
+                    );
+                }
+            }
             let sock = Arc::new(sock);
             // This sender's acknowledgements, read while frames go out; a
             // window of WINDOW frames in flight, so the buffers hold them.
@@ -56,13 +74,16 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
             let reader = {
                 let (sock, acked, mine, done) =
                     (sock.clone(), acked.clone(), mine.clone(), done.clone());
-                let last_ack = last_ack.clone();
+                let (last_ack, refused) = (last_ack.clone(), refused.clone());
                 tokio::spawn(async move {
                     let mut buf = [0u8; 16];
                     loop {
                         match tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
                             .await
                         {
+                            Ok(Ok(6)) if buf[5] != 0 => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
                             Ok(Ok(6)) if buf[5] == 0 => {
                                 acked.fetch_add(1, Ordering::Relaxed);
                                 mine.fetch_add(1, Ordering::Relaxed);
@@ -76,13 +97,14 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
                     }
                 })
             };
-            const WINDOW: u64 = 512;
+            const WINDOW: u64 = 256;
             let mut given_up = 0u64;
             for i in 0..per {
                 let payload = [(i >> 8) as u8, i as u8, 0x10, 0x20, (i & 1) as u8];
                 let f = Frame {
                     ack: true,
                     cbor: false,
+                    json: false,
                     seq: i as u16,
                     device: &id,
                     key: &key,
@@ -91,14 +113,16 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
                 .encode();
                 sock.send(&f).await?;
                 let sent = i as u64 + 1;
-                while sent - mine.load(Ordering::Relaxed) - given_up >= WINDOW {
+                let in_flight =
+                    |given_up: u64| sent.saturating_sub(mine.load(Ordering::Relaxed) + given_up);
+                while in_flight(given_up) >= WINDOW {
                     // A frame lost in a full buffer never answers: after a
-                    // quiet 100 ms, what is in flight counts as lost.
-                    if tokio::time::timeout(Duration::from_millis(100), done.notified())
+                    // quiet 250 ms, what is in flight counts as lost.
+                    if tokio::time::timeout(Duration::from_millis(250), done.notified())
                         .await
                         .is_err()
                     {
-                        let gone = sent - mine.load(Ordering::Relaxed) - given_up;
+                        let gone = in_flight(given_up);
                         given_up += gone;
                         lost.fetch_add(gone, Ordering::Relaxed);
                     }

@@ -2,7 +2,8 @@
 //! (seed 001's Binary Parser). A frame carries the device id and key and a
 //! payload (`twinhub_codec::layout::Frame`): binary, decoded with the
 //! device's layout (`layouts.rs`); CBOR telemetry (flag 0x40); or JSON
-//! telemetry when it starts with `{` or `[`. Over TCP each frame is
+//! telemetry (flag 0x20, or starting with `{` or `[` from a device with
+//! no layout — a packed frame may start with any byte). Over TCP each frame is
 //! preceded by its length (2 bytes, big-endian) and acknowledgements come
 //! back on the connection in order. On a closed network a device can be
 //! known by its address instead (`ingest.frame_sources`): what it sends is
@@ -40,25 +41,39 @@ pub struct FrameDeps {
 /// Kept for the UDP listener's callers.
 pub type UdpDeps = FrameDeps;
 
-/// The payload of `device` as telemetry.
+/// How a payload is encoded.
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    /// Binary with the device's layout; JSON if the device has none and
+    /// the payload starts with `{` or `[`.
+    Packed,
+    Json,
+    Cbor,
+}
+
+/// The payload of `device` as telemetry. A device with a layout sends
+/// binary frames (its first byte may be anything, `{` too); JSON and CBOR
+/// are flagged, or JSON is recognised for devices without a layout.
 fn decode(
     d: &FrameDeps,
     device: &Device,
     payload: &[u8],
-    cbor: bool,
+    enc: Encoding,
 ) -> Result<Telemetry, DecodeError> {
-    if cbor {
-        return twinhub_codec::decode_cbor_telemetry(payload, &d.limits);
+    match enc {
+        Encoding::Cbor => return twinhub_codec::decode_cbor_telemetry(payload, &d.limits),
+        Encoding::Json => return twinhub_codec::decode_telemetry(payload, &d.limits),
+        Encoding::Packed => {}
     }
-    match payload.first() {
-        Some(b'{' | b'[') => twinhub_codec::decode_telemetry(payload, &d.limits),
-        _ => match d.layouts.for_device(&device.row.tenant, &device.row.id, device.twin()) {
-            Some(l) => l.decode(payload),
-            None => Err(DecodeError {
-                field: "frame".into(),
-                rule: "the device has no layout (PUT /api/v1/devices/{id}/layout, or a named layout at /api/v1/layouts/{id} for it or its model)".into(),
-            }),
-        },
+    match d.layouts.for_device(&device.row.tenant, &device.row.id, device.twin()) {
+        Some(l) => l.decode(payload),
+        None if matches!(payload.first(), Some(b'{' | b'[')) => {
+            twinhub_codec::decode_telemetry(payload, &d.limits)
+        }
+        None => Err(DecodeError {
+            field: "frame".into(),
+            rule: "the device has no layout (PUT /api/v1/devices/{id}/layout, or a named layout at /api/v1/layouts/{id} for it or its model)".into(),
+        }),
     }
 }
 
@@ -84,7 +99,7 @@ fn refuse_decode(d: &FrameDeps, protocol: &'static str, device: &Device, e: Deco
 fn prepare(d: &FrameDeps, protocol: &'static str, peer: IpAddr, buf: &[u8]) -> Prepared {
     if let Some(id) = d.sources.get(&peer) {
         return match d.registry.device(id).filter(|dev| dev.row.enabled) {
-            Some(dev) => match decode(d, &dev, buf, false) {
+            Some(dev) => match decode(d, &dev, buf, Encoding::Packed) {
                 Ok(msgs) => Prepared::Store {
                     device: dev,
                     msgs,
@@ -122,7 +137,14 @@ fn prepare(d: &FrameDeps, protocol: &'static str, peer: IpAddr, buf: &[u8]) -> P
             return reply(AckStatus::Unauthorized);
         }
     };
-    match decode(d, &device, frame.payload, frame.cbor) {
+    let enc = if frame.cbor {
+        Encoding::Cbor
+    } else if frame.json {
+        Encoding::Json
+    } else {
+        Encoding::Packed
+    };
+    match decode(d, &device, frame.payload, enc) {
         Ok(msgs) => Prepared::Store {
             device,
             msgs,

@@ -37,6 +37,7 @@ fn frame(device: &str, key: &str, seq: u16, payload: &[u8]) -> Vec<u8> {
     Frame {
         ack: true,
         cbor: false,
+        json: false,
         seq,
         device,
         key,
@@ -101,19 +102,30 @@ async fn udp_frames_are_decoded_with_the_layout_and_acknowledged_when_durable() 
     );
     assert_eq!(history(&s, "tiny-1", "pressure").await[0]["value"], 10.0);
     assert_eq!(history(&s, "tiny-1", "door_open").await[0]["value"], true);
-    // JSON frames work too.
-    let ack = exchange(
-        &sock,
-        &frame(
-            "tiny-1",
-            &key,
-            8,
-            br#"{"ts": 1700000001000, "temperature": 20.5}"#,
-        ),
-    )
-    .await;
+    // JSON frames work too (flagged: a device with a layout sends
+    // packed frames, whatever their first byte).
+    let json_frame = Frame {
+        ack: true,
+        cbor: false,
+        json: true,
+        seq: 8,
+        device: "tiny-1",
+        key: &key,
+        payload: br#"{"ts": 1700000001000, "temperature": 20.5}"#,
+    }
+    .encode();
+    let ack = exchange(&sock, &json_frame).await;
     assert_eq!(ack.map(|a| a[5]), Some(AckStatus::Stored as u8));
     assert_eq!(history(&s, "tiny-1", "temperature").await.len(), 2);
+    // A packed frame that starts with `{` (0x7b) is still packed.
+    let brace = packed(0x7b00, 600, false, 1_700_000_002);
+    assert_eq!(brace[0], b'{');
+    let ack = exchange(&sock, &frame("tiny-1", &key, 30, &brace)).await;
+    assert_eq!(ack.map(|a| a[5]), Some(AckStatus::Stored as u8));
+    assert_eq!(
+        history(&s, "tiny-1", "temperature").await[2]["value"],
+        314.88
+    );
 
     // A wrong key, a frame too short for the layout, garbage.
     let ack = exchange(
@@ -139,7 +151,7 @@ async fn udp_frames_are_decoded_with_the_layout_and_acknowledged_when_durable() 
     assert_eq!(ack.map(|a| a[5]), Some(AckStatus::RetryLater as u8));
     assert_eq!(
         history(&s, "tiny-1", "temperature").await.len(),
-        2,
+        3,
         "nothing of it kept"
     );
     // The listener is still there, and the refusals are counted.
@@ -336,6 +348,7 @@ async fn tcp_frames_are_acknowledged_in_order_and_refusals_counted_per_device() 
     let cbor = Frame {
         ack: true,
         cbor: true,
+        json: false,
         seq: 2,
         device: "tcp-1",
         key: &key,
