@@ -192,7 +192,7 @@ pub struct UplinkQuery {
 /// decoded (the connector's status counts it), 503 to send it again.
 #[utoipa::path(post, path = "/api/v1/connectors/{id}/uplink", tag = "connectors", params(("id" = String, Path), UplinkQuery),
     request_body(content = Value, description = "The network server's uplink event JSON"),
-    responses((status = 204), (status = 400), (status = 404), (status = 422), (status = 503)))]
+    responses((status = 204), (status = 400), (status = 404), (status = 422), (status = 429), (status = 503)))]
 pub async fn post_uplink(
     State(state): State<AppState>,
     p: Principal,
@@ -217,6 +217,11 @@ pub async fn post_uplink(
             Code::UnprocessableEntity,
             m,
         )),
+        Err(UplinkError::OverQuota(m)) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::QuotaExceeded,
+            m,
+        )),
         Err(UplinkError::RetryLater) => Err(ApiError::busy()),
     }
 }
@@ -238,6 +243,67 @@ pub struct Downlink {
     pub confirmed: bool,
 }
 
+/// The bytes of a downlink: `data` (base64) or `hex`, one of them.
+pub fn payload_of(d: &Downlink) -> Result<Vec<u8>, ApiError> {
+    match (&d.data, &d.hex) {
+        (Some(b), None) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|_| ApiError::field("data", "must be base64"))
+        }
+        (None, Some(h)) => {
+            let h = h.trim();
+            if h.len() % 2 != 0 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ApiError::field(
+                    "hex",
+                    "must be an even number of hex digits",
+                ));
+            }
+            Ok((0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex checked"))
+                .collect())
+        }
+        _ => Err(ApiError::field(
+            "data",
+            "give the payload as data (base64) or hex, one of them",
+        )),
+    }
+}
+
+/// Sends a downlink and maps its failure to an answer.
+pub async fn send_downlink(
+    state: &AppState,
+    tenant: &str,
+    connector: &str,
+    d: &Downlink,
+) -> Result<(), ApiError> {
+    let data = payload_of(d)?;
+    match state
+        .connectors
+        .downlink(tenant, connector, &d.device, d.f_port, &data, d.confirmed)
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(m)
+            if [
+                "f_port:",
+                "device:",
+                "broker:",
+                "api_url:",
+                "api_key_secret:",
+            ]
+            .iter()
+            .any(|p| m.starts_with(p)) =>
+        {
+            let (field, rule) = m.split_once(": ").unwrap_or(("device", m.as_str()));
+            Err(ApiError::invalid(field, rule))
+        }
+        Err(m) => Err(ApiError::new(StatusCode::BAD_GATEWAY, Code::BadGateway, m)),
+    }
+}
+
 /// Queues a downlink with the network server (ChirpStack through its MQTT
 /// integration, The Things Stack through its webhook API); 202 once the
 /// network server took it.
@@ -253,60 +319,15 @@ pub async fn post_downlink(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     p.require(Perm::CommandsSend)?;
     let tenant = p.tenant_scope(q.tenant.as_deref());
-    let data = match (&d.data, &d.hex) {
-        (Some(b), None) => {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map_err(|_| ApiError::field("data", "must be base64"))?
-        }
-        (None, Some(h)) => {
-            let h = h.trim();
-            if h.len() % 2 != 0 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ApiError::field(
-                    "hex",
-                    "must be an even number of hex digits",
-                ));
-            }
-            (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex checked"))
-                .collect()
-        }
-        _ => {
-            return Err(ApiError::field(
-                "data",
-                "give the payload as data (base64) or hex, one of them",
-            ))
-        }
-    };
-    match state
-        .connectors
-        .downlink(&tenant, &id, &d.device, d.f_port, &data, d.confirmed)
-        .await?
-    {
-        Ok(()) => {
-            state
-                .audit(
-                    &p,
-                    &tenant,
-                    "connector.downlink",
-                    &id,
-                    json!({"device": d.device, "f_port": d.f_port}),
-                )
-                .await;
-            Ok((StatusCode::ACCEPTED, Json(json!({"queued": true}))))
-        }
-        Err(m)
-            if m.starts_with("f_port:")
-                || m.starts_with("device:")
-                || m.starts_with("broker:")
-                || m.starts_with("api_url:")
-                || m.starts_with("api_key_secret:") =>
-        {
-            let (field, rule) = m.split_once(": ").unwrap_or(("device", m.as_str()));
-            Err(ApiError::invalid(field, rule))
-        }
-        Err(m) => Err(ApiError::new(StatusCode::BAD_GATEWAY, Code::BadGateway, m)),
-    }
+    send_downlink(&state, &tenant, &id, &d).await?;
+    state
+        .audit(
+            &p,
+            &tenant,
+            "connector.downlink",
+            &id,
+            json!({"device": d.device, "f_port": d.f_port}),
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(json!({"queued": true}))))
 }

@@ -380,6 +380,33 @@ pub async fn send_command(
     if wait > 300_000_000 {
         return Err(ApiError::field("timeout", "must be at most 5m"));
     }
+    // LoRaWAN devices take commands as downlinks through the connector
+    // their uplinks came by: {"f_port", "data" | "hex", "confirmed"?}.
+    if let Some(connector) = state.connectors.lorawan_of_device(&dev.row.tenant, &id) {
+        let mut args = body.clone();
+        if let Some(o) = args.as_object_mut() {
+            o.insert("device".into(), serde_json::json!(id));
+        }
+        let d: super::connectors::Downlink = serde_json::from_value(args).map_err(|e| {
+            ApiError::field(
+                "body",
+                &format!("a LoRaWAN command is {{f_port, data | hex, confirmed?}}: {e}"),
+            )
+        })?;
+        super::connectors::send_downlink(&state, &dev.row.tenant, &connector, &d).await?;
+        state
+            .audit(
+                &p,
+                &dev.row.tenant,
+                "command.send",
+                &id,
+                serde_json::json!({"command": name, "lorawan": connector}),
+            )
+            .await;
+        return Ok(Json(
+            serde_json::json!({"status": 202, "sent": format!("downlink via {connector}")}),
+        ));
+    }
     let broker = state.broker().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

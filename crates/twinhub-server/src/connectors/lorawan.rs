@@ -159,6 +159,8 @@ pub enum UplinkError {
     Malformed(String),
     /// Unknown device, no layout, or values the model refuses (422).
     Invalid(String),
+    /// The tenant's points quota is used up (429).
+    OverQuota(String),
     /// Not stored now; send again (503).
     RetryLater,
 }
@@ -227,6 +229,9 @@ impl Runner {
                 "uplink of device {id}, which is not a device of this tenant (create it first)"
             )));
         };
+        if !device.row.enabled {
+            return Err(self.reject(format!("uplink of device {id}, which is disabled")));
+        }
         self.seen.lock().expect("seen").insert(
             device.row.id.clone(),
             (up.application.clone(), up.name.clone(), up.dev_eui.clone()),
@@ -266,6 +271,12 @@ impl Runner {
             }
             Err(IngestError::Invalid { field, rule }) => {
                 Err(self.reject(format!("device {id}: {field}: {rule}")))
+            }
+            Err(IngestError::Quota(why)) => {
+                self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("device {id}: over quota: {why}");
+                self.status.error(self.clock.now_us(), msg.clone());
+                Err(UplinkError::OverQuota(msg))
             }
             Err(e) => {
                 self.status.error(
@@ -350,6 +361,11 @@ impl Runner {
         }
         let _ = client.disconnect().await;
         self.status.set_state("stopped", self.clock.now_us());
+    }
+
+    /// Whether the device has sent an uplink through this connector.
+    pub fn has_seen(&self, device: &str) -> bool {
+        self.seen.lock().expect("seen").contains_key(device)
     }
 
     /// Sends a downlink to a device that has sent an uplink before.

@@ -429,6 +429,20 @@ impl ConnectorBook {
         Ok(r.uplink(body).await)
     }
 
+    /// The LoRaWAN connector a device's uplinks came through (its commands
+    /// go back as downlinks there).
+    pub fn lorawan_of_device(&self, tenant: &str, device: &str) -> Option<String> {
+        let running = self.running.read().expect("connectors");
+        let mut ids: Vec<&String> = running
+            .values()
+            .filter(|r| r.conn.tenant == tenant && r.conn.spec.enabled)
+            .filter(|r| r.lora.as_ref().is_some_and(|l| l.has_seen(device)))
+            .map(|r| &r.conn.id)
+            .collect();
+        ids.sort();
+        ids.first().map(|s| s.to_string())
+    }
+
     /// Sends a downlink through a LoRaWAN connector.
     pub async fn downlink(
         &self,

@@ -24,6 +24,10 @@ enum Adapter {
     /// Sparkplug B over MQTT 5: the device is the edge node; the message
     /// is an NBIRTH carrying the value.
     Sparkplug,
+    /// A LoRaWAN uplink posted by The Things Stack's webhook to a lorawan
+    /// connector with an API key (the key stands for the credentials, a
+    /// revoked key for a disabled device); the value is the decoded object.
+    LoRaWan,
 }
 
 /// What the client learns, whatever the protocol.
@@ -116,6 +120,27 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
             ))
             .await;
             v5_outcome(&mut c).await
+        }
+        Adapter::LoRaWan => {
+            let up = json!({"end_device_ids": {"device_id": id,
+                    "application_ids": {"application_id": "compliance"}, "dev_eui": "0000000000000001"},
+                "received_at": "2024-02-12T15:15:00Z",
+                "uplink_message": {"f_port": 1, "frm_payload": "AA==", "decoded_payload": body}});
+            let r = s
+                .http
+                .post(s.url("/api/v1/connectors/tts/uplink"))
+                .bearer_auth(key)
+                .json(&up)
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                204 => Outcome::Stored,
+                401 | 403 => Outcome::NotAuthenticated,
+                503 => Outcome::RetryLater,
+                400 | 422 | 429 => Outcome::Refused,
+                st => panic!("HTTP {st}: {}", r.text().await.unwrap_or_default()),
+            }
         }
         Adapter::Line => {
             let m = body.as_object().unwrap();
@@ -225,6 +250,7 @@ async fn every_adapter_answers_every_case_alike() {
         Adapter::Mqtt311,
         Adapter::Line,
         Adapter::Sparkplug,
+        Adapter::LoRaWan,
     ];
     let cases = [
         Case::Valid,
@@ -240,6 +266,7 @@ async fn every_adapter_answers_every_case_alike() {
             Adapter::Http => "http",
             Adapter::Line => "line",
             Adapter::Sparkplug => "sparkplug",
+            Adapter::LoRaWan => "lorawan",
             _ => "mqtt",
         };
         for case in cases {
@@ -274,7 +301,18 @@ async fn every_adapter_answers_every_case_alike() {
             let device_key = d["key"].as_str().unwrap().to_string();
             let mut key = device_key.clone();
             let mut apikey_id = String::new();
-            if a == Adapter::Line {
+            if a == Adapter::LoRaWan {
+                // The tenant's connector, made once.
+                let _ = s
+                    .post(
+                        &format!("/api/v1/connectors?tenant={tenant}"),
+                        json!({"id": "tts", "kind": "lorawan", "network": "tts", "device_key": "name"}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            if matches!(a, Adapter::Line | Adapter::LoRaWan) {
                 let (st, k) = s
                     .json(s.post(
                         &format!("/api/v1/apikeys?tenant={tenant}"),
@@ -291,7 +329,7 @@ async fn every_adapter_answers_every_case_alike() {
                 Case::Valid => {}
                 Case::InvalidProperty => body = json!({"ts": ts, "humidity": 3}),
                 Case::WrongKey => key = "wrong-key-0123456789".into(),
-                Case::Disabled if a == Adapter::Line => {
+                Case::Disabled if matches!(a, Adapter::Line | Adapter::LoRaWan) => {
                     let r = s
                         .delete(&format!("/api/v1/apikeys/{apikey_id}?tenant={tenant}"))
                         .send()

@@ -339,6 +339,23 @@ async fn the_things_stack_webhook_uplinks_and_downlinks() {
     assert!(error_of(r, 400, "bad_request")
         .await
         .starts_with("uplink_message:"));
+    // A disabled device's uplinks are refused.
+    let r = s
+        .patch(&format!("/api/v1/devices/{dev}"), json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = uplink(up.clone()).await.unwrap();
+    assert!(error_of(r, 422, "unprocessable_entity")
+        .await
+        .contains("disabled"));
+    let r = s
+        .patch(&format!("/api/v1/devices/{dev}"), json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     // An API key without telemetry:write is refused.
     let (_, k2) = s
         .json(s.post(
@@ -377,6 +394,19 @@ async fn the_things_stack_webhook_uplinks_and_downlinks() {
         got[0].2,
         json!({"downlinks": [{"f_port": 2, "frm_payload": "AQI=", "priority": "NORMAL", "confirmed": false}]})
     );
+    // A device command to a LoRaWAN device is a downlink too.
+    let (st, v) = s
+        .json(s.post(
+            &format!("/api/v1/devices/{dev}/commands/open-valve"),
+            json!({"f_port": 3, "hex": "ff"}),
+        ))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], 202);
+    let got = pushed.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].2["downlinks"][0]["frm_payload"], "/w==");
+    assert_eq!(got[1].2["downlinks"][0]["f_port"], 3);
     assert_eq!(status(&s, "tts").await["points_in"], 2);
     s.stop().await;
 }
