@@ -301,3 +301,52 @@ pub async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: imp
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// What a recorder subscribed on the machine's Mosquitto received:
+/// (topic, JSON payload, or null when it is not JSON).
+pub type Recorded = Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// A client of the machine's Mosquitto (127.0.0.1:1883) subscribed to
+/// `filter` (at QoS 1), recording what arrives; returns once subscribed.
+pub async fn mosquitto_recorder(filter: &str) -> (rumqttc::AsyncClient, Recorded) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let id = format!(
+        "rec-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    );
+    let mut opts = MqttOptions::new(id, "127.0.0.1", 1883);
+    opts.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let got: Recorded = Default::default();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready = Some(ready_tx);
+    let sink = got.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    sink.lock().unwrap().push((p.topic.clone(), v));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    });
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx)
+        .await
+        .expect("Mosquitto on 127.0.0.1:1883 answers")
+        .unwrap();
+    (client, got)
+}

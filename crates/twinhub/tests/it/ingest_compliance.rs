@@ -71,6 +71,17 @@ fn expected(case: Case, a: Adapter) -> Outcome {
     }
 }
 
+/// What an HTTP client learns from the status (`ok` is the success code).
+fn http_outcome(status: u16, ok: u16) -> Outcome {
+    match status {
+        s if s == ok => Outcome::Stored,
+        401 | 403 => Outcome::NotAuthenticated,
+        503 => Outcome::RetryLater,
+        400 | 422 | 429 => Outcome::Refused,
+        st => panic!("HTTP {st}"),
+    }
+}
+
 /// What an MQTT 5 client learns from the PUBACK of its QoS 1 publish.
 async fn v5_outcome(c: &mut Raw) -> Outcome {
     match c.recv5_within(WAIT).await {
@@ -134,13 +145,7 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
                 .send()
                 .await
                 .unwrap();
-            match r.status().as_u16() {
-                204 => Outcome::Stored,
-                401 | 403 => Outcome::NotAuthenticated,
-                503 => Outcome::RetryLater,
-                400 | 422 | 429 => Outcome::Refused,
-                st => panic!("HTTP {st}: {}", r.text().await.unwrap_or_default()),
-            }
+            http_outcome(r.status().as_u16(), 204)
         }
         Adapter::Line => {
             let m = body.as_object().unwrap();
@@ -154,23 +159,11 @@ async fn send(s: &TestServer, a: Adapter, id: &str, key: &str, body: Value) -> O
                 .send()
                 .await
                 .unwrap();
-            match r.status().as_u16() {
-                204 => Outcome::Stored,
-                401 | 403 => Outcome::NotAuthenticated,
-                503 => Outcome::RetryLater,
-                400 | 422 | 429 => Outcome::Refused,
-                st => panic!("HTTP {st}"),
-            }
+            http_outcome(r.status().as_u16(), 204)
         }
         Adapter::Http => {
             let r = s.send(id, key, body).await;
-            match r.status().as_u16() {
-                200 => Outcome::Stored,
-                401 | 403 => Outcome::NotAuthenticated,
-                503 => Outcome::RetryLater,
-                400 | 422 | 429 => Outcome::Refused,
-                st => panic!("HTTP {st}"),
-            }
+            http_outcome(r.status().as_u16(), 200)
         }
         Adapter::Mqtt5 => {
             let (mut c, ack) = open5(s.mqtt(), id, Some((id, key)), true, None).await;

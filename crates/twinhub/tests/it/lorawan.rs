@@ -4,7 +4,7 @@
 //! documented event shape.
 
 use crate::common::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,40 +38,6 @@ fn chirpstack_up(app: &str, eui: &str, data: &str, object: Option<Value>) -> Val
         v["object"] = o;
     }
     v
-}
-
-/// A client of the machine's Mosquitto that records what it receives.
-async fn broker_client(sub: &str) -> (AsyncClient, Arc<Mutex<Vec<(String, Value)>>>) {
-    let mut opts = MqttOptions::new(format!("lora-test-{}", unique()), "127.0.0.1", 1883);
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(opts, 64);
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready = Some(ready_tx);
-    let sink = got.clone();
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    sink.lock().unwrap().push((p.topic.clone(), v));
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    client.subscribe(sub, QoS::AtLeastOnce).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("Mosquitto on 127.0.0.1:1883 answers")
-        .unwrap();
-    (client, got)
 }
 
 async fn history(s: &TestServer, twin: &str, name: &str) -> Vec<Value> {
@@ -116,7 +82,8 @@ async fn chirpstack_uplinks_over_its_mqtt_broker_and_downlinks_back() {
     })
     .await;
     // ChirpStack publishes its events; the down topic is watched.
-    let (pubc, down) = broker_client(&format!("application/{app}/device/+/command/down")).await;
+    let (pubc, down) =
+        mosquitto_recorder(&format!("application/{app}/device/+/command/down")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let up = format!("application/{app}/device/{eui}/event/up");
     pubc.publish(

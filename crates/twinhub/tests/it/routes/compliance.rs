@@ -51,40 +51,8 @@ impl Peer {
 
     /// A subscriber on the machine's Mosquitto (127.0.0.1:1883).
     pub async fn mosquitto() -> Peer {
-        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
         let prefix = format!("twinhub-test/{}", unique());
-        let mut opts = MqttOptions::new(format!("sub-{}", unique()), "127.0.0.1", 1883);
-        opts.set_keep_alive(std::time::Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(opts, 64);
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready = Some(ready_tx);
-        let sink = got.clone();
-        tokio::spawn(async move {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let v: Value = serde_json::from_slice(&p.payload).unwrap();
-                        sink.lock().unwrap().push((p.topic.clone(), v));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                }
-            }
-        });
-        client
-            .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx)
-            .await
-            .expect("Mosquitto on 127.0.0.1:1883 answers")
-            .unwrap();
+        let (client, got) = mosquitto_recorder(&format!("{prefix}/#")).await;
         Peer::Mqtt {
             prefix,
             got,
