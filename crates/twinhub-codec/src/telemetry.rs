@@ -167,6 +167,21 @@ impl Telemetry {
         self.readings.len()
     }
 
+    /// Appends every message of `other` (its names interned here).
+    pub fn extend_from(&mut self, other: &Telemetry) {
+        let map: Vec<u32> = other.names.iter().map(|n| self.intern(n)).collect();
+        for m in other.messages() {
+            self.messages.push((m.ts, self.readings.len() as u32));
+            for r in m.readings {
+                self.readings.push(Reading {
+                    name: map[r.name as usize],
+                    value: r.value.clone(),
+                    quality: r.quality,
+                });
+            }
+        }
+    }
+
     /// Owned messages (for code that wants them one by one).
     pub fn to_messages(&self) -> Vec<TelemetryMessage> {
         self.messages()
@@ -198,6 +213,29 @@ impl From<Vec<TelemetryMessage>> for Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extending_keeps_every_message_and_reading() {
+        let a: Telemetry = vec![TelemetryMessage {
+            ts: Some(1),
+            values: vec![("t".into(), Value::Number(1.0), Quality::Good)],
+        }]
+        .into();
+        let b: Telemetry = vec![TelemetryMessage {
+            ts: Some(2),
+            values: vec![
+                ("p".into(), Value::Number(2.0), Quality::Bad),
+                ("t".into(), Value::Number(3.0), Quality::Good),
+            ],
+        }]
+        .into();
+        let mut m = a.clone();
+        m.extend_from(&b);
+        let mut want = a.to_messages();
+        want.extend(b.to_messages());
+        assert_eq!(m.to_messages(), want);
+        assert_eq!(m.names().len(), 2);
+    }
 
     #[test]
     fn names_are_stored_once_and_later_values_win() {
