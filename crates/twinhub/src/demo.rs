@@ -203,6 +203,39 @@ pub async fn run(file: Option<&PathBuf>, args: DemoArgs) -> anyhow::Result<()> {
         }
     }
 
+    // A simulated PLC over OPC UA, read by a connector into a reactor twin
+    // of its own (what `twinhub opcua-sim` and `/api/v1/connectors` do).
+    let (plc, _plc) = crate::opcua_sim::start(crate::opcua_sim::SimArgs {
+        listen: "127.0.0.1:0".into(),
+        reactors: 1,
+        tags: 0,
+        interval_ms: 1000,
+        time_offset_s: 0,
+        user: None,
+        password: None,
+        pki_dir: Some(data_dir.join("opcua-sim")),
+        strict_clients: false,
+    })
+    .await?;
+    let plc_endpoint = plc["endpoint"].as_str().unwrap_or_default().to_string();
+    put(
+        "/api/v1/twins/plc-reactor1".into(),
+        json!({"$metadata": {"$model": "dtmi:twinhub:plant:Reactor;1"}, "name": "R-PLC-1", "status": "running", "volume": 8.0, "design_temperature_max": 385.0, "agitator": {"$metadata": {}, "motor_kw": 5.5}}),
+    )
+    .await?;
+    let ns = plc["namespace"].as_u64().unwrap_or(2);
+    let connected = put(
+        "/api/v1/connectors/plant-plc".into(),
+        json!({"kind": "opcua", "endpoint": plc_endpoint, "publishing_interval": "1s",
+            "nodes": [
+                {"node": format!("ns={ns};s=R1.Temperature"), "twin": "plc-reactor1", "property": "temperature"},
+                {"node": format!("ns={ns};s=R1.Pressure"), "twin": "plc-reactor1", "property": "pressure"}]}),
+    )
+    .await?;
+    if !connected.status().is_success() {
+        anyhow::bail!("the OPC UA connector failed: {}", connected.text().await?);
+    }
+
     let interval = Duration::from_secs_f64(args.interval.max(0.01));
     let mqtt = server
         .ready
@@ -223,6 +256,7 @@ twinhub demo is running ({n} simulated reactors report temperature, pressure, fl
   HTTPS        {https}   (curl --cacert {dir}/certs/ca.pem https://localhost:PORT/health)
   MQTT         {mqtt}   (devices: client id = user name = device id, password = device key)
   MQTTS        {mqtts}   (CA: {dir}/certs/ca.pem)   MQTT over WebSocket: ws://{http_host}/mqtt
+  OPC UA       a simulated PLC at {plc_endpoint} feeds twin plc-reactor1 (connector plant-plc)
   metrics      {base}/metrics
   data dir     {dir}
   admin login  admin / {password}

@@ -1,6 +1,7 @@
 //! The README's first command: `twinhub demo` starts a populated system
 //! whose simulated reactors report over MQTT and whose yield soft sensor
-//! writes predictions to every reactor twin, with rules watching them.
+//! writes predictions to every reactor twin, with rules watching them,
+//! and a simulated PLC that a connector reads over OPC UA.
 
 use crate::process::{get_json, login, post_json, unsafe_kill, PW};
 use serde_json::Value;
@@ -95,6 +96,24 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         twin["yield"].is_number(),
         "the simulated measurement arrives too"
     );
+    // The simulated PLC's values arrive over OPC UA.
+    assert!(out.contains("OPC UA"), "{out}");
+    loop {
+        let v = get_json(
+            &http,
+            &format!("{base}/api/v1/twins/plc-reactor1/telemetry/temperature?from=0"),
+            &token,
+        )
+        .await;
+        if v["points"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no OPC UA values: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The demo's rules run on every reactor's data.
     loop {
         let rules = get_json(&http, &format!("{base}/api/v1/rules"), &token).await;
