@@ -135,7 +135,7 @@ pub async fn run(
     on_ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<(), ServerError> {
     let dir = config.data_dir.clone();
-    let lock = DirLock::acquire(&dir)?;
+    let lock = DirLock::acquire_within(&dir, Duration::from_secs(1))?;
     let opts = config.store_options();
     let store = {
         let clock = clock.clone();

@@ -268,19 +268,37 @@ pub struct DirLock {
 
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock, StoreError> {
+        DirLock::acquire_within(dir, std::time::Duration::ZERO)
+    }
+
+    /// `acquire`, trying for up to `wait` while the directory is locked:
+    /// a lock just released can still be held for a moment by a process
+    /// another thread is starting (its copy of the descriptor lives until
+    /// it execs), so a restarting server gives it a second.
+    pub fn acquire_within(dir: &Path, wait: std::time::Duration) -> Result<DirLock, StoreError> {
         std::fs::create_dir_all(dir)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(dir.join("twinhub.lock"))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock {
-                _file: file,
-                path: dir.to_path_buf(),
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
-            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    return Ok(DirLock {
+                        _file: file,
+                        path: dir.to_path_buf(),
+                    })
+                }
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(dir.to_path_buf()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
         }
     }
 }
