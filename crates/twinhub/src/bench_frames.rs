@@ -154,7 +154,8 @@ pub async fn run(frames: usize) -> anyhow::Result<()> {
         "frames acknowledged as stored",
         format!("{n} of {}", per * senders),
         &format!(
-            "{} given up as lost (UDP buffers)",
+            "{} refused (retry later or invalid), {} given up as lost",
+            refused.load(Ordering::Relaxed),
             lost.load(Ordering::Relaxed)
         ),
     );
