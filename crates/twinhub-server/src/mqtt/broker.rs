@@ -621,6 +621,16 @@ impl Broker {
             .collect()
     }
 
+    /// Whether any subscription matches `topic` and may read it.
+    pub fn has_readers(&self, tenant: &str, topic: &str) -> bool {
+        let mut subs = Vec::new();
+        self.router
+            .read()
+            .expect("router")
+            .matches(tenant, topic, &mut subs);
+        subs.iter().any(|s| s.reader.may_read(topic))
+    }
+
     /// Delivers a message to every session it matches. Never blocks: a
     /// full queue drops its oldest message (or disconnects its client).
     /// Returns the store operations that keep the copies of persistent

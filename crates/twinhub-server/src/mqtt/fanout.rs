@@ -24,14 +24,25 @@ use std::sync::Arc;
 /// it (not already routed by an MQTT connection): the group's messages as
 /// a device would send them, one object, or an array for several.
 pub fn message_for(e: &Event) -> Option<Message> {
+    let topic = topic_for(e)?;
+    message_on(e, topic)
+}
+
+/// Where an event's telemetry goes: None for events that are not
+/// telemetry, or came over MQTT (routed by the broker already).
+pub fn topic_for(e: &Event) -> Option<String> {
     let t = e.data.telemetry().filter(|_| e.kind == Kind::Telemetry)?;
     if t.source == "mqtt" {
         return None;
     }
-    let topic = match &t.device {
+    Some(match &t.device {
         Some(device) => format!("devices/{device}/telemetry"),
         None => format!("twins/{}/derived", e.twin.as_deref()?),
-    };
+    })
+}
+
+fn message_on(e: &Event, topic: String) -> Option<Message> {
+    let t = e.data.telemetry()?;
     let payload = if t.batch.len() == 1 {
         serde_json::to_vec(&Flat(t.batch.messages().next()?))
     } else {
@@ -85,7 +96,12 @@ pub async fn deliver_telemetry(
         };
         match e {
             Ok(e) => {
-                if let Some(m) = message_for(&e) {
+                // JSON is made only for a topic somebody may read.
+                let Some(topic) = topic_for(&e) else { continue };
+                if !broker.has_readers(&e.tenant, &topic) {
+                    continue;
+                }
+                if let Some(m) = message_on(&e, topic) {
                     let ops = broker.route(&e.tenant, Arc::new(m));
                     broker.persist.send(ops);
                 }
