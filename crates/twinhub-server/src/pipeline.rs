@@ -86,6 +86,48 @@ struct Source<'a> {
     device: Option<&'a Device>,
 }
 
+impl<'a> Source<'a> {
+    fn of(device: &'a Device) -> Source<'a> {
+        Source {
+            tenant: &device.row.tenant,
+            twin: device.twin(),
+            unknown: &device.row.unknown_telemetry,
+            device: Some(device),
+        }
+    }
+
+    /// twinhub itself, for a twin: names outside the model are refused.
+    fn derived(tenant: &'a str, twin: &'a str) -> Source<'a> {
+        Source {
+            tenant,
+            twin,
+            unknown: "reject",
+            device: None,
+        }
+    }
+}
+
+/// One source's accepted groups, ready for the store (`prepare`), and
+/// what `finish` needs once the store answered.
+struct Prepared {
+    protocol: &'static str,
+    batch: WriteBatch,
+    events: Vec<Draft>,
+    outcomes: Vec<Result<usize, IngestError>>,
+    reserved: usize,
+    messages: usize,
+}
+
+/// `StoreError` is not `Clone` (it wraps I/O errors): the reasons the
+/// pipeline tells apart survive, the rest become `Unavailable`.
+fn clone_store_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Busy => StoreError::Busy,
+        StoreError::NoSpace => StoreError::NoSpace,
+        _ => StoreError::Unavailable,
+    }
+}
+
 pub struct Pipeline {
     store: Store,
     twins: Arc<crate::twins::TwinGraphs>,
@@ -159,13 +201,8 @@ impl Pipeline {
         wait: Option<Duration>,
         also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
     ) -> Vec<Result<usize, IngestError>> {
-        let src = Source {
-            tenant: &device.row.tenant,
-            twin: device.twin(),
-            unknown: &device.row.unknown_telemetry,
-            device: Some(device),
-        };
-        self.ingest_from(src, protocol, groups, wait, also).await
+        self.ingest_groups(Source::of(device), protocol, groups, wait, also, false)
+            .await
     }
 
     /// Values a twin gets from inside twinhub (soft sensors): validated
@@ -191,14 +228,9 @@ impl Pipeline {
         msgs: Telemetry,
         wait: Option<Duration>,
     ) -> Result<usize, IngestError> {
-        let src = Source {
-            tenant,
-            twin,
-            unknown: "reject",
-            device: None,
-        };
+        let src = Source::derived(tenant, twin);
         let mut out = self
-            .ingest_from(src, protocol, vec![msgs], wait, |_| None)
+            .ingest_groups(src, protocol, vec![msgs], wait, |_| None, false)
             .await;
         out.pop().expect("one outcome per group")
     }
@@ -220,18 +252,6 @@ impl Pipeline {
             })
     }
 
-    async fn ingest_from(
-        &self,
-        src: Source<'_>,
-        protocol: &'static str,
-        groups: Vec<Telemetry>,
-        wait: Option<Duration>,
-        also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
-    ) -> Vec<Result<usize, IngestError>> {
-        self.ingest_groups(src, protocol, groups, wait, also, false)
-            .await
-    }
-
     /// `ingest_each` for many tiny groups (raw frames read in a burst):
     /// one telemetry event for all accepted groups, not one per group, so
     /// live subscribers keep up at a hundred thousand frames a second.
@@ -242,13 +262,7 @@ impl Pipeline {
         groups: Vec<Telemetry>,
         wait: Option<Duration>,
     ) -> Vec<Result<usize, IngestError>> {
-        let src = Source {
-            tenant: &device.row.tenant,
-            twin: device.twin(),
-            unknown: &device.row.unknown_telemetry,
-            device: Some(device),
-        };
-        self.ingest_groups(src, protocol, groups, wait, |_| None, true)
+        self.ingest_groups(Source::of(device), protocol, groups, wait, |_| None, true)
             .await
     }
 
@@ -261,40 +275,108 @@ impl Pipeline {
         also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
         one_event: bool,
     ) -> Vec<Result<usize, IngestError>> {
+        let mut p = self.prepare(&src, protocol, groups, one_event);
+        if p.batch.entries.is_empty() && p.events.is_empty() {
+            return p.outcomes;
+        }
+        let accepted: Vec<bool> = p.outcomes.iter().map(Result::is_ok).collect();
+        let also = also(&accepted);
+        let (batch, events) = (std::mem::take(&mut p.batch), std::mem::take(&mut p.events));
+        let res = self.store.append_with(batch, events, also, wait).await;
+        self.finish(&src, p, res)
+    }
+
+    /// Values twinhub derived for several twins (the rule engine's
+    /// calculated properties), stored in one commit together with `also`
+    /// (the engine's own rows), so both are durable or neither. Each twin's
+    /// values are validated alone: a refused twin gets its error and the
+    /// rest are stored. `Err` is the store's: nothing was written, `also`
+    /// included.
+    pub async fn ingest_derived_with(
+        &self,
+        source: &'static str,
+        items: Vec<(String, String, Telemetry)>,
+        also: AlsoFn,
+    ) -> Result<Vec<Result<usize, IngestError>>, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut events = Vec::new();
+        let mut prepared = Vec::with_capacity(items.len());
+        for (tenant, twin, msgs) in items {
+            let mut p = self.prepare(&Source::derived(&tenant, &twin), source, vec![msgs], false);
+            batch.entries.append(&mut p.batch.entries);
+            events.append(&mut p.events);
+            prepared.push((tenant, twin, p));
+        }
+        let res = self
+            .store
+            .append_with(batch, events, Some(also), None)
+            .await;
+        let failed = res.as_ref().err().map(clone_store_error);
+        let outcomes = prepared
+            .into_iter()
+            .map(|(tenant, twin, p)| {
+                let res = match &failed {
+                    None => Ok(()),
+                    Some(e) => Err(clone_store_error(e)),
+                };
+                self.finish(&Source::derived(&tenant, &twin), p, res)
+                    .pop()
+                    .expect("one outcome per group")
+            })
+            .collect();
+        res.map(|_| outcomes)
+    }
+
+    /// Validates, charges the quota, stamps and builds the columnar batch
+    /// and the telemetry events of one source's groups (nothing written).
+    fn prepare(
+        &self,
+        src: &Source<'_>,
+        protocol: &'static str,
+        groups: Vec<Telemetry>,
+        one_event: bool,
+    ) -> Prepared {
         let (tenant, twin) = (src.tenant, src.twin);
+        let mut p = Prepared {
+            protocol,
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+            outcomes: Vec::with_capacity(groups.len()),
+            reserved: 0,
+            messages: 0,
+        };
         if let Some(why) = self.backpressure.blocked(tenant) {
             tracing::debug!(tenant, reason = %why, "telemetry refused: a blocking route is full");
             self.metrics.refused(protocol, "backpressure");
-            return groups.iter().map(|_| Err(IngestError::Busy)).collect();
+            p.outcomes = groups.iter().map(|_| Err(IngestError::Busy)).collect();
+            return p;
         }
         let modelled = self.twins.twin_exists(tenant, twin);
         let now = self.clock.now_us();
-        let mut outcomes: Vec<Result<usize, IngestError>> = Vec::with_capacity(groups.len());
         let mut accepted: Vec<Telemetry> = Vec::new();
-        let mut reserved = 0;
         for mut msgs in groups {
             if modelled {
-                if let Err(e) = self.validate(&src, protocol, &msgs) {
-                    outcomes.push(Err(e));
+                if let Err(e) = self.validate(src, protocol, &msgs) {
+                    p.outcomes.push(Err(e));
                     continue;
                 }
             }
             let points = msgs.points();
             if let Err(q) = self.quotas.reserve_points(tenant, points) {
                 self.metrics.refused(protocol, "quota");
-                outcomes.push(Err(q.into()));
+                p.outcomes.push(Err(q.into()));
                 continue;
             }
-            reserved += points;
-            outcomes.push(Ok(points));
+            p.reserved += points;
+            p.outcomes.push(Ok(points));
             self.stamp(tenant, twin, &mut msgs, now);
             accepted.push(msgs);
         }
         if accepted.is_empty() {
-            return outcomes;
+            return p;
         }
         // One columnar batch of every accepted group, a series per name.
-        let mut batch = WriteBatch::default();
+        let batch = &mut p.batch;
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         for msgs in &accepted {
             let slots: Vec<usize> = msgs
@@ -324,11 +406,11 @@ impl Pipeline {
             .twins
             .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
         let device_id = src.device.map(|d| d.row.id.clone());
-        let mut events: Vec<Draft> = Vec::with_capacity(accepted.len() + 1);
+        p.events.reserve(accepted.len() + 1);
         if let Some(d) = src.device.filter(|d| !d.active.load(Ordering::Relaxed)) {
-            events.push(Self::activity(d, true, None));
+            p.events.push(Self::activity(d, true, None));
         }
-        let messages: usize = accepted.iter().map(Telemetry::len).sum();
+        p.messages = accepted.iter().map(Telemetry::len).sum();
         let accepted = if one_event && accepted.len() > 1 {
             let mut all = Telemetry::default();
             for t in &accepted {
@@ -344,16 +426,26 @@ impl Pipeline {
                 source: protocol.to_string(),
                 batch: msgs,
             };
-            events.push(Draft::telemetry(
+            p.events.push(Draft::telemetry(
                 tenant,
                 twin,
                 model.as_deref(),
                 Arc::new(data),
             ));
         }
-        let accepted_groups: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
-        let also = also(&accepted_groups);
-        let res = self.store.append_with(batch, events, also, wait).await;
+        p
+    }
+
+    /// What the store said about a prepared write: counted and the device
+    /// marked active, or the quota given back and every accepted group
+    /// refused with the store's reason.
+    fn finish(
+        &self,
+        src: &Source<'_>,
+        p: Prepared,
+        res: Result<(), StoreError>,
+    ) -> Vec<Result<usize, IngestError>> {
+        let protocol = p.protocol;
         let failed = match res {
             Ok(()) => None,
             Err(StoreError::Busy) => {
@@ -371,8 +463,9 @@ impl Pipeline {
             }
         };
         if let Some(e) = failed {
-            self.quotas.release_points(tenant, reserved);
-            return outcomes
+            self.quotas.release_points(src.tenant, p.reserved);
+            return p
+                .outcomes
                 .into_iter()
                 .map(|o| match o {
                     Ok(_) => Err(e.clone()),
@@ -380,13 +473,18 @@ impl Pipeline {
                 })
                 .collect();
         }
-        self.metrics.messages_in.add(protocol, messages as u64);
-        self.metrics.points_in.add(protocol, reserved as u64);
+        if p.reserved == 0 {
+            return p.outcomes;
+        }
+        self.metrics.messages_in.add(protocol, p.messages as u64);
+        self.metrics.points_in.add(protocol, p.reserved as u64);
         if let Some(device) = src.device {
-            device.last_seen.store(now, Ordering::Relaxed);
+            device
+                .last_seen
+                .store(self.clock.now_us(), Ordering::Relaxed);
             device.active.store(true, Ordering::Relaxed);
         }
-        outcomes
+        p.outcomes
     }
 
     /// Gives messages without `ts` the server's time, strictly increasing

@@ -310,7 +310,7 @@ pub async fn run(
             )));
         }
     }
-    jobs.push(tokio::spawn(
+    jobs.push(crate::rules::engine::spawn(
         crate::rules::engine::Engine::new(crate::rules::engine::EngineDeps {
             book: state.rules.clone(),
             alarms: state.alarms.clone(),
@@ -324,8 +324,8 @@ pub async fn run(
                 let ml = state.ml.clone();
                 Arc::new(move || ml.drift_gauges())
             },
-        })
-        .run(state.shutdown.clone()),
+        }),
+        state.shutdown.clone(),
     ));
     let app = api::router(state.clone());
     let mut stop_for_serve = state.shutdown.clone();

@@ -1,6 +1,6 @@
 //! What rules do besides raising alarms: calculated properties written back
-//! through the pipeline (stored before the engine's position moves past
-//! the events they came from), actions on alarm changes (a property write,
+//! through the pipeline (in the engine's own commit, with its position:
+//! exactly once), actions on alarm changes (a property write,
 //! a device command, a `rule` event for routes) throttled per rule × twin,
 //! and the retention of closed alarms. Actions run once the alarm change
 //! is committed; one lost to a crash in between is not repeated (at most
@@ -11,8 +11,18 @@ use super::engine::{Derived, Engine};
 use super::{ActionOn, ActionSpec, Rule};
 use crate::events::{Draft, Kind};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
-use twinhub_codec::TelemetryMessage;
+use twinhub_codec::{Telemetry, TelemetryMessage};
+
+/// One twin's calculated values of a batch, stored with the engine's
+/// commit (`Engine::commit`).
+pub(super) struct DerivedGroup {
+    pub tenant: String,
+    pub twin: String,
+    pub rules: Vec<Arc<Rule>>,
+    pub msgs: Telemetry,
+}
 
 impl Engine {
     /// A calculated rule on one telemetry event: evaluated when the event
@@ -57,13 +67,12 @@ impl Engine {
         }
     }
 
-    /// Stores calculated values (source `rule`) like device telemetry: one
-    /// write per twin, all at once, so the store commits them together.
-    pub(super) async fn write_derived(&self, derived: Vec<Derived>) {
-        let mut by_twin: std::collections::HashMap<
-            (String, String),
-            Vec<(Arc<Rule>, TelemetryMessage)>,
-        > = Default::default();
+    /// Calculated values as telemetry, one group per twin (source
+    /// `rule`), with the rules that made them; a value that is not a
+    /// telemetry value is the rule's error instead.
+    pub(super) fn derived_groups(&self, derived: Vec<Derived>) -> Vec<DerivedGroup> {
+        let mut by_twin: HashMap<(String, String), (Vec<Arc<Rule>>, Vec<TelemetryMessage>)> =
+            HashMap::new();
         for (tenant, twin, rule, name, value, ts) in derived {
             let v = match &value {
                 Value::Number(n) => n.as_f64().map(twinhub_model::Value::Number),
@@ -82,30 +91,22 @@ impl Engine {
                 );
                 continue;
             };
-            let msg = TelemetryMessage {
+            let slot = by_twin.entry((tenant, twin)).or_default();
+            slot.0.push(rule);
+            slot.1.push(TelemetryMessage {
                 ts: Some(ts),
                 values: vec![(name, v, Default::default())],
-            };
-            by_twin.entry((tenant, twin)).or_default().push((rule, msg));
-        }
-        let pipeline = &self.deps.pipeline;
-        let writes = by_twin
-            .into_iter()
-            .map(|((tenant, twin), msgs)| async move {
-                let rules: Vec<Arc<Rule>> = msgs.iter().map(|(r, _)| r.clone()).collect();
-                let msgs: Vec<TelemetryMessage> = msgs.into_iter().map(|(_, m)| m).collect();
-                let res =
-                    crate::ingest::derived::store(pipeline, &tenant, &twin, "rule", msgs).await;
-                (twin, rules, res)
             });
-        for (twin, rules, res) in futures_util::future::join_all(writes).await {
-            if let Err(e) = res {
-                for r in rules {
-                    self.book()
-                        .record(&r, &twin, Err(e.to_string()), self.clock.now_us());
-                }
-            }
         }
+        by_twin
+            .into_iter()
+            .map(|((tenant, twin), (rules, msgs))| DerivedGroup {
+                tenant,
+                twin,
+                rules,
+                msgs: msgs.into(),
+            })
+            .collect()
     }
 
     /// Runs the actions of the rules whose alarms changed.

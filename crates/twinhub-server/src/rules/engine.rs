@@ -79,6 +79,34 @@ pub(super) fn touches(rule: &Rule, seen: Seen<'_>) -> bool {
 /// The durable consumer's name.
 pub const CONSUMER: &str = "rules";
 
+/// Runs the engine on a thread of its own until shutdown. Evaluating a
+/// batch of a few thousand events is CPU work of tens of milliseconds: on
+/// a shared async worker it would hold up every request queued behind it
+/// (on two cores, half of them); on its own thread the OS shares the cores
+/// at a fine grain.
+pub fn spawn(
+    engine: Engine,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name("twinhub-rules".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rule engine runtime");
+            rt.block_on(engine.run(shutdown));
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = started {
+        tracing::error!(error = %e, "the rule engine's thread could not start");
+    }
+    tokio::spawn(async move {
+        let _ = done_rx.await;
+    })
+}
+
 /// What is kept per rule × twin (persisted as JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -271,10 +299,11 @@ impl Engine {
             if intents.is_empty() && dirty.is_empty() && last.is_none() {
                 continue;
             }
-            // Calculated values are stored before the position moves past
-            // the events they came from: at least once.
-            self.write_derived(derived).await;
-            let Some(changes) = self.commit(intents, dirty, last, &mut shutdown).await else {
+            let derived = self.derived_groups(derived);
+            let Some(changes) = self
+                .commit(intents, dirty, last, derived, &mut shutdown)
+                .await
+            else {
                 return;
             };
             if let (Some(id), Some(c)) = (last, consumer.as_mut()) {
@@ -285,13 +314,18 @@ impl Engine {
         }
     }
 
-    /// Writes one batch's effects with the position; retried until it
-    /// commits (or shutdown: the batch is then replayed after restart).
+    /// Writes one batch's effects — alarm changes, rule states, calculated
+    /// values — with the position, in one commit (so none is applied twice
+    /// or lost); retried until it commits (or shutdown: the batch is then
+    /// replayed after restart). Calculated values the store refuses for
+    /// lack of room are dropped (the rules say why) rather than holding up
+    /// the alarms.
     async fn commit(
         &self,
         intents: Vec<Intent>,
         dirty: HashSet<StateKey>,
         last: Option<u64>,
+        mut derived: Vec<super::actions::DerivedGroup>,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Option<Vec<super::alarms::Change>> {
         let states: Vec<(StateKey, Option<String>)> = dirty
@@ -304,24 +338,71 @@ impl Engine {
                 (k, body)
             })
             .collect();
+        let states = Arc::new(states);
         let mut backoff = Duration::from_millis(50);
         loop {
             let (alarms, intents, states) = (self.alarms.clone(), intents.clone(), states.clone());
-            let res = self
-                .store
-                .write(move |ctx| {
-                    let changes = alarms.apply(ctx, intents)?;
-                    for ((tenant, rule, twin), body) in &states {
-                        rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
+            let out = Arc::new(std::sync::Mutex::new(None));
+            let slot = out.clone();
+            let apply = move |ctx: &mut crate::store::WriteCtx<'_>| {
+                let changes = alarms.apply(ctx, intents)?;
+                for ((tenant, rule, twin), body) in states.iter() {
+                    rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
+                }
+                if let Some(id) = last {
+                    ctx.set_position(CONSUMER, id)?;
+                }
+                *slot.lock().expect("changes") = Some(changes);
+                Ok(())
+            };
+            let res = if derived.is_empty() {
+                self.store.write(apply).await
+            } else {
+                let items = derived
+                    .iter()
+                    .map(|g| (g.tenant.clone(), g.twin.clone(), g.msgs.clone()))
+                    .collect();
+                match self
+                    .deps
+                    .pipeline
+                    .ingest_derived_with("rule", items, Box::new(apply))
+                    .await
+                {
+                    Ok(outcomes) => {
+                        for (g, o) in derived.iter().zip(outcomes) {
+                            if let Err(e) = o {
+                                for r in &g.rules {
+                                    self.book().record(
+                                        r,
+                                        &g.twin,
+                                        Err(e.to_string()),
+                                        self.clock.now_us(),
+                                    );
+                                }
+                            }
+                        }
+                        Ok(())
                     }
-                    if let Some(id) = last {
-                        ctx.set_position(CONSUMER, id)?;
+                    Err(
+                        e @ (crate::store::StoreError::NoSpace | crate::store::StoreError::Busy),
+                    ) => {
+                        for g in std::mem::take(&mut derived) {
+                            for r in &g.rules {
+                                self.book().record(
+                                    r,
+                                    &g.twin,
+                                    Err(e.to_string()),
+                                    self.clock.now_us(),
+                                );
+                            }
+                        }
+                        continue;
                     }
-                    Ok(changes)
-                })
-                .await;
+                    Err(e) => Err(e),
+                }
+            };
             match res {
-                Ok(changes) => return Some(changes),
+                Ok(()) => return out.lock().expect("changes").take(),
                 Err(e) => {
                     tracing::warn!(error = %e, "rule results could not be stored; retrying");
                     tokio::select! {
