@@ -186,7 +186,7 @@ impl Layout {
                     "must be one of u8 u16 u32 u64 i8 i16 i32 i64 f32 f64 bool",
                 )
             })?;
-            let end = f.offset.checked_add(kind.size()).unwrap_or(usize::MAX);
+            let end = f.offset.saturating_add(kind.size());
             if end > MAX_FRAME {
                 return Err(bad(
                     format!("{at}.offset"),
@@ -238,7 +238,7 @@ impl Layout {
                     "ms" => 1_000,
                     _ => return Err(bad("timestamp.unit", "must be s or ms")),
                 };
-                let end = t.offset.checked_add(kind.size()).unwrap_or(usize::MAX);
+                let end = t.offset.saturating_add(kind.size());
                 if end > MAX_FRAME {
                     return Err(bad(
                         "timestamp.offset",

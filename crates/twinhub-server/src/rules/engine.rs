@@ -220,7 +220,7 @@ impl Engine {
 
     /// Runs until shutdown.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        match self.store.read(rows::load_states) {
+        match self.store.read(|c| rows::load_states(c)) {
             Ok(rows) => {
                 for (tenant, rule, twin, body) in rows {
                     if let Ok(s) = serde_json::from_str::<State>(&body) {

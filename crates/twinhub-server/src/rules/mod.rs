@@ -414,7 +414,7 @@ impl RuleBook {
         bindings: BindingLookup,
     ) -> Result<Arc<RuleBook>, StoreError> {
         let mut rules = HashMap::new();
-        for r in store.read(rows::load_rules)? {
+        for r in store.read(|c| rows::load_rules(c))? {
             let spec = match serde_json::from_str::<RuleSpec>(&r.body) {
                 Ok(s) => s,
                 Err(e) => {

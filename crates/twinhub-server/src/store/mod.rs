@@ -28,18 +28,22 @@ pub mod ml;
 pub mod mqtt;
 mod numcol;
 pub mod outbox;
+pub mod pg;
 mod query;
 pub mod registry;
 mod rollup;
 pub mod routes;
 pub mod rules;
 mod settings;
+pub mod sql;
 pub mod twins;
 pub mod varint;
 mod writer;
 
 #[cfg(test)]
 mod outbox_tests;
+#[cfg(test)]
+mod sql_tests;
 #[cfg(test)]
 mod tests;
 

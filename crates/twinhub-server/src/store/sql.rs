@@ -1,0 +1,350 @@
+//! One SQL text for both backends. Store modules run their statements
+//! through `Sql` (implemented for SQLite here and for PostgreSQL in
+//! `pg.rs`) instead of calling `rusqlite` directly, so the same registry
+//! code — and the same conformance tests — serve the embedded store and
+//! a cluster's PostgreSQL (docs/design/scale-out.md).
+//!
+//! The SQL written against it keeps to what both engines accept: `?N`
+//! placeholders (rewritten to `$N` for PostgreSQL), `ON CONFLICT … DO`,
+//! `RETURNING`, integers for booleans, no `rowid` and no JSON functions.
+//! DDL is per backend.
+//!
+//! May call: nothing outside `store`.
+
+use super::StoreError;
+
+/// A statement argument.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val<'a> {
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Null,
+}
+
+impl From<i64> for Val<'_> {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+
+impl From<u32> for Val<'_> {
+    fn from(v: u32) -> Self {
+        Val::Int(v.into())
+    }
+}
+
+impl From<bool> for Val<'_> {
+    fn from(v: bool) -> Self {
+        Val::Int(v.into())
+    }
+}
+
+impl From<f64> for Val<'_> {
+    fn from(v: f64) -> Self {
+        Val::Real(v)
+    }
+}
+
+impl<'a> From<&'a str> for Val<'a> {
+    fn from(v: &'a str) -> Self {
+        Val::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Val<'a> {
+    fn from(v: &'a String) -> Self {
+        Val::Text(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Val<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Val::Bytes(v)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Val<'a> {
+    fn from(v: &'a Vec<u8>) -> Self {
+        Val::Bytes(v)
+    }
+}
+
+impl<'a, T: Into<Val<'a>>> From<Option<T>> for Val<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// Statement arguments: `args![a, b, c]`.
+#[macro_export]
+macro_rules! sql_args {
+    ($($v:expr),* $(,)?) => {
+        &[$($crate::store::sql::Val::from($v)),*][..]
+    };
+}
+pub use crate::sql_args as args;
+
+/// A column value read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owned {
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Null,
+}
+
+/// A Rust value a column converts into.
+pub trait FromSql: Sized {
+    fn from_sql(v: Owned) -> Option<Self>;
+}
+
+impl FromSql for i64 {
+    fn from_sql(v: Owned) -> Option<Self> {
+        match v {
+            Owned::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl FromSql for u32 {
+    fn from_sql(v: Owned) -> Option<Self> {
+        i64::from_sql(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl FromSql for bool {
+    fn from_sql(v: Owned) -> Option<Self> {
+        i64::from_sql(v).map(|i| i != 0)
+    }
+}
+
+impl FromSql for f64 {
+    fn from_sql(v: Owned) -> Option<Self> {
+        match v {
+            Owned::Real(f) => Some(f),
+            Owned::Int(i) => Some(i as f64),
+            _ => None,
+        }
+    }
+}
+
+impl FromSql for String {
+    fn from_sql(v: Owned) -> Option<Self> {
+        match v {
+            Owned::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl FromSql for Vec<u8> {
+    fn from_sql(v: Owned) -> Option<Self> {
+        match v {
+            Owned::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromSql> FromSql for Option<T> {
+    fn from_sql(v: Owned) -> Option<Self> {
+        match v {
+            Owned::Null => Some(None),
+            v => T::from_sql(v).map(Some),
+        }
+    }
+}
+
+/// One result row.
+pub trait Row {
+    fn value(&self, i: usize) -> Result<Owned, StoreError>;
+}
+
+impl dyn Row + '_ {
+    /// Column `i` as `T`; a NULL or a value of another type is an error
+    /// naming the column (use `Option<T>` for nullable columns).
+    pub fn get<T: FromSql>(&self, i: usize) -> Result<T, StoreError> {
+        let v = self.value(i)?;
+        let shown = format!("{v:?}");
+        T::from_sql(v).ok_or_else(|| StoreError::Invalid {
+            field: format!("column {i}"),
+            rule: format!("holds {shown}, not a {}", std::any::type_name::<T>()),
+        })
+    }
+}
+
+/// A connection (or the writer's open transaction) of either backend.
+pub trait Sql {
+    /// Runs a statement; the number of rows it changed.
+    fn exec(&self, sql: &str, args: &[Val<'_>]) -> Result<usize, StoreError>;
+    /// Runs a query, handing each row to `f` in order.
+    fn each(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        f: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Runs statements without arguments (DDL, `BEGIN`).
+    fn batch(&self, sql: &str) -> Result<(), StoreError>;
+    /// Which backend: DDL and a few statements differ.
+    fn dialect(&self) -> Dialect;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl dyn Sql + '_ {
+    /// Every row, mapped.
+    pub fn rows<T>(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        mut f: impl FnMut(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each(sql, args, &mut |r| {
+            out.push(f(r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first row, mapped, if there is one.
+    pub fn row<T>(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        f: impl FnOnce(&dyn Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.each(sql, args, &mut |r| {
+            if let Some(f) = f.take() {
+                out = Some(f(r)?);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The first column of the first row (`COUNT(*)`, `RETURNING id`).
+    pub fn one<T: FromSql>(&self, sql: &str, args: &[Val<'_>]) -> Result<T, StoreError> {
+        self.row(sql, args, |r| r.get(0))?
+            .ok_or_else(|| StoreError::NotFound("the statement returned no row".into()))
+    }
+}
+
+impl rusqlite::ToSql for Val<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Val::Int(i) => ValueRef::Integer(i),
+            Val::Real(f) => ValueRef::Real(f),
+            Val::Text(s) => ValueRef::Text(s.as_bytes()),
+            Val::Bytes(b) => ValueRef::Blob(b),
+            Val::Null => ValueRef::Null,
+        }))
+    }
+}
+
+impl Row for rusqlite::Row<'_> {
+    fn value(&self, i: usize) -> Result<Owned, StoreError> {
+        use rusqlite::types::ValueRef;
+        Ok(match self.get_ref(i)? {
+            ValueRef::Null => Owned::Null,
+            ValueRef::Integer(i) => Owned::Int(i),
+            ValueRef::Real(f) => Owned::Real(f),
+            ValueRef::Text(t) => Owned::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Owned::Bytes(b.to_vec()),
+        })
+    }
+}
+
+impl Sql for rusqlite::Connection {
+    fn exec(&self, sql: &str, args: &[Val<'_>]) -> Result<usize, StoreError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        stmt.execute(rusqlite::params_from_iter(args.iter()))
+            .map_err(conflict_or)
+    }
+
+    fn each(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        f: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args.iter()))
+            .map_err(conflict_or)?;
+        while let Some(r) = rows.next().map_err(conflict_or)? {
+            f(r)?;
+        }
+        Ok(())
+    }
+
+    fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        Ok(self.execute_batch(sql)?)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+}
+
+/// A unique or primary key violation is a conflict on both backends.
+fn conflict_or(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            StoreError::Conflict(msg.clone().unwrap_or_else(|| "already exists".into()))
+        }
+        _ => e.into(),
+    }
+}
+
+/// `?N` placeholders as PostgreSQL's `$N`, outside quoted text.
+pub fn to_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let (mut single, mut double) = (false, false);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '?' if !single && !double && chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_rewritten_outside_quotes_only() {
+        assert_eq!(
+            to_postgres("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND \"d?3\" = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND \"d?3\" = $12"
+        );
+        assert_eq!(
+            to_postgres("SELECT 'it''s ?1', ?2"),
+            "SELECT 'it''s ?1', $2"
+        );
+    }
+}

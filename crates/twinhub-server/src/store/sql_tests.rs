@@ -1,0 +1,379 @@
+//! The SQL layer's conformance suite: the same statements, written once,
+//! behave alike on SQLite and on PostgreSQL (the real server on
+//! 127.0.0.1:5432, a schema of its own per run; `TWINHUB_TEST_PG_URL`
+//! points elsewhere).
+
+use super::pg::PgConn;
+use super::sql::{args, Dialect, Sql};
+use super::StoreError;
+
+fn pg_url() -> String {
+    std::env::var("TWINHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A schema no other run uses, dropped when the test ends.
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    fn new() -> Schema {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Schema {
+            name: format!("twinhub_test_{}_{nanos}", std::process::id()),
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Ok(c) = PgConn::connect(&pg_url(), None) {
+            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
+        }
+    }
+}
+
+fn ddl(db: &dyn Sql) -> &'static str {
+    match db.dialect() {
+        Dialect::Sqlite => {
+            "CREATE TABLE things(id INTEGER PRIMARY KEY AUTOINCREMENT, k TEXT NOT NULL UNIQUE,
+               n INTEGER, r REAL, b BLOB, flag INTEGER NOT NULL DEFAULT 0)"
+        }
+        Dialect::Postgres => {
+            "CREATE TABLE things(id BIGSERIAL PRIMARY KEY, k TEXT COLLATE \"C\" NOT NULL UNIQUE,
+               n INT8, r DOUBLE PRECISION, b BYTEA, flag INT8 NOT NULL DEFAULT 0)"
+        }
+    }
+}
+
+/// Everything the store's modules rely on, on one backend.
+fn conformance(db: &dyn Sql) {
+    db.batch(ddl(db)).unwrap();
+    let insert = "INSERT INTO things(k, n, r, b, flag) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id";
+    let a: i64 = db
+        .one(insert, args!["a", 1i64, 0.5, &b"\x00\xff"[..], true])
+        .unwrap();
+    let b: i64 = db
+        .one(
+            insert,
+            args!["B", None::<i64>, None::<f64>, None::<&[u8]>, false],
+        )
+        .unwrap();
+    assert_eq!((a, b), (1, 2), "ids count from 1 in insertion order");
+
+    // Upserts: the same text on both.
+    let upsert = "INSERT INTO things(k, n) VALUES (?1, ?2)
+                  ON CONFLICT(k) DO UPDATE SET n = excluded.n";
+    assert_eq!(db.exec(upsert, args!["a", 7i64]).unwrap(), 1);
+    let ignore = "INSERT INTO things(k, n) VALUES (?1, ?2) ON CONFLICT(k) DO NOTHING";
+    assert_eq!(db.exec(ignore, args!["a", 9i64]).unwrap(), 0);
+
+    // A plain duplicate is a conflict, not an outage.
+    let dup = db.exec("INSERT INTO things(k) VALUES (?1)", args!["a"]);
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+
+    // Typed reads, NULLs, bytes, booleans, and byte-order sorting.
+    let rows = db
+        .rows(
+            "SELECT id, k, n, r, b, flag FROM things ORDER BY k",
+            args![],
+            |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<i64>>(2)?,
+                    r.get::<Option<f64>>(3)?,
+                    r.get::<Option<Vec<u8>>>(4)?,
+                    r.get::<bool>(5)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (2, "B".to_string(), None, None, None, false),
+            (
+                1,
+                "a".to_string(),
+                Some(7),
+                Some(0.5),
+                Some(vec![0, 255]),
+                true
+            ),
+        ]
+    );
+    let err = db
+        .row("SELECT n FROM things WHERE k = ?1", args!["B"], |r| {
+            r.get::<i64>(0)
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("column 0"), "{err}");
+
+    // Text survives as written; the argument is text, not SQL.
+    let odd = "it's \"quoted\" ?1 — 温度";
+    db.exec("INSERT INTO things(k) VALUES (?1)", args![odd])
+        .unwrap();
+    let back: Option<String> = db
+        .row("SELECT k FROM things WHERE k = ?1", args![odd], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(back.as_deref(), Some(odd));
+    let count: i64 = db.one("SELECT COUNT(*) FROM things", args![]).unwrap();
+    assert_eq!(count, 3);
+    let none = db
+        .row("SELECT k FROM things WHERE k = ?1", args!["nope"], |r| {
+            r.get::<String>(0)
+        })
+        .unwrap();
+    assert_eq!(none, None);
+
+    // Transactions: a rollback leaves nothing, a commit keeps it.
+    db.batch("BEGIN").unwrap();
+    db.exec("INSERT INTO things(k) VALUES (?1)", args!["gone"])
+        .unwrap();
+    db.batch("ROLLBACK").unwrap();
+    db.batch("BEGIN").unwrap();
+    db.exec("DELETE FROM things WHERE k = ?1", args!["B"])
+        .unwrap();
+    db.batch("COMMIT").unwrap();
+    let keys = db
+        .rows("SELECT k FROM things ORDER BY id", args![], |r| {
+            r.get::<String>(0)
+        })
+        .unwrap();
+    assert_eq!(keys, vec!["a".to_string(), odd.to_string()]);
+
+    // LIMIT takes an argument on both.
+    let first = db
+        .rows(
+            "SELECT k FROM things ORDER BY id LIMIT ?1",
+            args![1i64],
+            |r| r.get::<String>(0),
+        )
+        .unwrap();
+    assert_eq!(first, vec!["a".to_string()]);
+}
+
+#[test]
+fn sqlite_passes_the_sql_conformance_suite() {
+    let c = rusqlite::Connection::open_in_memory().unwrap();
+    conformance(&c);
+}
+
+#[test]
+fn postgres_passes_the_sql_conformance_suite() {
+    let schema = Schema::new();
+    let c = PgConn::connect(&pg_url(), Some(&schema.name))
+        .expect("PostgreSQL on 127.0.0.1:5432 (database test); .ci/run starts it");
+    conformance(&c);
+}
+
+#[test]
+fn a_schema_name_is_an_identifier_only() {
+    let err = PgConn::connect(&pg_url(), Some("x\"; DROP TABLE y; --"))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("store.schema"), "{err}");
+}
+
+#[test]
+fn postgres_answers_from_inside_an_async_runtime_too() {
+    // The writer thread calls the store inside its own runtime.
+    let schema = Schema::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let n: i64 = rt.block_on(async {
+        let c = PgConn::connect(&pg_url(), Some(&schema.name)).unwrap();
+        (&c as &dyn Sql)
+            .one("SELECT ?1::INT8 + 1", args![41i64])
+            .unwrap()
+    });
+    assert_eq!(n, 42);
+}
+
+/// A migrated store of each backend: SQLite in a temp dir, PostgreSQL in
+/// a schema of its own.
+fn each_backend(f: impl Fn(&dyn Sql)) {
+    let dir = tempfile::tempdir().unwrap();
+    let lite = super::db::open_writer(&dir.path().join("twinhub.db")).unwrap();
+    f(&lite);
+    let schema = Schema::new();
+    let pg = PgConn::connect(&pg_url(), Some(&schema.name)).unwrap();
+    assert_eq!(super::pg::migrate(&pg).unwrap(), super::db::FORMAT_VERSION);
+    f(&pg);
+}
+
+#[test]
+fn nodes_starting_together_create_the_postgres_schema_once() {
+    let schema = Schema::new();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let name = schema.name.clone();
+            std::thread::spawn(move || {
+                let c = PgConn::connect(&pg_url(), Some(&name)).unwrap();
+                super::pg::migrate(&c)
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap(), super::db::FORMAT_VERSION);
+    }
+    let c = PgConn::connect(&pg_url(), Some(&schema.name)).unwrap();
+    let db: &dyn Sql = &c;
+    let formats: i64 = db
+        .one(
+            "SELECT COUNT(*) FROM meta WHERE key = 'format_version'",
+            args![],
+        )
+        .unwrap();
+    assert_eq!(formats, 1);
+    // A format newer than this binary is refused, as on SQLite.
+    db.exec(
+        "UPDATE meta SET value = '999' WHERE key = 'format_version'",
+        args![],
+    )
+    .unwrap();
+    let err = super::pg::migrate(&c).unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn rule_and_alarm_rows_behave_alike_on_both_backends() {
+    use super::rules::*;
+    each_backend(|db| {
+        let rule = |id: &str, version: i64| RuleRow {
+            tenant: "t1".into(),
+            id: id.into(),
+            version,
+            enabled: version % 2 == 1,
+            body: format!("{{\"v\":{version}}}"),
+            created_at: 1,
+            updated_at: version,
+        };
+        put_rule(db, &rule("hot", 1)).unwrap();
+        put_rule(db, &rule("hot", 2)).unwrap();
+        put_rule(db, &rule("cold", 1)).unwrap();
+        assert_eq!(count_rules(db).unwrap(), 2);
+        let mut rules = load_rules(db).unwrap();
+        rules.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            rules
+                .iter()
+                .map(|r| (r.id.as_str(), r.version, r.enabled))
+                .collect::<Vec<_>>(),
+            vec![("cold", 1, true), ("hot", 2, false)]
+        );
+        put_state(db, "t1", "hot", "r1", Some("{\"a\":1}")).unwrap();
+        put_state(db, "t1", "hot", "r1", Some("{\"a\":2}")).unwrap();
+        put_state(db, "t1", "hot", "r2", Some("{}")).unwrap();
+        put_state(db, "t1", "hot", "r2", None).unwrap();
+        assert_eq!(
+            load_states(db).unwrap(),
+            vec![("t1".into(), "hot".into(), "r1".into(), "{\"a\":2}".into())]
+        );
+        assert!(delete_rule(db, "t1", "hot").unwrap());
+        assert!(!delete_rule(db, "t1", "hot").unwrap());
+        assert!(
+            load_states(db).unwrap().is_empty(),
+            "a rule's state goes with it"
+        );
+
+        let alarm = |id: i64, originator: &str, status: &str, at: i64| AlarmRow {
+            id,
+            tenant: "t1".into(),
+            originator: originator.into(),
+            kind: "Hot".into(),
+            severity: "major".into(),
+            status: status.into(),
+            start_ts: at,
+            updated_at: at,
+            body: "{}".into(),
+        };
+        assert_eq!(max_alarm_id(db).unwrap(), 0);
+        put_alarm(db, &alarm(1, "r1", "ACTIVE_UNACK", 10)).unwrap();
+        // One open alarm per (tenant, originator, type), whatever writes it.
+        let dup = put_alarm(db, &alarm(2, "r1", "ACTIVE_UNACK", 11)).unwrap_err();
+        assert!(
+            matches!(&dup, StoreError::Conflict(m) if m.contains("r1 already has an open Hot alarm")),
+            "{dup}"
+        );
+        put_alarm(db, &alarm(1, "r1", "CLEARED_ACK", 12)).unwrap();
+        put_alarm(db, &alarm(2, "r1", "ACTIVE_UNACK", 13)).unwrap();
+        put_alarm(db, &alarm(3, "r2", "ACTIVE_ACK", 14)).unwrap();
+        assert_eq!(max_alarm_id(db).unwrap(), 3);
+        let mut open: Vec<i64> = open_alarms(db).unwrap().iter().map(|a| a.id).collect();
+        open.sort();
+        assert_eq!(open, vec![2, 3]);
+        assert_eq!(
+            get_alarm(db, "t1", 1).unwrap().unwrap().status,
+            "CLEARED_ACK"
+        );
+        assert_eq!(
+            get_alarm(db, "t2", 1).unwrap(),
+            None,
+            "another tenant's alarm"
+        );
+        let ids = |f: AlarmFilter| -> Vec<i64> {
+            list_alarms(db, "t1", &AlarmFilter { limit: 10, ..f })
+                .unwrap()
+                .iter()
+                .map(|a| a.id)
+                .collect()
+        };
+        assert_eq!(ids(AlarmFilter::default()), vec![3, 2, 1]);
+        assert_eq!(
+            ids(AlarmFilter {
+                statuses: vec!["ACTIVE_UNACK".into(), "ACTIVE_ACK".into()],
+                originators: Some(vec!["r1".into()]),
+                ..Default::default()
+            }),
+            vec![2]
+        );
+        assert_eq!(
+            ids(AlarmFilter {
+                from: Some(11),
+                to: Some(14),
+                ..Default::default()
+            }),
+            vec![2]
+        );
+        assert_eq!(
+            ids(AlarmFilter {
+                before: Some(3),
+                kind: Some("Hot".into()),
+                ..Default::default()
+            }),
+            vec![2, 1]
+        );
+        assert_eq!(
+            list_alarms(
+                db,
+                "t1",
+                &AlarmFilter {
+                    limit: 1,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        assert!(ids(AlarmFilter {
+            originators: Some(vec![]),
+            ..Default::default()
+        })
+        .is_empty());
+        assert_eq!(delete_closed_alarms(db, 13).unwrap(), 1);
+        assert_eq!(delete_closed_alarms(db, 13).unwrap(), 0);
+    });
+}
