@@ -210,7 +210,7 @@ impl ConnectorBook {
     /// Loads the stored connectors, starts the enabled ones, and the task
     /// that writes mapped property changes back.
     pub fn start(deps: ConnectorDeps) -> Result<Arc<ConnectorBook>, StoreError> {
-        let stored = deps.store.read(rows::load_connectors)?;
+        let stored = deps.store.read(|c| rows::load_connectors(c))?;
         let book = Arc::new(ConnectorBook {
             deps,
             running: RwLock::new(HashMap::new()),

@@ -187,7 +187,7 @@ fn key(tenant: &str, id: &str) -> (String, String) {
 impl RouteBook {
     /// Loads the stored routes and starts their workers.
     pub fn start(deps: RouteDeps) -> Result<Arc<RouteBook>, StoreError> {
-        let stored = deps.store.read(rows::load_routes)?;
+        let stored = deps.store.read(|c| rows::load_routes(c))?;
         let book = Arc::new(RouteBook {
             deps,
             broker: Default::default(),

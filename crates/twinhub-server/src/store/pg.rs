@@ -104,9 +104,13 @@ impl PgConn {
         };
         if let Some(s) = schema {
             let quoted = quote_ident(s)?;
-            conn.batch(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {quoted}; SET search_path TO {quoted}"
-            ))?;
+            // IF NOT EXISTS is not safe against a concurrent creation
+            // (nodes starting together): the loser sees a unique violation.
+            match conn.batch(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}")) {
+                Ok(()) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            conn.batch(&format!("SET search_path TO {quoted}"))?;
         }
         Ok(conn)
     }

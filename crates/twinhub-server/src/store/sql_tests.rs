@@ -377,3 +377,89 @@ fn rule_and_alarm_rows_behave_alike_on_both_backends() {
         assert_eq!(delete_closed_alarms(db, 13).unwrap(), 0);
     });
 }
+
+#[test]
+fn route_and_connector_rows_behave_alike_on_both_backends() {
+    use super::connectors::*;
+    use super::routes::*;
+    each_backend(|db| {
+        let route = |id: &str, version: i64, paused: bool| RouteRow {
+            tenant: "t1".into(),
+            id: id.into(),
+            version,
+            paused,
+            body: "{}".into(),
+            created_at: 1,
+            updated_at: version,
+        };
+        put_route(db, &route("erp", 1, false)).unwrap();
+        put_route(db, &route("erp", 2, true)).unwrap();
+        let routes = load_routes(db).unwrap();
+        assert_eq!(
+            routes
+                .iter()
+                .map(|r| (r.id.as_str(), r.version, r.paused))
+                .collect::<Vec<_>>(),
+            vec![("erp", 2, true)]
+        );
+        let letters: Vec<(u64, String)> = (1..=5).map(|i| (i, format!("{{\"id\":{i}}}"))).collect();
+        add_dead_letters(db, "t1", "erp", &letters, 100, 3, "HTTP 500").unwrap();
+        add_dead_letters(db, "t2", "erp", &letters[..1], 100, 1, "other tenant").unwrap();
+        assert_eq!(count_dead_letters(db, "t1", "erp").unwrap(), 5);
+        let page = dead_letters(db, "t1", "erp", 0, 2).unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|d| (d.event_id, d.attempts))
+                .collect::<Vec<_>>(),
+            vec![(1, 3), (2, 3)]
+        );
+        let rest = dead_letters(db, "t1", "erp", page[1].seq, 10).unwrap();
+        assert_eq!(rest.len(), 3);
+        assert_eq!(rest[0].error, "HTTP 500");
+        remove_dead_letters(db, "t1", "erp", &[page[0].seq, rest[2].seq]).unwrap();
+        assert_eq!(count_dead_letters(db, "t1", "erp").unwrap(), 3);
+        assert!(delete_route(db, "t1", "erp").unwrap());
+        assert_eq!(
+            count_dead_letters(db, "t1", "erp").unwrap(),
+            0,
+            "letters go with it"
+        );
+        assert_eq!(count_dead_letters(db, "t2", "erp").unwrap(), 1);
+
+        // The backlog counts whole operations' events after a position.
+        for (first, last) in [(1i64, 3i64), (4, 4), (5, 9)] {
+            db.exec(
+                "INSERT INTO outbox(last_id, first_id, data) VALUES (?1, ?2, ?3)",
+                args![last, first, &b"0123456789"[..]],
+            )
+            .unwrap();
+        }
+        assert_eq!(backlog(db, 0).unwrap(), (9, 30));
+        assert_eq!(
+            backlog(db, 2).unwrap(),
+            (7, 30),
+            "part of the first operation"
+        );
+        assert_eq!(backlog(db, 9).unwrap(), (0, 0));
+        assert_eq!(skip_to_keep(db, 0, 6).unwrap(), Some(3));
+        assert_eq!(skip_to_keep(db, 0, 9).unwrap(), None);
+
+        let connector = |kind: &str, at: i64| ConnectorRow {
+            tenant: "t1".into(),
+            id: "plc".into(),
+            kind: kind.into(),
+            body: "{}".into(),
+            created_at: 1,
+            updated_at: at,
+        };
+        put_connector(db, &connector("opcua", 1)).unwrap();
+        put_connector(db, &connector("lorawan", 2)).unwrap();
+        let all = load_connectors(db).unwrap();
+        assert_eq!(
+            (all.len(), all[0].kind.as_str(), all[0].updated_at),
+            (1, "lorawan", 2)
+        );
+        assert!(delete_connector(db, "t1", "plc").unwrap());
+        assert!(load_connectors(db).unwrap().is_empty());
+    });
+}
