@@ -121,7 +121,7 @@ impl AuditLog {
         let dir = store.dir().to_path_buf();
         let key = crate::keyfile::load_or_create(&dir, KEY_FILE, configured_key)?;
         let heads: HashMap<String, (i64, Vec<u8>)> = store
-            .read(rows::heads)?
+            .read(|c| rows::heads(c))?
             .into_iter()
             .map(|(c, s, m)| (c, (s, m)))
             .collect();
@@ -301,6 +301,6 @@ impl AuditLog {
     }
 
     pub fn chains(&self) -> Result<Vec<String>, StoreError> {
-        self.store.read(rows::chains)
+        self.store.read(|c| rows::chains(c))
     }
 }

@@ -100,7 +100,7 @@ pub struct Bindings {
 impl Bindings {
     pub fn load(store: Store) -> Result<Arc<Bindings>, crate::store::StoreError> {
         let mut m = HashMap::new();
-        for (tenant, id, body) in store.read(rows::load_bindings)? {
+        for (tenant, id, body) in store.read(|c| rows::load_bindings(c))? {
             match serde_json::from_str::<Binding>(&body) {
                 Ok(b) => {
                     m.insert((tenant, id), Arc::new(b));

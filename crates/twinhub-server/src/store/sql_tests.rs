@@ -463,3 +463,138 @@ fn route_and_connector_rows_behave_alike_on_both_backends() {
         assert!(load_connectors(db).unwrap().is_empty());
     });
 }
+
+#[test]
+fn graph_audit_and_ml_rows_behave_alike_on_both_backends() {
+    each_backend(|db| {
+        use super::twins::*;
+        let model = ModelRow {
+            tenant: "t1".into(),
+            id: "dtmi:x:Reactor;1".into(),
+            body: "{}".into(),
+            decommissioned: false,
+            uploaded_at: 5,
+        };
+        put_model(db, &model).unwrap();
+        put_model(
+            db,
+            &ModelRow {
+                decommissioned: true,
+                ..model.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            load_models(db).unwrap(),
+            vec![ModelRow {
+                decommissioned: true,
+                ..model
+            }]
+        );
+        let twin = TwinRow {
+            tenant: "t1".into(),
+            id: "r1".into(),
+            model: "dtmi:x:Reactor;1".into(),
+            etag: "W/\"1\"".into(),
+            body: "{\"temperature\":350.5}".into(),
+        };
+        put_twin(db, &twin).unwrap();
+        put_twin(
+            db,
+            &TwinRow {
+                etag: "W/\"2\"".into(),
+                ..twin.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(load_twins(db).unwrap()[0].etag, "W/\"2\"");
+        let rel = RelationshipRow {
+            tenant: "t1".into(),
+            source: "r1".into(),
+            id: "p".into(),
+            name: "isPartOf".into(),
+            target: "line1".into(),
+            etag: "e".into(),
+            body: "{}".into(),
+        };
+        put_relationship(db, &rel).unwrap();
+        assert_eq!(load_relationships(db).unwrap(), vec![rel]);
+        delete_relationship(db, "t1", "r1", "p").unwrap();
+        delete_twin(db, "t1", "r1").unwrap();
+        delete_model(db, "t1", "dtmi:x:Reactor;1").unwrap();
+        assert!(load_twins(db).unwrap().is_empty() && load_relationships(db).unwrap().is_empty());
+
+        use super::audit::{self, AuditRow};
+        assert_eq!(audit::last_seq(db, "t1").unwrap(), None);
+        for (chain, seq) in [("t1", 1), ("t1", 2), ("system", 1)] {
+            let row = AuditRow {
+                chain: chain.into(),
+                seq,
+                ts: seq * 10,
+                actor: "admin".into(),
+                action: "twin.patch".into(),
+                target: "r1".into(),
+                detail: "{}".into(),
+                mac: vec![seq as u8; 32],
+            };
+            audit::append(db, &row).unwrap();
+        }
+        assert_eq!(audit::last_seq(db, "t1").unwrap(), Some(2));
+        assert_eq!(audit::count(db, "t1").unwrap(), 2);
+        assert_eq!(
+            audit::chains(db).unwrap(),
+            vec!["system".to_string(), "t1".to_string()]
+        );
+        let mut heads = audit::heads(db).unwrap();
+        heads.sort();
+        assert_eq!(
+            heads,
+            vec![
+                ("system".into(), 1, vec![1; 32]),
+                ("t1".into(), 2, vec![2; 32])
+            ]
+        );
+        assert_eq!(audit::page(db, "t1", 1, 10).unwrap()[0].seq, 2);
+
+        use super::ml;
+        let version = ml::ModelRow {
+            tenant: "t1".into(),
+            name: "yield".into(),
+            version: "1".into(),
+            manifest: "{}".into(),
+            onnx: vec![8, 1, 0, 255],
+            sha256: "ab".into(),
+            created_at: 1,
+        };
+        ml::insert_model(db, &version).unwrap();
+        let again = ml::insert_model(db, &version).unwrap_err();
+        assert!(
+            matches!(&again, StoreError::Conflict(m) if m.contains("version 1 already exists")),
+            "{again}"
+        );
+        assert_eq!(
+            ml::model_files(db, "t1", "yield", "1").unwrap(),
+            Some(("{}".to_string(), vec![8, 1, 0, 255]))
+        );
+        let routing = ml::RoutingRow {
+            tenant: "t1".into(),
+            name: "yield".into(),
+            active: "1".into(),
+            candidate: None,
+            share: 0.0,
+        };
+        ml::put_routing(db, &routing).unwrap();
+        let ab = ml::RoutingRow {
+            candidate: Some("2".into()),
+            share: 0.25,
+            ..routing
+        };
+        ml::put_routing(db, &ab).unwrap();
+        assert_eq!(ml::load_routing(db).unwrap(), vec![ab]);
+        ml::put_binding(db, "t1", "b1", "{}", 1).unwrap();
+        assert_eq!(ml::load_bindings(db).unwrap().len(), 1);
+        assert!(ml::delete_binding(db, "t1", "b1").unwrap());
+        assert!(ml::delete_model_version(db, "t1", "yield", "1").unwrap());
+        assert!(ml::load_models(db).unwrap().is_empty());
+    });
+}
