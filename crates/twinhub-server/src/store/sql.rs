@@ -35,6 +35,18 @@ impl From<u32> for Val<'_> {
     }
 }
 
+impl From<u16> for Val<'_> {
+    fn from(v: u16) -> Self {
+        Val::Int(v.into())
+    }
+}
+
+impl From<u8> for Val<'_> {
+    fn from(v: u8) -> Self {
+        Val::Int(v.into())
+    }
+}
+
 impl From<bool> for Val<'_> {
     fn from(v: bool) -> Self {
         Val::Int(v.into())
@@ -113,6 +125,18 @@ impl FromSql for i64 {
 impl FromSql for u32 {
     fn from_sql(v: Owned) -> Option<Self> {
         i64::from_sql(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl FromSql for u16 {
+    fn from_sql(v: Owned) -> Option<Self> {
+        i64::from_sql(v).and_then(|i| u16::try_from(i).ok())
+    }
+}
+
+impl FromSql for u8 {
+    fn from_sql(v: Owned) -> Option<Self> {
+        i64::from_sql(v).and_then(|i| u8::try_from(i).ok())
     }
 }
 

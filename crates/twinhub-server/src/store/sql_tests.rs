@@ -598,3 +598,81 @@ fn graph_audit_and_ml_rows_behave_alike_on_both_backends() {
         assert!(ml::load_models(db).unwrap().is_empty());
     });
 }
+
+#[test]
+fn mqtt_state_rows_behave_alike_on_both_backends() {
+    use super::mqtt::*;
+    each_backend(|db| {
+        let retained = RetainedRow {
+            tenant: "t1".into(),
+            topic: "devices/d1/state".into(),
+            payload: b"{\"on\":true}".to_vec(),
+            qos: 1,
+            props: None,
+            expires_at: Some(99),
+        };
+        put_retained(db, &retained).unwrap();
+        let newer = RetainedRow {
+            payload: vec![],
+            qos: 0,
+            props: Some("{}".into()),
+            ..retained
+        };
+        put_retained(db, &newer).unwrap();
+        assert_eq!(load_retained(db).unwrap(), vec![newer]);
+        delete_retained(db, "t1", "devices/d1/state").unwrap();
+        assert!(load_retained(db).unwrap().is_empty());
+
+        let session = SessionRow {
+            client_id: "c1".into(),
+            tenant: "t1".into(),
+            owner: "d1".into(),
+            expiry_s: 3600,
+            disconnected_at: None,
+            subs: "[]".into(),
+        };
+        put_session(db, &session).unwrap();
+        let queued = |id: i64| QueuedRow {
+            id,
+            client_id: "c1".into(),
+            topic: "t".into(),
+            payload: vec![id as u8],
+            qos: 2,
+            retain: false,
+            props: None,
+            expires_at: None,
+            sub_ids: "[1]".into(),
+            pkid: None,
+            released: false,
+        };
+        for id in 1..=3 {
+            enqueue(db, &queued(id)).unwrap();
+        }
+        enqueue(
+            db,
+            &QueuedRow {
+                retain: true,
+                ..queued(2)
+            },
+        )
+        .unwrap();
+        set_inflight(db, 1, 65535, true).unwrap();
+        dequeue(db, &[3]).unwrap();
+        let q = load_queue(db).unwrap();
+        assert_eq!(
+            q.iter()
+                .map(|m| (m.id, m.pkid, m.released, m.retain))
+                .collect::<Vec<_>>(),
+            vec![(1, Some(65535), true, false), (2, None, false, true)]
+        );
+        qos2_in(db, "c1", 7, true).unwrap();
+        qos2_in(db, "c1", 7, true).unwrap();
+        qos2_in(db, "c1", 8, true).unwrap();
+        qos2_in(db, "c1", 8, false).unwrap();
+        assert_eq!(load_qos2_in(db).unwrap(), vec![("c1".to_string(), 7)]);
+        assert_eq!(load_sessions(db).unwrap(), vec![session]);
+        delete_session(db, "c1").unwrap();
+        assert!(load_sessions(db).unwrap().is_empty());
+        assert!(load_queue(db).unwrap().is_empty() && load_qos2_in(db).unwrap().is_empty());
+    });
+}
