@@ -11,9 +11,9 @@
 //! reads the outbox until it has caught up, then follows the live bus,
 //! and goes back to the outbox whenever it falls behind the bus.
 
+use super::sql::{args, Sql};
 use super::{Engine, Store, StoreError, WriteCtx};
 use crate::events::{Draft, Event, Kind};
-use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -43,7 +43,7 @@ struct OwnedRow(
 
 /// Writes the events of one operation as one row (inside the writer's
 /// transaction).
-pub(super) fn insert(tx: &Connection, events: &[Event]) -> Result<(), StoreError> {
+pub(super) fn insert(tx: &dyn Sql, events: &[Event]) -> Result<(), StoreError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(());
     };
@@ -62,20 +62,24 @@ pub(super) fn insert(tx: &Connection, events: &[Event]) -> Result<(), StoreError
         })
         .collect();
     let data = serde_json::to_vec(&rows).expect("events serialise");
-    tx.prepare_cached("INSERT INTO outbox(last_id, first_id, data) VALUES (?1, ?2, ?3)")?
-        .execute(params![last.id as i64, first.id as i64, data])?;
+    tx.exec(
+        "INSERT INTO outbox(last_id, first_id, data) VALUES (?1, ?2, ?3)",
+        args![last.id as i64, first.id as i64, &data],
+    )?;
     Ok(())
 }
 
 /// The highest event id the directory has seen (outbox rows and consumer
 /// positions), so ids keep increasing across restarts even when the clock
 /// does not.
-pub(super) fn high_water(conn: &Connection) -> Result<(u64, bool), StoreError> {
-    let (rows, consumers): (Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT (SELECT MAX(last_id) FROM outbox), (SELECT MAX(position) FROM consumers)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+pub(super) fn high_water(conn: &dyn Sql) -> Result<(u64, bool), StoreError> {
+    let (rows, consumers): (Option<i64>, Option<i64>) = conn
+        .row(
+            "SELECT (SELECT MAX(last_id) FROM outbox), (SELECT MAX(position) FROM consumers)",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .unwrap_or((None, None));
     let on = consumers.is_some();
     Ok((
         rows.unwrap_or(0).max(consumers.unwrap_or(0)).max(0) as u64,
@@ -85,46 +89,51 @@ pub(super) fn high_water(conn: &Connection) -> Result<(u64, bool), StoreError> {
 
 /// Events with ids after `after`, in order; whole rows, so possibly a few
 /// more than `max`.
-fn read_after(conn: &Connection, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT data FROM outbox WHERE last_id > ?1 ORDER BY last_id")?;
-    let mut rows = stmt.query([after as i64])?;
+pub(super) fn read_after(conn: &dyn Sql, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let blob: Vec<u8> = r.get(0)?;
-        let decoded: Vec<OwnedRow> = serde_json::from_slice(&blob)
-            .map_err(|e| StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        for OwnedRow(id, tenant, kind, twin, model, data, at) in decoded {
-            if id > after {
-                out.push(Event {
-                    id,
-                    at,
-                    tenant,
-                    kind,
-                    twin,
-                    model,
-                    data: crate::events::Data::from_stored(kind, data),
-                });
+    // A row holds at least one event: `max` rows are enough.
+    conn.each(
+        "SELECT data FROM outbox WHERE last_id > ?1 ORDER BY last_id LIMIT ?2",
+        args![after as i64, max as i64],
+        &mut |r| {
+            if out.len() >= max {
+                return Ok(());
             }
-        }
-        if out.len() >= max {
-            break;
-        }
-    }
+            let blob: Vec<u8> = r.get(0)?;
+            let decoded: Vec<OwnedRow> = serde_json::from_slice(&blob).map_err(|e| {
+                StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
+            for OwnedRow(id, tenant, kind, twin, model, data, at) in decoded {
+                if id > after {
+                    out.push(Event {
+                        id,
+                        at,
+                        tenant,
+                        kind,
+                        twin,
+                        model,
+                        data: crate::events::Data::from_stored(kind, data),
+                    });
+                }
+            }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
-fn set_position(tx: &Connection, name: &str, pos: u64) -> Result<(), StoreError> {
-    let n = tx.execute(
-        "UPDATE consumers SET position = MAX(position, ?2) WHERE name = ?1",
-        params![name, pos as i64],
+pub(super) fn set_position(tx: &dyn Sql, name: &str, pos: u64) -> Result<(), StoreError> {
+    let n = tx.exec(
+        "UPDATE consumers SET position = CASE WHEN position > ?2 THEN position ELSE ?2 END
+         WHERE name = ?1",
+        args![name, pos as i64],
     )?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("no durable consumer {name}")));
     }
-    tx.execute(
+    tx.exec(
         "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
-        [],
+        args![],
     )?;
     Ok(())
 }
@@ -141,21 +150,19 @@ impl WriteCtx<'_> {
     /// transaction leaves it (so it sees every change committed after —
     /// including this one's events), unless it exists; its position.
     pub fn ensure_consumer(&mut self, name: &str) -> Result<u64, StoreError> {
-        let found: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT position FROM consumers WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let tx: &dyn Sql = self.tx;
+        let found: Option<i64> = tx.row(
+            "SELECT position FROM consumers WHERE name = ?1",
+            args![name],
+            |r| r.get(0),
+        )?;
         let pos = match found {
             Some(p) => p as u64,
             None => {
                 let p = self.engine.last_event_id();
-                self.tx.execute(
+                tx.exec(
                     "INSERT INTO consumers(name, position) VALUES (?1, ?2)",
-                    params![name, p as i64],
+                    args![name, p as i64],
                 )?;
                 p
             }
@@ -167,21 +174,17 @@ impl WriteCtx<'_> {
 
     /// Removes a durable consumer (see `Store::drop_consumer`).
     pub fn drop_consumer(&mut self, name: &str) -> Result<bool, StoreError> {
-        let gone = self
-            .tx
-            .execute("DELETE FROM consumers WHERE name = ?1", [name])?
-            > 0;
-        let left: i64 = self
-            .tx
-            .query_row("SELECT COUNT(*) FROM consumers", [], |r| r.get(0))?;
+        let tx: &dyn Sql = self.tx;
+        let gone = tx.exec("DELETE FROM consumers WHERE name = ?1", args![name])? > 0;
+        let left: i64 = tx.one("SELECT COUNT(*) FROM consumers", args![])?;
         if left == 0 {
-            self.tx.execute("DELETE FROM outbox", [])?;
+            tx.exec("DELETE FROM outbox", args![])?;
             let was = self.engine.outbox_on.swap(false, Ordering::SeqCst);
             self.on_rollback(move |e| e.outbox_on.store(was, Ordering::SeqCst));
         } else {
-            self.tx.execute(
+            tx.exec(
                 "DELETE FROM outbox WHERE last_id <= (SELECT MIN(position) FROM consumers)",
-                [],
+                args![],
             )?;
         }
         Ok(gone)
@@ -261,24 +264,25 @@ impl Store {
     /// Durable consumers and their positions.
     pub fn consumers(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT name, position FROM consumers ORDER BY name")?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            (c as &dyn Sql).rows(
+                "SELECT name, position FROM consumers ORDER BY name",
+                args![],
+                |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)? as u64)),
+            )
         })
     }
 
     /// Rows and bytes held in the outbox.
     pub fn outbox_size(&self) -> Result<(u64, u64), StoreError> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM outbox",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )?)
+            let (rows, bytes) = (c as &dyn Sql)
+                .row(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM outbox",
+                    args![],
+                    |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+                )?
+                .unwrap_or((0, 0));
+            Ok((rows as u64, bytes as u64))
         })
     }
 }

@@ -676,3 +676,62 @@ fn mqtt_state_rows_behave_alike_on_both_backends() {
         assert!(load_queue(db).unwrap().is_empty() && load_qos2_in(db).unwrap().is_empty());
     });
 }
+
+#[test]
+fn the_outbox_behaves_alike_on_both_backends() {
+    use super::outbox;
+    use crate::events::{Draft, Kind};
+    each_backend(|db| {
+        for (first, last) in [(1u64, 3u64), (4, 4), (5, 9)] {
+            let events: Vec<_> = (first..=last)
+                .map(|id| {
+                    Draft::new(
+                        "t1",
+                        Kind::Device,
+                        Some("d1"),
+                        None,
+                        serde_json::json!({"n": id}),
+                    )
+                    .with_id(id, id as i64 * 10)
+                })
+                .collect();
+            outbox::insert(db, &events).unwrap();
+        }
+        assert_eq!(outbox::high_water(db).unwrap(), (9, false));
+        db.exec(
+            "INSERT INTO consumers(name, position) VALUES (?1, ?2)",
+            args!["rules", 0i64],
+        )
+        .unwrap();
+        assert_eq!(outbox::high_water(db).unwrap(), (9, true));
+        let ids = |after: u64, max: usize| -> Vec<u64> {
+            outbox::read_after(db, after, max)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(ids(0, 2), vec![1, 2, 3], "whole operations");
+        assert_eq!(ids(2, 100), vec![3, 4, 5, 6, 7, 8, 9]);
+        let e = &outbox::read_after(db, 8, 1).unwrap()[0];
+        assert_eq!(
+            (e.id, e.at, e.tenant.as_str(), e.twin.as_deref()),
+            (9, 90, "t1", Some("d1"))
+        );
+        outbox::set_position(db, "rules", 4).unwrap();
+        outbox::set_position(db, "rules", 2).unwrap();
+        let pos: i64 = db
+            .one(
+                "SELECT position FROM consumers WHERE name = ?1",
+                args!["rules"],
+            )
+            .unwrap();
+        assert_eq!(pos, 4, "a position never moves back");
+        let rows: i64 = db.one("SELECT COUNT(*) FROM outbox", args![]).unwrap();
+        assert_eq!(rows, 1, "rows every consumer passed are deleted");
+        assert!(matches!(
+            outbox::set_position(db, "nobody", 1),
+            Err(StoreError::NotFound(_))
+        ));
+    });
+}
