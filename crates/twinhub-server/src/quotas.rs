@@ -80,7 +80,7 @@ impl Drop for ConnectionSlot {
 impl Quotas {
     pub fn load(store: Store, clock: SharedClock) -> Result<Arc<Quotas>, StoreError> {
         let limits = store
-            .read(crate::store::registry::load_quotas)?
+            .read(|c| crate::store::registry::load_quotas(c))?
             .into_iter()
             .filter_map(|(t, q)| Some((t, serde_json::from_str(&q).ok()?)))
             .collect();
@@ -274,7 +274,10 @@ impl Quotas {
 
     /// Re-measures stored bytes per tenant (a background job calls it).
     pub fn measure_storage(&self) {
-        match self.store.read(crate::store::registry::storage_by_tenant) {
+        match self
+            .store
+            .read(|c| crate::store::registry::storage_by_tenant(c))
+        {
             Ok(sizes) => *self.storage.write().expect("storage") = sizes.into_iter().collect(),
             Err(e) => tracing::warn!(error = %e, "could not measure storage per tenant"),
         }

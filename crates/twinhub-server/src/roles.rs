@@ -38,7 +38,7 @@ impl RoleBook {
         let book = RoleBook::default();
         {
             let mut m = book.by_tenant.write().expect("roles");
-            for r in store.read(rows::load_roles)? {
+            for r in store.read(|c| rows::load_roles(c))? {
                 m.entry(r.tenant.clone())
                     .or_default()
                     .insert(r.name.clone(), r);

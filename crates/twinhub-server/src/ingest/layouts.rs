@@ -91,7 +91,7 @@ fn parse_named(body: &[u8]) -> Result<Named, DecodeError> {
 impl Layouts {
     pub fn load(store: Store, twins: Arc<TwinGraphs>) -> Result<Arc<Layouts>, StoreError> {
         let mut own = HashMap::new();
-        for (tenant, device, body) in store.read(crate::store::registry::load_layouts)? {
+        for (tenant, device, body) in store.read(|c| crate::store::registry::load_layouts(c))? {
             match Layout::parse(body.as_bytes()) {
                 Ok(l) => {
                     own.insert(device, (tenant, Arc::new(l), body));
@@ -102,7 +102,7 @@ impl Layouts {
             }
         }
         let mut named = BTreeMap::new();
-        for (tenant, id, body) in store.read(crate::store::registry::load_named_layouts)? {
+        for (tenant, id, body) in store.read(|c| crate::store::registry::load_named_layouts(c))? {
             match parse_named(body.as_bytes()) {
                 Ok(n) => {
                     named.insert((tenant, id), n);

@@ -43,6 +43,8 @@ mod writer;
 #[cfg(test)]
 mod outbox_tests;
 #[cfg(test)]
+mod rows_tests;
+#[cfg(test)]
 mod sql_tests;
 #[cfg(test)]
 mod tests;
