@@ -10,10 +10,10 @@
 //! May call: `store` (rows), `keyfile`, `clock`.
 
 use crate::clock::SharedClock;
+use crate::store::secrets as rows;
 use crate::store::{Store, StoreError};
 use hmac::{Hmac, Mac};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use rusqlite::{params, OptionalExtension};
 use sha2::Sha256;
 
 const KEY_FILE: &str = "secrets.key";
@@ -101,15 +101,7 @@ impl SecretBox {
         let now = self.clock.now_us();
         let (t, n) = (tenant.to_string(), name.to_string());
         self.store
-            .write(move |ctx| {
-                ctx.tx.execute(
-                    "INSERT INTO secrets(tenant, name, nonce, ciphertext, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(tenant, name) DO UPDATE SET nonce = excluded.nonce,
-                       ciphertext = excluded.ciphertext, created_at = excluded.created_at",
-                    params![t, n, nonce.to_vec(), sealed, now],
-                )?;
-                Ok(())
-            })
+            .write(move |ctx| rows::put_secret(ctx.tx, &t, &n, &nonce, &sealed, now))
             .await?;
         Ok(SecretInfo {
             name: name.to_string(),
@@ -120,14 +112,7 @@ impl SecretBox {
 
     /// The plaintext, for in-process users only (never an API answer).
     pub fn reveal(&self, tenant: &str, name: &str) -> Result<Option<String>, SecretError> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = self.store.read(|c| {
-            Ok(c.query_row(
-                "SELECT nonce, ciphertext FROM secrets WHERE tenant = ?1 AND name = ?2",
-                params![tenant, name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
-        })?;
+        let row = self.store.read(|c| rows::sealed(c, tenant, name))?;
         let Some((nonce, mut sealed)) = row else {
             return Ok(None);
         };
@@ -144,13 +129,9 @@ impl SecretBox {
 
     /// Names and masked previews (decrypting to mask them).
     pub fn list(&self, tenant: &str) -> Result<Vec<SecretInfo>, SecretError> {
-        let rows: Vec<(String, i64)> = self.store.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, created_at FROM secrets WHERE tenant = ?1 ORDER BY name")?;
-            let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })?;
-        rows.into_iter()
+        let names = self.store.read(|c| rows::names(c, tenant))?;
+        names
+            .into_iter()
             .map(|(name, at)| {
                 let preview = match self.reveal(tenant, &name) {
                     Ok(Some(v)) => mask(&v),
@@ -168,12 +149,7 @@ impl SecretBox {
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<bool, StoreError> {
         let (t, n) = (tenant.to_string(), name.to_string());
         self.store
-            .write(move |ctx| {
-                Ok(ctx.tx.execute(
-                    "DELETE FROM secrets WHERE tenant = ?1 AND name = ?2",
-                    params![t, n],
-                )? > 0)
-            })
+            .write(move |ctx| rows::delete_secret(ctx.tx, &t, &n))
             .await
     }
 }

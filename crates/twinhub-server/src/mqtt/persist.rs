@@ -145,7 +145,10 @@ async fn commit(store: &Store, batches: Vec<Batch>) {
     }
 }
 
-pub(super) fn apply(tx: &rusqlite::Connection, ops: &[Op]) -> Result<(), crate::store::StoreError> {
+pub(super) fn apply(
+    tx: &dyn crate::store::sql::Sql,
+    ops: &[Op],
+) -> Result<(), crate::store::StoreError> {
     for op in ops {
         match op {
             Op::PutRetained(r) => rows::put_retained(tx, r)?,

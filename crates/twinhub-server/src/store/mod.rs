@@ -34,6 +34,7 @@ pub mod registry;
 mod rollup;
 pub mod routes;
 pub mod rules;
+pub mod secrets;
 mod settings;
 pub mod sql;
 pub mod twins;

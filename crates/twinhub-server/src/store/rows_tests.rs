@@ -587,3 +587,28 @@ fn registry_rows_behave_alike_on_both_backends() {
         assert!(storage_by_tenant(db).unwrap().is_empty());
     });
 }
+
+#[test]
+fn secret_rows_behave_alike_on_both_backends() {
+    use super::secrets::*;
+    each_backend(|db| {
+        put_secret(db, "t1", "erp-token", &[1; 12], &[0, 255, 7], 5).unwrap();
+        put_secret(db, "t1", "erp-token", &[2; 12], &[9], 6).unwrap();
+        put_secret(db, "t1", "a-hook", &[3; 12], &[1], 7).unwrap();
+        assert_eq!(
+            sealed(db, "t1", "erp-token").unwrap(),
+            Some((vec![2; 12], vec![9]))
+        );
+        assert_eq!(
+            sealed(db, "t2", "erp-token").unwrap(),
+            None,
+            "another tenant's"
+        );
+        assert_eq!(
+            names(db, "t1").unwrap(),
+            vec![("a-hook".to_string(), 7), ("erp-token".to_string(), 6)]
+        );
+        assert!(delete_secret(db, "t1", "a-hook").unwrap());
+        assert!(!delete_secret(db, "t1", "a-hook").unwrap());
+    });
+}
