@@ -398,7 +398,7 @@ impl Compactor {
                 let mut changed = std::collections::BTreeMap::<u32, (i64, i64)>::new();
                 if let Some(cut) = raw_cut {
                     let wins: Vec<(u32, i64)> = ctx
-                        .tx
+                        .conn
                         .prepare(
                             "SELECT DISTINCT series_id, win FROM chunks
                              WHERE win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
@@ -421,7 +421,7 @@ impl Compactor {
                     });
                 }
                 if let Some(cut) = m_cut {
-                    let mut stmt = ctx.tx.prepare(
+                    let mut stmt = ctx.conn.prepare(
                         "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))
                          RETURNING series_id",
                     )?;
@@ -433,13 +433,13 @@ impl Compactor {
                     }
                 }
                 if let Some(cut) = h_cut {
-                    ctx.tx.execute(
+                    ctx.conn.execute(
                         "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
                         params![cut / WINDOW, sids_json],
                     )?;
                 }
                 for (sid, (raw, m)) in &changed {
-                    ctx.tx.execute(
+                    ctx.conn.execute(
                         "UPDATE series SET raw_from = MAX(raw_from, ?2), rollup_from = MAX(rollup_from, ?3) WHERE id = ?1",
                         params![sid, raw, m],
                     )?;
@@ -470,7 +470,7 @@ impl Compactor {
 /// rolled up from the chunks when stale, added to the stored rollups when
 /// the window was retired before (its chunks are all late arrivals).
 fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<(), StoreError> {
-    let tx = ctx.tx;
+    let tx = ctx.conn;
     let already_retired = {
         let index = ctx.engine.index.read().expect("index");
         index

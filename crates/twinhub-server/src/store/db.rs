@@ -3,6 +3,7 @@
 //! read connections. Writes go through the single writer thread
 //! (`writer.rs`), never through this module's connections.
 
+use super::sql::{args, Sql};
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -356,16 +357,16 @@ impl ReadPool {
     }
 }
 
-pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
+pub fn meta_get(conn: &dyn Sql, key: &str) -> Result<Option<String>, StoreError> {
+    conn.row("SELECT value FROM meta WHERE key = ?1", args![key], |r| {
+        r.get(0)
+    })
 }
 
-pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
-    conn.execute(
+pub fn meta_set(conn: &dyn Sql, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.exec(
         "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [key, value],
+        args![key, value],
     )?;
     Ok(())
 }

@@ -579,7 +579,7 @@ impl Store {
     {
         let cache = cache.clone();
         self.write(move |ctx| {
-            let r = write(ctx.tx)?;
+            let r = write(ctx.conn)?;
             ctx.after_commit(move |_| apply(&mut cache.write().expect("cache")));
             Ok(r)
         })

@@ -286,7 +286,7 @@ impl Store {
             return Ok(());
         };
         self.write(move |ctx| {
-            let tx = ctx.tx;
+            let tx = ctx.conn;
             let metas = chunk_metas(tx, sid, from, to)?;
             let mut windows = Vec::new();
             for m in &metas {

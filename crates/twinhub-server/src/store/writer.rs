@@ -33,7 +33,10 @@ pub type AlsoFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + 
 /// place to register work that must happen only once the commit succeeded
 /// (cache updates), in commit order.
 pub struct WriteCtx<'a> {
-    pub tx: &'a Connection,
+    pub tx: &'a dyn super::sql::Sql,
+    /// The same transaction as SQLite, for the embedded engine's own
+    /// statements (the compactor's); nothing outside `store` sees it.
+    pub(super) conn: &'a Connection,
     pub engine: &'a Engine,
     hooks: Vec<Hook>,
     undo: Vec<Hook>,
@@ -593,6 +596,7 @@ fn in_savepoint<R>(
     conn.execute_batch("SAVEPOINT op")?;
     let mut ctx = WriteCtx {
         tx: conn,
+        conn,
         engine,
         hooks: Vec::new(),
         undo: Vec::new(),
