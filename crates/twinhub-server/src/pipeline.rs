@@ -311,14 +311,10 @@ impl Pipeline {
             .store
             .append_with(batch, events, Some(also), None)
             .await;
-        let failed = res.as_ref().err().map(clone_store_error);
         let outcomes = prepared
             .into_iter()
             .map(|(tenant, twin, p)| {
-                let res = match &failed {
-                    None => Ok(()),
-                    Some(e) => Err(clone_store_error(e)),
-                };
+                let res = res.as_ref().map(|_| ()).map_err(clone_store_error);
                 self.finish(&Source::derived(&tenant, &twin), p, res)
                     .pop()
                     .expect("one outcome per group")
@@ -472,9 +468,6 @@ impl Pipeline {
                     refused => refused,
                 })
                 .collect();
-        }
-        if p.reserved == 0 {
-            return p.outcomes;
         }
         self.metrics.messages_in.add(protocol, p.messages as u64);
         self.metrics.points_in.add(protocol, p.reserved as u64);
