@@ -11,7 +11,8 @@ directory. The series are the same sensor-like values for all (a level, a
 slow sine and noise, 3 decimals, 1 s apart). Bodies are generated before
 the clock starts; 4 threads send them over keep-alive connections.
 twinhub gets one JSON array per series on POST /api/v1/devices/{id}/telemetry
-(durable when answered); the peers get line protocol in batches of 5,000
+(durable when answered), and in the `twinhub-lp` row the peers' very line
+protocol bodies on its /write endpoint; the peers get line protocol in batches of 5,000
 (VictoriaMetrics answers before its data is on disk). After the run each
 server is flushed and left to settle, then its data directory is measured
 with `du`. Not part of the test suite (.ci/run): it needs minutes and the
@@ -137,7 +138,7 @@ def line_protocol_jobs(data, path, batch=5000):
     return jobs
 
 
-def run_twinhub(data, args):
+def run_twinhub(data, args, line_protocol=False):
     exe = os.path.join(ROOT, "target", "release", "twinhub")
     d = tempfile.mkdtemp(prefix="cmp-twinhub-")
     # "A flush": the head is compacted 5 s after its oldest point (or at
@@ -163,6 +164,14 @@ def run_twinhub(data, args):
             msgs = ",".join(f'{{"ts":{T0_MS + i * 1000},"value":{v}}}' for i, v in enumerate(vals))
             jobs.append((f"/api/v1/devices/s{s}/telemetry", f"[{msgs}]".encode(),
                          {"content-type": "application/json", "authorization": f"Basic {auth}"}))
+        if line_protocol:
+            # The very bodies the peers get; the `id` tag names the twin.
+            st, body = request(port, "POST", "/api/v1/apikeys",
+                               json.dumps({"name": "compare", "permissions": ["telemetry:write"]}),
+                               {"content-type": "application/json", "authorization": f"Bearer {token}"})
+            key = json.loads(body)["key"]
+            jobs = [(path, body, {"authorization": f"Token {key}"}) for path, body, _ in
+                    line_protocol_jobs(data, "/write?db=bench&precision=ms&twin_tag=id")]
         secs = send_all(port, jobs, args.threads)
         # Compaction runs at 2M points or on its interval: wait for the head to empty.
         deadline = time.time() + 900
@@ -225,17 +234,19 @@ def main():
     ap.add_argument("--points", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--settle", type=int, default=30, help="seconds after the flush before du")
-    ap.add_argument("--only", choices=["twinhub", "influxdb", "victoria-metrics"], action="append")
+    ap.add_argument("--only", choices=["twinhub", "twinhub-lp", "influxdb", "victoria-metrics"], action="append")
     args = ap.parse_args()
     data = [series_values(s, args.points) for s in range(args.series)]
     total = args.series * args.points
-    runs = [("twinhub", run_twinhub), ("influxdb", run_influxdb), ("victoria-metrics", run_victoria)]
+    runs = [("twinhub", run_twinhub),
+            ("twinhub-lp", lambda d, a: run_twinhub(d, a, line_protocol=True)),
+            ("influxdb", run_influxdb), ("victoria-metrics", run_victoria)]
     print(f"{args.series} series x {args.points} points, {args.threads} client threads, settle {args.settle} s")
     print(f"{'':18} {'points/s':>12} {'bytes/point on disk':>20}")
     for name, fn in runs:
         if args.only and name not in args.only:
             continue
-        if name != "twinhub" and shutil.which(name.replace("influxdb", "influxd")) is None:
+        if not name.startswith("twinhub") and shutil.which(name.replace("influxdb", "influxd")) is None:
             print(f"{name:18} not installed (apt-get install {name})")
             continue
         secs, disk = fn(data, args)

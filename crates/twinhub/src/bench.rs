@@ -93,7 +93,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 30)]
     ingest_settle: u64,
     /// Idle MQTT devices to connect for the memory figure (0 skips).
-    #[arg(long, default_value_t = 15_000)]
+    #[arg(long, default_value_t = 19_000)]
     mqtt_idle: usize,
 }
 

@@ -18,20 +18,50 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 pub use super::settings::{RateAction, Settings};
 
 /// Why a connection is being closed from outside its own task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kick {
-    TakenOver,
-    SlowConsumer,
+    TakenOver = 1,
+    SlowConsumer = 2,
+}
+
+/// How a connection is told to leave: the first reason given, and its
+/// task woken. A channel would do, but costs ~350 bytes per idle
+/// connection; this is a byte and a `Notify`.
+#[derive(Default)]
+pub struct Kicker {
+    reason: std::sync::atomic::AtomicU8,
+    wake: Notify,
+}
+
+impl Kicker {
+    fn kick(&self, why: Kick) {
+        let _ = self
+            .reason
+            .compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
+        // A stored permit if the task is not waiting yet: never lost.
+        self.wake.notify_one();
+    }
+
+    /// Resolves once the connection has been told to leave.
+    pub async fn kicked(&self) -> Kick {
+        loop {
+            match self.reason.load(Ordering::SeqCst) {
+                1 => return Kick::TakenOver,
+                2 => return Kick::SlowConsumer,
+                _ => self.wake.notified().await,
+            }
+        }
+    }
 }
 
 struct Link {
     gen: u64,
-    kick: mpsc::UnboundedSender<Kick>,
+    kick: Arc<Kicker>,
 }
 
 pub struct SessionHandle {
@@ -422,7 +452,7 @@ impl Broker {
         clean_start: bool,
         expiry_s: u32,
         window: u16,
-    ) -> Result<(Arc<SessionHandle>, bool, u64, mpsc::UnboundedReceiver<Kick>), Refusal> {
+    ) -> Result<(Arc<SessionHandle>, bool, u64, Arc<Kicker>), Refusal> {
         let existing = self
             .sessions
             .read()
@@ -445,7 +475,7 @@ impl Broker {
                 match holder {
                     None => break,
                     Some(kick) => {
-                        let _ = kick.send(Kick::TakenOver);
+                        kick.kick(Kick::TakenOver);
                         if tokio::time::timeout(Duration::from_secs(5), gone)
                             .await
                             .is_err()
@@ -457,7 +487,7 @@ impl Broker {
             }
         }
         let gen = self.next_gen.fetch_add(1, Ordering::SeqCst);
-        let (kick_tx, kick_rx) = mpsc::unbounded_channel();
+        let kicker = Arc::new(Kicker::default());
         let reuse = existing.filter(|_| !clean_start);
         let (handle, present) = match reuse {
             Some(h) => (h, true),
@@ -492,9 +522,12 @@ impl Broker {
         handle.state.lock().expect("state").window = window;
         handle.expiry_s.store(expiry_s, Ordering::SeqCst);
         handle.gen.store(gen, Ordering::SeqCst);
-        *handle.link.lock().expect("link") = Some(Link { gen, kick: kick_tx });
+        *handle.link.lock().expect("link") = Some(Link {
+            gen,
+            kick: kicker.clone(),
+        });
         self.save_session(&handle, None);
-        Ok((handle, present, gen, kick_rx))
+        Ok((handle, present, gen, kicker))
     }
 
     /// The connection of generation `gen` is gone. A session with no expiry
@@ -725,7 +758,7 @@ impl Broker {
                 }
                 if self.settings.disconnect_slow {
                     if let Some(l) = h.link.lock().expect("link").as_ref() {
-                        let _ = l.kick.send(Kick::SlowConsumer);
+                        l.kick.kick(Kick::SlowConsumer);
                     }
                 }
             }

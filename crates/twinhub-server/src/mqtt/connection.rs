@@ -5,7 +5,7 @@
 //! window, and enforces keep-alive and rate limits.
 
 use super::acl::{self, Identity};
-use super::broker::{Broker, Kick, RateAction, SessionHandle};
+use super::broker::{Broker, Kick, Kicker, RateAction, SessionHandle};
 use super::codec::{
     self, CodecError, ConnAckProps, ConnectIn, In, Out, PublishIn, Refusal, Version, Will,
 };
@@ -100,8 +100,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
-            // Idle connections should not keep a burst's buffer.
-            if self.out.capacity() > 64 * 1024 {
+            // Idle connections keep no output buffer; a busy one keeps its
+            // burst's buffer up to 64 KB.
+            if self.out.capacity() > 64 * 1024 || self.read_hint == MIN_READ {
                 self.out = BytesMut::new();
             }
         }
@@ -112,7 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// growing while it streams (fewer system calls), so 100k idle devices
     /// cost little memory and a busy publisher few syscalls.
     fn prepare_read(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
+        // Quiet again after a burst (the hint has shrunk): give the big
+        // buffer back.
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 4 * self.read_hint {
             self.inbuf = BytesMut::new();
         }
         let spare = self.inbuf.capacity() - self.inbuf.len();
@@ -130,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-const MIN_READ: usize = 256;
+const MIN_READ: usize = 128;
 const MAX_READ: usize = 64 * 1024;
 
 /// Serves one client until it leaves, misbehaves, or the server stops.
@@ -142,25 +145,29 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let m = &broker.metrics;
-    let mut inbuf = BytesMut::with_capacity(512);
+    let mut inbuf = BytesMut::with_capacity(256);
     let mut io = io;
     let max = broker.settings.max_packet_size;
-    // CONNECT first, within the connect timeout.
-    let first = tokio::time::timeout(broker.settings.connect_timeout, async {
-        loop {
-            match codec::read(&mut inbuf, None, max) {
-                Ok(Some(p)) => return Ok(p),
-                Ok(None) => {}
-                Err(e) => return Err(e),
-            }
-            match io.read_buf(&mut inbuf).await {
-                Ok(0) | Err(_) => {
-                    return Err(CodecError::Malformed("closed before CONNECT".into()))
+    // CONNECT first, within the connect timeout. Transient steps are boxed
+    // so their state is not part of the task every idle client keeps.
+    let first = Box::pin(tokio::time::timeout(
+        broker.settings.connect_timeout,
+        async {
+            loop {
+                match codec::read(&mut inbuf, None, max) {
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {}
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => {}
+                match io.read_buf(&mut inbuf).await {
+                    Ok(0) | Err(_) => {
+                        return Err(CodecError::Malformed("closed before CONNECT".into()))
+                    }
+                    Ok(_) => {}
+                }
             }
-        }
-    })
+        },
+    ))
     .await;
     let connect = match first {
         Ok(Ok(In::Connect(c))) => c,
@@ -188,7 +195,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut conn = Conn {
         broker: broker.clone(),
         io,
-        inbuf,
+        // The CONNECT's buffer is bigger than a quiet client needs.
+        inbuf: if inbuf.is_empty() {
+            BytesMut::new()
+        } else {
+            inbuf
+        },
         out: BytesMut::new(),
         read_hint: MIN_READ,
         version: connect.version,
@@ -203,7 +215,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let connected = m.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let outcome = session(
         &mut conn,
-        *connect,
+        connect,
         peer,
         cert_device.as_deref(),
         connected,
@@ -211,24 +223,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     )
     .await;
     m.connections.fetch_sub(1, Ordering::SeqCst);
-    let _ = conn.flush().await;
-    let _ = conn.io.shutdown().await;
-    // Drain what the client still sends for a moment: closing a socket with
-    // unread input makes the kernel reset it, and the reset can overtake
-    // the DISCONNECT just written.
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(250), async {
-        while let Ok(n) = conn.io.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
+    Box::pin(close(&mut conn)).await;
     if let Some((identity, tenant, h, gen, end, will)) = outcome {
         if matches!(end, End::Abnormal | End::WithWill) {
             if let Some(w) = will {
-                publish_will(&broker, &tenant, &h, gen, w);
+                publish_will(&broker, &tenant, &h, gen, *w);
             }
         }
         broker.detach(&h, gen);
@@ -236,6 +235,25 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             presence(&broker, id, false);
         }
     }
+}
+
+/// Flushes and shuts the socket down, then drains what the client still
+/// sends for a moment: closing a socket with unread input makes the kernel
+/// reset it, and the reset can overtake the DISCONNECT just written.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>) {
+    let _ = conn.flush().await;
+    let _ = conn.io.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_millis(250), async {
+        loop {
+            conn.inbuf.clear();
+            conn.inbuf.reserve(4096);
+            match conn.io.read_buf(&mut conn.inbuf).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 fn presence(broker: &Broker, device: &str, connected: bool) {
@@ -298,12 +316,12 @@ type SessionOutcome = Option<(
     Arc<SessionHandle>,
     u64,
     End,
-    Option<Will>,
+    Option<Box<Will>>,
 )>;
 
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    c: ConnectIn,
+    mut c: Box<ConnectIn>,
     peer: SocketAddr,
     cert_device: Option<&str>,
     connected: usize,
@@ -337,14 +355,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         c.keep_alive
     };
-    let (identity, tenant) = match broker
-        .authenticate(
-            &c.client_id,
-            c.username.as_deref(),
-            c.password.as_deref(),
-            cert_device,
-        )
-        .await
+    let (identity, tenant) = match Box::pin(broker.authenticate(
+        &c.client_id,
+        c.username.as_deref(),
+        c.password.as_deref(),
+        cert_device,
+    ))
+    .await
     {
         Ok(x) => x,
         Err(r) => {
@@ -398,16 +415,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let expiry = c.session_expiry_s.min(broker.settings.session_expiry_max_s);
     let window = c.receive_max.min(broker.settings.max_inflight);
-    let (h, present, gen, mut kicks) = match broker
-        .attach(
-            &client_id,
-            &tenant,
-            &identity.owner(),
-            c.clean_start,
-            expiry,
-            window,
-        )
-        .await
+    let (h, present, gen, kicker) = match Box::pin(broker.attach(
+        &client_id,
+        &tenant,
+        &identity.owner(),
+        c.clean_start,
+        expiry,
+        window,
+    ))
+    .await
     {
         Ok(x) => x,
         Err(r) => {
@@ -439,11 +455,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     for s in h.state.lock().expect("state").replay() {
         write_send(conn, &broker, s);
     }
+    // Only the will outlives the handshake.
+    let will = c.will.take().map(Box::new);
+    drop(c);
     let end = main_loop(
-        conn, &broker, &identity, &tenant, &h, keep_alive, &mut kicks, shutdown,
+        conn, &broker, &identity, &tenant, &h, keep_alive, &kicker, shutdown,
     )
     .await;
-    Some((identity, tenant, h, gen, end, c.will))
+    Some((identity, tenant, h, gen, end, will))
 }
 
 fn write_send<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, broker: &Broker, s: Next) {
@@ -540,14 +559,38 @@ struct Reader<'a> {
     tenant: &'a Arc<str>,
     h: &'a Arc<SessionHandle>,
     device: Option<Arc<crate::registry::Device>>,
-    telemetry_topic: Option<String>,
-    replies_prefix: Option<String>,
     aliases: HashMap<u16, String>,
     msg_bucket: Option<Bucket>,
     byte_bucket: Option<Bucket>,
     /// Throttled: buffered packets wait until then.
     resume_at: Option<tokio::time::Instant>,
-    pending: FuturesOrdered<BoxFuture<'static, Vec<Ack>>>,
+    pending: PendingAcks,
+}
+
+/// Acknowledgements waiting for durability, in order; made on first use
+/// (an idle device that never publishes holds none).
+#[derive(Default)]
+struct PendingAcks(Option<FuturesOrdered<BoxFuture<'static, Vec<Ack>>>>);
+
+impl PendingAcks {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, f: BoxFuture<'static, Vec<Ack>>) {
+        self.0.get_or_insert_with(FuturesOrdered::new).push_back(f)
+    }
+
+    async fn next(&mut self) -> Option<Vec<Ack>> {
+        match &mut self.0 {
+            Some(p) => p.next().await,
+            None => None,
+        }
+    }
 }
 
 impl Reader<'_> {
@@ -620,8 +663,7 @@ impl Reader<'_> {
                         h,
                         p,
                         &mut self.aliases,
-                        self.telemetry_topic.as_deref(),
-                        self.replies_prefix.as_deref(),
+                        self.device.as_ref().map(|d| d.row.id.as_str()),
                         &mut pass,
                     );
                     if let Err(reason) = r {
@@ -800,7 +842,7 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     tenant: &Arc<str>,
     h: &Arc<SessionHandle>,
     keep_alive: u16,
-    kicks: &mut tokio::sync::mpsc::UnboundedReceiver<Kick>,
+    kicker: &Kicker,
     shutdown: &mut watch::Receiver<bool>,
 ) -> End {
     let keep = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
@@ -814,18 +856,12 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         identity,
         tenant,
         h,
-        telemetry_topic: device
-            .as_ref()
-            .map(|d| format!("devices/{}/telemetry", d.row.id)),
-        replies_prefix: device
-            .as_ref()
-            .map(|d| format!("devices/{}/replies/", d.row.id)),
         device,
         aliases: HashMap::new(),
         msg_bucket: Bucket::new(broker.settings.rate_messages),
         byte_bucket: Bucket::new(broker.settings.rate_bytes),
         resume_at: None,
-        pending: FuturesOrdered::new(),
+        pending: PendingAcks::default(),
     };
     if drain(conn, broker, h) {
         h.notify.notify_one();
@@ -838,11 +874,16 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if reading {
             conn.prepare_read();
         }
-        let resume_at = rd.resume_at;
+        // One timer for both the throttle and keep-alive: fewer bytes in
+        // every idle connection's task.
+        let wake_at = match (rd.resume_at, deadline) {
+            (Some(r), Some(d)) => Some(r.min(d)),
+            (r, d) => r.or(d),
+        };
         tokio::select! {
             biased;
-            k = kicks.recv() => {
-                let reason = match k { Some(Kick::SlowConsumer) => code::QUOTA_EXCEEDED, _ => code::SESSION_TAKEN_OVER };
+            k = kicker.kicked() => {
+                let reason = match k { Kick::SlowConsumer => code::QUOTA_EXCEEDED, Kick::TakenOver => code::SESSION_TAKEN_OVER };
                 if conn.version == Version::V5 {
                     conn.write(Out::Disconnect { reason, message: None });
                 }
@@ -857,12 +898,6 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
             Some(acks) = rd.pending.next(), if !rd.pending.is_empty() => {
                 if !write_acks(conn, broker, h, acks) {
                     break End::Abnormal;
-                }
-            }
-            _ = async { tokio::time::sleep_until(resume_at.expect("guarded")).await }, if resume_at.is_some() => {
-                rd.resume_at = None;
-                if let Some(e) = rd.process(conn) {
-                    break e;
                 }
             }
             r = conn.io.read_buf(&mut conn.inbuf), if reading => {
@@ -880,12 +915,21 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
                     h.notify.notify_one();
                 }
             }
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                // [MQTT-3.1.2-24]: 1.5 × keep-alive without a packet.
-                if conn.version == Version::V5 {
-                    conn.write(Out::Disconnect { reason: code::KEEP_ALIVE_TIMEOUT, message: None });
+            _ = async { tokio::time::sleep_until(wake_at.expect("guarded")).await }, if wake_at.is_some() => {
+                let now = tokio::time::Instant::now();
+                if rd.resume_at.is_some_and(|r| r <= now) {
+                    rd.resume_at = None;
+                    if let Some(e) = rd.process(conn) {
+                        break e;
+                    }
                 }
-                break End::Abnormal;
+                if deadline.is_some_and(|d| d <= now) {
+                    // [MQTT-3.1.2-24]: 1.5 × keep-alive without a packet.
+                    if conn.version == Version::V5 {
+                        conn.write(Out::Disconnect { reason: code::KEEP_ALIVE_TIMEOUT, message: None });
+                    }
+                    break End::Abnormal;
+                }
             }
         }
     };
@@ -921,8 +965,7 @@ fn on_publish(
     h: &Arc<SessionHandle>,
     mut p: PublishIn,
     aliases: &mut HashMap<u16, String>,
-    telemetry_topic: Option<&str>,
-    replies_prefix: Option<&str>,
+    device: Option<&str>,
     pass: &mut Pass,
 ) -> Result<(), u8> {
     if let Some(a) = p.topic_alias {
@@ -987,7 +1030,14 @@ fn on_publish(
         expires_at: p.expiry_s.map(|s| now + s as i64 * 1_000_000),
         from: Some(h.client_id.clone()),
     });
-    if telemetry_topic == Some(&*msg.topic) {
+    // What follows `devices/{this device}/` in the topic, if anything.
+    let own = device.and_then(|id| {
+        msg.topic
+            .strip_prefix("devices/")?
+            .strip_prefix(id)?
+            .strip_prefix('/')
+    });
+    if own == Some("telemetry") {
         match crate::ingest::mqtt::decode(
             &broker.deps.metrics,
             &broker.deps.decode_limits,
@@ -1008,19 +1058,13 @@ fn on_publish(
         }
         return Ok(());
     }
-    if let Some(id) = replies_prefix.and_then(|pre| msg.topic.strip_prefix(pre)) {
+    if let Some(id) = own.and_then(|t| t.strip_prefix("replies/")) {
         broker.reply(id, msg.payload.clone());
     }
     // A device's function call: devices/{id}/functions/{name}/{requestId}.
-    if let Some(device) = replies_prefix
-        .and_then(|pre| pre.strip_prefix("devices/"))
-        .and_then(|d| d.strip_suffix("/replies/"))
-    {
-        let call = msg
-            .topic
-            .strip_prefix("devices/")
-            .and_then(|t| t.strip_prefix(device))
-            .and_then(|t| t.strip_prefix("/functions/"))
+    if let (Some(device), Some(rest)) = (device, own) {
+        let call = rest
+            .strip_prefix("functions/")
             .and_then(|t| t.split_once('/'))
             .filter(|(name, rid)| {
                 *name != "replies" && !name.is_empty() && !rid.is_empty() && !rid.contains('/')
@@ -1063,7 +1107,7 @@ fn finish_pass(
     tenant: &Arc<str>,
     device: Option<Arc<crate::registry::Device>>,
     pass: Pass,
-    pending: &mut FuturesOrdered<BoxFuture<'static, Vec<Ack>>>,
+    pending: &mut PendingAcks,
 ) {
     if pass.acks.is_empty() {
         broker.persist.send(pass.ops);
