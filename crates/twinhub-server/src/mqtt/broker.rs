@@ -27,6 +27,7 @@ pub use super::settings::{RateAction, Settings};
 pub enum Kick {
     TakenOver = 1,
     SlowConsumer = 2,
+    Shutdown = 3,
 }
 
 /// How a connection is told to leave: the first reason given, and its
@@ -53,6 +54,7 @@ impl Kicker {
             match self.reason.load(Ordering::SeqCst) {
                 1 => return Kick::TakenOver,
                 2 => return Kick::SlowConsumer,
+                3 => return Kick::Shutdown,
                 _ => self.wake.notified().await,
             }
         }
@@ -195,7 +197,29 @@ impl Broker {
             deps,
         });
         broker.restore(retained, sessions, queue, qos2_in);
+        // Server shutdown reaches connections as a kick, so an idle one
+        // does not carry its own watch future.
+        let (mut sd, weak) = (broker.deps.shutdown.clone(), Arc::downgrade(&broker));
+        tokio::spawn(async move {
+            while !*sd.borrow_and_update() {
+                if sd.changed().await.is_err() {
+                    break;
+                }
+            }
+            if let Some(b) = weak.upgrade() {
+                b.kick_all(Kick::Shutdown);
+            }
+        });
         Ok(broker)
+    }
+
+    /// Tells every connected client to leave.
+    fn kick_all(&self, why: Kick) {
+        for h in self.sessions.read().expect("sessions").values() {
+            if let Some(l) = h.link.lock().expect("link").as_ref() {
+                l.kick.kick(why);
+            }
+        }
     }
 
     fn restore(
@@ -526,6 +550,10 @@ impl Broker {
             gen,
             kick: kicker.clone(),
         });
+        // Attached after the shutdown sweep: leave at once.
+        if *self.deps.shutdown.borrow() {
+            kicker.kick(Kick::Shutdown);
+        }
         self.save_session(&handle, None);
         Ok((handle, present, gen, kicker))
     }

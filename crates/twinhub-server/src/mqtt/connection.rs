@@ -24,7 +24,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use twinhub_codec::Telemetry;
 
 /// Read passes whose acknowledgements may wait for durability at once;
@@ -142,7 +141,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: S,
     peer: SocketAddr,
     cert_device: Option<String>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let m = &broker.metrics;
     let mut inbuf = BytesMut::with_capacity(256);
@@ -213,15 +211,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         aliases: HashMap::new(),
     };
     let connected = m.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let outcome = session(
-        &mut conn,
-        connect,
-        peer,
-        cert_device.as_deref(),
-        connected,
-        &mut shutdown,
-    )
-    .await;
+    let outcome = session(&mut conn, connect, peer, cert_device.as_deref(), connected).await;
     m.connections.fetch_sub(1, Ordering::SeqCst);
     Box::pin(close(&mut conn)).await;
     if let Some((identity, tenant, h, gen, end, will)) = outcome {
@@ -325,7 +315,6 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     cert_device: Option<&str>,
     connected: usize,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> SessionOutcome {
     let broker = conn.broker.clone();
     let m = &broker.metrics;
@@ -458,10 +447,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     // Only the will outlives the handshake.
     let will = c.will.take().map(Box::new);
     drop(c);
-    let end = main_loop(
-        conn, &broker, &identity, &tenant, &h, keep_alive, &kicker, shutdown,
-    )
-    .await;
+    let end = main_loop(conn, &broker, &identity, &tenant, &h, keep_alive, &kicker).await;
     Some((identity, tenant, h, gen, end, will))
 }
 
@@ -843,7 +829,6 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
     h: &Arc<SessionHandle>,
     keep_alive: u16,
     kicker: &Kicker,
-    shutdown: &mut watch::Receiver<bool>,
 ) -> End {
     let keep = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
     let mut deadline = keep.map(|k| tokio::time::Instant::now() + k);
@@ -883,15 +868,13 @@ async fn main_loop<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             k = kicker.kicked() => {
-                let reason = match k { Kick::SlowConsumer => code::QUOTA_EXCEEDED, Kick::TakenOver => code::SESSION_TAKEN_OVER };
+                let (reason, message) = match k {
+                    Kick::SlowConsumer => (code::QUOTA_EXCEEDED, None),
+                    Kick::TakenOver => (code::SESSION_TAKEN_OVER, None),
+                    Kick::Shutdown => (code::SERVER_SHUTTING_DOWN, Some("server shutting down")),
+                };
                 if conn.version == Version::V5 {
-                    conn.write(Out::Disconnect { reason, message: None });
-                }
-                break End::Abnormal;
-            }
-            _ = shutdown.changed() => {
-                if conn.version == Version::V5 {
-                    conn.write(Out::Disconnect { reason: code::SERVER_SHUTTING_DOWN, message: Some("server shutting down") });
+                    conn.write(Out::Disconnect { reason, message });
                 }
                 break End::Abnormal;
             }

@@ -65,15 +65,8 @@ async fn accept_loop<F>(
 
 /// Accepts MQTT clients until shutdown.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-    let sd = shutdown.clone();
     accept_loop(listener, shutdown, "MQTT", move |sock, peer| {
-        tokio::spawn(connection::run(
-            broker.clone(),
-            sock,
-            peer,
-            None,
-            sd.clone(),
-        ));
+        tokio::spawn(connection::run(broker.clone(), sock, peer, None));
     })
     .await
 }
@@ -86,9 +79,8 @@ pub async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     shutdown: watch::Receiver<bool>,
 ) {
-    let sd = shutdown.clone();
     accept_loop(listener, shutdown, "MQTTS", move |sock, peer| {
-        let (b, a, sd) = (broker.clone(), acceptor.clone(), sd.clone());
+        let (b, a) = (broker.clone(), acceptor.clone());
         tokio::spawn(async move {
             let timeout = b.settings.connect_timeout;
             match tokio::time::timeout(timeout, a.accept(sock)).await {
@@ -100,7 +92,7 @@ pub async fn serve_tls(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| crate::tls::subject_cn(c.as_ref()));
-                    connection::run(b, tls, peer, cn, sd).await
+                    connection::run(b, tls, peer, cn).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -122,8 +114,7 @@ pub async fn serve_websocket(
     use futures_util::{SinkExt, StreamExt};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let shutdown = broker.deps.shutdown.clone();
-    let conn = tokio::spawn(connection::run(broker, theirs, peer, None, shutdown));
+    let conn = tokio::spawn(connection::run(broker, theirs, peer, None));
     let (mut rd, mut wr) = tokio::io::split(ours);
     let (mut sink, mut stream) = ws.split();
     let inbound = async move {

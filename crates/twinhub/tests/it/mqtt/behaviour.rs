@@ -573,3 +573,33 @@ async fn expired_messages_are_not_delivered() {
         .await;
     s.stop().await;
 }
+
+/// A connection told to leave from outside its task says why (MQTT 5):
+/// taken over by a new connection with its client id, then the server
+/// shutting down.
+#[tokio::test]
+async fn taken_over_and_shutdown_disconnects_say_why() {
+    let s = TestServer::start().await;
+    let key = s.device("twice").await;
+    let (mut first, _) = open5(s.mqtt(), "twice", Some(("twice", &key)), true, None).await;
+    let (mut second, _) = open5(s.mqtt(), "twice", Some(("twice", &key)), true, None).await;
+    match first.recv5().await {
+        v5::Packet::Disconnect(x) => {
+            assert_eq!(x.reason_code, v5::DisconnectReasonCode::SessionTakenOver)
+        }
+        p => panic!("{p:?}"),
+    }
+    first.expect_closed().await;
+    // The new connection is the live one.
+    second.send5(v5::Packet::PingReq(v5::PingReq)).await;
+    assert!(matches!(second.recv5().await, v5::Packet::PingResp(_)));
+    let stopping = tokio::spawn(s.stop());
+    match second.recv5().await {
+        v5::Packet::Disconnect(x) => {
+            assert_eq!(x.reason_code, v5::DisconnectReasonCode::ServerShuttingDown)
+        }
+        p => panic!("{p:?}"),
+    }
+    second.expect_closed().await;
+    stopping.await.unwrap();
+}
