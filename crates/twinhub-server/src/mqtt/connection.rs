@@ -99,9 +99,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.out.is_empty() {
             self.io.write_all(&self.out).await?;
             self.out.clear();
-            // Idle connections keep no output buffer; a busy one keeps its
-            // burst's buffer up to 64 KB.
-            if self.out.capacity() > 64 * 1024 || self.read_hint == MIN_READ {
+            // A quiet client keeps no small buffer (a CONNACK's, a lone
+            // message's); a buffer grown by a burst is kept up to 64 KB,
+            // so a subscriber that only receives does not regrow it on
+            // every drain.
+            let quiet = self.read_hint == MIN_READ && self.out.capacity() <= 1024;
+            if quiet || self.out.capacity() > 64 * 1024 {
                 self.out = BytesMut::new();
             }
         }
