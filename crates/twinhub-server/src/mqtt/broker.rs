@@ -87,6 +87,13 @@ impl SessionHandle {
     pub fn connected(&self) -> bool {
         self.link.lock().expect("link").is_some()
     }
+
+    /// Tells the connection holding this session, if any, to leave.
+    fn kick(&self, why: Kick) {
+        if let Some(l) = self.link.lock().expect("link").as_ref() {
+            l.kick.kick(why);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -216,9 +223,7 @@ impl Broker {
     /// Tells every connected client to leave.
     fn kick_all(&self, why: Kick) {
         for h in self.sessions.read().expect("sessions").values() {
-            if let Some(l) = h.link.lock().expect("link").as_ref() {
-                l.kick.kick(why);
-            }
+            h.kick(why);
         }
     }
 
@@ -785,9 +790,7 @@ impl Broker {
                     ops.push(Op::Dequeue(id));
                 }
                 if self.settings.disconnect_slow {
-                    if let Some(l) = h.link.lock().expect("link").as_ref() {
-                        l.kick.kick(Kick::SlowConsumer);
-                    }
+                    h.kick(Kick::SlowConsumer);
                 }
             }
             h.notify.notify_one();
