@@ -159,6 +159,8 @@ def run_twinhub(data, args, line_protocol=False):
         for s, vals in enumerate(data):
             st, body = request(port, "POST", "/api/v1/devices", json.dumps({"id": f"s{s}"}),
                                {"content-type": "application/json", "authorization": f"Bearer {token}"})
+            if line_protocol:
+                continue
             key = json.loads(body)["key"]
             auth = base64.b64encode(f"s{s}:{key}".encode()).decode()
             msgs = ",".join(f'{{"ts":{T0_MS + i * 1000},"value":{v}}}' for i, v in enumerate(vals))
@@ -170,7 +172,7 @@ def run_twinhub(data, args, line_protocol=False):
                                json.dumps({"name": "compare", "permissions": ["telemetry:write"]}),
                                {"content-type": "application/json", "authorization": f"Bearer {token}"})
             key = json.loads(body)["key"]
-            jobs = [(path, body, {"authorization": f"Token {key}"}) for path, body, _ in
+            jobs = [(path, lines, {"authorization": f"Token {key}"}) for path, lines, _ in
                     line_protocol_jobs(data, "/write?db=bench&precision=ms&twin_tag=id")]
         secs = send_all(port, jobs, args.threads)
         # Compaction runs at 2M points or on its interval: wait for the head to empty.
