@@ -406,9 +406,7 @@ impl Store {
         }
         let dirty: BTreeSet<(u32, i64)> = conn
             .prepare(
-                "SELECT c.series_id, c.win FROM chunks c GROUP BY c.series_id, c.win
-                 HAVING COUNT(*) > 1 OR NOT EXISTS
-                   (SELECT 1 FROM rollups r WHERE r.series_id = c.series_id AND r.res = 60 AND r.win = c.win)",
+                "SELECT series_id, win FROM chunks GROUP BY series_id, win HAVING COUNT(*) > 1",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;

@@ -668,3 +668,73 @@ fn an_older_file_is_switched_to_incremental_vacuum() {
     let mode: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, 2);
 }
+
+fn rollup_rows(s: &Store) -> i64 {
+    s.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rollups", [], |r| r.get(0))?))
+        .unwrap()
+}
+
+/// Rollups are made only as retention approaches (queries read them only
+/// where raw points are gone): recent windows carry none on disk. A
+/// window rolled up early that then takes a late point loses those
+/// rollups and gets them again, so retention never trusts rollups that
+/// miss a point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_are_made_before_retention_and_remade_after_a_late_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(OffsetClock::default());
+    let s = open(dir.path(), clock.clone());
+    let compact = || {
+        let s = s.clone();
+        blocking(move || s.compact_now().unwrap())
+    };
+    // A closed window well inside raw retention: chunks, no rollups.
+    let recent = t0();
+    let pts: Vec<(i64, f64)> = (0..60).map(|i| (recent + i * US_PER_MIN, 1.0)).collect();
+    s.append(batch("recent", &pts)).await.unwrap();
+    // A window retention (30 days of raw points) retires within the hour.
+    let start = (clock.now_us() - 30 * DAY + WINDOW).div_euclid(WINDOW) * WINDOW - WINDOW;
+    let pts: Vec<(i64, f64)> = (0..60).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
+    s.append(batch("t", &pts)).await.unwrap();
+    compact().await;
+    assert_eq!(
+        rollup_rows(&s),
+        2,
+        "minute and hour rollups of the old window only"
+    );
+    let chunks: i64 = s
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(chunks, 2, "both windows still have their raw points");
+    // A late point: the early rollups would miss it.
+    s.append(batch("t", &[(start + 30 * US_PER_SEC, 5.0)]))
+        .await
+        .unwrap();
+    blocking({
+        let s = s.clone();
+        move || s.flush().unwrap()
+    })
+    .await;
+    compact().await;
+    // Past the cut: raw points retired, minute buckets from the rollups.
+    clock.advance_us(2 * WINDOW);
+    compact().await;
+    let raw_left: i64 = s
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM chunks c JOIN series s ON s.id = c.series_id WHERE s.name = 't'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(raw_left, 0, "the old window's raw points are retired");
+    let minute = Bucketer::new(US_PER_MIN, None).unwrap();
+    let b = s
+        .aggregate(&key("t"), start, start + WINDOW, &minute)
+        .unwrap();
+    assert_eq!(b.values().map(|st| st.count).sum::<u64>(), 61);
+    assert_eq!(b[&start].count, 2);
+    assert_eq!(b[&start].max, 5.0, "the late point is in the rollups");
+    blocking(move || s.close()).await;
+}

@@ -89,7 +89,8 @@ pub enum Ctrl {
         /// None keeps the chunks as they are and only writes rollups.
         new: Option<Vec<NewChunk>>,
         rollups: Vec<(i64, Vec<u8>)>,
-        /// The window has closed: once merged it is clean.
+        /// The window has closed: once merged it is clean, and rollups
+        /// stored for it before are dropped unless this carries new ones.
         closed: bool,
         ack: oneshot::Sender<Result<bool, StoreError>>,
     },
@@ -408,7 +409,7 @@ impl Writer {
                 closed,
                 ack,
             } => {
-                let res = self.replace(sid, win, &old_ids, new, rollups);
+                let res = self.replace(sid, win, &old_ids, new, rollups, closed);
                 // Cleared here, in the writer, so a flush that added a chunk
                 // to this window (and failed this merge) keeps it dirty.
                 if closed && matches!(res, Ok(true)) {
@@ -503,6 +504,7 @@ impl Writer {
         old_ids: &[i64],
         new: Option<Vec<NewChunk>>,
         rollups: Vec<(i64, Vec<u8>)>,
+        closed: bool,
     ) -> Result<bool, StoreError> {
         let retired = self
             .engine
@@ -537,6 +539,13 @@ impl Writer {
             for c in new {
                 insert_chunk(&tx, c)?;
             }
+        }
+        if closed && rollups.is_empty() {
+            // The merge of a changed window: rollups made before the
+            // change (by `preroll`) may miss a point. Retention or the
+            // next preroll makes them again.
+            tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND win = ?2")?
+                .execute(params![sid, win])?;
         }
         for (res, data) in &rollups {
             tx.execute(
