@@ -1,4 +1,4 @@
--- The PostgreSQL schema at store format 13: the same tables as the
+-- The PostgreSQL schema at store format 14 (13 and 14 have the same tables): the same tables as the
 -- SQLite migrations end with (db.rs), in PostgreSQL's types. Integers are
 -- INT8 (the SQL layer binds i64), text keys sort in byte order like
 -- SQLite's (COLLATE "C"), row ids SQLite assigns are identities here.
