@@ -138,12 +138,14 @@ def line_protocol_jobs(data, path, batch=5000):
     return jobs
 
 
-def run_twinhub(data, args, line_protocol=False):
+@contextlib.contextmanager
+def twinhub_server(name, **env):
+    """The release `twinhub serve` on free loopback ports, its data in a
+    temporary directory: yields (http port, admin access token, data dir)."""
     exe = os.path.join(ROOT, "target", "release", "twinhub")
-    d = tempfile.mkdtemp(prefix="cmp-twinhub-")
-    # "A flush": the head is compacted 5 s after its oldest point (or at
-    # 2M points), where the default waits up to 10 minutes.
-    env = dict(os.environ, TWINHUB_ADMIN_PASSWORD="compare-password-1", TWINHUB_STORE_FLUSH_INTERVAL="5s")
+    d = tempfile.mkdtemp(prefix=f"{name}-twinhub-")
+    password = f"{name}-password-1"
+    env = dict(os.environ, TWINHUB_ADMIN_PASSWORD=password, **env)
     with serving([exe, "serve", "--data-dir", d, "--http-listen", "127.0.0.1:0",
                   "--mqtt-listen", "127.0.0.1:0", "--log-level", "warn"], d, env):
         ports = os.path.join(d, "ports.json")
@@ -151,10 +153,16 @@ def run_twinhub(data, args, line_protocol=False):
         while not os.path.exists(ports) and time.time() < deadline:
             time.sleep(0.05)
         port = int(json.load(open(ports))["http"].rsplit(":", 1)[1])
-        st, body = request(port, "POST", "/api/v1/auth/login",
-                           json.dumps({"username": "admin", "password": "compare-password-1"}),
-                           {"content-type": "application/json"})
-        token = json.loads(body)["access_token"]
+        _, body = request(port, "POST", "/api/v1/auth/login",
+                          json.dumps({"username": "admin", "password": password}),
+                          {"content-type": "application/json"})
+        yield port, json.loads(body)["access_token"], d
+
+
+def run_twinhub(data, args, line_protocol=False):
+    # "A flush": the head is compacted 5 s after its oldest point (or at
+    # 2M points), where the default waits up to 10 minutes.
+    with twinhub_server("cmp", TWINHUB_STORE_FLUSH_INTERVAL="5s") as (port, token, d):
         jobs = []
         for s, vals in enumerate(data):
             st, body = request(port, "POST", "/api/v1/devices", json.dumps({"id": f"s{s}"}),

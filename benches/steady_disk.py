@@ -25,11 +25,10 @@ import os
 import random
 import sqlite3
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, du, request, serving  # noqa: E402
+from compare import du, request, twinhub_server  # noqa: E402
 
 
 def metric(port, name):
@@ -46,22 +45,9 @@ def main():
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--settle", type=int, default=30, help="seconds after the last flush before du")
     args = ap.parse_args()
-    exe = os.path.join(ROOT, "target", "release", "twinhub")
-    d = tempfile.mkdtemp(prefix="steady-twinhub-")
-    env = dict(os.environ, TWINHUB_ADMIN_PASSWORD="steady-password-1")
     rnd = [random.Random(s) for s in range(args.series)]
     levels = [20 + s % 50 for s in range(args.series)]
-    with serving([exe, "serve", "--data-dir", d, "--http-listen", "127.0.0.1:0",
-                  "--mqtt-listen", "127.0.0.1:0", "--log-level", "warn"], d, env):
-        ports = os.path.join(d, "ports.json")
-        deadline = time.time() + 30
-        while not os.path.exists(ports) and time.time() < deadline:
-            time.sleep(0.05)
-        port = int(json.load(open(ports))["http"].rsplit(":", 1)[1])
-        _, body = request(port, "POST", "/api/v1/auth/login",
-                          json.dumps({"username": "admin", "password": "steady-password-1"}),
-                          {"content-type": "application/json"})
-        token = json.loads(body)["access_token"]
+    with twinhub_server("steady") as (port, token, d):
         for s in range(args.series):
             request(port, "POST", "/api/v1/devices", json.dumps({"id": f"s{s}"}),
                     {"content-type": "application/json", "authorization": f"Bearer {token}"})

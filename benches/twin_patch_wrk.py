@@ -21,10 +21,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import ROOT, request, serving  # noqa: E402
+from compare import ROOT, request, twinhub_server  # noqa: E402
 
 LUA = """
 local n = 0
@@ -67,20 +66,7 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--seconds", type=int, default=20)
     args = ap.parse_args()
-    exe = os.path.join(ROOT, "target", "release", "twinhub")
-    d = tempfile.mkdtemp(prefix="patch-twinhub-")
-    env = dict(os.environ, TWINHUB_ADMIN_PASSWORD="patch-password-1", TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND="0.0")
-    with serving([exe, "serve", "--data-dir", d, "--http-listen", "127.0.0.1:0",
-                  "--mqtt-listen", "127.0.0.1:0", "--log-level", "warn"], d, env):
-        ports = os.path.join(d, "ports.json")
-        deadline = time.time() + 30
-        while not os.path.exists(ports) and time.time() < deadline:
-            time.sleep(0.05)
-        port = int(json.load(open(ports))["http"].rsplit(":", 1)[1])
-        _, body = request(port, "POST", "/api/v1/auth/login",
-                          json.dumps({"username": "admin", "password": "patch-password-1"}),
-                          {"content-type": "application/json"})
-        token = json.loads(body)["access_token"]
+    with twinhub_server("patch", TWINHUB_RATE_LIMITS_REQUESTS_PER_SECOND="0.0") as (port, token, _):
         auth = {"content-type": "application/json", "authorization": f"Bearer {token}"}
         with open(os.path.join(ROOT, "ontologies", "process-plant.json"), "rb") as f:
             st, body = request(port, "POST", "/api/v1/models", f.read(), auth)

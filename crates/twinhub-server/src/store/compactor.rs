@@ -186,6 +186,17 @@ pub(super) fn flush(store: &Store) -> Result<(), StoreError> {
     wait(rx)?
 }
 
+/// A window's chunks (id, encoded data) in the order they were written.
+fn window_chunks(store: &Store, sid: u32, win: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    store.read(|c| {
+        Ok(c.prepare_cached(
+            "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
+        )?
+        .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?)
+    })
+}
+
 /// Cuts sorted points at window boundaries and at the chunk size limit.
 fn split_into_chunks(sid: u32, cols: &Columns, out: &mut Vec<NewChunk>) {
     let mut i = 0;
@@ -315,13 +326,7 @@ impl Compactor {
                 continue;
             }
             let closed = (win + 1) * WINDOW + grace <= now;
-            let rows: Vec<(i64, Vec<u8>)> = self.store.read(|c| {
-                Ok(c.prepare_cached(
-                    "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
-                )?
-                .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?)
-            })?;
+            let rows = window_chunks(&self.store, sid, win)?;
             if rows.is_empty() {
                 // Cleared through the writer, which knows whether a chunk
                 // arrived meanwhile.
@@ -431,13 +436,7 @@ impl Compactor {
                     return Ok(());
                 }
                 done += 1;
-                let rows: Vec<(i64, Vec<u8>)> = self.store.read(|c| {
-                    Ok(c.prepare_cached(
-                        "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
-                    )?
-                    .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?)
-                })?;
+                let rows = window_chunks(&self.store, sid, win)?;
                 let mut merged = Columns::default();
                 for (_, data) in &rows {
                     merged = Columns::merge(&merged, &chunk::decode(data)?);
