@@ -393,6 +393,11 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
     // register thousands of things with one admin token).
     config.rate_limits.requests_per_second = 0.0;
     tweak(&mut config);
+    // The in-process server logs only when asked (`RUST_LOG=…`): the
+    // figures are the output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::init_logging(&config);
+    }
     let server = ServerHandle::start(config, clock::system()).await?;
     let base = format!("http://{}", server.ready.http);
     let token = admin_token(&reqwest::Client::new(), &base).await?;

@@ -393,11 +393,21 @@ impl Writer {
                 upto_seq,
                 ack,
             } => {
+                let n = chunks.len();
+                let t = std::time::Instant::now();
                 let res = self.install(chunks, upto_seq);
+                let installed = t.elapsed();
                 if res.is_ok() {
                     *self.engine.frozen.write().expect("frozen") = None;
                     self.reclaim(true);
                 }
+                // Everything queued behind the writer waited this long.
+                tracing::debug!(
+                    chunks = n,
+                    install_ms = installed.as_secs_f64() * 1e3,
+                    reclaim_ms = (t.elapsed() - installed).as_secs_f64() * 1e3,
+                    "flush installed"
+                );
                 let _ = ack.send(res);
             }
             Ctrl::Replace {
@@ -445,8 +455,9 @@ impl Writer {
                     while rows.next()?.is_some() {}
                     Ok(())
                 });
-            if let Err(e) = released {
-                tracing::warn!(error = %e, "free pages could not be released");
+            match released {
+                Ok(()) => tracing::debug!(pages = free, "free pages released"),
+                Err(e) => tracing::warn!(error = %e, "free pages could not be released"),
             }
         }
         if wal {
