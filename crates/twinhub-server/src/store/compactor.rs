@@ -1,8 +1,9 @@
 //! The compactor thread: flushes the head into per-window chunks, merges a
 //! window's chunks into one once the window has closed (or has many),
 //! computes a window's rollups shortly before retention retires its raw
-//! points, and applies retention. Encoding happens here, off the writer
-//! thread; the writer only installs finished chunks and rollups.
+//! points, and applies retention. Decoding, merging and rollups happen
+//! here, off the writer thread. (A chunk's encoding still runs in the
+//! writer's `insert_chunk`: docs/STATUS.md, #15.)
 //!
 //! Rollups are made late on purpose: queries read them only where raw
 //! points were retired (`query.rs`), so rollups of windows whose chunks
@@ -187,14 +188,25 @@ pub(super) fn flush(store: &Store) -> Result<(), StoreError> {
 }
 
 /// A window's chunks (id, encoded data) in the order they were written.
-fn window_chunks(store: &Store, sid: u32, win: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    store.read(|c| {
-        Ok(c.prepare_cached(
-            "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
-        )?
-        .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?)
-    })
+fn window_chunks(
+    c: &rusqlite::Connection,
+    sid: u32,
+    win: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
+    )?
+    .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect::<Result<_, _>>()?)
+}
+
+/// The points of a window's chunks, merged (a later chunk's point wins).
+fn merge_chunks(rows: &[(i64, Vec<u8>)]) -> Result<Columns, StoreError> {
+    let mut merged = Columns::default();
+    for (_, data) in rows {
+        merged = Columns::merge(&merged, &chunk::decode(data)?);
+    }
+    Ok(merged)
 }
 
 /// Cuts sorted points at window boundaries and at the chunk size limit.
@@ -326,7 +338,7 @@ impl Compactor {
                 continue;
             }
             let closed = (win + 1) * WINDOW + grace <= now;
-            let rows = window_chunks(&self.store, sid, win)?;
+            let rows = self.store.read(|c| window_chunks(c, sid, win))?;
             if rows.is_empty() {
                 // Cleared through the writer, which knows whether a chunk
                 // arrived meanwhile.
@@ -347,10 +359,7 @@ impl Compactor {
                 continue;
             }
             done += 1;
-            let mut merged = Columns::default();
-            for (_, data) in &rows {
-                merged = Columns::merge(&merged, &chunk::decode(data)?);
-            }
+            let merged = merge_chunks(&rows)?;
             let new = (rows.len() > 1).then(|| {
                 let mut out = Vec::new();
                 split_into_chunks(sid, &merged, &mut out);
@@ -403,7 +412,8 @@ impl Compactor {
         let mut done = 0;
         for (keep, sids) in self.retention_classes() {
             let Some(raw) = keep.raw else { continue };
-            // Windows ending before this are retired within the lead.
+            // Windows ending by this are retired within the lead (and
+            // closed).
             let horizon = (now - raw + PREROLL_LEAD).min(now - grace);
             let sids_json = serde_json::to_string(&sids).unwrap_or_default();
             let wins: Vec<(u32, i64)> = self.store.read(|c| {
@@ -420,15 +430,16 @@ impl Compactor {
                 )?
                 .collect::<Result<_, _>>()?)
             })?;
+            // The query keeps only windows ending by the horizon; a dirty
+            // one is merged first (which would drop these rollups).
             for (sid, win) in wins {
-                if (win + 1) * WINDOW > horizon
-                    || self
-                        .store
-                        .engine()
-                        .dirty
-                        .lock()
-                        .expect("dirty")
-                        .contains(&(sid, win))
+                if self
+                    .store
+                    .engine()
+                    .dirty
+                    .lock()
+                    .expect("dirty")
+                    .contains(&(sid, win))
                 {
                     continue;
                 }
@@ -436,11 +447,8 @@ impl Compactor {
                     return Ok(());
                 }
                 done += 1;
-                let rows = window_chunks(&self.store, sid, win)?;
-                let mut merged = Columns::default();
-                for (_, data) in &rows {
-                    merged = Columns::merge(&merged, &chunk::decode(data)?);
-                }
+                let rows = self.store.read(|c| window_chunks(c, sid, win))?;
+                let merged = merge_chunks(&rows)?;
                 let (ack, rx) = oneshot::channel();
                 self.store.ctrl(Ctrl::Replace {
                     sid,
@@ -572,16 +580,7 @@ fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<()
             .query_row(params![sid, win], |_| Ok(()))
             .is_err();
     if already_retired || stale {
-        let mut merged = Columns::default();
-        let datas: Vec<Vec<u8>> = tx
-            .prepare_cached(
-                "SELECT data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
-            )?
-            .query_map(params![sid, win], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for d in &datas {
-            merged = Columns::merge(&merged, &chunk::decode(d)?);
-        }
+        let merged = merge_chunks(&window_chunks(tx, sid, win)?)?;
         let rollups = if already_retired {
             let stored = |res: i64| -> Result<Vec<(i64, twinhub_model::Stats)>, StoreError> {
                 let data: Option<Vec<u8>> = tx

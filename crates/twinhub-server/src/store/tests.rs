@@ -42,6 +42,12 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// Moves the head into chunks (off the async workers, as the compactor does).
+async fn flush(s: &Store) {
+    let s = s.clone();
+    blocking(move || s.flush().unwrap()).await
+}
+
 fn values(points: &[Point]) -> Vec<(i64, f64)> {
     points
         .iter()
@@ -90,21 +96,13 @@ async fn flush_merge_and_restart_keep_every_point() {
         .map(|i| (T0 + i * US_PER_SEC, (i % 97) as f64))
         .collect();
     s.append(batch("temp", &pts[..3000])).await.unwrap();
-    blocking({
-        let s = s.clone();
-        move || s.flush().unwrap()
-    })
-    .await;
+    flush(&s).await;
     s.append(batch("temp", &pts[3000..])).await.unwrap();
     // A late overwrite of a point that is already in a chunk.
     s.append(batch("temp", &[(T0 + 10 * US_PER_SEC, -1.0)]))
         .await
         .unwrap();
-    blocking({
-        let s = s.clone();
-        move || s.flush().unwrap()
-    })
-    .await;
+    flush(&s).await;
     let mut want = pts.clone();
     want[10].1 = -1.0;
     assert_eq!(
@@ -156,11 +154,7 @@ async fn deleted_ranges_stay_deleted_across_flush_and_restart() {
     let s = open(dir.path(), clock.clone());
     let pts: Vec<(i64, f64)> = (0..100).map(|i| (T0 + i * US_PER_SEC, i as f64)).collect();
     s.append(batch("p", &pts[..50])).await.unwrap();
-    blocking({
-        let s = s.clone();
-        move || s.flush().unwrap()
-    })
-    .await;
+    flush(&s).await;
     s.append(batch("p", &pts[50..])).await.unwrap();
     // Delete a range spanning a chunk and the head.
     s.delete_range(&key("p"), T0 + 40 * US_PER_SEC, T0 + 60 * US_PER_SEC)
@@ -281,7 +275,7 @@ proptest! {
                 for (t, v) in &pts { model.insert(*t, *v); }
                 s.append(batch("x", &pts)).await.unwrap();
                 if i == flush_after {
-                    blocking({ let s = s.clone(); move || s.flush().unwrap() }).await;
+                    flush(&s).await;
                 }
             }
             if flush_after == 3 {
@@ -537,11 +531,7 @@ async fn a_late_point_in_a_retired_window_is_added_to_its_rollups() {
         .await
         .unwrap();
     assert_eq!(total(&s), 61);
-    blocking({
-        let s = s.clone();
-        move || s.flush().unwrap()
-    })
-    .await;
+    flush(&s).await;
     assert_eq!(total(&s), 61, "in a chunk of the retired window");
     compact().await;
     assert_eq!(total(&s), 61, "added to the rollups");
@@ -710,11 +700,7 @@ async fn rollups_are_made_before_retention_and_remade_after_a_late_point() {
     s.append(batch("t", &[(start + 30 * US_PER_SEC, 5.0)]))
         .await
         .unwrap();
-    blocking({
-        let s = s.clone();
-        move || s.flush().unwrap()
-    })
-    .await;
+    flush(&s).await;
     compact().await;
     // Past the cut: raw points retired, minute buckets from the rollups.
     clock.advance_us(2 * WINDOW);
