@@ -1,9 +1,9 @@
 //! The compactor thread: flushes the head into per-window chunks, merges a
 //! window's chunks into one once the window has closed (or has many),
 //! computes a window's rollups shortly before retention retires its raw
-//! points, and applies retention. Decoding, merging and rollups happen
-//! here, off the writer thread. (A chunk's encoding still runs in the
-//! writer's `insert_chunk`: docs/STATUS.md, #15.)
+//! points, and applies retention. Decoding, merging, encoding and rollups
+//! happen here, off the writer thread, which only inserts the rows (a
+//! flush in short steps between group commits: `install.rs`).
 //!
 //! Rollups are made late on purpose: queries read them only where raw
 //! points were retired (`query.rs`), so rollups of windows whose chunks

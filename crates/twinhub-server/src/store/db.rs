@@ -215,7 +215,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     incremental_vacuum(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // The checkpointer thread copies the log beside the writer
+    // (`checkpoint.rs`); this is only the backstop if it falls behind.
+    conn.pragma_update(None, "wal_autocheckpoint", 64_000)?;
     // A write-ahead log that grew under a burst shrinks back to this
     // when it restarts (the writer also truncates it after compaction).
     conn.pragma_update(None, "journal_size_limit", 4 << 20)?;

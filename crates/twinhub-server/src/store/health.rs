@@ -22,6 +22,9 @@ pub struct Faults {
     pub commit: AtomicBool,
     /// Every chunk install fails.
     pub install: AtomicBool,
+    /// A flush install takes no step after its first while set (the
+    /// writer goes on committing): lets tests see a flush half installed.
+    pub install_hold: AtomicBool,
     /// The next compaction round panics (the switch turns itself off).
     pub compactor_panic: AtomicBool,
     /// Free space reads as zero, as on a full disk.

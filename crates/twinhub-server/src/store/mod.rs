@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod batch;
 pub mod check;
+mod checkpoint;
 pub mod chunk;
 pub mod columns;
 mod compactor;
@@ -24,6 +25,7 @@ pub mod connectors;
 pub mod db;
 mod head;
 pub mod health;
+mod install;
 pub mod ml;
 pub mod mqtt;
 mod numcol;
@@ -169,14 +171,16 @@ impl Default for StoreOptions {
     }
 }
 
-/// A chunk about to be written: one series, one window.
+/// A chunk about to be written: one series, one window, already encoded
+/// (by whoever makes it: the compactor's thread, so the writer only
+/// inserts rows).
 pub struct NewChunk {
     pub sid: u32,
     pub win: i64,
     pub min_ts: i64,
     pub max_ts: i64,
     pub stats: Stats,
-    pub cols: Columns,
+    pub data: Vec<u8>,
 }
 
 impl NewChunk {
@@ -189,7 +193,7 @@ impl NewChunk {
             min_ts,
             max_ts,
             stats: chunk::stats(&cols),
-            cols,
+            data: chunk::encode(&cols),
         }
     }
 }
@@ -321,6 +325,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     compactor: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
     /// One flush at a time: a retried install re-encodes the frozen head.
     flush_lock: Mutex<()>,
 }
@@ -447,12 +452,15 @@ impl Store {
             head_limit: opts.flush_points.saturating_mul(2),
             dir: dir.clone(),
             written: false,
+            installing: None,
+            reclaiming: None,
             _lock: lock,
         };
         let writer = std::thread::Builder::new()
             .name("twinhub-writer".into())
             .spawn(move || w.run())?;
         let stop = Arc::new(AtomicBool::new(false));
+        let checkpointer = checkpoint::spawn(&path, stop.clone())?;
         let store = Store {
             inner: Arc::new(Inner {
                 engine,
@@ -465,6 +473,7 @@ impl Store {
                 stop: stop.clone(),
                 writer: Mutex::new(Some(writer)),
                 compactor: Mutex::new(None),
+                checkpointer: Mutex::new(Some(checkpointer)),
                 flush_lock: Mutex::new(()),
             }),
         };
@@ -699,6 +708,10 @@ impl Store {
         if let Some(t) = self.inner.compactor.lock().expect("threads").take() {
             let _ = t.join();
         }
+        if let Some(t) = self.inner.checkpointer.lock().expect("threads").take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
         if let Err(e) = self.flush() {
             tracing::warn!(error = %e, "final flush failed; the batch log will be replayed at next start");
         }
@@ -803,6 +816,10 @@ impl Store {
     pub(crate) fn close_writer_only(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.inner.compactor.lock().expect("threads").take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.inner.checkpointer.lock().expect("threads").take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         let _ = self.inner.ctrl_tx.send(writer::Ctrl::Shutdown);

@@ -114,6 +114,9 @@ pub struct Writer {
     pub head_limit: usize,
     /// The data directory: free space is measured there.
     pub dir: std::path::PathBuf,
+    /// Background work done in steps between group commits (`install`).
+    pub(super) installing: Option<super::install::Installing>,
+    pub(super) reclaiming: Option<super::install::Reclaiming>,
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
@@ -137,6 +140,7 @@ impl Writer {
                     biased;
                     c = self.ctrl.recv() => match c {
                         Some(Ctrl::Shutdown) | None => {
+                            self.finish_steps();
                             self.data.close();
                             while let Ok(op) = self.data.try_recv() {
                                 self.commit_group(vec![op]);
@@ -162,9 +166,15 @@ impl Writer {
                             }
                             self.commit_group(group);
                             self.written = true;
+                            // Under steady load data is always queued:
+                            // background work gets a step after each group.
+                            if self.has_steps() {
+                                self.step();
+                            }
                         }
                         None => break,
                     },
+                    _ = std::future::ready(()), if self.has_steps() => self.step(),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)), if self.written && !stalled => {
                         self.written = false;
@@ -392,24 +402,7 @@ impl Writer {
                 chunks,
                 upto_seq,
                 ack,
-            } => {
-                let n = chunks.len();
-                let t = std::time::Instant::now();
-                let res = self.install(chunks, upto_seq);
-                let installed = t.elapsed();
-                if res.is_ok() {
-                    *self.engine.frozen.write().expect("frozen") = None;
-                    self.reclaim(true);
-                }
-                // Everything queued behind the writer waited this long.
-                tracing::debug!(
-                    chunks = n,
-                    install_ms = installed.as_secs_f64() * 1e3,
-                    reclaim_ms = (t.elapsed() - installed).as_secs_f64() * 1e3,
-                    "flush installed"
-                );
-                let _ = ack.send(res);
-            }
+            } => self.begin_install(chunks, upto_seq, ack),
             Ctrl::Replace {
                 sid,
                 win,
@@ -430,82 +423,6 @@ impl Writer {
             }
             Ctrl::Shutdown | Ctrl::Pause(_) => {}
         }
-    }
-
-    /// Gives freed pages back to the file system: the batch log's once
-    /// its points are in chunks, merged chunks', expired data's. The file
-    /// is in incremental auto-vacuum mode, so this is a short write of the
-    /// free pages only (skipped under a megabyte but after a compaction,
-    /// which frees the most). After a compaction
-    /// (`wal`) the write-ahead log is also truncated, unless a reader
-    /// still needs it (never waited for: ingest must not stall).
-    fn reclaim(&mut self, wal: bool) {
-        let min_free_pages = if wal { 16 } else { 256 };
-        let free: i64 = self
-            .conn
-            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .unwrap_or(0);
-        if free >= min_free_pages {
-            // Each step of the pragma releases one page: step it to the end.
-            let released = self
-                .conn
-                .prepare("PRAGMA incremental_vacuum")
-                .and_then(|mut stmt| {
-                    let mut rows = stmt.query([])?;
-                    while rows.next()?.is_some() {}
-                    Ok(())
-                });
-            match released {
-                Ok(()) => tracing::debug!(pages = free, "free pages released"),
-                Err(e) => tracing::warn!(error = %e, "free pages could not be released"),
-            }
-        }
-        if wal {
-            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            let _ = self.conn.busy_timeout(super::db::BUSY_TIMEOUT);
-        }
-    }
-
-    fn install(&mut self, mut chunks: Vec<NewChunk>, upto_seq: u64) -> Result<(), StoreError> {
-        if Faults::on(&self.engine.faults.install) {
-            return Err(Faults::injected("chunk install"));
-        }
-        // Ranges deleted while the flush was encoding must not come back.
-        let deletes = self
-            .engine
-            .deletes_since_freeze
-            .lock()
-            .expect("deletes")
-            .clone();
-        if !deletes.is_empty() {
-            chunks = chunks
-                .into_iter()
-                .filter_map(|c| {
-                    let mut cols = c.cols;
-                    for (sid, from, to) in &deletes {
-                        if *sid == c.sid {
-                            cols.remove_range(*from, *to);
-                        }
-                    }
-                    (!cols.is_empty()).then(|| NewChunk::new(c.sid, cols))
-                })
-                .collect();
-        }
-        let tx = self.conn.transaction()?;
-        let mut touched = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            insert_chunk(&tx, c)?;
-            touched.push((c.sid, c.win));
-        }
-        tx.execute("DELETE FROM batch_log WHERE seq <= ?1", [upto_seq as i64])?;
-        tx.execute("DELETE FROM tombstones WHERE seq <= ?1", [upto_seq as i64])?;
-        tx.commit()?;
-        self.engine.dirty.lock().expect("dirty").extend(touched);
-        self.engine.metrics.flushes.inc();
-        Ok(())
     }
 
     fn replace(
@@ -599,7 +516,7 @@ pub fn insert_chunk(tx: &Connection, c: &NewChunk) -> Result<(), StoreError> {
         has_num.then_some(st.max),
         first,
         last,
-        chunk::encode(&c.cols),
+        c.data,
     ])?;
     Ok(())
 }

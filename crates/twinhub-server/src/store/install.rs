@@ -1,0 +1,326 @@
+//! The writer's background work, done in short steps between group
+//! commits: installing a flush's chunks and cutting the batch log, then
+//! giving freed pages back to the file system. Done in one go, a flush of
+//! 60,000 chunks held every queued commit (acknowledgements, the rules
+//! engine's alarms) for 1.6 s.
+//!
+//! A crash between steps needs no marker: the batch log is cut only once
+//! every chunk is in, so replay brings the points back into the head, and
+//! queries and merges already read a point found both in the head and in
+//! a chunk, or in two chunks of one window, once (the head's copy, or the
+//! later chunk's, wins). The next flush writes them again and the window's
+//! merge folds the copies.
+//!
+//! Called only from the writer thread (`Writer::step`); it may call the
+//! writer's `insert_chunk` and nothing above `store`.
+
+use super::chunk;
+use super::health::Faults;
+use super::writer::{insert_chunk, Writer};
+use super::{NewChunk, StoreError};
+use rusqlite::params;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Writer time one step may take before queued groups get their turn.
+const STEP_BUDGET: Duration = Duration::from_millis(2);
+/// Batch-log rows deleted per statement while cutting the log (a row is
+/// one group commit's points, up to a few hundred kilobytes).
+const LOG_ROWS_PER_DELETE: i64 = 8;
+/// Pages released per `incremental_vacuum` call.
+const VACUUM_PAGES: i64 = 64;
+
+/// A flush being installed.
+pub(super) struct Installing {
+    chunks: std::vec::IntoIter<NewChunk>,
+    upto_seq: u64,
+    ack: oneshot::Sender<Result<(), StoreError>>,
+    /// All chunks are in; the batch log is being cut.
+    cutting: bool,
+    n: usize,
+    slices: u32,
+    busy: Duration,
+    started: Instant,
+}
+
+/// Freed pages being given back, then the write-ahead log truncated.
+pub(super) struct Reclaiming {
+    /// Truncate the write-ahead log at the end.
+    wal: bool,
+    /// Start only above this many free pages (a compaction frees the most;
+    /// small merges are left to accumulate).
+    min_free: i64,
+    started: bool,
+    pages: i64,
+    busy: Duration,
+    /// Flushes answered once their pages are back: a flush that returned
+    /// has given the disk back (what `du` shows a user).
+    then_ack: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Writer {
+    /// Takes a flush's chunks; they go in over the next steps and `ack`
+    /// answers once the batch log is cut.
+    pub(super) fn begin_install(
+        &mut self,
+        chunks: Vec<NewChunk>,
+        upto_seq: u64,
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    ) {
+        debug_assert!(self.installing.is_none(), "flushes are serialised");
+        if Faults::on(&self.engine.faults.install) {
+            let _ = ack.send(Err(Faults::injected("chunk install")));
+            return;
+        }
+        self.installing = Some(Installing {
+            n: chunks.len(),
+            chunks: chunks.into_iter(),
+            upto_seq,
+            ack,
+            cutting: false,
+            slices: 0,
+            busy: Duration::ZERO,
+            started: Instant::now(),
+        });
+    }
+
+    /// Asks for free pages to be given back (merged with a pending ask).
+    pub(super) fn reclaim(&mut self, wal: bool) {
+        let min_free = if wal { 16 } else { 256 };
+        match &mut self.reclaiming {
+            Some(r) => {
+                r.wal |= wal;
+                r.min_free = r.min_free.min(min_free);
+            }
+            None => {
+                self.reclaiming = Some(Reclaiming {
+                    wal,
+                    min_free,
+                    started: false,
+                    pages: 0,
+                    busy: Duration::ZERO,
+                    then_ack: Vec::new(),
+                })
+            }
+        }
+    }
+
+    pub(super) fn has_steps(&self) -> bool {
+        // Pages are given back once an install is over (its log cut
+        // frees the most).
+        self.install_may_step() || (self.installing.is_none() && self.reclaiming.is_some())
+    }
+
+    fn install_may_step(&self) -> bool {
+        self.installing
+            .as_ref()
+            .is_some_and(|job| job.slices == 0 || !Faults::on(&self.engine.faults.install_hold))
+    }
+
+    /// One step of background work, about `STEP_BUDGET` long.
+    pub(super) fn step(&mut self) {
+        if self.install_may_step() {
+            self.install_step();
+        } else if self.installing.is_none() && self.reclaiming.is_some() {
+            self.reclaim_step();
+        }
+    }
+
+    /// Runs every pending step (at shutdown; a held install is left to
+    /// the next start's replay, as after a crash).
+    pub(super) fn finish_steps(&mut self) {
+        while self.has_steps() {
+            self.step();
+        }
+    }
+
+    fn install_step(&mut self) {
+        let Some(mut job) = self.installing.take() else {
+            return;
+        };
+        let t = Instant::now();
+        // Steps commit without an fsync of their own: what they write can
+        // be redone from the batch log, and the next group commit's fsync
+        // makes them durable with it (the write-ahead log is replayed in
+        // order, so a step is never kept without what came before it).
+        // Synced, each step cost an fsync beside each group's.
+        let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let res = if job.cutting {
+            self.cut_log(&mut job, t)
+        } else {
+            self.insert_slice(&mut job, t)
+        };
+        // Acknowledgements rest on this: no group may commit unsynced.
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .expect("synchronous back to FULL");
+        job.busy += t.elapsed();
+        job.slices += 1;
+        match res {
+            Err(e) => {
+                // The frozen head stays (or, if the chunks are in, the log
+                // rows do): the next flush does it again, and copies of
+                // points already installed are folded by the merge.
+                let _ = job.ack.send(Err(e));
+            }
+            Ok(true) => {
+                self.engine.metrics.flushes.inc();
+                // Everything queued behind the writer waited at most one
+                // step at a time, `busy` in all.
+                tracing::debug!(
+                    chunks = job.n,
+                    slices = job.slices,
+                    busy_ms = job.busy.as_secs_f64() * 1e3,
+                    took_ms = job.started.elapsed().as_secs_f64() * 1e3,
+                    "flush installed"
+                );
+                self.reclaim(true);
+                if let Some(r) = self.reclaiming.as_mut() {
+                    r.then_ack.push(job.ack);
+                }
+            }
+            Ok(false) => self.installing = Some(job),
+        }
+    }
+
+    /// Inserts chunks for one step in one transaction. Once the last is
+    /// in, the frozen head is dropped (the chunks hold its points).
+    fn insert_slice(&mut self, job: &mut Installing, t: Instant) -> Result<bool, StoreError> {
+        // Ranges deleted while the flush was encoding, or between slices,
+        // must not come back.
+        let deletes = self
+            .engine
+            .deletes_since_freeze
+            .lock()
+            .expect("deletes")
+            .clone();
+        let tx = self.conn.transaction()?;
+        let mut touched = Vec::new();
+        while t.elapsed() < STEP_BUDGET {
+            let Some(c) = job.chunks.next() else {
+                break;
+            };
+            let Some(c) = without_deleted(c, &deletes)? else {
+                continue;
+            };
+            insert_chunk(&tx, &c)?;
+            touched.push((c.sid, c.win));
+        }
+        let ti = t.elapsed();
+        tx.commit()?;
+        tracing::trace!(
+            n = touched.len(),
+            insert_us = ti.as_micros() as u64,
+            total_us = t.elapsed().as_micros() as u64,
+            "slice"
+        );
+        self.engine.dirty.lock().expect("dirty").extend(touched);
+        if job.chunks.len() == 0 {
+            *self.engine.frozen.write().expect("frozen") = None;
+            job.cutting = true;
+        }
+        Ok(false)
+    }
+
+    /// Deletes the flushed batch-log rows for one step; the tombstones
+    /// they needed go with the last of them.
+    fn cut_log(&mut self, job: &mut Installing, t: Instant) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let upto = job.upto_seq as i64;
+        let mut done = false;
+        while t.elapsed() < STEP_BUDGET {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM batch_log WHERE seq IN
+                     (SELECT seq FROM batch_log WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
+                )?
+                .execute(params![upto, LOG_ROWS_PER_DELETE])?;
+            if (n as i64) < LOG_ROWS_PER_DELETE {
+                tx.execute("DELETE FROM tombstones WHERE seq <= ?1", [upto])?;
+                done = true;
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+
+    /// Releases free pages for one step; once none are left, truncates
+    /// the write-ahead log if asked (never waiting for a reader: ingest
+    /// must not stall).
+    fn reclaim_step(&mut self) {
+        let Some(mut r) = self.reclaiming.take() else {
+            return;
+        };
+        let t = Instant::now();
+        loop {
+            let free: i64 = self
+                .conn
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .unwrap_or(0);
+            if free == 0 || (!r.started && free < r.min_free) {
+                break;
+            }
+            if !r.started {
+                r.started = true;
+                r.pages = free;
+            }
+            if t.elapsed() >= STEP_BUDGET {
+                r.busy += t.elapsed();
+                self.reclaiming = Some(r);
+                return;
+            }
+            let released = self
+                .conn
+                .prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+                .and_then(|mut stmt| {
+                    let mut rows = stmt.query([])?;
+                    while rows.next()?.is_some() {}
+                    Ok(())
+                });
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "free pages could not be released");
+                break;
+            }
+        }
+        if r.wal {
+            let _ = self.conn.busy_timeout(Duration::ZERO);
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = self.conn.busy_timeout(super::db::BUSY_TIMEOUT);
+        }
+        r.busy += t.elapsed();
+        if r.started {
+            tracing::debug!(
+                pages = r.pages,
+                busy_ms = r.busy.as_secs_f64() * 1e3,
+                "free pages released"
+            );
+        }
+        for ack in r.then_ack {
+            let _ = ack.send(Ok(()));
+        }
+    }
+}
+
+/// The chunk without the points deleted since the flush froze its head
+/// (None if nothing is left).
+fn without_deleted(
+    c: NewChunk,
+    deletes: &[(u32, i64, i64)],
+) -> Result<Option<NewChunk>, StoreError> {
+    let hit = deletes
+        .iter()
+        .any(|(sid, from, to)| *sid == c.sid && *from <= c.max_ts && *to > c.min_ts);
+    if !hit {
+        return Ok(Some(c));
+    }
+    let mut cols = chunk::decode(&c.data)?;
+    for (sid, from, to) in deletes {
+        if *sid == c.sid {
+            cols.remove_range(*from, *to);
+        }
+    }
+    Ok((!cols.is_empty()).then(|| NewChunk::new(c.sid, cols)))
+}
