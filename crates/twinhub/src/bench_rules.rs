@@ -344,8 +344,10 @@ async fn latency(
         ),
         format!("p50 {:.2} / p99 {:.2}", q(0.5), q(0.99)),
         &format!(
-            "{} alarms; {achieved:.0} events/s acknowledged; target p99 ≤ 10 ms at 50k{}",
+            "{} alarms ({} over 10 ms, worst {:.0}); {achieved:.0} events/s acknowledged; target p99 ≤ 10 ms at 50k{}",
             lat.len(),
+            lat.iter().filter(|l| **l > 10.0).count(),
+            lat.last().copied().unwrap_or(0.0),
             match &*refused.lock().expect("refused") {
                 r if r.is_empty() => String::new(),
                 r => format!("; requests not acknowledged: {r:?}"),

@@ -27,6 +27,9 @@ const STEP_BUDGET: Duration = Duration::from_millis(2);
 /// Batch-log rows deleted per statement while cutting the log (a row is
 /// one group commit's points, up to a few hundred kilobytes).
 const LOG_ROWS_PER_DELETE: i64 = 8;
+/// Flushes closer together than this keep the batch log's freed pages
+/// for the next fill (`Writer::log_reserve`).
+const LOG_REFILLS_SOON: Duration = Duration::from_secs(60);
 /// Pages released per `incremental_vacuum` call.
 const VACUUM_PAGES: i64 = 64;
 
@@ -37,6 +40,8 @@ pub(super) struct Installing {
     ack: oneshot::Sender<Result<(), StoreError>>,
     /// All chunks are in; the batch log is being cut.
     cutting: bool,
+    /// Free pages when the cut began.
+    free_before: Option<i64>,
     n: usize,
     slices: u32,
     busy: Duration,
@@ -50,6 +55,8 @@ pub(super) struct Reclaiming {
     /// Start only above this many free pages (a compaction frees the most;
     /// small merges are left to accumulate).
     min_free: i64,
+    /// Free pages left in the file (see `Writer::log_reserve`).
+    keep: i64,
     started: bool,
     pages: i64,
     busy: Duration,
@@ -78,24 +85,30 @@ impl Writer {
             upto_seq,
             ack,
             cutting: false,
+            free_before: None,
             slices: 0,
             busy: Duration::ZERO,
             started: Instant::now(),
         });
     }
 
-    /// Asks for free pages to be given back (merged with a pending ask).
-    pub(super) fn reclaim(&mut self, wal: bool) {
+    /// Asks for free pages to be given back (merged with a pending ask):
+    /// after a compaction (`wal`: the log is truncated too) or a merge,
+    /// down to the batch log's reserve; `all` when the writer is idle.
+    pub(super) fn reclaim(&mut self, wal: bool, all: bool) {
         let min_free = if wal { 16 } else { 256 };
+        let keep = if all { 0 } else { self.log_reserve };
         match &mut self.reclaiming {
             Some(r) => {
                 r.wal |= wal;
                 r.min_free = r.min_free.min(min_free);
+                r.keep = r.keep.min(keep);
             }
             None => {
                 self.reclaiming = Some(Reclaiming {
                     wal,
                     min_free,
+                    keep,
                     started: false,
                     pages: 0,
                     busy: Duration::ZERO,
@@ -174,7 +187,7 @@ impl Writer {
                     took_ms = job.started.elapsed().as_secs_f64() * 1e3,
                     "flush installed"
                 );
-                self.reclaim(true);
+                self.reclaim(true, false);
                 if let Some(r) = self.reclaiming.as_mut() {
                     r.then_ack.push(job.ack);
                 }
@@ -225,6 +238,12 @@ impl Writer {
     /// Deletes the flushed batch-log rows for one step; the tombstones
     /// they needed go with the last of them.
     fn cut_log(&mut self, job: &mut Installing, t: Instant) -> Result<bool, StoreError> {
+        let free = |c: &rusqlite::Connection| -> Result<i64, StoreError> {
+            Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+        };
+        if job.free_before.is_none() {
+            job.free_before = Some(free(&self.conn)?);
+        }
         let tx = self.conn.transaction()?;
         let upto = job.upto_seq as i64;
         let mut done = false;
@@ -242,6 +261,18 @@ impl Writer {
             }
         }
         tx.commit()?;
+        if done {
+            // The log refills its pages before the next flush when that
+            // comes soon (ingest fills the head, not the timer): moving
+            // them to the end of the file and back each time was a second
+            // of the writer's time per flush under heavy ingest.
+            let freed = free(&self.conn)? - job.free_before.unwrap_or(0);
+            let soon = self
+                .last_cut
+                .is_some_and(|t| t.elapsed() < LOG_REFILLS_SOON);
+            self.log_reserve = if soon { freed.max(0) } else { 0 };
+            self.last_cut = Some(Instant::now());
+        }
         Ok(done)
     }
 
@@ -258,7 +289,7 @@ impl Writer {
                 .conn
                 .query_row("PRAGMA freelist_count", [], |r| r.get(0))
                 .unwrap_or(0);
-            if free == 0 || (!r.started && free < r.min_free) {
+            if free <= r.keep || (!r.started && free < r.keep + r.min_free) {
                 break;
             }
             if !r.started {
@@ -283,7 +314,11 @@ impl Writer {
                 break;
             }
         }
-        if r.wal {
+        // Truncating copies the whole log and fsyncs on this thread: only
+        // when nothing waits for it. Under load the checkpointer copies
+        // the log and it restarts within `journal_size_limit`; the idle
+        // writer truncates it later.
+        if r.wal && self.data.is_empty() {
             let _ = self.conn.busy_timeout(Duration::ZERO);
             let _ = self
                 .conn

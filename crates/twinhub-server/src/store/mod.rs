@@ -454,6 +454,8 @@ impl Store {
             written: false,
             installing: None,
             reclaiming: None,
+            log_reserve: 0,
+            last_cut: None,
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

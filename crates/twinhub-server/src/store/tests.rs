@@ -822,3 +822,65 @@ async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
     check(&s, "merged");
     blocking(move || s.close()).await;
 }
+
+/// Under heavy ingest (flushes close together) the pages the batch log
+/// freed stay in the file for its next fill instead of being moved out
+/// and back at every flush; once the writer is idle they are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_logs_pages_are_reused_under_load_and_given_back_when_idle() {
+    let T0 = t0();
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path(), Arc::new(OffsetClock::default()));
+    let db_size = || {
+        std::fs::metadata(dir.path().join("twinhub.db"))
+            .unwrap()
+            .len()
+    };
+    let free = |s: &Store| -> i64 {
+        s.read(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
+            .unwrap()
+    };
+    let burst = |round: i64, series_n: usize| {
+        let s = s.clone();
+        async move {
+            for series in 0..series_n {
+                for b in 0..10 {
+                    let pts: Vec<(i64, f64)> = (0..200)
+                        .map(|i| {
+                            let n = round * 2000 + b * 200 + i;
+                            (T0 + n * US_PER_SEC, (n % 89) as f64)
+                        })
+                        .collect();
+                    s.append(batch(&format!("p{series}"), &pts)).await.unwrap();
+                }
+            }
+        }
+    };
+    burst(0, 20).await;
+    flush(&s).await;
+    assert!(free(&s) < 16, "the first flush gives everything back");
+    burst(1, 20).await;
+    flush(&s).await;
+    let kept = free(&s);
+    assert!(kept > 64, "only {kept} free pages kept for the next fill");
+    let size = db_size();
+    burst(2, 2).await;
+    assert!(free(&s) > 16, "the test needs free pages left to give back");
+    assert!(
+        db_size() <= size + 64 * 1024,
+        "the log grew the file ({} → {} bytes) beside {kept} free pages",
+        size,
+        db_size()
+    );
+    // Idle: everything goes back within seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while free(&s) >= 16 {
+        assert!(
+            Instant::now() < deadline,
+            "{} free pages kept while idle",
+            free(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    blocking(move || s.close()).await;
+}

@@ -117,6 +117,11 @@ pub struct Writer {
     /// Background work done in steps between group commits (`install`).
     pub(super) installing: Option<super::install::Installing>,
     pub(super) reclaiming: Option<super::install::Reclaiming>,
+    /// Free pages kept in the file under heavy ingest: what the batch log
+    /// freed at the last cut, which it takes again before the next one.
+    /// All are given back once the writer is idle.
+    pub(super) log_reserve: i64,
+    pub(super) last_cut: Option<std::time::Instant>,
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
@@ -178,7 +183,7 @@ impl Writer {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)), if self.written && !stalled => {
                         self.written = false;
-                        self.reclaim(true);
+                        self.reclaim(true, true);
                     }
                 }
             }
@@ -419,7 +424,7 @@ impl Writer {
                     self.engine.dirty.lock().expect("dirty").remove(&(sid, win));
                 }
                 let _ = ack.send(res);
-                self.reclaim(false);
+                self.reclaim(false, false);
             }
             Ctrl::Shutdown | Ctrl::Pause(_) => {}
         }
