@@ -133,7 +133,13 @@ pub async fn events(
         events_scope,
         telemetry_scope,
     });
-    let (backlog, rx) = state.events.subscribe(last_id);
+    // Without telemetry, from the changes' own queue: a telemetry flood
+    // does not push alarms out of it.
+    let (backlog, rx) = if filter.types.iter().any(|t| t == "telemetry") {
+        state.events.subscribe(last_id)
+    } else {
+        state.events.subscribe_changes(last_id)
+    };
     let shutdown = state.shutdown.clone();
     let last_sent = last_id.unwrap_or(0);
     let bus = state.events.clone();

@@ -9,7 +9,11 @@
 //! behind loses the oldest events, is told how many, and never slows
 //! ingest; what each missed is counted in `dropped` and how far behind it
 //! is in `lags`. A ring of recent events lets a client resume a stream
-//! with `Last-Event-ID`. Consumers that must not miss anything (rules,
+//! with `Last-Event-ID`. Changes other than telemetry (twins,
+//! relationships, alarms, presence, rule events) also go on a channel and
+//! a ring of their own: a subscriber that does not want telemetry (the
+//! dashboard's alarm list) never falls behind because of a telemetry
+//! flood (at 50k points/s the shared queue holds 80 ms). Consumers that must not miss anything (rules,
 //! routes) read the store's outbox from a durable position instead
 //! (`store::outbox`), and use this bus only to be woken.
 //!
@@ -146,6 +150,9 @@ pub struct EventBus {
     pub dropped: crate::metrics::CounterVec,
     tx: broadcast::Sender<Arc<Event>>,
     ring: Mutex<VecDeque<Arc<Event>>>,
+    /// Everything but telemetry.
+    changes_tx: broadcast::Sender<Arc<Event>>,
+    changes_ring: Mutex<VecDeque<Arc<Event>>>,
     ring_len: usize,
     last_id: AtomicU64,
     /// The last id each named subscriber took, for its lag.
@@ -155,10 +162,13 @@ pub struct EventBus {
 impl EventBus {
     pub fn new(ring: usize) -> EventBus {
         let (tx, _) = broadcast::channel(4096);
+        let (changes_tx, _) = broadcast::channel(4096);
         EventBus {
             dropped: Default::default(),
             tx,
             ring: Mutex::new(VecDeque::with_capacity(ring.min(1 << 16))),
+            changes_tx,
+            changes_ring: Mutex::new(VecDeque::new()),
             ring_len: ring,
             last_id: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
@@ -172,9 +182,17 @@ impl EventBus {
             return;
         }
         let mut ring = self.ring.lock().expect("events");
+        let mut changes = self.changes_ring.lock().expect("events");
         for ev in events {
             let ev = Arc::new(ev);
             self.last_id.store(ev.id, Ordering::Relaxed);
+            if ev.kind != Kind::Telemetry {
+                if changes.len() >= self.ring_len {
+                    changes.pop_front();
+                }
+                changes.push_back(ev.clone());
+                let _ = self.changes_tx.send(ev.clone());
+            }
             if ring.len() >= self.ring_len {
                 ring.pop_front();
             }
@@ -198,6 +216,22 @@ impl EventBus {
     ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let ring = self.ring.lock().expect("events");
         let rx = self.tx.subscribe();
+        let backlog = match after {
+            Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
+            None => Vec::new(),
+        };
+        (backlog, rx)
+    }
+
+    /// Like `subscribe`, without telemetry: its own queue and ring, so
+    /// telemetry never pushes a change out of either.
+    pub fn subscribe_changes(
+        &self,
+        after: Option<u64>,
+    ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+        let _all = self.ring.lock().expect("events");
+        let ring = self.changes_ring.lock().expect("events");
+        let rx = self.changes_tx.subscribe();
         let backlog = match after {
             Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
             None => Vec::new(),
@@ -321,6 +355,35 @@ mod tests {
         assert_eq!(sub.recv().await.unwrap().id, 905);
         assert_eq!(bus.lags(), vec![("slow", 4095)]);
         assert_eq!(bus.dropped.get("slow"), 904);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_telemetry_pushes_no_change_out() {
+        let bus = EventBus::new(100);
+        let (_, mut all) = bus.subscribe(None);
+        let (_, mut changes) = bus.subscribe_changes(None);
+        let alarm = |id: u64| {
+            Draft::new(
+                "default",
+                Kind::Alarm,
+                Some("t"),
+                None,
+                serde_json::json!(id),
+            )
+            .with_id(id, 0)
+        };
+        bus.publish_committed(vec![alarm(1)]);
+        bus.publish_committed((2..=20_000).map(ev).collect());
+        bus.publish_committed(vec![alarm(20_001)]);
+        assert!(matches!(all.recv().await, Err(RecvError::Lagged(_))));
+        assert_eq!(changes.recv().await.unwrap().id, 1);
+        assert_eq!(changes.recv().await.unwrap().id, 20_001);
+        // Resuming after the first alarm still finds the second.
+        let (backlog, _) = bus.subscribe_changes(Some(1));
+        assert_eq!(
+            backlog.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![20_001]
+        );
     }
 
     #[test]
