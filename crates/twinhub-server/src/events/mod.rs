@@ -215,12 +215,7 @@ impl EventBus {
         after: Option<u64>,
     ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let ring = self.ring.lock().expect("events");
-        let rx = self.tx.subscribe();
-        let backlog = match after {
-            Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
-            None => Vec::new(),
-        };
-        (backlog, rx)
+        (retained_after(&ring, after), self.tx.subscribe())
     }
 
     /// Like `subscribe`, without telemetry: its own queue and ring, so
@@ -229,14 +224,10 @@ impl EventBus {
         &self,
         after: Option<u64>,
     ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+        // Both locks, in `publish_committed`'s order.
         let _all = self.ring.lock().expect("events");
         let ring = self.changes_ring.lock().expect("events");
-        let rx = self.changes_tx.subscribe();
-        let backlog = match after {
-            Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
-            None => Vec::new(),
-        };
-        (backlog, rx)
+        (retained_after(&ring, after), self.changes_tx.subscribe())
     }
 
     /// A named live subscriber: its misses are counted in `dropped` and
@@ -274,6 +265,13 @@ impl EventBus {
 
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
+    }
+}
+
+fn retained_after(ring: &VecDeque<Arc<Event>>, after: Option<u64>) -> Vec<Arc<Event>> {
+    match after {
+        Some(a) => ring.iter().filter(|e| e.id > a).cloned().collect(),
+        None => Vec::new(),
     }
 }
 

@@ -44,6 +44,8 @@ pub mod varint;
 mod writer;
 
 #[cfg(test)]
+mod install_tests;
+#[cfg(test)]
 mod outbox_tests;
 #[cfg(test)]
 mod rows_tests;
