@@ -13,9 +13,10 @@
 //! relationships, alarms, presence, rule events) also go on a channel and
 //! a ring of their own: a subscriber that does not want telemetry (the
 //! dashboard's alarm list) never falls behind because of a telemetry
-//! flood (at 50k points/s the shared queue holds 80 ms). Consumers that must not miss anything (rules,
-//! routes) read the store's outbox from a durable position instead
-//! (`store::outbox`), and use this bus only to be woken.
+//! flood (at 50k points/s the shared queue holds 80 ms). Consumers that
+//! must not miss anything (rules, routes) read the store's outbox from a
+//! durable position instead (`store::outbox`), and use this bus only to be
+//! woken.
 //!
 //! May call: `metrics` (a leaf the pipeline and API use).
 
@@ -187,16 +188,10 @@ impl EventBus {
             let ev = Arc::new(ev);
             self.last_id.store(ev.id, Ordering::Relaxed);
             if ev.kind != Kind::Telemetry {
-                if changes.len() >= self.ring_len {
-                    changes.pop_front();
-                }
-                changes.push_back(ev.clone());
+                push_bounded(&mut changes, ev.clone(), self.ring_len);
                 let _ = self.changes_tx.send(ev.clone());
             }
-            if ring.len() >= self.ring_len {
-                ring.pop_front();
-            }
-            ring.push_back(ev.clone());
+            push_bounded(&mut ring, ev.clone(), self.ring_len);
             // Sent under the lock so a subscriber that joins with a
             // backlog sees each id once, in order.
             let _ = self.tx.send(ev);
@@ -266,6 +261,13 @@ impl EventBus {
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
     }
+}
+
+fn push_bounded(ring: &mut VecDeque<Arc<Event>>, ev: Arc<Event>, len: usize) {
+    if ring.len() >= len {
+        ring.pop_front();
+    }
+    ring.push_back(ev);
 }
 
 fn retained_after(ring: &VecDeque<Arc<Event>>, after: Option<u64>) -> Vec<Arc<Event>> {

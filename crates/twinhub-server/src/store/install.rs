@@ -119,9 +119,13 @@ impl Writer {
     }
 
     pub(super) fn has_steps(&self) -> bool {
-        // Pages are given back once an install is over (its log cut
-        // frees the most).
-        self.install_may_step() || (self.installing.is_none() && self.reclaiming.is_some())
+        self.install_may_step() || self.reclaim_may_step()
+    }
+
+    /// Pages are given back once an install is over (its log cut frees
+    /// the most).
+    fn reclaim_may_step(&self) -> bool {
+        self.installing.is_none() && self.reclaiming.is_some()
     }
 
     fn install_may_step(&self) -> bool {
@@ -134,7 +138,7 @@ impl Writer {
     pub(super) fn step(&mut self) {
         if self.install_may_step() {
             self.install_step();
-        } else if self.installing.is_none() && self.reclaiming.is_some() {
+        } else if self.reclaim_may_step() {
             self.reclaim_step();
         }
     }
@@ -238,11 +242,8 @@ impl Writer {
     /// Deletes the flushed batch-log rows for one step; the tombstones
     /// they needed go with the last of them.
     fn cut_log(&mut self, job: &mut Installing, t: Instant) -> Result<bool, StoreError> {
-        let free = |c: &rusqlite::Connection| -> Result<i64, StoreError> {
-            Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
-        };
         if job.free_before.is_none() {
-            job.free_before = Some(free(&self.conn)?);
+            job.free_before = Some(free_pages(&self.conn)?);
         }
         let tx = self.conn.transaction()?;
         let upto = job.upto_seq as i64;
@@ -266,7 +267,7 @@ impl Writer {
             // comes soon (ingest fills the head, not the timer): moving
             // them to the end of the file and back each time was a second
             // of the writer's time per flush under heavy ingest.
-            let freed = free(&self.conn)? - job.free_before.unwrap_or(0);
+            let freed = free_pages(&self.conn)? - job.free_before.unwrap_or(0);
             let soon = self
                 .last_cut
                 .is_some_and(|t| t.elapsed() < LOG_REFILLS_SOON);
@@ -285,10 +286,7 @@ impl Writer {
         };
         let t = Instant::now();
         loop {
-            let free: i64 = self
-                .conn
-                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-                .unwrap_or(0);
+            let free = free_pages(&self.conn).unwrap_or(0);
             if free <= r.keep || (!r.started && free < r.keep + r.min_free) {
                 break;
             }
@@ -337,6 +335,10 @@ impl Writer {
             let _ = ack.send(Ok(()));
         }
     }
+}
+
+fn free_pages(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
 }
 
 /// The chunk without the points deleted since the flush froze its head
