@@ -290,10 +290,13 @@ impl Config {
             }
             let path = env_key_path(&rest.to_ascii_lowercase());
             // Secrets and addresses stay text even when they look numeric.
-            let text = path
-                .rsplit('.')
-                .next()
-                .is_some_and(|k| k == "key" || k.ends_with("token") || k.ends_with("listen"));
+            let text = path.rsplit('.').next().is_some_and(|k| {
+                k == "key"
+                    || k == "url"
+                    || k == "schema"
+                    || k.ends_with("token")
+                    || k.ends_with("listen")
+            });
             let value = if text {
                 toml::Value::String(v)
             } else {

@@ -576,8 +576,19 @@ pub async fn tenant(file: Option<&PathBuf>, cmd: TenantCmd) -> anyhow::Result<()
     .await
 }
 
+/// Refuses an offline file operation on a store kept in PostgreSQL.
+fn embedded_only(config: &twinhub_server::config::Config, what: &str) -> anyhow::Result<()> {
+    if !config.store.url.is_empty() {
+        bail!(
+            "`twinhub {what}` works on the embedded store; this configuration keeps its store in PostgreSQL (store.url): use PostgreSQL's own tools (pg_dump, pg_restore, amcheck) there"
+        );
+    }
+    Ok(())
+}
+
 pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyhow::Result<()> {
     let config = load_config(file, flags)?;
+    embedded_only(&config, "backup")?;
     let db = store::db::db_path(&config.data_dir);
     if !db.exists() {
         bail!("no store in {}", config.data_dir.display());
@@ -589,6 +600,7 @@ pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyho
 
 pub fn check(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
     let config = load_config(file, flags)?;
+    embedded_only(&config, "check")?;
     let r = store::check::check_dir(&config.data_dir)?;
     println!(
         "{}: {} chunks ({} points), {} rollups, {} batch-log records",
@@ -610,6 +622,7 @@ pub fn check(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> 
 
 pub fn restore(file: Option<&PathBuf>, flags: &ServerFlags, src: &Path) -> anyhow::Result<()> {
     let config = load_config(file, flags)?;
+    embedded_only(&config, "restore")?;
     let lock = DirLock::acquire(&config.data_dir).map_err(|e| match e {
         StoreError::Locked(_) => anyhow!(
             "a server is running on {}; stop it before restoring",

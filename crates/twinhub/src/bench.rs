@@ -193,15 +193,7 @@ async fn ingest(
 }
 
 pub(crate) fn chunk_bytes(store: &Store, prefix: &str) -> (i64, i64) {
-    store
-        .read(|c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(SUM(LENGTH(c.data)), 0), COALESCE(SUM(c.count), 0) FROM chunks c JOIN series s ON s.id = c.series_id WHERE s.twin LIKE ?1",
-                [format!("{prefix}%")],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?)
-        })
-        .unwrap_or((0, 0))
+    store.chunk_bytes_of_twins(prefix).unwrap_or((0, 0))
 }
 
 async fn store_suite(args: &BenchArgs) -> anyhow::Result<()> {

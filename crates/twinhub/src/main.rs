@@ -299,10 +299,11 @@ fn main() -> std::process::ExitCode {
             Command::CheckConfig(flags) => {
                 let c = load_config(cli.config.as_ref(), &flags)?;
                 println!(
-                    "configuration OK: data_dir={} http.listen={} mqtt.listen={}",
+                    "configuration OK: data_dir={} http.listen={} mqtt.listen={} store={}",
                     c.data_dir.display(),
                     c.http.listen,
-                    c.mqtt.listen
+                    c.mqtt.listen,
+                    c.store.shown()
                 );
                 Ok(())
             }

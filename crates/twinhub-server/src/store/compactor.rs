@@ -11,9 +11,9 @@
 //! sensor values they were a third of the bytes beside the chunks).
 
 use super::columns::Columns;
+use super::sql::{args, Sql};
 use super::writer::Ctrl;
 use super::{chunk, rollup, NewChunk, SeriesKey, Store, StoreError, WINDOW};
-use rusqlite::params;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -188,16 +188,12 @@ pub(super) fn flush(store: &Store) -> Result<(), StoreError> {
 }
 
 /// A window's chunks (id, encoded data) in the order they were written.
-fn window_chunks(
-    c: &rusqlite::Connection,
-    sid: u32,
-    win: i64,
-) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    Ok(c.prepare_cached(
+fn window_chunks(c: &dyn Sql, sid: u32, win: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    c.rows(
         "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
-    )?
-    .query_map(params![sid, win], |r| Ok((r.get(0)?, r.get(1)?)))?
-    .collect::<Result<_, _>>()?)
+        args![sid, win],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// The points of a window's chunks, merged (a later chunk's point wins).
@@ -417,18 +413,18 @@ impl Compactor {
             let horizon = (now - raw + PREROLL_LEAD).min(now - grace);
             let sids_json = serde_json::to_string(&sids).unwrap_or_default();
             let wins: Vec<(u32, i64)> = self.store.read(|c| {
-                Ok(c.prepare_cached(
-                    "SELECT DISTINCT c.series_id, c.win FROM chunks c
-                     WHERE c.win < ?1 AND c.series_id IN (SELECT value FROM json_each(?2))
-                       AND NOT EXISTS (SELECT 1 FROM rollups r
-                                       WHERE r.series_id = c.series_id AND r.res = 60 AND r.win = c.win)
-                     LIMIT ?3",
-                )?
-                .query_map(
-                    params![horizon.div_euclid(WINDOW), sids_json, WINDOWS_PER_ROUND as i64],
+                c.rows(
+                    &format!(
+                        "SELECT DISTINCT c.series_id, c.win FROM chunks c
+                         WHERE c.win < ?1 AND c.series_id {}
+                           AND NOT EXISTS (SELECT 1 FROM rollups r
+                                           WHERE r.series_id = c.series_id AND r.res = 60 AND r.win = c.win)
+                         LIMIT ?3",
+                        c.in_json_ints(2)
+                    ),
+                    args![horizon.div_euclid(WINDOW), &sids_json, WINDOWS_PER_ROUND as i64],
                     |r| Ok((r.get(0)?, r.get(1)?)),
-                )?
-                .collect::<Result<_, _>>()?)
+                )
             })?;
             // The query keeps only windows ending by the horizon; a dirty
             // one is merged first (which would drop these rollups).
@@ -488,16 +484,14 @@ impl Compactor {
             self.store.write_blocking(move |ctx| {
                 let mut changed = std::collections::BTreeMap::<u32, (i64, i64)>::new();
                 if let Some(cut) = raw_cut {
-                    let wins: Vec<(u32, i64)> = ctx
-                        .conn
-                        .prepare(
-                            "SELECT DISTINCT series_id, win FROM chunks
-                             WHERE win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
-                        )?
-                        .query_map(params![cut / WINDOW, sids_json], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect::<Result<_, _>>()?;
+                    let wins: Vec<(u32, i64)> = ctx.tx.rows(
+                        &format!(
+                            "SELECT DISTINCT series_id, win FROM chunks WHERE win < ?1 AND series_id {}",
+                            ctx.tx.in_json_ints(2)
+                        ),
+                        args![cut / WINDOW, &sids_json],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
                     let mut retired = Vec::with_capacity(wins.len());
                     for (sid, win) in wins {
                         retire_window(ctx, sid, win)?;
@@ -512,27 +506,33 @@ impl Compactor {
                     });
                 }
                 if let Some(cut) = m_cut {
-                    let mut stmt = ctx.conn.prepare(
-                        "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))
-                         RETURNING series_id",
+                    let rows: Vec<u32> = ctx.tx.rows(
+                        &format!(
+                            "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id {} RETURNING series_id",
+                            ctx.tx.in_json_ints(2)
+                        ),
+                        args![cut / WINDOW, &sids_json],
+                        |r| r.get(0),
                     )?;
-                    let rows: Vec<u32> = stmt
-                        .query_map(params![cut / WINDOW, sids_json], |r| r.get(0))?
-                        .collect::<Result<_, _>>()?;
                     for sid in rows {
                         changed.entry(sid).or_default().1 = cut;
                     }
                 }
                 if let Some(cut) = h_cut {
-                    ctx.conn.execute(
-                        "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id IN (SELECT value FROM json_each(?2))",
-                        params![cut / WINDOW, sids_json],
+                    ctx.tx.exec(
+                        &format!(
+                            "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id {}",
+                            ctx.tx.in_json_ints(2)
+                        ),
+                        args![cut / WINDOW, &sids_json],
                     )?;
                 }
                 for (sid, (raw, m)) in &changed {
-                    ctx.conn.execute(
-                        "UPDATE series SET raw_from = MAX(raw_from, ?2), rollup_from = MAX(rollup_from, ?3) WHERE id = ?1",
-                        params![sid, raw, m],
+                    ctx.tx.exec(
+                        "UPDATE series SET raw_from = CASE WHEN raw_from > ?2 THEN raw_from ELSE ?2 END,
+                                           rollup_from = CASE WHEN rollup_from > ?3 THEN rollup_from ELSE ?3 END
+                         WHERE id = ?1",
+                        args![*sid, *raw, *m],
                     )?;
                 }
                 // The index moves with the commit, in the writer, so a
@@ -561,7 +561,7 @@ impl Compactor {
 /// rolled up from the chunks when stale, added to the stored rollups when
 /// the window was retired before (its chunks are all late arrivals).
 fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<(), StoreError> {
-    let tx = ctx.conn;
+    let tx = ctx.tx;
     let already_retired = {
         let index = ctx.engine.index.read().expect("index");
         index
@@ -576,19 +576,21 @@ fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<()
         .expect("dirty")
         .contains(&(sid, win))
         || tx
-            .prepare_cached("SELECT 1 FROM rollups WHERE series_id = ?1 AND res = 60 AND win = ?2")?
-            .query_row(params![sid, win], |_| Ok(()))
-            .is_err();
+            .row(
+                "SELECT 1 FROM rollups WHERE series_id = ?1 AND res = 60 AND win = ?2",
+                args![sid, win],
+                |_| Ok(()),
+            )?
+            .is_none();
     if already_retired || stale {
         let merged = merge_chunks(&window_chunks(tx, sid, win)?)?;
         let rollups = if already_retired {
             let stored = |res: i64| -> Result<Vec<(i64, twinhub_model::Stats)>, StoreError> {
-                let data: Option<Vec<u8>> = tx
-                    .prepare_cached(
-                        "SELECT data FROM rollups WHERE series_id = ?1 AND res = ?2 AND win = ?3",
-                    )?
-                    .query_row(params![sid, res, win], |r| r.get(0))
-                    .ok();
+                let data: Option<Vec<u8>> = tx.row(
+                    "SELECT data FROM rollups WHERE series_id = ?1 AND res = ?2 AND win = ?3",
+                    args![sid, res, win],
+                    |r| r.get(0),
+                )?;
                 Ok(match data {
                     Some(d) => rollup::decode(win, &d)?,
                     None => Vec::new(),
@@ -601,16 +603,16 @@ fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<()
             rollup::for_window(win, &merged)
         };
         for (res, data) in rollups {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
-                params![sid, res, win, data],
+                args![sid, res, win, &data],
             )?;
         }
     }
-    tx.execute(
+    tx.exec(
         "DELETE FROM chunks WHERE series_id = ?1 AND win = ?2",
-        params![sid, win],
+        args![sid, win],
     )?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! read connections. Writes go through the single writer thread
 //! (`writer.rs`), never through this module's connections.
 
+use super::backend::{Db, Source};
 use super::sql::{args, Sql};
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -330,35 +331,35 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Read connections, opened on demand and reused.
 pub struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    source: Source,
+    idle: Mutex<Vec<Db>>,
 }
 
 impl ReadPool {
-    pub fn new(path: PathBuf) -> ReadPool {
+    pub fn new(source: Source) -> ReadPool {
         ReadPool {
-            path,
+            source,
             idle: Mutex::new(Vec::new()),
         }
     }
 
     /// Runs `f` inside one read transaction, so everything it reads is one
     /// consistent snapshot.
-    pub fn read<R>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
+    pub fn read<R>(&self, f: impl FnOnce(&Db) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let conn = self.idle.lock().expect("pool lock").pop();
         let conn = match conn {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => self.source.open_reader()?,
         };
-        conn.execute_batch("BEGIN")?;
+        Source::begin_read(&conn)?;
         let out = f(&conn);
-        let _ = conn.execute_batch("COMMIT");
-        let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() < 16 {
-            idle.push(conn);
+        let ended = conn.sql().batch("COMMIT");
+        // A connection that failed (PostgreSQL went away) is not reused.
+        if ended.is_ok() && !matches!(out, Err(StoreError::Unavailable)) {
+            let mut idle = self.idle.lock().expect("pool lock");
+            if idle.len() < 16 {
+                idle.push(conn);
+            }
         }
         out
     }

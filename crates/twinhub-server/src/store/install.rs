@@ -16,9 +16,9 @@
 
 use super::chunk;
 use super::health::Faults;
+use super::sql::args;
 use super::writer::{insert_chunk, Writer};
 use super::{NewChunk, StoreError};
-use rusqlite::params;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -156,21 +156,16 @@ impl Writer {
             return;
         };
         let t = Instant::now();
-        // Steps commit without an fsync of their own: what they write can
-        // be redone from the batch log, and the next group commit's fsync
-        // makes them durable with it (the write-ahead log is replayed in
-        // order, so a step is never kept without what came before it).
-        // Synced, each step cost an fsync beside each group's.
-        let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        // Steps commit without an fsync of their own (`unsynced`): what
+        // they write can be redone from the batch log, and the next group
+        // commit's fsync makes them durable with it (the write-ahead log is
+        // replayed in order, so a step is never kept without what came
+        // before it). Synced, each step cost an fsync beside each group's.
         let res = if job.cutting {
             self.cut_log(&mut job, t)
         } else {
             self.insert_slice(&mut job, t)
         };
-        // Acknowledgements rest on this: no group may commit unsynced.
-        self.conn
-            .pragma_update(None, "synchronous", "FULL")
-            .expect("synchronous back to FULL");
         job.busy += t.elapsed();
         job.slices += 1;
         match res {
@@ -211,20 +206,22 @@ impl Writer {
             .lock()
             .expect("deletes")
             .clone();
-        let tx = self.conn.transaction()?;
-        let mut touched = Vec::new();
-        while t.elapsed() < STEP_BUDGET {
-            let Some(c) = job.chunks.next() else {
-                break;
-            };
-            let Some(c) = without_deleted(c, &deletes)? else {
-                continue;
-            };
-            insert_chunk(&tx, &c)?;
-            touched.push((c.sid, c.win));
-        }
-        let ti = t.elapsed();
-        tx.commit()?;
+        let mut ti = Duration::ZERO;
+        let touched = self.conn.transaction(true, |tx| {
+            let mut touched = Vec::new();
+            while t.elapsed() < STEP_BUDGET {
+                let Some(c) = job.chunks.next() else {
+                    break;
+                };
+                let Some(c) = without_deleted(c, &deletes)? else {
+                    continue;
+                };
+                insert_chunk(tx, &c)?;
+                touched.push((c.sid, c.win));
+            }
+            ti = t.elapsed();
+            Ok(touched)
+        })?;
         tracing::trace!(
             n = touched.len(),
             insert_us = ti.as_micros() as u64,
@@ -245,23 +242,21 @@ impl Writer {
         if job.free_before.is_none() {
             job.free_before = Some(free_pages(&self.conn)?);
         }
-        let tx = self.conn.transaction()?;
         let upto = job.upto_seq as i64;
-        let mut done = false;
-        while t.elapsed() < STEP_BUDGET {
-            let n = tx
-                .prepare_cached(
+        let done = self.conn.transaction(true, |tx| {
+            while t.elapsed() < STEP_BUDGET {
+                let n = tx.exec(
                     "DELETE FROM batch_log WHERE seq IN
                      (SELECT seq FROM batch_log WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
-                )?
-                .execute(params![upto, LOG_ROWS_PER_DELETE])?;
-            if (n as i64) < LOG_ROWS_PER_DELETE {
-                tx.execute("DELETE FROM tombstones WHERE seq <= ?1", [upto])?;
-                done = true;
-                break;
+                    args![upto, LOG_ROWS_PER_DELETE],
+                )?;
+                if (n as i64) < LOG_ROWS_PER_DELETE {
+                    tx.exec("DELETE FROM tombstones WHERE seq <= ?1", args![upto])?;
+                    return Ok(true);
+                }
             }
-        }
-        tx.commit()?;
+            Ok(false)
+        })?;
         if done {
             // The log refills its pages before the next flush when that
             // comes soon (ingest fills the head, not the timer): moving
@@ -285,6 +280,13 @@ impl Writer {
             return;
         };
         let t = Instant::now();
+        // PostgreSQL gives space back by itself (autovacuum).
+        let Some(conn) = self.conn.sqlite() else {
+            for ack in r.then_ack {
+                let _ = ack.send(Ok(()));
+            }
+            return;
+        };
         loop {
             let free = free_pages(&self.conn).unwrap_or(0);
             if free <= r.keep || (!r.started && free < r.keep + r.min_free) {
@@ -299,8 +301,7 @@ impl Writer {
                 self.reclaiming = Some(r);
                 return;
             }
-            let released = self
-                .conn
+            let released = conn
                 .prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
                 .and_then(|mut stmt| {
                     let mut rows = stmt.query([])?;
@@ -317,11 +318,9 @@ impl Writer {
         // the log and it restarts within `journal_size_limit`; the idle
         // writer truncates it later.
         if r.wal && self.data.is_empty() {
-            let _ = self.conn.busy_timeout(Duration::ZERO);
-            let _ = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            let _ = self.conn.busy_timeout(super::db::BUSY_TIMEOUT);
+            let _ = conn.busy_timeout(Duration::ZERO);
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            let _ = conn.busy_timeout(super::db::BUSY_TIMEOUT);
         }
         r.busy += t.elapsed();
         if r.started {
@@ -337,8 +336,12 @@ impl Writer {
     }
 }
 
-fn free_pages(conn: &rusqlite::Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+/// Free pages in the file (none to give back on PostgreSQL).
+fn free_pages(conn: &super::backend::Db) -> Result<i64, StoreError> {
+    match conn.sqlite() {
+        Some(c) => Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?),
+        None => Ok(0),
+    }
 }
 
 /// The chunk without the points deleted since the flush froze its head

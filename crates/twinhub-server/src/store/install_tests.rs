@@ -3,7 +3,9 @@
 //! the batch log's freed pages kept under load.
 
 #![allow(non_snake_case)]
-use super::tests::{batch, blocking, flush, key, open, t0, values};
+use super::tests::{
+    batch, blocking, flush, key, on_both_backends, open, rows_in, t0, values, Backend,
+};
 use super::*;
 use crate::clock::OffsetClock;
 use std::sync::Arc;
@@ -15,12 +17,11 @@ use twinhub_model::Bucketer;
 /// crash half-way through loses and doubles nothing: the batch log is cut
 /// only at the end, and a point both in a chunk and replayed into the head
 /// is read once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
+async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash(b: Backend) {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     const SERIES: usize = 4000;
     let name = |i: usize| format!("s{i}");
     let pts: Vec<(i64, f64)> = (0..10).map(|i| (T0 + i * US_PER_SEC, i as f64)).collect();
@@ -38,10 +39,7 @@ async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
         let s = s.clone();
         move || s.flush()
     });
-    let count_chunks = |s: &Store| -> i64 {
-        s.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
-            .unwrap()
-    };
+    let count_chunks = |s: &Store| -> i64 { rows_in(s, "chunks") };
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_chunks(&s) == 0 {
         assert!(
@@ -90,7 +88,7 @@ async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
     );
     drop(s);
 
-    let s = open(dir.path(), clock);
+    let s = open(&b, dir.path(), clock);
     assert_eq!(
         count_chunks(&s),
         installed,
@@ -108,6 +106,8 @@ async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
     blocking(move || s.close()).await;
 }
 
+on_both_backends!(a_flush_half_installed_holds_no_commit_and_survives_a_crash);
+
 /// Under heavy ingest (flushes close together) the pages the batch log
 /// freed stay in the file for its next fill instead of being moved out
 /// and back at every flush; once the writer is idle they are given back.
@@ -115,14 +115,18 @@ async fn a_flush_half_installed_holds_no_commit_and_survives_a_crash() {
 async fn the_batch_logs_pages_are_reused_under_load_and_given_back_when_idle() {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), Arc::new(OffsetClock::default()));
+    let s = open(
+        &Backend::Sqlite,
+        dir.path(),
+        Arc::new(OffsetClock::default()),
+    );
     let db_size = || {
         std::fs::metadata(dir.path().join("twinhub.db"))
             .unwrap()
             .len()
     };
     let free = |s: &Store| -> i64 {
-        s.read(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
+        s.read_sqlite(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
             .unwrap()
     };
     let burst = |round: i64, series_n: usize| {

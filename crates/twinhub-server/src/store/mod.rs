@@ -15,6 +15,7 @@
 //! `events` (the bus it publishes on); nothing above it.
 
 pub mod audit;
+pub mod backend;
 pub mod batch;
 pub mod check;
 mod checkpoint;
@@ -29,6 +30,7 @@ mod install;
 pub mod ml;
 pub mod mqtt;
 mod numcol;
+mod open;
 pub mod outbox;
 pub mod pg;
 mod query;
@@ -60,6 +62,7 @@ use columns::Columns;
 use head::Head;
 use rusqlite::params;
 pub use settings::StoreConfig;
+use sql::Sql;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -152,6 +155,12 @@ pub struct StoreOptions {
     /// A window is closed (merged and rolled up) this long after its end.
     pub close_grace_us: i64,
     pub retention: RetentionPolicy,
+    /// A PostgreSQL server to keep everything in (`store.url`); None is
+    /// the embedded file in the data directory.
+    pub url: Option<String>,
+    /// The PostgreSQL schema (created if missing): tests and several
+    /// installations share one database this way.
+    pub schema: Option<String>,
     /// How often the compactor looks for work.
     pub tick: Duration,
     /// Free bytes kept in reserve: below it, appends are refused.
@@ -167,6 +176,8 @@ impl Default for StoreOptions {
             queue: 8192,
             close_grace_us: 60_000_000,
             retention: RetentionPolicy::default(),
+            url: None,
+            schema: None,
             tick: Duration::from_millis(500),
             min_free: 0,
         }
@@ -339,156 +350,6 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(
-        lock: DirLock,
-        opts: StoreOptions,
-        clock: SharedClock,
-    ) -> Result<Store, StoreError> {
-        let dir = lock.path.clone();
-        let path = db::db_path(&dir);
-        let conn = db::open_writer(&path)?;
-        let mut index = Index::default();
-        {
-            let mut stmt =
-                conn.prepare("SELECT id, tenant, twin, name, raw_from, rollup_from FROM series")?;
-            let mut rows = stmt.query([])?;
-            let mut m = HashMap::new();
-            while let Some(r) = rows.next()? {
-                let sid: u32 = r.get(0)?;
-                m.insert(
-                    SeriesKey::new(
-                        &r.get::<_, String>(1)?,
-                        &r.get::<_, String>(2)?,
-                        &r.get::<_, String>(3)?,
-                    ),
-                    sid,
-                );
-                let (raw_from, rollup_from): (i64, i64) = (r.get(4)?, r.get(5)?);
-                if raw_from > 0 {
-                    index.raw_from.insert(sid, raw_from);
-                }
-                if rollup_from > 0 {
-                    index.rollup_from.insert(sid, rollup_from);
-                }
-            }
-            index.add(m);
-        }
-        let mut latest = HashMap::new();
-        {
-            // SQLite returns the bare column `last` from the row holding
-            // MAX(max_ts).
-            let mut stmt =
-                conn.prepare("SELECT series_id, MAX(max_ts), last FROM chunks GROUP BY series_id")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let blob: Vec<u8> = r.get(2)?;
-                if let Some(v) = chunk::value_from_blob(&blob) {
-                    latest.insert(
-                        r.get(0)?,
-                        Point {
-                            ts: r.get(1)?,
-                            value: v,
-                            quality: Default::default(),
-                        },
-                    );
-                }
-            }
-        }
-        let mut head = Head::default();
-        let started = Instant::now();
-        let (last_seq, replayed) = writer::replay(&conn, &mut head)?;
-        for (sid, buf) in &head.series {
-            if let Some(p) = buf.last() {
-                if latest.get(sid).is_none_or(|c: &Point| c.ts <= p.ts) {
-                    latest.insert(*sid, p);
-                }
-            }
-        }
-        if replayed > 0 {
-            tracing::info!(
-                points = replayed,
-                ms = started.elapsed().as_millis() as u64,
-                "replayed the batch log"
-            );
-        }
-        let dirty: BTreeSet<(u32, i64)> = conn
-            .prepare(
-                "SELECT series_id, win FROM chunks GROUP BY series_id, win HAVING COUNT(*) > 1",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-
-        // Event ids start from the boot time in µs (so a client resuming
-        // a stream after a restart does not see old ids again), and never
-        // below what the outbox and the consumers have seen.
-        let (high, outbox_on) = outbox::high_water(&conn)?;
-        let event_seq = high.max(clock.now_us().max(0) as u64);
-        let engine = Arc::new(Engine {
-            index: RwLock::new(index),
-            active: RwLock::new(head),
-            frozen: RwLock::new(None),
-            latest: RwLock::new(latest),
-            dirty: Mutex::new(dirty),
-            deletes_since_freeze: Mutex::new(Vec::new()),
-            last_seq: AtomicU64::new(last_seq),
-            event_seq: AtomicU64::new(event_seq),
-            outbox_on: AtomicBool::new(outbox_on),
-            bus: Arc::new(crate::events::EventBus::new(10_000)),
-            metrics: StoreMetrics::default(),
-            clock,
-            health: health::Health::new(),
-            faults: health::Faults::default(),
-        });
-        engine
-            .health
-            .reserve_bytes
-            .store(opts.min_free, Ordering::Relaxed);
-        engine.health.check_space(&dir, &engine.faults, true);
-        let (data_tx, data_rx) = mpsc::channel(opts.queue);
-        let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
-        let w = writer::Writer {
-            conn,
-            engine: engine.clone(),
-            data: data_rx,
-            ctrl: ctrl_rx,
-            head_limit: opts.flush_points.saturating_mul(2),
-            dir: dir.clone(),
-            written: false,
-            installing: None,
-            reclaiming: None,
-            log_reserve: 0,
-            last_cut: None,
-            _lock: lock,
-        };
-        let writer = std::thread::Builder::new()
-            .name("twinhub-writer".into())
-            .spawn(move || w.run())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let checkpointer = checkpoint::spawn(&path, stop.clone())?;
-        let store = Store {
-            inner: Arc::new(Inner {
-                engine,
-                reads: db::ReadPool::new(path.clone()),
-                data_tx,
-                ctrl_tx,
-                opts,
-                path,
-                dir,
-                stop: stop.clone(),
-                writer: Mutex::new(Some(writer)),
-                compactor: Mutex::new(None),
-                checkpointer: Mutex::new(Some(checkpointer)),
-                flush_lock: Mutex::new(()),
-            }),
-        };
-        let c = compactor::Compactor::new(store.clone());
-        let handle = std::thread::Builder::new()
-            .name("twinhub-compactor".into())
-            .spawn(move || c.run())?;
-        *store.inner.compactor.lock().expect("threads") = Some(handle);
-        Ok(store)
-    }
-
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
@@ -581,7 +442,7 @@ impl Store {
     pub async fn write_cached<C, R>(
         &self,
         cache: &Arc<RwLock<C>>,
-        write: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError> + Send + 'static,
+        write: impl FnOnce(&dyn Sql) -> Result<R, StoreError> + Send + 'static,
         apply: impl FnOnce(&mut C) + Send + 'static,
     ) -> Result<R, StoreError>
     where
@@ -590,7 +451,7 @@ impl Store {
     {
         let cache = cache.clone();
         self.write(move |ctx| {
-            let r = write(ctx.conn)?;
+            let r = write(ctx.tx)?;
             ctx.after_commit(move |_| apply(&mut cache.write().expect("cache")));
             Ok(r)
         })
@@ -612,12 +473,25 @@ impl Store {
         Ok(*out.downcast::<R>().expect("write result type"))
     }
 
-    /// Runs `f` on a read connection inside one snapshot.
+    /// Runs `f` on a read connection inside one snapshot. Callers see
+    /// the SQL layer only, so they read the same on either backend.
     pub fn read<R>(
+        &self,
+        f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.inner.reads.read(|c| f(c.sql()))
+    }
+
+    /// A read on the embedded file itself (tests of SQLite's own state:
+    /// pages, pragmas).
+    #[cfg(test)]
+    pub(crate) fn read_sqlite<R>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.inner.reads.read(f)
+        self.inner
+            .reads
+            .read(|c| f(c.sqlite().expect("an embedded store")))
     }
 
     /// Latest value of every series of a twin: (name, point).
@@ -676,10 +550,31 @@ impl Store {
     /// A consistent copy of the whole database into `dest` (one file),
     /// safe while the server runs.
     pub fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        if self.inner.opts.url.is_some() {
+            return Err(StoreError::Invalid {
+                field: "store.url".into(),
+                rule: "a PostgreSQL store is backed up with PostgreSQL's tools (pg_dump)".into(),
+            });
+        }
         backup_file(&self.inner.path, dest)
     }
 
+    /// Bytes the store takes: the file and its write-ahead log, or the
+    /// tables of its PostgreSQL schema.
     pub fn db_size(&self) -> u64 {
+        if self.inner.opts.url.is_some() {
+            return self
+                .read(|c| {
+                    c.one::<i64>(
+                        "SELECT CAST(COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS BIGINT)
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = current_schema() AND c.relkind = 'r'",
+                        sql::args![],
+                    )
+                })
+                .map(|b| b.max(0) as u64)
+                .unwrap_or(0);
+        }
         let wal = self.inner.path.with_extension("db-wal");
         std::fs::metadata(&self.inner.path)
             .map(|m| m.len())

@@ -264,7 +264,7 @@ impl Store {
     /// Durable consumers and their positions.
     pub fn consumers(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(|c| {
-            (c as &dyn Sql).rows(
+            c.rows(
                 "SELECT name, position FROM consumers ORDER BY name",
                 args![],
                 |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)? as u64)),
@@ -275,7 +275,7 @@ impl Store {
     /// Rows and bytes held in the outbox.
     pub fn outbox_size(&self) -> Result<(u64, u64), StoreError> {
         self.read(|c| {
-            let (rows, bytes) = (c as &dyn Sql)
+            let (rows, bytes) = c
                 .row(
                     "SELECT COUNT(*), CAST(COALESCE(SUM(LENGTH(data)), 0) AS BIGINT) FROM outbox",
                     args![],

@@ -5,9 +5,9 @@
 //! older) sees it exactly once.
 
 use super::columns::Columns;
+use super::sql::{args, Sql};
 use super::writer::insert_chunk;
 use super::{chunk, rollup, NewChunk, SeriesKey, Store, StoreError, WINDOW};
-use rusqlite::{params, Connection};
 use std::collections::BTreeMap;
 use twinhub_model::aggregate::Buckets;
 use twinhub_model::time::{format_rfc3339, US_PER_SEC};
@@ -21,13 +21,11 @@ struct Meta {
     stats: Stats,
 }
 
-fn chunk_metas(conn: &Connection, sid: u32, from: i64, to: i64) -> Result<Vec<Meta>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+fn chunk_metas(conn: &dyn Sql, sid: u32, from: i64, to: i64) -> Result<Vec<Meta>, StoreError> {
+    conn.rows(
         "SELECT id, win, min_ts, max_ts, count, num_count, sum, min, max, first, last FROM chunks
          WHERE series_id = ?1 AND win BETWEEN ?2 AND ?3 AND max_ts >= ?4 AND min_ts < ?5 ORDER BY win, id",
-    )?;
-    let rows = stmt.query_map(
-        params![
+        args![
             sid,
             from.div_euclid(WINDOW),
             (to - 1).div_euclid(WINDOW),
@@ -44,31 +42,28 @@ fn chunk_metas(conn: &Connection, sid: u32, from: i64, to: i64) -> Result<Vec<Me
                 min_ts,
                 max_ts,
                 stats: Stats {
-                    count: r.get::<_, i64>(4)? as u64,
-                    num_count: r.get::<_, i64>(5)? as u64,
+                    count: r.get::<i64>(4)? as u64,
+                    num_count: r.get::<i64>(5)? as u64,
                     sum: r.get(6)?,
-                    min: r.get::<_, Option<f64>>(7)?.unwrap_or(f64::INFINITY),
-                    max: r.get::<_, Option<f64>>(8)?.unwrap_or(f64::NEG_INFINITY),
+                    min: r.get::<Option<f64>>(7)?.unwrap_or(f64::INFINITY),
+                    max: r.get::<Option<f64>>(8)?.unwrap_or(f64::NEG_INFINITY),
                     first: chunk::value_from_blob(&first).map(|v| (min_ts, v)),
                     last: chunk::value_from_blob(&last).map(|v| (max_ts, v)),
                 },
             })
         },
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    )
 }
 
-fn load_chunk(conn: &Connection, id: i64) -> Result<Columns, StoreError> {
-    let data: Vec<u8> = conn
-        .prepare_cached("SELECT data FROM chunks WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))?;
+fn load_chunk(conn: &dyn Sql, id: i64) -> Result<Columns, StoreError> {
+    let data: Vec<u8> = conn.one("SELECT data FROM chunks WHERE id = ?1", args![id])?;
     Ok(chunk::decode(&data)?)
 }
 
 /// The chunks of one window merged (a later chunk wins on equal
 /// timestamps), limited to `[from, to)`.
 fn window_points(
-    conn: &Connection,
+    conn: &dyn Sql,
     metas: &[&Meta],
     from: i64,
     to: i64,
@@ -94,6 +89,20 @@ fn group_by_window(metas: &[Meta]) -> Vec<Vec<&Meta>> {
 }
 
 impl Store {
+    /// Bytes and points in chunks of the twins whose id starts with
+    /// `prefix` (benchmarks' size per point).
+    pub fn chunk_bytes_of_twins(&self, prefix: &str) -> Result<(i64, i64), StoreError> {
+        self.read(|c| {
+            let like = format!("{prefix}%");
+            c.row(
+                "SELECT CAST(COALESCE(SUM(LENGTH(c.data)), 0) AS BIGINT), CAST(COALESCE(SUM(c.count), 0) AS BIGINT) FROM chunks c JOIN series s ON s.id = c.series_id WHERE s.twin LIKE ?1",
+                args![&like],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Option::unwrap_or_default)
+        })
+    }
+
     fn sid_and_bounds(&self, key: &SeriesKey) -> Option<(u32, i64, i64)> {
         let index = self.engine().index.read().expect("index");
         let sid = index.sid(key)?;
@@ -286,12 +295,12 @@ impl Store {
             return Ok(());
         };
         self.write(move |ctx| {
-            let tx = ctx.conn;
+            let tx = ctx.tx;
             let metas = chunk_metas(tx, sid, from, to)?;
             let mut windows = Vec::new();
             for m in &metas {
                 let cols = load_chunk(tx, m.id)?;
-                tx.execute("DELETE FROM chunks WHERE id = ?1", [m.id])?;
+                tx.exec("DELETE FROM chunks WHERE id = ?1", args![m.id])?;
                 let mut kept = cols.clone();
                 kept.remove_range(from, to);
                 if !kept.is_empty() {
@@ -300,18 +309,19 @@ impl Store {
                 windows.push(m.win);
             }
             trim_rollups(tx, sid, from, to)?;
-            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM batch_log", [], |r| r.get(0))?;
-            tx.execute(
-                "INSERT INTO tombstones(series_id, from_ts, to_ts, seq) VALUES (?1, ?2, ?3, ?4)",
-                params![sid, from, to, seq],
+            let seq: i64 = tx.one(
+                "SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM batch_log",
+                args![],
             )?;
-            let chunk_last: Option<(i64, Vec<u8>)> = tx
-                .query_row(
-                    "SELECT max_ts, last FROM chunks WHERE series_id = ?1 ORDER BY max_ts DESC LIMIT 1",
-                    [sid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .ok();
+            tx.exec(
+                "INSERT INTO tombstones(series_id, from_ts, to_ts, seq) VALUES (?1, ?2, ?3, ?4)",
+                args![sid, from, to, seq],
+            )?;
+            let chunk_last: Option<(i64, Vec<u8>)> = tx.row(
+                "SELECT max_ts, last FROM chunks WHERE series_id = ?1 ORDER BY max_ts DESC LIMIT 1",
+                args![sid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             let engine_dirty: Vec<(u32, i64)> = windows.into_iter().map(|w| (sid, w)).collect();
             ctx.after_commit(move |engine| {
                 let mut frozen = engine.frozen.write().expect("frozen");
@@ -320,14 +330,25 @@ impl Store {
                 let mut head_last = active.series.get(&sid).and_then(|b| b.last());
                 if let Some(f) = frozen.as_mut() {
                     f.delete_range(sid, from, to);
-                    engine.deletes_since_freeze.lock().expect("deletes").push((sid, from, to));
+                    engine
+                        .deletes_since_freeze
+                        .lock()
+                        .expect("deletes")
+                        .push((sid, from, to));
                     let fl = f.series.get(&sid).and_then(|b| b.last());
-                    if fl.as_ref().is_some_and(|f| head_last.as_ref().is_none_or(|h| f.ts > h.ts)) {
+                    if fl
+                        .as_ref()
+                        .is_some_and(|f| head_last.as_ref().is_none_or(|h| f.ts > h.ts))
+                    {
                         head_last = fl;
                     }
                 }
                 let chunk_last = chunk_last.and_then(|(ts, b)| {
-                    chunk::value_from_blob(&b).map(|value| Point { ts, value, quality: Default::default() })
+                    chunk::value_from_blob(&b).map(|value| Point {
+                        ts,
+                        value,
+                        quality: Default::default(),
+                    })
                 });
                 let newest = match (head_last, chunk_last) {
                     (Some(h), Some(c)) => Some(if h.ts >= c.ts { h } else { c }),
@@ -349,32 +370,33 @@ impl Store {
 /// Removes 1-minute rollup entries that start inside `[from, to)` and
 /// 1-hour rollups of windows wholly inside it. Windows that still have
 /// chunks get their rollups recomputed exactly by the compactor.
-fn trim_rollups(tx: &Connection, sid: u32, from: i64, to: i64) -> Result<(), StoreError> {
+fn trim_rollups(tx: &dyn Sql, sid: u32, from: i64, to: i64) -> Result<(), StoreError> {
     let (w0, w1) = (from.div_euclid(WINDOW), (to - 1).div_euclid(WINDOW));
-    let rows: Vec<(i64, Vec<u8>)> = tx
-        .prepare_cached("SELECT win, data FROM rollups WHERE series_id = ?1 AND res = 60 AND win BETWEEN ?2 AND ?3")?
-        .query_map(params![sid, w0, w1], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(i64, Vec<u8>)> = tx.rows(
+        "SELECT win, data FROM rollups WHERE series_id = ?1 AND res = 60 AND win BETWEEN ?2 AND ?3",
+        args![sid, w0, w1],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     for (win, data) in rows {
         let kept: Vec<(i64, Stats)> = rollup::decode(win, &data)?
             .into_iter()
             .filter(|(s, _)| *s < from || *s >= to)
             .collect();
         if kept.is_empty() {
-            tx.execute(
+            tx.exec(
                 "DELETE FROM rollups WHERE series_id = ?1 AND res = 60 AND win = ?2",
-                params![sid, win],
+                args![sid, win],
             )?;
         } else {
-            tx.execute(
+            tx.exec(
                 "UPDATE rollups SET data = ?3 WHERE series_id = ?1 AND res = 60 AND win = ?2",
-                params![sid, win, rollup::encode(&kept)],
+                args![sid, win, &rollup::encode(&kept)],
             )?;
         }
     }
-    tx.execute(
+    tx.exec(
         "DELETE FROM rollups WHERE series_id = ?1 AND res = 3600 AND win * ?4 >= ?2 AND (win + 1) * ?4 <= ?3",
-        params![sid, from, to, WINDOW],
+        args![sid, from, to, WINDOW],
     )?;
     Ok(())
 }

@@ -7,9 +7,9 @@
 
 use super::chunk::{put_value, read_value};
 use super::columns::{Columns, Vals};
+use super::sql::{args, Sql};
 use super::varint::{put_i64, put_u64, Corrupt, Reader};
 use super::{StoreError, WINDOW};
-use rusqlite::{params, Connection};
 use twinhub_model::aggregate::Buckets;
 use twinhub_model::time::US_PER_SEC;
 use twinhub_model::{Bucketer, Stats, Value};
@@ -223,7 +223,7 @@ fn decode_rows(win: i64, data: &[u8]) -> Result<Vec<(i64, Stats)>, Corrupt> {
 /// into `buckets`. Fails with a 422-style error when the requested buckets
 /// do not align with the rollup resolution.
 pub fn aggregate(
-    conn: &Connection,
+    conn: &dyn Sql,
     sid: u32,
     res: i64,
     from: i64,
@@ -233,12 +233,11 @@ pub fn aggregate(
     let res_us = res * US_PER_SEC;
     let w0 = from.div_euclid(WINDOW);
     let w1 = (to - 1).div_euclid(WINDOW);
-    let mut stmt = conn.prepare_cached(
+    let rows: Vec<(i64, Vec<u8>)> = conn.rows(
         "SELECT win, data FROM rollups WHERE series_id = ?1 AND res = ?2 AND win BETWEEN ?3 AND ?4 ORDER BY win",
+        args![sid, res, w0, w1],
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let rows: Vec<(i64, Vec<u8>)> = stmt
-        .query_map(params![sid, res, w0, w1], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
     for (win, data) in rows {
         for (start, st) in decode(win, &data)? {
             if start < from || start >= to {

@@ -17,6 +17,13 @@ pub struct StoreConfig {
     /// Free space kept in reserve ("64MB", "2%", or both as "64MB,2%":
     /// the larger); under it new telemetry is refused.
     pub min_free: String,
+    /// `postgres://…` keeps everything in PostgreSQL; empty is the
+    /// embedded file in the data directory (`TWINHUB_STORE_URL`). May
+    /// hold a password: never logged.
+    pub url: String,
+    /// The PostgreSQL schema the tables live in (created if missing);
+    /// empty is the connection's default (`public`).
+    pub schema: String,
 }
 
 impl Default for StoreConfig {
@@ -27,6 +34,8 @@ impl Default for StoreConfig {
             flush_interval: "10m".into(),
             queue: d.queue,
             min_free: "64MB".into(),
+            url: String::new(),
+            schema: String::new(),
         }
     }
 }
@@ -38,7 +47,39 @@ impl StoreConfig {
         if self.flush_points < 1000 {
             return Err(("flush_points", "must be at least 1000".into()));
         }
+        if !self.url.is_empty()
+            && !self.url.starts_with("postgres://")
+            && !self.url.starts_with("postgresql://")
+        {
+            return Err((
+                "url",
+                "must be empty (the embedded store) or a postgres:// URL".into(),
+            ));
+        }
+        if !self
+            .schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(("schema", "letters, digits and _ only".into()));
+        }
         Ok(())
+    }
+
+    /// Where the store is, for people: the PostgreSQL address without its
+    /// credentials, or "embedded".
+    pub fn shown(&self) -> String {
+        if self.url.is_empty() {
+            return "embedded".into();
+        }
+        let rest = self.url.split_once("://").map_or("", |(_, r)| r);
+        let at = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let schema = if self.schema.is_empty() {
+            "public"
+        } else {
+            &self.schema
+        };
+        format!("postgres://{at} (schema {schema})")
     }
 
     pub fn options(&self, retention: &RetentionPolicy, data_dir: &Path) -> StoreOptions {
@@ -49,6 +90,8 @@ impl StoreConfig {
             ),
             queue: self.queue.max(16),
             retention: retention.clone(),
+            url: (!self.url.is_empty()).then(|| self.url.clone()),
+            schema: (!self.schema.is_empty()).then(|| self.schema.clone()),
             min_free: health::parse_min_free(&self.min_free, health::total_space(data_dir))
                 .unwrap_or(0),
             ..StoreOptions::default()

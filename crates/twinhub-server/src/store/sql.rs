@@ -108,6 +108,19 @@ pub enum Owned {
     Null,
 }
 
+impl Owned {
+    /// What kind of value this is, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owned::Int(_) => "an integer",
+            Owned::Real(_) => "a real number",
+            Owned::Text(_) => "text",
+            Owned::Bytes(_) => "bytes",
+            Owned::Null => "NULL",
+        }
+    }
+}
+
 /// A Rust value a column converts into.
 pub trait FromSql: Sized {
     fn from_sql(v: Owned) -> Option<Self>;
@@ -193,10 +206,12 @@ impl dyn Row + '_ {
     /// naming the column (use `Option<T>` for nullable columns).
     pub fn get<T: FromSql>(&self, i: usize) -> Result<T, StoreError> {
         let v = self.value(i)?;
-        let shown = format!("{v:?}");
+        // Named before the value is consumed; formatting the value itself
+        // on every read cost a copy of each blob read (chunks).
+        let held = v.kind();
         T::from_sql(v).ok_or_else(|| StoreError::Invalid {
             field: format!("column {i}"),
-            rule: format!("holds {shown}, not a {}", std::any::type_name::<T>()),
+            rule: format!("holds {held}, not a {}", std::any::type_name::<T>()),
         })
     }
 }
@@ -256,6 +271,17 @@ impl dyn Sql + '_ {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// `IN (…)` over the integers of a JSON array bound at `?n` (a set of
+    /// series ids of any size in one statement, on both backends).
+    pub fn in_json_ints(&self, n: usize) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => format!("IN (SELECT value FROM json_each(?{n}))"),
+            Dialect::Postgres => {
+                format!("IN (SELECT jsonb_array_elements_text(CAST(?{n} AS TEXT)::jsonb)::INT8)")
+            }
+        }
     }
 
     /// The first column of the first row (`COUNT(*)`, `RETURNING id`).

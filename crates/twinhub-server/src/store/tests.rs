@@ -1,8 +1,12 @@
-//! Engine tests on a real database file in a temporary directory: what an
-//! acknowledged write guarantees (queryable, durable across restart, exact
-//! aggregates) through flushes, merges, deletions and retention.
+//! The store's conformance suite: what an acknowledged write guarantees
+//! (queryable, durable across restart, exact aggregates) through flushes,
+//! merges, deletions and retention — on the embedded file in a temporary
+//! directory and on the real PostgreSQL (a schema per test). Tests of
+//! SQLite's own file (pages, vacuum) run on SQLite only.
 
 #![allow(non_snake_case)]
+use super::sql::args;
+use super::sql_tests::{pg_url, Schema};
 use super::*;
 use crate::clock::{Clock, OffsetClock, SharedClock};
 use proptest::prelude::*;
@@ -17,12 +21,68 @@ pub(super) fn t0() -> i64 {
     (now - 5 * WINDOW).div_euclid(WINDOW) * WINDOW
 }
 
-pub(super) fn open(dir: &Path, clock: SharedClock) -> Store {
-    let opts = StoreOptions {
+/// Which database a test's store runs on.
+#[derive(Clone)]
+pub(super) enum Backend {
+    Sqlite,
+    /// The real PostgreSQL, in a schema of the test's own (dropped with
+    /// the last clone).
+    Postgres(Arc<Schema>),
+}
+
+impl Backend {
+    pub(super) fn postgres() -> Backend {
+        Backend::Postgres(Arc::new(Schema::new()))
+    }
+
+    fn options(&self, opts: StoreOptions) -> StoreOptions {
+        match self {
+            Backend::Sqlite => opts,
+            Backend::Postgres(s) => StoreOptions {
+                url: Some(pg_url()),
+                schema: Some(s.name.clone()),
+                ..opts
+            },
+        }
+    }
+}
+
+/// `on_both_backends!(name, …)`: the tests `name::sqlite` and
+/// `name::postgres` run `async fn name(b: Backend)` on each backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::postgres()).await
+            }
+        }
+    )*};
+}
+pub(super) use on_both_backends;
+
+pub(super) fn open(b: &Backend, dir: &Path, clock: SharedClock) -> Store {
+    let opts = b.options(StoreOptions {
         tick: Duration::from_secs(3600),
         ..StoreOptions::default()
+    });
+    let s = Store::open(DirLock::acquire(dir).unwrap(), opts, clock).unwrap();
+    let want = match b {
+        Backend::Sqlite => sql::Dialect::Sqlite,
+        Backend::Postgres(_) => sql::Dialect::Postgres,
     };
-    Store::open(DirLock::acquire(dir).unwrap(), opts, clock).unwrap()
+    assert_eq!(s.read(|c| Ok(c.dialect())).unwrap(), want);
+    s
+}
+
+/// Rows in a table, on either backend.
+pub(super) fn rows_in(s: &Store, table: &str) -> i64 {
+    s.read(|c| c.one(&format!("SELECT COUNT(*) FROM {table}"), args![]))
+        .unwrap()
 }
 
 pub(super) fn key(name: &str) -> SeriesKey {
@@ -55,12 +115,11 @@ pub(super) fn values(points: &[Point]) -> Vec<(i64, f64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_points_are_queryable_and_survive_restart() {
+async fn acknowledged_points_are_queryable_and_survive_restart(b: Backend) {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
     let clock: SharedClock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     s.append(batch("temp", &[(T0, 1.0), (T0 + 2, 2.0), (T0 + 1, 1.5)]))
         .await
         .unwrap();
@@ -79,19 +138,18 @@ async fn acknowledged_points_are_queryable_and_survive_restart() {
     })
     .await;
     drop(s);
-    let s = open(dir.path(), clock);
+    let s = open(&b, dir.path(), clock);
     let got = s.raw(&key("temp"), T0, T0 + 10, 100).unwrap();
     assert_eq!(values(&got), vec![(T0, 1.0), (T0 + 1, 1.5), (T0 + 2, 2.5)]);
     assert_eq!(s.latest_of_twin("default", "reactor1")[0].1.ts, T0 + 2);
     blocking(move || s.close()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_merge_and_restart_keep_every_point() {
+async fn flush_merge_and_restart_keep_every_point(b: Backend) {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     let pts: Vec<(i64, f64)> = (0..7200)
         .map(|i| (T0 + i * US_PER_SEC, (i % 97) as f64))
         .collect();
@@ -118,9 +176,7 @@ async fn flush_merge_and_restart_keep_every_point() {
         move || s.compact_now().unwrap()
     })
     .await;
-    let chunks: i64 = s
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
-        .unwrap();
+    let chunks: i64 = rows_in(&s, "chunks");
     assert_eq!(chunks, 2, "one chunk per closed window");
     assert_eq!(
         values(
@@ -135,7 +191,7 @@ async fn flush_merge_and_restart_keep_every_point() {
         .unwrap();
     assert_eq!(values(&page), want[..100].to_vec());
     blocking(move || s.close()).await;
-    let s = open(dir.path(), clock);
+    let s = open(&b, dir.path(), clock);
     assert_eq!(
         values(
             &s.raw(&key("temp"), T0, T0 + 7200 * US_PER_SEC, 10_000)
@@ -146,12 +202,11 @@ async fn flush_merge_and_restart_keep_every_point() {
     blocking(move || s.close()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_ranges_stay_deleted_across_flush_and_restart() {
+async fn deleted_ranges_stay_deleted_across_flush_and_restart(b: Backend) {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     let pts: Vec<(i64, f64)> = (0..100).map(|i| (T0 + i * US_PER_SEC, i as f64)).collect();
     s.append(batch("p", &pts[..50])).await.unwrap();
     flush(&s).await;
@@ -183,17 +238,16 @@ async fn deleted_ranges_stay_deleted_across_flush_and_restart() {
     })
     .await;
     drop(s);
-    let s = open(dir.path(), clock);
+    let s = open(&b, dir.path(), clock);
     let got = s.raw(&key("p"), T0, T0 + 1000 * US_PER_SEC, 1000).unwrap();
     assert_eq!(values(&got), want[..want.len() - 1].to_vec());
     blocking(move || s.close()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_keeps_rollups_and_refuses_finer_requests() {
+async fn retention_keeps_rollups_and_refuses_finer_requests(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     let now = clock.now_us();
     let start = (now - 40 * DAY).div_euclid(WINDOW) * WINDOW;
     let pts: Vec<(i64, f64)> = (0..360)
@@ -210,9 +264,7 @@ async fn retention_keeps_rollups_and_refuses_finer_requests() {
         move || s.compact_now().unwrap()
     })
     .await;
-    let chunks: i64 = s
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
-        .unwrap();
+    let chunks: i64 = rows_in(&s, "chunks");
     assert_eq!(chunks, 0, "raw points past 30 days are gone");
     let after = s
         .aggregate(&key("t"), start, start + WINDOW, &minute)
@@ -255,10 +307,22 @@ fn naive(
         .collect()
 }
 
+on_both_backends!(
+    acknowledged_points_are_queryable_and_survive_restart,
+    flush_merge_and_restart_keep_every_point,
+    deleted_ranges_stay_deleted_across_flush_and_restart,
+    retention_keeps_rollups_and_refuses_finer_requests,
+    compaction_under_concurrent_reads_loses_nothing,
+    a_late_point_in_a_retired_window_is_added_to_its_rollups,
+    a_range_edge_inside_a_rollup_hour_is_refused_not_overcounted,
+    rollups_are_made_before_retention_and_remade_after_a_late_point,
+);
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
     #[test]
     fn aggregates_match_a_naive_computation(
+        pg in any::<bool>(),
         writes in proptest::collection::vec(proptest::collection::vec((0i64..3 * 3600, -100i32..100), 1..300), 1..4),
         from_s in 0i64..3 * 3600, len_s in 1i64..4 * 3600, width_s in prop_oneof![Just(1i64), Just(60), Just(300), Just(3600), 1i64..7200],
         flush_after in 0usize..4,
@@ -268,7 +332,8 @@ proptest! {
             let T0 = t0();
             let dir = tempfile::tempdir().unwrap();
             let clock = Arc::new(OffsetClock::default());
-            let s = open(dir.path(), clock);
+            let b = if pg { Backend::postgres() } else { Backend::Sqlite };
+            let s = open(&b, dir.path(), clock);
             let mut model = std::collections::BTreeMap::new();
             for (i, w) in writes.iter().enumerate() {
                 let pts: Vec<(i64, f64)> = w.iter().map(|(t, v)| (T0 + t * US_PER_SEC, *v as f64 / 4.0)).collect();
@@ -301,11 +366,10 @@ proptest! {
 
 /// Readers running while the head is flushed and windows are merged see
 /// every acknowledged point exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compaction_under_concurrent_reads_loses_nothing() {
+async fn compaction_under_concurrent_reads_loses_nothing(b: Backend) {
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), Arc::new(OffsetClock::default()));
+    let s = open(&b, dir.path(), Arc::new(OffsetClock::default()));
     let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -337,12 +401,10 @@ async fn compaction_under_concurrent_reads_loses_nothing() {
                     let pts2 = s.raw(&key("c"), T0, T0 + 4 * WINDOW, usize::MAX).unwrap();
                     let chunks: Vec<(i64, i64, i64, i64)> = s
                         .read(|c| {
-                            Ok(
-                                c.prepare("SELECT id, win, min_ts, count FROM chunks ORDER BY id")?
-                                    .query_map([], |r| {
-                                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                                    })?
-                                    .collect::<Result<_, _>>()?,
+                            c.rows(
+                                "SELECT id, win, min_ts, count FROM chunks ORDER BY id",
+                                args![],
+                                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                             )
                         })
                         .unwrap();
@@ -388,8 +450,14 @@ async fn compaction_under_concurrent_reads_loses_nothing() {
     blocking(move || s.close()).await;
 }
 
-fn open_with_retention(dir: &Path, clock: SharedClock, raw: &str, rollup_1m: &str) -> Store {
-    let opts = StoreOptions {
+fn open_with_retention(
+    b: &Backend,
+    dir: &Path,
+    clock: SharedClock,
+    raw: &str,
+    rollup_1m: &str,
+) -> Store {
+    let opts = b.options(StoreOptions {
         tick: Duration::from_secs(3600),
         retention: RetentionPolicy {
             raw: raw.into(),
@@ -397,7 +465,7 @@ fn open_with_retention(dir: &Path, clock: SharedClock, raw: &str, rollup_1m: &st
             ..RetentionPolicy::default()
         },
         ..StoreOptions::default()
-    };
+    });
     Store::open(DirLock::acquire(dir).unwrap(), opts, clock).unwrap()
 }
 
@@ -428,6 +496,7 @@ proptest! {
     /// edge that cuts a rollup is refused rather than miscounted.
     #[test]
     fn backfill_past_raw_retention_matches_a_naive_model(
+        pg in any::<bool>(),
         steps in proptest::collection::vec(step(), 1..12),
         from_m in 0i64..14 * 60, len_m in 1i64..14 * 60,
         width_h in prop_oneof![Just(1i64), Just(2), Just(24)],
@@ -436,7 +505,8 @@ proptest! {
         rt.block_on(async move {
             let dir = tempfile::tempdir().unwrap();
             let clock = Arc::new(OffsetClock::default());
-            let s = open_with_retention(dir.path(), clock.clone(), "3h", "8h");
+            let b = if pg { Backend::postgres() } else { Backend::Sqlite };
+            let s = open_with_retention(&b, dir.path(), clock.clone(), "3h", "8h");
             // Twelve hours of data ending an hour ago.
             let base = (clock.now_us() - 13 * WINDOW).div_euclid(WINDOW) * WINDOW;
             let mut model = std::collections::BTreeMap::new();
@@ -504,11 +574,10 @@ proptest! {
 /// The exact ways the old code lost points past raw retention: a late
 /// point in a retired window must be added to its rollups, not replace
 /// them, and retention must not delete it before it is rolled up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_point_in_a_retired_window_is_added_to_its_rollups() {
+async fn a_late_point_in_a_retired_window_is_added_to_its_rollups(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     let start = (clock.now_us() - 40 * DAY).div_euclid(WINDOW) * WINDOW;
     let pts: Vec<(i64, f64)> = (0..60).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
     s.append(batch("t", &pts)).await.unwrap();
@@ -535,9 +604,7 @@ async fn a_late_point_in_a_retired_window_is_added_to_its_rollups() {
     assert_eq!(total(&s), 61, "in a chunk of the retired window");
     compact().await;
     assert_eq!(total(&s), 61, "added to the rollups");
-    let chunks: i64 = s
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
-        .unwrap();
+    let chunks: i64 = rows_in(&s, "chunks");
     assert_eq!(chunks, 0);
     let minute = Bucketer::new(US_PER_MIN, None).unwrap();
     let first = s
@@ -549,11 +616,10 @@ async fn a_late_point_in_a_retired_window_is_added_to_its_rollups() {
 }
 
 /// An hour rollup is never counted whole for a range that ends inside it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_edge_inside_a_rollup_hour_is_refused_not_overcounted() {
+async fn a_range_edge_inside_a_rollup_hour_is_refused_not_overcounted(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open_with_retention(dir.path(), clock.clone(), "1h", "2h");
+    let s = open_with_retention(&b, dir.path(), clock.clone(), "1h", "2h");
     let start = (clock.now_us() - 10 * WINDOW).div_euclid(WINDOW) * WINDOW;
     let pts: Vec<(i64, f64)> = (0..120).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
     s.append(batch("t", &pts)).await.unwrap();
@@ -582,9 +648,10 @@ async fn a_range_edge_inside_a_rollup_hour_is_refused_not_overcounted() {
 /// truncated, so the directory holds little more than the chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_gives_the_disk_back() {
+    let b = Backend::Sqlite;
     let T0 = t0();
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path(), Arc::new(OffsetClock::default()));
+    let s = open(&b, dir.path(), Arc::new(OffsetClock::default()));
     let size = |dir: &Path| -> u64 {
         ["twinhub.db", "twinhub.db-wal"]
             .iter()
@@ -614,11 +681,11 @@ async fn compaction_gives_the_disk_back() {
     .await
     .unwrap();
     let free: i64 = s
-        .read(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
+        .read_sqlite(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
         .unwrap();
     let after = size(dir.path());
     let payload: i64 = s
-        .read(|c| {
+        .read_sqlite(|c| {
             Ok(c.query_row(
                 "SELECT (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM chunks)
                       + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM rollups)
@@ -660,8 +727,7 @@ fn an_older_file_is_switched_to_incremental_vacuum() {
 }
 
 fn rollup_rows(s: &Store) -> i64 {
-    s.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM rollups", [], |r| r.get(0))?))
-        .unwrap()
+    rows_in(s, "rollups")
 }
 
 /// Rollups are made only as retention approaches (queries read them only
@@ -669,11 +735,10 @@ fn rollup_rows(s: &Store) -> i64 {
 /// window rolled up early that then takes a late point loses those
 /// rollups and gets them again, so retention never trusts rollups that
 /// miss a point.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollups_are_made_before_retention_and_remade_after_a_late_point() {
+async fn rollups_are_made_before_retention_and_remade_after_a_late_point(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
-    let s = open(dir.path(), clock.clone());
+    let s = open(&b, dir.path(), clock.clone());
     let compact = || {
         let s = s.clone();
         blocking(move || s.compact_now().unwrap())
@@ -692,9 +757,7 @@ async fn rollups_are_made_before_retention_and_remade_after_a_late_point() {
         2,
         "minute and hour rollups of the old window only"
     );
-    let chunks: i64 = s
-        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?))
-        .unwrap();
+    let chunks: i64 = rows_in(&s, "chunks");
     assert_eq!(chunks, 2, "both windows still have their raw points");
     // A late point: the early rollups would miss it.
     s.append(batch("t", &[(start + 30 * US_PER_SEC, 5.0)]))
@@ -707,11 +770,10 @@ async fn rollups_are_made_before_retention_and_remade_after_a_late_point() {
     compact().await;
     let raw_left: i64 = s
         .read(|c| {
-            Ok(c.query_row(
+            c.one(
                 "SELECT COUNT(*) FROM chunks c JOIN series s ON s.id = c.series_id WHERE s.name = 't'",
-                [],
-                |r| r.get(0),
-            )?)
+                args![],
+            )
         })
         .unwrap();
     assert_eq!(raw_left, 0, "the old window's raw points are retired");

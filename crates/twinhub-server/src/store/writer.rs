@@ -8,12 +8,13 @@
 //! points were applied to the head, so an acknowledged point is durable and
 //! immediately queryable.
 
+use super::backend::Db;
 use super::chunk;
 use super::head::Head;
 use super::health::Faults;
+use super::sql::{args, Sql};
 use super::{batch, outbox, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
 use crate::events::{Draft, Event};
-use rusqlite::{params, Connection};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,10 +34,7 @@ pub type AlsoFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<(), StoreError> + 
 /// place to register work that must happen only once the commit succeeded
 /// (cache updates), in commit order.
 pub struct WriteCtx<'a> {
-    pub tx: &'a dyn super::sql::Sql,
-    /// The same transaction as SQLite, for the embedded engine's own
-    /// statements (the compactor's); nothing outside `store` sees it.
-    pub(super) conn: &'a Connection,
+    pub tx: &'a dyn Sql,
     pub engine: &'a Engine,
     hooks: Vec<Hook>,
     undo: Vec<Hook>,
@@ -104,7 +102,7 @@ pub enum Ctrl {
 const MAX_GROUP: usize = 2048;
 
 pub struct Writer {
-    pub conn: Connection,
+    pub conn: Db,
     pub engine: Arc<Engine>,
     pub data: mpsc::Receiver<Op>,
     pub ctrl: mpsc::UnboundedReceiver<Ctrl>,
@@ -188,7 +186,9 @@ impl Writer {
                 }
             }
         });
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        if let Some(c) = self.conn.sqlite() {
+            let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
     }
 
     fn commit_group(&mut self, group: Vec<Op>) {
@@ -234,13 +234,14 @@ impl Writer {
             });
         }
 
+        let sql = self.conn.sql();
         let outcome = (|| -> Result<(), StoreError> {
-            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.conn.begin()?;
             for (i, op) in group.iter_mut().enumerate() {
                 match op {
                     Op::Append { batch, also, .. } => {
                         if let Some(f) = also.take() {
-                            match in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo) {
+                            match in_savepoint(sql, &engine, f, &mut hooks, &mut undo) {
                                 Ok(((), events)) => drafts[i].extend(events),
                                 Err(e) => {
                                     results.push(Err(e));
@@ -248,7 +249,7 @@ impl Writer {
                                 }
                             }
                         }
-                        appended.extend(resolve(&self.conn, &engine, &mut new_series, batch)?);
+                        appended.extend(resolve(sql, &engine, &mut new_series, batch)?);
                         results.push(Ok(None));
                     }
                     Op::Exec { .. } => results.push(Ok(None)),
@@ -260,10 +261,10 @@ impl Writer {
             if !appended.is_empty() {
                 let data = batch::encode(appended.iter().map(|(s, p)| (*s, p.as_slice())));
                 log_bytes = data.len();
-                self.conn
-                    .prepare_cached("INSERT INTO batch_log(received, data) VALUES (?1, ?2)")?
-                    .execute(params![now, data])?;
-                seq = self.conn.last_insert_rowid() as u64;
+                seq = sql.one::<i64>(
+                    "INSERT INTO batch_log(received, data) VALUES (?1, ?2) RETURNING seq",
+                    args![now, &data],
+                )? as u64;
             }
             Ok(())
         })();
@@ -274,7 +275,7 @@ impl Writer {
             for (i, op) in group.iter_mut().enumerate() {
                 if let Op::Exec { f, .. } = op {
                     let f = std::mem::replace(f, Box::new(|_| Ok(Box::new(()))));
-                    match in_savepoint(&self.conn, &engine, f, &mut hooks, &mut undo) {
+                    match in_savepoint(sql, &engine, f, &mut hooks, &mut undo) {
                         Ok((v, events)) => {
                             drafts[i] = events;
                             results[i] = Ok(Some(v));
@@ -301,7 +302,7 @@ impl Writer {
                     committed_events.push(d.with_id(last_id, at));
                 }
                 if durable {
-                    outbox::insert(&self.conn, &committed_events[from..])?;
+                    outbox::insert(sql, &committed_events[from..])?;
                 }
             }
             Ok(())
@@ -310,10 +311,10 @@ impl Writer {
             if Faults::on(&engine.faults.commit) {
                 return Err(Faults::injected("group commit"));
             }
-            Ok(self.conn.execute_batch("COMMIT")?)
+            sql.batch("COMMIT")
         });
         if let Err(e) = committed {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = sql.batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
             for u in undo.into_iter().rev() {
                 u(&engine);
@@ -452,47 +453,51 @@ impl Writer {
             // to their rollups): this merge is stale.
             return Ok(false);
         }
-        let tx = self.conn.transaction()?;
-        // The window must still hold exactly the chunks that were merged:
-        // a flush or a delete that ran meanwhile makes this merge stale.
-        let mut current: Vec<i64> = tx
-            .prepare_cached("SELECT id FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id")?
-            .query_map(params![sid, win], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        current.sort_unstable();
-        let mut old = old_ids.to_vec();
-        old.sort_unstable();
-        if current != old {
-            return Ok(false);
-        }
-        if let Some(new) = &new {
-            for id in old_ids {
-                tx.execute("DELETE FROM chunks WHERE id = ?1", [id])?;
-            }
-            for c in new {
-                insert_chunk(&tx, c)?;
-            }
-        }
-        if closed && rollups.is_empty() {
-            // The merge of a changed window: rollups made before the
-            // change (by `preroll`) may miss a point. Retention or the
-            // next preroll makes them again.
-            tx.prepare_cached("DELETE FROM rollups WHERE series_id = ?1 AND win = ?2")?
-                .execute(params![sid, win])?;
-        }
-        for (res, data) in &rollups {
-            tx.execute(
-                "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
-                params![sid, res, win, data],
+        self.conn.transaction(false, |tx| {
+            // The window must still hold exactly the chunks that were
+            // merged: a flush or a delete that ran meanwhile makes this
+            // merge stale.
+            let mut current: Vec<i64> = tx.rows(
+                "SELECT id FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
+                args![sid, win],
+                |r| r.get(0),
             )?;
-        }
-        tx.commit()?;
-        Ok(true)
+            current.sort_unstable();
+            let mut old = old_ids.to_vec();
+            old.sort_unstable();
+            if current != old {
+                return Ok(false);
+            }
+            if let Some(new) = &new {
+                for id in old_ids {
+                    tx.exec("DELETE FROM chunks WHERE id = ?1", args![*id])?;
+                }
+                for c in new {
+                    insert_chunk(tx, c)?;
+                }
+            }
+            if closed && rollups.is_empty() {
+                // The merge of a changed window: rollups made before the
+                // change (by `preroll`) may miss a point. Retention or the
+                // next preroll makes them again.
+                tx.exec(
+                    "DELETE FROM rollups WHERE series_id = ?1 AND win = ?2",
+                    args![sid, win],
+                )?;
+            }
+            for (res, data) in &rollups {
+                tx.exec(
+                    "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
+                    args![sid, *res, win, data],
+                )?;
+            }
+            Ok(true)
+        })
     }
 }
 
-pub fn insert_chunk(tx: &Connection, c: &NewChunk) -> Result<(), StoreError> {
+pub fn insert_chunk(tx: &dyn Sql, c: &NewChunk) -> Result<(), StoreError> {
     let st = &c.stats;
     let (first, last) = (
         st.first
@@ -505,40 +510,39 @@ pub fn insert_chunk(tx: &Connection, c: &NewChunk) -> Result<(), StoreError> {
             .unwrap_or_default(),
     );
     let has_num = st.num_count > 0;
-    tx.prepare_cached(
+    tx.exec(
         "INSERT INTO chunks(series_id, win, min_ts, max_ts, count, num_count, sum, min, max, first, last, data)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        c.sid,
-        c.win,
-        c.min_ts,
-        c.max_ts,
-        st.count as i64,
-        st.num_count as i64,
-        st.sum,
-        has_num.then_some(st.min),
-        has_num.then_some(st.max),
-        first,
-        last,
-        c.data,
-    ])?;
+        args![
+            c.sid,
+            c.win,
+            c.min_ts,
+            c.max_ts,
+            st.count as i64,
+            st.num_count as i64,
+            st.sum,
+            has_num.then_some(st.min),
+            has_num.then_some(st.max),
+            &first,
+            &last,
+            &c.data,
+        ],
+    )?;
     Ok(())
 }
 
 /// Runs `f` in a savepoint of the open transaction: kept, with its hooks
 /// and events, if it succeeds; undone alone (its neighbours go on) if not.
 fn in_savepoint<R>(
-    conn: &Connection,
+    conn: &dyn Sql,
     engine: &Engine,
     f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError>,
     hooks: &mut Vec<Hook>,
     undo: &mut Vec<Hook>,
 ) -> Result<(R, Vec<Draft>), StoreError> {
-    conn.execute_batch("SAVEPOINT op")?;
+    conn.batch("SAVEPOINT op")?;
     let mut ctx = WriteCtx {
         tx: conn,
-        conn,
         engine,
         hooks: Vec::new(),
         undo: Vec::new(),
@@ -546,20 +550,20 @@ fn in_savepoint<R>(
     };
     match f(&mut ctx) {
         Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.batch("RELEASE op")?;
             hooks.append(&mut ctx.hooks);
             undo.append(&mut ctx.undo);
             Ok((v, ctx.events))
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            let _ = conn.batch("ROLLBACK TO op; RELEASE op");
             Err(e)
         }
     }
 }
 
 fn resolve(
-    conn: &Connection,
+    conn: &dyn Sql,
     engine: &Engine,
     new_series: &mut HashMap<SeriesKey, u32>,
     batch: &WriteBatch,
@@ -570,9 +574,10 @@ fn resolve(
         let sid = match index.sid(key).or_else(|| new_series.get(key).copied()) {
             Some(s) => s,
             None => {
-                conn.prepare_cached("INSERT INTO series(tenant, twin, name) VALUES (?1, ?2, ?3)")?
-                    .execute(params![key.tenant, key.twin, key.name])?;
-                let sid = conn.last_insert_rowid() as u32;
+                let sid: u32 = conn.one(
+                    "INSERT INTO series(tenant, twin, name) VALUES (?1, ?2, ?3) RETURNING id",
+                    args![&key.tenant, &key.twin, &key.name],
+                )?;
                 new_series.insert(key.clone(), sid);
                 sid
             }
@@ -584,29 +589,31 @@ fn resolve(
 
 /// Replays the batch log into a head at start-up, skipping points that a
 /// recorded history deletion removed after they were written.
-pub fn replay(conn: &Connection, head: &mut Head) -> Result<(u64, usize), StoreError> {
-    let tombs: Vec<(u32, i64, i64, u64)> = conn
-        .prepare("SELECT series_id, from_ts, to_ts, seq FROM tombstones")?
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare("SELECT seq, data FROM batch_log ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
+pub fn replay(conn: &dyn Sql, head: &mut Head) -> Result<(u64, usize), StoreError> {
+    let tombs: Vec<(u32, i64, i64, u64)> = conn.rows(
+        "SELECT series_id, from_ts, to_ts, seq FROM tombstones",
+        args![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<i64>(3)? as u64)),
+    )?;
     let (mut last, mut n) = (0u64, 0usize);
-    while let Some(row) = rows.next()? {
-        let seq = row.get::<_, i64>(0)? as u64;
-        let data: Vec<u8> = row.get(1)?;
-        for (sid, mut pts) in batch::decode(&data)? {
-            for (tsid, from, to, tseq) in &tombs {
-                if *tsid == sid && seq <= *tseq {
-                    pts.retain(|p| p.ts < *from || p.ts >= *to);
+    conn.each(
+        "SELECT seq, data FROM batch_log ORDER BY seq",
+        args![],
+        &mut |row| {
+            let seq = row.get::<i64>(0)? as u64;
+            let data: Vec<u8> = row.get(1)?;
+            for (sid, mut pts) in batch::decode(&data)? {
+                for (tsid, from, to, tseq) in &tombs {
+                    if *tsid == sid && seq <= *tseq {
+                        pts.retain(|p| p.ts < *from || p.ts >= *to);
+                    }
                 }
+                n += pts.len();
+                head.append(sid, &pts, seq);
             }
-            n += pts.len();
-            head.append(sid, &pts, seq);
-        }
-        last = seq;
-    }
+            last = seq;
+            Ok(())
+        },
+    )?;
     Ok((last, n))
 }

@@ -1,0 +1,130 @@
+//! Which database a store runs on: the embedded SQLite file or a
+//! PostgreSQL server. The writer, the readers and the compactor hold a
+//! `Db`; everything they say goes through the SQL layer (`sql.rs`), and
+//! what only one engine has (SQLite's checkpoints and free pages) asks
+//! `sqlite()` first.
+//!
+//! May call: nothing outside `store`.
+
+use super::pg::PgConn;
+use super::sql::{Dialect, Sql};
+use super::StoreError;
+use rusqlite::Connection;
+
+pub enum Db {
+    Sqlite(Connection),
+    Pg(PgConn),
+}
+
+impl Db {
+    pub fn sql(&self) -> &dyn Sql {
+        match self {
+            Db::Sqlite(c) => c,
+            Db::Pg(c) => c,
+        }
+    }
+
+    /// The SQLite connection, for what only the embedded file has.
+    pub fn sqlite(&self) -> Option<&Connection> {
+        match self {
+            Db::Sqlite(c) => Some(c),
+            Db::Pg(_) => None,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.sql().dialect()
+    }
+
+    /// Opens the writer's transaction (SQLite takes its write lock at
+    /// once, so a reader upgrading can never deadlock it).
+    pub fn begin(&self) -> Result<(), StoreError> {
+        self.sql().batch(match self {
+            Db::Sqlite(_) => "BEGIN IMMEDIATE",
+            Db::Pg(_) => "BEGIN",
+        })
+    }
+
+    /// Runs `f` in a transaction of its own: committed if it succeeds,
+    /// rolled back if not. `unsynced` commits without waiting for the disk
+    /// (background work that can be redone): the next synced commit makes
+    /// it durable with it, as both engines write their logs in order.
+    pub fn transaction<R>(
+        &self,
+        unsynced: bool,
+        f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let sql = self.sql();
+        if unsynced {
+            if let Db::Sqlite(c) = self {
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+            }
+        }
+        let out = (|| {
+            self.begin()?;
+            if unsynced && matches!(self, Db::Pg(_)) {
+                sql.batch("SET LOCAL synchronous_commit TO OFF")?;
+            }
+            match f(sql) {
+                Ok(r) => {
+                    sql.batch("COMMIT")?;
+                    Ok(r)
+                }
+                Err(e) => {
+                    let _ = sql.batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })();
+        if unsynced {
+            if let Db::Sqlite(c) = self {
+                // Acknowledgements rest on this: no group may commit
+                // unsynced.
+                c.pragma_update(None, "synchronous", "FULL")
+                    .expect("synchronous back to FULL");
+            }
+        }
+        out
+    }
+}
+
+/// Where a store's database is, and how to connect to it.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The embedded file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL server; `schema` scopes every table (created if
+    /// missing), so several installations or test runs share a database.
+    Pg { url: String, schema: Option<String> },
+}
+
+impl Source {
+    /// The writer's connection, its database brought to this binary's
+    /// format first.
+    pub fn open_writer(&self) -> Result<Db, StoreError> {
+        Ok(match self {
+            Source::Sqlite(path) => Db::Sqlite(super::db::open_writer(path)?),
+            Source::Pg { url, schema } => {
+                let c = PgConn::connect(url, schema.as_deref())?;
+                super::pg::migrate(&c)?;
+                Db::Pg(c)
+            }
+        })
+    }
+
+    pub fn open_reader(&self) -> Result<Db, StoreError> {
+        Ok(match self {
+            Source::Sqlite(path) => Db::Sqlite(super::db::open_reader(path)?),
+            Source::Pg { url, schema } => Db::Pg(PgConn::connect(url, schema.as_deref())?),
+        })
+    }
+
+    /// Opens a read-only snapshot: everything read until `COMMIT` is one
+    /// consistent state.
+    pub(super) fn begin_read(db: &Db) -> Result<(), StoreError> {
+        db.sql().batch(match db {
+            Db::Sqlite(_) => "BEGIN",
+            Db::Pg(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        })
+    }
+}
