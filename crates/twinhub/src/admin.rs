@@ -598,6 +598,39 @@ pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyho
     Ok(())
 }
 
+pub fn migrate(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
+    use twinhub_server::store::backend::Source;
+    let config = load_config(file, flags)?;
+    let opts = config.store_options();
+    // The embedded file has one writer: its directory's lock.
+    let (source, _lock) = match opts.url {
+        Some(url) => (
+            Source::Pg {
+                url,
+                schema: opts.schema,
+            },
+            None,
+        ),
+        None => {
+            std::fs::create_dir_all(&config.data_dir)?;
+            let lock = DirLock::acquire(&config.data_dir).map_err(|e| match e {
+                StoreError::Locked(_) => anyhow!(
+                    "a server is running on {} (it brought the store to its format at start)",
+                    config.data_dir.display()
+                ),
+                e => e.into(),
+            })?;
+            (
+                Source::Sqlite(store::db::db_path(&config.data_dir)),
+                Some(lock),
+            )
+        }
+    };
+    let format = source.migrate()?;
+    println!("store {} is at format {format}", config.store.shown());
+    Ok(())
+}
+
 pub fn check(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
     let config = load_config(file, flags)?;
     embedded_only(&config, "check")?;

@@ -369,8 +369,46 @@ pub struct BenchServer {
     pub server: ServerHandle,
     pub base: String,
     pub token: String,
+    /// Dropped after the server stops.
+    pub _schema: Option<PgSchema>,
     /// Removed when dropped, after the server stops.
     pub _dir: tempfile::TempDir,
+}
+
+/// With `TWINHUB_STORE_URL=postgres://…` set, benchmarked servers keep
+/// their store in that PostgreSQL, each in a schema of its own, dropped
+/// once the server is gone.
+pub struct PgSchema {
+    pub url: String,
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn for_dir(dir: &std::path::Path) -> Option<PgSchema> {
+        let url = std::env::var("TWINHUB_STORE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let name = dir
+            .file_name()?
+            .to_string_lossy()
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>();
+        Some(PgSchema {
+            url,
+            name: format!("bench{name}"),
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        use twinhub_server::store::sql::Sql;
+        if let Ok(c) = twinhub_server::store::pg::PgConn::connect(&self.url, None) {
+            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
+        }
+    }
 }
 
 pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<BenchServer> {
@@ -384,6 +422,11 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
     // Benchmarks measure the server, not the per-user API limiter (set-ups
     // register thousands of things with one admin token).
     config.rate_limits.requests_per_second = 0.0;
+    let schema = PgSchema::for_dir(dir.path());
+    if let Some(pg) = &schema {
+        config.store.url = pg.url.clone();
+        config.store.schema = pg.name.clone();
+    }
     tweak(&mut config);
     // The in-process server logs only when asked (`RUST_LOG=…`): the
     // figures are the output.
@@ -397,6 +440,7 @@ pub async fn bench_server(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Ben
         server,
         base,
         token,
+        _schema: schema,
         _dir: dir,
     })
 }
@@ -448,6 +492,7 @@ async fn http_suite(args: &BenchArgs) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|_| {}).await?;
     let client = reqwest::Client::new();

@@ -28,6 +28,8 @@ pub struct Child {
     /// The addresses it bound (`ports.json`).
     pub ports: serde_json::Value,
     pub dir: tempfile::TempDir,
+    /// Dropped after the server is killed (`Drop for Child`).
+    schema: Option<crate::bench::PgSchema>,
 }
 
 impl Child {
@@ -50,6 +52,10 @@ impl Child {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let schema = crate::bench::PgSchema::for_dir(dir.path());
+        if let Some(pg) = &schema {
+            cmd.env("TWINHUB_STORE_SCHEMA", &pg.name);
+        }
         let mut child = cmd.spawn()?;
         let ports = dir.path().join("ports.json");
         let t = Instant::now();
@@ -70,6 +76,7 @@ impl Child {
             base: format!("http://{http}"),
             ports,
             dir,
+            schema,
         })
     }
 
@@ -104,6 +111,7 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.schema.take();
     }
 }
 

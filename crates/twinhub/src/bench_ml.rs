@@ -137,6 +137,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|c| {
         c.ml.cache_entries = 0;

@@ -281,6 +281,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|c| {
         c.mqtt.listen = "127.0.0.1:0".into();

@@ -26,6 +26,7 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|c| {
         // The load sends many requests per device.

@@ -159,6 +159,7 @@ pub async fn http_ack_to_query(samples: usize) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|_| {}).await?;
     let http = reqwest::Client::new();

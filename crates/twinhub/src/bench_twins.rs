@@ -44,6 +44,7 @@ pub async fn run(a: TwinArgs) -> anyhow::Result<()> {
         server,
         base,
         token,
+        _schema,
         _dir,
     } = bench_server(|_| {}).await?;
     let base = Arc::new(base);

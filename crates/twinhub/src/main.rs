@@ -185,6 +185,10 @@ enum Command {
         #[command(flatten)]
         flags: ServerFlags,
     },
+    /// Bring the store (embedded or PostgreSQL) to this binary's format
+    /// and exit. Servers do it at start too, once however many nodes start
+    /// together.
+    Migrate(ServerFlags),
     /// Check a configuration (file, environment, flags) and print it.
     CheckConfig(ServerFlags),
     /// Verify a data directory's store: SQLite integrity, every chunk
@@ -274,6 +278,7 @@ fn main() -> std::process::ExitCode {
             Command::Route(cmd) => route_cli::route(cli.config.as_ref(), cmd).await,
             Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
             Command::Check(flags) => admin::check(cli.config.as_ref(), &flags),
+            Command::Migrate(flags) => admin::migrate(cli.config.as_ref(), &flags),
             Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
                         Command::Cert {
                 out,

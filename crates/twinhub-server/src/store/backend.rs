@@ -107,9 +107,36 @@ impl Source {
             Source::Pg { url, schema } => {
                 let c = PgConn::connect(url, schema.as_deref())?;
                 super::pg::migrate(&c)?;
+                // One writer per store, as the data directory's lock
+                // makes it for the embedded file: a second node's batch-log
+                // cut would delete rows whose points only the first holds.
+                // Held by this connection's session: released when the
+                // node stops or dies.
+                let held: bool = c.sql_ref().one(
+                    "SELECT pg_try_advisory_lock(hashtext('twinhub-writer:' || current_schema()))",
+                    &[],
+                )?;
+                if !held {
+                    let name: String = c.sql_ref().one("SELECT current_schema()", &[])?;
+                    return Err(StoreError::StoreInUse(name));
+                }
                 Db::Pg(c)
             }
         })
+    }
+
+    /// Brings the database to this binary's format (the embedded file's
+    /// directory lock must be held) and answers the format.
+    pub fn migrate(&self) -> Result<i64, StoreError> {
+        match self {
+            Source::Sqlite(path) => {
+                let c = super::db::open_writer(path)?;
+                super::db::format_version(&c)
+            }
+            Source::Pg { url, schema } => {
+                super::pg::migrate(&PgConn::connect(url, schema.as_deref())?)
+            }
+        }
     }
 
     pub fn open_reader(&self) -> Result<Db, StoreError> {

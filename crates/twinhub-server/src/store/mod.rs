@@ -92,6 +92,8 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("the data directory {0} is in use by another twinhub process")]
     Locked(PathBuf),
+    #[error("another twinhub node is writing this PostgreSQL store (schema {0}); several nodes on one store form a cluster (cluster.nats)")]
+    StoreInUse(String),
     #[error("the store is unavailable")]
     Unavailable,
     #[error("the store is busy; retry shortly")]

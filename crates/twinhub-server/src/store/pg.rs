@@ -115,6 +115,11 @@ impl PgConn {
         Ok(conn)
     }
 
+    /// This connection as the SQL layer.
+    pub fn sql_ref(&self) -> &dyn Sql {
+        self
+    }
+
     fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.cache.borrow().get(sql) {
             return Ok(s.clone());

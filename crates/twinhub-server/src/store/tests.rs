@@ -786,3 +786,33 @@ async fn rollups_are_made_before_retention_and_remade_after_a_late_point(b: Back
     assert_eq!(b[&start].max, 5.0, "the late point is in the rollups");
     blocking(move || s.close()).await;
 }
+
+/// One writer per PostgreSQL store, as the directory lock makes it for the
+/// embedded file: a second node's batch-log cut would delete rows whose
+/// points only the first node's head holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_on_one_postgres_store_is_refused_until_the_first_stops() {
+    let b = Backend::postgres();
+    let clock: SharedClock = Arc::new(OffsetClock::default());
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = open(&b, d1.path(), clock.clone());
+    first.append(batch("t", &[(t0(), 1.0)])).await.unwrap();
+    let opts = b.options(StoreOptions::default());
+    let second = Store::open(
+        DirLock::acquire(d2.path()).unwrap(),
+        opts.clone(),
+        clock.clone(),
+    );
+    let err = second.err().expect("a second writer is refused");
+    assert!(
+        matches!(&err, StoreError::StoreInUse(_)) && err.to_string().contains("cluster.nats"),
+        "{err}"
+    );
+    blocking(move || first.close()).await;
+    let second = Store::open(DirLock::acquire(d2.path()).unwrap(), opts, clock).unwrap();
+    assert_eq!(
+        values(&second.raw(&key("t"), t0(), t0() + 1, 10).unwrap()),
+        vec![(t0(), 1.0)]
+    );
+    blocking(move || second.close()).await;
+}

@@ -19,6 +19,28 @@ pub struct TestServer {
     pub token: String,
     pub config: Config,
     handle: Option<ServerHandle>,
+    /// The PostgreSQL schema of a run on PostgreSQL, shared by restarts
+    /// and dropped with the last of them.
+    schema: Option<Arc<PgSchema>>,
+}
+
+/// The suite runs on PostgreSQL (`TWINHUB_TEST_STORE_URL`).
+pub fn on_postgres() -> bool {
+    std::env::var("TWINHUB_TEST_STORE_URL").is_ok_and(|u| !u.is_empty())
+}
+
+struct PgSchema {
+    url: String,
+    name: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        use twinhub_server::store::sql::Sql;
+        if let Ok(c) = twinhub_server::store::pg::PgConn::connect(&self.url, None) {
+            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
+        }
+    }
 }
 
 pub fn test_config(dir: &std::path::Path) -> Config {
@@ -31,6 +53,18 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.auth.argon2_memory_kib = 8;
     c.auth.argon2_iterations = 1;
     c.log.level = "warn".into();
+    // `TWINHUB_TEST_STORE_URL=postgres://…` runs the suite's servers on
+    // PostgreSQL, each in a schema named after its data directory.
+    if let Ok(url) = std::env::var("TWINHUB_TEST_STORE_URL") {
+        c.store.url = url;
+        c.store.schema = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+            .collect();
+    }
     c
 }
 
@@ -43,10 +77,21 @@ impl TestServer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(dir.path());
         f(&mut config);
-        TestServer::boot(dir, config, Arc::new(OffsetClock::default())).await
+        let schema = (!config.store.url.is_empty()).then(|| {
+            Arc::new(PgSchema {
+                url: config.store.url.clone(),
+                name: config.store.schema.clone(),
+            })
+        });
+        TestServer::boot(dir, config, Arc::new(OffsetClock::default()), schema).await
     }
 
-    async fn boot(dir: Arc<TempDir>, config: Config, clock: Arc<OffsetClock>) -> TestServer {
+    async fn boot(
+        dir: Arc<TempDir>,
+        config: Config,
+        clock: Arc<OffsetClock>,
+        schema: Option<Arc<PgSchema>>,
+    ) -> TestServer {
         let shared: SharedClock = clock.clone();
         let handle = ServerHandle::start(config.clone(), shared)
             .await
@@ -61,6 +106,7 @@ impl TestServer {
             token: String::new(),
             config,
             handle: Some(handle),
+            schema,
         };
         s.token = s.login("admin", ADMIN_PASSWORD).await;
         s
@@ -81,7 +127,7 @@ impl TestServer {
             .expect("clean stop");
         let (dir, mut config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
         f(&mut config);
-        TestServer::boot(dir, config, clock).await
+        TestServer::boot(dir, config, clock, self.schema.clone()).await
     }
 
     pub async fn stop(mut self) {

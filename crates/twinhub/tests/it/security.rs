@@ -68,6 +68,11 @@ async fn actions_are_audited_in_a_verifiable_chain() {
 
 #[tokio::test]
 async fn an_altered_entry_is_found() {
+    if on_postgres() {
+        // Tampers with the embedded file; PostgreSQL's own tests are its.
+        eprintln!("skipped on PostgreSQL: reads the embedded store's file");
+        return;
+    }
     let s = TestServer::start().await;
     for i in 0..4 {
         s.device(&format!("d{i}")).await;
@@ -89,6 +94,11 @@ async fn an_altered_entry_is_found() {
 
 #[tokio::test]
 async fn a_removed_entry_and_a_truncated_tail_are_found() {
+    if on_postgres() {
+        // Tampers with the embedded file; PostgreSQL's own tests are its.
+        eprintln!("skipped on PostgreSQL: reads the embedded store's file");
+        return;
+    }
     let s = TestServer::start().await;
     for i in 0..5 {
         s.device(&format!("d{i}")).await;
@@ -120,6 +130,11 @@ async fn a_removed_entry_and_a_truncated_tail_are_found() {
 
 #[tokio::test]
 async fn a_chain_rebuilt_without_the_key_is_found() {
+    if on_postgres() {
+        // Tampers with the embedded file; PostgreSQL's own tests are its.
+        eprintln!("skipped on PostgreSQL: reads the embedded store's file");
+        return;
+    }
     use hmac::{Hmac, Mac};
     let s = TestServer::start().await;
     for i in 0..3 {
@@ -320,6 +335,11 @@ async fn https_serves_the_api_with_a_generated_certificate() {
 /// encrypted with a key outside the database (a wrong key cannot read).
 #[tokio::test]
 async fn secrets_are_write_only_and_encrypted_at_rest() {
+    if on_postgres() {
+        // Tampers with the embedded file; PostgreSQL's own tests are its.
+        eprintln!("skipped on PostgreSQL: reads the embedded store's file");
+        return;
+    }
     let s = TestServer::start().await;
     let value = "whsec_abcdefghijklmnop-42";
     let r = s
