@@ -148,7 +148,32 @@ pub(crate) fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
         tick: Duration::from_secs(3600),
         ..StoreOptions::default()
     };
-    Ok(Store::open(DirLock::acquire(dir)?, opts, clock::system())?)
+    Ok(Store::open(
+        DirLock::acquire(dir)?,
+        on_postgres_if_asked(dir, opts),
+        clock::system(),
+    )?)
+}
+
+/// Schemas of stores opened directly (not through a server), dropped when
+/// the run ends.
+static SCHEMAS: std::sync::Mutex<Vec<PgSchema>> = std::sync::Mutex::new(Vec::new());
+
+/// The store options of a store opened directly, on PostgreSQL when
+/// `TWINHUB_STORE_URL` asks for it.
+pub(crate) fn on_postgres_if_asked(dir: &std::path::Path, opts: StoreOptions) -> StoreOptions {
+    match PgSchema::for_dir(dir) {
+        Some(pg) => {
+            let opts = StoreOptions {
+                url: Some(pg.url.clone()),
+                schema: Some(pg.name.clone()),
+                ..opts
+            };
+            SCHEMAS.lock().expect("schemas").push(pg);
+            opts
+        }
+        None => opts,
+    }
 }
 
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -404,10 +429,7 @@ impl PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        use twinhub_server::store::sql::Sql;
-        if let Ok(c) = twinhub_server::store::pg::PgConn::connect(&self.url, None) {
-            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
-        }
+        let _ = twinhub_server::store::pg::drop_schema(&self.url, &self.name);
     }
 }
 
@@ -557,6 +579,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    if let Ok(url) = std::env::var("TWINHUB_STORE_URL") {
+        let shown = twinhub_server::store::StoreConfig {
+            url,
+            ..Default::default()
+        }
+        .shown();
+        println!("stores on {shown}, a schema per store (TWINHUB_STORE_URL)");
+    }
+    let res = run_suites(args).await;
+    SCHEMAS.lock().expect("schemas").clear();
+    res
+}
+
+async fn run_suites(args: BenchArgs) -> anyhow::Result<()> {
     if matches!(args.suite, Suite::All | Suite::Store) {
         store_suite(&args).await?;
     }

@@ -49,7 +49,7 @@ pub async fn sustained(series: usize, seconds: usize) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || -> anyhow::Result<Store> {
             Ok(Store::open(
                 DirLock::acquire(&p)?,
-                StoreOptions::default(),
+                crate::bench::on_postgres_if_asked(&p, StoreOptions::default()),
                 clock::system(),
             )?)
         })
@@ -135,6 +135,16 @@ pub async fn sustained(series: usize, seconds: usize) -> anyhow::Result<()> {
         "merges + rollups of closed windows",
     );
     row("RSS at the end (MB)", format!("{:.0}", rss_mb()), "");
+    if std::env::var("TWINHUB_STORE_URL").is_ok_and(|u| !u.is_empty()) {
+        row(
+            "PostgreSQL bytes/point at the end (the schema's tables, indexes, TOAST)",
+            format!("{:.2}", store.db_size() as f64 / n as f64),
+            "pg_total_relation_size",
+        );
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.close()).await?;
+        return Ok(());
+    }
     let bytes = dir_bytes(dir.path());
     row(
         "disk bytes/point at the end (database + WAL, all files)",

@@ -132,6 +132,13 @@ impl PgConn {
     }
 }
 
+/// Drops a schema and everything in it (tests and benchmarks remove
+/// their own this way).
+pub fn drop_schema(url: &str, name: &str) -> Result<(), StoreError> {
+    let quoted = quote_ident(name)?;
+    PgConn::connect(url, None)?.batch(&format!("DROP SCHEMA IF EXISTS {quoted} CASCADE"))
+}
+
 /// A schema name as an identifier; only letters, digits and `_`.
 pub fn quote_ident(s: &str) -> Result<String, StoreError> {
     if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -31,9 +31,7 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        if let Ok(c) = PgConn::connect(&pg_url(), None) {
-            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
-        }
+        let _ = super::pg::drop_schema(&pg_url(), &self.name);
     }
 }
 

@@ -36,10 +36,7 @@ struct PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        use twinhub_server::store::sql::Sql;
-        if let Ok(c) = twinhub_server::store::pg::PgConn::connect(&self.url, None) {
-            let _ = c.batch(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name));
-        }
+        let _ = twinhub_server::store::pg::drop_schema(&self.url, &self.name);
     }
 }
 

@@ -27,6 +27,7 @@ mod mqtt;
 mod opcua;
 mod openapi;
 mod ops;
+mod postgres;
 pub mod process;
 mod quotas;
 mod roles;

@@ -1,0 +1,175 @@
+//! A server whose store is in PostgreSQL (`store.url`), whatever backend
+//! the rest of the suite runs on: back-pressure when PostgreSQL stalls,
+//! one writer per store, and `twinhub migrate`.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use twinhub_server::store::pg::PgConn;
+use twinhub_server::store::sql::Sql;
+
+fn pg_url() -> String {
+    std::env::var("TWINHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+/// A server on PostgreSQL in a schema of its own.
+async fn start_on_postgres(f: impl FnOnce(&mut twinhub_server::config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.store.url = pg_url();
+        c.store.schema = c
+            .data_dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase()
+            .replace(|ch: char| !ch.is_ascii_alphanumeric(), "_");
+        f(c)
+    })
+    .await
+}
+
+/// PostgreSQL holding the writer (another session's lock on the batch
+/// log) is what a slow or stalled database looks like: producers are told
+/// to come back (503 + Retry-After) instead of queueing without bound,
+/// nothing is acknowledged before it is committed, and once PostgreSQL
+/// moves again exactly the acknowledged points are stored.
+#[tokio::test]
+async fn a_stalled_postgres_pushes_producers_back_and_loses_nothing() {
+    let s = start_on_postgres(|c| {
+        c.store.queue = 16;
+        c.ingest.queue_wait = "300ms".into();
+    })
+    .await;
+    let key = s.device("bp").await;
+    let blocker = PgConn::connect(&pg_url(), Some(&s.config.store.schema)).unwrap();
+    blocker
+        .batch("BEGIN; LOCK TABLE batch_log IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40i64 {
+        let (http, url, key) = (
+            s.http.clone(),
+            s.url("/api/v1/devices/bp/telemetry"),
+            key.clone(),
+        );
+        tasks.spawn(async move {
+            let body: Vec<Value> = (0..10)
+                .map(|j| json!({"ts": 1_700_000_000_000i64 + i * 10 + j, "v": 1}))
+                .collect();
+            let r = http
+                .post(url)
+                .basic_auth("bp", Some(&key))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        });
+    }
+    let mut blocker = Some(blocker);
+    let (mut ok, mut busy) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (status, retry, body) = r.unwrap();
+        match status {
+            200 => {
+                assert!(
+                    blocker.is_none(),
+                    "acknowledged while PostgreSQL held the writer"
+                );
+                ok += 1
+            }
+            503 => {
+                busy += 1;
+                assert_eq!(retry.as_deref(), Some("1"));
+                assert!(body.contains("service_unavailable"), "{body}");
+                // PostgreSQL moves again.
+                if let Some(b) = blocker.take() {
+                    b.batch("ROLLBACK").unwrap();
+                }
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(busy > 0, "some producers were pushed back");
+    assert!(
+        ok >= 16,
+        "queued writes were acknowledged once PostgreSQL moved ({ok})"
+    );
+    let (_, v) = s
+        .json(s.get("/api/v1/twins/bp/telemetry/v?from=0&bucket=1d&agg=count"))
+        .await;
+    assert_eq!(
+        v["buckets"][0]["count"],
+        ok * 10,
+        "exactly the acknowledged points are stored"
+    );
+    s.stop().await;
+}
+
+/// `twinhub migrate` brings a PostgreSQL store to the binary's format (and
+/// again, idempotently); a server then starts on it, and a second server
+/// on the same store is refused while the first runs.
+#[tokio::test]
+async fn migrate_then_one_server_per_postgres_store() {
+    let s = start_on_postgres(|_| {}).await;
+    let schema = s.config.store.schema.clone();
+    let migrate = || {
+        std::process::Command::new(crate::process::BIN)
+            .args(["migrate", "--data-dir"])
+            .arg(s.dir.path().join("elsewhere"))
+            .env("TWINHUB_STORE_URL", pg_url())
+            .env("TWINHUB_STORE_SCHEMA", &schema)
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("is at format"), "{text}");
+    assert!(!text.contains("root@"), "no credentials printed: {text}");
+    // A second server process on the store the first one writes.
+    let mut other = std::process::Command::new(crate::process::BIN)
+        .args([
+            "serve",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(s.dir.path().join("second"))
+        .env("TWINHUB_STORE_URL", pg_url())
+        .env("TWINHUB_STORE_SCHEMA", &schema)
+        .env("TWINHUB_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = other.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = other.kill();
+            panic!("a second writer started and kept running");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut other.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "a second writer started");
+    assert!(
+        err.contains("another twinhub node is writing this PostgreSQL store"),
+        "{err}"
+    );
+    s.stop().await;
+}
