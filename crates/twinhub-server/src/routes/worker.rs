@@ -509,13 +509,9 @@ async fn backlog(book: &RouteBook, route: &Route, stats: &Stats, consumer: &mut 
     };
     let dropped = events.saturating_sub(keep);
     if consumer.skip_to(skip_to).await.is_ok() {
-        stats.dropped.fetch_add(dropped, Ordering::Relaxed);
-        stats.position.store(skip_to, Ordering::Relaxed);
-        note_error(
-            book,
-            stats,
-            &format!("backlog full: dropped the oldest {dropped} events"),
-        );
+        // The alarm is written before the count shows the drop (as the
+        // circuit's is before its state shows open): whoever sees
+        // `dropped` grow finds the alarm too.
         alarm(
             book,
             route,
@@ -523,6 +519,13 @@ async fn backlog(book: &RouteBook, route: &Route, stats: &Stats, consumer: &mut 
             Some(json!({"dropped": dropped, "max_backlog": route.max_backlog})),
         )
         .await;
+        stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        stats.position.store(skip_to, Ordering::Relaxed);
+        note_error(
+            book,
+            stats,
+            &format!("backlog full: dropped the oldest {dropped} events"),
+        );
         tracing::warn!(route = %route.id, dropped, "route backlog full: oldest events dropped");
         return skip_to;
     }
