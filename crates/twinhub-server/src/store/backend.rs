@@ -32,6 +32,15 @@ impl Db {
         }
     }
 
+    /// The connection is gone for good (PostgreSQL restarted or ended
+    /// it): statements can only fail until it is replaced.
+    pub fn is_broken(&self) -> bool {
+        match self {
+            Db::Sqlite(_) => false,
+            Db::Pg(c) => c.is_closed(),
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.sql().dialect()
     }

@@ -136,6 +136,7 @@ impl Writer {
 
     /// One step of background work, about `STEP_BUDGET` long.
     pub(super) fn step(&mut self) {
+        self.reconnect();
         if self.install_may_step() {
             self.install_step();
         } else if self.reclaim_may_step() {

@@ -99,6 +99,8 @@ impl Store {
         let embedded = conn.sqlite().is_some();
         let w = writer::Writer {
             conn,
+            source: source.clone(),
+            last_reconnect: None,
             engine: engine.clone(),
             data: data_rx,
             ctrl: ctrl_rx,

@@ -115,6 +115,11 @@ impl PgConn {
         Ok(conn)
     }
 
+    /// The server closed the connection (restarted, or terminated it).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// This connection as the SQL layer.
     pub fn sql_ref(&self) -> &dyn Sql {
         self

@@ -103,6 +103,10 @@ const MAX_GROUP: usize = 2048;
 
 pub struct Writer {
     pub conn: Db,
+    /// Where `conn` came from: a PostgreSQL connection that broke is
+    /// replaced from here (`reconnect`).
+    pub source: super::backend::Source,
+    pub last_reconnect: Option<Instant>,
     pub engine: Arc<Engine>,
     pub data: mpsc::Receiver<Op>,
     pub ctrl: mpsc::UnboundedReceiver<Ctrl>,
@@ -191,7 +195,32 @@ impl Writer {
         }
     }
 
+    /// Replaces a PostgreSQL connection the server ended (a restart, a
+    /// failover, a terminated backend), at most twice a second. Nothing is
+    /// lost meanwhile: groups that failed were answered with errors, and
+    /// the head holds only what committed. The new connection takes the
+    /// store's writer lock again, so if another node took it meanwhile
+    /// this one keeps failing instead of writing beside it.
+    pub(super) fn reconnect(&mut self) {
+        if !self.conn.is_broken()
+            || self
+                .last_reconnect
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(500))
+        {
+            return;
+        }
+        self.last_reconnect = Some(Instant::now());
+        match self.source.open_writer() {
+            Ok(db) => {
+                tracing::warn!("the store's connection to PostgreSQL was lost and is back");
+                self.conn = db;
+            }
+            Err(e) => tracing::warn!(error = %e, "PostgreSQL is still unreachable"),
+        }
+    }
+
     fn commit_group(&mut self, group: Vec<Op>) {
+        self.reconnect();
         let engine = self.engine.clone();
         // Under the free-space reserve, telemetry is refused before it is
         // written, so compaction, the final flush and the next start keep
@@ -380,6 +409,7 @@ impl Writer {
     }
 
     fn control(&mut self, c: Ctrl) {
+        self.reconnect();
         match c {
             Ctrl::Freeze { ack } => {
                 let mut frozen = self.engine.frozen.write().expect("frozen");

@@ -173,3 +173,58 @@ async fn migrate_then_one_server_per_postgres_store() {
     );
     s.stop().await;
 }
+
+/// PostgreSQL ends the writer's connection (a restart or failover looks
+/// the same to the node): the writes in flight are refused, not
+/// acknowledged, the writer reconnects by itself, and every acknowledged
+/// point is stored.
+#[tokio::test]
+async fn the_writer_reconnects_when_postgres_ends_its_connection() {
+    let s = start_on_postgres(|_| {}).await;
+    let key = s.device("r").await;
+    let schema = s.config.store.schema.clone();
+    let admin = PgConn::connect(&pg_url(), None).unwrap();
+    let mut acked = 0i64;
+    let mut refused = 0;
+    for i in 0..60i64 {
+        if i == 20 {
+            // The backend holding the store's writer lock is the writer's.
+            let ended: i64 = admin
+                .sql_ref()
+                .one(
+                    "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+                     WHERE l.locktype = 'advisory' AND l.granted
+                       AND l.objid::INT4 = hashtext('twinhub-writer:' || ?1)",
+                    twinhub_server::store::sql::args![&schema],
+                )
+                .unwrap();
+            assert_eq!(ended, 1, "the writer's backend was found and ended");
+        }
+        let r = s
+            .http
+            .post(s.url("/api/v1/devices/r/telemetry"))
+            .basic_auth("r", Some(&key))
+            .json(&json!({"ts": 1_700_000_000_000i64 + i, "v": i}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => acked += 1,
+            503 => refused += 1,
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        acked >= 50,
+        "the writer came back ({acked} acknowledged, {refused} refused)"
+    );
+    let (_, v) = s
+        .json(s.get("/api/v1/twins/r/telemetry/v?from=0&bucket=1d&agg=count"))
+        .await;
+    assert_eq!(
+        v["buckets"][0]["count"], acked,
+        "exactly the acknowledged points"
+    );
+    s.stop().await;
+}
