@@ -118,9 +118,10 @@ async fn migrate_then_one_server_per_postgres_store() {
     let s = start_on_postgres(|_| {}).await;
     let schema = s.config.store.schema.clone();
     let migrate = || {
-        std::process::Command::new(crate::process::BIN)
-            .args(["migrate", "--data-dir"])
-            .arg(s.dir.path().join("elsewhere"))
+        // The children see only what they are given, not this run's own
+        // TWINHUB_TEST_* variables.
+        crate::process::cmd(&s.dir.path().join("elsewhere"))
+            .arg("migrate")
             .env("TWINHUB_STORE_URL", pg_url())
             .env("TWINHUB_STORE_SCHEMA", &schema)
             .output()
@@ -136,16 +137,8 @@ async fn migrate_then_one_server_per_postgres_store() {
     assert!(text.contains("is at format"), "{text}");
     assert!(!text.contains("root@"), "no credentials printed: {text}");
     // A second server process on the store the first one writes.
-    let mut other = std::process::Command::new(crate::process::BIN)
-        .args([
-            "serve",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(s.dir.path().join("second"))
+    let mut other = crate::process::cmd(&s.dir.path().join("second"))
+        .args(["serve", "--http-listen", "127.0.0.1:0"])
         .env("TWINHUB_STORE_URL", pg_url())
         .env("TWINHUB_STORE_SCHEMA", &schema)
         .env("TWINHUB_ADMIN_PASSWORD", ADMIN_PASSWORD)
