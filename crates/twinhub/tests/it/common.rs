@@ -393,3 +393,76 @@ pub async fn mosquitto_recorder(filter: &str) -> (rumqttc::AsyncClient, Recorded
         .unwrap();
     (client, got)
 }
+
+/// What `flood_until_pushed_back` saw.
+pub struct Flood {
+    /// Requests acknowledged (200), and of them before `release` ran.
+    pub ok: i64,
+    pub ok_before_release: i64,
+    /// Requests pushed back (503 + Retry-After: 1).
+    pub busy: i64,
+}
+
+/// 40 concurrent requests of 10 points each from `device` while the store
+/// is held; `release` lets it go at the first 503. Every answer is a 200
+/// or a well-formed 503.
+pub async fn flood_until_pushed_back(
+    s: &TestServer,
+    device: &str,
+    key: &str,
+    release: impl FnOnce(),
+) -> Flood {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40i64 {
+        let (http, url, device, key) = (
+            s.http.clone(),
+            s.url(&format!("/api/v1/devices/{device}/telemetry")),
+            device.to_string(),
+            key.to_string(),
+        );
+        tasks.spawn(async move {
+            let body: Vec<Value> = (0..10)
+                .map(|j| json!({"ts": 1_700_000_000_000i64 + i * 10 + j, "v": 1}))
+                .collect();
+            let r = http
+                .post(url)
+                .basic_auth(&device, Some(&key))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        });
+    }
+    let mut release = Some(release);
+    let mut f = Flood {
+        ok: 0,
+        ok_before_release: 0,
+        busy: 0,
+    };
+    while let Some(r) = tasks.join_next().await {
+        let (status, retry, body) = r.unwrap();
+        match status {
+            200 => {
+                f.ok += 1;
+                if release.is_some() {
+                    f.ok_before_release += 1;
+                }
+            }
+            503 => {
+                f.busy += 1;
+                assert_eq!(retry.as_deref(), Some("1"));
+                assert!(body.contains("service_unavailable"), "{body}");
+                if let Some(r) = release.take() {
+                    r();
+                }
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    f
+}

@@ -225,49 +225,8 @@ async fn a_full_queue_answers_503_with_retry_after() {
     .await;
     let key = s.device("bp").await;
     let pause = s.store().pause_writer();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..40i64 {
-        let (http, url, key) = (
-            s.http.clone(),
-            s.url("/api/v1/devices/bp/telemetry"),
-            key.clone(),
-        );
-        tasks.spawn(async move {
-            let body: Vec<Value> = (0..10)
-                .map(|j| json!({"ts": 1_700_000_000_000i64 + i * 10 + j, "v": 1}))
-                .collect();
-            let r = http
-                .post(url)
-                .basic_auth("bp", Some(&key))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            (r.status().as_u16(), retry, r.text().await.unwrap())
-        });
-    }
     // The writer resumes once the first producer has been pushed back.
-    let mut pause = Some(pause);
-    let (mut ok, mut busy) = (0, 0);
-    while let Some(r) = tasks.join_next().await {
-        let (status, retry, body) = r.unwrap();
-        if status == 503 {
-            pause.take();
-        }
-        match status {
-            200 => ok += 1,
-            503 => {
-                busy += 1;
-                assert_eq!(retry.as_deref(), Some("1"));
-                assert!(body.contains("service_unavailable"), "{body}");
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
+    let Flood { ok, busy, .. } = flood_until_pushed_back(&s, "bp", &key, move || drop(pause)).await;
     assert!(busy > 0, "some producers were pushed back");
     assert!(
         ok >= 16,

@@ -3,7 +3,7 @@
 //! one writer per store, and `twinhub migrate`.
 
 use crate::common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use twinhub_server::store::pg::PgConn;
 use twinhub_server::store::sql::Sql;
 
@@ -45,55 +45,19 @@ async fn a_stalled_postgres_pushes_producers_back_and_loses_nothing() {
     blocker
         .batch("BEGIN; LOCK TABLE batch_log IN ACCESS EXCLUSIVE MODE")
         .unwrap();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..40i64 {
-        let (http, url, key) = (
-            s.http.clone(),
-            s.url("/api/v1/devices/bp/telemetry"),
-            key.clone(),
-        );
-        tasks.spawn(async move {
-            let body: Vec<Value> = (0..10)
-                .map(|j| json!({"ts": 1_700_000_000_000i64 + i * 10 + j, "v": 1}))
-                .collect();
-            let r = http
-                .post(url)
-                .basic_auth("bp", Some(&key))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
-            (r.status().as_u16(), retry, r.text().await.unwrap())
-        });
-    }
-    let mut blocker = Some(blocker);
-    let (mut ok, mut busy) = (0, 0);
-    while let Some(r) = tasks.join_next().await {
-        let (status, retry, body) = r.unwrap();
-        match status {
-            200 => {
-                assert!(
-                    blocker.is_none(),
-                    "acknowledged while PostgreSQL held the writer"
-                );
-                ok += 1
-            }
-            503 => {
-                busy += 1;
-                assert_eq!(retry.as_deref(), Some("1"));
-                assert!(body.contains("service_unavailable"), "{body}");
-                // PostgreSQL moves again.
-                if let Some(b) = blocker.take() {
-                    b.batch("ROLLBACK").unwrap();
-                }
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
+    // PostgreSQL moves again at the first push-back.
+    let Flood {
+        ok,
+        ok_before_release,
+        busy,
+    } = flood_until_pushed_back(&s, "bp", &key, move || {
+        blocker.batch("ROLLBACK").unwrap();
+    })
+    .await;
+    assert_eq!(
+        ok_before_release, 0,
+        "acknowledged while PostgreSQL held the writer"
+    );
     assert!(busy > 0, "some producers were pushed back");
     assert!(
         ok >= 16,
