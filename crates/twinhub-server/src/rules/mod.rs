@@ -501,8 +501,16 @@ impl RuleBook {
             updated_at: now,
         };
         let rule = Arc::new(rule);
+        // The engine's durable position is created with the rule, in its
+        // transaction: every event committed after the rule exists is
+        // evaluated, however late the engine's thread gets to run (opening
+        // the position there, at the then end of the stream, lost the
+        // events committed in between).
         self.store
-            .write(move |ctx| rows::put_rule(ctx.tx, &row))
+            .write(move |ctx| {
+                rows::put_rule(ctx.tx, &row)?;
+                ctx.ensure_consumer(engine::CONSUMER).map(|_| ())
+            })
             .await?;
         if let Some(m) = members {
             self.members

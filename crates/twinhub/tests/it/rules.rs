@@ -806,6 +806,14 @@ async fn the_engine_keeps_a_position_only_while_rules_exist() {
     assert_eq!(metric_value(&m, "twinhub_outbox_rows"), Some(0.0), "{m}");
     assert!(!m.contains("consumer=\"rules\""), "{m}");
     rule(&s, hot("hot", "p1")).await;
+    // The position exists once the rule is created, not once the engine
+    // gets round to it: telemetry committed in between would be skipped.
+    assert!(
+        s.metrics()
+            .await
+            .contains("twinhub_outbox_consumer_lag{consumer=\"rules\"}"),
+        "no position right after the rule's creation"
+    );
     temp(&s, "p1", &key, 1, 381.0).await;
     alarms_until(&s, "", "the first event after the rule raises", |a| {
         a.len() == 1
