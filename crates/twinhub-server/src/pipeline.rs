@@ -11,7 +11,7 @@ use crate::clock::SharedClock;
 use crate::events::{Draft, Kind, TelemetryData};
 use crate::metrics::ServerMetrics;
 use crate::registry::Device;
-pub use crate::store::AlsoFn;
+pub use crate::store::{Also, AlsoFn};
 use crate::store::{SeriesKey, Store, StoreError, WriteBatch};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -199,7 +199,7 @@ impl Pipeline {
         protocol: &'static str,
         groups: Vec<Telemetry>,
         wait: Option<Duration>,
-        also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
+        also: impl FnOnce(&[bool]) -> Option<Also>,
     ) -> Vec<Result<usize, IngestError>> {
         self.ingest_groups(Source::of(device), protocol, groups, wait, also, false)
             .await
@@ -272,7 +272,7 @@ impl Pipeline {
         protocol: &'static str,
         groups: Vec<Telemetry>,
         wait: Option<Duration>,
-        also: impl FnOnce(&[bool]) -> Option<AlsoFn>,
+        also: impl FnOnce(&[bool]) -> Option<Also>,
         one_event: bool,
     ) -> Vec<Result<usize, IngestError>> {
         let mut p = self.prepare(&src, protocol, groups, one_event);
@@ -309,7 +309,7 @@ impl Pipeline {
         }
         let res = self
             .store
-            .append_with(batch, events, Some(also), None)
+            .append_with(batch, events, Some(Also::Write(also)), None)
             .await;
         let outcomes = prepared
             .into_iter()

@@ -11,10 +11,10 @@ use crate::{load_config, ServerFlags};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use twinhub_server::config::Config;
 use twinhub_server::server::ServerHandle;
-use twinhub_server::store::{self, DirLock, StoreError};
+use twinhub_server::store::{DirLock, StoreError};
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
@@ -574,102 +574,6 @@ pub async fn tenant(file: Option<&PathBuf>, cmd: TenantCmd) -> anyhow::Result<()
         })
     })
     .await
-}
-
-/// Refuses an offline file operation on a store kept in PostgreSQL.
-fn embedded_only(config: &twinhub_server::config::Config, what: &str) -> anyhow::Result<()> {
-    if !config.store.url.is_empty() {
-        bail!(
-            "`twinhub {what}` works on the embedded store; this configuration keeps its store in PostgreSQL (store.url): use PostgreSQL's own tools (pg_dump, pg_restore, amcheck) there"
-        );
-    }
-    Ok(())
-}
-
-pub fn backup(file: Option<&PathBuf>, flags: &ServerFlags, dest: &Path) -> anyhow::Result<()> {
-    let config = load_config(file, flags)?;
-    embedded_only(&config, "backup")?;
-    let db = store::db::db_path(&config.data_dir);
-    if !db.exists() {
-        bail!("no store in {}", config.data_dir.display());
-    }
-    store::backup_file(&db, dest)?;
-    println!("backup written to {}", dest.display());
-    Ok(())
-}
-
-pub fn migrate(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
-    use twinhub_server::store::backend::Source;
-    let config = load_config(file, flags)?;
-    let opts = config.store_options();
-    // The embedded file has one writer: its directory's lock.
-    let (source, _lock) = match opts.url {
-        Some(url) => (
-            Source::Pg {
-                url,
-                schema: opts.schema,
-            },
-            None,
-        ),
-        None => {
-            std::fs::create_dir_all(&config.data_dir)?;
-            let lock = DirLock::acquire(&config.data_dir).map_err(|e| match e {
-                StoreError::Locked(_) => anyhow!(
-                    "a server is running on {} (it brought the store to its format at start)",
-                    config.data_dir.display()
-                ),
-                e => e.into(),
-            })?;
-            (
-                Source::Sqlite(store::db::db_path(&config.data_dir)),
-                Some(lock),
-            )
-        }
-    };
-    let format = source.migrate()?;
-    println!("store {} is at format {format}", config.store.shown());
-    Ok(())
-}
-
-pub fn check(file: Option<&PathBuf>, flags: &ServerFlags) -> anyhow::Result<()> {
-    let config = load_config(file, flags)?;
-    embedded_only(&config, "check")?;
-    let r = store::check::check_dir(&config.data_dir)?;
-    println!(
-        "{}: {} chunks ({} points), {} rollups, {} batch-log records",
-        config.data_dir.display(),
-        r.chunks,
-        r.points,
-        r.rollups,
-        r.batch_log
-    );
-    if r.ok() {
-        println!("ok");
-        return Ok(());
-    }
-    for p in &r.problems {
-        println!("problem: {p}");
-    }
-    bail!("the store has {} problem(s)", r.problems.len())
-}
-
-pub fn restore(file: Option<&PathBuf>, flags: &ServerFlags, src: &Path) -> anyhow::Result<()> {
-    let config = load_config(file, flags)?;
-    embedded_only(&config, "restore")?;
-    let lock = DirLock::acquire(&config.data_dir).map_err(|e| match e {
-        StoreError::Locked(_) => anyhow!(
-            "a server is running on {}; stop it before restoring",
-            config.data_dir.display()
-        ),
-        e => e.into(),
-    })?;
-    store::restore_file(&lock, src)?;
-    println!(
-        "restored {} into {}",
-        src.display(),
-        config.data_dir.display()
-    );
-    Ok(())
 }
 
 /// One API call through the running (or an in-process) server; prints the

@@ -18,6 +18,7 @@ mod opcua_sim;
 mod route_cli;
 mod rule_cli;
 mod sim;
+mod store_cli;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -173,15 +174,35 @@ enum Command {
     /// dead letters and replay.
     #[command(subcommand)]
     Route(route_cli::RouteCmd),
-    /// Take a consistent copy of the store (safe while the server runs).
+    /// Take a consistent copy of the store (safe while the server runs):
+    /// the embedded file as a file, a PostgreSQL store as an export.
     Backup {
         file: PathBuf,
         #[command(flatten)]
         flags: ServerFlags,
     },
-    /// Replace the store with a backup (the server must be stopped).
+    /// Replace the store with a backup or an export (the server must be
+    /// stopped).
     Restore {
         file: PathBuf,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Write the whole store — every table and the data directory's key
+    /// files — to one file that either store can import (safe while the
+    /// server runs): SQLite to PostgreSQL and back.
+    Export {
+        file: PathBuf,
+        #[command(flatten)]
+        flags: ServerFlags,
+    },
+    /// Read an export into this configuration's store, which must be new
+    /// (the server must be stopped).
+    Import {
+        file: PathBuf,
+        /// Replace whatever the store holds (as `restore` does).
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         flags: ServerFlags,
     },
@@ -276,10 +297,18 @@ fn main() -> std::process::ExitCode {
             Command::Rule(cmd) => rule_cli::rule(cli.config.as_ref(), cmd).await,
             Command::Alarm(cmd) => rule_cli::alarm(cli.config.as_ref(), cmd).await,
             Command::Route(cmd) => route_cli::route(cli.config.as_ref(), cmd).await,
-            Command::Backup { file, flags } => admin::backup(cli.config.as_ref(), &flags, &file),
-            Command::Check(flags) => admin::check(cli.config.as_ref(), &flags),
-            Command::Migrate(flags) => admin::migrate(cli.config.as_ref(), &flags),
-            Command::Restore { file, flags } => admin::restore(cli.config.as_ref(), &flags, &file),
+            Command::Backup { file, flags } => store_cli::backup(cli.config.as_ref(), &flags, &file),
+            Command::Check(flags) => store_cli::check(cli.config.as_ref(), &flags),
+            Command::Migrate(flags) => store_cli::migrate(cli.config.as_ref(), &flags),
+            Command::Restore { file, flags } => {
+                store_cli::restore(cli.config.as_ref(), &flags, &file)
+            }
+            Command::Export { file, flags } => store_cli::export(cli.config.as_ref(), &flags, &file),
+            Command::Import {
+                file,
+                replace,
+                flags,
+            } => store_cli::import(cli.config.as_ref(), &flags, &file, replace),
                         Command::Cert {
                 out,
                 client: Some(device),

@@ -30,7 +30,7 @@ pub async fn store(
     pipeline: &Pipeline,
     device: &Device,
     groups: Vec<Telemetry>,
-    also: impl FnOnce(&[bool]) -> Option<crate::pipeline::AlsoFn>,
+    also: impl FnOnce(&[bool]) -> Option<crate::pipeline::Also>,
 ) -> Vec<Answer> {
     pipeline
         .ingest_each_with(device, "mqtt", groups, None, also)

@@ -771,11 +771,23 @@ impl Broker {
 
     /// The rows of planned copies, to be written in another write's
     /// transaction (the telemetry they carry).
-    pub fn rows_in_commit(ops: Vec<Op>) -> Option<crate::store::AlsoFn> {
+    pub fn rows_in_commit(ops: Vec<Op>) -> Option<crate::store::Also> {
         if ops.is_empty() {
             return None;
         }
-        Some(Box::new(move |ctx| persist::apply(ctx.tx, &ops)))
+        if ops.iter().all(|o| matches!(o, Op::Enqueue(_))) {
+            let rows = ops
+                .into_iter()
+                .filter_map(|o| match o {
+                    Op::Enqueue(q) => Some(q),
+                    _ => None,
+                })
+                .collect();
+            return Some(crate::store::Also::Copies(rows));
+        }
+        Some(crate::store::Also::Write(Box::new(move |ctx| {
+            persist::apply(ctx.tx, &ops)
+        })))
     }
 
     /// Puts planned copies in their sessions' queues; returns the rows to

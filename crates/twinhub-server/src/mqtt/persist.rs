@@ -10,6 +10,7 @@ use crate::store::Store;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -117,12 +118,7 @@ async fn commit(store: &Store, batches: Vec<Batch>) {
     if batches.len() > 1 {
         let all: Vec<Arc<Vec<Op>>> = batches.iter().map(|(o, _)| o.clone()).collect();
         let res = store
-            .write(move |ctx| {
-                for ops in &all {
-                    apply(ctx.tx, ops)?;
-                }
-                Ok(())
-            })
+            .write(move |ctx| apply(ctx.tx, all.iter().flat_map(|ops| ops.iter())))
             .await;
         if res.is_ok() {
             for (_, d) in batches {
@@ -135,7 +131,7 @@ async fn commit(store: &Store, batches: Vec<Batch>) {
     }
     for (ops, done) in batches {
         let n = ops.len();
-        let res = store.write(move |ctx| apply(ctx.tx, &ops)).await;
+        let res = store.write(move |ctx| apply(ctx.tx, ops.iter())).await;
         if let Err(e) = &res {
             tracing::error!(error = %e, operations = n, waited = done.is_some(), "could not persist MQTT state");
         }
@@ -145,27 +141,76 @@ async fn commit(store: &Store, batches: Vec<Batch>) {
     }
 }
 
-pub(super) fn apply(
+pub(super) fn apply<'a>(
     tx: &dyn crate::store::sql::Sql,
-    ops: &[Op],
+    ops: impl IntoIterator<Item = &'a Op>,
 ) -> Result<(), crate::store::StoreError> {
-    for op in ops {
-        match op {
-            Op::PutRetained(r) => rows::put_retained(tx, r)?,
-            Op::DelRetained { tenant, topic } => rows::delete_retained(tx, tenant, topic)?,
-            Op::PutSession(s) => rows::put_session(tx, s)?,
-            Op::DelSession(c) => rows::delete_session(tx, c)?,
-            Op::Enqueue(q) => rows::enqueue(tx, q)?,
-            Op::Dequeue(id) => rows::dequeue(tx, &[*id])?,
-            Op::InFlight { id, pkid, released } => rows::set_inflight(tx, *id, *pkid, *released)?,
-            Op::Qos2In {
-                client_id,
-                pkid,
-                held,
-            } => rows::qos2_in(tx, client_id, *pkid, *held)?,
+    let ops: Vec<&Op> = ops.into_iter().collect();
+    // Runs of copies queued or delivered go many rows per statement (in
+    // order: a run ends at the first operation of another kind).
+    let mut i = 0;
+    while i < ops.len() {
+        let kind = std::mem::discriminant(ops[i]);
+        let run = ops[i..]
+            .iter()
+            .take_while(|o| std::mem::discriminant(**o) == kind)
+            .count();
+        let ops_run = &ops[i..i + run];
+        i += run;
+        match ops_run[0] {
+            Op::Enqueue(_) => {
+                // One statement cannot upsert a row twice: a later copy of
+                // the same id replaces the earlier one.
+                let mut at: HashMap<i64, usize> = HashMap::new();
+                let mut queued: Vec<&QueuedRow> = Vec::with_capacity(run);
+                for op in ops_run {
+                    if let Op::Enqueue(q) = op {
+                        match at.get(&q.id) {
+                            Some(&k) => queued[k] = q,
+                            None => {
+                                at.insert(q.id, queued.len());
+                                queued.push(q);
+                            }
+                        }
+                    }
+                }
+                rows::enqueue(tx, &queued)?;
+            }
+            Op::Dequeue(_) => {
+                let ids: Vec<i64> = ops_run
+                    .iter()
+                    .filter_map(|o| match o {
+                        Op::Dequeue(id) => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                rows::dequeue(tx, &ids)?;
+            }
+            _ => {
+                for op in ops_run {
+                    apply_one(tx, op)?;
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn apply_one(tx: &dyn crate::store::sql::Sql, op: &Op) -> Result<(), crate::store::StoreError> {
+    match op {
+        Op::PutRetained(r) => rows::put_retained(tx, r),
+        Op::DelRetained { tenant, topic } => rows::delete_retained(tx, tenant, topic),
+        Op::PutSession(s) => rows::put_session(tx, s),
+        Op::DelSession(c) => rows::delete_session(tx, c),
+        Op::Enqueue(q) => rows::enqueue(tx, &[q]),
+        Op::Dequeue(id) => rows::dequeue(tx, &[*id]),
+        Op::InFlight { id, pkid, released } => rows::set_inflight(tx, *id, *pkid, *released),
+        Op::Qos2In {
+            client_id,
+            pkid,
+            held,
+        } => rows::qos2_in(tx, client_id, *pkid, *held),
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]

@@ -24,6 +24,7 @@ pub mod columns;
 mod compactor;
 pub mod connectors;
 pub mod db;
+pub mod export;
 mod head;
 pub mod health;
 mod install;
@@ -74,7 +75,7 @@ use twinhub_model::time::{US_PER_DAY, US_PER_HOUR};
 use twinhub_model::{Point, Stats};
 
 pub use compactor::RetentionPolicy;
-pub use writer::{AlsoFn, WriteCtx};
+pub use writer::{Also, AlsoFn, WriteCtx};
 
 /// Chunks never cross a window boundary; windows are aligned to the UTC
 /// epoch. Rollups are computed per closed window.
@@ -398,7 +399,7 @@ impl Store {
         &self,
         batch: WriteBatch,
         events: Vec<crate::events::Draft>,
-        also: Option<AlsoFn>,
+        also: Option<Also>,
         wait: Option<Duration>,
     ) -> Result<(), StoreError> {
         let (ack, rx) = oneshot::channel();

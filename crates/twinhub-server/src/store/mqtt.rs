@@ -3,7 +3,7 @@
 //! them. Plain functions over a connection; the broker's persister calls
 //! them inside `Store::write`, and `Store::read` at start-up.
 
-use super::sql::{args, Sql};
+use super::sql::{args, in_chunks, value_lists, Sql, Val};
 use super::StoreError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,29 +117,40 @@ pub fn load_sessions(c: &dyn Sql) -> Result<Vec<SessionRow>, StoreError> {
     )
 }
 
-pub fn enqueue(tx: &dyn Sql, q: &QueuedRow) -> Result<(), StoreError> {
-    tx.exec(
-        "INSERT INTO mqtt_queue(id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids, pkid, released)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT(id) DO UPDATE SET client_id = excluded.client_id, topic = excluded.topic,
-           payload = excluded.payload, qos = excluded.qos, retain = excluded.retain, props = excluded.props,
-           expires_at = excluded.expires_at, sub_ids = excluded.sub_ids, pkid = excluded.pkid,
-           released = excluded.released",
-        args![
-            q.id,
-            &q.client_id,
-            &q.topic,
-            &q.payload,
-            q.qos,
-            q.retain,
-            q.props.as_ref(),
-            q.expires_at,
-            &q.sub_ids,
-            q.pkid,
-            q.released
-        ],
-    )?;
-    Ok(())
+const QUEUE_COLS: usize = 11;
+
+/// Stores queued copies (replacing rows with the same id), many per
+/// statement: on PostgreSQL each statement is a round trip, and a
+/// persistent subscriber's copies went one INSERT and one DELETE each.
+pub fn enqueue(tx: &dyn Sql, rows: &[&QueuedRow]) -> Result<(), StoreError> {
+    in_chunks(rows.len(), |range| {
+        let sql = format!(
+            "INSERT INTO mqtt_queue(id, client_id, topic, payload, qos, retain, props, expires_at, sub_ids, pkid, released)
+             VALUES {}
+             ON CONFLICT(id) DO UPDATE SET client_id = excluded.client_id, topic = excluded.topic,
+               payload = excluded.payload, qos = excluded.qos, retain = excluded.retain, props = excluded.props,
+               expires_at = excluded.expires_at, sub_ids = excluded.sub_ids, pkid = excluded.pkid,
+               released = excluded.released",
+            value_lists(range.len(), QUEUE_COLS)
+        );
+        let mut vals = Vec::with_capacity(range.len() * QUEUE_COLS);
+        for q in &rows[range] {
+            vals.extend([
+                Val::from(q.id),
+                Val::from(&q.client_id),
+                Val::from(&q.topic),
+                Val::from(&q.payload),
+                Val::from(q.qos),
+                Val::from(q.retain),
+                Val::from(q.props.as_ref()),
+                Val::from(q.expires_at),
+                Val::from(&q.sub_ids),
+                Val::from(q.pkid),
+                Val::from(q.released),
+            ]);
+        }
+        tx.exec(&sql, &vals).map(|_| ())
+    })
 }
 
 /// Records the packet id a queued message went out with, or its PUBREC.
@@ -168,11 +179,17 @@ pub fn load_qos2_in(c: &dyn Sql) -> Result<Vec<(String, u16)>, StoreError> {
     })
 }
 
+/// Deletes delivered (or dropped) copies, several per statement.
 pub fn dequeue(tx: &dyn Sql, ids: &[i64]) -> Result<(), StoreError> {
-    for id in ids {
-        tx.exec("DELETE FROM mqtt_queue WHERE id = ?1", args![*id])?;
-    }
-    Ok(())
+    in_chunks(ids.len(), |range| {
+        let list = value_lists(range.len(), 1).replace(['(', ')'], "");
+        let vals: Vec<Val<'_>> = ids[range].iter().map(|&id| Val::from(id)).collect();
+        tx.exec(
+            &format!("DELETE FROM mqtt_queue WHERE id IN ({list})"),
+            &vals,
+        )
+        .map(|_| ())
+    })
 }
 
 pub fn load_queue(c: &dyn Sql) -> Result<Vec<QueuedRow>, StoreError> {

@@ -405,18 +405,35 @@ fn mqtt_state_rows_behave_alike_on_both_backends() {
             released: false,
         };
         for id in 1..=3 {
-            enqueue(db, &queued(id)).unwrap();
+            enqueue(db, &[&queued(id)]).unwrap();
         }
         enqueue(
             db,
-            &QueuedRow {
+            &[&QueuedRow {
                 retain: true,
                 ..queued(2)
-            },
+            }],
         )
         .unwrap();
         set_inflight(db, 1, 65535, true).unwrap();
         dequeue(db, &[3]).unwrap();
+        // Many at once go several per statement (64 + 16 + 16 + 4 + 1 rows,
+        // then 64 + 16 + 4 + 1 ids): every row and every column arrives,
+        // and exactly the named ids go.
+        let many: Vec<QueuedRow> = (100..201)
+            .map(|id| QueuedRow {
+                topic: format!("t/{id}"),
+                expires_at: Some(id * 10),
+                props: Some(format!("{{\"n\":{id}}}")),
+                ..queued(id)
+            })
+            .collect();
+        enqueue(db, &many.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(load_queue(db).unwrap()[2..], many[..]);
+        let gone: Vec<i64> = (100..185).collect();
+        dequeue(db, &gone).unwrap();
+        assert_eq!(load_queue(db).unwrap()[2..], many[85..]);
+        dequeue(db, &(185..201).collect::<Vec<_>>()).unwrap();
         let q = load_queue(db).unwrap();
         assert_eq!(
             q.iter()

@@ -71,7 +71,12 @@ impl TestServer {
     }
 
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
+        TestServer::start_in(Arc::new(tempfile::tempdir().unwrap()), f).await
+    }
+
+    /// A server on an existing data directory (one a CLI command
+    /// prepared), configured by `f`.
+    pub async fn start_in(dir: Arc<TempDir>, f: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config(dir.path());
         f(&mut config);
         let schema = (!config.store.url.is_empty()).then(|| {
@@ -124,6 +129,20 @@ impl TestServer {
             .expect("clean stop");
         let (dir, mut config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
         f(&mut config);
+        TestServer::boot(dir, config, clock, self.schema.clone()).await
+    }
+
+    /// Stops the server, runs `f` on its store (offline maintenance: the
+    /// CLI), and starts it again on the same store.
+    pub async fn offline(mut self, f: impl FnOnce()) -> TestServer {
+        self.handle
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        f();
+        let (dir, config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
         TestServer::boot(dir, config, clock, self.schema.clone()).await
     }
 

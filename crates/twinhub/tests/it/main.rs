@@ -14,6 +14,7 @@ mod dashboard;
 mod demo;
 mod devices;
 mod events;
+mod export;
 mod fanout;
 mod frames;
 mod graph;

@@ -7,7 +7,7 @@ use serde_json::json;
 use twinhub_server::store::pg::PgConn;
 use twinhub_server::store::sql::Sql;
 
-fn pg_url() -> String {
+pub fn pg_url() -> String {
     std::env::var("TWINHUB_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
