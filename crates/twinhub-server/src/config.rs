@@ -8,8 +8,8 @@
 //! settings it works with; this module only assembles them, reads the file
 //! and the environment, and checks what spans sections.
 //!
-//! May call: `mqtt`, `store`, `registry`, `ml`, `rules` (their settings
-//! sections).
+//! May call: `mqtt`, `store`, `registry`, `ml`, `rules`, `cluster` (their
+//! settings sections).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;
@@ -37,6 +37,8 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub ml: MlConfig,
     pub rules: RulesConfig,
+    /// Several nodes on one PostgreSQL store (`cluster.nats`).
+    pub cluster: crate::cluster::ClusterConfig,
     /// The bootstrap admin's password (only read on first start); from
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
@@ -62,6 +64,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             ml: MlConfig::default(),
             rules: RulesConfig::default(),
+            cluster: Default::default(),
             admin_password: None,
         }
     }
@@ -367,6 +370,13 @@ impl Config {
         self.rules
             .validate()
             .map_err(|(field, rule)| invalid(&format!("rules.{field}"), rule))?;
+        self.cluster
+            .validate(
+                &self.store.url,
+                self.secrets.key.is_some(),
+                self.audit.key.is_some(),
+            )
+            .map_err(|(field, rule)| invalid(&format!("cluster.{field}"), rule))?;
         Ok(())
     }
 
@@ -409,6 +419,7 @@ fn env_key_path(lower: &str) -> String {
         "secrets",
         "ml",
         "rules",
+        "cluster",
     ];
     if TOP.contains(&lower) {
         return lower.to_string();

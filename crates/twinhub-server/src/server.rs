@@ -135,9 +135,27 @@ pub async fn run(
     on_ready: Option<oneshot::Sender<Ready>>,
 ) -> Result<(), ServerError> {
     let dir = config.data_dir.clone();
-    let lock = DirLock::acquire_within(&dir, Duration::from_secs(1))?;
     let opts = config.store_options();
-    let store = {
+    let mut shutdown = Box::pin(shutdown);
+    let store = if config.cluster.enabled() {
+        // Primary or standby: see `cluster`.
+        let node = config.cluster.node_name(listeners.http.local_addr()?);
+        use crate::cluster::{open_when_primary, Opened};
+        match open_when_primary(
+            &dir,
+            opts,
+            clock.clone(),
+            &listeners.http,
+            &node,
+            &mut shutdown,
+        )
+        .await?
+        {
+            Opened::Primary(store) => store,
+            Opened::Stopped => return Ok(()),
+        }
+    } else {
+        let lock = DirLock::acquire_within(&dir, Duration::from_secs(1))?;
         let clock = clock.clone();
         tokio::task::spawn_blocking(move || Store::open(lock, opts, clock))
             .await
@@ -445,7 +463,28 @@ pub async fn run(
         });
     }
 
-    shutdown.await;
+    // A node that lost the store's writer lock to another stops rather
+    // than serve what it holds in memory (see `cluster`).
+    let lost = {
+        let store = store.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if store.health().writer_lock_lost.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
+    };
+    let lost_lock = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = lost => true,
+    };
+    if lost_lock {
+        tracing::error!(
+            "another node is the primary now; this node stops (restart it to stand by)"
+        );
+    }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
@@ -474,6 +513,11 @@ pub async fn run(
     tokio::task::spawn_blocking(move || store.close())
         .await
         .ok();
+    if lost_lock {
+        return Err(ServerError::Io(std::io::Error::other(
+            "stopped: another node took the store's writer lock",
+        )));
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

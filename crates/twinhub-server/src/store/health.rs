@@ -63,6 +63,9 @@ pub struct Health {
     injected_last: AtomicBool,
     /// Epoch µs of the last successful flush (0: none yet).
     pub last_flush_us: AtomicI64,
+    /// PostgreSQL ended the writer's connection and another node holds
+    /// the store's writer lock now: this node must stop writing.
+    pub writer_lock_lost: AtomicBool,
 }
 
 /// How often free space is measured on the write path.
@@ -72,6 +75,7 @@ impl Health {
     pub fn new() -> Health {
         Health {
             flush_failures: AtomicU64::new(0),
+            writer_lock_lost: AtomicBool::new(false),
             flush_failures_total: AtomicU64::new(0),
             compactor_restarts: AtomicU64::new(0),
             free_bytes: AtomicU64::new(u64::MAX),

@@ -228,6 +228,13 @@ impl Writer {
                 tracing::warn!("the store's connection to PostgreSQL was lost and is back");
                 self.conn = db;
             }
+            Err(StoreError::StoreInUse(_)) => {
+                tracing::error!("another node took the store's writer lock while this one was cut off from PostgreSQL");
+                self.engine
+                    .health
+                    .writer_lock_lost
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             Err(e) => tracing::warn!(error = %e, "PostgreSQL is still unreachable"),
         }
     }

@@ -24,7 +24,7 @@ const ENV: &[(&str, &str)] = &[
 ];
 
 /// What each device had acknowledged: ts → value.
-type Acked = Arc<Mutex<BTreeMap<String, BTreeMap<i64, i64>>>>;
+pub type Acked = Arc<Mutex<BTreeMap<String, BTreeMap<i64, i64>>>>;
 
 /// A tiny deterministic generator (the seed is printed on failure).
 struct Lcg(u64);
@@ -38,13 +38,13 @@ impl Lcg {
     }
 }
 
-fn value_of(ts: i64) -> i64 {
+pub fn value_of(ts: i64) -> i64 {
     ts % 9973
 }
 
 /// A device keeps sending until told to stop or refused; records what
 /// was acknowledged. `next_ts` carries on from the last run.
-async fn http_writer(
+pub async fn http_writer(
     base: String,
     id: String,
     key: String,
@@ -79,7 +79,7 @@ async fn http_writer(
     }
 }
 
-async fn mqtt_writer(
+pub async fn mqtt_writer(
     addr: std::net::SocketAddr,
     id: String,
     key: String,

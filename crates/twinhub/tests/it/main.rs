@@ -9,6 +9,7 @@ mod acks;
 mod apikeys;
 mod auth;
 mod cli;
+mod cluster;
 mod crash_loop;
 mod dashboard;
 mod demo;
