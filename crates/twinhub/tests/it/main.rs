@@ -13,6 +13,7 @@ mod cluster;
 mod crash_loop;
 mod dashboard;
 mod demo;
+mod deploy;
 mod devices;
 mod events;
 mod export;
