@@ -138,19 +138,18 @@ pub async fn run(
     let opts = config.store_options();
     let mut shutdown = Box::pin(shutdown);
     let store = if config.cluster.enabled() {
-        // Primary or standby: see `cluster`.
+        // Primary or replica: see `cluster`.
         let node = config.cluster.node_name(listeners.http.local_addr()?);
-        use crate::cluster::{open_when_primary, Opened};
-        match open_when_primary(
-            &dir,
-            opts,
-            clock.clone(),
-            &listeners.http,
-            &node,
-            &mut shutdown,
-        )
-        .await?
-        {
+        let subject = config.cluster.subject(&config.store.schema);
+        use crate::cluster::{open_when_primary, Membership, Opened};
+        let member = Membership {
+            node: &node,
+            nats: config.cluster.nats.trim(),
+            subject: &subject,
+            http: &listeners.http,
+            mqtt: listeners.mqtt.as_ref(),
+        };
+        match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
             Opened::Primary(store) => store,
             Opened::Stopped => return Ok(()),
         }
@@ -447,6 +446,19 @@ pub async fn run(
         ],
     )?;
     let _ = state.listeners.set(ports);
+    // A cluster's primary says where it is, for the replicas to forward to.
+    let cluster = &state.config.cluster;
+    let announcing = cluster.enabled().then(|| {
+        crate::cluster::announce(
+            cluster.nats.trim().to_string(),
+            cluster.subject(&state.config.store.schema),
+            crate::cluster::PrimaryInfo {
+                node: cluster.node_name(http_addr),
+                http: cluster.advertised(http_addr),
+                mqtt: mqtt_addr.map(|a| cluster.advertised(a)),
+            },
+        )
+    });
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
     if let Some(tx) = on_ready {
@@ -484,6 +496,9 @@ pub async fn run(
         tracing::error!(
             "another node is the primary now; this node stops (restart it to stand by)"
         );
+    }
+    if let Some(a) = announcing {
+        a.abort();
     }
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);

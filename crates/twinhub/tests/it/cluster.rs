@@ -1,9 +1,11 @@
-//! Two real nodes on one PostgreSQL store (`cluster.nats`): one primary,
-//! one standby answering health checks. The primary is killed with
-//! SIGKILL under HTTP and MQTT (QoS 1) ingest; the standby takes the
-//! store over, the devices carry on there, and every point acknowledged
-//! by either node is in history with its value. The old primary, started
-//! again, stands by.
+//! Real nodes on one PostgreSQL store (`cluster.nats`): one primary, the
+//! others replicas that forward HTTP and MQTT to it. Any node serves any
+//! call (read-your-writes across nodes), MQTT messages cross nodes both
+//! ways, a rule raises one alarm whichever nodes the events came through,
+//! and SIGKILL of a replica and then of the primary under HTTP and MQTT
+//! (QoS 1) ingest loses nothing acknowledged: a replica takes the store
+//! over and the devices carry on through the nodes left. A primary that
+//! lost the store to another node stops.
 
 use crate::crash_loop::{http_writer, mqtt_writer, Acked};
 use crate::postgres::pg_url;
@@ -36,7 +38,7 @@ fn node(dir: &Path, schema: &str, name: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// The node's ports.json once it has one (standby: `http` and `role`).
+/// The node's ports.json once `want` holds (a replica's has `role`).
 fn ports(dir: &Path, want: impl Fn(&Value) -> bool) -> Value {
     let t = Instant::now();
     loop {
@@ -55,22 +57,42 @@ fn ports(dir: &Path, want: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-/// A node started as a standby (its health-check port only).
-fn standby(child: std::process::Child, dir: &Path) -> Server {
-    let v = ports(dir, |v| v["role"] == "standby");
+/// A node started as a replica (its own ports; it forwards to the
+/// primary).
+fn replica(child: std::process::Child, dir: &Path) -> Server {
+    let v = ports(dir, |v| v["role"] == "replica");
     Server {
         child,
         base: format!("http://{}", v["http"].as_str().unwrap()),
-        mqtt: "127.0.0.1:1".parse().unwrap(),
+        mqtt: v["mqtt"].as_str().unwrap().parse().unwrap(),
     }
 }
 
-/// Waits until the node is the primary (ports.json lists every
-/// listener), and points `s` at them.
+/// Waits until the node is the primary (its own ports.json, no role), and
+/// points `s` at its listeners.
 fn promoted(s: &mut Server, dir: &Path) {
-    let v = ports(dir, |v| v.get("mqtt").is_some());
+    let v = ports(dir, |v| v.get("role").is_none() && v.get("mqtt").is_some());
     s.base = format!("http://{}", v["http"].as_str().unwrap());
     s.mqtt = v["mqtt"].as_str().unwrap().parse().unwrap();
+}
+
+/// Waits until `/ready` answers 200 (a replica: once it heard the primary).
+async fn until_ready(http: &reqwest::Client, base: &str) {
+    let t = Instant::now();
+    while status(http, &format!("{base}/ready")).await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{base} never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fresh_schema() -> String {
+    format!(
+        "cluster_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> (u16, Value, Option<String>) {
@@ -84,14 +106,8 @@ async fn status(http: &reqwest::Client, url: &str) -> (u16, Value, Option<String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_lost() {
-    let schema = format!(
-        "cluster_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_lost() {
+    let schema = fresh_schema();
     let _drop = DropSchema(schema.clone());
     let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (dir_a, dir_b) = (root_a.path().join("data"), root_b.path().join("data"));
@@ -101,17 +117,22 @@ async fn a_standby_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
         mqtt: "127.0.0.1:1".parse().unwrap(),
     };
     promoted(&mut a, &dir_a);
-    let mut b = standby(node(&dir_b, &schema, "node-b"), &dir_b);
-    let b_http = b.base.trim_start_matches("http://").to_string();
+    let mut b = replica(node(&dir_b, &schema, "node-b"), &dir_b);
     let http = reqwest::Client::new();
-    let (st, v, _) = status(&http, &format!("http://{b_http}/health")).await;
-    assert_eq!((st, v["role"].as_str()), (200, Some("standby")), "{v}");
-    assert_eq!(v["node"], "node-b");
-    let (st, v, _) = status(&http, &format!("http://{b_http}/ready")).await;
-    assert_eq!(st, 503, "a standby is not ready: {v}");
-    let (st, v, retry) = status(&http, &format!("http://{b_http}/api/v1/twins")).await;
-    assert_eq!((st, retry.as_deref()), (503, Some("1")), "{v}");
-    assert_eq!(v["error"]["code"], "service_unavailable");
+    until_ready(&http, &b.base).await;
+    let (st, v, _) = status(&http, &format!("{}/health", b.base)).await;
+    assert_eq!((st, v["role"].as_str()), (200, Some("replica")), "{v}");
+    assert_eq!(
+        (v["node"].as_str(), v["primary"].as_str()),
+        (Some("node-b"), Some("node-a"))
+    );
+    // Requests through the replica are the primary's answers.
+    let (st, v, _) = status(&http, &format!("{}/api/v1/devices", b.base)).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
 
     let token = login(&a.base, PW).await;
     let mut devices = Vec::new();
@@ -155,7 +176,7 @@ async fn a_standby_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
         "the stream ran on the primary ({before} points)"
     );
 
-    // The standby takes over (the test plays the load balancer: /ready).
+    // The replica takes over (the test plays the load balancer: /ready).
     promoted(&mut b, &dir_b);
     loop {
         if status(&http, &format!("{}/ready", b.base)).await.0 == 200 {
@@ -167,10 +188,10 @@ async fn a_standby_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
     eprintln!("takeover: ready {:?} after the SIGKILL", killed.elapsed());
     let tasks = run(&b, t0 + 3_600_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // The old primary comes back as a standby.
-    let mut a = standby(node(&dir_a, &schema, "node-a"), &dir_a);
+    // The old primary comes back as a replica.
+    let mut a = replica(node(&dir_a, &schema, "node-a"), &dir_a);
     let (_, v, _) = status(&http, &format!("{}/health", a.base)).await;
-    assert_eq!(v["role"], "standby", "{v}");
+    assert_eq!(v["role"], "replica", "{v}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill9(&mut b);
     for t in tasks {
@@ -225,18 +246,12 @@ impl Drop for DropSchema {
     }
 }
 
-/// A primary cut off from PostgreSQL long enough for the standby to take
+/// A primary cut off from PostgreSQL long enough for a replica to take
 /// the store over stops at its next write instead of carrying on beside
 /// the new primary: one writer, always.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_that_lost_the_store_to_another_node_stops() {
-    let schema = format!(
-        "cluster_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let schema = fresh_schema();
     let _drop = DropSchema(schema.clone());
     let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (dir_a, dir_b) = (root_a.path().join("data"), root_b.path().join("data"));
@@ -248,7 +263,7 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
     promoted(&mut a, &dir_a);
     let token = login(&a.base, PW).await;
     let http = reqwest::Client::new();
-    let mut b = standby(node(&dir_b, &schema, "node-b"), &dir_b);
+    let mut b = replica(node(&dir_b, &schema, "node-b"), &dir_b);
     let admin = twinhub_server::store::pg::PgConn::connect(&pg_url(), None).unwrap();
     // PostgreSQL ends node-a's writer session (a network cut looks the
     // same); node-b, trying every 500 ms, takes the lock. Should node-a
@@ -264,10 +279,9 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
                 twinhub_server::store::sql::args![&schema],
             )
             .unwrap();
-        let v = std::fs::read(dir_b.join("ports.json")).unwrap_or_default();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let v2 = std::fs::read(dir_b.join("ports.json")).unwrap_or_default();
-        if v2 != v || String::from_utf8_lossy(&v2).contains("mqtt") {
+        let v = std::fs::read(dir_b.join("ports.json")).unwrap_or_default();
+        if !String::from_utf8_lossy(&v).contains("replica") {
             break;
         }
         assert!(
@@ -307,4 +321,239 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Three nodes: any node serves any call, MQTT crosses nodes both ways, a
+/// rule raises one alarm for events that came through all of them, and
+/// SIGKILL of a replica, then of the primary, under HTTP and MQTT ingest
+/// through every node loses nothing acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_any_call_and_survive_losing_two() {
+    use crate::mqtt::{open5, pub5, sub5, Got5};
+    use rumqttc::v5::mqttbytes::v5;
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<std::path::PathBuf> = roots.iter().map(|r| r.path().join("data")).collect();
+    let mut a = Server {
+        child: node(&dirs[0], &schema, "node-a"),
+        base: String::new(),
+        mqtt: "127.0.0.1:1".parse().unwrap(),
+    };
+    promoted(&mut a, &dirs[0]);
+    let mut b = replica(node(&dirs[1], &schema, "node-b"), &dirs[1]);
+    let mut c = replica(node(&dirs[2], &schema, "node-c"), &dirs[2]);
+    let http = reqwest::Client::new();
+    until_ready(&http, &b.base).await;
+    until_ready(&http, &c.base).await;
+
+    // Read-your-writes across nodes: created through one, read through
+    // the others at once.
+    let token = login(&b.base, PW).await;
+    let mut keys = BTreeMap::new();
+    for (id, via) in [("d1", &b), ("d2", &c), ("h1", &a), ("h2", &b), ("m1", &c)] {
+        let created = post_json(
+            &http,
+            &format!("{}/api/v1/devices", via.base),
+            &token,
+            &json!({"id": id}),
+        )
+        .await;
+        keys.insert(id, created["key"].as_str().unwrap().to_string());
+        for other in [&a, &b, &c] {
+            let r = http
+                .get(format!("{}/api/v1/devices/{id}", other.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "{id} created through one node, read through another"
+            );
+        }
+    }
+
+    // MQTT across nodes, both ways: a subscriber on one node gets what a
+    // device publishes through another.
+    for (sub_via, pub_via, dev) in [(&c, &b, "d1"), (&b, &c, "d2")] {
+        let (mut sub, ack) = open5(
+            sub_via.mqtt,
+            &format!("watch-{dev}"),
+            Some(("admin", PW)),
+            true,
+            None,
+        )
+        .await;
+        assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+        sub.send5(sub5(
+            1,
+            &format!("devices/{dev}/telemetry"),
+            1,
+            |_| {},
+            None,
+        ))
+        .await;
+        assert!(matches!(sub.recv5().await, v5::Packet::SubAck(_)));
+        let key = &keys[dev];
+        let (mut p, ack) = open5(pub_via.mqtt, dev, Some((dev, key)), true, None).await;
+        assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+        p.send5(pub5(
+            &format!("devices/{dev}/telemetry"),
+            1,
+            1,
+            br#"{"temperature": 300}"#,
+            None,
+        ))
+        .await;
+        assert!(matches!(p.recv5().await, v5::Packet::PubAck(_)));
+        let got = loop {
+            match sub.recv5_within(Duration::from_secs(10)).await {
+                Got5::P(v5::Packet::Publish(m)) => break m,
+                Got5::P(_) => continue,
+                _ => panic!("{dev}: nothing crossed from one node to the other"),
+            }
+        };
+        assert_eq!(got.topic, format!("devices/{dev}/telemetry").as_bytes());
+    }
+
+    // One alarm for events that came through every node.
+    let r = http
+        .post(format!("{}/api/v1/rules", c.base))
+        .bearer_auth(&token)
+        .json(
+            &json!({"id": "hot", "name": "Too hot", "select": {"twin": "d1"},
+                      "condition": "temperature > 375",
+                      "alarm": {"type": "HighTemperature", "severity": "major"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut sends = Vec::new();
+    for i in 0..30i64 {
+        let via = [&a, &b, &c][i as usize % 3].base.clone();
+        let (http, key) = (http.clone(), keys["d1"].clone());
+        sends.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{via}/api/v1/devices/d1/telemetry"))
+                .basic_auth("d1", Some(key))
+                .json(&json!({"ts": 1_764_500_000_000i64 + i, "temperature": 380}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }));
+    }
+    for s in sends {
+        s.await.unwrap();
+    }
+    let t = Instant::now();
+    loop {
+        let v: Value = http
+            .get(format!("{}/api/v1/alarms?originator=d1", b.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alarms = v["value"].as_array().unwrap();
+        assert!(alarms.len() <= 1, "one alarm, not one per node: {v}");
+        if alarms.len() == 1 && alarms[0]["count"] == 30 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGKILL of a replica, then of the primary, under ingest through all
+    // three; the devices move to the nodes left.
+    let acked: Acked = Arc::default();
+    let t0 = 1_764_600_000_000i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn_writers = |nodes: &[&Server], from: i64| {
+        let mut tasks = Vec::new();
+        for (i, (id, mqtt)) in [("h1", false), ("h2", false), ("m1", true)]
+            .iter()
+            .enumerate()
+        {
+            let s = nodes[i % nodes.len()];
+            let (id, key, acked, stop) = (
+                id.to_string(),
+                keys[id].clone(),
+                acked.clone(),
+                stop.clone(),
+            );
+            tasks.push(if *mqtt {
+                tokio::spawn(mqtt_writer(s.mqtt, id, key, from, acked, stop))
+            } else {
+                tokio::spawn(http_writer(s.base.clone(), id, key, from, acked, stop))
+            });
+        }
+        tasks
+    };
+    let total = |acked: &Acked| -> usize { acked.lock().unwrap().values().map(|m| m.len()).sum() };
+    // Writers through b (a replica) stop when it dies; the one through c
+    // goes on until the primary dies.
+    let tasks = spawn_writers(&[&b, &c, &b], t0);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    kill9(&mut b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_primary = total(&acked);
+    assert!(
+        before_primary > 30,
+        "ingest ran through the replicas ({before_primary})"
+    );
+    kill9(&mut a);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    promoted(&mut c, &dirs[2]);
+    until_ready(&http, &c.base).await;
+    let tasks = spawn_writers(&[&c], t0 + 3_600_000);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = total(&acked);
+    assert!(
+        after > before_primary + 30,
+        "the devices carried on through node-c"
+    );
+
+    // Every acknowledged point is in the store.
+    let token = login(&c.base, PW).await;
+    for (id, want) in acked.lock().unwrap().clone() {
+        let (from, to) = (
+            *want.keys().next().unwrap(),
+            want.keys().last().unwrap() + 1,
+        );
+        let stored: BTreeMap<i64, i64> = all_points(
+            &http,
+            &c.base,
+            &token,
+            &format!("{id}/telemetry/v"),
+            from,
+            to,
+        )
+        .await
+        .iter()
+        .map(|p| (p["ts"].as_i64().unwrap(), p["value"].as_i64().unwrap()))
+        .collect();
+        let lost = want
+            .iter()
+            .filter(|(t, v)| stored.get(t) != Some(v))
+            .count();
+        assert_eq!(
+            lost,
+            0,
+            "{id}: {lost} of {} acknowledged points lost",
+            want.len()
+        );
+    }
+    kill9(&mut c);
 }

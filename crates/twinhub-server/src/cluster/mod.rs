@@ -2,15 +2,18 @@
 //! writes, and what the others do meanwhile.
 //!
 //! The store has one writer — the node holding its PostgreSQL writer lock
-//! (a session advisory lock, `store/backend.rs`) — the *primary*. Every
-//! other node of the cluster starts as a *standby*: it answers `/health`
-//! (200, role `standby`) and `/ready` (503), so a load balancer sends it
-//! nothing, and tries the lock every `RETRY`. When the primary dies its
-//! PostgreSQL session ends, the lock is free, and a standby opens the store
-//! — replaying the batch log, so every acknowledged point is there — and
-//! becomes ready: devices reconnect through the load balancer and carry on.
-//! A primary that loses the lock (its connection dropped and another node
-//! took over meanwhile) stops, rather than serve from a stale memory.
+//! (a session advisory lock, `store/backend.rs`) — the *primary*; it does
+//! everything a single node does and announces where it is on NATS
+//! (`twinhub.<cluster>.primary`, every `ANNOUNCE`). Every other member is
+//! a *replica* (`replica.rs`): it forwards HTTP requests and MQTT
+//! connections to the primary it heard of, so any node serves any call and
+//! a load balancer may use them all; and it tries the writer lock every
+//! `RETRY`. When the primary dies its PostgreSQL session ends, the lock is
+//! free, and a replica opens the store — replaying the batch log, so every
+//! acknowledged point is there — and becomes the primary; the others
+//! follow its announcement. A primary that loses the lock (its connection
+//! dropped and another node took over meanwhile) stops, rather than serve
+//! from a stale memory.
 //!
 //! The nodes share the keys the store's rows depend on (secrets,
 //! audit chains): in a cluster they come from the configuration, not from
@@ -18,18 +21,23 @@
 //!
 //! May call: `store` (to open it), `clock`.
 
+mod replica;
+
+pub use replica::{announce, PrimaryInfo};
+
 use crate::store::{DirLock, Store, StoreError, StoreOptions};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// How often a standby tries the store's writer lock.
+/// How often a replica tries the store's writer lock.
 pub const RETRY: Duration = Duration::from_millis(500);
+/// How often the primary says where it is; a replica that heard nothing
+/// for `STALE` forwards nothing.
+pub const ANNOUNCE: Duration = Duration::from_millis(250);
+pub const STALE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +48,10 @@ pub struct ClusterConfig {
     /// This node's name in the cluster (env `TWINHUB_CLUSTER_NODE_ID`);
     /// default: host name and HTTP port.
     pub node_id: String,
+    /// The host other nodes reach this one at (env
+    /// `TWINHUB_CLUSTER_ADVERTISE`); default: the HTTP listen address's IP,
+    /// or the host name when it listens on every interface.
+    pub advertise: String,
 }
 
 impl ClusterConfig {
@@ -81,13 +93,52 @@ impl ClusterConfig {
         if !self.node_id.trim().is_empty() {
             return self.node_id.trim().to_string();
         }
-        let host = std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "node".into());
-        format!("{host}:{}", http.port())
+        format!("{}:{}", host_name(), http.port())
     }
+
+    /// `addr` as other nodes reach it.
+    pub fn advertised(&self, addr: std::net::SocketAddr) -> String {
+        let host = if !self.advertise.trim().is_empty() {
+            self.advertise.trim().to_string()
+        } else if addr.ip().is_unspecified() {
+            host_name()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("{host}:{}", addr.port())
+    }
+
+    /// The NATS subject prefix of this cluster: one per store (schema).
+    pub fn subject(&self, schema: &str) -> String {
+        let name: String = if schema.is_empty() { "public" } else { schema }
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("twinhub.{name}")
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Where a replica forwards to and how it reaches the cluster.
+pub struct Membership<'a> {
+    pub node: &'a str,
+    pub nats: &'a str,
+    pub subject: &'a str,
+    pub http: &'a TcpListener,
+    pub mqtt: Option<&'a TcpListener>,
 }
 
 /// How the wait for the writer lock ended.
@@ -97,17 +148,17 @@ pub enum Opened {
     Stopped,
 }
 
-/// Opens the store as the primary, waiting as a standby while another
-/// node holds it; `http` answers health checks meanwhile.
+/// Opens the store as the primary, serving as a replica while another
+/// node holds it.
 pub async fn open_when_primary(
     dir: &std::path::Path,
     opts: StoreOptions,
     clock: crate::clock::SharedClock,
-    http: &TcpListener,
-    node: &str,
+    member: Membership<'_>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Opened, StoreError> {
-    let mut standby: Option<Standby> = None;
+    let node = member.node;
+    let mut standby: Option<replica::Replica> = None;
     loop {
         let lock = DirLock::acquire_within(dir, Duration::from_secs(1))?;
         let (o, c) = (opts.clone(), clock.clone());
@@ -126,12 +177,16 @@ pub async fn open_when_primary(
                 if standby.is_none() {
                     tracing::info!(
                         node,
-                        "another node is the primary; standing by until its writer lock is free"
+                        "another node is the primary; serving as a replica until its writer lock is free"
                     );
-                    standby = Some(Standby::start(http, node)?);
+                    standby = Some(replica::Replica::start(&member)?);
                     // Where to reach it (the server rewrites the file with
                     // every listener once it is the primary).
-                    let ports = json!({"http": http.local_addr()?.to_string(), "role": "standby"});
+                    let mut ports =
+                        json!({"http": member.http.local_addr()?.to_string(), "role": "replica"});
+                    if let Some(m) = member.mqtt {
+                        ports["mqtt"] = json!(m.local_addr()?.to_string());
+                    }
                     let tmp = dir.join("ports.json.tmp");
                     std::fs::write(&tmp, ports.to_string())?;
                     std::fs::rename(tmp, dir.join("ports.json"))?;
@@ -154,78 +209,6 @@ pub async fn open_when_primary(
             }
         }
     }
-}
-
-/// The standby's HTTP answers, on a second handle of the node's own
-/// listener (the real server takes the listener over once primary).
-struct Standby {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Standby {
-    fn start(http: &TcpListener, node: &str) -> std::io::Result<Standby> {
-        let other = second_handle(http)?;
-        let node = node.to_string();
-        let n1 = node.clone();
-        let app = axum::Router::new()
-            .route(
-                "/health",
-                axum::routing::get(move || {
-                    let node = n1.clone();
-                    async move { Json(json!({"status": "ok", "role": "standby", "node": node})) }
-                }),
-            )
-            .route(
-                "/ready",
-                axum::routing::get(move || {
-                    let node = node.clone();
-                    async move {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Json(json!({"status": "standby", "role": "standby", "node": node})),
-                        )
-                    }
-                }),
-            )
-            .fallback(|| async {
-                // The API's error shape and code (`service_unavailable`).
-                let mut r = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": {"code": "service_unavailable",
-                        "message": "this node is a standby; the primary serves requests (retry through the load balancer)"}})),
-                )
-                    .into_response();
-                r.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from_static("1"),
-                );
-                r
-            });
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(other, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await;
-        });
-        Ok(Standby { stop, task })
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-    }
-}
-
-/// A second handle of a listening socket (both accept from one queue).
-fn second_handle(l: &TcpListener) -> std::io::Result<TcpListener> {
-    use std::os::fd::AsFd;
-    let fd = l.as_fd().try_clone_to_owned()?;
-    let std = std::net::TcpListener::from(fd);
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
 }
 
 #[cfg(test)]

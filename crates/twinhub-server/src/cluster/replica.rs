@@ -1,0 +1,306 @@
+//! A replica: a cluster member that is not the primary. It follows the
+//! primary's announcements on NATS and forwards to it — HTTP requests
+//! (streamed both ways, so SSE works) and MQTT connections (bytes, both
+//! ways) — so a load balancer may send anything to any node. `/health`
+//! and `/ready` are its own: ready while it knows a live primary.
+
+use super::{Membership, ANNOUNCE, STALE};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Where the primary is, as it announces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryInfo {
+    pub node: String,
+    /// `host:port` of its HTTP listener.
+    pub http: String,
+    /// `host:port` of its MQTT listener, if it has one.
+    pub mqtt: Option<String>,
+}
+
+async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .name(name)
+        .connect(url)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "NATS is unreachable; retrying"))
+        .ok()
+}
+
+/// The primary's announcement loop (until aborted).
+pub fn announce(nats_url: String, subject: String, me: PrimaryInfo) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let body = bytes::Bytes::from(serde_json::to_vec(&me).expect("announcement"));
+        let subject = format!("{subject}.primary");
+        loop {
+            let Some(client) = nats(&nats_url, &format!("twinhub primary {}", me.node)).await
+            else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while client.publish(subject.clone(), body.clone()).await.is_ok() {
+                let _ = client.flush().await;
+                tokio::time::sleep(ANNOUNCE).await;
+            }
+        }
+    })
+}
+
+/// The last announcement heard.
+#[derive(Default)]
+struct Primary(RwLock<Option<(PrimaryInfo, Instant)>>);
+
+impl Primary {
+    fn current(&self) -> Option<PrimaryInfo> {
+        let held = self.0.read().expect("primary");
+        held.as_ref()
+            .filter(|(_, at)| at.elapsed() < STALE)
+            .map(|(p, _)| p.clone())
+    }
+}
+
+/// A running replica's tasks; `stop` ends them (the node's listeners
+/// stay open: the primary's server takes them over).
+pub(super) struct Replica {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Forward {
+    node: Arc<str>,
+    primary: Arc<Primary>,
+    client: reqwest::Client,
+}
+
+impl Replica {
+    pub(super) fn start(m: &Membership<'_>) -> std::io::Result<Replica> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let fwd = Forward {
+            node: m.node.into(),
+            primary: Arc::default(),
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(std::io::Error::other)?,
+        };
+        let mut tasks = vec![follow(
+            m.nats.to_string(),
+            format!("{}.primary", m.subject),
+            fwd.primary.clone(),
+            m.node.to_string(),
+        )];
+        let app = axum::Router::new()
+            .route("/health", axum::routing::get(health))
+            .route("/ready", axum::routing::get(ready))
+            .fallback(forward)
+            .with_state(fwd.clone());
+        let http = second_handle(m.http)?;
+        let mut s = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = s.wait_for(|v| *v).await;
+                })
+                .await;
+        }));
+        if let Some(l) = m.mqtt {
+            tasks.push(tokio::spawn(forward_mqtt(
+                second_handle(l)?,
+                fwd.primary.clone(),
+                stopped,
+            )));
+        }
+        Ok(Replica { stop, tasks })
+    }
+
+    pub(super) async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Keeps `primary` at the last announcement (reconnecting as needed).
+fn follow(
+    url: String,
+    subject: String,
+    primary: Arc<Primary>,
+    node: String,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Some(client) = nats(&url, &format!("twinhub replica {node}")).await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let Ok(mut sub) = client.subscribe(subject.clone()).await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            while let Some(msg) = sub.next().await {
+                if let Ok(p) = serde_json::from_slice::<PrimaryInfo>(&msg.payload) {
+                    let mut held = primary.0.write().expect("primary");
+                    if held.as_ref().map(|(h, _)| h != &p).unwrap_or(true) {
+                        tracing::info!(primary = %p.node, "following the primary");
+                    }
+                    *held = Some((p, Instant::now()));
+                }
+            }
+        }
+    })
+}
+
+async fn health(State(f): State<Forward>) -> impl IntoResponse {
+    let primary = f.primary.current().map(|p| p.node);
+    Json(json!({"status": "ok", "role": "replica", "node": &*f.node, "primary": primary}))
+}
+
+async fn ready(State(f): State<Forward>) -> impl IntoResponse {
+    match f.primary.current() {
+        Some(p) => (
+            StatusCode::OK,
+            Json(
+                json!({"status": "ready", "role": "replica", "node": &*f.node, "primary": p.node}),
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no primary", "role": "replica", "node": &*f.node})),
+        ),
+    }
+}
+
+/// The API's error shape and code, with `Retry-After: 1`.
+fn unavailable(message: &str) -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": {"code": "service_unavailable", "message": message}})),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from_static("1"),
+    );
+    r
+}
+
+/// Headers that belong to one connection, not to the request.
+fn end_to_end(h: &HeaderMap) -> HeaderMap {
+    const HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    ];
+    let mut out = h.clone();
+    for name in HOP {
+        out.remove(name);
+    }
+    out
+}
+
+/// Sends the request on to the primary and streams its answer back.
+async fn forward(State(f): State<Forward>, req: Request) -> Response {
+    let Some(p) = f.primary.current() else {
+        return unavailable("no primary is known to this node yet; retry shortly");
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let method = req.method().clone();
+    let mut headers = end_to_end(req.headers());
+    headers.insert(
+        "x-twinhub-forwarded-by",
+        HeaderValue::from_str(&f.node).unwrap_or(HeaderValue::from_static("replica")),
+    );
+    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
+    let sent = f
+        .client
+        .request(method, format!("http://{}{path}", p.http))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status());
+            if let Some(h) = out.headers_mut() {
+                *h = end_to_end(resp.headers());
+            }
+            out.body(Body::from_stream(resp.bytes_stream()))
+                .unwrap_or_else(|_| unavailable("the primary's answer could not be relayed"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, primary = %p.node, "forwarding to the primary failed");
+            unavailable("the primary did not answer; retry shortly")
+        }
+    }
+}
+
+/// Each MQTT connection is relayed to the primary's MQTT listener, bytes
+/// both ways, until either side closes (a takeover closes them all: the
+/// clients reconnect and land on the new primary).
+async fn forward_mqtt(
+    listener: TcpListener,
+    primary: Arc<Primary>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.wait_for(|v| *v) => return,
+        };
+        let Ok((mut client, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let target = primary.current().and_then(|p| p.mqtt);
+        let mut stop = stopped.clone();
+        tokio::spawn(async move {
+            // No primary (or one without MQTT): the client is closed and
+            // reconnects, through the load balancer, somewhere that works.
+            let Some(target) = target else { return };
+            let Ok(Ok(mut upstream)) =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&target)).await
+            else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = stop.wait_for(|v| *v) => {}
+            }
+        });
+    }
+}
+
+/// A second handle of a listening socket (both accept from one queue).
+fn second_handle(l: &TcpListener) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsFd;
+    let fd = l.as_fd().try_clone_to_owned()?;
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
