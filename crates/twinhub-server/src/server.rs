@@ -494,7 +494,7 @@ pub async fn run(
     };
     if lost_lock {
         tracing::error!(
-            "another node is the primary now; this node stops (restart it to stand by)"
+            "another node is the primary now; this node stops (restart it to serve as a replica)"
         );
     }
     if let Some(a) = announcing {

@@ -158,7 +158,7 @@ pub async fn open_when_primary(
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Opened, StoreError> {
     let node = member.node;
-    let mut standby: Option<replica::Replica> = None;
+    let mut serving: Option<replica::Replica> = None;
     loop {
         let lock = DirLock::acquire_within(dir, Duration::from_secs(1))?;
         let (o, c) = (opts.clone(), clock.clone());
@@ -167,19 +167,19 @@ pub async fn open_when_primary(
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
         match opened {
             Ok(store) => {
-                if let Some(s) = standby.take() {
+                if let Some(s) = serving.take() {
                     s.stop().await;
                     tracing::info!(node, "this node holds the store's writer lock now: primary");
                 }
                 return Ok(Opened::Primary(store));
             }
             Err(StoreError::StoreInUse(_)) => {
-                if standby.is_none() {
+                if serving.is_none() {
                     tracing::info!(
                         node,
                         "another node is the primary; serving as a replica until its writer lock is free"
                     );
-                    standby = Some(replica::Replica::start(&member)?);
+                    serving = Some(replica::Replica::start(&member)?);
                     // Where to reach it (the server rewrites the file with
                     // every listener once it is the primary).
                     let mut ports =
@@ -193,7 +193,7 @@ pub async fn open_when_primary(
                 }
             }
             Err(e) => {
-                if let Some(s) = standby.take() {
+                if let Some(s) = serving.take() {
                     s.stop().await;
                 }
                 return Err(e);
@@ -202,7 +202,7 @@ pub async fn open_when_primary(
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {}
             _ = &mut *shutdown => {
-                if let Some(s) = standby.take() {
+                if let Some(s) = serving.take() {
                     s.stop().await;
                 }
                 return Ok(Opened::Stopped);
