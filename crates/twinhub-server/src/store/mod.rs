@@ -35,6 +35,7 @@ mod open;
 pub mod outbox;
 pub mod pg;
 mod query;
+mod query_many;
 pub mod registry;
 mod rollup;
 pub mod routes;

@@ -13,18 +13,46 @@ use twinhub_model::aggregate::Buckets;
 use twinhub_model::time::{format_rfc3339, US_PER_SEC};
 use twinhub_model::{Bucketer, Point, Stats};
 
-struct Meta {
-    id: i64,
-    win: i64,
-    min_ts: i64,
-    max_ts: i64,
-    stats: Stats,
+pub(super) struct Meta {
+    pub(super) id: i64,
+    pub(super) win: i64,
+    pub(super) min_ts: i64,
+    pub(super) max_ts: i64,
+    pub(super) stats: Stats,
+}
+
+/// The chunk columns a `Meta` is read from, `META_COLS` of them.
+pub(super) const META_COLS: &str =
+    "id, win, min_ts, max_ts, count, num_count, sum, min, max, first, last";
+
+/// A `Meta` from a row holding `META_COLS` from column `at` on.
+pub(super) fn meta_of(r: &dyn super::sql::Row, at: usize) -> Result<Meta, StoreError> {
+    let (min_ts, max_ts): (i64, i64) = (r.get(at + 2)?, r.get(at + 3)?);
+    let first: Vec<u8> = r.get(at + 9)?;
+    let last: Vec<u8> = r.get(at + 10)?;
+    Ok(Meta {
+        id: r.get(at)?,
+        win: r.get(at + 1)?,
+        min_ts,
+        max_ts,
+        stats: Stats {
+            count: r.get::<i64>(at + 4)? as u64,
+            num_count: r.get::<i64>(at + 5)? as u64,
+            sum: r.get(at + 6)?,
+            min: r.get::<Option<f64>>(at + 7)?.unwrap_or(f64::INFINITY),
+            max: r.get::<Option<f64>>(at + 8)?.unwrap_or(f64::NEG_INFINITY),
+            first: chunk::value_from_blob(&first).map(|v| (min_ts, v)),
+            last: chunk::value_from_blob(&last).map(|v| (max_ts, v)),
+        },
+    })
 }
 
 fn chunk_metas(conn: &dyn Sql, sid: u32, from: i64, to: i64) -> Result<Vec<Meta>, StoreError> {
     conn.rows(
-        "SELECT id, win, min_ts, max_ts, count, num_count, sum, min, max, first, last FROM chunks
-         WHERE series_id = ?1 AND win BETWEEN ?2 AND ?3 AND max_ts >= ?4 AND min_ts < ?5 ORDER BY win, id",
+        &format!(
+            "SELECT {META_COLS} FROM chunks
+             WHERE series_id = ?1 AND win BETWEEN ?2 AND ?3 AND max_ts >= ?4 AND min_ts < ?5 ORDER BY win, id"
+        ),
         args![
             sid,
             from.div_euclid(WINDOW),
@@ -32,26 +60,7 @@ fn chunk_metas(conn: &dyn Sql, sid: u32, from: i64, to: i64) -> Result<Vec<Meta>
             from,
             to
         ],
-        |r| {
-            let (min_ts, max_ts): (i64, i64) = (r.get(2)?, r.get(3)?);
-            let first: Vec<u8> = r.get(9)?;
-            let last: Vec<u8> = r.get(10)?;
-            Ok(Meta {
-                id: r.get(0)?,
-                win: r.get(1)?,
-                min_ts,
-                max_ts,
-                stats: Stats {
-                    count: r.get::<i64>(4)? as u64,
-                    num_count: r.get::<i64>(5)? as u64,
-                    sum: r.get(6)?,
-                    min: r.get::<Option<f64>>(7)?.unwrap_or(f64::INFINITY),
-                    max: r.get::<Option<f64>>(8)?.unwrap_or(f64::NEG_INFINITY),
-                    first: chunk::value_from_blob(&first).map(|v| (min_ts, v)),
-                    last: chunk::value_from_blob(&last).map(|v| (max_ts, v)),
-                },
-            })
-        },
+        |r| meta_of(r, 0),
     )
 }
 
@@ -77,7 +86,7 @@ fn window_points(
     Ok(merged)
 }
 
-fn group_by_window(metas: &[Meta]) -> Vec<Vec<&Meta>> {
+pub(super) fn group_by_window(metas: &[Meta]) -> Vec<Vec<&Meta>> {
     let mut out: Vec<Vec<&Meta>> = Vec::new();
     for m in metas {
         match out.last_mut() {
@@ -103,7 +112,7 @@ impl Store {
         })
     }
 
-    fn sid_and_bounds(&self, key: &SeriesKey) -> Option<(u32, i64, i64)> {
+    pub(super) fn sid_and_bounds(&self, key: &SeriesKey) -> Option<(u32, i64, i64)> {
         let index = self.engine().index.read().expect("index");
         let sid = index.sid(key)?;
         Some((
@@ -131,7 +140,7 @@ impl Store {
             .unwrap_or(0)
     }
 
-    fn head_range(&self, sid: u32, from: i64, to: i64) -> Columns {
+    pub(super) fn head_range(&self, sid: u32, from: i64, to: i64) -> Columns {
         let e = self.engine();
         let frozen = e.frozen.read().expect("frozen");
         let active = e.active.read().expect("head");
@@ -423,7 +432,7 @@ fn edge_aligned(field: &str, t: i64, res: i64, kept_until: i64) -> Result<(), St
 }
 
 /// Pushes the points of `pts` whose timestamps are not in `skip` (sorted).
-fn push_except(buckets: &mut Buckets, pts: &Columns, skip: &Columns) {
+pub(super) fn push_except(buckets: &mut Buckets, pts: &Columns, skip: &Columns) {
     let mut j = 0;
     for i in 0..pts.len() {
         let t = pts.ts[i];
