@@ -343,6 +343,11 @@ impl ReadPool {
         }
     }
 
+    /// Whether reads leave the process (PostgreSQL).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.source, Source::Pg { .. })
+    }
+
     /// Runs `f` inside one read transaction, so everything it reads is one
     /// consistent snapshot.
     pub fn read<R>(&self, f: impl FnOnce(&Db) -> Result<R, StoreError>) -> Result<R, StoreError> {

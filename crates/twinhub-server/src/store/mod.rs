@@ -483,7 +483,20 @@ impl Store {
         &self,
         f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.inner.reads.read(|c| f(c.sql()))
+        let run = || self.inner.reads.read(|c| f(c.sql()));
+        // On PostgreSQL a read is network round trips: on an async worker
+        // it would hold every task queued there meanwhile, so the worker
+        // hands them to another thread first. (The embedded file answers
+        // in microseconds; a current-thread runtime — the rule engine's
+        // own thread — has nobody to hand them to.)
+        let on_worker = self.inner.reads.is_remote()
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if on_worker {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
     }
 
     /// A read on the embedded file itself (tests of SQLite's own state:
