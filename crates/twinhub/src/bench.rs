@@ -28,6 +28,7 @@ pub enum Suite {
     Routes,
     Frames,
     Opcua,
+    Cluster,
 }
 
 #[derive(Args)]
@@ -646,6 +647,9 @@ async fn run_suites(args: BenchArgs) -> anyhow::Result<()> {
             seconds: args.opcua_seconds,
         })
         .await?;
+    }
+    if matches!(args.suite, Suite::All | Suite::Cluster) {
+        crate::bench_cluster::run(args.http_seconds.min(5)).await?;
     }
     if matches!(args.suite, Suite::All | Suite::Mqtt) {
         crate::bench_mqtt::run(crate::bench_mqtt::MqttArgs {

@@ -52,7 +52,12 @@ impl Child {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let schema = crate::bench::PgSchema::for_dir(dir.path());
+        // A schema of its own, unless the caller shares one (a cluster).
+        let schema = if env.iter().any(|(k, _)| *k == "TWINHUB_STORE_SCHEMA") {
+            None
+        } else {
+            crate::bench::PgSchema::for_dir(dir.path())
+        };
         if let Some(pg) = &schema {
             cmd.env("TWINHUB_STORE_SCHEMA", &pg.name);
         }

@@ -21,7 +21,7 @@ pub struct MqttArgs {
     pub idle: usize,
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     id: &str,
     login: Option<(&str, &str)>,
@@ -76,7 +76,8 @@ fn payload(i: usize, seq: usize) -> Vec<u8> {
 
 /// Publishes `n` messages; with QoS 1 keeps `window` in flight and returns
 /// when all are acknowledged; with QoS 0 ends with a PINGREQ round trip.
-async fn publisher(
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn publisher(
     addr: SocketAddr,
     id: String,
     login: Option<(String, String)>,

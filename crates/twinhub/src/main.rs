@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_auth;
+mod bench_cluster;
 mod bench_frames;
 mod bench_ingest;
 mod bench_ml;
