@@ -8,8 +8,10 @@
 //! lost the store to another node stops.
 
 use crate::crash_loop::{http_writer, mqtt_writer, Acked};
+use crate::mqtt::{open5, sub5, Got5};
 use crate::postgres::pg_url;
 use crate::process::{all_points, cmd, kill9, login, post_json, Server, PW};
+use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -162,6 +164,19 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
         }
         tasks
     };
+    // A persistent session (through the replica) subscribes to m1 and goes
+    // away; its copies are stored while it is gone.
+    {
+        let (mut ps, ack) = open5(b.mqtt, "ps1", Some(("admin", PW)), false, Some(3600)).await;
+        assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+        ps.send5(sub5(1, "devices/m1/telemetry", 1, |_| {}, None))
+            .await;
+        assert!(matches!(ps.recv5().await, v5::Packet::SubAck(_)));
+        ps.send5(v5::Packet::Disconnect(v5::Disconnect::new(
+            v5::DisconnectReasonCode::NormalDisconnection,
+        )))
+        .await;
+    }
     // Ingest on the primary, then SIGKILL it mid-stream.
     let tasks = run(&a, t0);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -186,6 +201,34 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("takeover: ready {:?} after the SIGKILL", killed.elapsed());
+    // The persistent session resumes on the new primary with every copy
+    // of what m1 had acknowledged.
+    let want: Vec<i64> = acked.lock().unwrap()["m1"].keys().copied().collect();
+    assert!(want.len() > 10, "m1 published through the old primary");
+    let (mut ps, ack) = open5(b.mqtt, "ps1", Some(("admin", PW)), false, Some(3600)).await;
+    assert_eq!(ack.code, v5::ConnectReturnCode::Success);
+    assert!(ack.session_present, "the session outlived its node");
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < want.len() {
+        match ps.recv5_within(Duration::from_secs(10)).await {
+            Got5::P(v5::Packet::Publish(m)) => {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                got.insert(v["ts"].as_i64().unwrap());
+                ps.send5(v5::Packet::PubAck(v5::PubAck::new(m.pkid, None)))
+                    .await;
+            }
+            Got5::P(_) => {}
+            _ => break,
+        }
+    }
+    let missing = want.iter().filter(|t| !got.contains(t)).count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged m1 messages never reached ps1",
+        want.len()
+    );
+    drop(ps);
     let tasks = run(&b, t0 + 3_600_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The old primary comes back as a replica.
@@ -329,8 +372,7 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
 /// through every node loses nothing acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_any_call_and_survive_losing_two() {
-    use crate::mqtt::{open5, pub5, sub5, Got5};
-    use rumqttc::v5::mqttbytes::v5;
+    use crate::mqtt::pub5;
     let schema = fresh_schema();
     let _drop = DropSchema(schema.clone());
     let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -374,6 +416,34 @@ async fn three_nodes_serve_any_call_and_survive_losing_two() {
             );
         }
     }
+
+    // The event stream through a replica shows what came in through
+    // another node.
+    let mut sse = http
+        .get(format!("{}/api/v1/events?types=telemetry&twin=h1", c.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let r = http
+        .post(format!("{}/api/v1/devices/h1/telemetry", a.base))
+        .basic_auth("h1", Some(&keys["h1"]))
+        .json(&json!({"ts": 1_764_400_000_000i64, "v": 42}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("\"v\":42") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+            .await
+            .expect("the event reached the stream through the replica")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(sse);
 
     // MQTT across nodes, both ways: a subscriber on one node gets what a
     // device publishes through another.
