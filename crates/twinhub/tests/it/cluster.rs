@@ -488,6 +488,31 @@ async fn three_nodes_serve_any_call_and_survive_losing_two() {
         assert_eq!(got.topic, format!("devices/{dev}/telemetry").as_bytes());
     }
 
+    // A device disabled through one node is refused through every other
+    // at once (there is one registry: the primary's).
+    let r = http
+        .patch(format!("{}/api/v1/devices/d2", a.base))
+        .bearer_auth(&token)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{}/api/v1/devices/d2/telemetry", b.base))
+        .basic_auth("d2", Some(&keys["d2"]))
+        .json(&json!({"v": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status() == 401 || r.status() == 403, "{}", r.status());
+    let (_, ack) = open5(c.mqtt, "d2", Some(("d2", &keys["d2"])), true, None).await;
+    assert_ne!(
+        ack.code,
+        v5::ConnectReturnCode::Success,
+        "a disabled device connected"
+    );
+
     // One alarm for events that came through every node.
     let r = http
         .post(format!("{}/api/v1/rules", c.base))
