@@ -41,6 +41,7 @@ impl Store {
                 Some((sid, raw_from, _)) if from >= raw_from => {
                     batch.push((i, sid, self.head_range(sid, from, to)))
                 }
+                // Rollups too (`aggregate` does not come back here then).
                 Some(_) => out[i] = Some(self.aggregate(k, from, to, bucketer)?),
             }
         }
@@ -179,7 +180,9 @@ mod tests {
 
     /// Whatever state a series is in — flushed, several chunks per window,
     /// in the head, both, unknown — and across the statement slices, the
-    /// batched answer is the one `aggregate` gives series by series.
+    /// batched answer for many series is the answer for each alone (both
+    /// are checked against a naive computation by
+    /// `tests::aggregates_match_a_naive_computation`).
     async fn many_series_answer_as_each_alone(b: Backend) {
         let dir = tempfile::tempdir().unwrap();
         let clock: SharedClock = Arc::new(OffsetClock::default());

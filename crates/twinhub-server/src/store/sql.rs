@@ -321,14 +321,18 @@ impl dyn Sql + '_ {
         Ok(out)
     }
 
-    /// `IN (…)` over the integers of a JSON array bound at `?n` (a set of
-    /// series ids of any size in one statement, on both backends).
+    /// Membership in the integers of a JSON array bound at `?n` (a set of
+    /// series ids of any size in one statement, on both backends): `x {}`.
     pub fn in_json_ints(&self, n: usize) -> String {
         match self.dialect() {
             Dialect::Sqlite => format!("IN (SELECT value FROM json_each(?{n}))"),
-            Dialect::Postgres => {
-                format!("IN (SELECT jsonb_array_elements_text(CAST(?{n} AS TEXT)::jsonb)::INT8)")
-            }
+            // An array built once (an init plan), not a subquery the
+            // planner may re-run for every row: without statistics (a
+            // table just written) it joined the set against each chunk,
+            // 70 ms for 200 series.
+            Dialect::Postgres => format!(
+                "= ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(?{n} AS TEXT)::jsonb)::INT8))"
+            ),
         }
     }
 
