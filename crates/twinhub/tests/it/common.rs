@@ -120,39 +120,39 @@ impl TestServer {
     }
 
     /// Restart with a changed configuration.
-    pub async fn restart_with(mut self, f: impl FnOnce(&mut Config)) -> TestServer {
-        self.handle
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
-        let (dir, mut config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
-        f(&mut config);
-        TestServer::boot(dir, config, clock, self.schema.clone()).await
+    pub async fn restart_with(self, f: impl FnOnce(&mut Config)) -> TestServer {
+        self.offline_with(f, || {}).await
     }
 
     /// Stops the server, runs `f` on its store (offline maintenance: the
     /// CLI), and starts it again on the same store.
-    pub async fn offline(mut self, f: impl FnOnce()) -> TestServer {
-        self.handle
-            .take()
-            .unwrap()
-            .stop()
-            .await
-            .expect("clean stop");
+    pub async fn offline(self, f: impl FnOnce()) -> TestServer {
+        self.offline_with(|_| {}, f).await
+    }
+
+    async fn offline_with(
+        mut self,
+        tweak: impl FnOnce(&mut Config),
+        f: impl FnOnce(),
+    ) -> TestServer {
+        self.stop_server().await;
         f();
-        let (dir, config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
+        let (dir, mut config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
+        tweak(&mut config);
         TestServer::boot(dir, config, clock, self.schema.clone()).await
     }
 
-    pub async fn stop(mut self) {
+    async fn stop_server(&mut self) {
         self.handle
             .take()
             .unwrap()
             .stop()
             .await
             .expect("clean stop");
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_server().await;
     }
 
     pub fn handle_ready(&self) -> &twinhub_server::server::Ready {

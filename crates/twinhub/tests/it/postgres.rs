@@ -12,6 +12,21 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
+/// Ends the PostgreSQL session holding `schema`'s writer lock (a restart,
+/// a failover or a network cut looks the same to the node); how many.
+pub fn end_writer_session(schema: &str) -> i64 {
+    PgConn::connect(&pg_url(), None)
+        .unwrap()
+        .sql_ref()
+        .one(
+            "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+             WHERE l.locktype = 'advisory' AND l.granted
+               AND l.objid::INT4 = hashtext('twinhub-writer:' || ?1)",
+            twinhub_server::store::sql::args![schema],
+        )
+        .unwrap()
+}
+
 /// A server on PostgreSQL in a schema of its own.
 async fn start_on_postgres(f: impl FnOnce(&mut twinhub_server::config::Config)) -> TestServer {
     TestServer::start_with(|c| {
@@ -140,21 +155,12 @@ async fn the_writer_reconnects_when_postgres_ends_its_connection() {
     let s = start_on_postgres(|_| {}).await;
     let key = s.device("r").await;
     let schema = s.config.store.schema.clone();
-    let admin = PgConn::connect(&pg_url(), None).unwrap();
     let mut acked = 0i64;
     let mut refused = 0;
     for i in 0..60i64 {
         if i == 20 {
             // The backend holding the store's writer lock is the writer's.
-            let ended: i64 = admin
-                .sql_ref()
-                .one(
-                    "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
-                     WHERE l.locktype = 'advisory' AND l.granted
-                       AND l.objid::INT4 = hashtext('twinhub-writer:' || ?1)",
-                    twinhub_server::store::sql::args![&schema],
-                )
-                .unwrap();
+            let ended = end_writer_session(&schema);
             assert_eq!(ended, 1, "the writer's backend was found and ended");
         }
         let r = s
