@@ -87,14 +87,54 @@ async fn until_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
-fn fresh_schema() -> String {
-    format!(
-        "cluster_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+/// A cluster under test: a PostgreSQL schema of its own (dropped with it)
+/// and a data directory per node.
+struct Cluster {
+    schema: String,
+    roots: Vec<tempfile::TempDir>,
+    dirs: Vec<std::path::PathBuf>,
+    _drop: DropSchema,
+}
+
+impl Cluster {
+    fn new(nodes: usize) -> Cluster {
+        let schema = format!(
+            "cluster_{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let roots: Vec<tempfile::TempDir> =
+            (0..nodes).map(|_| tempfile::tempdir().unwrap()).collect();
+        let dirs = roots.iter().map(|r| r.path().join("data")).collect();
+        Cluster {
+            _drop: DropSchema(schema.clone()),
+            schema,
+            roots,
+            dirs,
+        }
+    }
+
+    fn start(&self, i: usize, name: &str) -> std::process::Child {
+        node(&self.dirs[i], &self.schema, name)
+    }
+
+    /// Starts node `i` and waits until it is the primary.
+    fn primary(&self, i: usize, name: &str) -> Server {
+        let mut s = Server {
+            child: self.start(i, name),
+            base: String::new(),
+            mqtt: "127.0.0.1:1".parse().unwrap(),
+        };
+        promoted(&mut s, &self.dirs[i]);
+        s
+    }
+
+    /// Starts node `i` while another is the primary.
+    fn replica(&self, i: usize, name: &str) -> Server {
+        replica(self.start(i, name), &self.dirs[i])
+    }
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> (u16, Value, Option<String>) {
@@ -109,17 +149,10 @@ async fn status(http: &reqwest::Client, url: &str) -> (u16, Value, Option<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_lost() {
-    let schema = fresh_schema();
-    let _drop = DropSchema(schema.clone());
-    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (dir_a, dir_b) = (root_a.path().join("data"), root_b.path().join("data"));
-    let mut a = Server {
-        child: node(&dir_a, &schema, "node-a"),
-        base: String::new(),
-        mqtt: "127.0.0.1:1".parse().unwrap(),
-    };
-    promoted(&mut a, &dir_a);
-    let mut b = replica(node(&dir_b, &schema, "node-b"), &dir_b);
+    let cluster = Cluster::new(2);
+    let (dir_a, dir_b) = (&cluster.dirs[0], &cluster.dirs[1]);
+    let mut a = cluster.primary(0, "node-a");
+    let mut b = cluster.replica(1, "node-b");
     let http = reqwest::Client::new();
     until_ready(&http, &b.base).await;
     let (st, v, _) = status(&http, &format!("{}/health", b.base)).await;
@@ -192,7 +225,7 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
     );
 
     // The replica takes over (the test plays the load balancer: /ready).
-    promoted(&mut b, &dir_b);
+    promoted(&mut b, dir_b);
     loop {
         if status(&http, &format!("{}/ready", b.base)).await.0 == 200 {
             break;
@@ -232,7 +265,7 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
     let tasks = run(&b, t0 + 3_600_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The old primary comes back as a replica.
-    let mut a = replica(node(&dir_a, &schema, "node-a"), &dir_a);
+    let mut a = cluster.replica(0, "node-a");
     let (_, v, _) = status(&http, &format!("{}/health", a.base)).await;
     assert_eq!(v["role"], "replica", "{v}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -247,7 +280,7 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
     );
 
     // node-a takes over again; every acknowledged point is there.
-    promoted(&mut a, &dir_a);
+    promoted(&mut a, dir_a);
     all_acknowledged_stored(&http, &a.base, &acked).await;
     drop(a);
 }
@@ -293,25 +326,18 @@ impl Drop for DropSchema {
 /// the new primary: one writer, always.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_that_lost_the_store_to_another_node_stops() {
-    let schema = fresh_schema();
-    let _drop = DropSchema(schema.clone());
-    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (dir_a, dir_b) = (root_a.path().join("data"), root_b.path().join("data"));
-    let mut a = Server {
-        child: node(&dir_a, &schema, "node-a"),
-        base: String::new(),
-        mqtt: "127.0.0.1:1".parse().unwrap(),
-    };
-    promoted(&mut a, &dir_a);
+    let cluster = Cluster::new(2);
+    let dir_b = &cluster.dirs[1];
+    let mut a = cluster.primary(0, "node-a");
     let token = login(&a.base, PW).await;
     let http = reqwest::Client::new();
-    let mut b = replica(node(&dir_b, &schema, "node-b"), &dir_b);
+    let mut b = cluster.replica(1, "node-b");
     // PostgreSQL ends node-a's writer session (a network cut looks the
     // same); node-b, trying every 500 ms, takes the lock. Should node-a
     // win the race back first, it is still the only writer: cut again.
     let cut = Instant::now();
     loop {
-        end_writer_session(&schema);
+        end_writer_session(&cluster.schema);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let v = std::fs::read(dir_b.join("ports.json")).unwrap_or_default();
         if !String::from_utf8_lossy(&v).contains("replica") {
@@ -322,7 +348,7 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
             "node-b never took over"
         );
     }
-    promoted(&mut b, &dir_b);
+    promoted(&mut b, dir_b);
     // node-a's next write finds the lock taken: refused, and node-a stops.
     let r = http
         .post(format!("{}/api/v1/devices", a.base))
@@ -343,7 +369,7 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success(), "node-a stopped with an error");
-    let err = std::fs::read_to_string(root_a.path().join("node-a.err")).unwrap();
+    let err = std::fs::read_to_string(cluster.roots[0].path().join("node-a.err")).unwrap();
     assert!(err.contains("another node is the primary now"), "{err}");
     // node-b serves, with node-a's writes before the cut.
     let token_b = login(&b.base, PW).await;
@@ -363,18 +389,11 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_any_call_and_survive_losing_two() {
     use crate::mqtt::pub5;
-    let schema = fresh_schema();
-    let _drop = DropSchema(schema.clone());
-    let roots: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dirs: Vec<std::path::PathBuf> = roots.iter().map(|r| r.path().join("data")).collect();
-    let mut a = Server {
-        child: node(&dirs[0], &schema, "node-a"),
-        base: String::new(),
-        mqtt: "127.0.0.1:1".parse().unwrap(),
-    };
-    promoted(&mut a, &dirs[0]);
-    let mut b = replica(node(&dirs[1], &schema, "node-b"), &dirs[1]);
-    let mut c = replica(node(&dirs[2], &schema, "node-c"), &dirs[2]);
+    let cluster = Cluster::new(3);
+    let dirs = &cluster.dirs;
+    let mut a = cluster.primary(0, "node-a");
+    let mut b = cluster.replica(1, "node-b");
+    let mut c = cluster.replica(2, "node-c");
     let http = reqwest::Client::new();
     until_ready(&http, &b.base).await;
     until_ready(&http, &c.base).await;
