@@ -48,10 +48,11 @@ impl Db {
     /// Opens the writer's transaction (SQLite takes its write lock at
     /// once, so a reader upgrading can never deadlock it).
     pub fn begin(&self) -> Result<(), StoreError> {
-        self.sql().batch(match self {
-            Db::Sqlite(_) => "BEGIN IMMEDIATE",
-            Db::Pg(_) => "BEGIN",
-        })
+        match self {
+            Db::Sqlite(c) => c.batch("BEGIN IMMEDIATE"),
+            // Sent with the transaction's first statement.
+            Db::Pg(c) => c.batch_later("BEGIN"),
+        }
     }
 
     /// Runs `f` in a transaction of its own: committed if it succeeds,

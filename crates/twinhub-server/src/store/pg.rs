@@ -80,6 +80,9 @@ impl From<tokio_postgres::Error> for StoreError {
 pub struct PgConn {
     client: Client,
     cache: RefCell<HashMap<String, Statement>>,
+    /// Statements without results (`BEGIN`, `SAVEPOINT`, `RELEASE`) sent
+    /// in the same round trip as the next statement (`Sql::batch_later`).
+    deferred: RefCell<String>,
 }
 
 impl PgConn {
@@ -101,6 +104,7 @@ impl PgConn {
         let conn = PgConn {
             client,
             cache: RefCell::new(HashMap::new()),
+            deferred: RefCell::new(String::new()),
         };
         if let Some(s) = schema {
             let quoted = quote_ident(s)?;
@@ -159,10 +163,32 @@ fn params<'a>(args: &'a [Val<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
+impl PgConn {
+    /// Runs `fut` after the deferred statements, pipelined with them: both
+    /// are sent before either answer is awaited (tokio-postgres sends a
+    /// request when its future is first polled, in polling order).
+    fn after_deferred<T>(
+        &self,
+        fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        if deferred.is_empty() {
+            return Ok(block_on(fut)?);
+        }
+        let (first, then) = block_on(futures_util::future::join(
+            self.client.batch_execute(&deferred),
+            fut,
+        ));
+        first?;
+        Ok(then?)
+    }
+}
+
 impl Sql for PgConn {
     fn exec(&self, sql: &str, args: &[Val<'_>]) -> Result<usize, StoreError> {
         let stmt = self.statement(sql)?;
-        Ok(block_on(self.client.execute(&stmt, &params(args)))? as usize)
+        let params = params(args);
+        Ok(self.after_deferred(self.client.execute(&stmt, &params))? as usize)
     }
 
     fn each(
@@ -172,14 +198,29 @@ impl Sql for PgConn {
         f: &mut dyn FnMut(&dyn Row) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let stmt = self.statement(sql)?;
-        for r in block_on(self.client.query(&stmt, &params(args)))? {
+        let params = params(args);
+        for r in self.after_deferred(self.client.query(&stmt, &params))? {
             f(&r)?;
         }
         Ok(())
     }
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        Ok(block_on(self.client.batch_execute(sql))?)
+        let mut text = std::mem::take(&mut *self.deferred.borrow_mut());
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str(sql);
+        Ok(block_on(self.client.batch_execute(&text))?)
+    }
+
+    fn batch_later(&self, sql: &str) -> Result<(), StoreError> {
+        let mut d = self.deferred.borrow_mut();
+        if !d.is_empty() {
+            d.push_str("; ");
+        }
+        d.push_str(sql);
+        Ok(())
     }
 
     fn dialect(&self) -> Dialect {

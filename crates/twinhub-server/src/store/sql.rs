@@ -277,6 +277,13 @@ pub trait Sql {
     ) -> Result<(), StoreError>;
     /// Runs statements without arguments (DDL, `BEGIN`).
     fn batch(&self, sql: &str) -> Result<(), StoreError>;
+    /// Like `batch`, for statements whose outcome the caller does not look
+    /// at (`BEGIN`, `SAVEPOINT`, `RELEASE`): a backend across a network
+    /// may send them with the next statement, in the same round trip
+    /// (their errors then come with that statement's).
+    fn batch_later(&self, sql: &str) -> Result<(), StoreError> {
+        self.batch(sql)
+    }
     /// Which backend: DDL and a few statements differ.
     fn dialect(&self) -> Dialect;
 }

@@ -598,7 +598,9 @@ fn in_savepoint<R>(
     hooks: &mut Vec<Hook>,
     undo: &mut Vec<Hook>,
 ) -> Result<(R, Vec<Draft>), StoreError> {
-    conn.batch("SAVEPOINT op")?;
+    // On PostgreSQL the savepoint and its release travel with the next
+    // statements (a round trip each otherwise: half of a PATCH's).
+    conn.batch_later("SAVEPOINT op")?;
     let mut ctx = WriteCtx {
         tx: conn,
         engine,
@@ -608,7 +610,7 @@ fn in_savepoint<R>(
     };
     match f(&mut ctx) {
         Ok(v) => {
-            conn.batch("RELEASE op")?;
+            conn.batch_later("RELEASE op")?;
             hooks.append(&mut ctx.hooks);
             undo.append(&mut ctx.undo);
             Ok((v, ctx.events))
