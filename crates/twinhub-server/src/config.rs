@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use twinhub_model::time::parse_duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The embedded store and everything else the server keeps.
@@ -43,6 +43,65 @@ pub struct Config {
     /// `TWINHUB_ADMIN_PASSWORD`, never from a file.
     #[serde(skip)]
     pub admin_password: Option<String>,
+}
+
+/// Whether a secret is configured, never the secret itself.
+fn set_or_not(v: &Option<String>) -> &'static str {
+    if v.is_some() {
+        "(set)"
+    } else {
+        "(unset)"
+    }
+}
+
+impl std::fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsConfig")
+            .field("key", &set_or_not(&self.key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("bearer_token", &set_or_not(&self.bearer_token))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("key", &set_or_not(&self.key))
+            .finish()
+    }
+}
+
+/// By hand: the admin password and the keys are shown as set or unset.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("http", &self.http)
+            .field("mqtt", &self.mqtt)
+            .field("log", &self.log)
+            .field("auth", &self.auth)
+            .field("ingest", &self.ingest)
+            .field("devices", &self.devices)
+            .field("store", &self.store)
+            .field("retention", &self.retention)
+            .field("metrics", &self.metrics)
+            .field("tls", &self.tls)
+            .field("audit", &self.audit)
+            .field("rate_limits", &self.rate_limits)
+            .field("secrets", &self.secrets)
+            .field("ml", &self.ml)
+            .field("rules", &self.rules)
+            .field("cluster", &self.cluster)
+            .field("admin_password", &set_or_not(&self.admin_password))
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -189,7 +248,7 @@ impl Default for RateLimitConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// Key of the secret box (env TWINHUB_SECRETS_KEY). When unset, a
@@ -198,7 +257,7 @@ pub struct SecretsConfig {
     pub key: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// HMAC key of the audit chains (env TWINHUB_AUDIT_KEY). When unset, a
@@ -219,7 +278,7 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// When set, `/metrics` requires `Authorization: Bearer <this>`.

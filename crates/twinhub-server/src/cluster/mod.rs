@@ -39,7 +39,7 @@ pub const RETRY: Duration = Duration::from_millis(500);
 pub const ANNOUNCE: Duration = Duration::from_millis(250);
 pub const STALE: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// `nats://host:4222` makes this node a cluster member (env
@@ -52,6 +52,17 @@ pub struct ClusterConfig {
     /// `TWINHUB_CLUSTER_ADVERTISE`); default: the HTTP listen address's IP,
     /// or the host name when it listens on every interface.
     pub advertise: String,
+}
+
+/// By hand: the NATS address may hold credentials.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("nats", &crate::store::redact_url(&self.nats))
+            .field("node_id", &self.node_id)
+            .field("advertise", &self.advertise)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -245,5 +256,33 @@ mod tests {
         .unwrap();
         assert!(c.cluster.enabled());
         assert_eq!(c.cluster.node_name("127.0.0.1:8080".parse().unwrap()), "n1");
+    }
+
+    /// Passwords and keys — in the store's or the bus's URL, the secret and
+    /// audit keys, the admin password — never reach a `{:?}` of the
+    /// configuration, the store's options or its source.
+    #[test]
+    fn debug_output_carries_no_credentials() {
+        let c = load(&[
+            ("TWINHUB_CLUSTER_NATS", "nats://bus:hunter2-nats@nats:4222"),
+            (
+                "TWINHUB_STORE_URL",
+                "postgres://app:hunter2-pg@db:5432/twinhub",
+            ),
+            ("TWINHUB_SECRETS_KEY", "hunter2-secrets-key"),
+            ("TWINHUB_AUDIT_KEY", "hunter2-audit-key"),
+            ("TWINHUB_METRICS_BEARER_TOKEN", "hunter2-metrics"),
+        ])
+        .unwrap();
+        let mut c = c;
+        c.admin_password = Some("hunter2-admin".into());
+        let shown = format!("{c:?} {:?}", c.store_options());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://db:5432/twinhub") && shown.contains("nats://nats:4222"));
+        let source = crate::store::backend::Source::Pg {
+            url: c.store.url.clone(),
+            schema: None,
+        };
+        assert!(!format!("{source:?}").contains("hunter2"));
     }
 }

@@ -99,13 +99,27 @@ impl Db {
 }
 
 /// Where a store's database is, and how to connect to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Source {
     /// The embedded file.
     Sqlite(std::path::PathBuf),
     /// A PostgreSQL server; `schema` scopes every table (created if
     /// missing), so several installations or test runs share a database.
     Pg { url: String, schema: Option<String> },
+}
+
+/// By hand: the URL may hold a password.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Source::Pg { url, schema } => f
+                .debug_struct("Pg")
+                .field("url", &super::settings::redact_url(url))
+                .field("schema", schema)
+                .finish(),
+        }
+    }
 }
 
 impl Source {

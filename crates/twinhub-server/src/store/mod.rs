@@ -42,6 +42,7 @@ pub mod routes;
 pub mod rules;
 pub mod secrets;
 mod settings;
+pub use settings::redact_url;
 pub mod sql;
 pub mod twins;
 pub mod varint;
@@ -145,7 +146,7 @@ impl WriteBatch {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// Flush the head to chunks once it holds this many points…
     pub flush_points: usize,
@@ -169,6 +170,24 @@ pub struct StoreOptions {
     pub tick: Duration,
     /// Free bytes kept in reserve: below it, appends are refused.
     pub min_free: u64,
+}
+
+/// By hand: `url` may hold a password.
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("flush_points", &self.flush_points)
+            .field("flush_log_bytes", &self.flush_log_bytes)
+            .field("flush_interval", &self.flush_interval)
+            .field("queue", &self.queue)
+            .field("close_grace_us", &self.close_grace_us)
+            .field("retention", &self.retention)
+            .field("url", &self.url.as_deref().map(settings::redact_url))
+            .field("schema", &self.schema)
+            .field("tick", &self.tick)
+            .field("min_free", &self.min_free)
+            .finish()
+    }
 }
 
 impl Default for StoreOptions {

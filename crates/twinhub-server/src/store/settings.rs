@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 use twinhub_model::time::parse_duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub flush_points: usize,
@@ -24,6 +24,32 @@ pub struct StoreConfig {
     /// The PostgreSQL schema the tables live in (created if missing);
     /// empty is the connection's default (`public`).
     pub schema: String,
+}
+
+/// A connection URL without its credentials (`user:password@` dropped),
+/// for anything a person or a log may see.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{host}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_string(),
+    }
+}
+
+/// By hand: `url` may hold a password, and a derived `Debug` would print it.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("flush_points", &self.flush_points)
+            .field("flush_interval", &self.flush_interval)
+            .field("queue", &self.queue)
+            .field("min_free", &self.min_free)
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .finish()
+    }
 }
 
 impl Default for StoreConfig {
