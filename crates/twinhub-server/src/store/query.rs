@@ -211,12 +211,6 @@ impl Store {
         if from >= to {
             return Ok(BTreeMap::new());
         }
-        if from >= raw_from {
-            // Raw points only: the batched read (two statements, however
-            // many chunks — a round trip each on PostgreSQL otherwise).
-            let mut one = self.aggregate_many(std::slice::from_ref(key), from, to, bucketer)?;
-            return Ok(one.pop().unwrap_or_default());
-        }
         if from < raw_from {
             let (res, kept) = if from < rollup_from {
                 (rollup::RES_HOUR, "1h")
@@ -273,26 +267,19 @@ impl Store {
         }
         let lo = from.max(raw_from);
         if lo < to {
-            let head = self.head_range(sid, lo, to);
+            // The raw part as for many series: two statements however many
+            // chunks (a round trip each on PostgreSQL otherwise).
+            let slice = [(sid, self.head_range(sid, lo, to))];
             self.read(|conn| {
-                let metas = chunk_metas(conn, sid, lo, to)?;
-                for group in group_by_window(&metas) {
-                    let m = group[0];
-                    let whole = group.len() == 1
-                        && m.min_ts >= lo
-                        && m.max_ts < to
-                        && bucketer.bucket(m.min_ts).1 > m.max_ts
-                        && head.range_idx(m.min_ts, m.max_ts + 1).is_empty();
-                    if whole {
-                        buckets.merge_at(m.min_ts, &m.stats);
-                        continue;
-                    }
-                    let pts = window_points(conn, &group, lo, to)?;
-                    push_except(&mut buckets, &pts, &head);
-                }
-                Ok(())
+                super::query_many::add_raw(
+                    conn,
+                    &slice,
+                    lo,
+                    to,
+                    bucketer,
+                    std::slice::from_mut(&mut buckets),
+                )
             })?;
-            push_except(&mut buckets, &head, &Columns::default());
         }
         Ok(buckets.finish())
     }

@@ -33,28 +33,33 @@ impl Store {
         if from >= to {
             return Ok(vec![BTreeMap::new(); keys.len()]);
         }
-        // (answer slot, series, its head's points in the range)
-        let mut batch: Vec<(usize, u32, Columns)> = Vec::new();
+        // The answer slots and, for each, the series and its head's points
+        // in the range.
+        let mut slots: Vec<usize> = Vec::new();
+        let mut batch: Vec<(u32, Columns)> = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             match self.sid_and_bounds(k) {
                 None => out[i] = Some(BTreeMap::new()),
                 Some((sid, raw_from, _)) if from >= raw_from => {
-                    batch.push((i, sid, self.head_range(sid, from, to)))
+                    slots.push(i);
+                    batch.push((sid, self.head_range(sid, from, to)));
                 }
-                // Rollups too (`aggregate` does not come back here then).
                 Some(_) => out[i] = Some(self.aggregate(k, from, to, bucketer)?),
             }
         }
         if !batch.is_empty() {
-            let answers = self.read(|conn| {
-                let mut answers = Vec::with_capacity(batch.len());
-                for slice in batch.chunks(SLICE) {
-                    answers.extend(aggregate_slice(conn, slice, from, to, bucketer)?);
+            let mut buckets: Vec<Buckets> = batch
+                .iter()
+                .map(|_| Buckets::new(bucketer.clone()))
+                .collect();
+            self.read(|conn| {
+                for (slice, into) in batch.chunks(SLICE).zip(buckets.chunks_mut(SLICE)) {
+                    add_raw(conn, slice, from, to, bucketer, into)?;
                 }
-                Ok(answers)
+                Ok(())
             })?;
-            for ((i, ..), a) in batch.iter().zip(answers) {
-                out[*i] = Some(a);
+            for (i, b) in slots.into_iter().zip(buckets) {
+                out[i] = Some(b.finish());
             }
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
@@ -66,14 +71,19 @@ fn ints_json(ids: impl Iterator<Item = i64>) -> String {
     serde_json::to_string(&v).expect("ints")
 }
 
-fn aggregate_slice(
+/// Adds the raw points in `[from, to)` of each series of `slice` (its id
+/// and its head's points in the range, read before this snapshot) to the
+/// matching `into`: chunk statistics where a window's one chunk falls in
+/// one bucket, else the chunks' points, then the head's.
+pub(super) fn add_raw(
     conn: &dyn super::sql::Sql,
-    slice: &[(usize, u32, Columns)],
+    slice: &[(u32, Columns)],
     from: i64,
     to: i64,
     bucketer: &Bucketer,
-) -> Result<Vec<BTreeMap<i64, Stats>>, StoreError> {
-    let sids = ints_json(slice.iter().map(|(_, sid, _)| *sid as i64));
+    into: &mut [Buckets],
+) -> Result<(), StoreError> {
+    let sids = ints_json(slice.iter().map(|(sid, _)| *sid as i64));
     let mut metas: HashMap<u32, Vec<Meta>> = HashMap::new();
     let sql = format!(
         "SELECT series_id, {META_COLS} FROM chunks
@@ -106,7 +116,7 @@ fn aggregate_slice(
             && head.range_idx(m.min_ts, m.max_ts + 1).is_empty()
     };
     let mut wanted: Vec<i64> = Vec::new();
-    for (_, sid, head) in slice {
+    for (sid, head) in slice {
         for group in group_by_window(metas.get(sid).map_or(&[][..], |v| v)) {
             if !(group.len() == 1 && whole(group[0], head)) {
                 wanted.extend(group.iter().map(|m| m.id));
@@ -130,9 +140,7 @@ fn aggregate_slice(
             },
         )?;
     }
-    let mut answers = Vec::with_capacity(slice.len());
-    for (_, sid, head) in slice {
-        let mut buckets = Buckets::new(bucketer.clone());
+    for ((sid, head), buckets) in slice.iter().zip(into.iter_mut()) {
         for group in group_by_window(metas.get(sid).map_or(&[][..], |v| v)) {
             if group.len() == 1 && whole(group[0], head) {
                 buckets.merge_at(group[0].min_ts, &group[0].stats);
@@ -148,12 +156,11 @@ fn aggregate_slice(
                 })?;
                 merged = Columns::merge(&merged, &c.slice(c.range_idx(from, to)));
             }
-            push_except(&mut buckets, &merged, head);
+            push_except(buckets, &merged, head);
         }
-        push_except(&mut buckets, head, &Columns::default());
-        answers.push(buckets.finish());
+        push_except(buckets, head, &Columns::default());
     }
-    Ok(answers)
+    Ok(())
 }
 
 #[cfg(test)]
