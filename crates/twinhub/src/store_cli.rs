@@ -121,14 +121,7 @@ pub fn import(
 }
 
 fn source(config: &Config) -> Source {
-    let opts = config.store_options();
-    match opts.url {
-        Some(url) => Source::Pg {
-            url,
-            schema: opts.schema,
-        },
-        None => Source::Sqlite(store::db::db_path(&config.data_dir)),
-    }
+    Source::of(&config.store_options(), &config.data_dir)
 }
 
 fn export_to(config: &Config, dest: &Path) -> anyhow::Result<()> {

@@ -123,6 +123,18 @@ impl std::fmt::Debug for Source {
 }
 
 impl Source {
+    /// Where the store with these options and this data directory is:
+    /// PostgreSQL when `url` is set, else the directory's file.
+    pub fn of(opts: &super::StoreOptions, dir: &std::path::Path) -> Source {
+        match &opts.url {
+            Some(url) => Source::Pg {
+                url: url.clone(),
+                schema: opts.schema.clone(),
+            },
+            None => Source::Sqlite(super::db::db_path(dir)),
+        }
+    }
+
     /// The writer's connection, its database brought to this binary's
     /// format first.
     pub fn open_writer(&self) -> Result<Db, StoreError> {

@@ -31,13 +31,7 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let dir = lock.path.clone();
         let path = db::db_path(&dir);
-        let source = match &opts.url {
-            Some(url) => Source::Pg {
-                url: url.clone(),
-                schema: opts.schema.clone(),
-            },
-            None => Source::Sqlite(path.clone()),
-        };
+        let source = Source::of(&opts, &dir);
         let conn = source.open_writer()?;
         let sql = conn.sql();
         let index = load_index(sql)?;
