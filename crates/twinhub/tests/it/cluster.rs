@@ -10,7 +10,7 @@
 use crate::crash_loop::{http_writer, mqtt_writer, Acked};
 use crate::mqtt::{open5, sub5, Got5};
 use crate::postgres::{end_writer_session, pg_url};
-use crate::process::{all_points, cmd, kill9, login, post_json, Server, PW};
+use crate::process::{all_points, cmd, get_json, kill9, login, post_json, Server, PW};
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -555,15 +555,12 @@ async fn three_nodes_serve_any_call_and_survive_losing_two() {
     }
     let t = Instant::now();
     loop {
-        let v: Value = http
-            .get(format!("{}/api/v1/alarms?originator=d1", b.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(
+            &http,
+            &format!("{}/api/v1/alarms?originator=d1", b.base),
+            &token,
+        )
+        .await;
         let alarms = v["value"].as_array().unwrap();
         assert!(alarms.len() <= 1, "one alarm, not one per node: {v}");
         if alarms.len() == 1 && alarms[0]["count"] == 30 {
