@@ -137,7 +137,7 @@ pub async fn run(
     let dir = config.data_dir.clone();
     let opts = config.store_options();
     let mut shutdown = Box::pin(shutdown);
-    let store = if config.cluster.enabled() {
+    let (store, announcer) = if config.cluster.enabled() {
         // Primary or replica: see `cluster`.
         let node = config.cluster.node_name(listeners.http.local_addr()?);
         let subject = config.cluster.subject(&config.store.schema);
@@ -150,15 +150,16 @@ pub async fn run(
             mqtt: listeners.mqtt.as_ref(),
         };
         match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
-            Opened::Primary(store) => store,
+            Opened::Primary(store, announcer) => (store, Some(announcer)),
             Opened::Stopped => return Ok(()),
         }
     } else {
         let lock = DirLock::acquire_within(&dir, Duration::from_secs(1))?;
         let clock = clock.clone();
-        tokio::task::spawn_blocking(move || Store::open(lock, opts, clock))
+        let store = tokio::task::spawn_blocking(move || Store::open(lock, opts, clock))
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        (store, None)
     };
     let settings = config.auth_settings();
     let (registry, boot) = Registry::open(
@@ -448,17 +449,12 @@ pub async fn run(
     let _ = state.listeners.set(ports);
     // A cluster's primary says where it is, for the replicas to forward to.
     let cluster = &state.config.cluster;
-    let announcing = cluster.enabled().then(|| {
-        crate::cluster::announce(
-            cluster.nats.trim().to_string(),
-            cluster.subject(&state.config.store.schema),
-            crate::cluster::PrimaryInfo {
-                node: cluster.node_name(http_addr),
-                http: cluster.advertised(http_addr),
-                mqtt: mqtt_addr.map(|a| cluster.advertised(a)),
-            },
-        )
-    });
+    if let Some(a) = &announcer {
+        a.serving(
+            cluster.advertised(http_addr),
+            mqtt_addr.map(|m| cluster.advertised(m)),
+        );
+    }
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");
     if let Some(tx) = on_ready {
@@ -479,11 +475,18 @@ pub async fn run(
     // than serve what it holds in memory (see `cluster`).
     let lost = {
         let store = store.clone();
+        let announcer = announcer.as_ref();
         async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if store.health().writer_lock_lost.load(Ordering::SeqCst) {
                     return;
+                }
+                if let Some(a) = announcer {
+                    if a.superseded() {
+                        return;
+                    }
+                    a.set_term(store.health().writer_term.load(Ordering::SeqCst));
                 }
             }
         }
@@ -497,9 +500,7 @@ pub async fn run(
             "another node is the primary now; this node stops (restart it to serve as a replica)"
         );
     }
-    if let Some(a) = announcing {
-        a.abort();
-    }
+    drop(announcer);
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);

@@ -15,16 +15,28 @@
 //! dropped and another node took over meanwhile) stops, rather than serve
 //! from a stale memory.
 //!
+//! A primary that is stopped, hung or cut off from NATS keeps its
+//! PostgreSQL session, and with it the lock, but says nothing: a replica
+//! that heard nothing from the lock's holder for `FENCE` while NATS
+//! answered it ends that session (`pg_terminate_backend`, which the nodes'
+//! shared database role may do) and takes the lock. The old holder, if it
+//! wakes, finds its connection gone, fails to retake the lock, hears the
+//! new holder's greater term and stops (`announce.rs`). A host that
+//! vanishes without a word is covered by PostgreSQL too: the writer's
+//! session has TCP keepalives of seconds, not the kernel's two hours.
+//!
 //! The nodes share the keys the store's rows depend on (secrets,
 //! audit chains): in a cluster they come from the configuration, not from
 //! each node's data directory.
 //!
 //! May call: `store` (to open it), `clock`.
 
+mod announce;
 mod replica;
 
-pub use replica::{announce, PrimaryInfo};
+pub use announce::{Announcer, PrimaryInfo};
 
+use crate::store::backend::Source;
 use crate::store::{DirLock, Store, StoreError, StoreOptions};
 use serde::Deserialize;
 use serde_json::json;
@@ -38,6 +50,9 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// for `STALE` forwards nothing.
 pub const ANNOUNCE: Duration = Duration::from_millis(250);
 pub const STALE: Duration = Duration::from_secs(2);
+/// How long the lock's holder may say nothing before a replica ends its
+/// session.
+pub const FENCE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,7 +169,8 @@ pub struct Membership<'a> {
 
 /// How the wait for the writer lock ended.
 pub enum Opened {
-    Primary(Store),
+    /// With the announcer, saying "opening" until told `serving`.
+    Primary(Store, Announcer),
     /// Shutdown came first.
     Stopped,
 }
@@ -163,12 +179,15 @@ pub enum Opened {
 /// node holds it.
 pub async fn open_when_primary(
     dir: &std::path::Path,
-    opts: StoreOptions,
+    mut opts: StoreOptions,
     clock: crate::clock::SharedClock,
     member: Membership<'_>,
     shutdown: &mut (impl Future<Output = ()> + Unpin),
 ) -> Result<Opened, StoreError> {
     let node = member.node;
+    let announcer = Announcer::start(member.nats, member.subject, node);
+    opts.on_writer_lock = Some(announcer.on_locked());
+    let source = Source::of(&opts, dir);
     let mut serving: Option<replica::Replica> = None;
     loop {
         let lock = DirLock::acquire_within(dir, Duration::from_secs(1))?;
@@ -182,10 +201,10 @@ pub async fn open_when_primary(
                     s.stop().await;
                     tracing::info!(node, "this node holds the store's writer lock now: primary");
                 }
-                return Ok(Opened::Primary(store));
+                return Ok(Opened::Primary(store, announcer));
             }
-            Err(StoreError::StoreInUse(_)) => {
-                if serving.is_none() {
+            Err(StoreError::StoreInUse(_)) => match &serving {
+                None => {
                     tracing::info!(
                         node,
                         "another node is the primary; serving as a replica until its writer lock is free"
@@ -202,7 +221,26 @@ pub async fn open_when_primary(
                     std::fs::write(&tmp, ports.to_string())?;
                     std::fs::rename(tmp, dir.join("ports.json"))?;
                 }
-            }
+                Some(replica) if replica.holder_silent(FENCE) => {
+                    let source = source.clone();
+                    let ended = tokio::task::spawn_blocking(move || {
+                        source.end_writer_session(FENCE.as_secs() as i64)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+                    match ended {
+                        Ok(n) if n > 0 => tracing::warn!(
+                            node,
+                            silent_s = FENCE.as_secs(),
+                            "the primary holds the store's writer lock but has said nothing; ended its PostgreSQL session"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not end the silent primary's PostgreSQL session"),
+                    }
+                    replica.restart_silence();
+                }
+                Some(_) => {}
+            },
             Err(e) => {
                 if let Some(s) = serving.take() {
                     s.stop().await;

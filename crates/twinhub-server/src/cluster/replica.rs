@@ -4,6 +4,7 @@
 //! ways) — so a load balancer may send anything to any node. `/health`
 //! and `/ready` are its own: ready while it knows a live primary.
 
+use super::announce::{nats, PrimaryInfo};
 use super::{Membership, ANNOUNCE, STALE};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -11,61 +12,71 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Where the primary is, as it announces it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PrimaryInfo {
-    pub node: String,
-    /// `host:port` of its HTTP listener.
-    pub http: String,
-    /// `host:port` of its MQTT listener, if it has one.
-    pub mqtt: Option<String>,
+/// What the replica heard of the primary.
+struct Heard {
+    /// The last announcement of the greatest term, and when.
+    last: Option<(PrimaryInfo, Instant)>,
+    /// Since when the replica listens (silence counts from here until the
+    /// first announcement).
+    since: Instant,
 }
 
-async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(2))
-        .name(name)
-        .connect(url)
-        .await
-        .map_err(|e| tracing::warn!(error = %e, "NATS is unreachable; retrying"))
-        .ok()
-}
+struct Primary(RwLock<Heard>);
 
-/// The primary's announcement loop (until aborted).
-pub fn announce(nats_url: String, subject: String, me: PrimaryInfo) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let body = bytes::Bytes::from(serde_json::to_vec(&me).expect("announcement"));
-        let subject = format!("{subject}.primary");
-        loop {
-            let Some(client) = nats(&nats_url, &format!("twinhub primary {}", me.node)).await
-            else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            while client.publish(subject.clone(), body.clone()).await.is_ok() {
-                let _ = client.flush().await;
-                tokio::time::sleep(ANNOUNCE).await;
-            }
-        }
-    })
+impl Default for Primary {
+    fn default() -> Self {
+        Primary(RwLock::new(Heard {
+            last: None,
+            since: Instant::now(),
+        }))
+    }
 }
-
-/// The last announcement heard.
-#[derive(Default)]
-struct Primary(RwLock<Option<(PrimaryInfo, Instant)>>);
 
 impl Primary {
+    /// The primary to forward to: heard lately and serving.
     fn current(&self) -> Option<PrimaryInfo> {
         let held = self.0.read().expect("primary");
-        held.as_ref()
-            .filter(|(_, at)| at.elapsed() < STALE)
+        held.last
+            .as_ref()
+            .filter(|(p, at)| at.elapsed() < STALE && !p.opening)
             .map(|(p, _)| p.clone())
+    }
+
+    /// How long no holder of the writer lock has said anything.
+    fn silent_for(&self) -> Duration {
+        let held = self.0.read().expect("primary");
+        let heard = held.last.as_ref().map_or(held.since, |(_, at)| *at);
+        heard.max(held.since).elapsed()
+    }
+
+    /// Counts the silence afresh (after ending a silent holder's session).
+    fn restart_silence(&self) {
+        let mut held = self.0.write().expect("primary");
+        held.since = Instant::now();
+        if let Some((_, at)) = held.last.as_mut() {
+            *at = Instant::now() - STALE;
+        }
+    }
+
+    fn heard(&self, p: PrimaryInfo) {
+        let mut held = self.0.write().expect("primary");
+        if let Some((h, _)) = &held.last {
+            if p.term < h.term {
+                tracing::debug!(node = %p.node, term = p.term, "ignoring an older primary");
+                return;
+            }
+            if h.node != p.node || h.opening != p.opening {
+                tracing::info!(primary = %p.node, term = p.term, opening = p.opening, "following the primary");
+            }
+        } else {
+            tracing::info!(primary = %p.node, term = p.term, opening = p.opening, "following the primary");
+        }
+        held.last = Some((p, Instant::now()));
     }
 }
 
@@ -74,6 +85,8 @@ impl Primary {
 pub(super) struct Replica {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    primary: Arc<Primary>,
+    bus_up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -95,11 +108,13 @@ impl Replica {
                 .build()
                 .map_err(std::io::Error::other)?,
         };
+        let bus_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![follow(
             m.nats.to_string(),
             format!("{}.primary", m.subject),
             fwd.primary.clone(),
             m.node.to_string(),
+            bus_up.clone(),
         )];
         let app = axum::Router::new()
             .route("/health", axum::routing::get(health))
@@ -122,7 +137,24 @@ impl Replica {
                 stopped,
             )));
         }
-        Ok(Replica { stop, tasks })
+        Ok(Replica {
+            stop,
+            tasks,
+            primary: fwd.primary,
+            bus_up,
+        })
+    }
+
+    /// The holder of the writer lock has said nothing for `silence` while
+    /// this replica heard NATS fine: it is stopped, hung or cut off, and
+    /// keeps the lock (its PostgreSQL session is open) without serving.
+    pub(super) fn holder_silent(&self, silence: Duration) -> bool {
+        self.bus_up.load(std::sync::atomic::Ordering::SeqCst)
+            && self.primary.silent_for() >= silence
+    }
+
+    pub(super) fn restart_silence(&self) {
+        self.primary.restart_silence();
     }
 
     pub(super) async fn stop(self) {
@@ -134,15 +166,19 @@ impl Replica {
     }
 }
 
-/// Keeps `primary` at the last announcement (reconnecting as needed).
+/// Keeps `primary` at the last announcement (reconnecting as needed);
+/// `bus_up` while NATS answers.
 fn follow(
     url: String,
     subject: String,
     primary: Arc<Primary>,
     node: String,
+    bus_up: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         loop {
+            bus_up.store(false, Ordering::SeqCst);
             let Some(client) = nats(&url, &format!("twinhub replica {node}")).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -151,13 +187,24 @@ fn follow(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            while let Some(msg) = sub.next().await {
-                if let Ok(p) = serde_json::from_slice::<PrimaryInfo>(&msg.payload) {
-                    let mut held = primary.0.write().expect("primary");
-                    if held.as_ref().map(|(h, _)| h != &p).unwrap_or(true) {
-                        tracing::info!(primary = %p.node, "following the primary");
+            let mut check = tokio::time::interval(ANNOUNCE);
+            loop {
+                tokio::select! {
+                    msg = sub.next() => {
+                        let Some(msg) = msg else { break };
+                        if let Ok(p) = serde_json::from_slice::<PrimaryInfo>(&msg.payload) {
+                            primary.heard(p);
+                        }
                     }
-                    *held = Some((p, Instant::now()));
+                    _ = check.tick() => {
+                        // A round trip to the server, so a replica cut
+                        // off from NATS never takes the primary's silence
+                        // for its death.
+                        let ok = tokio::time::timeout(ANNOUNCE * 4, client.flush())
+                            .await
+                            .is_ok_and(|r| r.is_ok());
+                        bus_up.store(ok, Ordering::SeqCst);
+                    }
                 }
             }
         }
@@ -303,4 +350,43 @@ fn second_handle(l: &TcpListener) -> std::io::Result<TcpListener> {
     let std = std::net::TcpListener::from(fd);
     std.set_nonblocking(true)?;
     TcpListener::from_std(std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(node: &str, term: i64, opening: bool) -> PrimaryInfo {
+        PrimaryInfo {
+            node: node.into(),
+            http: format!("{node}:80"),
+            mqtt: None,
+            term,
+            opening,
+        }
+    }
+
+    /// The replica follows the greatest term it heard: a former primary
+    /// that wakes and announces again is not followed back; a node still
+    /// opening the store counts as alive but gets no requests.
+    #[test]
+    fn a_replica_follows_the_greatest_term_and_counts_silence() {
+        let p = Primary::default();
+        assert!(p.current().is_none());
+        p.heard(info("a", 3, false));
+        assert_eq!(p.current().unwrap().node, "a");
+        p.heard(info("b", 4, true));
+        assert!(p.current().is_none(), "b is opening: nothing to forward to");
+        assert!(p.silent_for() < STALE, "but it is alive");
+        p.heard(info("a", 3, false));
+        assert!(p.current().is_none(), "the older term is ignored");
+        p.heard(info("b", 4, false));
+        assert_eq!(p.current().unwrap().node, "b");
+        p.restart_silence();
+        assert!(
+            p.current().is_none(),
+            "after fencing, wait for the next holder"
+        );
+        assert!(p.silent_for() < STALE);
+    }
 }

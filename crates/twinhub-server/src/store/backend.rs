@@ -7,7 +7,7 @@
 //! May call: nothing outside `store`.
 
 use super::pg::PgConn;
-use super::sql::{Dialect, Sql};
+use super::sql::{Dialect, Sql, Val};
 use super::StoreError;
 use rusqlite::Connection;
 
@@ -156,9 +156,51 @@ impl Source {
                     let name: String = c.sql_ref().one("SELECT current_schema()", &[])?;
                     return Err(StoreError::StoreInUse(name));
                 }
+                // A host that vanishes (power, network) sends no FIN: without
+                // keepalives PostgreSQL would keep this session, and the
+                // lock, for the kernel's two hours.
+                c.batch(
+                    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2;
+                     SET tcp_keepalives_count = 3",
+                )?;
                 Db::Pg(c)
             }
         })
+    }
+
+    /// A new term for the writer that just took the lock: greater than
+    /// every earlier holder's (0 on the embedded store, which has one).
+    pub fn take_term(db: &Db) -> Result<i64, StoreError> {
+        match db {
+            Db::Sqlite(_) => Ok(0),
+            // Only the lock holder creates or advances it, so the
+            // `IF NOT EXISTS` cannot race.
+            Db::Pg(c) => {
+                c.batch("CREATE SEQUENCE IF NOT EXISTS writer_term")?;
+                c.sql_ref().one("SELECT nextval('writer_term')", &[])
+            }
+        }
+    }
+
+    /// Ends the PostgreSQL session holding this store's writer lock (the
+    /// lock goes with it); answers how many it ended. A cluster's replica
+    /// does this to a primary that holds the lock but has gone silent — a
+    /// stopped or hung process keeps its session open indefinitely.
+    /// Only a session at least `older_than_s` old: one that just took the
+    /// lock (another replica, quicker) is not the silent one.
+    pub fn end_writer_session(&self, older_than_s: i64) -> Result<i64, StoreError> {
+        match self {
+            Source::Sqlite(_) => Ok(0),
+            Source::Pg { url, schema } => PgConn::connect(url, schema.as_deref())?.sql_ref().one(
+                "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted
+                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.objid::INT4 = hashtext('twinhub-writer:' || current_schema())
+                   AND a.backend_start < now() - make_interval(secs => ?1::INT8::FLOAT8)",
+                &[Val::Int(older_than_s)],
+            ),
+        }
     }
 
     /// Brings the database to this binary's format (the embedded file's

@@ -22,6 +22,7 @@
 
 use super::backend::{Db, Source};
 use super::db::{meta_get, FORMAT_VERSION};
+use super::partitions::Table;
 use super::sql::{in_chunks, value_lists, Dialect, Owned, Sql, Val};
 use super::StoreError;
 use sha2::{Digest, Sha256};
@@ -192,11 +193,12 @@ pub fn import(db: &Db, input: &Path, replace: bool) -> Result<(Summary, KeyFiles
             }
         }
         sql.exec("DELETE FROM meta WHERE key <> 'format_version'", &[])?;
+        let mut parts = super::partitions::existing(sql)?;
         let mut files = Vec::new();
         loop {
             match get_u8(&mut r)? {
                 b'T' => {
-                    let (table, rows) = import_table(sql, &mut r, &known)?;
+                    let (table, rows) = import_table(sql, &mut r, &known, &mut parts)?;
                     summary.tables += 1;
                     summary.rows += rows;
                     if sql.dialect() == Dialect::Postgres {
@@ -243,6 +245,7 @@ fn import_table<R: Read>(
     sql: &dyn Sql,
     r: &mut Hashing<R>,
     known: &[String],
+    parts: &mut std::collections::BTreeSet<(Table, i64)>,
 ) -> Result<(String, u64), StoreError> {
     let table = ident(get_bytes(r)?)?;
     if !known.contains(&table) {
@@ -271,9 +274,21 @@ fn import_table<R: Read>(
         .map(|c| format!("\"{c}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // PostgreSQL's partitioned tables need the rows' partitions first.
+    let partitioned = [Table::Chunks, Table::BatchLog]
+        .into_iter()
+        .find(|t| t.name() == table)
+        .and_then(|t| Some((t, cols.iter().position(|c| c == t.key())?)));
     let mut pending: Vec<Vec<Owned>> = Vec::new();
     let mut n = 0u64;
-    let flush = |pending: &mut Vec<Vec<Owned>>| -> Result<(), StoreError> {
+    let mut flush = |pending: &mut Vec<Vec<Owned>>| -> Result<(), StoreError> {
+        if let Some((t, k)) = partitioned {
+            let keys = pending.iter().filter_map(|row| match row[k] {
+                Owned::Int(v) => Some(v),
+                _ => None,
+            });
+            super::partitions::ensure_in_tx(sql, parts, t, keys)?;
+        }
         in_chunks(pending.len(), |range| {
             let stmt = format!(
                 "INSERT INTO \"{table}\"({list}) VALUES {}",
@@ -326,22 +341,22 @@ fn import_table<R: Read>(
     }
 }
 
-/// Identity columns continue after the rows imported with explicit ids.
+/// Identity columns, and columns numbered from a sequence they own,
+/// continue after the rows imported with explicit ids.
 fn restart_identities(sql: &dyn Sql, table: &str) -> Result<(), StoreError> {
     let cols: Vec<String> = sql.rows(
         "SELECT column_name::TEXT FROM information_schema.columns
-         WHERE table_schema = current_schema() AND table_name::TEXT = ?1 AND is_identity = 'YES'",
+         WHERE table_schema = current_schema() AND table_name::TEXT = ?1
+           AND (is_identity = 'YES' OR column_default LIKE 'nextval(%')",
         &[Val::Text(table)],
         |r| r.get(0),
     )?;
     for c in cols {
-        let next: i64 = sql.one(
-            &format!("SELECT COALESCE(MAX(\"{c}\"), 0) + 1 FROM \"{table}\""),
-            &[],
-        )?;
         sql.exec(
-            &format!("ALTER TABLE \"{table}\" ALTER COLUMN \"{c}\" RESTART WITH {next}"),
-            &[],
+            &format!(
+                "SELECT setval(pg_get_serial_sequence(?1, ?2), COALESCE(MAX(\"{c}\"), 0) + 1, false) FROM \"{table}\""
+            ),
+            &[Val::Text(table), Val::Text(&c)],
         )?;
     }
     Ok(())
@@ -361,8 +376,10 @@ fn tables(sql: &dyn Sql) -> Result<Vec<String>, StoreError> {
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         }
         Dialect::Postgres => {
-            "SELECT table_name::TEXT FROM information_schema.tables
-             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1"
+            // Partitions are read and written through their parents.
+            "SELECT c.relname::TEXT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+             ORDER BY 1"
         }
     };
     sql.rows(q, &[], |r| r.get(0))

@@ -178,6 +178,22 @@ impl Writer {
             }
             Ok(true) => {
                 self.engine.metrics.flushes.inc();
+                // Weeks of chunks that retention emptied go as tables (on
+                // PostgreSQL; at most every few minutes).
+                let week_ago =
+                    self.engine.clock.now_us() / super::WINDOW - super::partitions::CHUNK_SPAN;
+                match super::partitions::drop_empty_chunks(
+                    self.conn.sql(),
+                    &mut self.parts,
+                    week_ago,
+                ) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        partitions = n,
+                        "dropped chunk partitions emptied by retention"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not drop emptied chunk partitions"),
+                }
                 // Everything queued behind the writer waited at most one
                 // step at a time, `busy` in all.
                 tracing::debug!(
@@ -207,10 +223,20 @@ impl Writer {
             .lock()
             .expect("deletes")
             .clone();
+        if job.slices == 0 {
+            super::partitions::ensure(
+                self.conn.sql(),
+                &mut self.parts,
+                super::partitions::Table::Chunks,
+                job.chunks.as_slice().iter().map(|c| c.win),
+            )?;
+        }
         let mut ti = Duration::ZERO;
         let touched = self.conn.transaction(true, |tx| {
             let mut touched = Vec::new();
-            while t.elapsed() < STEP_BUDGET {
+            // At least one chunk per step, whatever the step spent before
+            // (making partitions): every step makes progress.
+            while touched.is_empty() || t.elapsed() < STEP_BUDGET {
                 let Some(c) = job.chunks.next() else {
                     break;
                 };
@@ -244,7 +270,11 @@ impl Writer {
             job.free_before = Some(free_pages(&self.conn)?);
         }
         let upto = job.upto_seq as i64;
+        let parts = &mut self.parts;
+        let mut dropped = 0;
         let done = self.conn.transaction(true, |tx| {
+            // Whole partitions go as tables; the rest row by row.
+            dropped = super::partitions::drop_log_upto(tx, parts, upto)?;
             while t.elapsed() < STEP_BUDGET {
                 let n = tx.exec(
                     "DELETE FROM batch_log WHERE seq IN
@@ -258,6 +288,9 @@ impl Writer {
             }
             Ok(false)
         })?;
+        if dropped > 0 {
+            super::partitions::forget_log_upto(parts, upto);
+        }
         if done {
             // The log refills its pages before the next flush when that
             // comes soon (ingest fills the head, not the timer): moving

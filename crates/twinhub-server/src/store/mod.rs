@@ -33,6 +33,7 @@ pub mod mqtt;
 mod numcol;
 mod open;
 pub mod outbox;
+pub mod partitions;
 pub mod pg;
 mod query;
 mod query_many;
@@ -52,6 +53,8 @@ mod writer;
 mod install_tests;
 #[cfg(test)]
 mod outbox_tests;
+#[cfg(test)]
+mod partitions_tests;
 #[cfg(test)]
 mod rows_tests;
 #[cfg(test)]
@@ -170,7 +173,14 @@ pub struct StoreOptions {
     pub tick: Duration,
     /// Free bytes kept in reserve: below it, appends are refused.
     pub min_free: u64,
+    /// Called with the writer's term once the store's writer lock is held,
+    /// before the batch log is replayed (a cluster member announces that
+    /// it is opening the store, so the others do not take it for dead).
+    pub on_writer_lock: Option<OnWriterLock>,
 }
+
+/// See `StoreOptions::on_writer_lock`.
+pub type OnWriterLock = std::sync::Arc<dyn Fn(i64) + Send + Sync>;
 
 /// By hand: `url` may hold a password.
 impl std::fmt::Debug for StoreOptions {
@@ -186,6 +196,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("schema", &self.schema)
             .field("tick", &self.tick)
             .field("min_free", &self.min_free)
+            .field("on_writer_lock", &self.on_writer_lock.is_some())
             .finish()
     }
 }
@@ -203,6 +214,7 @@ impl Default for StoreOptions {
             schema: None,
             tick: Duration::from_millis(500),
             min_free: 0,
+            on_writer_lock: None,
         }
     }
 }

@@ -33,6 +33,10 @@ impl Store {
         let path = db::db_path(&dir);
         let source = Source::of(&opts, &dir);
         let conn = source.open_writer()?;
+        let term = Source::take_term(&conn)?;
+        if let Some(f) = &opts.on_writer_lock {
+            f(term);
+        }
         let sql = conn.sql();
         let index = load_index(sql)?;
         let mut latest = load_latest(sql)?;
@@ -85,6 +89,10 @@ impl Store {
         });
         engine
             .health
+            .writer_term
+            .store(term, std::sync::atomic::Ordering::SeqCst);
+        engine
+            .health
             .reserve_bytes
             .store(opts.min_free, std::sync::atomic::Ordering::Relaxed);
         engine.health.check_space(&dir, &engine.faults, true);
@@ -105,6 +113,7 @@ impl Store {
             reclaiming: None,
             log_reserve: 0,
             last_cut: None,
+            parts: Default::default(),
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

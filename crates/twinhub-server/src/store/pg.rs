@@ -323,12 +323,15 @@ pub fn migrate(c: &PgConn) -> Result<i64, StoreError> {
         }
         if found == 0 {
             c.batch("BEGIN")?;
-            let created = c.batch(SCHEMA).and_then(|_| {
-                db.exec(
-                    "INSERT INTO meta(key, value) VALUES ('format_version', ?1)",
-                    &[Val::Text(&supported.to_string())],
-                )
-            });
+            let created = c
+                .batch(SCHEMA)
+                .and_then(|_| c.batch(super::partitions::TABLES))
+                .and_then(|_| {
+                    db.exec(
+                        "INSERT INTO meta(key, value) VALUES ('format_version', ?1)",
+                        &[Val::Text(&supported.to_string())],
+                    )
+                });
             match created {
                 Ok(_) => c.batch("COMMIT")?,
                 Err(e) => {
@@ -337,6 +340,34 @@ pub fn migrate(c: &PgConn) -> Result<i64, StoreError> {
                 }
             }
             tracing::info!(format = supported, "PostgreSQL store created");
+        } else if found < supported {
+            c.batch("BEGIN")?;
+            let moved = (|| {
+                for v in found..supported {
+                    match v {
+                        // 13 → 14 changed no table.
+                        13 => {}
+                        14 => super::partitions::partition_format_14(db)?,
+                        _ => {
+                            return Err(StoreError::Io(std::io::Error::other(format!(
+                                "no PostgreSQL migration from store format {v}"
+                            ))))
+                        }
+                    }
+                }
+                db.exec(
+                    "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
+                    &[Val::Text(&supported.to_string())],
+                )
+            })();
+            match moved {
+                Ok(_) => c.batch("COMMIT")?,
+                Err(e) => {
+                    let _ = c.batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            tracing::info!(from = found, to = supported, "PostgreSQL store migrated");
         }
         Ok(supported)
     })();

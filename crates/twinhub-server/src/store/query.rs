@@ -64,8 +64,12 @@ fn chunk_metas(conn: &dyn Sql, sid: u32, from: i64, to: i64) -> Result<Vec<Meta>
     )
 }
 
-fn load_chunk(conn: &dyn Sql, id: i64) -> Result<Columns, StoreError> {
-    let data: Vec<u8> = conn.one("SELECT data FROM chunks WHERE id = ?1", args![id])?;
+/// By id and window: on PostgreSQL the window picks the partition.
+fn load_chunk(conn: &dyn Sql, m: &Meta) -> Result<Columns, StoreError> {
+    let data: Vec<u8> = conn.one(
+        "SELECT data FROM chunks WHERE id = ?1 AND win = ?2",
+        args![m.id, m.win],
+    )?;
     Ok(chunk::decode(&data)?)
 }
 
@@ -79,7 +83,7 @@ fn window_points(
 ) -> Result<Columns, StoreError> {
     let mut merged = Columns::default();
     for m in metas {
-        let c = load_chunk(conn, m.id)?;
+        let c = load_chunk(conn, m)?;
         let c = c.slice(c.range_idx(from, to));
         merged = Columns::merge(&merged, &c);
     }
@@ -301,8 +305,11 @@ impl Store {
             let metas = chunk_metas(tx, sid, from, to)?;
             let mut windows = Vec::new();
             for m in &metas {
-                let cols = load_chunk(tx, m.id)?;
-                tx.exec("DELETE FROM chunks WHERE id = ?1", args![m.id])?;
+                let cols = load_chunk(tx, m)?;
+                tx.exec(
+                    "DELETE FROM chunks WHERE id = ?1 AND win = ?2",
+                    args![m.id, m.win],
+                )?;
                 let mut kept = cols.clone();
                 kept.remove_range(from, to);
                 if !kept.is_empty() {

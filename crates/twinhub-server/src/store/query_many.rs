@@ -116,10 +116,13 @@ pub(super) fn add_raw(
             && head.range_idx(m.min_ts, m.max_ts + 1).is_empty()
     };
     let mut wanted: Vec<i64> = Vec::new();
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for (sid, head) in slice {
         for group in group_by_window(metas.get(sid).map_or(&[][..], |v| v)) {
             if !(group.len() == 1 && whole(group[0], head)) {
                 wanted.extend(group.iter().map(|m| m.id));
+                lo = lo.min(group[0].win);
+                hi = hi.max(group[0].win);
             }
         }
     }
@@ -128,10 +131,10 @@ pub(super) fn add_raw(
         let ids = ints_json(wanted.into_iter());
         conn.each(
             &format!(
-                "SELECT id, data FROM chunks WHERE id {}",
+                "SELECT id, data FROM chunks WHERE id {} AND win BETWEEN ?2 AND ?3",
                 conn.in_json_ints(1)
             ),
-            &[Val::Text(&ids)],
+            &[Val::Text(&ids), Val::Int(lo), Val::Int(hi)],
             &mut |r| {
                 let id: i64 = r.get(0)?;
                 let blob: Vec<u8> = r.get(1)?;

@@ -8,7 +8,7 @@
 //! points were applied to the head, so an acknowledged point is durable and
 //! immediately queryable.
 
-use super::backend::Db;
+use super::backend::{Db, Source};
 use super::chunk;
 use super::head::Head;
 use super::health::Faults;
@@ -137,6 +137,8 @@ pub struct Writer {
     /// All are given back once the writer is idle.
     pub(super) log_reserve: i64,
     pub(super) last_cut: Option<std::time::Instant>,
+    /// PostgreSQL's partitions of `chunks` and `batch_log` (`partitions`).
+    pub(super) parts: super::partitions::Known,
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
@@ -224,10 +226,17 @@ impl Writer {
         }
         self.last_reconnect = Some(Instant::now());
         match self.source.open_writer() {
-            Ok(db) => {
-                tracing::warn!("the store's connection to PostgreSQL was lost and is back");
-                self.conn = db;
-            }
+            Ok(db) => match Source::take_term(&db) {
+                Ok(term) => {
+                    tracing::warn!("the store's connection to PostgreSQL was lost and is back");
+                    self.engine
+                        .health
+                        .writer_term
+                        .store(term, std::sync::atomic::Ordering::SeqCst);
+                    self.conn = db;
+                }
+                Err(e) => tracing::warn!(error = %e, "PostgreSQL is still unreachable"),
+            },
             Err(StoreError::StoreInUse(_)) => {
                 tracing::error!("another node took the store's writer lock while this one was cut off from PostgreSQL");
                 self.engine
@@ -284,8 +293,20 @@ impl Writer {
         }
 
         let mut copies: Vec<super::mqtt::QueuedRow> = Vec::new();
+        // The writer numbers the log's records itself (the next after the
+        // last committed), so it knows the partition a record goes to.
+        let next_seq = engine.last_seq.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        let has_appends = group.iter().any(|op| matches!(op, Op::Append { .. }));
         let sql = self.conn.sql();
         let outcome = (|| -> Result<(), StoreError> {
+            if has_appends {
+                super::partitions::ensure(
+                    sql,
+                    &mut self.parts,
+                    super::partitions::Table::BatchLog,
+                    [next_seq as i64],
+                )?;
+            }
             self.conn.begin()?;
             for (i, op) in group.iter_mut().enumerate() {
                 match op {
@@ -318,10 +339,11 @@ impl Writer {
             if !appended.is_empty() {
                 let data = batch::encode(appended.iter().map(|(s, p)| (*s, p.as_slice())));
                 log_bytes = data.len();
-                seq = sql.one::<i64>(
-                    "INSERT INTO batch_log(received, data) VALUES (?1, ?2) RETURNING seq",
-                    args![now, &data],
-                )? as u64;
+                sql.exec(
+                    "INSERT INTO batch_log(seq, received, data) VALUES (?1, ?2, ?3)",
+                    args![next_seq as i64, now, &data],
+                )?;
+                seq = next_seq;
             }
             Ok(())
         })();
@@ -528,7 +550,10 @@ impl Writer {
             }
             if let Some(new) = &new {
                 for id in old_ids {
-                    tx.exec("DELETE FROM chunks WHERE id = ?1", args![*id])?;
+                    tx.exec(
+                        "DELETE FROM chunks WHERE id = ?1 AND win = ?2",
+                        args![*id, win],
+                    )?;
                 }
                 for c in new {
                     insert_chunk(tx, c)?;

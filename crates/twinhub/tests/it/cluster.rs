@@ -382,6 +382,80 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
     assert_eq!(r.status(), 200);
 }
 
+/// A primary that stops answering but keeps its PostgreSQL session (and
+/// so the writer lock) — SIGSTOP here; a hung process or one cut off from
+/// NATS looks the same — is fenced: the replica ends its session after
+/// `cluster::FENCE` of silence and takes over; woken, the old primary
+/// finds another node in its place and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_is_fenced_and_replaced() {
+    let cluster = Cluster::new(2);
+    let dir_b = &cluster.dirs[1];
+    let mut a = cluster.primary(0, "node-a");
+    let http = reqwest::Client::new();
+    let mut b = cluster.replica(1, "node-b");
+    until_ready(&http, &b.base).await;
+    let token = login(&b.base, PW).await;
+    let device = |base: &str, token: &str, id: &str| {
+        http.post(format!("{base}/api/v1/devices"))
+            .bearer_auth(token)
+            .json(&json!({ "id": id }))
+            .send()
+    };
+    assert_eq!(
+        device(&b.base, &token, "before").await.unwrap().status(),
+        201
+    );
+    let signal = |sig: &str, pid: u32| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    signal("-STOP", a.child.id());
+    let stopped = Instant::now();
+    promoted(&mut b, dir_b);
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "took over after {took:?} (fence after 5 s of silence)"
+    );
+    let token_b = login(&b.base, PW).await;
+    let v = get_json(
+        &http,
+        &format!("{}/api/v1/devices/before", b.base),
+        &token_b,
+    )
+    .await;
+    assert_eq!(v["id"], "before", "{v}");
+    assert_eq!(
+        device(&b.base, &token_b, "after").await.unwrap().status(),
+        201
+    );
+    let err_b = std::fs::read_to_string(cluster.roots[1].path().join("node-b.err")).unwrap();
+    assert!(err_b.contains("ended its PostgreSQL session"), "{err_b}");
+    // Woken, node-a writes nothing and stops.
+    signal("-CONT", a.child.id());
+    let t = Instant::now();
+    let exit = loop {
+        if let Some(st) = a.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "node-a kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exit.success(), "node-a stopped with an error");
+    let err = std::fs::read_to_string(cluster.roots[0].path().join("node-a.err")).unwrap();
+    assert!(err.contains("another node"), "{err}");
+    // node-b carries on as the only primary.
+    let v = get_json(&http, &format!("{}/api/v1/devices/after", b.base), &token_b).await;
+    assert_eq!(v["id"], "after", "{v}");
+    let (st, health, _) = status(&http, &format!("{}/health", b.base)).await;
+    assert_eq!(st, 200);
+    assert_ne!(health["role"], "replica", "{health}");
+}
+
 /// Three nodes: any node serves any call, MQTT crosses nodes both ways, a
 /// rule raises one alarm for events that came through all of them, and
 /// SIGKILL of a replica, then of the primary, under HTTP and MQTT ingest

@@ -144,7 +144,7 @@ async fn the_compose_files_describe_nodes_the_binary_runs() {
     assert!(docker.contains("\nUSER twinhub\n"), "runs as non-root");
     assert!(docker.contains("EXPOSE 8080 1883"));
     assert!(docker.contains("AS build"), "multi-stage");
-    assert!(docker.contains("http://127.0.0.1:8080/health"));
+    assert!(docker.contains("CMD curl -fsS http://127.0.0.1:8080/ready"));
     assert!(docker.contains("TWINHUB_HTTP_LISTEN=0.0.0.0:8080"));
     assert!(docker.contains("TWINHUB_MQTT_LISTEN=0.0.0.0:1883"));
 }

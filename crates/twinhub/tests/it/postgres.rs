@@ -15,16 +15,12 @@ pub fn pg_url() -> String {
 /// Ends the PostgreSQL session holding `schema`'s writer lock (a restart,
 /// a failover or a network cut looks the same to the node); how many.
 pub fn end_writer_session(schema: &str) -> i64 {
-    PgConn::connect(&pg_url(), None)
-        .unwrap()
-        .sql_ref()
-        .one(
-            "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
-             WHERE l.locktype = 'advisory' AND l.granted
-               AND l.objid::INT4 = hashtext('twinhub-writer:' || ?1)",
-            twinhub_server::store::sql::args![schema],
-        )
-        .unwrap()
+    twinhub_server::store::backend::Source::Pg {
+        url: pg_url(),
+        schema: Some(schema.to_string()),
+    }
+    .end_writer_session(0)
+    .unwrap()
 }
 
 /// A server on PostgreSQL in a schema of its own.
