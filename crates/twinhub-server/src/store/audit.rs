@@ -17,7 +17,7 @@ pub struct AuditRow {
 }
 
 pub fn append(tx: &dyn Sql, r: &AuditRow) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "INSERT INTO audit(chain, seq, ts, actor, action, target, detail, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         args![&r.chain, r.seq, r.ts, &r.actor, &r.action, &r.target, &r.detail, &r.mac],
     )?;

@@ -61,6 +61,8 @@ mod rows_tests;
 mod sql_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;
 
 use crate::clock::SharedClock;
 use crate::metrics::{Counter, Histogram, LATENCY_BOUNDS};

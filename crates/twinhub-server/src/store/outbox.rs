@@ -62,11 +62,12 @@ pub(super) fn insert(tx: &dyn Sql, events: &[Event]) -> Result<(), StoreError> {
         })
         .collect();
     let data = serde_json::to_vec(&rows).expect("events serialise");
-    tx.exec(
+    // Sent with the commit on PostgreSQL (a round trip per group, not
+    // per row); an error fails the group there.
+    tx.exec_later(
         "INSERT INTO outbox(last_id, first_id, data) VALUES (?1, ?2, ?3)",
         args![last.id as i64, first.id as i64, &data],
-    )?;
-    Ok(())
+    )
 }
 
 /// The highest event id the directory has seen (outbox rows and consumer

@@ -80,10 +80,23 @@ impl From<tokio_postgres::Error> for StoreError {
 pub struct PgConn {
     client: Client,
     cache: RefCell<HashMap<String, Statement>>,
-    /// Statements without results (`BEGIN`, `SAVEPOINT`, `RELEASE`) sent
-    /// in the same round trip as the next statement (`Sql::batch_later`).
-    deferred: RefCell<String>,
+    /// Statements held to go in the same round trip as the next one, in
+    /// order (`Sql::batch_later`, `Sql::exec_later`).
+    deferred: RefCell<Vec<Held>>,
 }
+
+/// A statement `PgConn` holds back.
+enum Held {
+    /// Without arguments or results (`BEGIN`, `SAVEPOINT`, `RELEASE`).
+    Text(String),
+    /// A write whose row count nobody reads.
+    Exec(Statement, Vec<super::sql::Owned>),
+}
+
+/// Requests pipelined per round trip: `join_all` polls up to this many in
+/// order (tokio-postgres sends each request when its future is first
+/// polled, so polling order is sending order).
+const PIPELINE: usize = 30;
 
 impl PgConn {
     /// Connects; with `schema`, every unqualified name resolves in it
@@ -104,7 +117,7 @@ impl PgConn {
         let conn = PgConn {
             client,
             cache: RefCell::new(HashMap::new()),
-            deferred: RefCell::new(String::new()),
+            deferred: RefCell::new(Vec::new()),
         };
         if let Some(s) = schema {
             let quoted = quote_ident(s)?;
@@ -171,16 +184,49 @@ impl PgConn {
         &self,
         fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
-        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
-        if deferred.is_empty() {
+        let held = std::mem::take(&mut *self.deferred.borrow_mut());
+        if held.is_empty() {
             return Ok(block_on(fut)?);
         }
-        let (first, then) = block_on(futures_util::future::join(
-            self.client.batch_execute(&deferred),
-            fut,
-        ));
+        let (first, then) = block_on(futures_util::future::join(self.send(&held), fut));
         first?;
         Ok(then?)
+    }
+
+    /// Sends held statements, pipelined in order; the first error.
+    async fn send(&self, held: &[Held]) -> Result<(), tokio_postgres::Error> {
+        use futures_util::future::{join_all, Either};
+        for part in held.chunks(PIPELINE) {
+            let args: Vec<Vec<Val<'_>>> = part
+                .iter()
+                .map(|h| match h {
+                    Held::Exec(_, a) => a.iter().map(super::sql::Owned::as_val).collect(),
+                    Held::Text(_) => Vec::new(),
+                })
+                .collect();
+            let sent =
+                part.iter().zip(&args).map(|(h, a)| match h {
+                    Held::Text(t) => Either::Left(self.client.batch_execute(t)),
+                    Held::Exec(stmt, _) => Either::Right(async move {
+                        self.client.execute(stmt, &params(a)).await.map(|_| ())
+                    }),
+                });
+            for r in join_all(sent).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&self, h: Held) {
+        let mut d = self.deferred.borrow_mut();
+        // Neighbouring text statements go as one.
+        if let (Held::Text(t), Some(Held::Text(last))) = (&h, d.last_mut()) {
+            last.push_str("; ");
+            last.push_str(t);
+            return;
+        }
+        d.push(h);
     }
 }
 
@@ -206,21 +252,27 @@ impl Sql for PgConn {
     }
 
     fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let mut text = std::mem::take(&mut *self.deferred.borrow_mut());
-        if !text.is_empty() {
-            text.push_str("; ");
-        }
-        text.push_str(sql);
-        Ok(block_on(self.client.batch_execute(&text))?)
+        self.hold(Held::Text(sql.to_string()));
+        self.flush()
     }
 
     fn batch_later(&self, sql: &str) -> Result<(), StoreError> {
-        let mut d = self.deferred.borrow_mut();
-        if !d.is_empty() {
-            d.push_str("; ");
-        }
-        d.push_str(sql);
+        self.hold(Held::Text(sql.to_string()));
         Ok(())
+    }
+
+    fn exec_later(&self, sql: &str, args: &[Val<'_>]) -> Result<(), StoreError> {
+        let stmt = self.statement(sql)?;
+        self.hold(Held::Exec(stmt, args.iter().map(Val::owned).collect()));
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let held = std::mem::take(&mut *self.deferred.borrow_mut());
+        if held.is_empty() {
+            return Ok(());
+        }
+        Ok(block_on(self.send(&held))?)
     }
 
     fn dialect(&self) -> Dialect {

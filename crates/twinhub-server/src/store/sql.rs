@@ -23,6 +23,19 @@ pub enum Val<'a> {
     Null,
 }
 
+impl Val<'_> {
+    /// The value, owning its text or bytes.
+    pub fn owned(&self) -> Owned {
+        match *self {
+            Val::Int(v) => Owned::Int(v),
+            Val::Real(v) => Owned::Real(v),
+            Val::Text(v) => Owned::Text(v.to_string()),
+            Val::Bytes(v) => Owned::Bytes(v.to_vec()),
+            Val::Null => Owned::Null,
+        }
+    }
+}
+
 impl From<i64> for Val<'_> {
     fn from(v: i64) -> Self {
         Val::Int(v)
@@ -283,6 +296,18 @@ pub trait Sql {
     /// (their errors then come with that statement's).
     fn batch_later(&self, sql: &str) -> Result<(), StoreError> {
         self.batch(sql)
+    }
+    /// Like `exec`, for a write whose row count the caller does not need:
+    /// a backend across a network may hold it and send it with the next
+    /// statement or at `flush`, pipelined (its error then comes from
+    /// there). Reads on the same connection see it: they are sent after it.
+    fn exec_later(&self, sql: &str, args: &[Val<'_>]) -> Result<(), StoreError> {
+        self.exec(sql, args).map(|_| ())
+    }
+    /// Sends whatever `batch_later` and `exec_later` hold and waits for
+    /// their outcome (the first error, if any).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Which backend: DDL and a few statements differ.
     fn dialect(&self) -> Dialect;

@@ -68,7 +68,7 @@ pub fn load_models(c: &dyn Sql) -> Result<Vec<ModelRow>, StoreError> {
 }
 
 pub fn put_twin(tx: &dyn Sql, t: &TwinRow) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "INSERT INTO dt_twins(tenant, id, model, etag, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(tenant, id) DO UPDATE SET model = excluded.model, etag = excluded.etag, body = excluded.body",
         args![&t.tenant, &t.id, &t.model, &t.etag, &t.body],

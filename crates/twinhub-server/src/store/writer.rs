@@ -339,7 +339,8 @@ impl Writer {
             if !appended.is_empty() {
                 let data = batch::encode(appended.iter().map(|(s, p)| (*s, p.as_slice())));
                 log_bytes = data.len();
-                sql.exec(
+                // Sent with the group's next statement or its COMMIT.
+                sql.exec_later(
                     "INSERT INTO batch_log(seq, received, data) VALUES (?1, ?2, ?3)",
                     args![next_seq as i64, now, &data],
                 )?;
@@ -347,6 +348,17 @@ impl Writer {
             }
             Ok(())
         })();
+        // What the appends held back (`exec_later`) is sent before the
+        // first savepoint: an error of theirs must fail the group here, not
+        // be taken for a registry change's own (PostgreSQL would then
+        // answer the COMMIT of the aborted transaction with a rollback,
+        // which is no error to the client).
+        let outcome = outcome.and_then(|_| {
+            if group.iter().any(|op| matches!(op, Op::Exec { .. })) {
+                sql.flush()?;
+            }
+            Ok(())
+        });
 
         // Registry closures run each in a savepoint so one refused change
         // (a conflict) does not fail its neighbours.
@@ -390,7 +402,14 @@ impl Writer {
             if Faults::on(&engine.faults.commit) {
                 return Err(Faults::injected("group commit"));
             }
-            sql.batch("COMMIT")
+            // PostgreSQL answers COMMIT of a transaction an error aborted
+            // with a rollback that is no error: the SELECT before it fails
+            // instead (skipping the COMMIT), so a group that did not
+            // commit is never acknowledged.
+            sql.batch(match sql.dialect() {
+                super::sql::Dialect::Postgres => "SELECT 1; COMMIT",
+                super::sql::Dialect::Sqlite => "COMMIT",
+            })
         });
         if let Err(e) = committed {
             let _ = sql.batch("ROLLBACK");
@@ -633,7 +652,9 @@ fn in_savepoint<R>(
         undo: Vec::new(),
         events: Vec::new(),
     };
-    match f(&mut ctx) {
+    // What the closure held back (`exec_later`) is sent before it counts
+    // as done, so its errors undo it alone.
+    match f(&mut ctx).and_then(|v| conn.flush().map(|_| v)) {
         Ok(v) => {
             conn.batch_later("RELEASE op")?;
             hooks.append(&mut ctx.hooks);

@@ -114,7 +114,11 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The demo's rules run on every reactor's data.
+    // The demo's rules run on every reactor's data, and are healthy. (A
+    // PLC publishes changes only: its twin's first message may carry
+    // pressure alone, and the overheat rule then fails on that twin —
+    // "Undeclared reference to 'temperature'" — until its temperature
+    // comes; the state clears with the twin's next evaluation.)
     loop {
         let rules = get_json(&http, &format!("{base}/api/v1/rules"), &token).await;
         let list = rules["value"].as_array().unwrap();
@@ -122,13 +126,12 @@ async fn the_demo_runs_reactors_and_the_yield_soft_sensor() {
         let evaluated = list
             .iter()
             .all(|r| r["status"]["evaluations"].as_u64().unwrap_or(0) > 0);
-        if evaluated {
-            assert!(list.iter().all(|r| r["status"]["state"] == "ok"), "{rules}");
+        if evaluated && list.iter().all(|r| r["status"]["state"] == "ok") {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "rules not running: {rules}"
+            "rules not running, or failing: {rules}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
