@@ -28,7 +28,7 @@ pub struct PrimaryInfo {
     pub opening: bool,
 }
 
-pub(super) async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
+async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(2))
         .name(name)
@@ -36,6 +36,23 @@ pub(super) async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
         .await
         .map_err(|e| tracing::warn!(error = %e, "NATS is unreachable; retrying"))
         .ok()
+}
+
+/// A connection to NATS subscribed to `subject`, retried every second
+/// until both work.
+pub(super) async fn subscribed(
+    url: &str,
+    name: &str,
+    subject: &str,
+) -> (async_nats::Client, async_nats::Subscriber) {
+    loop {
+        if let Some(client) = nats(url, name).await {
+            if let Ok(sub) = client.subscribe(subject.to_string()).await {
+                return (client, sub);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The announcing task of a node that holds, or is taking, the writer
@@ -112,14 +129,8 @@ async fn run(
 ) {
     let node = me.lock().expect("announcement").node.clone();
     loop {
-        let Some(client) = nats(&nats_url, &format!("twinhub primary {node}")).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let Ok(mut others) = client.subscribe(subject.clone()).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
+        let (client, mut others) =
+            subscribed(&nats_url, &format!("twinhub primary {node}"), &subject).await;
         let mut tick = tokio::time::interval(ANNOUNCE);
         loop {
             tokio::select! {

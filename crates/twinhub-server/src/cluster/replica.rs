@@ -4,7 +4,7 @@
 //! ways) — so a load balancer may send anything to any node. `/health`
 //! and `/ready` are its own: ready while it knows a live primary.
 
-use super::announce::{nats, PrimaryInfo};
+use super::announce::{subscribed, PrimaryInfo};
 use super::{Membership, ANNOUNCE, STALE};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -179,14 +179,8 @@ fn follow(
     tokio::spawn(async move {
         loop {
             bus_up.store(false, Ordering::SeqCst);
-            let Some(client) = nats(&url, &format!("twinhub replica {node}")).await else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            let Ok(mut sub) = client.subscribe(subject.clone()).await else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
+            let (client, mut sub) =
+                subscribed(&url, &format!("twinhub replica {node}"), &subject).await;
             let mut check = tokio::time::interval(ANNOUNCE);
             loop {
                 tokio::select! {

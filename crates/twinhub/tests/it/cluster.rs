@@ -312,6 +312,23 @@ async fn all_acknowledged_stored(http: &reqwest::Client, base: &str, acked: &Ack
     }
 }
 
+/// Waits (up to 20 s) for a node to exit with an error; its stderr.
+async fn stops_with_an_error(node: &mut Server, log: &Path) -> String {
+    let t = Instant::now();
+    let exit = loop {
+        if let Some(st) = node.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the node kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!exit.success(), "the node stopped with an error");
+    std::fs::read_to_string(log).unwrap()
+}
+
 /// The test's schema goes with it.
 struct DropSchema(String);
 
@@ -360,16 +377,7 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
         r.as_ref().map_or(true, |r| !r.status().is_success()),
         "a write acknowledged by a node that is no longer the primary"
     );
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = a.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "node-a kept running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success(), "node-a stopped with an error");
-    let err = std::fs::read_to_string(cluster.roots[0].path().join("node-a.err")).unwrap();
+    let err = stops_with_an_error(&mut a, &cluster.roots[0].path().join("node-a.err")).await;
     assert!(err.contains("another node is the primary now"), "{err}");
     // node-b serves, with node-a's writes before the cut.
     let token_b = login(&b.base, PW).await;
@@ -437,16 +445,7 @@ async fn a_silent_primary_is_fenced_and_replaced() {
     assert!(err_b.contains("ended its PostgreSQL session"), "{err_b}");
     // Woken, node-a writes nothing and stops.
     signal("-CONT", a.child.id());
-    let t = Instant::now();
-    let exit = loop {
-        if let Some(st) = a.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "node-a kept running");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!exit.success(), "node-a stopped with an error");
-    let err = std::fs::read_to_string(cluster.roots[0].path().join("node-a.err")).unwrap();
+    let err = stops_with_an_error(&mut a, &cluster.roots[0].path().join("node-a.err")).await;
     assert!(err.contains("another node"), "{err}");
     // node-b carries on as the only primary.
     let v = get_json(&http, &format!("{}/api/v1/devices/after", b.base), &token_b).await;
