@@ -149,17 +149,17 @@ pub fn enqueue(tx: &dyn Sql, rows: &[&QueuedRow]) -> Result<(), StoreError> {
                 Val::from(q.released),
             ]);
         }
-        tx.exec(&sql, &vals).map(|_| ())
+        // Pipelined on PostgreSQL: sent with the change's end (`flush`).
+        tx.exec_later(&sql, &vals)
     })
 }
 
 /// Records the packet id a queued message went out with, or its PUBREC.
 pub fn set_inflight(tx: &dyn Sql, id: i64, pkid: u16, released: bool) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "UPDATE mqtt_queue SET pkid = ?2, released = ?3 WHERE id = ?1",
         args![id, pkid, released],
-    )?;
-    Ok(())
+    )
 }
 
 /// A QoS 2 packet id received from a persistent session, until PUBREL.
@@ -169,8 +169,7 @@ pub fn qos2_in(tx: &dyn Sql, client_id: &str, pkid: u16, held: bool) -> Result<(
     } else {
         "DELETE FROM mqtt_qos2_in WHERE client_id = ?1 AND pkid = ?2"
     };
-    tx.exec(sql, args![client_id, pkid])?;
-    Ok(())
+    tx.exec_later(sql, args![client_id, pkid])
 }
 
 pub fn load_qos2_in(c: &dyn Sql) -> Result<Vec<(String, u16)>, StoreError> {
@@ -184,11 +183,10 @@ pub fn dequeue(tx: &dyn Sql, ids: &[i64]) -> Result<(), StoreError> {
     in_chunks(ids.len(), |range| {
         let list = value_lists(range.len(), 1).replace(['(', ')'], "");
         let vals: Vec<Val<'_>> = ids[range].iter().map(|&id| Val::from(id)).collect();
-        tx.exec(
+        tx.exec_later(
             &format!("DELETE FROM mqtt_queue WHERE id IN ({list})"),
             &vals,
         )
-        .map(|_| ())
     })
 }
 
