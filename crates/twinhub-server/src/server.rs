@@ -482,11 +482,8 @@ pub async fn run(
                 if store.health().writer_lock_lost.load(Ordering::SeqCst) {
                     return;
                 }
-                if let Some(a) = announcer {
-                    if a.superseded() {
-                        return;
-                    }
-                    a.set_term(store.health().writer_term.load(Ordering::SeqCst));
+                if announcer.is_some_and(|a| a.superseded()) {
+                    return;
                 }
             }
         }

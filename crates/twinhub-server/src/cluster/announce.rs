@@ -86,14 +86,12 @@ impl Announcer {
         }
     }
 
-    /// Called (from the store's open) once the writer lock is held.
+    /// Called by the store each time its writer takes the lock: the first
+    /// time starts the "opening" announcements, a reconnect's new term
+    /// replaces the old.
     pub fn on_locked(&self) -> crate::store::OnWriterLock {
         let me = self.me.clone();
-        Arc::new(move |term| {
-            let mut me = me.lock().expect("announcement");
-            me.term = term;
-            me.opening = true;
-        })
+        Arc::new(move |term| me.lock().expect("announcement").term = term)
     }
 
     /// The store is open and the node serves at these addresses.
@@ -102,11 +100,6 @@ impl Announcer {
         me.http = http;
         me.mqtt = mqtt;
         me.opening = false;
-    }
-
-    /// The writer took the lock again (its connection was replaced).
-    pub fn set_term(&self, term: i64) {
-        self.me.lock().expect("announcement").term = term;
     }
 
     /// Another node announced a greater term: it holds the lock now.

@@ -66,10 +66,6 @@ pub struct Health {
     /// PostgreSQL ended the writer's connection and another node holds
     /// the store's writer lock now: this node must stop writing.
     pub writer_lock_lost: AtomicBool,
-    /// Which holder of the writer lock this is: PostgreSQL hands out a
-    /// greater number each time a connection takes it (0 on the embedded
-    /// store). A cluster's primary announces it; the greater term wins.
-    pub writer_term: AtomicI64,
 }
 
 /// How often free space is measured on the write path.
@@ -80,7 +76,6 @@ impl Health {
         Health {
             flush_failures: AtomicU64::new(0),
             writer_lock_lost: AtomicBool::new(false),
-            writer_term: AtomicI64::new(0),
             flush_failures_total: AtomicU64::new(0),
             compactor_restarts: AtomicU64::new(0),
             free_bytes: AtomicU64::new(u64::MAX),

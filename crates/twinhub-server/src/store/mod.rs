@@ -175,9 +175,11 @@ pub struct StoreOptions {
     pub tick: Duration,
     /// Free bytes kept in reserve: below it, appends are refused.
     pub min_free: u64,
-    /// Called with the writer's term once the store's writer lock is held,
-    /// before the batch log is replayed (a cluster member announces that
-    /// it is opening the store, so the others do not take it for dead).
+    /// Called with the writer's term each time it takes the store's writer
+    /// lock: at open, before the batch log is replayed (a cluster member
+    /// announces that it is opening the store, so the others do not take it
+    /// for dead), and when it reconnects (PostgreSQL hands out a greater
+    /// term each time; 0 on the embedded store).
     pub on_writer_lock: Option<OnWriterLock>,
 }
 

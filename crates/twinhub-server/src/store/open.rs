@@ -89,10 +89,6 @@ impl Store {
         });
         engine
             .health
-            .writer_term
-            .store(term, std::sync::atomic::Ordering::SeqCst);
-        engine
-            .health
             .reserve_bytes
             .store(opts.min_free, std::sync::atomic::Ordering::Relaxed);
         engine.health.check_space(&dir, &engine.faults, true);
@@ -114,6 +110,7 @@ impl Store {
             log_reserve: 0,
             last_cut: None,
             parts: Default::default(),
+            on_writer_lock: opts.on_writer_lock.clone(),
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

@@ -139,6 +139,8 @@ pub struct Writer {
     pub(super) last_cut: Option<std::time::Instant>,
     /// PostgreSQL's partitions of `chunks` and `batch_log` (`partitions`).
     pub(super) parts: super::partitions::Known,
+    /// Told the term each time the writer retakes the lock (`StoreOptions`).
+    pub(super) on_writer_lock: Option<super::OnWriterLock>,
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
@@ -229,10 +231,9 @@ impl Writer {
             Ok(db) => match Source::take_term(&db) {
                 Ok(term) => {
                     tracing::warn!("the store's connection to PostgreSQL was lost and is back");
-                    self.engine
-                        .health
-                        .writer_term
-                        .store(term, std::sync::atomic::Ordering::SeqCst);
+                    if let Some(f) = &self.on_writer_lock {
+                        f(term);
+                    }
                     self.conn = db;
                 }
                 Err(e) => tracing::warn!(error = %e, "PostgreSQL is still unreachable"),
