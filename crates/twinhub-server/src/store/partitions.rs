@@ -140,6 +140,22 @@ pub struct Known {
     last_drop: Option<Instant>,
 }
 
+impl Known {
+    /// The list, read from the catalog the first time.
+    fn loaded(&mut self, sql: &dyn Sql) -> Result<&mut BTreeSet<(Table, i64)>, StoreError> {
+        if self.parts.is_none() {
+            self.parts = Some(existing(sql)?);
+        }
+        Ok(self.parts.as_mut().expect("loaded"))
+    }
+}
+
+/// Batch-log partition `n` holds no record after `upto`: a cut up to it
+/// takes the whole partition.
+fn log_part_within(n: i64, upto: i64) -> bool {
+    (n + 1) * LOG_SPAN - 1 <= upto
+}
+
 /// The partitions of the current schema's history tables.
 pub fn existing(sql: &dyn Sql) -> Result<BTreeSet<(Table, i64)>, StoreError> {
     if sql.dialect() != Dialect::Postgres {
@@ -181,27 +197,18 @@ pub fn ensure(
     if sql.dialect() != Dialect::Postgres {
         return Ok(());
     }
-    if known.parts.is_none() {
-        known.parts = Some(existing(sql)?);
-    }
-    let parts = known.parts.as_mut().expect("loaded");
+    let parts = known.loaded(sql)?;
     let wanted: BTreeSet<i64> = keys.into_iter().map(|k| table.part_of(k)).collect();
     for n in wanted {
         if parts.contains(&(table, n)) {
             continue;
         }
-        sql.batch("BEGIN")?;
-        match create(sql, table, n).and_then(|_| sql.batch("COMMIT")) {
-            Ok(()) => {
-                parts.insert((table, n));
-            }
-            Err(e) => {
-                let _ = sql.batch("ROLLBACK");
-                // Made meanwhile by someone else (an import, a migration)?
-                known.parts = None;
-                return Err(e);
-            }
+        if let Err(e) = sql.in_transaction(|| create(sql, table, n)) {
+            // Made meanwhile by someone else (an import, a migration)?
+            known.parts = None;
+            return Err(e);
         }
+        parts.insert((table, n));
     }
     Ok(())
 }
@@ -232,13 +239,10 @@ pub fn drop_log_upto(sql: &dyn Sql, known: &mut Known, upto: i64) -> Result<usiz
     if sql.dialect() != Dialect::Postgres {
         return Ok(0);
     }
-    if known.parts.is_none() {
-        known.parts = Some(existing(sql)?);
-    }
-    let parts = known.parts.as_mut().expect("loaded");
-    let whole: Vec<i64> = parts
+    let whole: Vec<i64> = known
+        .loaded(sql)?
         .iter()
-        .filter(|(t, n)| *t == Table::BatchLog && (n + 1) * LOG_SPAN - 1 <= upto)
+        .filter(|(t, n)| *t == Table::BatchLog && log_part_within(*n, upto))
         .map(|(_, n)| *n)
         .collect();
     for n in &whole {
@@ -252,7 +256,7 @@ pub fn drop_log_upto(sql: &dyn Sql, known: &mut Known, upto: i64) -> Result<usiz
 /// The batch-log partitions `drop_log_upto(upto)` dropped, once committed.
 pub fn forget_log_upto(known: &mut Known, upto: i64) {
     if let Some(parts) = known.parts.as_mut() {
-        parts.retain(|(t, n)| !(*t == Table::BatchLog && (n + 1) * LOG_SPAN - 1 <= upto));
+        parts.retain(|(t, n)| !(*t == Table::BatchLog && log_part_within(*n, upto)));
     }
 }
 
@@ -279,21 +283,15 @@ pub fn drop_empty_chunks(
         return Ok(0);
     }
     known.last_drop = Some(Instant::now());
-    if known.parts.is_none() {
-        known.parts = Some(existing(sql)?);
-    }
     let old: Vec<i64> = known
-        .parts
-        .as_ref()
-        .expect("loaded")
+        .loaded(sql)?
         .iter()
         .filter(|(t, n)| *t == Table::Chunks && (n + 1) * CHUNK_SPAN <= before_win)
         .map(|(_, n)| *n)
         .collect();
     let mut dropped = 0;
     for n in old {
-        sql.batch("BEGIN")?;
-        let res = (|| -> Result<bool, StoreError> {
+        let res = sql.in_transaction(|| {
             sql.batch("SET LOCAL lock_timeout = '200ms'")?;
             let name = Table::Chunks.part_name(n);
             let empty: bool = sql.one(
@@ -304,8 +302,8 @@ pub fn drop_empty_chunks(
                 detach_and_drop(sql, Table::Chunks, n)?;
             }
             Ok(empty)
-        })();
-        match res.and_then(|empty| sql.batch("COMMIT").map(|_| empty)) {
+        });
+        match res {
             Ok(true) => {
                 dropped += 1;
                 if let Some(p) = known.parts.as_mut() {
@@ -314,7 +312,6 @@ pub fn drop_empty_chunks(
             }
             Ok(false) => {}
             Err(e) => {
-                let _ = sql.batch("ROLLBACK");
                 tracing::debug!(error = %e, partition = n, "emptied chunks partition not dropped yet");
             }
         }

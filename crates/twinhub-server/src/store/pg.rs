@@ -374,27 +374,17 @@ pub fn migrate(c: &PgConn) -> Result<i64, StoreError> {
             return Err(StoreError::TooNew { found, supported });
         }
         if found == 0 {
-            c.batch("BEGIN")?;
-            let created = c
-                .batch(SCHEMA)
-                .and_then(|_| c.batch(super::partitions::TABLES))
-                .and_then(|_| {
-                    db.exec(
-                        "INSERT INTO meta(key, value) VALUES ('format_version', ?1)",
-                        &[Val::Text(&supported.to_string())],
-                    )
-                });
-            match created {
-                Ok(_) => c.batch("COMMIT")?,
-                Err(e) => {
-                    let _ = c.batch("ROLLBACK");
-                    return Err(e);
-                }
-            }
+            db.in_transaction(|| {
+                db.batch(SCHEMA)?;
+                db.batch(super::partitions::TABLES)?;
+                db.exec(
+                    "INSERT INTO meta(key, value) VALUES ('format_version', ?1)",
+                    &[Val::Text(&supported.to_string())],
+                )
+            })?;
             tracing::info!(format = supported, "PostgreSQL store created");
         } else if found < supported {
-            c.batch("BEGIN")?;
-            let moved = (|| {
+            db.in_transaction(|| {
                 for v in found..supported {
                     match v {
                         // 13 → 14 changed no table.
@@ -411,14 +401,7 @@ pub fn migrate(c: &PgConn) -> Result<i64, StoreError> {
                     "UPDATE meta SET value = ?1 WHERE key = 'format_version'",
                     &[Val::Text(&supported.to_string())],
                 )
-            })();
-            match moved {
-                Ok(_) => c.batch("COMMIT")?,
-                Err(e) => {
-                    let _ = c.batch("ROLLBACK");
-                    return Err(e);
-                }
-            }
+            })?;
             tracing::info!(from = found, to = supported, "PostgreSQL store migrated");
         }
         Ok(supported)

@@ -320,6 +320,23 @@ pub enum Dialect {
 }
 
 impl dyn Sql + '_ {
+    /// Runs `f` between `BEGIN` and `COMMIT`, or rolls back if it fails
+    /// (a plain connection; the writer's own transactions are
+    /// `Db::transaction`).
+    pub fn in_transaction<R>(
+        &self,
+        f: impl FnOnce() -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.batch("BEGIN")?;
+        match f().and_then(|r| self.batch("COMMIT").map(|_| r)) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     /// Every row, mapped.
     pub fn rows<T>(
         &self,
