@@ -8,6 +8,7 @@
 //! clock with a deadline heap (not a scan of every twin).
 
 use super::alarms::{Alarms, Intent};
+use super::commit::InFlight;
 use super::{Rule, RuleBook, RuleKind};
 use crate::clock::SharedClock;
 use crate::events::{Event, Kind};
@@ -110,7 +111,7 @@ pub fn spawn(
 /// What is kept per rule × twin (persisted as JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-enum State {
+pub(super) enum State {
     Condition(ConditionState),
     NoData {
         last_seen: i64,
@@ -122,7 +123,38 @@ enum State {
     },
 }
 
-type StateKey = (String, String, String);
+pub(super) type StateKey = (String, String, String);
+
+/// A state's key borrowed from what is at hand (tenant, rule, twin): looks
+/// states up without making three strings per rule per message. Hashes as
+/// `StateKey` does (a tuple hashes its fields in order, a `String` as its
+/// `str`).
+#[derive(Hash, Clone, Copy)]
+struct KeyRef<'a>(&'a str, &'a str, &'a str);
+
+impl hashbrown::Equivalent<StateKey> for KeyRef<'_> {
+    fn equivalent(&self, k: &StateKey) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
+    }
+}
+
+impl KeyRef<'_> {
+    fn owned(self) -> StateKey {
+        (self.0.to_string(), self.1.to_string(), self.2.to_string())
+    }
+}
+
+/// The states a batch changed (written with its commit).
+pub(super) type Dirty = hashbrown::HashSet<StateKey>;
+
+fn mark(dirty: &mut Dirty, k: KeyRef<'_>) {
+    if !dirty.contains(&k) {
+        dirty.insert(k.owned());
+    }
+}
+
+/// Each twin's live values, by tenant then twin (looked up by `&str`).
+type LiveValues = HashMap<String, HashMap<String, Map<String, Value>>>;
 
 /// What the engine works with (handles, given by the composition root).
 pub struct EngineDeps {
@@ -146,13 +178,13 @@ pub(super) type Derived = (String, String, Arc<Rule>, String, Value, i64);
 pub struct Engine {
     pub(super) deps: EngineDeps,
     book: Arc<RuleBook>,
-    alarms: Arc<Alarms>,
+    pub(super) alarms: Arc<Alarms>,
     pub(super) twins: Arc<TwinGraphs>,
     pub(super) store: Store,
     pub(super) clock: SharedClock,
-    states: HashMap<StateKey, State>,
+    pub(super) states: hashbrown::HashMap<StateKey, State>,
     /// Each twin's live values, as the events told them.
-    values: HashMap<(String, String), Map<String, Value>>,
+    values: LiveValues,
     deadlines: BinaryHeap<Reverse<(i64, StateKey)>>,
     /// Enabled rules by tenant, rebuilt when the book changes.
     by_tenant: HashMap<String, Vec<Arc<Rule>>>,
@@ -175,7 +207,7 @@ impl Engine {
             store: deps.store.clone(),
             clock: deps.clock.clone(),
             deps,
-            states: HashMap::new(),
+            states: hashbrown::HashMap::new(),
             values: HashMap::new(),
             deadlines: BinaryHeap::new(),
             by_tenant: HashMap::new(),
@@ -234,6 +266,7 @@ impl Engine {
         // without any, nothing is kept in the outbox for it (ingest pays
         // nothing for rules nobody wrote).
         let mut consumer: Option<crate::store::outbox::Consumer> = None;
+        let mut pending: Option<InFlight> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -246,6 +279,9 @@ impl Engine {
                     }
                 }
             } else if !wanted && consumer.is_some() {
+                if !self.finish(&mut pending, &mut consumer).await {
+                    return;
+                }
                 consumer = None;
                 self.values.clear();
                 // Only if no rule was written meanwhile (its write created
@@ -262,7 +298,7 @@ impl Engine {
                 }
             }
             let mut intents = Vec::new();
-            let mut dirty: HashSet<StateKey> = HashSet::new();
+            let mut dirty = Dirty::new();
             let mut derived: Vec<Derived> = Vec::new();
             let mut last = None;
             tokio::select! {
@@ -279,6 +315,9 @@ impl Engine {
                         }
                         last = evs.last().map(|e| e.id);
                         self.book.add_busy(busy.elapsed());
+                        if busy.elapsed() > Duration::from_millis(8) {
+                            tracing::debug!(events = evs.len(), ms = busy.elapsed().as_secs_f64() * 1e3, "slow rule evaluation");
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "the rule engine lost the event stream");
@@ -290,6 +329,13 @@ impl Engine {
                     self.expire(&mut intents, &mut dirty);
                     self.check_drift(&mut intents, &mut dirty);
                 }
+                done = async { (&mut pending.as_mut().expect("in flight").task).await }, if pending.is_some() => {
+                    let p = pending.take().expect("in flight");
+                    if !self.committed(p, done, &mut consumer).await {
+                        return;
+                    }
+                    continue;
+                }
                 _ = self.book.changed.notified() => {
                     self.refresh_rules();
                     continue;
@@ -300,118 +346,23 @@ impl Engine {
                 continue;
             }
             let derived = self.derived_groups(derived);
-            let Some(changes) = self
-                .commit(intents, dirty, last, derived, &mut shutdown)
-                .await
-            else {
+            let states = self.snapshot(dirty);
+            // In order: the previous batch's commit first (its effects
+            // come before these), then this one's is sent and the engine
+            // evaluates the next batch while the writer commits it.
+            if !self.finish(&mut pending, &mut consumer).await {
                 return;
-            };
-            if let (Some(id), Some(c)) = (last, consumer.as_mut()) {
-                c.committed(id);
             }
-            self.act(changes).await;
-            self.retire_alarms().await;
-        }
-    }
-
-    /// Writes one batch's effects — alarm changes, rule states, calculated
-    /// values — with the position, in one commit (so none is applied twice
-    /// or lost); retried until it commits (or shutdown: the batch is then
-    /// replayed after restart). Calculated values the store refuses for
-    /// lack of room are dropped (the rules say why) rather than holding up
-    /// the alarms.
-    async fn commit(
-        &self,
-        intents: Vec<Intent>,
-        dirty: HashSet<StateKey>,
-        last: Option<u64>,
-        mut derived: Vec<super::actions::DerivedGroup>,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Option<Vec<super::alarms::Change>> {
-        let states: Vec<(StateKey, Option<String>)> = dirty
-            .into_iter()
-            .map(|k| {
-                let body = self
-                    .states
-                    .get(&k)
-                    .and_then(|s| serde_json::to_string(s).ok());
-                (k, body)
-            })
-            .collect();
-        let states = Arc::new(states);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let (alarms, intents, states) = (self.alarms.clone(), intents.clone(), states.clone());
-            let out = Arc::new(std::sync::Mutex::new(None));
-            let slot = out.clone();
-            let apply = move |ctx: &mut crate::store::WriteCtx<'_>| {
-                let changes = alarms.apply(ctx, intents)?;
-                for ((tenant, rule, twin), body) in states.iter() {
-                    rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
-                }
-                if let Some(id) = last {
-                    ctx.set_position(CONSUMER, id)?;
-                }
-                *slot.lock().expect("changes") = Some(changes);
-                Ok(())
-            };
-            let res = if derived.is_empty() {
-                self.store.write(apply).await
-            } else {
-                let items = derived
-                    .iter()
-                    .map(|g| (g.tenant.clone(), g.twin.clone(), g.msgs.clone()))
-                    .collect();
-                match self
-                    .deps
-                    .pipeline
-                    .ingest_derived_with("rule", items, Box::new(apply))
-                    .await
-                {
-                    Ok(outcomes) => {
-                        for (g, o) in derived.iter().zip(outcomes) {
-                            if let Err(e) = o {
-                                for r in &g.rules {
-                                    self.book().record(
-                                        r,
-                                        &g.twin,
-                                        Err(e.to_string()),
-                                        self.clock.now_us(),
-                                    );
-                                }
-                            }
-                        }
-                        Ok(())
-                    }
-                    Err(
-                        e @ (crate::store::StoreError::NoSpace | crate::store::StoreError::Busy),
-                    ) => {
-                        for g in std::mem::take(&mut derived) {
-                            for r in &g.rules {
-                                self.book().record(
-                                    r,
-                                    &g.twin,
-                                    Err(e.to_string()),
-                                    self.clock.now_us(),
-                                );
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match res {
-                Ok(()) => return out.lock().expect("changes").take(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "rule results could not be stored; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return None,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+            pending = Some(InFlight::start(
+                self.committer(),
+                intents,
+                states,
+                last,
+                derived,
+                shutdown.clone(),
+            ));
+            // Lets the commit reach the writer's queue before evaluating.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -459,14 +410,14 @@ impl Engine {
         // the others would go stale, so a tenant's first rule starts from
         // the store's latest values again.
         let by_tenant = &self.by_tenant;
-        self.values.retain(|(t, _), _| by_tenant.contains_key(t));
+        self.values.retain(|t, _| by_tenant.contains_key(t));
     }
 
     fn on_event(
         &mut self,
         e: &Event,
         intents: &mut Vec<Intent>,
-        dirty: &mut HashSet<StateKey>,
+        dirty: &mut Dirty,
         stale: &mut HashSet<String>,
         derived: &mut Vec<Derived>,
     ) {
@@ -485,19 +436,23 @@ impl Engine {
                 // each point at its own time.
                 for (ts, m) in t.messages() {
                     let store = &self.store;
-                    let live = self
-                        .values
-                        .entry((e.tenant.clone(), twin.to_string()))
+                    let of_tenant = match self.values.get_mut(e.tenant.as_str()) {
+                        Some(m) => m,
+                        None => self.values.entry(e.tenant.clone()).or_default(),
+                    };
+                    let live = match of_tenant.get_mut(twin) {
+                        Some(l) => l,
                         // First sight of the twin: its latest stored
                         // values, so a rule reading two properties sent
                         // apart works from its first message.
-                        .or_insert_with(|| {
+                        None => of_tenant.entry(twin.to_string()).or_insert_with(|| {
                             store
                                 .latest_of_twin(&e.tenant, twin)
                                 .into_iter()
                                 .map(|(k, p)| (k, p.value.to_json()))
                                 .collect()
-                        });
+                        }),
+                    };
                     for (k, v, _) in m.values() {
                         match live.get_mut(k) {
                             Some(slot) => *slot = v.to_json(),
@@ -520,7 +475,9 @@ impl Engine {
                 if e.data.get("op").and_then(Value::as_str) == Some("delete")
                     && e.kind == Kind::Twin
                 {
-                    self.values.remove(&(e.tenant.clone(), twin.to_string()));
+                    if let Some(m) = self.values.get_mut(e.tenant.as_str()) {
+                        m.remove(twin);
+                    }
                     return;
                 }
                 if e.kind == Kind::Relationship {
@@ -546,13 +503,13 @@ impl Engine {
         ts: i64,
         seen: Seen<'_>,
         intents: &mut Vec<Intent>,
-        dirty: &mut HashSet<StateKey>,
+        dirty: &mut Dirty,
         derived: &mut Vec<Derived>,
     ) {
         let telemetry = seen.message.is_some();
         let rules = self.rules_of(tenant, twin);
         for rule in rules.iter() {
-            let key = (tenant.to_string(), rule.id.clone(), twin.to_string());
+            let key = KeyRef(tenant, &rule.id, twin);
             match rule.spec.kind {
                 RuleKind::Condition | RuleKind::ModelOutput => {
                     // A rule not yet evaluated for this twin (or failing:
@@ -566,13 +523,14 @@ impl Engine {
                 RuleKind::NoData if telemetry => {
                     let now = self.clock.now_us();
                     self.book.record(rule, twin, Ok(()), 0);
-                    let was = self.states.insert(
-                        key.clone(),
-                        State::NoData {
-                            last_seen: now,
-                            raised: false,
-                        },
-                    );
+                    let fresh = State::NoData {
+                        last_seen: now,
+                        raised: false,
+                    };
+                    let was = match self.states.get_mut(&key) {
+                        Some(st) => Some(std::mem::replace(st, fresh)),
+                        None => self.states.insert(key.owned(), fresh),
+                    };
                     // One heap entry per armed twin: a point only moves
                     // `last_seen`; `expire` re-arms an entry the point
                     // made early. A new or cleared twin is armed here.
@@ -588,13 +546,13 @@ impl Engine {
                                 ts,
                             });
                             self.deadlines
-                                .push(Reverse((now + rule.timeout_us, key.clone())));
+                                .push(Reverse((now + rule.timeout_us, key.owned())));
                         }
                         _ => self
                             .deadlines
-                            .push(Reverse((now + rule.timeout_us, key.clone()))),
+                            .push(Reverse((now + rule.timeout_us, key.owned()))),
                     }
-                    dirty.insert(key);
+                    mark(dirty, key);
                 }
                 RuleKind::NoData => {}
                 RuleKind::Statistical if telemetry => {
@@ -610,9 +568,9 @@ impl Engine {
         rule: &Rule,
         twin: &str,
         ts: i64,
-        key: StateKey,
+        key: KeyRef<'_>,
         intents: &mut Vec<Intent>,
-        dirty: &mut HashSet<StateKey>,
+        dirty: &mut Dirty,
     ) {
         let Some(cond) = &rule.condition else {
             return;
@@ -630,10 +588,13 @@ impl Engine {
             }
         };
         self.book.record(rule, twin, Ok(()), 0);
-        let st = self
-            .states
-            .entry(key.clone())
-            .or_insert(State::Condition(ConditionState::default()));
+        if !self.states.contains_key(&key) {
+            self.states
+                .insert(key.owned(), State::Condition(ConditionState::default()));
+        }
+        let Some(st) = self.states.get_mut(&key) else {
+            return;
+        };
         let State::Condition(cs) = st else {
             *st = State::Condition(ConditionState::default());
             return;
@@ -641,7 +602,7 @@ impl Engine {
         let before = *cs;
         let t = cs.step(Observation { ts, raise, clear }, rule.for_us);
         if *cs != before {
-            dirty.insert(key);
+            mark(dirty, key);
         }
         intents.extend(intent(rule, twin, t, shown, ts));
     }
@@ -653,9 +614,9 @@ impl Engine {
         twin: &str,
         ts: i64,
         seen: Seen<'_>,
-        key: StateKey,
+        key: KeyRef<'_>,
         intents: &mut Vec<Intent>,
-        dirty: &mut HashSet<StateKey>,
+        dirty: &mut Dirty,
     ) {
         let (Some(p), Some(spec)) = (&rule.stats, &rule.spec.statistic) else {
             return;
@@ -674,13 +635,18 @@ impl Engine {
             return;
         };
         self.book.record(rule, twin, Ok(()), 0);
-        let st = self
-            .states
-            .entry(key.clone())
-            .or_insert(State::Statistical {
-                rolling: Rolling::default(),
-                cond: ConditionState::default(),
-            });
+        if !self.states.contains_key(&key) {
+            self.states.insert(
+                key.owned(),
+                State::Statistical {
+                    rolling: Rolling::default(),
+                    cond: ConditionState::default(),
+                },
+            );
+        }
+        let Some(st) = self.states.get_mut(&key) else {
+            return;
+        };
         let State::Statistical { rolling, cond } = st else {
             *st = State::Statistical {
                 rolling: Rolling::default(),
@@ -688,7 +654,7 @@ impl Engine {
             };
             return;
         };
-        dirty.insert(key);
+        mark(dirty, key);
         let Some(anomalous) = rolling.observe(p, ts, x) else {
             return;
         };
@@ -704,13 +670,14 @@ impl Engine {
     /// The variables an expression reads, and the plain values among them
     /// (shown as the alarm's last value).
     fn vars(&self, tenant: &str, twin: &str, names: &[String]) -> (Vec<(String, Value)>, Value) {
-        let live = self.values.get(&(tenant.to_string(), twin.to_string()));
+        let of_tenant = self.values.get(tenant);
+        let live = of_tenant.and_then(|m| m.get(twin));
         let props_of = |id: &str| -> Map<String, Value> {
             let mut m = self
                 .twins
                 .read(tenant, |g| g.twins.get(id).map(|t| t.props.clone()))
                 .unwrap_or_default();
-            if let Some(l) = self.values.get(&(tenant.to_string(), id.to_string())) {
+            if let Some(l) = of_tenant.and_then(|m| m.get(id)) {
                 for (k, v) in l {
                     m.insert(k.clone(), v.clone());
                 }
@@ -719,9 +686,8 @@ impl Engine {
         };
         let mut out = Vec::new();
         let mut shown = Map::new();
-        let mut seen = HashSet::new();
         for n in names {
-            if !seen.insert(n.as_str()) {
+            if out.iter().any(|(k, _)| k == n) {
                 continue;
             }
             let v = match n.as_str() {
@@ -768,7 +734,7 @@ impl Engine {
 
     /// Drift checks, every 10 s: a model whose largest feature PSI is above
     /// the rule's raises (originator `ml:<model>`), and clears below it.
-    fn check_drift(&mut self, intents: &mut Vec<Intent>, dirty: &mut HashSet<StateKey>) {
+    fn check_drift(&mut self, intents: &mut Vec<Intent>, dirty: &mut Dirty) {
         let now = self.clock.now_us();
         if now - self.last_drift < 10_000_000 {
             return;
@@ -830,7 +796,7 @@ impl Engine {
     }
 
     /// No-data rules whose deadline passed raise.
-    fn expire(&mut self, intents: &mut Vec<Intent>, dirty: &mut HashSet<StateKey>) {
+    fn expire(&mut self, intents: &mut Vec<Intent>, dirty: &mut Dirty) {
         let now = self.clock.now_us();
         while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
             if *deadline > now {
@@ -867,6 +833,37 @@ impl Engine {
                 value: serde_json::json!({"last_seen": twinhub_model::time::to_epoch_ms_json(*last_seen)}),
                 ts: now,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A state stored under its owned key is found by the borrowed
+        /// one, and only by its own: a mismatch of hashing would lose rule
+        /// states (a condition restarting, a duplicate no-data timer).
+        #[test]
+        fn borrowed_keys_find_their_states(
+            keys in proptest::collection::hash_set(("[a-c]{0,3}", "[a-c]{0,3}", "[a-c]{0,3}"), 1..40),
+            probe in ("[a-c]{0,3}", "[a-c]{0,3}", "[a-c]{0,3}"),
+        ) {
+            let mut states: hashbrown::HashMap<StateKey, usize> = hashbrown::HashMap::new();
+            for (i, (a, b, c)) in keys.iter().enumerate() {
+                states.insert((a.clone(), b.clone(), c.clone()), i);
+            }
+            for (i, (a, b, c)) in keys.iter().enumerate() {
+                prop_assert_eq!(states.get(&KeyRef(a, b, c)), Some(&i));
+            }
+            let (a, b, c) = &probe;
+            prop_assert_eq!(states.get(&KeyRef(a, b, c)).is_some(), keys.contains(&probe));
+            let mut dirty = Dirty::new();
+            mark(&mut dirty, KeyRef(a, b, c));
+            mark(&mut dirty, KeyRef(a, b, c));
+            prop_assert_eq!(dirty.len(), 1);
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod actions;
 pub mod alarms;
+mod commit;
 pub mod engine;
 mod settings;
 mod spec;

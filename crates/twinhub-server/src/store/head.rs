@@ -77,6 +77,14 @@ pub struct Head {
 }
 
 impl Head {
+    /// An empty head with room for `n` series.
+    pub fn with_series(n: usize) -> Head {
+        Head {
+            series: HashMap::with_capacity(n),
+            ..Head::default()
+        }
+    }
+
     pub fn append(&mut self, sid: u32, points: &[Point], seq: u64) {
         let buf = self.series.entry(sid).or_default();
         for p in points {

@@ -48,6 +48,19 @@ pub(super) struct Installing {
     started: Instant,
 }
 
+/// What freed the pages being given back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Reclaim {
+    /// A flush installed (the batch log's rows cut: the most pages).
+    Flush,
+    /// A merge of windows (small: left to accumulate).
+    Merge,
+    /// The writer is idle: everything goes back, and the write-ahead log
+    /// is truncated — only then: under load, truncating stalled every
+    /// commit queued behind it (30–68 ms).
+    Idle,
+}
+
 /// Freed pages being given back, then the write-ahead log truncated.
 pub(super) struct Reclaiming {
     /// Truncate the write-ahead log at the end.
@@ -93,10 +106,11 @@ impl Writer {
     }
 
     /// Asks for free pages to be given back (merged with a pending ask):
-    /// after a compaction (`wal`: the log is truncated too) or a merge,
-    /// down to the batch log's reserve; `all` when the writer is idle.
-    pub(super) fn reclaim(&mut self, wal: bool, all: bool) {
-        let min_free = if wal { 16 } else { 256 };
+    /// after a flush or a merge down to the batch log's reserve; all of
+    /// them, and the write-ahead log truncated, when the writer is idle.
+    pub(super) fn reclaim(&mut self, after: Reclaim) {
+        let (wal, all) = (after == Reclaim::Idle, after == Reclaim::Idle);
+        let min_free = if after == Reclaim::Merge { 256 } else { 16 };
         let keep = if all { 0 } else { self.log_reserve };
         match &mut self.reclaiming {
             Some(r) => {
@@ -169,6 +183,13 @@ impl Writer {
         };
         job.busy += t.elapsed();
         job.slices += 1;
+        if t.elapsed() > std::time::Duration::from_millis(8) {
+            tracing::debug!(
+                cutting = job.cutting,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "slow install step"
+            );
+        }
         match res {
             Err(e) => {
                 // The frozen head stays (or, if the chunks are in, the log
@@ -203,7 +224,7 @@ impl Writer {
                     took_ms = job.started.elapsed().as_secs_f64() * 1e3,
                     "flush installed"
                 );
-                self.reclaim(true, false);
+                self.reclaim(Reclaim::Flush);
                 if let Some(r) = self.reclaiming.as_mut() {
                     r.then_ack.push(job.ack);
                 }
@@ -257,7 +278,12 @@ impl Writer {
         );
         self.engine.dirty.lock().expect("dirty").extend(touched);
         if job.chunks.len() == 0 {
-            *self.engine.frozen.write().expect("frozen") = None;
+            let installed = self.engine.frozen.write().expect("frozen").take();
+            // Freeing a flushed head (a million points in tens of thousands
+            // of buffers) took 10–40 ms: not on the writer's thread.
+            let _ = std::thread::Builder::new()
+                .name("twinhub-free".into())
+                .spawn(move || drop(installed));
             job.cutting = true;
         }
         Ok(false)
@@ -352,9 +378,11 @@ impl Writer {
         // the log and it restarts within `journal_size_limit`; the idle
         // writer truncates it later.
         if r.wal && self.data.is_empty() {
+            let t = Instant::now();
             let _ = conn.busy_timeout(Duration::ZERO);
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             let _ = conn.busy_timeout(super::db::BUSY_TIMEOUT);
+            tracing::debug!(ms = t.elapsed().as_secs_f64() * 1e3, "wal truncated");
         }
         r.busy += t.elapsed();
         if r.started {

@@ -150,6 +150,34 @@ pub struct Writer {
     pub _lock: super::DirLock,
 }
 
+/// Writer work longer than this is logged at debug level (where a stall
+/// of the acknowledgements comes from).
+const SLOW: std::time::Duration = std::time::Duration::from_millis(8);
+
+fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
+    if t.elapsed() > SLOW {
+        tracing::debug!(
+            what,
+            ops,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            cpu_ms = (thread_cpu_ms() - cpu0),
+            "slow writer turn"
+        );
+    }
+}
+
+/// CPU time of the calling thread (ms): a slow turn with little of it
+/// waited (I/O, a lock, or the scheduler).
+pub(crate) fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid pointer to a timespec, a clock every Linux has.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
 impl Writer {
     pub fn run(mut self) {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -175,7 +203,9 @@ impl Writer {
                             let _ = until.await;
                         }
                         Some(c) => {
+                            let (t, cpu) = (Instant::now(), thread_cpu_ms());
                             self.control(c);
+                            slow("control", 0, t, cpu);
                             self.written = true;
                         }
                     },
@@ -188,12 +218,16 @@ impl Writer {
                                     Err(_) => break,
                                 }
                             }
+                            let (n, t, c) = (group.len(), Instant::now(), thread_cpu_ms());
                             self.commit_group(group);
+                            slow("group", n, t, c);
                             self.written = true;
                             // Under steady load data is always queued:
                             // background work gets a step after each group.
                             if self.has_steps() {
+                                let (t, c) = (Instant::now(), thread_cpu_ms());
                                 self.step();
+                                slow("step", 0, t, c);
                             }
                         }
                         None => break,
@@ -202,7 +236,7 @@ impl Writer {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)), if self.written && !stalled => {
                         self.written = false;
-                        self.reclaim(true, true);
+                        self.reclaim(super::install::Reclaim::Idle);
                     }
                 }
             }
@@ -250,6 +284,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Op>) {
+        let t0 = Instant::now();
         self.reconnect();
         let engine = self.engine.clone();
         // Under the free-space reserve, telemetry is refused before it is
@@ -380,6 +415,7 @@ impl Writer {
         // Events get their ids in operation order; with durable consumers
         // they are stored in this same transaction.
         let mut last_id = engine.last_event_id();
+        let first_id = last_id;
         let at = engine.clock.now_us();
         let durable = engine.outbox_on.load(std::sync::atomic::Ordering::SeqCst);
         let mut committed_events: Vec<Event> = Vec::new();
@@ -399,6 +435,7 @@ impl Writer {
             }
             Ok(())
         });
+        let t_statements = t0.elapsed();
         let committed = outcome.and_then(|_| {
             if Faults::on(&engine.faults.commit) {
                 return Err(Faults::injected("group commit"));
@@ -412,6 +449,7 @@ impl Writer {
                 super::sql::Dialect::Sqlite => "COMMIT",
             })
         });
+        let t_commit = t0.elapsed();
         if let Err(e) = committed {
             let _ = sql.batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
@@ -457,14 +495,37 @@ impl Writer {
                 .store(seq, std::sync::atomic::Ordering::SeqCst);
             engine.metrics.points_committed.add(points);
         }
+        let t_head = t0.elapsed();
         for h in hooks {
             h(&engine);
         }
+        let t_hooks = t0.elapsed();
         engine
             .event_seq
             .store(last_id, std::sync::atomic::Ordering::SeqCst);
         engine.bus.publish_committed(committed_events);
+        let t_published = t0.elapsed();
         engine.metrics.commits.inc();
+        if t0.elapsed() > SLOW {
+            let appends = group
+                .iter()
+                .filter(|op| matches!(op, Op::Append { .. }))
+                .count();
+            tracing::debug!(
+                ops = group.len(),
+                appends,
+                points = appended.iter().map(|(_, p)| p.len()).sum::<usize>(),
+                series = appended.len(),
+                events = last_id - first_id,
+                statements_ms = t_statements.as_secs_f64() * 1e3,
+                commit_ms = (t_commit - t_statements).as_secs_f64() * 1e3,
+                head_ms = (t_head - t_commit).as_secs_f64() * 1e3,
+                hooks_ms = (t_hooks - t_head).as_secs_f64() * 1e3,
+                publish_ms = (t_published - t_hooks).as_secs_f64() * 1e3,
+                total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "slow group"
+            );
+        }
         for (op, res) in group.into_iter().zip(results) {
             match op {
                 Op::Append { enqueued, ack, .. } => {
@@ -494,7 +555,12 @@ impl Writer {
                     let _ = ack.send(None);
                     return;
                 }
-                let head = std::mem::take(&mut *active);
+                // The next head starts with room for as many series: grown
+                // from empty, its map rehashed (and faulted in fresh memory)
+                // inside group commits, 10–25 ms of one group's time each
+                // under `twinhub bench rules`.
+                let next = Head::with_series(active.series.len());
+                let head = std::mem::replace(&mut *active, next);
                 let seq = head.max_seq;
                 *frozen = Some(head);
                 self.engine
@@ -525,7 +591,7 @@ impl Writer {
                     self.engine.dirty.lock().expect("dirty").remove(&(sid, win));
                 }
                 let _ = ack.send(res);
-                self.reclaim(false, false);
+                self.reclaim(super::install::Reclaim::Merge);
             }
             Ctrl::Shutdown | Ctrl::Pause(_) => {}
         }
