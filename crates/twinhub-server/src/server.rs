@@ -363,9 +363,10 @@ pub async fn run(
         }
     });
     let app = app.into_make_service_with_connect_info::<crate::tls::PeerAddr>();
-    let serve = axum::serve(listeners.http, app).with_graceful_shutdown(async move {
-        let _ = stop_for_serve.wait_for(|s| *s).await;
-    });
+    let serve =
+        axum::serve(crate::tls::plain(listeners.http), app).with_graceful_shutdown(async move {
+            let _ = stop_for_serve.wait_for(|s| *s).await;
+        });
     let serve = tokio::spawn(async move {
         match https {
             Some(https) => {

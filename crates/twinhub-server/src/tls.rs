@@ -347,11 +347,35 @@ impl axum::serve::Listener for TlsListener {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+/// A plain HTTP listener whose connections send small writes at once
+/// (`TCP_NODELAY`). Without it an event stream's first event, written
+/// after its headers, waited for the client's delayed ACK: 40 ms on
+/// Linux (`twinhub bench rules`, the first alarm of every phase).
+pub struct PlainListener(tokio::net::TcpListener);
+
+pub fn plain(l: tokio::net::TcpListener) -> PlainListener {
+    PlainListener(l)
+}
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = io.set_nodelay(true);
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for PeerAddr
 {
-    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+    fn connect_info(s: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         PeerAddr(*s.remote_addr())
     }
 }

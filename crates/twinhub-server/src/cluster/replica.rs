@@ -124,7 +124,7 @@ impl Replica {
         let http = second_handle(m.http)?;
         let mut s = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(http, app)
+            let _ = axum::serve(crate::tls::plain(http), app)
                 .with_graceful_shutdown(async move {
                     let _ = s.wait_for(|v| *v).await;
                 })
