@@ -29,7 +29,8 @@
 //! audit chains): in a cluster they come from the configuration, not from
 //! each node's data directory.
 //!
-//! May call: `store` (to open it), `clock`.
+//! May call: `store` (to open it), `clock`, `tls` (the plain HTTP listener
+//! it forwards from).
 
 mod announce;
 mod replica;
