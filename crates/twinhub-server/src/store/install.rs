@@ -109,9 +109,9 @@ impl Writer {
     /// after a flush or a merge down to the batch log's reserve; all of
     /// them, and the write-ahead log truncated, when the writer is idle.
     pub(super) fn reclaim(&mut self, after: Reclaim) {
-        let (wal, all) = (after == Reclaim::Idle, after == Reclaim::Idle);
+        let wal = after == Reclaim::Idle;
         let min_free = if after == Reclaim::Merge { 256 } else { 16 };
-        let keep = if all { 0 } else { self.log_reserve };
+        let keep = if wal { 0 } else { self.log_reserve };
         match &mut self.reclaiming {
             Some(r) => {
                 r.wal |= wal;
@@ -150,11 +150,15 @@ impl Writer {
 
     /// One step of background work, about `STEP_BUDGET` long.
     pub(super) fn step(&mut self) {
+        let (t, cpu) = (Instant::now(), super::writer::thread_cpu_ms());
         self.reconnect();
         if self.install_may_step() {
+            let cutting = self.installing.as_ref().is_some_and(|j| j.cutting);
             self.install_step();
+            super::writer::slow(if cutting { "cut" } else { "install" }, 0, t, cpu);
         } else if self.reclaim_may_step() {
             self.reclaim_step();
+            super::writer::slow("reclaim", 0, t, cpu);
         }
     }
 
@@ -183,13 +187,6 @@ impl Writer {
         };
         job.busy += t.elapsed();
         job.slices += 1;
-        if t.elapsed() > std::time::Duration::from_millis(8) {
-            tracing::debug!(
-                cutting = job.cutting,
-                ms = t.elapsed().as_secs_f64() * 1e3,
-                "slow install step"
-            );
-        }
         match res {
             Err(e) => {
                 // The frozen head stays (or, if the chunks are in, the log

@@ -154,7 +154,7 @@ pub struct Writer {
 /// of the acknowledgements comes from).
 const SLOW: std::time::Duration = std::time::Duration::from_millis(8);
 
-fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
+pub(super) fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
     if t.elapsed() > SLOW {
         tracing::debug!(
             what,
@@ -168,7 +168,7 @@ fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
 
 /// CPU time of the calling thread (ms): a slow turn with little of it
 /// waited (I/O, a lock, or the scheduler).
-pub(crate) fn thread_cpu_ms() -> f64 {
+pub(super) fn thread_cpu_ms() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -225,9 +225,7 @@ impl Writer {
                             // Under steady load data is always queued:
                             // background work gets a step after each group.
                             if self.has_steps() {
-                                let (t, c) = (Instant::now(), thread_cpu_ms());
                                 self.step();
-                                slow("step", 0, t, c);
                             }
                         }
                         None => break,
