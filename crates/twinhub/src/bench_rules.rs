@@ -5,11 +5,18 @@
 //! until the rule engine has caught up with everything ingested), the
 //! latency from a POST sent to the alarm's event at 50k events/s (open loop),
 //! and the memory per rule × twin.
+//!
+//! The server is a `twinhub serve` child process and the load comes from
+//! the lean client of `bench_load` (request heads encoded once per device,
+//! no per-request task): the figures are the server's, with as little of
+//! the two cores as possible spent making the load.
 
-use crate::bench::{bench_server, create_device, row, BenchServer};
-use crate::bench_sustained::rss_mb;
+use crate::bench::{create_device, row};
+use crate::bench_ingest::Child;
+use crate::bench_load::{self as load, Conn};
 use crate::bench_twins::fan_out;
-use serde_json::{json, Value};
+use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,20 +29,14 @@ pub struct RulesArgs {
 }
 
 pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
-    let BenchServer {
-        server,
-        base,
-        token,
-        _schema,
-        _dir,
-    } = bench_server(|c| {
-        // The load sends many requests per device.
-        c.rate_limits.device_requests_per_second = 0.0;
-    })
-    .await?;
+    let server = Child::spawn(&[])?;
+    let base = server.base.clone();
+    let addr = load::addr(&base)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
+    let token = crate::bench::admin_token(&http, &base).await?;
+    let rss_mb = || crate::bench::rss_kb(server.pid()) as f64 / 1024.0;
     println!(
         "\nrules: {} twins × 5 rules (condition, condition for 10 s, z-score, no-data, calculated), telemetry over HTTP",
         a.twins
@@ -113,44 +114,52 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         crate::bench::metric(&http, &base, "twinhub_rule_engine_busy_seconds_total").await?;
     let lag = "twinhub_outbox_consumer_lag{consumer=\"rules\"}";
 
-    // Sustained: 64 writers, each over its share of the twins, 10 messages
-    // a request; the measurement ends when the engine has caught up.
+    // Sustained: 64 connections, each over its share of the twins, 10
+    // messages a request, as fast as the server answers; the measurement
+    // ends when the engine has caught up.
+    let heads: Arc<Vec<Vec<u8>>> = {
+        let keys = keys.lock().expect("keys");
+        let body_len = body_len();
+        Arc::new(
+            (0..a.twins)
+                .map(|i| {
+                    let id = format!("u{i}");
+                    load::post_head(
+                        &format!("/api/v1/devices/{id}/telemetry"),
+                        &load::basic(&id, &keys[i]),
+                        body_len,
+                    )
+                })
+                .collect(),
+        )
+    };
     let writers = 64;
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let t = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for w in 0..writers {
-        let (http, base, keys, n) = (http.clone(), base.clone(), keys.clone(), a.twins);
+        let (heads, n) = (heads.clone(), a.twins);
         set.spawn(async move {
-            let mut sent = 0u64;
-            let mut ts = 1_764_500_000_000i64;
-            let mut i = w;
+            let mut conn = Conn::connect(addr).await?;
+            let (mut sent, mut ts, mut i, mut body) = (0u64, 1_764_500_000_000i64, w, Vec::new());
             while Instant::now() < deadline {
-                let id = format!("u{i}");
-                let key = keys.lock().expect("keys")[i].clone();
-                let body: Vec<Value> = (0..10)
-                    .map(|j| {
-                        ts += 100;
-                        json!({"ts": ts, "temperature": 350.0 + ((i + j) % 7) as f64 * 0.5, "pressure": 6.0 + (j % 3) as f64 * 0.1})
-                    })
-                    .collect();
-                let r = http
-                    .post(format!("{base}/api/v1/devices/{id}/telemetry"))
-                    .basic_auth(&id, Some(&key))
-                    .json(&body)
-                    .send()
-                    .await;
-                if matches!(r, Ok(ref r) if r.status().is_success()) {
-                    sent += 10;
+                load::readings(&mut body, BATCH, &mut ts, 100, |j| {
+                    (
+                        350.0 + ((i as u64 + j) % 7) as f64 * 0.5,
+                        6.0 + (j % 3) as f64 * 0.1,
+                    )
+                });
+                if conn.send(&heads[i], &body).await? == 200 {
+                    sent += BATCH;
                 }
                 i = (i + writers) % n;
             }
-            sent
+            anyhow::Ok(sent)
         });
     }
     let mut events = 0u64;
     while let Some(r) = set.join_next().await {
-        events += r?;
+        events += r??;
     }
     let ingest_s = t.elapsed().as_secs_f64();
     let caught_up = Instant::now() + Duration::from_secs(300);
@@ -189,26 +198,56 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         "upper bound: includes the store's head of the ingested points",
     );
 
+    let key0 = keys.lock().expect("keys")[0].clone();
+    let probe = Probe {
+        addr,
+        token: &token,
+        head: load::post_head(
+            "/api/v1/devices/u0/telemetry",
+            &load::basic("u0", &key0),
+            probe_body(0, 400.0).len(),
+        ),
+    };
     for rate in [50_000.0, 10_000.0] {
-        latency(&http, &base, &token, &keys, a.twins, a.seconds, rate).await?;
+        latency(&http, &base, &probe, &heads, a.seconds, rate).await?;
     }
-    server.stop().await?;
+    drop(server);
     Ok(())
+}
+
+/// The length of a load request's body (fixed: see `load::readings`).
+fn body_len() -> usize {
+    let mut b = Vec::new();
+    load::readings(&mut b, BATCH, &mut 1_764_500_000_000, 100, |_| (350.0, 6.0));
+    b.len()
+}
+
+/// Twin u0's spike or recovery (fixed width).
+fn probe_body(ts: i64, temperature: f64) -> Vec<u8> {
+    format!(
+        "{{\"ts\":{},\"temperature\":{temperature:.1}}}",
+        1_764_700_000_000 + ts
+    )
+    .into_bytes()
+}
+
+/// What the latency phases need to post to twin u0 and watch its alarms.
+struct Probe<'a> {
+    addr: SocketAddr,
+    token: &'a str,
+    head: Vec<u8>,
 }
 
 /// Times a spike (from its POST sent) → alarm event on twin u0 while the other twins
 /// get `rate` events/s.
-#[allow(clippy::too_many_arguments)]
 async fn latency(
     http: &reqwest::Client,
     base: &str,
-    token: &str,
-    keys: &Arc<std::sync::Mutex<Vec<String>>>,
-    twins: usize,
+    probe: &Probe<'_>,
+    heads: &Arc<Vec<Vec<u8>>>,
     seconds: u64,
     rate: f64,
 ) -> anyhow::Result<()> {
-    let writers = 16;
     // Latency at a paced rate: probes on twin u0 alternate a
     // spike and a recovery; each spike's alarm event is timed from the
     // sending of its POST.
@@ -226,72 +265,42 @@ async fn latency(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut stream = http
-        .get(format!("{base}/api/v1/events?types=alarm&twin=u0"))
-        .bearer_auth(token)
-        .send()
-        .await?;
+    let mut stream = load::EventStream::open(
+        probe.addr,
+        "/api/v1/events?types=alarm&twin=u0",
+        probe.token,
+    )
+    .await?;
     let started = Instant::now();
     let stop = started + Duration::from_secs(seconds.max(5));
-    let sent_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let inflight = Arc::new(tokio::sync::Semaphore::new(256));
-    let refused = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    // Open loop: each connection sends its share on a schedule, whatever
+    // the answers' times (a late answer makes the next requests go out
+    // back to back until the schedule is met again), so the offered rate
+    // holds; 64 connections bound what is in flight.
+    let conns = 64;
     let mut set = tokio::task::JoinSet::new();
-    for w in 1..writers {
-        let (http, base, keys, n) = (http.clone(), base.to_string(), keys.clone(), twins);
-        let (sent_total, inflight, refused) =
-            (sent_total.clone(), inflight.clone(), refused.clone());
+    for c in 0..conns {
+        let (heads, addr) = (heads.clone(), probe.addr);
         set.spawn(async move {
-            let per_writer = rate / (writers - 1) as f64;
-            let started = Instant::now();
-            let (mut sent, mut i, mut ts) = (0f64, w, 1_764_600_000_000i64);
+            let mut conn = Conn::connect(addr).await?;
+            let per_conn = rate / BATCH as f64 / conns as f64;
+            let n = heads.len();
+            let (mut sent, mut i, mut ts) = (0u64, c, 1_764_600_000_000i64);
+            let mut refused = std::collections::BTreeMap::<u16, u64>::new();
+            let mut body = Vec::new();
             while Instant::now() < stop {
-                let due = started + Duration::from_secs_f64(sent / per_writer);
+                let due = started + Duration::from_secs_f64(sent as f64 / per_conn);
                 tokio::time::sleep_until(due.into()).await;
-                let id = format!("u{}", 1 + i % (n - 1));
-                let key = keys.lock().expect("keys")[1 + i % (n - 1)].clone();
-                let body: Vec<Value> = (0..BATCH)
-                    .map(|_| {
-                        ts += 100;
-                        json!({"ts": ts, "temperature": 351.0, "pressure": 6.0})
-                    })
-                    .collect();
-                // Open loop: devices do not wait for each other's
-                // answers, so the offered rate holds however long one
-                // request takes (bounded in flight).
-                let permit = inflight.clone().acquire_owned().await.expect("permit");
-                let req = http
-                    .post(format!("{base}/api/v1/devices/{id}/telemetry"))
-                    .basic_auth(&id, Some(&key))
-                    .json(&body)
-                    .send();
-                let sent_total = sent_total.clone();
-                let refused = refused.clone();
-                tokio::spawn(async move {
-                    match req.await {
-                        Ok(r) if r.status().is_success() => {
-                            sent_total.fetch_add(BATCH, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Ok(r) => {
-                            *refused
-                                .lock()
-                                .expect("refused")
-                                .entry(r.status().as_u16().to_string())
-                                .or_insert(0u64) += 1
-                        }
-                        Err(e) => {
-                            *refused
-                                .lock()
-                                .expect("refused")
-                                .entry(format!("{e}"))
-                                .or_insert(0u64) += 1
-                        }
-                    }
-                    drop(permit);
-                });
-                sent += BATCH as f64;
-                i += writers;
+                load::readings(&mut body, BATCH, &mut ts, 100, |_| (351.0, 6.0));
+                match conn.send(&heads[1 + i % (n - 1)], &body).await? {
+                    200 => {}
+                    status => *refused.entry(status).or_default() += 1,
+                }
+                sent += 1;
+                i += conns;
             }
+            let refused_n: u64 = refused.values().sum();
+            anyhow::Ok(((sent - refused_n) * BATCH, refused))
         });
     }
     // Where the alarm path waits: the engine's backlog behind the outbox
@@ -317,50 +326,47 @@ async fn latency(
             samples
         })
     };
-    let key0 = keys.lock().expect("keys")[0].clone();
     let mut lat = Vec::new();
     // The acknowledgement's share of each slow sample: a stall before the
     // 200 is ingest's (writer, HTTP), after it the alarm path's.
     let mut slow_acks = Vec::new();
-    let mut buf = String::new();
-    let mut ts = 1_764_700_000_000i64;
+    let mut conn = Conn::connect(probe.addr).await?;
+    let mut ts = 0;
     while Instant::now() < stop {
         for t in [400.0, 300.0] {
             ts += 1000;
             let sent = Instant::now();
-            let r = http
-                .post(format!("{base}/api/v1/devices/u0/telemetry"))
-                .basic_auth("u0", Some(&key0))
-                .json(&json!({"ts": ts, "temperature": t}))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "probe refused");
+            let status = conn.send(&probe.head, &probe_body(ts, t)).await?;
+            anyhow::ensure!(status == 200, "probe refused: {status}");
             let acked = sent.elapsed().as_secs_f64() * 1e3;
             if t < 390.0 {
                 continue;
             }
             // Wait for this raise.
             loop {
-                if let Some(i) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..i + 2).collect();
-                    if frame.contains("\"op\":\"raise\"") {
-                        let l = sent.elapsed().as_secs_f64() * 1e3;
-                        if l > 10.0 {
-                            slow_acks.push(format!("{acked:.0}/{l:.0}"));
-                        }
-                        lat.push(l);
-                        break;
+                let frame = tokio::time::timeout(Duration::from_secs(10), stream.next_frame())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no alarm event in 10 s"))??;
+                if frame.contains("\"op\":\"raise\"") {
+                    let l = sent.elapsed().as_secs_f64() * 1e3;
+                    if l > 10.0 {
+                        slow_acks.push(format!("{acked:.0}/{l:.0}"));
                     }
-                    continue;
+                    lat.push(l);
+                    break;
                 }
-                let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await??;
-                buf.push_str(&String::from_utf8_lossy(&chunk.unwrap_or_default()));
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    while set.join_next().await.is_some() {}
-    let _ = inflight.acquire_many(256).await;
+    let (mut acked_events, mut refused) = (0u64, std::collections::BTreeMap::<u16, u64>::new());
+    while let Some(r) = set.join_next().await {
+        let (events, by_status) = r??;
+        acked_events += events;
+        for (status, n) in by_status {
+            *refused.entry(status).or_default() += n;
+        }
+    }
     let samples = sampler.await.unwrap_or_default();
     let max = |f: fn(&(f64, f64)) -> f64| samples.iter().map(f).fold(0.0, f64::max);
     let (lag_max, queue_max) = (max(|s| s.0), max(|s| s.1));
@@ -370,8 +376,7 @@ async fn latency(
             .copied()
             .unwrap_or(0.0)
     };
-    let achieved = sent_total.load(std::sync::atomic::Ordering::Relaxed) as f64
-        / started.elapsed().as_secs_f64();
+    let achieved = acked_events as f64 / started.elapsed().as_secs_f64();
     row(
         &format!(
             "POST sent → alarm event, {:.0}k events/s offered (ms)",
@@ -384,9 +389,9 @@ async fn latency(
             lat.iter().filter(|l| **l > 10.0).count(),
             lat.last().copied().unwrap_or(0.0),
             slow_acks.join(" "),
-            match &*refused.lock().expect("refused") {
+            match &refused {
                 r if r.is_empty() => String::new(),
-                r => format!("; requests not acknowledged: {r:?}"),
+                r => format!("; requests not acknowledged (status: count): {r:?}"),
             }
         ),
     );

@@ -6,6 +6,7 @@ mod bench_auth;
 mod bench_cluster;
 mod bench_frames;
 mod bench_ingest;
+mod bench_load;
 mod bench_ml;
 mod bench_mqtt;
 mod bench_opcua;

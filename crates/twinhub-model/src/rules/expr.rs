@@ -120,41 +120,65 @@ impl Expr {
 
     /// Evaluates to a JSON value.
     pub fn eval(&self, vars: &Vars<'_>) -> Result<Value, EvalError> {
-        ROOT.with(|root| {
-            let mut ctx = root.new_inner_scope();
-            for (name, v) in vars {
-                ctx.add_variable_from_value(*name, to_cel(v));
+        with_scope(vars, |scope| self.eval_in(scope))
+    }
+
+    /// Evaluates over variables bound once by [`with_scope`].
+    pub fn eval_in(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        match self.program.execute(&scope.0) {
+            Ok(v) => Ok(from_cel(&v)),
+            Err(e) => {
+                use cel::ExecutionError as E;
+                let is_type_error = matches!(
+                    e,
+                    E::UnsupportedBinaryOperator(..)
+                        | E::NoSuchOverload(..)
+                        | E::ValuesNotComparable(..)
+                );
+                Err(EvalError {
+                    message: e.to_string(),
+                    is_type_error,
+                })
             }
-            match self.program.execute(&ctx) {
-                Ok(v) => Ok(from_cel(&v)),
-                Err(e) => {
-                    use cel::ExecutionError as E;
-                    let is_type_error = matches!(
-                        e,
-                        E::UnsupportedBinaryOperator(..)
-                            | E::NoSuchOverload(..)
-                            | E::ValuesNotComparable(..)
-                    );
-                    Err(EvalError {
-                        message: e.to_string(),
-                        is_type_error,
-                    })
-                }
-            }
-        })
+        }
+    }
+
+    /// A condition over variables bound once by [`with_scope`].
+    pub fn eval_bool_in(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
+        as_bool(self.eval_in(scope)?)
     }
 
     /// Evaluates a condition: true, false, or an error (a result that is
     /// not a boolean is one).
     pub fn eval_bool(&self, vars: &Vars<'_>) -> Result<bool, EvalError> {
-        match self.eval(vars)? {
-            Value::Bool(b) => Ok(b),
-            other => Err(EvalError {
-                message: format!("the condition gave {other}, not true or false"),
-                is_type_error: true,
-            }),
-        }
+        as_bool(self.eval(vars)?)
     }
+}
+
+fn as_bool(v: Value) -> Result<bool, EvalError> {
+    match v {
+        Value::Bool(b) => Ok(b),
+        other => Err(EvalError {
+            message: format!("the condition gave {other}, not true or false"),
+            is_type_error: true,
+        }),
+    }
+}
+
+/// Variables bound for several expressions of one evaluation (a
+/// condition and its clear read the same values: binding them is most of
+/// an evaluation's cost).
+pub struct Scope<'a>(Context<'a, 'static>);
+
+/// Binds `vars` once and runs `f` over them.
+pub fn with_scope<R>(vars: &Vars<'_>, f: impl FnOnce(&Scope<'_>) -> R) -> R {
+    ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        for (name, v) in vars {
+            ctx.add_variable_from_value(*name, to_cel(v));
+        }
+        f(&Scope(ctx))
+    })
 }
 
 /// A run-time error: a missing property, a type mismatch, a division by

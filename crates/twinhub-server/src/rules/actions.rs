@@ -46,8 +46,8 @@ impl Engine {
         if !super::engine::touches(rule, seen) {
             return;
         }
-        let vars = self.bind(&rule.tenant, twin, &rule.names);
-        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let vars = self.vars(&rule.tenant, twin, &rule.names);
+        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (*k, v)).collect();
         match expr.eval(&refs) {
             Ok(v) if v.is_null() => {}
             Ok(v) => {

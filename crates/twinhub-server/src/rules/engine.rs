@@ -22,12 +22,24 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
-use twinhub_model::rules::expr::MAPS;
+use twinhub_model::rules::expr::{with_scope, MAPS};
 use twinhub_model::rules::stats::Rolling;
 
 /// The alarm change a transition asks for (none for `None`): raises and
 /// repeats count on the open alarm, a clear closes it.
-fn intent(rule: &Rule, originator: &str, t: Transition, value: Value, ts: i64) -> Option<Intent> {
+/// The alarm change a transition asks for; `value` (the alarm's last
+/// value) is made only when there is one.
+fn intent(
+    rule: &Rule,
+    originator: &str,
+    t: Transition,
+    value: impl FnOnce() -> Value,
+    ts: i64,
+) -> Option<Intent> {
+    if t == Transition::None {
+        return None;
+    }
+    let value = value();
     let (tenant, originator, kind) = (
         rule.tenant.clone(),
         originator.to_string(),
@@ -54,6 +66,17 @@ fn intent(rule: &Rule, originator: &str, t: Transition, value: Value, ts: i64) -
         }),
         Transition::None => None,
     }
+}
+
+/// The plain values among an evaluation's variables (not the maps): an
+/// alarm's last value.
+fn shown(vars: &[(&str, Value)]) -> Value {
+    Value::Object(
+        vars.iter()
+            .filter(|(k, _)| !MAPS.contains(k))
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
 }
 
 /// What a rule looks at: one telemetry message (with its source), or a
@@ -243,11 +266,6 @@ impl Engine {
 
     pub(super) fn book(&self) -> &RuleBook {
         &self.book
-    }
-
-    /// The variables of `names` for a twin (see `vars`), for the actions.
-    pub(super) fn bind(&self, tenant: &str, twin: &str, names: &[String]) -> Vec<(String, Value)> {
-        self.vars(tenant, twin, names).0
     }
 
     /// Runs until shutdown.
@@ -575,10 +593,18 @@ impl Engine {
         let Some(cond) = &rule.condition else {
             return;
         };
-        let (vars, shown) = self.vars(&rule.tenant, twin, &rule.names);
-        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let raise = cond.eval_bool(&refs);
-        let clear = rule.clear.as_ref().map(|c| c.eval_bool(&refs)).transpose();
+        let vars = self.vars(&rule.tenant, twin, &rule.names);
+        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (*k, v)).collect();
+        // One binding for the condition and its clear.
+        let (raise, clear) = with_scope(&refs, |scope| {
+            (
+                cond.eval_bool_in(scope),
+                rule.clear
+                    .as_ref()
+                    .map(|c| c.eval_bool_in(scope))
+                    .transpose(),
+            )
+        });
         let (raise, clear) = match (raise, clear) {
             (Ok(r), Ok(c)) => (r, c),
             (Err(e), _) | (_, Err(e)) => {
@@ -604,7 +630,7 @@ impl Engine {
         if *cs != before {
             mark(dirty, key);
         }
-        intents.extend(intent(rule, twin, t, shown, ts));
+        intents.extend(intent(rule, twin, t, || shown(&vars), ts));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -663,13 +689,19 @@ impl Engine {
             raise: anomalous,
             clear: Some(!anomalous),
         };
-        let shown = serde_json::json!({ spec.property.as_str(): v });
-        intents.extend(intent(rule, twin, cond.step(obs, rule.for_us), shown, ts));
+        let t = cond.step(obs, rule.for_us);
+        let last = || serde_json::json!({ spec.property.as_str(): v });
+        intents.extend(intent(rule, twin, t, last, ts));
     }
 
-    /// The variables an expression reads, and the plain values among them
-    /// (shown as the alarm's last value).
-    fn vars(&self, tenant: &str, twin: &str, names: &[String]) -> (Vec<(String, Value)>, Value) {
+    /// The variables an expression reads (a name with no value is left
+    /// out: the evaluation fails naming it).
+    pub(super) fn vars<'n>(
+        &self,
+        tenant: &str,
+        twin: &str,
+        names: &'n [String],
+    ) -> Vec<(&'n str, Value)> {
         let of_tenant = self.values.get(tenant);
         let live = of_tenant.and_then(|m| m.get(twin));
         let props_of = |id: &str| -> Map<String, Value> {
@@ -684,10 +716,9 @@ impl Engine {
             }
             m
         };
-        let mut out = Vec::new();
-        let mut shown = Map::new();
+        let mut out: Vec<(&str, Value)> = Vec::with_capacity(names.len());
         for n in names {
-            if out.iter().any(|(k, _)| k == n) {
+            if out.iter().any(|(k, _)| *k == n) {
                 continue;
             }
             let v = match n.as_str() {
@@ -718,18 +749,14 @@ impl Engine {
                         })
                     });
                     match v {
-                        Some(v) => {
-                            shown.insert(name.to_string(), v.clone());
-                            v
-                        }
-                        // Unbound: the evaluation fails naming it.
+                        Some(v) => v,
                         None => continue,
                     }
                 }
             };
-            out.push((n.clone(), v));
+            out.push((n.as_str(), v));
         }
-        (out, Value::Object(shown))
+        out
     }
 
     /// Drift checks, every 10 s: a model whose largest feature PSI is above
@@ -790,7 +817,7 @@ impl Engine {
             let value = serde_json::json!({"feature": feature, "psi": psi});
             // A drift alarm counts checks, not repeats of each one.
             if t != Transition::Repeat {
-                intents.extend(intent(&rule, &originator, t, value, now));
+                intents.extend(intent(&rule, &originator, t, || value, now));
             }
         }
     }
