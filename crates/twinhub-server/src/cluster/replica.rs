@@ -1,8 +1,10 @@
 //! A replica: a cluster member that is not the primary. It follows the
 //! primary's announcements on NATS and forwards to it — HTTP requests
-//! (streamed both ways, so SSE works) and MQTT connections (bytes, both
-//! ways) — so a load balancer may send anything to any node. `/health`
-//! and `/ready` are its own: ready while it knows a live primary.
+//! (streamed both ways, so SSE works), MQTT connections (bytes, both
+//! ways) and MQTT over WebSocket (`/mqtt`: the frames' bytes to the
+//! primary's MQTT listener and back) — so a load balancer may send
+//! anything to any node. `/health` and `/ready` are its own: ready while
+//! it knows a live primary.
 
 use super::announce::{subscribed, PrimaryInfo};
 use super::{Membership, ANNOUNCE, STALE};
@@ -94,6 +96,9 @@ struct Forward {
     node: Arc<str>,
     primary: Arc<Primary>,
     client: reqwest::Client,
+    /// True once the replica stops (it became the primary): forwarded
+    /// connections close and their clients reconnect.
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Replica {
@@ -107,6 +112,7 @@ impl Replica {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .map_err(std::io::Error::other)?,
+            stopped: stopped.clone(),
         };
         let bus_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![follow(
@@ -119,6 +125,7 @@ impl Replica {
         let app = axum::Router::new()
             .route("/health", axum::routing::get(health))
             .route("/ready", axum::routing::get(ready))
+            .route("/mqtt", axum::routing::get(forward_mqtt_websocket))
             .fallback(forward)
             .with_state(fwd.clone());
         let http = second_handle(m.http)?;
@@ -334,6 +341,78 @@ async fn forward_mqtt(
                 _ = stop.wait_for(|v| *v) => {}
             }
         });
+    }
+}
+
+/// MQTT over WebSocket: the replica takes the upgrade and relays the
+/// frames' bytes to the primary's MQTT listener (MQTT's CONNECT
+/// authenticates there, as for a forwarded TCP connection), and what
+/// comes back as binary frames.
+async fn forward_mqtt_websocket(
+    State(f): State<Forward>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let Some(target) = f.primary.current().and_then(|p| p.mqtt) else {
+        return unavailable("no primary with MQTT is known to this node yet; retry shortly");
+    };
+    let mut stopped = f.stopped.clone();
+    ws.protocols(["mqtt"])
+        .on_upgrade(move |socket| async move {
+            tokio::select! {
+                _ = relay_websocket(socket, &target) => {}
+                _ = stopped.wait_for(|v| *v) => {}
+            }
+        })
+        .into_response()
+}
+
+async fn relay_websocket(socket: axum::extract::ws::WebSocket, target: &str) {
+    use axum::extract::ws::Message;
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(upstream)) =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
+    else {
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    let (mut from_primary, mut to_primary) = upstream.into_split();
+    let (mut to_client, mut from_client) = socket.split();
+    let up = async {
+        while let Some(Ok(msg)) = from_client.next().await {
+            match msg {
+                Message::Binary(b) => {
+                    if to_primary.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                // MQTT travels in binary frames; pings are answered by
+                // the WebSocket layer.
+                _ => {}
+            }
+        }
+        let _ = to_primary.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from_primary.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let frame = Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]));
+                    if to_client.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_client.close().await;
+    };
+    // Either side closing ends the relay.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }
 

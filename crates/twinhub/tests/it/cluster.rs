@@ -390,6 +390,70 @@ async fn a_primary_that_lost_the_store_to_another_node_stops() {
     assert_eq!(r.status(), 200);
 }
 
+/// MQTT over WebSocket through a replica (`/mqtt` on its HTTP port): a
+/// Paho device's telemetry reaches the twin, read through the primary,
+/// and a command sent through the replica's API reaches the device and
+/// its reply comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_works_through_a_replica() {
+    let cluster = Cluster::new(2);
+    let a = cluster.primary(0, "node-a");
+    let b = cluster.replica(1, "node-b");
+    let http = reqwest::Client::new();
+    until_ready(&http, &b.base).await;
+    let token = login(&b.base, PW).await;
+    let python = crate::common::python_with(
+        "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
+        &["paho-mqtt>=2,<3"],
+    )
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
+    let replica_port = b.base.rsplit(':').next().unwrap().to_string();
+    for version in ["4", "5"] {
+        let id = format!("ws{version}");
+        let created = post_json(
+            &http,
+            &format!("{}/api/v1/devices", b.base),
+            &token,
+            &json!({"id": id}),
+        )
+        .await;
+        let key = created["key"].as_str().unwrap().to_string();
+        let child = tokio::process::Command::new(&python)
+            .args([script, &replica_port, &id, &key, version, "ws"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python is installed");
+        let t = Instant::now();
+        loop {
+            let twin = get_json(&http, &format!("{}/api/v1/twins/{id}", a.base), &token).await;
+            if twin["temperature"] == 350.25 {
+                assert_eq!(twin["source"], "paho");
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the telemetry sent over WebSocket through the replica never reached the twin: {twin}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reply = post_json(
+            &http,
+            &format!("{}/api/v1/devices/{id}/commands/echo?timeout=10s", b.base),
+            &token,
+            &json!({"x": version}),
+        )
+        .await;
+        assert_eq!(reply, json!({"status": 200, "payload": {"x": version}}));
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// A primary that stops answering but keeps its PostgreSQL session (and
 /// so the writer lock) — SIGSTOP here; a hung process or one cut off from
 /// NATS looks the same — is fenced: the replica ends its session after
