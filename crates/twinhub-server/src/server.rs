@@ -148,6 +148,8 @@ pub async fn run(
             subject: &subject,
             http: &listeners.http,
             mqtt: listeners.mqtt.as_ref(),
+            https: listeners.https.as_ref(),
+            mqtts: listeners.mqtts.as_ref(),
         };
         match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
             Opened::Primary(store, announcer) => (store, Some(announcer)),

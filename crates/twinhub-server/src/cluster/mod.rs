@@ -166,6 +166,10 @@ pub struct Membership<'a> {
     pub subject: &'a str,
     pub http: &'a TcpListener,
     pub mqtt: Option<&'a TcpListener>,
+    /// The TLS listeners: a replica terminates TLS and forwards as it does
+    /// over plain TCP.
+    pub https: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
+    pub mqtts: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 /// How the wait for the writer lock ended.
@@ -217,6 +221,12 @@ pub async fn open_when_primary(
                         json!({"http": member.http.local_addr()?.to_string(), "role": "replica"});
                     if let Some(m) = member.mqtt {
                         ports["mqtt"] = json!(m.local_addr()?.to_string());
+                    }
+                    if let Some((l, _)) = member.https {
+                        ports["https"] = json!(l.local_addr()?.to_string());
+                    }
+                    if let Some((l, _)) = member.mqtts {
+                        ports["mqtts"] = json!(l.local_addr()?.to_string());
                     }
                     let tmp = dir.join("ports.json.tmp");
                     std::fs::write(&tmp, ports.to_string())?;

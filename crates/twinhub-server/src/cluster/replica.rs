@@ -2,8 +2,9 @@
 //! primary's announcements on NATS and forwards to it — HTTP requests
 //! (streamed both ways, so SSE works), MQTT connections (bytes, both
 //! ways) and MQTT over WebSocket (`/mqtt`: the frames' bytes to the
-//! primary's MQTT listener and back) — so a load balancer may send
-//! anything to any node. `/health` and `/ready` are its own: ready while
+//! primary's MQTT listener and back), over plain TCP or TLS (the replica
+//! terminates TLS with the node's own certificate) — so a load balancer
+//! may send anything to any node. `/health` and `/ready` are its own: ready while
 //! it knows a live primary.
 
 use super::announce::{subscribed, PrimaryInfo};
@@ -130,16 +131,37 @@ impl Replica {
             .with_state(fwd.clone());
         let http = second_handle(m.http)?;
         let mut s = stopped.clone();
+        let plain_app = app.clone();
         tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(crate::tls::plain(http), app)
+            let _ = axum::serve(crate::tls::plain(http), plain_app)
                 .with_graceful_shutdown(async move {
                     let _ = s.wait_for(|v| *v).await;
                 })
                 .await;
         }));
+        if let Some((l, acceptor)) = m.https {
+            let l = crate::tls::TlsListener::new(second_handle(l)?, acceptor.clone(), HANDSHAKE)?;
+            let mut s = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = s.wait_for(|v| *v).await;
+                    })
+                    .await;
+            }));
+        }
         if let Some(l) = m.mqtt {
             tasks.push(tokio::spawn(forward_mqtt(
                 second_handle(l)?,
+                None,
+                fwd.primary.clone(),
+                stopped.clone(),
+            )));
+        }
+        if let Some((l, acceptor)) = m.mqtts {
+            tasks.push(tokio::spawn(forward_mqtt(
+                second_handle(l)?,
+                Some(acceptor.clone()),
                 fwd.primary.clone(),
                 stopped,
             )));
@@ -306,11 +328,18 @@ async fn forward(State(f): State<Forward>, req: Request) -> Response {
     }
 }
 
+/// How long a client may take over its TLS handshake with a replica.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// Each MQTT connection is relayed to the primary's MQTT listener, bytes
 /// both ways, until either side closes (a takeover closes them all: the
-/// clients reconnect and land on the new primary).
+/// clients reconnect and land on the new primary). With `tls`, the
+/// replica ends TLS first and relays what is inside; the primary then
+/// sees no client certificate, so a device that logs in with one (and no
+/// password, `tls.client_ca`) must reach the primary directly.
 async fn forward_mqtt(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     primary: Arc<Primary>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -319,29 +348,50 @@ async fn forward_mqtt(
             a = listener.accept() => a,
             _ = stopped.wait_for(|v| *v) => return,
         };
-        let Ok((mut client, _)) = accepted else {
+        let Ok((client, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let target = primary.current().and_then(|p| p.mqtt);
         let mut stop = stopped.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             // No primary (or one without MQTT): the client is closed and
             // reconnects, through the load balancer, somewhere that works.
             let Some(target) = target else { return };
-            let Ok(Ok(mut upstream)) =
-                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&target)).await
-            else {
-                return;
-            };
             let _ = client.set_nodelay(true);
-            let _ = upstream.set_nodelay(true);
+            let relay = async {
+                match tls {
+                    None => relay_to(client, &target).await,
+                    Some(acceptor) => {
+                        if let Ok(Ok(tls)) =
+                            tokio::time::timeout(HANDSHAKE, acceptor.accept(client)).await
+                        {
+                            relay_to(tls, &target).await
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = relay => {}
                 _ = stop.wait_for(|v| *v) => {}
             }
         });
     }
+}
+
+/// Relays `client` to a new connection to `target` until either closes.
+async fn relay_to<S>(mut client: S, target: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(Ok(mut upstream)) =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
+    else {
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
 /// MQTT over WebSocket: the replica takes the upgrade and relays the

@@ -239,8 +239,17 @@ impl Writer {
                 }
             }
         });
-        if let Some(c) = self.conn.sqlite() {
-            let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        match &self.conn {
+            Db::Sqlite(c) => {
+                let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            }
+            // The writer lock goes with the session, but PostgreSQL ends a
+            // closed session on its own time: a server restarted at once
+            // (or another node) would find the lock still held. Given back
+            // here, it is free when `close` returns.
+            Db::Pg(c) => {
+                let _ = c.batch("SELECT pg_advisory_unlock_all()");
+            }
         }
     }
 
