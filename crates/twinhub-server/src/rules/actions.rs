@@ -34,7 +34,7 @@ impl Engine {
         rule: &Arc<Rule>,
         twin: &str,
         ts: i64,
-        seen: super::engine::Seen<'_>,
+        seen: super::evaluate::Seen<'_>,
         derived: &mut Vec<Derived>,
     ) {
         let (Some(expr), Some(out)) = (&rule.expression, &rule.spec.output) else {
@@ -43,7 +43,7 @@ impl Engine {
         if seen.source == "rule" {
             return;
         }
-        if !super::engine::touches(rule, seen) {
+        if !super::evaluate::touches(rule, seen) {
             return;
         }
         let vars = self.vars(&rule.tenant, twin, &rule.names);

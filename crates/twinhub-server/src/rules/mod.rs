@@ -16,6 +16,7 @@ mod actions;
 pub mod alarms;
 mod commit;
 pub mod engine;
+mod evaluate;
 mod settings;
 mod spec;
 
