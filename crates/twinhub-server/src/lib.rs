@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod events;
+pub mod forwarded;
 pub mod ingest;
 pub mod keyfile;
 pub mod metrics;

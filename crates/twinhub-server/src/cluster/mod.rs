@@ -29,8 +29,8 @@
 //! audit chains): in a cluster they come from the configuration, not from
 //! each node's data directory.
 //!
-//! May call: `store` (to open it), `clock`, `tls` (the plain HTTP listener
-//! it forwards from).
+//! May call: `store` (to open it), `clock`, `tls` (the listeners it
+//! forwards from), `forwarded` (the header of a relayed MQTT connection).
 
 mod announce;
 mod replica;
@@ -170,6 +170,9 @@ pub struct Membership<'a> {
     /// over plain TCP.
     pub https: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
     pub mqtts: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// Signs the header before each relayed MQTT connection (the client's
+    /// address and certificate identity, for the primary).
+    pub forward_key: crate::forwarded::Key,
 }
 
 /// How the wait for the writer lock ended.

@@ -100,6 +100,7 @@ struct Forward {
     /// True once the replica stops (it became the primary): forwarded
     /// connections close and their clients reconnect.
     stopped: tokio::sync::watch::Receiver<bool>,
+    key: crate::forwarded::Key,
 }
 
 impl Replica {
@@ -114,6 +115,7 @@ impl Replica {
                 .build()
                 .map_err(std::io::Error::other)?,
             stopped: stopped.clone(),
+            key: m.forward_key.clone(),
         };
         let bus_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![follow(
@@ -131,6 +133,7 @@ impl Replica {
             .with_state(fwd.clone());
         let http = second_handle(m.http)?;
         let mut s = stopped.clone();
+        let app = app.into_make_service_with_connect_info::<crate::tls::PeerAddr>();
         let plain_app = app.clone();
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(crate::tls::plain(http), plain_app)
@@ -154,16 +157,14 @@ impl Replica {
             tasks.push(tokio::spawn(forward_mqtt(
                 second_handle(l)?,
                 None,
-                fwd.primary.clone(),
-                stopped.clone(),
+                fwd.clone(),
             )));
         }
         if let Some((l, acceptor)) = m.mqtts {
             tasks.push(tokio::spawn(forward_mqtt(
                 second_handle(l)?,
                 Some(acceptor.clone()),
-                fwd.primary.clone(),
-                stopped,
+                fwd.clone(),
             )));
         }
         Ok(Replica {
@@ -333,41 +334,45 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Each MQTT connection is relayed to the primary's MQTT listener, bytes
 /// both ways, until either side closes (a takeover closes them all: the
-/// clients reconnect and land on the new primary). With `tls`, the
-/// replica ends TLS first and relays what is inside; the primary then
-/// sees no client certificate, so a device that logs in with one (and no
-/// password, `tls.client_ca`) must reach the primary directly.
-async fn forward_mqtt(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    primary: Arc<Primary>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+/// clients reconnect and land on the new primary). The relay starts with
+/// a signed header (`forwarded`) giving the primary the client's address
+/// and, over MQTTS, the device id of its certificate: the primary serves
+/// it as if the client had come straight to it. With `tls`, the replica
+/// ends TLS first (verifying client certificates as the primary would).
+async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, f: Forward) {
+    let mut stopped = f.stopped.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stopped.wait_for(|v| *v) => return,
         };
-        let Ok((client, _)) = accepted else {
+        let Ok((client, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let target = primary.current().and_then(|p| p.mqtt);
+        let target = f.primary.current().and_then(|p| p.mqtt);
         let mut stop = stopped.clone();
-        let tls = tls.clone();
+        let (tls, key) = (tls.clone(), f.key.clone());
         tokio::spawn(async move {
             // No primary (or one without MQTT): the client is closed and
             // reconnects, through the load balancer, somewhere that works.
             let Some(target) = target else { return };
             let _ = client.set_nodelay(true);
             let relay = async {
+                let who = |cert_device| crate::forwarded::Forwarded { peer, cert_device };
                 match tls {
-                    None => relay_to(client, &target).await,
+                    None => relay_to(client, &target, &key, who(None)).await,
                     Some(acceptor) => {
                         if let Ok(Ok(tls)) =
                             tokio::time::timeout(HANDSHAKE, acceptor.accept(client)).await
                         {
-                            relay_to(tls, &target).await
+                            let cn = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| crate::tls::subject_cn(c.as_ref()));
+                            relay_to(tls, &target, &key, who(cn)).await
                         }
                     }
                 }
@@ -380,17 +385,27 @@ async fn forward_mqtt(
     }
 }
 
-/// Relays `client` to a new connection to `target` until either closes.
-async fn relay_to<S>(mut client: S, target: &str)
-where
+/// Relays `client` to a new connection to `target`, after the header
+/// saying who it is, until either side closes.
+async fn relay_to<S>(
+    mut client: S,
+    target: &str,
+    key: &crate::forwarded::Key,
+    who: crate::forwarded::Forwarded,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    use tokio::io::AsyncWriteExt;
     let Ok(Ok(mut upstream)) =
         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
     else {
         return;
     };
     let _ = upstream.set_nodelay(true);
+    let header = crate::forwarded::header(key, &who, crate::forwarded::now_ms());
+    if upstream.write_all(&header).await.is_err() {
+        return;
+    }
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
@@ -400,32 +415,48 @@ where
 /// comes back as binary frames.
 async fn forward_mqtt_websocket(
     State(f): State<Forward>,
+    axum::extract::ConnectInfo(crate::tls::PeerAddr(peer)): axum::extract::ConnectInfo<
+        crate::tls::PeerAddr,
+    >,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     let Some(target) = f.primary.current().and_then(|p| p.mqtt) else {
         return unavailable("no primary with MQTT is known to this node yet; retry shortly");
     };
     let mut stopped = f.stopped.clone();
+    let who = crate::forwarded::Forwarded {
+        peer,
+        cert_device: None,
+    };
     ws.protocols(["mqtt"])
         .on_upgrade(move |socket| async move {
             tokio::select! {
-                _ = relay_websocket(socket, &target) => {}
+                _ = relay_websocket(socket, &target, &f.key, who) => {}
                 _ = stopped.wait_for(|v| *v) => {}
             }
         })
         .into_response()
 }
 
-async fn relay_websocket(socket: axum::extract::ws::WebSocket, target: &str) {
+async fn relay_websocket(
+    socket: axum::extract::ws::WebSocket,
+    target: &str,
+    key: &crate::forwarded::Key,
+    who: crate::forwarded::Forwarded,
+) {
     use axum::extract::ws::Message;
     use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(upstream)) =
+    let Ok(Ok(mut upstream)) =
         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
     else {
         return;
     };
     let _ = upstream.set_nodelay(true);
+    let header = crate::forwarded::header(key, &who, crate::forwarded::now_ms());
+    if upstream.write_all(&header).await.is_err() {
+        return;
+    }
     let (mut from_primary, mut to_primary) = upstream.into_split();
     let (mut to_client, mut from_client) = socket.split();
     let up = async {

@@ -9,7 +9,8 @@
 //! May call: `ingest` (the telemetry hand-off), `pipeline`, `registry`,
 //! `events`, `store` (persistence of
 //! retained messages and sessions), `metrics`, `quotas` (connections),
-//! `auth` (principals), `clock`, `tls` (MQTTS). Its settings are its own
+//! `auth` (principals), `clock`, `tls` (MQTTS), `forwarded` (connections a
+//! cluster replica relays). Its settings are its own
 //! (`settings`), which the configuration assembles.
 
 pub mod acl;
@@ -66,9 +67,46 @@ async fn accept_loop<F>(
 /// Accepts MQTT clients until shutdown.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
     accept_loop(listener, shutdown, "MQTT", move |sock, peer| {
-        tokio::spawn(connection::run(broker.clone(), sock, peer, None));
+        match broker.settings.forward_key.clone() {
+            None => {
+                tokio::spawn(connection::run(broker.clone(), sock, peer, None));
+            }
+            Some(key) => {
+                tokio::spawn(serve_maybe_forwarded(broker.clone(), sock, peer, key));
+            }
+        }
     })
     .await
+}
+
+/// A cluster member's connection: relayed by a replica (a signed header
+/// first, with the client's address and certificate identity), or a
+/// client's own.
+async fn serve_maybe_forwarded(
+    broker: Arc<Broker>,
+    mut sock: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    key: crate::forwarded::Key,
+) {
+    let timeout = broker.settings.connect_timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, sock.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == crate::forwarded::FIRST => {
+            let read = crate::forwarded::read(&mut sock, &key, crate::forwarded::now_ms());
+            match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(f)) => connection::run(broker, sock, f.peer, f.cert_device).await,
+                // A wrong key or a skewed clock on a member: worth a warning.
+                Ok(Err(
+                    e @ (crate::forwarded::HeaderError::BadSignature
+                    | crate::forwarded::HeaderError::Stale),
+                )) => tracing::warn!(%peer, error = %e, "a relayed MQTT connection refused"),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "an MQTT connection refused"),
+                Err(_) => tracing::debug!(%peer, "a relayed MQTT connection's header timed out"),
+            }
+        }
+        Ok(Ok(_)) => connection::run(broker, sock, peer, None).await,
+        _ => {}
+    }
 }
 
 /// Accepts MQTT-over-TLS clients until shutdown; the handshake runs in the

@@ -86,6 +86,10 @@ pub struct Settings {
     pub topic_alias_max: u16,
     /// 0: no maximum.
     pub max_keepalive: u16,
+    /// In a cluster: the key of the headers replicas write before the
+    /// connections they relay (`forwarded`), whose client address and
+    /// certificate identity the broker then takes as the client's own.
+    pub forward_key: Option<crate::forwarded::Key>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +121,7 @@ impl Settings {
             anonymous_tenant: c.anonymous_tenant.as_str().into(),
             topic_alias_max: 64,
             max_keepalive: c.max_keepalive,
+            forward_key: None,
         }
     }
 }

@@ -460,13 +460,23 @@ async fn mqtt_over_websocket_works_through_a_replica() {
 
 /// HTTPS and MQTTS through a replica: it ends TLS with the node's own
 /// certificate and forwards as over plain TCP — curl reads the API, and
-/// mosquitto_pub's QoS 1 telemetry is in the twin once acknowledged.
+/// mosquitto_pub's QoS 1 telemetry is in the twin once acknowledged, with
+/// a password or with a device certificate and none (the replica passes
+/// the certificate's device id on in a signed header); another device's
+/// certificate is refused there as at the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_mqtts_work_through_a_replica() {
-    let (certs, _) = crate::common::tls_certs();
+    let (certs, g) = crate::common::tls_certs();
+    for id in ["certdev", "otherdev"] {
+        let (cert, key) = twinhub_server::tls::issue_client(&g.ca_key, id).unwrap();
+        std::fs::write(certs.path().join(format!("{id}.pem")), cert).unwrap();
+        std::fs::write(certs.path().join(format!("{id}-key.pem")), key).unwrap();
+    }
     let mut cluster = Cluster::new(2);
     let pem = |f: &str| certs.path().join(f).to_str().unwrap().to_string();
     cluster.args = [
+        "--tls-client-ca",
+        &pem("ca.pem"),
         "--tls-cert",
         &pem("server.pem"),
         "--tls-key",
@@ -530,6 +540,40 @@ async fn https_and_mqtts_work_through_a_replica() {
     assert!(st.success(), "MQTTS through the replica");
     let twin = get_json(&http, &format!("{}/api/v1/twins/tlsdev", a.base), &token).await;
     assert_eq!(twin["v"], 7, "acknowledged over MQTTS, in the twin: {twin}");
+
+    post_json(
+        &http,
+        &format!("{}/api/v1/devices", b.base),
+        &token,
+        &json!({"id": "certdev"}),
+    )
+    .await;
+    let with_cert = |cert: &str| {
+        let mut c = tokio::process::Command::new("mosquitto_pub");
+        c.args(["-h", "127.0.0.1", "-p", &mqtts, "--cafile", &pem("ca.pem")])
+            .args(["--cert", &pem(&format!("{cert}.pem"))])
+            .args(["--key", &pem(&format!("{cert}-key.pem"))])
+            .args([
+                "-i",
+                "certdev",
+                "-q",
+                "1",
+                "-t",
+                "devices/certdev/telemetry",
+            ])
+            .args(["-m", r#"{"v": 11}"#]);
+        c.output()
+    };
+    let out = with_cert("certdev").await.unwrap();
+    assert!(
+        out.status.success(),
+        "a device certificate through the replica: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let twin = get_json(&http, &format!("{}/api/v1/twins/certdev", a.base), &token).await;
+    assert_eq!(twin["v"], 11, "{twin}");
+    let out = with_cert("otherdev").await.unwrap();
+    assert!(!out.status.success(), "another device's certificate");
 }
 
 /// A primary that stops answering but keeps its PostgreSQL session (and

@@ -1,0 +1,210 @@
+//! The header a cluster replica writes before the bytes of an MQTT
+//! connection it relays to the primary: the client's own address and, when
+//! it logged in over MQTTS with a certificate, that certificate's device
+//! id — what the primary would have seen had the client reached it
+//! directly. It is signed with a key derived from the cluster's shared
+//! secrets key and dated, so only a cluster member can claim an identity,
+//! and a header overheard on the network is worthless after a minute.
+//!
+//! `TWINHUB-FWD1 <peer> <device id in hex, or -> <unix ms> <HMAC-SHA256 hex>\n`
+//!
+//! No MQTT connection starts with a `T` (a CONNECT's first byte is 0x10),
+//! so the primary tells the two apart by the first byte.
+//!
+//! May call: nothing of twinhub (a leaf).
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+const MAGIC: &str = "TWINHUB-FWD1";
+/// The first byte of a header (never the first byte of an MQTT packet).
+pub const FIRST: u8 = b'T';
+const MAX_LEN: usize = 512;
+/// How far a header's date may be from the reader's clock.
+const MAX_SKEW_MS: i64 = 60_000;
+
+/// The signing key of a cluster's headers.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// Derived from the secrets key every cluster member shares.
+    pub fn from_secret(secret: &str) -> Key {
+        let mut h = Sha256::new();
+        h.update(b"twinhub forwarded connection\0");
+        h.update(secret.as_bytes());
+        Key(h.finalize().into())
+    }
+
+    fn mac(&self, text: &str) -> Hmac<Sha256> {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        m.update(text.as_bytes());
+        m
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(…)")
+    }
+}
+
+/// Who a relayed connection is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarded {
+    pub peer: SocketAddr,
+    /// The device id of the client certificate it logged in with.
+    pub cert_device: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HeaderError {
+    #[error("not a forwarded-connection header")]
+    Malformed,
+    #[error("the forwarded-connection header's signature is wrong")]
+    BadSignature,
+    #[error("the forwarded-connection header is too old or from the future")]
+    Stale,
+    #[error("the connection ended inside the forwarded-connection header")]
+    Closed,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The header for `f`, dated `now_ms`.
+pub fn header(key: &Key, f: &Forwarded, now_ms: i64) -> Vec<u8> {
+    let device = f.cert_device.as_deref().map_or("-".to_string(), |d| {
+        d.bytes().map(|b| format!("{b:02x}")).collect()
+    });
+    let text = format!("{MAGIC} {} {device} {now_ms}", f.peer);
+    let sig: String = key
+        .mac(&text)
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{text} {sig}\n").into_bytes()
+}
+
+/// Checks a header line (without its newline).
+pub fn parse(key: &Key, line: &[u8], now_ms: i64) -> Result<Forwarded, HeaderError> {
+    let line = std::str::from_utf8(line).map_err(|_| HeaderError::Malformed)?;
+    let (text, sig) = line.rsplit_once(' ').ok_or(HeaderError::Malformed)?;
+    let fields: Vec<&str> = text.split(' ').collect();
+    let [magic, peer, device, at] = fields[..] else {
+        return Err(HeaderError::Malformed);
+    };
+    if magic != MAGIC {
+        return Err(HeaderError::Malformed);
+    }
+    let sig = unhex(sig).ok_or(HeaderError::Malformed)?;
+    key.mac(text)
+        .verify_slice(&sig)
+        .map_err(|_| HeaderError::BadSignature)?;
+    let at: i64 = at.parse().map_err(|_| HeaderError::Malformed)?;
+    if (now_ms - at).abs() > MAX_SKEW_MS {
+        return Err(HeaderError::Stale);
+    }
+    let peer = peer.parse().map_err(|_| HeaderError::Malformed)?;
+    let cert_device = match device {
+        "-" => None,
+        hex => Some(
+            String::from_utf8(unhex(hex).ok_or(HeaderError::Malformed)?)
+                .map_err(|_| HeaderError::Malformed)?,
+        ),
+    };
+    Ok(Forwarded { peer, cert_device })
+}
+
+/// Reads and checks a header from the start of `io`, nothing past its
+/// newline (the MQTT bytes that follow stay unread).
+pub async fn read(
+    io: &mut (impl AsyncRead + Unpin),
+    key: &Key,
+    now_ms: i64,
+) -> Result<Forwarded, HeaderError> {
+    let mut line = Vec::with_capacity(160);
+    loop {
+        let b = io.read_u8().await.map_err(|_| HeaderError::Closed)?;
+        if b == b'\n' {
+            return parse(key, &line, now_ms);
+        }
+        if line.len() == MAX_LEN {
+            return Err(HeaderError::Malformed);
+        }
+        line.push(b);
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(device: Option<&str>) -> Forwarded {
+        Forwarded {
+            peer: "10.1.2.3:50123".parse().unwrap(),
+            cert_device: device.map(String::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_reads_back_and_leaves_what_follows() {
+        let key = Key::from_secret("cluster-secret");
+        for device in [None, Some("pump-7"), Some("reactor 1/ä")] {
+            let mut bytes = header(&key, &f(device), 1_000_000);
+            assert_eq!(bytes[0], FIRST);
+            bytes.extend_from_slice(&[0x10, 0x0c]);
+            let mut io = &bytes[..];
+            assert_eq!(read(&mut io, &key, 1_030_000).await, Ok(f(device)));
+            assert_eq!(io, &[0x10, 0x0c], "the MQTT bytes stay unread");
+        }
+    }
+
+    #[test]
+    fn only_a_member_with_the_key_can_claim_an_identity_and_only_for_a_minute() {
+        let key = Key::from_secret("cluster-secret");
+        let h = header(&key, &f(Some("pump-7")), 1_000_000);
+        let line = &h[..h.len() - 1];
+        let other = Key::from_secret("another-secret");
+        assert_eq!(
+            parse(&other, line, 1_000_000),
+            Err(HeaderError::BadSignature)
+        );
+        assert_eq!(parse(&key, line, 1_061_000), Err(HeaderError::Stale));
+        assert_eq!(parse(&key, line, 939_000), Err(HeaderError::Stale));
+        // Another device id in a header signed for pump-7.
+        let forged = String::from_utf8(line.to_vec())
+            .unwrap()
+            .replace(&hexs("pump-7"), &hexs("pump-8"));
+        assert_eq!(
+            parse(&key, forged.as_bytes(), 1_000_000),
+            Err(HeaderError::BadSignature)
+        );
+        assert_eq!(
+            parse(&key, b"TWINHUB-FWD1 x", 1_000_000),
+            Err(HeaderError::Malformed)
+        );
+    }
+
+    fn hexs(s: &str) -> String {
+        s.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+}
