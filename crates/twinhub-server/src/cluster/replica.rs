@@ -395,18 +395,27 @@ async fn relay_to<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::AsyncWriteExt;
-    let Ok(Ok(mut upstream)) =
-        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
-    else {
-        return;
-    };
-    let _ = upstream.set_nodelay(true);
-    let header = crate::forwarded::header(key, &who, crate::forwarded::now_ms());
-    if upstream.write_all(&header).await.is_err() {
-        return;
+    if let Some(mut upstream) = upstream(target, key, &who).await {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// A connection to the primary's MQTT listener, the header saying who the
+/// relayed client is already sent.
+async fn upstream(
+    target: &str,
+    key: &crate::forwarded::Key,
+    who: &crate::forwarded::Forwarded,
+) -> Option<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut upstream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = upstream.set_nodelay(true);
+    let header = crate::forwarded::header(key, who, crate::forwarded::now_ms());
+    upstream.write_all(&header).await.ok()?;
+    Some(upstream)
 }
 
 /// MQTT over WebSocket: the replica takes the upgrade and relays the
@@ -447,16 +456,9 @@ async fn relay_websocket(
     use axum::extract::ws::Message;
     use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut upstream)) =
-        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
-    else {
+    let Some(upstream) = upstream(target, key, &who).await else {
         return;
     };
-    let _ = upstream.set_nodelay(true);
-    let header = crate::forwarded::header(key, &who, crate::forwarded::now_ms());
-    if upstream.write_all(&header).await.is_err() {
-        return;
-    }
     let (mut from_primary, mut to_primary) = upstream.into_split();
     let (mut to_client, mut from_client) = socket.split();
     let up = async {
