@@ -406,12 +406,6 @@ async fn mqtt_over_websocket_works_through_a_replica() {
     let http = reqwest::Client::new();
     until_ready(&http, &b.base).await;
     let token = login(&b.base, PW).await;
-    let python = crate::common::python_with(
-        "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
-        &["paho-mqtt>=2,<3"],
-    )
-    .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
     let replica_port = b.base.rsplit(':').next().unwrap().to_string();
     for version in ["4", "5"] {
         let id = format!("ws{version}");
@@ -423,11 +417,7 @@ async fn mqtt_over_websocket_works_through_a_replica() {
         )
         .await;
         let key = created["key"].as_str().unwrap().to_string();
-        let child = tokio::process::Command::new(&python)
-            .args([script, &replica_port, &id, &key, version, "ws"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python is installed");
+        let child = crate::common::PahoDevice::start(&replica_port, &id, &key, version, "ws").await;
         let t = Instant::now();
         loop {
             let twin = get_json(&http, &format!("{}/api/v1/twins/{id}", a.base), &token).await;
@@ -449,12 +439,7 @@ async fn mqtt_over_websocket_works_through_a_replica() {
         )
         .await;
         assert_eq!(reply, json!({"status": 200, "payload": {"x": version}}));
-        let out = child.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        child.finished().await;
     }
 }
 

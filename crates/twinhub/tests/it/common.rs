@@ -288,6 +288,38 @@ pub fn use_certs(c: &mut Config, dir: &std::path::Path) {
     c.tls.key = Some(dir.join("server-key.pem"));
 }
 
+/// `tests/clients/paho_device.py` (Eclipse Paho, unchanged) as a child:
+/// it connects over `transport` (`tcp`, or `ws` with `port` the HTTP
+/// port), publishes telemetry and answers one `echo` command.
+pub struct PahoDevice(tokio::process::Child);
+
+impl PahoDevice {
+    pub async fn start(port: &str, id: &str, key: &str, version: &str, transport: &str) -> Self {
+        let python = python_with(
+            "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
+            &["paho-mqtt>=2,<3"],
+        )
+        .await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
+        let child = tokio::process::Command::new(&python)
+            .args([script, port, id, key, version, transport])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python is installed");
+        PahoDevice(child)
+    }
+
+    /// Waits for the script to end; it fails unless everything went well.
+    pub async fn finished(self) {
+        let out = self.0.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 /// A Python interpreter on which `check` (a Python statement) succeeds,
 /// installing `packages` from PyPI when it does not: the one named by
 /// `TWINHUB_TEST_PYTHON` (`.ci/run` prepares it), else `python3` if it

@@ -249,13 +249,7 @@ async fn mosquitto_sub_hash_works_anonymously_and_shows_no_device_topics() {
 #[tokio::test]
 async fn paho_python_devices_work_unchanged() {
     let s = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_device.py");
     let http_port = s.base.rsplit(':').next().unwrap().to_string();
-    let python = python_with(
-        "import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2",
-        &["paho-mqtt>=2,<3"],
-    )
-    .await;
     for (version, transport) in [("4", "tcp"), ("5", "tcp"), ("4", "ws"), ("5", "ws")] {
         let id = format!("paho{version}{transport}");
         let key = s.device(&id).await;
@@ -264,11 +258,7 @@ async fn paho_python_devices_work_unchanged() {
         } else {
             s.mqtt().port().to_string()
         };
-        let child = tokio::process::Command::new(&python)
-            .args([script, &port, &id, &key, version, transport])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python is installed");
+        let child = PahoDevice::start(&port, &id, &key, version, transport).await;
         // Wait for the telemetry, then send the command the script answers.
         let mut twin = serde_json::Value::Null;
         for _ in 0..100 {
@@ -288,12 +278,7 @@ async fn paho_python_devices_work_unchanged() {
             .await;
         assert_eq!(st, 200, "{reply}");
         assert_eq!(reply, json!({"status": 200, "payload": {"x": version}}));
-        let out = child.wait_with_output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        child.finished().await;
     }
     s.stop().await;
 }
