@@ -436,6 +436,18 @@ impl Config {
                 self.audit.key.is_some(),
             )
             .map_err(|(field, rule)| invalid(&format!("cluster.{field}"), rule))?;
+        // Replicas relay every MQTT connection (TCP, TLS, WebSocket) to the
+        // primary's plain listener: without one, MQTT would work only on
+        // whichever node happens to be the primary.
+        if self.cluster.enabled()
+            && self.mqtt.listen.trim().is_empty()
+            && !self.mqtt.tls_listen.trim().is_empty()
+        {
+            return Err(invalid(
+                "mqtt.listen",
+                "must be set on a cluster member that serves MQTT (replicas relay MQTT, MQTTS and MQTT over WebSocket to the primary's plain listener; bind it to the cluster's network)",
+            ));
+        }
         Ok(())
     }
 

@@ -308,6 +308,21 @@ mod tests {
         .unwrap();
         assert!(c.cluster.enabled());
         assert_eq!(c.cluster.node_name("127.0.0.1:8080".parse().unwrap()), "n1");
+        // MQTTS alone: replicas would have no plain listener to relay to.
+        let mqtts_only = [
+            ("TWINHUB_MQTT_LISTEN", ""),
+            ("TWINHUB_MQTT_TLS_LISTEN", "0.0.0.0:8883"),
+            ("TWINHUB_TLS_CERT", "server.pem"),
+            ("TWINHUB_TLS_KEY", "server-key.pem"),
+        ];
+        let member = [[nats, url, keys[0], keys[1]].as_slice(), &mqtts_only].concat();
+        let e = load(&member).unwrap_err();
+        assert!(e.contains("mqtt.listen") && e.contains("relay"), "{e}");
+        let single = load(&mqtts_only);
+        assert!(
+            single.is_ok(),
+            "a single node may serve MQTTS alone: {single:?}"
+        );
     }
 
     /// Passwords and keys — in the store's or the bus's URL, the secret and
