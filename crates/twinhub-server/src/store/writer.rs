@@ -218,9 +218,7 @@ impl Writer {
                                     Err(_) => break,
                                 }
                             }
-                            let (n, t, c) = (group.len(), Instant::now(), thread_cpu_ms());
                             self.commit_group(group);
-                            slow("group", n, t, c);
                             self.written = true;
                             // Under steady load data is always queued:
                             // background work gets a step after each group.
@@ -291,7 +289,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Op>) {
-        let t0 = Instant::now();
+        let (t0, cpu0) = (Instant::now(), thread_cpu_ms());
         self.reconnect();
         let engine = self.engine.clone();
         // Under the free-space reserve, telemetry is refused before it is
@@ -530,6 +528,7 @@ impl Writer {
                 hooks_ms = (t_hooks - t_head).as_secs_f64() * 1e3,
                 publish_ms = (t_published - t_hooks).as_secs_f64() * 1e3,
                 total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                cpu_ms = thread_cpu_ms() - cpu0,
                 "slow group"
             );
         }
