@@ -9,7 +9,7 @@
 //! and the environment, and checks what spans sections.
 //!
 //! May call: `mqtt`, `store`, `registry`, `ml`, `rules`, `cluster` (their
-//! settings sections).
+//! settings sections), `forwarded` (the cluster's relay key).
 
 use crate::store::{RetentionPolicy, StoreOptions};
 use serde::Deserialize;
@@ -449,6 +449,19 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The key of the headers before MQTT connections relayed between
+    /// cluster members (`forwarded`): from the shared secrets key, which
+    /// every member has (checked in `validate`); none on a single node.
+    pub fn forward_key(&self) -> Option<crate::forwarded::Key> {
+        if !self.cluster.enabled() {
+            return None;
+        }
+        self.secrets
+            .key
+            .as_deref()
+            .map(crate::forwarded::Key::from_secret)
     }
 
     pub fn auth_settings(&self) -> crate::registry::AuthSettings {

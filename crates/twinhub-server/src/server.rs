@@ -150,10 +150,7 @@ pub async fn run(
             mqtt: listeners.mqtt.as_ref(),
             https: listeners.https.as_ref(),
             mqtts: listeners.mqtts.as_ref(),
-            // A cluster member has the shared secrets key (checked at start).
-            forward_key: crate::forwarded::Key::from_secret(
-                config.secrets.key.as_deref().unwrap_or_default(),
-            ),
+            forward_key: config.forward_key(),
         };
         match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
             Opened::Primary(store, announcer) => (store, Some(announcer)),
@@ -307,18 +304,9 @@ pub async fn run(
                 decode_limits: state.decode_limits,
                 shutdown: state.shutdown.clone(),
             },
-            {
-                let mut s = crate::mqtt::broker::Settings::from_config(&state.config.mqtt);
-                // Cluster members share the secrets key (checked at start).
-                if state.config.cluster.enabled() {
-                    s.forward_key = state
-                        .config
-                        .secrets
-                        .key
-                        .as_deref()
-                        .map(crate::forwarded::Key::from_secret);
-                }
-                s
+            crate::mqtt::broker::Settings {
+                forward_key: state.config.forward_key(),
+                ..crate::mqtt::broker::Settings::from_config(&state.config.mqtt)
             },
             state.config.auth_settings().cost,
         )

@@ -171,8 +171,9 @@ pub struct Membership<'a> {
     pub https: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
     pub mqtts: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
     /// Signs the header before each relayed MQTT connection (the client's
-    /// address and certificate identity, for the primary).
-    pub forward_key: crate::forwarded::Key,
+    /// address and certificate identity, for the primary; `validate`
+    /// makes sure a cluster member has it).
+    pub forward_key: Option<crate::forwarded::Key>,
 }
 
 /// How the wait for the writer lock ended.

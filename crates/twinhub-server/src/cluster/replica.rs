@@ -100,7 +100,9 @@ struct Forward {
     /// True once the replica stops (it became the primary): forwarded
     /// connections close and their clients reconnect.
     stopped: tokio::sync::watch::Receiver<bool>,
-    key: crate::forwarded::Key,
+    /// Signs the header of relayed MQTT connections (the primary takes
+    /// them with the same `Config::forward_key`).
+    key: Option<crate::forwarded::Key>,
 }
 
 impl Replica {
@@ -361,7 +363,7 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
             let relay = async {
                 let who = |cert_device| crate::forwarded::Forwarded { peer, cert_device };
                 match tls {
-                    None => relay_to(client, &target, &key, who(None)).await,
+                    None => relay_to(client, &target, key.as_ref(), who(None)).await,
                     Some(acceptor) => {
                         if let Ok(Ok(tls)) =
                             tokio::time::timeout(HANDSHAKE, acceptor.accept(client)).await
@@ -372,7 +374,7 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .and_then(|c| crate::tls::subject_cn(c.as_ref()));
-                            relay_to(tls, &target, &key, who(cn)).await
+                            relay_to(tls, &target, key.as_ref(), who(cn)).await
                         }
                     }
                 }
@@ -390,7 +392,7 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
 async fn relay_to<S>(
     mut client: S,
     target: &str,
-    key: &crate::forwarded::Key,
+    key: Option<&crate::forwarded::Key>,
     who: crate::forwarded::Forwarded,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -404,7 +406,7 @@ async fn relay_to<S>(
 /// relayed client is already sent.
 async fn upstream(
     target: &str,
-    key: &crate::forwarded::Key,
+    key: Option<&crate::forwarded::Key>,
     who: &crate::forwarded::Forwarded,
 ) -> Option<TcpStream> {
     use tokio::io::AsyncWriteExt;
@@ -413,8 +415,10 @@ async fn upstream(
         .ok()?
         .ok()?;
     let _ = upstream.set_nodelay(true);
-    let header = crate::forwarded::header(key, who, crate::forwarded::now_ms());
-    upstream.write_all(&header).await.ok()?;
+    if let Some(key) = key {
+        let header = crate::forwarded::header(key, who, crate::forwarded::now_ms());
+        upstream.write_all(&header).await.ok()?;
+    }
     Some(upstream)
 }
 
@@ -440,7 +444,7 @@ async fn forward_mqtt_websocket(
     ws.protocols(["mqtt"])
         .on_upgrade(move |socket| async move {
             tokio::select! {
-                _ = relay_websocket(socket, &target, &f.key, who) => {}
+                _ = relay_websocket(socket, &target, f.key.as_ref(), who) => {}
                 _ = stopped.wait_for(|v| *v) => {}
             }
         })
@@ -450,7 +454,7 @@ async fn forward_mqtt_websocket(
 async fn relay_websocket(
     socket: axum::extract::ws::WebSocket,
     target: &str,
-    key: &crate::forwarded::Key,
+    key: Option<&crate::forwarded::Key>,
     who: crate::forwarded::Forwarded,
 ) {
     use axum::extract::ws::Message;
