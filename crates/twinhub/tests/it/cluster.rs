@@ -10,7 +10,7 @@
 use crate::crash_loop::{http_writer, mqtt_writer, Acked};
 use crate::mqtt::{open5, sub5, Got5};
 use crate::postgres::{end_writer_session, pg_url};
-use crate::process::{all_points, cmd, get_json, kill9, login, post_json, Server, PW};
+use crate::process::{all_points, cmd, device_key, get_json, kill9, login, post_json, Server, PW};
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -176,14 +176,7 @@ async fn a_replica_takes_over_when_the_primary_dies_and_nothing_acknowledged_is_
     let token = login(&a.base, PW).await;
     let mut devices = Vec::new();
     for (id, mqtt) in [("h1", false), ("m1", true)] {
-        let created = post_json(
-            &http,
-            &format!("{}/api/v1/devices", a.base),
-            &token,
-            &json!({"id": id}),
-        )
-        .await;
-        let key = created["key"].as_str().unwrap().to_string();
+        let key = device_key(&http, &a.base, &token, id).await;
         devices.push((id.to_string(), key, mqtt));
     }
     let acked: Acked = Arc::default();
@@ -409,14 +402,7 @@ async fn mqtt_over_websocket_works_through_a_replica() {
     let replica_port = b.base.rsplit(':').next().unwrap().to_string();
     for version in ["4", "5"] {
         let id = format!("ws{version}");
-        let created = post_json(
-            &http,
-            &format!("{}/api/v1/devices", b.base),
-            &token,
-            &json!({"id": id}),
-        )
-        .await;
-        let key = created["key"].as_str().unwrap().to_string();
+        let key = device_key(&http, &b.base, &token, &id).await;
         let child = crate::common::PahoDevice::start(&replica_port, &id, &key, version, "ws").await;
         let t = Instant::now();
         loop {
@@ -488,14 +474,7 @@ async fn https_and_mqtts_work_through_a_replica() {
     };
     let (https, mqtts) = (port("https"), port("mqtts"));
     let token = login(&b.base, PW).await;
-    let created = post_json(
-        &http,
-        &format!("{}/api/v1/devices", b.base),
-        &token,
-        &json!({"id": "tlsdev"}),
-    )
-    .await;
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = device_key(&http, &b.base, &token, "tlsdev").await;
 
     let out = tokio::process::Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert", &pem("ca.pem"), "-H"])
@@ -526,13 +505,7 @@ async fn https_and_mqtts_work_through_a_replica() {
     let twin = get_json(&http, &format!("{}/api/v1/twins/tlsdev", a.base), &token).await;
     assert_eq!(twin["v"], 7, "acknowledged over MQTTS, in the twin: {twin}");
 
-    post_json(
-        &http,
-        &format!("{}/api/v1/devices", b.base),
-        &token,
-        &json!({"id": "certdev"}),
-    )
-    .await;
+    device_key(&http, &b.base, &token, "certdev").await;
     let with_cert = |cert: &str| {
         let mut c = tokio::process::Command::new("mosquitto_pub");
         c.args(["-h", "127.0.0.1", "-p", &mqtts, "--cafile", &pem("ca.pem")])
@@ -647,14 +620,7 @@ async fn three_nodes_serve_any_call_and_survive_losing_two() {
     let token = login(&b.base, PW).await;
     let mut keys = BTreeMap::new();
     for (id, via) in [("d1", &b), ("d2", &c), ("h1", &a), ("h2", &b), ("m1", &c)] {
-        let created = post_json(
-            &http,
-            &format!("{}/api/v1/devices", via.base),
-            &token,
-            &json!({"id": id}),
-        )
-        .await;
-        keys.insert(id, created["key"].as_str().unwrap().to_string());
+        keys.insert(id, device_key(&http, &via.base, &token, id).await);
         for other in [&a, &b, &c] {
             let r = http
                 .get(format!("{}/api/v1/devices/{id}", other.base))

@@ -8,7 +8,7 @@
 
 use crate::mqtt::{open5, pub5, Got5};
 use crate::process::{
-    all_points, cmd, kill9, layout, login, post_json, start_env, unsafe_kill, PW,
+    all_points, cmd, device_key, kill9, layout, login, start_env, unsafe_kill, PW,
 };
 use rumqttc::v5::mqttbytes::v5;
 use serde_json::{json, Value};
@@ -139,18 +139,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let http = reqwest::Client::new();
     let mut devices = Vec::new();
     for (id, mqtt) in [("h1", false), ("h2", false), ("m1", true), ("m2", true)] {
-        let created = post_json(
-            &http,
-            &format!("{}/api/v1/devices", s.base),
-            &token,
-            &json!({"id": id}),
-        )
-        .await;
-        devices.push((
-            id.to_string(),
-            created["key"].as_str().unwrap().to_string(),
-            mqtt,
-        ));
+        let key = device_key(&http, &s.base, &token, id).await;
+        devices.push((id.to_string(), key, mqtt));
     }
     let acked: Acked = Arc::default();
     // Timestamps 1 ms apart that never repeat: each device has its own

@@ -106,6 +106,21 @@ pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Value {
         .unwrap()
 }
 
+/// Registers device `id` through the API at `base`; its key.
+pub async fn device_key(http: &reqwest::Client, base: &str, token: &str, id: &str) -> String {
+    let created = post_json(
+        http,
+        &format!("{base}/api/v1/devices"),
+        token,
+        &json!({"id": id}),
+    )
+    .await;
+    created["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("device {id} registered: {created}"))
+        .to_string()
+}
+
 /// POST a JSON body with a bearer token; the answer's JSON.
 pub async fn post_json(http: &reqwest::Client, url: &str, token: &str, body: &Value) -> Value {
     http.post(url)
@@ -184,14 +199,7 @@ async fn kill_9_loses_nothing_acknowledged() {
     let mut s = start(&dir, true);
     let token = login(&s.base, PW).await;
     let http = reqwest::Client::new();
-    let created = post_json(
-        &http,
-        &format!("{}/api/v1/devices", s.base),
-        &token,
-        &json!({"id": "crash"}),
-    )
-    .await;
-    let key = created["key"].as_str().unwrap().to_string();
+    let key = device_key(&http, &s.base, &token, "crash").await;
     let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..4i64 {

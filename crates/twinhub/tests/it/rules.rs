@@ -648,20 +648,13 @@ async fn model_output_rules_watch_a_soft_sensor_and_actions_follow_alarms() {
 /// none lost — and at least every acknowledged one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarm_counts_are_exact_across_kill_9() {
-    use crate::process::{get_json, kill9, layout, login, post_json, start_env, PW};
+    use crate::process::{device_key, get_json, kill9, layout, login, post_json, start_env, PW};
     let env: &[(&str, &str)] = &[("TWINHUB_STORE_FLUSH_POINTS", "1000")];
     let (_root, dir) = layout();
     let mut s = start_env(&dir, true, env);
     let token = login(&s.base, PW).await;
     let http = reqwest::Client::new();
-    let d = post_json(
-        &http,
-        &format!("{}/api/v1/devices", s.base),
-        &token,
-        &json!({"id": "k1"}),
-    )
-    .await;
-    let key = d["key"].as_str().unwrap().to_string();
+    let key = device_key(&http, &s.base, &token, "k1").await;
     let r = post_json(
         &http,
         &format!("{}/api/v1/rules", s.base),

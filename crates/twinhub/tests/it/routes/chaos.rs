@@ -4,7 +4,7 @@
 //! envelope's id.
 
 use super::receiver::Receiver;
-use crate::process::{kill9, layout, login, post_json, start, PW};
+use crate::process::{device_key, kill9, layout, login, post_json, start, PW};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -41,14 +41,7 @@ async fn receiver_outage_and_sigkill_lose_no_acknowledged_event() {
     )
     .await;
     assert_eq!(route["status"], "ok", "{route}");
-    let dev = post_json(
-        &http,
-        &format!("{}/api/v1/devices", server.base),
-        &token,
-        &json!({"id": "c1"}),
-    )
-    .await;
-    let key = dev["key"].as_str().unwrap().to_string();
+    let key = device_key(&http, &server.base, &token, "c1").await;
 
     let mut acked = Vec::new();
     for n in 0..600u64 {
