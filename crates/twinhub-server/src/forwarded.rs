@@ -11,6 +11,15 @@
 //! No MQTT connection starts with a `T` (a CONNECT's first byte is 0x10),
 //! so the primary tells the two apart by the first byte.
 //!
+//! Raw frames use the same header. A relayed TCP frame connection starts
+//! with an empty frame (a zero length, `TCP_FRAMES_PREFIX`) and then the
+//! header; a device never sends an empty frame first — it carries
+//! nothing. A relayed UDP datagram is the header followed by the device's
+//! datagram, and the primary's answer comes back to the replica the same
+//! way (the header naming the device to send it to): a frame starts with
+//! `TH` and a device known by its address sends a packed payload, so
+//! neither begins with the header's magic.
+//!
 //! May call: nothing of twinhub (a leaf).
 
 use hmac::{Hmac, Mac};
@@ -69,6 +78,40 @@ pub enum HeaderError {
     Stale,
     #[error("the connection ended inside the forwarded-connection header")]
     Closed,
+}
+
+/// What a replica sends before the header on a relayed TCP frame
+/// connection: the length of an empty frame.
+pub const TCP_FRAMES_PREFIX: [u8; 2] = [0, 0];
+
+/// A datagram of a relay: the header's `Forwarded` and the datagram it
+/// carries. `None` when `data` does not start with a header at all.
+pub fn split_datagram<'a>(
+    key: &Key,
+    data: &'a [u8],
+    now_ms: i64,
+) -> Option<Result<(Forwarded, &'a [u8]), HeaderError>> {
+    if !data.starts_with(MAGIC.as_bytes()) || data.get(MAGIC.len()) != Some(&b' ') {
+        return None;
+    }
+    let Some(nl) = data.iter().take(MAX_LEN + 1).position(|b| *b == b'\n') else {
+        return Some(Err(HeaderError::Malformed));
+    };
+    Some(parse(key, &data[..nl], now_ms).map(|f| (f, &data[nl + 1..])))
+}
+
+/// `header` followed by `payload`: one relayed datagram.
+pub fn datagram(key: &Key, peer: SocketAddr, payload: &[u8], now_ms: i64) -> Vec<u8> {
+    let mut d = header(
+        key,
+        &Forwarded {
+            peer,
+            cert_device: None,
+        },
+        now_ms,
+    );
+    d.extend_from_slice(payload);
+    d
 }
 
 /// Milliseconds since the Unix epoch.
@@ -201,6 +244,35 @@ mod tests {
         assert_eq!(
             parse(&key, b"TWINHUB-FWD1 x", 1_000_000),
             Err(HeaderError::Malformed)
+        );
+    }
+
+    /// A relayed datagram carries the device's bytes untouched (a frame,
+    /// or any binary payload — newlines included); a datagram of the
+    /// device's own is not taken for one, and a forged one is refused.
+    #[test]
+    fn a_datagram_splits_into_its_sender_and_its_bytes() {
+        let key = Key::from_secret("cluster-secret");
+        let peer: SocketAddr = "10.1.2.3:50123".parse().unwrap();
+        let payload = b"TH\x81\x00\x07\nbinary\n\x00";
+        let d = datagram(&key, peer, payload, 1_000_000);
+        let (who, bytes) = split_datagram(&key, &d, 1_000_500).unwrap().unwrap();
+        assert_eq!(
+            (who.peer, who.cert_device, bytes),
+            (peer, None, &payload[..])
+        );
+        assert!(split_datagram(&key, payload, 1_000_000).is_none());
+        assert!(split_datagram(&key, b"TWINHUB-FWD1x", 1_000_000).is_none());
+        let other = Key::from_secret("another-secret");
+        assert_eq!(
+            split_datagram(&other, &d, 1_000_000).unwrap().unwrap_err(),
+            HeaderError::BadSignature
+        );
+        assert_eq!(
+            split_datagram(&key, b"TWINHUB-FWD1 no newline", 1_000_000)
+                .unwrap()
+                .unwrap_err(),
+            HeaderError::Malformed
         );
     }
 

@@ -93,6 +93,32 @@ async fn bind_tls(
     )))
 }
 
+/// The raw-frame sockets the configuration asks for (UDP, TCP).
+async fn bind_frames(
+    config: &Config,
+) -> Result<(Option<tokio::net::UdpSocket>, Option<TcpListener>), ServerError> {
+    let udp = match config.ingest.udp_listen.trim() {
+        "" => None,
+        addr => {
+            let socket =
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map_err(|cause| ServerError::Bind {
+                        addr: addr.to_string(),
+                        flag: "ingest.udp_listen (TWINHUB_INGEST_UDP_LISTEN)",
+                        cause,
+                    })?;
+            crate::ingest::frames::enlarge_receive_buffer(&socket, 8 << 20);
+            Some(socket)
+        }
+    };
+    let tcp = match config.ingest.tcp_listen.trim() {
+        "" => None,
+        addr => Some(bind_one(addr, "ingest.tcp_listen (TWINHUB_INGEST_TCP_LISTEN)").await?),
+    };
+    Ok((udp, tcp))
+}
+
 async fn bind_one(addr: &str, flag: &'static str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
@@ -137,6 +163,8 @@ pub async fn run(
     let dir = config.data_dir.clone();
     let opts = config.store_options();
     let mut shutdown = Box::pin(shutdown);
+    // Bound before the store opens: a cluster replica relays frames too.
+    let (udp_socket, tcp_listener) = bind_frames(&config).await?;
     let (store, announcer) = if config.cluster.enabled() {
         // Primary or replica: see `cluster`.
         let node = config.cluster.node_name(listeners.http.local_addr()?);
@@ -150,6 +178,8 @@ pub async fn run(
             mqtt: listeners.mqtt.as_ref(),
             https: listeners.https.as_ref(),
             mqtts: listeners.mqtts.as_ref(),
+            udp: udp_socket.as_ref(),
+            tcp: tcp_listener.as_ref(),
             forward_key: config.forward_key(),
         };
         match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
@@ -401,18 +431,11 @@ pub async fn run(
         limits: state.decode_limits,
         wait: state.queue_wait,
         sources: sources.clone(),
+        forward_key: state.config.forward_key(),
     };
-    let udp_addr = match state.config.ingest.udp_listen.trim() {
-        "" => None,
-        addr => {
-            let socket =
-                tokio::net::UdpSocket::bind(addr)
-                    .await
-                    .map_err(|cause| ServerError::Bind {
-                        addr: addr.to_string(),
-                        flag: "ingest.udp_listen (TWINHUB_INGEST_UDP_LISTEN)",
-                        cause,
-                    })?;
+    let udp_addr = match udp_socket {
+        None => None,
+        Some(socket) => {
             let bound = socket.local_addr()?;
             jobs.push(tokio::spawn(crate::ingest::frames::serve_udp(
                 socket,
@@ -422,17 +445,9 @@ pub async fn run(
             Some(bound)
         }
     };
-    let tcp_addr = match state.config.ingest.tcp_listen.trim() {
-        "" => None,
-        addr => {
-            let listener =
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|cause| ServerError::Bind {
-                        addr: addr.to_string(),
-                        flag: "ingest.tcp_listen (TWINHUB_INGEST_TCP_LISTEN)",
-                        cause,
-                    })?;
+    let tcp_addr = match tcp_listener {
+        None => None,
+        Some(listener) => {
             let bound = listener.local_addr()?;
             jobs.push(tokio::spawn(crate::ingest::frames::serve_tcp(
                 listener,
@@ -457,10 +472,12 @@ pub async fn run(
     // A cluster's primary says where it is, for the replicas to forward to.
     let cluster = &state.config.cluster;
     if let Some(a) = &announcer {
-        a.serving(
-            cluster.advertised(http_addr),
-            mqtt_addr.map(|m| cluster.advertised(m)),
-        );
+        a.serving(crate::cluster::Serving {
+            http: cluster.advertised(http_addr),
+            mqtt: mqtt_addr.map(|m| cluster.advertised(m)),
+            udp: udp_addr.map(|u| cluster.advertised(u)),
+            tcp: tcp_addr.map(|t| cluster.advertised(t)),
+        });
     }
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %http_addr, mqtt = ?mqtt_addr, data_dir = %dir.display(), "twinhub is ready");

@@ -20,12 +20,25 @@ pub struct PrimaryInfo {
     pub http: String,
     /// `host:port` of its MQTT listener, if it has one.
     pub mqtt: Option<String>,
+    /// `host:port` of its raw-frame sockets, if it has them.
+    #[serde(default)]
+    pub udp: Option<String>,
+    #[serde(default)]
+    pub tcp: Option<String>,
     /// The writer lock's term (see the module's doc).
     #[serde(default)]
     pub term: i64,
     /// It holds the lock and is opening the store: alive, not serving yet.
     #[serde(default)]
     pub opening: bool,
+}
+
+/// Where a primary serves, as other nodes reach it.
+pub struct Serving {
+    pub http: String,
+    pub mqtt: Option<String>,
+    pub udp: Option<String>,
+    pub tcp: Option<String>,
 }
 
 async fn nats(url: &str, name: &str) -> Option<async_nats::Client> {
@@ -69,6 +82,8 @@ impl Announcer {
             node: node.to_string(),
             http: String::new(),
             mqtt: None,
+            udp: None,
+            tcp: None,
             term: -1,
             opening: true,
         }));
@@ -95,10 +110,12 @@ impl Announcer {
     }
 
     /// The store is open and the node serves at these addresses.
-    pub fn serving(&self, http: String, mqtt: Option<String>) {
+    pub fn serving(&self, at: Serving) {
         let mut me = self.me.lock().expect("announcement");
-        me.http = http;
-        me.mqtt = mqtt;
+        me.http = at.http;
+        me.mqtt = at.mqtt;
+        me.udp = at.udp;
+        me.tcp = at.tcp;
         me.opening = false;
     }
 
@@ -178,7 +195,12 @@ mod tests {
         );
         let old = Announcer::start(&nats, &subject, "old");
         (old.on_locked())(7);
-        old.serving("127.0.0.1:1".into(), None);
+        old.serving(Serving {
+            http: "127.0.0.1:1".into(),
+            mqtt: None,
+            udp: None,
+            tcp: None,
+        });
         // Alone, it is not replaced (it hears its own announcements).
         tokio::time::sleep(ANNOUNCE * 4).await;
         assert!(!old.superseded());

@@ -15,6 +15,9 @@
 //! dropped and another node took over meanwhile) stops, rather than serve
 //! from a stale memory.
 //!
+//! Replicas relay raw frames too (`frames.rs`): TCP connections as bytes,
+//! UDP datagrams one by one, each under the signed header of `forwarded`.
+//!
 //! A primary that is stopped, hung or cut off from NATS keeps its
 //! PostgreSQL session, and with it the lock, but says nothing: a replica
 //! that heard nothing from the lock's holder for `FENCE` while NATS
@@ -33,9 +36,10 @@
 //! forwards from), `forwarded` (the header of a relayed MQTT connection).
 
 mod announce;
+mod frames;
 mod replica;
 
-pub use announce::{Announcer, PrimaryInfo};
+pub use announce::{Announcer, PrimaryInfo, Serving};
 
 use crate::store::backend::Source;
 use crate::store::{DirLock, Store, StoreError, StoreOptions};
@@ -170,6 +174,10 @@ pub struct Membership<'a> {
     /// over plain TCP.
     pub https: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
     pub mqtts: Option<&'a (TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// The raw-frame sockets: a replica relays frames with the device's
+    /// address in a signed header.
+    pub udp: Option<&'a tokio::net::UdpSocket>,
+    pub tcp: Option<&'a TcpListener>,
     /// Signs the header before each relayed MQTT connection (the client's
     /// address and certificate identity, for the primary; `validate`
     /// makes sure a cluster member has it).
@@ -231,6 +239,12 @@ pub async fn open_when_primary(
                     }
                     if let Some((l, _)) = member.mqtts {
                         ports["mqtts"] = json!(l.local_addr()?.to_string());
+                    }
+                    if let Some(u) = member.udp {
+                        ports["udp"] = json!(u.local_addr()?.to_string());
+                    }
+                    if let Some(t) = member.tcp {
+                        ports["tcp"] = json!(t.local_addr()?.to_string());
                     }
                     let tmp = dir.join("ports.json.tmp");
                     std::fs::write(&tmp, ports.to_string())?;

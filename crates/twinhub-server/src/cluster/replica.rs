@@ -3,7 +3,8 @@
 //! (streamed both ways, so SSE works), MQTT connections (bytes, both
 //! ways) and MQTT over WebSocket (`/mqtt`: the frames' bytes to the
 //! primary's MQTT listener and back), over plain TCP or TLS (the replica
-//! terminates TLS with the node's own certificate) — so a load balancer
+//! terminates TLS with the node's own certificate), and raw frames
+//! (`frames.rs`) — so a load balancer
 //! may send anything to any node. `/health` and `/ready` are its own: ready while
 //! it knows a live primary.
 
@@ -29,7 +30,7 @@ struct Heard {
     since: Instant,
 }
 
-struct Primary(RwLock<Heard>);
+pub(super) struct Primary(RwLock<Heard>);
 
 impl Default for Primary {
     fn default() -> Self {
@@ -42,7 +43,7 @@ impl Default for Primary {
 
 impl Primary {
     /// The primary to forward to: heard lately and serving.
-    fn current(&self) -> Option<PrimaryInfo> {
+    pub(super) fn current(&self) -> Option<PrimaryInfo> {
         let held = self.0.read().expect("primary");
         held.last
             .as_ref()
@@ -93,16 +94,16 @@ pub(super) struct Replica {
 }
 
 #[derive(Clone)]
-struct Forward {
+pub(super) struct Forward {
     node: Arc<str>,
-    primary: Arc<Primary>,
+    pub(super) primary: Arc<Primary>,
     client: reqwest::Client,
     /// True once the replica stops (it became the primary): forwarded
     /// connections close and their clients reconnect.
-    stopped: tokio::sync::watch::Receiver<bool>,
-    /// Signs the header of relayed MQTT connections (the primary takes
-    /// them with the same `Config::forward_key`).
-    key: Option<crate::forwarded::Key>,
+    pub(super) stopped: tokio::sync::watch::Receiver<bool>,
+    /// Signs the header of relayed MQTT connections and frames (the
+    /// primary takes them with the same `Config::forward_key`).
+    pub(super) key: Option<crate::forwarded::Key>,
 }
 
 impl Replica {
@@ -166,6 +167,18 @@ impl Replica {
             tasks.push(tokio::spawn(forward_mqtt(
                 second_handle(l)?,
                 Some(acceptor.clone()),
+                fwd.clone(),
+            )));
+        }
+        if let Some(l) = m.tcp {
+            tasks.push(tokio::spawn(super::frames::relay_tcp(
+                second_handle(l)?,
+                fwd.clone(),
+            )));
+        }
+        if let Some(u) = m.udp {
+            tasks.push(tokio::spawn(super::frames::relay_udp(
+                super::frames::second_udp_handle(u)?,
                 fwd.clone(),
             )));
         }
@@ -397,15 +410,16 @@ async fn relay_to<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Some(mut upstream) = upstream(target, key, &who).await {
+    if let Some(mut upstream) = upstream(target, b"", key, &who).await {
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }
 }
 
-/// A connection to the primary's MQTT listener, the header saying who the
-/// relayed client is already sent.
-async fn upstream(
+/// A connection to the primary's `target` listener, `prefix` and the
+/// header saying who the relayed client is already sent.
+pub(super) async fn upstream(
     target: &str,
+    prefix: &[u8],
     key: Option<&crate::forwarded::Key>,
     who: &crate::forwarded::Forwarded,
 ) -> Option<TcpStream> {
@@ -416,7 +430,12 @@ async fn upstream(
         .ok()?;
     let _ = upstream.set_nodelay(true);
     if let Some(key) = key {
-        let header = crate::forwarded::header(key, who, crate::forwarded::now_ms());
+        let mut header = prefix.to_vec();
+        header.extend(crate::forwarded::header(
+            key,
+            who,
+            crate::forwarded::now_ms(),
+        ));
         upstream.write_all(&header).await.ok()?;
     }
     Some(upstream)
@@ -460,7 +479,7 @@ async fn relay_websocket(
     use axum::extract::ws::Message;
     use futures_util::SinkExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(upstream) = upstream(target, key, &who).await else {
+    let Some(upstream) = upstream(target, b"", key, &who).await else {
         return;
     };
     let (mut from_primary, mut to_primary) = upstream.into_split();
@@ -504,7 +523,7 @@ async fn relay_websocket(
 }
 
 /// A second handle of a listening socket (both accept from one queue).
-fn second_handle(l: &TcpListener) -> std::io::Result<TcpListener> {
+pub(super) fn second_handle(l: &TcpListener) -> std::io::Result<TcpListener> {
     use std::os::fd::AsFd;
     let fd = l.as_fd().try_clone_to_owned()?;
     let std = std::net::TcpListener::from(fd);
@@ -521,6 +540,8 @@ mod tests {
             node: node.into(),
             http: format!("{node}:80"),
             mqtt: None,
+            udp: None,
+            tcp: None,
             term,
             opening,
         }

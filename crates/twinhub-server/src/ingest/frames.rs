@@ -13,6 +13,12 @@
 //! are durable (or says why not). Refused frames are counted per device
 //! (`twinhub_frames_refused_total{device,reason}`) and per protocol,
 //! logged, and never stop a listener.
+//!
+//! In a cluster a replica relays frames to the primary (`cluster`): a TCP
+//! connection starts with the signed header of `forwarded` and each UDP
+//! datagram carries one, naming the device's own address — what
+//! `ingest.frame_sources` matches and where acknowledgements go (back
+//! through the replica, under a header of the primary's).
 
 use crate::metrics::ServerMetrics;
 use crate::pipeline::{IngestError, Pipeline};
@@ -36,6 +42,33 @@ pub struct FrameDeps {
     pub wait: Duration,
     /// Source address → device, for devices that send bare payloads.
     pub sources: HashMap<IpAddr, String>,
+    /// A cluster member's relay key: frames relayed by a replica are
+    /// taken from the device's address in their header.
+    pub forward_key: Option<crate::forwarded::Key>,
+}
+
+/// Where an acknowledgement goes: the device, and the replica that
+/// relayed its datagram, if one did.
+#[derive(Clone, Copy)]
+struct Dest {
+    peer: std::net::SocketAddr,
+    via: Option<std::net::SocketAddr>,
+}
+
+/// A relayed frame's header failed: a member with another key or a
+/// skewed clock is worth a warning, anything else is noise.
+fn refuse_relay(
+    d: &FrameDeps,
+    protocol: &'static str,
+    from: std::net::SocketAddr,
+    e: &crate::forwarded::HeaderError,
+) {
+    use crate::forwarded::HeaderError::{BadSignature, Stale};
+    d.metrics.refused(protocol, "unauthorized");
+    match e {
+        BadSignature | Stale => tracing::warn!(%from, error = %e, "relayed raw frames refused"),
+        _ => tracing::debug!(%from, error = %e, "relayed raw frames refused"),
+    }
 }
 
 /// Kept for the UDP listener's callers.
@@ -202,23 +235,44 @@ async fn handle_burst(
     socket: &tokio::net::UdpSocket,
     burst: Vec<(Vec<u8>, std::net::SocketAddr)>,
 ) {
-    type Pending = (
-        Arc<Device>,
-        Vec<Telemetry>,
-        Vec<Option<(std::net::SocketAddr, u16)>>,
-    );
-    let mut replies: Vec<(std::net::SocketAddr, [u8; 6])> = Vec::new();
+    type Pending = (Arc<Device>, Vec<Telemetry>, Vec<Option<(Dest, u16)>>);
+    let mut replies: Vec<(Dest, [u8; 6])> = Vec::new();
     let mut by_device: HashMap<String, Pending> = HashMap::new();
-    for (data, peer) in burst {
-        match prepare(d, "udp", peer.ip(), &data) {
-            Prepared::Done(Some((true, seq, status))) => replies.push((peer, ack(seq, status))),
+    let now = crate::forwarded::now_ms();
+    for (data, from) in burst {
+        let relayed = d
+            .forward_key
+            .as_ref()
+            .and_then(|k| crate::forwarded::split_datagram(k, &data, now));
+        let (dest, bytes) = match relayed {
+            None => (
+                Dest {
+                    peer: from,
+                    via: None,
+                },
+                &data[..],
+            ),
+            Some(Ok((who, bytes))) => (
+                Dest {
+                    peer: who.peer,
+                    via: Some(from),
+                },
+                bytes,
+            ),
+            Some(Err(e)) => {
+                refuse_relay(d, "udp", from, &e);
+                continue;
+            }
+        };
+        match prepare(d, "udp", dest.peer.ip(), bytes) {
+            Prepared::Done(Some((true, seq, status))) => replies.push((dest, ack(seq, status))),
             Prepared::Done(_) => {}
             Prepared::Store { device, msgs, ack } => {
                 let e = by_device
                     .entry(device.row.id.clone())
                     .or_insert_with(|| (device, Vec::new(), Vec::new()));
                 e.1.push(msgs);
-                e.2.push(ack.filter(|(a, _)| *a).map(|(_, seq)| (peer, seq)));
+                e.2.push(ack.filter(|(a, _)| *a).map(|(_, seq)| (dest, seq)));
             }
         }
     }
@@ -231,19 +285,27 @@ async fn handle_burst(
                 .await;
             out.iter()
                 .zip(acks)
-                .filter_map(|(r, a)| a.map(|(peer, seq)| (peer, ack(seq, outcome(d, &device, r)))))
+                .filter_map(|(r, a)| a.map(|(dest, seq)| (dest, ack(seq, outcome(d, &device, r)))))
                 .collect::<Vec<_>>()
         });
     for done in futures_util::future::join_all(stores).await {
         replies.extend(done);
     }
-    for (peer, a) in replies {
-        let _ = socket.send_to(&a, peer).await;
+    for (dest, a) in replies {
+        let _ = match (dest.via, &d.forward_key) {
+            (Some(replica), Some(key)) => {
+                let relayed =
+                    crate::forwarded::datagram(key, dest.peer, &a, crate::forwarded::now_ms());
+                socket.send_to(&relayed, replica).await
+            }
+            _ => socket.send_to(&a, dest.peer).await,
+        };
     }
 }
 
-/// A receive buffer big enough for bursts while a commit is in flight.
-fn enlarge_receive_buffer(socket: &tokio::net::UdpSocket, bytes: i32) {
+/// A receive buffer big enough for bursts while a commit is in flight
+/// (set where the socket is bound: a cluster replica relays from it too).
+pub fn enlarge_receive_buffer(socket: &tokio::net::UdpSocket, bytes: i32) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain setsockopt on a socket this process owns; a failure
     // (a capped rmem_max) leaves the default in place.
@@ -266,7 +328,6 @@ pub async fn serve_udp(
     deps: FrameDeps,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    enlarge_receive_buffer(&socket, 8 << 20);
     let socket = Arc::new(socket);
     let deps = Arc::new(deps);
     let permits = Arc::new(tokio::sync::Semaphore::new(UDP_BURSTS_IN_FLIGHT));
@@ -325,6 +386,7 @@ pub async fn serve_tcp(
         tokio::spawn(async move {
             let (mut rd, mut wr) = stream.into_split();
             let mut buf = vec![0u8; MAX_TCP_FRAME];
+            let (mut peer, mut first) = (peer, true);
             loop {
                 let mut len = [0u8; 2];
                 let read = async {
@@ -339,6 +401,21 @@ pub async fn serve_tcp(
                     },
                     _ = stop.changed() => return,
                 };
+                // An empty first frame: a replica's relay, its header next.
+                if std::mem::take(&mut first) && n == 0 {
+                    if let Some(key) = &deps.forward_key {
+                        let now = crate::forwarded::now_ms();
+                        let header = crate::forwarded::read(&mut rd, key, now);
+                        match tokio::time::timeout(Duration::from_secs(10), header).await {
+                            Ok(Ok(who)) => {
+                                peer = who.peer;
+                                continue;
+                            }
+                            Ok(Err(e)) => return refuse_relay(&deps, "tcp", peer, &e),
+                            Err(_) => return,
+                        }
+                    }
+                }
                 if let Some((true, seq, status)) = handle(&deps, "tcp", peer.ip(), &buf[..n]).await
                 {
                     if wr.write_all(&ack(seq, status)).await.is_err() {

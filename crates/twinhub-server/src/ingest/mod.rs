@@ -9,7 +9,8 @@
 //! (`crates/twinhub/tests/it/ingest_compliance.rs`).
 //!
 //! May call: `pipeline`, `registry` (the device), `metrics`, `store` (device
-//! layouts), `twins` (the model a layout applies to).
+//! layouts), `twins` (the model a layout applies to), `forwarded` (frames
+//! a cluster replica relays).
 
 pub mod derived;
 pub mod frames;

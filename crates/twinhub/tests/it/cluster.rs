@@ -539,6 +539,134 @@ async fn https_and_mqtts_work_through_a_replica() {
 /// NATS looks the same — is fenced: the replica ends its session after
 /// `cluster::FENCE` of silence and takes over; woken, the old primary
 /// finds another node in its place and stops.
+/// Raw frames through a replica: a UDP frame and a TCP frame are
+/// acknowledged by the replica's own sockets once the primary stored them
+/// (a wrong key is refused there), and a device known by its address
+/// (`ingest.frame_sources`, 127.0.0.2 here) is recognised through the
+/// relay — the primary sees the device's address, not the replica's
+/// (127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_frames_work_through_a_replica() {
+    use crate::frames::{frame, packed, LAYOUT};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use twinhub_codec::layout::{ack, AckStatus};
+    let mut cluster = Cluster::new(2);
+    let config = cluster.roots[0].path().join("frames.toml");
+    std::fs::write(
+        &config,
+        "[ingest]\nudp_listen = \"127.0.0.1:0\"\ntcp_listen = \"127.0.0.1:0\"\nframe_sources = { \"127.0.0.2\" = \"bare-1\" }\n",
+    )
+    .unwrap();
+    cluster.args = vec!["--config".into(), config.display().to_string()];
+    let a = cluster.primary(0, "node-a");
+    let b = cluster.replica(1, "node-b");
+    let b_ports = ports(&cluster.dirs[1], |v| v["role"] == "replica");
+    let (udp, tcp) = (
+        b_ports["udp"]
+            .as_str()
+            .expect("the replica's UDP socket")
+            .to_string(),
+        b_ports["tcp"]
+            .as_str()
+            .expect("the replica's TCP listener")
+            .to_string(),
+    );
+    let http = reqwest::Client::new();
+    until_ready(&http, &b.base).await;
+    let token = login(&b.base, PW).await;
+    let key = device_key(&http, &b.base, &token, "frm-1").await;
+    device_key(&http, &b.base, &token, "bare-1").await;
+    for id in ["frm-1", "bare-1"] {
+        let r = http
+            .put(format!("{}/api/v1/devices/{id}/layout", b.base))
+            .bearer_auth(&token)
+            .body(LAYOUT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let temperatures = |twin: &'static str| {
+        let (http, base, token) = (http.clone(), a.base.clone(), token.clone());
+        async move {
+            let url = format!("{base}/api/v1/twins/{twin}/telemetry/temperature?from=0");
+            let v = get_json(&http, &url, &token).await;
+            v["points"]
+                .as_array()
+                .map(|p| p.iter().map(|p| p["value"].as_f64().unwrap()).collect())
+                .unwrap_or_else(Vec::<f64>::new)
+        }
+    };
+
+    // UDP: acknowledged from the replica's address once stored.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(&udp).await.unwrap();
+    let exchange = |f: Vec<u8>| {
+        let sock = &sock;
+        async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..20 {
+                sock.send(&f).await.unwrap();
+                let got = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await;
+                if let Ok(Ok(n)) = got {
+                    return buf[..n].to_vec();
+                }
+            }
+            panic!("no acknowledgement through the replica");
+        }
+    };
+    let got = exchange(frame(
+        "frm-1",
+        &key,
+        1,
+        &packed(2150, 600, false, 1_700_000_000),
+    ))
+    .await;
+    assert_eq!(got, ack(1, AckStatus::Stored));
+    assert_eq!(
+        temperatures("frm-1").await,
+        vec![21.5],
+        "stored when acknowledged"
+    );
+    let got = exchange(frame(
+        "frm-1",
+        "wrong-key",
+        2,
+        &packed(1, 1, false, 1_700_000_001),
+    ))
+    .await;
+    assert_eq!(got, ack(2, AckStatus::Unauthorized));
+
+    // TCP: the same, on a relayed connection.
+    let mut conn = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+    let f = frame("frm-1", &key, 7, &packed(2275, 600, false, 1_700_000_060));
+    let mut framed = (f.len() as u16).to_be_bytes().to_vec();
+    framed.extend(f);
+    conn.write_all(&framed).await.unwrap();
+    let mut answer = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut answer))
+        .await
+        .expect("an acknowledgement over TCP through the replica")
+        .unwrap();
+    assert_eq!(answer, ack(7, AckStatus::Stored));
+    assert_eq!(temperatures("frm-1").await, vec![21.5, 22.75]);
+
+    // A device known by its address: the primary sees 127.0.0.2.
+    let bare = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let t = Instant::now();
+    while temperatures("bare-1").await.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the bare payload relayed from 127.0.0.2 was never stored"
+        );
+        bare.send_to(&packed(1999, 600, false, 1_700_000_000), &udp)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!((temperatures("bare-1").await[0] - 19.99).abs() < 1e-9);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_primary_is_fenced_and_replaced() {
     let cluster = Cluster::new(2);

@@ -116,14 +116,19 @@ async fn the_compose_files_describe_nodes_the_binary_runs() {
             haproxy.contains(&format!("server {name} {name}:{mqtt} check port {http}")),
             "MQTT reaches {name}, checked on its HTTP port:\n{haproxy}"
         );
+        let frames = env["TWINHUB_INGEST_TCP_LISTEN"].rsplit(':').next().unwrap();
+        assert!(
+            haproxy.contains(&format!("server {name} {name}:{frames} check port {http}")),
+            "raw TCP frames reach {name}, checked on its HTTP port:\n{haproxy}"
+        );
     }
     node_ids.sort();
     node_ids.dedup();
     assert_eq!(node_ids.len(), 3, "each node has its own id");
     assert_eq!(
         haproxy.matches("option httpchk GET /ready").count(),
-        2,
-        "both backends route by readiness"
+        3,
+        "every backend routes by readiness"
     );
     let lb = &services["lb"];
     assert!(lb["volumes"][0]

@@ -9,13 +9,13 @@ use std::time::Duration;
 use twinhub_codec::layout::{AckStatus, Frame};
 use twinhub_server::store::health::Faults;
 
-const LAYOUT: &str = r#"{"fields": [
+pub(crate) const LAYOUT: &str = r#"{"fields": [
     {"name": "temperature", "type": "i16", "offset": 0, "scale": 0.01},
     {"name": "pressure", "type": "u16", "offset": 2, "endian": "little", "scale": 0.1, "add": -50},
     {"name": "door_open", "type": "bool", "offset": 4, "bit": 3}],
   "timestamp": {"type": "u32", "offset": 5, "unit": "s"}}"#;
 
-fn packed(t: i16, p: u16, door: bool, ts: u32) -> Vec<u8> {
+pub(crate) fn packed(t: i16, p: u16, door: bool, ts: u32) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&t.to_be_bytes());
     f.extend_from_slice(&p.to_le_bytes());
@@ -33,7 +33,7 @@ async fn exchange(sock: &tokio::net::UdpSocket, frame: &[u8]) -> Option<[u8; 6]>
     }
 }
 
-fn frame(device: &str, key: &str, seq: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(device: &str, key: &str, seq: u16, payload: &[u8]) -> Vec<u8> {
     Frame {
         ack: true,
         cbor: false,
