@@ -63,11 +63,48 @@ pub(super) enum State {
     NoData {
         last_seen: i64,
         raised: bool,
+        /// The `last_seen` its row holds (`i64::MIN`: none yet). A point
+        /// rewrites the row only once `last_seen` moved `no_data_slack`
+        /// past it, so a twin's every point is not a write; the row is
+        /// read back late-biased by the slack (`restored`).
+        #[serde(skip, default = "never")]
+        saved: i64,
     },
     Statistical {
         rolling: Rolling,
         cond: ConditionState,
     },
+}
+
+fn never() -> i64 {
+    i64::MIN
+}
+
+/// How far a no-data state's `last_seen` may run ahead of its row: a
+/// tenth of the timeout, at most 10 s.
+pub(super) fn no_data_slack(timeout_us: i64) -> i64 {
+    (timeout_us / 10).min(10_000_000)
+}
+
+impl State {
+    /// A state as read from its row at `now`. A no-data state's row may be
+    /// up to the slack behind the last point seen (see `saved`), so its
+    /// `last_seen` is taken that much later (never past `now`): after a
+    /// restart a no-data alarm comes at most the slack late, never early.
+    fn restored(mut self, rule: Option<&Rule>, now: i64) -> State {
+        if let State::NoData {
+            last_seen, saved, ..
+        } = &mut self
+        {
+            *saved = *last_seen;
+            if let Some(r) = rule {
+                *last_seen = (*last_seen + no_data_slack(r.timeout_us))
+                    .min(now)
+                    .max(*last_seen);
+            }
+        }
+        self
+    }
 }
 
 pub(super) type StateKey = (String, String, String);
@@ -196,8 +233,10 @@ impl Engine {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         match self.store.read(|c| rows::load_states(c)) {
             Ok(rows) => {
+                let now = self.clock.now_us();
                 for (tenant, rule, twin, body) in rows {
                     if let Ok(s) = serde_json::from_str::<State>(&body) {
+                        let s = s.restored(self.book.get(&tenant, &rule).as_deref(), now);
                         self.states.insert((tenant, rule, twin), s);
                     }
                 }
@@ -335,10 +374,12 @@ impl Engine {
                     let st = self.states.entry(key.clone()).or_insert(State::NoData {
                         last_seen: now,
                         raised: false,
+                        saved: i64::MIN,
                     });
                     if let State::NoData {
                         last_seen,
                         raised: false,
+                        ..
                     } = st
                     {
                         self.deadlines
@@ -368,7 +409,10 @@ impl Engine {
             let Some(rule) = self.book.get(&key.0, &key.1).filter(|r| r.spec.enabled) else {
                 continue;
             };
-            let Some(State::NoData { last_seen, raised }) = self.states.get_mut(&key) else {
+            let Some(State::NoData {
+                last_seen, raised, ..
+            }) = self.states.get_mut(&key)
+            else {
                 continue;
             };
             // Raised: re-armed by the point that clears it.

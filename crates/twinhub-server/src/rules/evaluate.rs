@@ -6,7 +6,7 @@
 //! and the periodic drift checks of model-output rules.
 
 use super::alarms::Intent;
-use super::engine::{mark, Derived, Dirty, Engine, KeyRef, State};
+use super::engine::{mark, no_data_slack, Derived, Dirty, Engine, KeyRef, State};
 use super::{Rule, RuleKind};
 use crate::events::{Event, Kind};
 use serde_json::{Map, Value};
@@ -202,9 +202,22 @@ impl Engine {
                 RuleKind::NoData if telemetry => {
                     let now = self.clock.now_us();
                     self.book.record(rule, twin, Ok(()), 0);
+                    // The row waits until `last_seen` moved by the slack
+                    // (read back late-biased: `State::restored`).
+                    let unsaved_since = match self.states.get(&key) {
+                        Some(State::NoData {
+                            raised: false,
+                            saved,
+                            ..
+                        }) if now.saturating_sub(*saved) < no_data_slack(rule.timeout_us) => {
+                            Some(*saved)
+                        }
+                        _ => None,
+                    };
                     let fresh = State::NoData {
                         last_seen: now,
                         raised: false,
+                        saved: unsaved_since.unwrap_or(now),
                     };
                     let was = match self.states.get_mut(&key) {
                         Some(st) => Some(std::mem::replace(st, fresh)),
@@ -231,7 +244,9 @@ impl Engine {
                             .deadlines
                             .push(Reverse((now + rule.timeout_us, key.owned()))),
                     }
-                    mark(dirty, key);
+                    if unsaved_since.is_none() {
+                        mark(dirty, key);
+                    }
                 }
                 RuleKind::NoData => {}
                 RuleKind::Statistical if telemetry => {

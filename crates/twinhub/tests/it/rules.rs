@@ -355,6 +355,56 @@ async fn no_data_raises_on_the_clock_and_clears_when_data_returns() {
     s.stop().await;
 }
 
+/// A no-data state's row is not rewritten for every point (only once its
+/// `last_seen` moved by a tenth of the timeout), so after a restart the row
+/// may be behind the last point: it is read back late-biased, and the
+/// alarm never comes early. Here the row says t0 and the last point came
+/// at t0+4 s; restored as t0 the alarm would be raised at t0+60 s, beside
+/// a witness twin's, which is due then.
+#[tokio::test]
+async fn no_data_after_a_restart_is_never_raised_early() {
+    let s = TestServer::start().await;
+    let quiet = s.device("quiet2").await;
+    let witness = s.device("witness").await;
+    let no_data = |id: &str, twin: &str, timeout: &str| {
+        json!({
+            "id": id, "name": "no data", "kind": "no_data", "select": {"twin": twin},
+            "timeout": timeout, "alarm": {"type": "NoData", "severity": "warning"},
+        })
+    };
+    rule(&s, no_data("silent-q", "quiet2", "60s")).await;
+    rule(&s, no_data("silent-w", "witness", "56s")).await;
+    temp(&s, "quiet2", &quiet, 0, 300.0).await;
+    evaluated(&s, "silent-q", 1).await;
+    s.clock.advance_us(4_000_000);
+    temp(&s, "quiet2", &quiet, 4, 300.0).await;
+    evaluated(&s, "silent-q", 2).await;
+    let s = s.restart().await;
+    // The witness is first seen now (t0+4 s): due at t0+60 s.
+    temp(&s, "witness", &witness, 4, 300.0).await;
+    evaluated(&s, "silent-w", 1).await;
+    s.clock.advance_us(57_000_000);
+    let raised = alarms_until(&s, "type=NoData", "the witness's no-data alarm", |a| {
+        !a.is_empty()
+    })
+    .await;
+    let originators: Vec<&Value> = raised.iter().map(|a| &a["originator"]).collect();
+    assert_eq!(
+        originators,
+        ["witness"],
+        "quiet2's last point was at t0+4 s: due at t0+64 s"
+    );
+    s.clock.advance_us(3_000_000);
+    alarms_until(
+        &s,
+        "type=NoData&originator=quiet2",
+        "quiet2's alarm at t0+64 s",
+        |a| a.len() == 1,
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn bad_rules_are_refused_with_the_field_and_the_position() {
     let s = TestServer::start().await;
