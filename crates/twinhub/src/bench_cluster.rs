@@ -120,6 +120,42 @@ async fn mqtt_rate(
     Ok((devices.len() * n) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Raw UDP frames sent one at a time, each waiting for its
+/// acknowledgement (stored durably): round trip p50 / p99 (ms).
+async fn udp_latency(
+    addr: std::net::SocketAddr,
+    device: &str,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    sock.connect(addr).await?;
+    let mut took = Vec::with_capacity(n);
+    let mut buf = [0u8; 16];
+    for i in 0..n {
+        let body = format!("{{\"temperature\": {}}}", i % 100);
+        let frame = twinhub_codec::layout::Frame {
+            ack: true,
+            cbor: false,
+            json: true,
+            seq: i as u16,
+            device,
+            key,
+            payload: body.as_bytes(),
+        }
+        .encode();
+        let t = Instant::now();
+        sock.send(&frame).await?;
+        let got = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await;
+        anyhow::ensure!(
+            matches!(got, Ok(Ok(6))) && buf[5] == 0,
+            "frame {i} was not acknowledged as stored"
+        );
+        took.push(t.elapsed());
+    }
+    Ok((pct(&mut took, 0.5), pct(&mut took, 0.99)))
+}
+
 pub async fn run(secs: u64) -> anyhow::Result<()> {
     let Some(url) = std::env::var("TWINHUB_STORE_URL")
         .ok()
@@ -147,6 +183,7 @@ pub async fn run(secs: u64) -> anyhow::Result<()> {
                 "TWINHUB_AUDIT_KEY",
                 "bench-cluster-audit-key-0123456789".into(),
             ),
+            ("TWINHUB_INGEST_UDP_LISTEN", "127.0.0.1:0".into()),
         ]
     };
     let spawn = |node: &'static str| {
@@ -167,24 +204,22 @@ pub async fn run(secs: u64) -> anyhow::Result<()> {
         let k = create_device(&http, &primary.base, &token, &id).await?;
         publishers.push((id, k));
     }
-    let mqtt_of = |c: &Child| -> anyhow::Result<std::net::SocketAddr> {
-        Ok(c.ports["mqtt"].as_str().context("no MQTT port")?.parse()?)
+    let port_of = |c: &Child, what: &str| -> anyhow::Result<std::net::SocketAddr> {
+        Ok(c.ports[what]
+            .as_str()
+            .with_context(|| format!("no {what} port"))?
+            .parse()?)
     };
     let t0 = 1_700_000_000_000i64;
-    for (name, base, mqtt, k) in [
-        (
-            "straight to the primary",
-            primary.base.clone(),
-            mqtt_of(&primary)?,
-            0,
-        ),
-        (
-            "through the replica",
-            replica.base.clone(),
-            mqtt_of(&replica)?,
-            1,
-        ),
+    for (name, node, k) in [
+        ("straight to the primary", &primary, 0),
+        ("through the replica", &replica, 1),
     ] {
+        let (base, mqtt, udp) = (
+            node.base.clone(),
+            port_of(node, "mqtt")?,
+            port_of(node, "udp")?,
+        );
         let (p50, p99) = http_latency(&http, &base, &key, 1000, t0 + k * 10_000).await?;
         row(
             &format!("HTTP POST one point → 200 (durable) {name}, p50 / p99 (ms)"),
@@ -201,6 +236,12 @@ pub async fn run(secs: u64) -> anyhow::Result<()> {
         row(
             &format!("MQTT QoS 1 {name}, 10 publishers, into history (msg/s)"),
             format!("{rate:.0}"),
+            "",
+        );
+        let (p50, p99) = udp_latency(udp, "d1", &key, 1000).await?;
+        row(
+            &format!("UDP frame → acknowledgement (durable) {name}, p50 / p99 (ms)"),
+            format!("{p50:.2} / {p99:.2}"),
             "",
         );
     }
