@@ -134,27 +134,12 @@ impl Replica {
             .route("/mqtt", axum::routing::get(forward_mqtt_websocket))
             .fallback(forward)
             .with_state(fwd.clone());
-        let http = second_handle(m.http)?;
-        let mut s = stopped.clone();
         let app = app.into_make_service_with_connect_info::<crate::tls::PeerAddr>();
-        let plain_app = app.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(crate::tls::plain(http), plain_app)
-                .with_graceful_shutdown(async move {
-                    let _ = s.wait_for(|v| *v).await;
-                })
-                .await;
-        }));
+        let http = crate::tls::plain(second_handle(m.http)?);
+        tasks.push(serve_until(http, app.clone(), stopped.clone()));
         if let Some((l, acceptor)) = m.https {
             let l = crate::tls::TlsListener::new(second_handle(l)?, acceptor.clone(), HANDSHAKE)?;
-            let mut s = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = s.wait_for(|v| *v).await;
-                    })
-                    .await;
-            }));
+            tasks.push(serve_until(l, app, stopped.clone()));
         }
         if let Some(l) = m.mqtt {
             tasks.push(tokio::spawn(forward_mqtt(
@@ -209,6 +194,30 @@ impl Replica {
             let _ = t.await;
         }
     }
+}
+
+/// Serves the replica's routes on `listener` until the replica stops.
+fn serve_until<L>(
+    listener: L,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+        axum::Router,
+        crate::tls::PeerAddr,
+    >,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    crate::tls::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|v| *v).await;
+            })
+            .await;
+    })
 }
 
 /// Keeps `primary` at the last announcement (reconnecting as needed);
