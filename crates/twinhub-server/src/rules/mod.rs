@@ -511,7 +511,7 @@ impl RuleBook {
         self.store
             .write(move |ctx| {
                 rows::put_rule(ctx.tx, &row)?;
-                ctx.ensure_consumer(engine::CONSUMER).map(|_| ())
+                engine::ensure_positions(ctx).map(|_| ())
             })
             .await?;
         if let Some(m) = members {
