@@ -6,7 +6,7 @@
 //! values) and the alarms.
 
 use super::alarms::{Alarms, Intent};
-use super::engine::{Dirty, Engine, StateKey, CONSUMER, STATS};
+use super::engine::{Dirty, Engine, StateKey, CONSUMER};
 use super::RuleBook;
 use crate::clock::SharedClock;
 use crate::store::rules as rows;
@@ -28,7 +28,7 @@ impl InFlight {
         c: Committer,
         intents: Vec<Intent>,
         states: Vec<(StateKey, Option<String>)>,
-        (last, stats_to): (Option<u64>, Option<u64>),
+        last: Option<u64>,
         derived: Vec<super::actions::DerivedGroup>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> InFlight {
@@ -36,7 +36,7 @@ impl InFlight {
             states: states.len(),
             started: std::time::Instant::now(),
             last,
-            task: tokio::spawn(c.commit(intents, states, (last, stats_to), derived, shutdown)),
+            task: tokio::spawn(c.commit(intents, states, last, derived, shutdown)),
         }
     }
 }
@@ -53,8 +53,7 @@ pub(super) struct Committer {
 
 impl Committer {
     /// Writes one batch's effects — alarm changes, rule states, calculated
-    /// values — with the position (and the statistical states' position
-    /// when their snapshot is in it), in one commit (so none is applied twice
+    /// values — with the position, in one commit (so none is applied twice
     /// or lost); retried until it commits (or shutdown: the batch is then
     /// replayed after restart). Calculated values the store refuses for
     /// lack of room are dropped (the rules say why) rather than holding up
@@ -63,7 +62,7 @@ impl Committer {
         self,
         intents: Vec<Intent>,
         states: Vec<(StateKey, Option<String>)>,
-        (last, stats_to): (Option<u64>, Option<u64>),
+        last: Option<u64>,
         mut derived: Vec<super::actions::DerivedGroup>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Option<Vec<super::alarms::Change>> {
@@ -80,9 +79,6 @@ impl Committer {
                 }
                 if let Some(id) = last {
                     ctx.set_position(CONSUMER, id)?;
-                }
-                if let Some(id) = stats_to {
-                    ctx.set_position(STATS, id)?;
                 }
                 *slot.lock().expect("changes") = Some(changes);
                 Ok(())

@@ -26,35 +26,6 @@ use twinhub_model::rules::stats::Rolling;
 
 /// The durable consumer's name.
 pub const CONSUMER: &str = "rules";
-/// The position the statistical states' rows stand at (at or behind
-/// `CONSUMER`): a z-score or EWMA state changes with every point of its
-/// twin, so its rows are written in snapshots every `STATS_EVERY_US` (or
-/// once `STATS_MAX_PENDING` changed), not with every batch; at start the
-/// engine replays the events after this position into them. They depend
-/// on the events alone, so the replay is exact; the alarm changes those
-/// events made were committed with their batches and are not made again.
-pub const STATS: &str = "rules-stats";
-const STATS_EVERY_US: i64 = 5_000_000;
-const STATS_MAX_PENDING: usize = 50_000;
-
-/// The engine's positions (`CONSUMER`, `STATS`), created where missing:
-/// `CONSUMER` at the end of the stream, `STATS` at `CONSUMER` (a store
-/// from before the statistical snapshots wrote every state with every
-/// batch, so its rows stand exactly there).
-pub(super) fn ensure_positions(
-    ctx: &mut crate::store::WriteCtx<'_>,
-) -> Result<(u64, u64), crate::store::StoreError> {
-    let at = ctx.ensure_consumer(CONSUMER)?;
-    let stats = match ctx.position_of(STATS)? {
-        Some(p) => p,
-        None => {
-            ctx.ensure_consumer(STATS)?;
-            ctx.set_position(STATS, at)?;
-            at
-        }
-    };
-    Ok((at, stats))
-}
 
 /// Runs the engine on a thread of its own until shutdown. Evaluating a
 /// batch of a few thousand events is CPU work of tens of milliseconds: on
@@ -209,11 +180,6 @@ pub struct Engine {
     pub(super) last_action: HashMap<StateKey, i64>,
     pub(super) last_retire: i64,
     pub(super) last_drift: i64,
-    /// Statistical states changed since their last snapshot (`STATS`).
-    pub(super) pending_stats: Dirty,
-    last_stats_snapshot: i64,
-    /// Replaying events into the statistical states: nothing is counted.
-    pub(super) replaying: bool,
 }
 
 impl Engine {
@@ -234,70 +200,7 @@ impl Engine {
             last_retire: 0,
             last_drift: 0,
             twin_rules: HashMap::new(),
-            pending_stats: Dirty::new(),
-            last_stats_snapshot: 0,
-            replaying: false,
         }
-    }
-
-    /// At start: the engine's positions (`ensure_positions`), then the
-    /// events between the two replayed into the statistical states.
-    async fn recover_statistics(&mut self) {
-        let positions = self.store.write(ensure_positions).await;
-        let (at, mut after) = match positions {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "the rule engine's positions could not be read");
-                return;
-            }
-        };
-        self.refresh_rules();
-        let (from, started) = (after, std::time::Instant::now());
-        let mut replayed = 0usize;
-        while after < at {
-            let evs = match self.store.events_after(after, 2000) {
-                Ok(evs) if !evs.is_empty() => evs,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "statistical states could not be replayed");
-                    return;
-                }
-            };
-            for e in evs.iter().take_while(|e| e.id <= at) {
-                self.replay_statistics(e);
-                replayed += 1;
-            }
-            after = evs.last().map_or(at, |e| e.id);
-        }
-        if replayed > 0 {
-            tracing::info!(
-                events = replayed,
-                from,
-                to = at,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "statistical rule states replayed"
-            );
-        }
-    }
-
-    /// Whether this batch writes the statistical states' snapshot (and
-    /// moves `STATS` to its last event): when their snapshot is due, or
-    /// when none changed since the last one (the position then simply
-    /// follows).
-    fn stats_snapshot(&mut self, last: Option<u64>, dirty: &mut Dirty) -> Option<u64> {
-        let last = last?;
-        if self.pending_stats.is_empty() {
-            return Some(last);
-        }
-        let now = self.clock.now_us();
-        let due = now - self.last_stats_snapshot >= STATS_EVERY_US
-            || self.pending_stats.len() >= STATS_MAX_PENDING;
-        if !due {
-            return None;
-        }
-        self.last_stats_snapshot = now;
-        dirty.extend(std::mem::take(&mut self.pending_stats));
-        Some(last)
     }
 
     /// The enabled rules that select `twin` (cached).
@@ -340,10 +243,6 @@ impl Engine {
             }
             Err(e) => tracing::error!(error = %e, "rule states could not be read"),
         }
-        self.last_stats_snapshot = self.clock.now_us();
-        if !self.book.is_empty() {
-            self.recover_statistics().await;
-        }
         // The engine follows the fan-out durably only while rules exist:
         // without any, nothing is kept in the outbox for it (ingest pays
         // nothing for rules nobody wrote).
@@ -366,16 +265,12 @@ impl Engine {
                 }
                 consumer = None;
                 self.values.clear();
-                self.pending_stats.clear();
                 // Only if no rule was written meanwhile (its write created
                 // the position this would drop).
                 let res = self
                     .store
                     .write(|ctx| match rows::count_rules(ctx.tx)? {
-                        0 => {
-                            ctx.drop_consumer(STATS)?;
-                            ctx.drop_consumer(CONSUMER).map(|_| ())
-                        }
+                        0 => ctx.drop_consumer(CONSUMER).map(|_| ()),
                         _ => Ok(()),
                     })
                     .await;
@@ -431,7 +326,6 @@ impl Engine {
             if intents.is_empty() && dirty.is_empty() && last.is_none() {
                 continue;
             }
-            let stats_to = self.stats_snapshot(last, &mut dirty);
             let derived = self.derived_groups(derived);
             let states = self.snapshot(dirty);
             // In order: the previous batch's commit first (its effects
@@ -444,7 +338,7 @@ impl Engine {
                 self.committer(),
                 intents,
                 states,
-                (last, stats_to),
+                last,
                 derived,
                 shutdown.clone(),
             ));

@@ -173,40 +173,6 @@ impl Engine {
         }
     }
 
-    /// Replays one committed event into the statistical states only (the
-    /// states of rules that depend on the events alone): alarm changes,
-    /// calculated values and every other state were committed with the
-    /// event's batch already.
-    pub(super) fn replay_statistics(&mut self, e: &Event) {
-        let (Some(twin), Kind::Telemetry) = (e.twin.as_deref(), e.kind) else {
-            return;
-        };
-        let Some(t) = e.data.telemetry() else {
-            return;
-        };
-        if !self.by_tenant.contains_key(&e.tenant) {
-            return;
-        }
-        let rules = self.rules_of(&e.tenant, twin);
-        let mut ignored = Vec::new();
-        self.replaying = true;
-        for (ts, m) in t.messages() {
-            let seen = Seen {
-                message: Some(m),
-                source: &t.source,
-            };
-            for rule in rules
-                .iter()
-                .filter(|r| r.spec.kind == RuleKind::Statistical)
-            {
-                let key = KeyRef(&e.tenant, &rule.id, twin);
-                self.statistic(rule, twin, ts, seen, key, &mut ignored);
-            }
-            ignored.clear();
-        }
-        self.replaying = false;
-    }
-
     /// Runs the rules of a twin over one thing seen at `ts`.
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
@@ -284,7 +250,7 @@ impl Engine {
                 }
                 RuleKind::NoData => {}
                 RuleKind::Statistical if telemetry => {
-                    self.statistic(&rule, twin, ts, seen, key, intents)
+                    self.statistic(&rule, twin, ts, seen, key, intents, dirty)
                 }
                 RuleKind::Statistical => {}
             }
@@ -352,6 +318,7 @@ impl Engine {
         seen: Seen<'_>,
         key: KeyRef<'_>,
         intents: &mut Vec<Intent>,
+        dirty: &mut Dirty,
     ) {
         let (Some(p), Some(spec)) = (&rule.stats, &rule.spec.statistic) else {
             return;
@@ -361,19 +328,15 @@ impl Engine {
         };
         let v = v.to_json();
         let Some(x) = v.as_f64() else {
-            if !self.replaying {
-                self.book.record(
-                    rule,
-                    twin,
-                    Err(format!("{} is not a number", spec.property)),
-                    self.clock.now_us(),
-                );
-            }
+            self.book.record(
+                rule,
+                twin,
+                Err(format!("{} is not a number", spec.property)),
+                self.clock.now_us(),
+            );
             return;
         };
-        if !self.replaying {
-            self.book.record(rule, twin, Ok(()), 0);
-        }
+        self.book.record(rule, twin, Ok(()), 0);
         if !self.states.contains_key(&key) {
             self.states.insert(
                 key.owned(),
@@ -393,9 +356,7 @@ impl Engine {
             };
             return;
         };
-        // Written with the next snapshot of statistical states, not with
-        // this batch (see `Engine::pending_stats`).
-        mark(&mut self.pending_stats, key);
+        mark(dirty, key);
         let Some(anomalous) = rolling.observe(p, ts, x) else {
             return;
         };

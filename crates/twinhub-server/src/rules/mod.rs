@@ -511,7 +511,7 @@ impl RuleBook {
         self.store
             .write(move |ctx| {
                 rows::put_rule(ctx.tx, &row)?;
-                engine::ensure_positions(ctx).map(|_| ())
+                ctx.ensure_consumer(engine::CONSUMER).map(|_| ())
             })
             .await?;
         if let Some(m) = members {

@@ -173,17 +173,6 @@ impl WriteCtx<'_> {
         Ok(pos)
     }
 
-    /// Where the durable consumer `name` stands, if it exists.
-    pub fn position_of(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
-        let tx: &dyn Sql = self.tx;
-        let found: Option<i64> = tx.row(
-            "SELECT position FROM consumers WHERE name = ?1",
-            args![name],
-            |r| r.get(0),
-        )?;
-        Ok(found.map(|p| p as u64))
-    }
-
     /// Removes a durable consumer (see `Store::drop_consumer`).
     pub fn drop_consumer(&mut self, name: &str) -> Result<bool, StoreError> {
         let tx: &dyn Sql = self.tx;
@@ -271,13 +260,6 @@ impl Store {
     pub async fn drop_consumer(&self, name: &str) -> Result<bool, StoreError> {
         let n = name.to_string();
         self.write(move |ctx| ctx.drop_consumer(&n)).await
-    }
-
-    /// Committed events after the id `after`, in order (at most about
-    /// `max`): a consumer rebuilding in-memory state from its own older
-    /// position.
-    pub fn events_after(&self, after: u64, max: usize) -> Result<Vec<Event>, StoreError> {
-        self.read(move |c| read_after(c, after, max.max(1)))
     }
 
     /// Durable consumers and their positions.

@@ -405,60 +405,6 @@ async fn no_data_after_a_restart_is_never_raised_early() {
     s.stop().await;
 }
 
-/// Statistical states are written in snapshots (every 5 s of the clock,
-/// which this test never moves), not with every batch: after a restart
-/// the engine replays the events since the last snapshot into them. The
-/// z-score warmed up before the restart still knows its mean and spread
-/// (a spike after it raises), and the replay makes no alarm change again
-/// (the spike before the restart stays one alarm, cleared, counted once).
-#[tokio::test]
-async fn statistical_states_are_exact_after_a_restart_between_snapshots() {
-    let s = TestServer::start().await;
-    let key = s.device("z1").await;
-    rule(
-        &s,
-        json!({
-            "id": "z", "name": "spike", "kind": "statistical", "select": {"twin": "z1"},
-            "statistic": {"property": "temperature", "method": "zscore", "threshold": 4,
-                          "window": 50, "warmup": 20},
-            "alarm": {"type": "Spike", "severity": "minor"},
-        }),
-    )
-    .await;
-    for i in 0..30 {
-        temp(&s, "z1", &key, i, 300.0 + (i % 3) as f64).await;
-    }
-    temp(&s, "z1", &key, 30, 400.0).await;
-    temp(&s, "z1", &key, 31, 301.0).await;
-    evaluated(&s, "z", 32).await;
-    alarms_until(
-        &s,
-        "type=Spike&status=cleared",
-        "the first spike, cleared",
-        |a| a.len() == 1,
-    )
-    .await;
-    let s = s.restart().await;
-    temp(&s, "z1", &key, 32, 300.0).await;
-    temp(&s, "z1", &key, 33, 420.0).await;
-    let a = alarms_until(
-        &s,
-        "type=Spike&status=active",
-        "the spike after the restart",
-        |a| a.len() == 1,
-    )
-    .await;
-    assert_eq!(a[0]["count"], 1);
-    let all = alarms(&s, "type=Spike").await;
-    let counts: Vec<&Value> = all.iter().map(|a| &a["count"]).collect();
-    assert_eq!(
-        counts,
-        [1, 1],
-        "one alarm per spike, none made again by the replay: {all:?}"
-    );
-    s.stop().await;
-}
-
 #[tokio::test]
 async fn bad_rules_are_refused_with_the_field_and_the_position() {
     let s = TestServer::start().await;
