@@ -23,6 +23,7 @@ pub mod ml;
 pub mod mqtt;
 pub mod ontologies;
 pub mod pipeline;
+pub mod ports;
 pub mod quotas;
 pub mod registry;
 pub mod roles;

@@ -13,7 +13,7 @@ use crate::registry::Registry;
 use crate::store::{DirLock, Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +148,7 @@ pub struct Ready {
     pub store: Store,
 }
 
-pub const PORTS_FILE: &str = "ports.json";
+pub use crate::ports::PORTS_FILE;
 pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 
 /// Runs the server until `shutdown` resolves, then stops accepting,
@@ -457,7 +457,7 @@ pub async fn run(
             Some(bound)
         }
     };
-    let ports = write_ports(
+    let ports = crate::ports::write(
         &dir,
         &[
             ("http", Some(http_addr)),
@@ -467,6 +467,7 @@ pub async fn run(
             ("udp", udp_addr),
             ("tcp", tcp_addr),
         ],
+        &[],
     )?;
     let _ = state.listeners.set(ports);
     // A cluster's primary says where it is, for the replicas to forward to.
@@ -607,22 +608,6 @@ fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
 }
 
 /// Writes ports.json (atomically): each bound listener's address.
-fn write_ports(
-    dir: &Path,
-    listeners: &[(&str, Option<SocketAddr>)],
-) -> std::io::Result<serde_json::Value> {
-    let mut v = serde_json::json!({});
-    for (name, addr) in listeners {
-        if let Some(a) = addr {
-            v[*name] = serde_json::json!(a.to_string());
-        }
-    }
-    let tmp = dir.join("ports.json.tmp");
-    std::fs::write(&tmp, v.to_string())?;
-    std::fs::rename(tmp, dir.join(PORTS_FILE))?;
-    Ok(v)
-}
-
 fn write_private(path: &PathBuf, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -33,7 +33,8 @@
 //! each node's data directory.
 //!
 //! May call: `store` (to open it), `clock`, `tls` (the listeners it
-//! forwards from), `forwarded` (the header of a relayed MQTT connection).
+//! forwards from), `forwarded` (the header of a relayed MQTT connection),
+//! `ports` (a replica's ports.json).
 
 mod announce;
 mod frames;
@@ -44,7 +45,6 @@ pub use announce::{Announcer, PrimaryInfo, Serving};
 use crate::store::backend::Source;
 use crate::store::{DirLock, Store, StoreError, StoreOptions};
 use serde::Deserialize;
-use serde_json::json;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -229,26 +229,19 @@ pub async fn open_when_primary(
                     serving = Some(replica::Replica::start(&member)?);
                     // Where to reach it (the server rewrites the file with
                     // every listener once it is the primary).
-                    let mut ports =
-                        json!({"http": member.http.local_addr()?.to_string(), "role": "replica"});
-                    if let Some(m) = member.mqtt {
-                        ports["mqtt"] = json!(m.local_addr()?.to_string());
-                    }
-                    if let Some((l, _)) = member.https {
-                        ports["https"] = json!(l.local_addr()?.to_string());
-                    }
-                    if let Some((l, _)) = member.mqtts {
-                        ports["mqtts"] = json!(l.local_addr()?.to_string());
-                    }
-                    if let Some(u) = member.udp {
-                        ports["udp"] = json!(u.local_addr()?.to_string());
-                    }
-                    if let Some(t) = member.tcp {
-                        ports["tcp"] = json!(t.local_addr()?.to_string());
-                    }
-                    let tmp = dir.join("ports.json.tmp");
-                    std::fs::write(&tmp, ports.to_string())?;
-                    std::fs::rename(tmp, dir.join("ports.json"))?;
+                    let addr = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok());
+                    crate::ports::write(
+                        dir,
+                        &[
+                            ("http", member.http.local_addr().ok()),
+                            ("mqtt", addr(member.mqtt)),
+                            ("https", addr(member.https.map(|(l, _)| l))),
+                            ("mqtts", addr(member.mqtts.map(|(l, _)| l))),
+                            ("udp", member.udp.and_then(|u| u.local_addr().ok())),
+                            ("tcp", addr(member.tcp)),
+                        ],
+                        &[("role", "replica")],
+                    )?;
                 }
                 Some(replica) if replica.holder_silent(FENCE) => {
                     let source = source.clone();
