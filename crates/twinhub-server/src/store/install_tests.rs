@@ -120,10 +120,11 @@ async fn the_batch_logs_pages_are_reused_under_load_and_given_back_when_idle() {
         dir.path(),
         Arc::new(OffsetClock::default()),
     );
-    let db_size = || {
-        std::fs::metadata(dir.path().join("twinhub.db"))
+    // The file's size in pages as committed (the file itself lags by
+    // whatever the checkpointer has not copied yet).
+    let pages = |s: &Store| -> i64 {
+        s.read_sqlite(|c| Ok(c.query_row("PRAGMA page_count", [], |r| r.get(0))?))
             .unwrap()
-            .len()
     };
     let free = |s: &Store| -> i64 {
         s.read_sqlite(|c| Ok(c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?))
@@ -148,19 +149,29 @@ async fn the_batch_logs_pages_are_reused_under_load_and_given_back_when_idle() {
     burst(0, 20).await;
     flush(&s).await;
     assert!(free(&s) < 16, "the first flush gives everything back");
-    burst(1, 20).await;
-    flush(&s).await;
-    let kept = free(&s);
-    assert!(kept > 64, "only {kept} free pages kept for the next fill");
-    let size = db_size();
-    burst(2, 2).await;
-    assert!(free(&s) > 16, "the test needs free pages left to give back");
-    assert!(
-        db_size() <= size + 64 * 1024,
-        "the log grew the file ({} → {} bytes) beside {kept} free pages",
-        size,
-        db_size()
-    );
+    let mut round = 1;
+    loop {
+        burst(round, 20).await;
+        flush(&s).await;
+        let kept = free(&s);
+        assert!(kept > 64, "only {kept} free pages kept for the next fill");
+        let size = pages(&s);
+        burst(round + 1, 2).await;
+        // A test thread starved for longer than the writer's idle delay
+        // (2 s) let the idle give-back run meanwhile: run the round again.
+        if free(&s) <= 16 && round < 9 {
+            round += 2;
+            continue;
+        }
+        assert!(free(&s) > 16, "the test needs free pages left to give back");
+        assert!(
+            pages(&s) <= size + 64,
+            "the log grew the file ({} → {} pages) beside {kept} free pages",
+            size,
+            pages(&s)
+        );
+        break;
+    }
     // Idle: everything goes back within seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     while free(&s) >= 16 {
