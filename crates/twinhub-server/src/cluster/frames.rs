@@ -1,55 +1,20 @@
-//! A replica's relay of raw frames to the primary (`ingest::frames`
-//! there). A TCP connection is relayed as bytes, after an empty frame and
-//! the signed header of `forwarded` naming the device's address. Each UDP
+//! A replica's relay of raw frames over UDP to the primary
+//! (`ingest::frames` there; TCP frame connections are relayed like MQTT
+//! connections, `replica::forward_connections`, after an empty frame and
+//! the signed header of `forwarded` naming the device's address). Each UDP
 //! datagram goes on with such a header, from one socket of the replica's
 //! connected to the primary; the primary's acknowledgements come back on
 //! it under a header naming the device, and leave from the socket the
 //! device sent to — so the device hears from the address it wrote to.
-//! Without a primary, TCP connections are closed and datagrams dropped: a
-//! device resends what was not acknowledged.
+//! Without a primary, datagrams are dropped: a device resends what was
+//! not acknowledged.
 
-use super::replica::{upstream, Forward};
-use crate::forwarded::{self, Forwarded, Key};
+use super::replica::Forward;
+use crate::forwarded::{self, Key};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, UdpSocket};
-
-/// Relays each TCP frame connection to the primary's frame listener until
-/// either side closes (a takeover closes them all: devices reconnect).
-pub(super) async fn relay_tcp(listener: TcpListener, f: Forward) {
-    let mut stopped = f.stopped.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopped.wait_for(|v| *v) => return,
-        };
-        let Ok((mut client, peer)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let target = f.primary.current().and_then(|p| p.tcp);
-        let (key, mut stop) = (f.key.clone(), stopped.clone());
-        tokio::spawn(async move {
-            let Some(target) = target else { return };
-            let _ = client.set_nodelay(true);
-            let who = Forwarded {
-                peer,
-                cert_device: None,
-            };
-            let prefix = forwarded::TCP_FRAMES_PREFIX;
-            let relay = async {
-                if let Some(mut up) = upstream(&target, &prefix, key.as_ref(), &who).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
-                }
-            };
-            tokio::select! {
-                _ = relay => {}
-                _ = stop.wait_for(|v| *v) => {}
-            }
-        });
-    }
-}
+use tokio::net::UdpSocket;
 
 /// The replica's socket to the primary's frame socket, and the task
 /// sending what comes back on it to the devices.

@@ -141,25 +141,22 @@ impl Replica {
             let l = crate::tls::TlsListener::new(second_handle(l)?, acceptor.clone(), HANDSHAKE)?;
             tasks.push(serve_until(l, app, stopped.clone()));
         }
+        let mqtt = |p: &PrimaryInfo| p.mqtt.clone();
         if let Some(l) = m.mqtt {
-            tasks.push(tokio::spawn(forward_mqtt(
-                second_handle(l)?,
-                None,
-                fwd.clone(),
-            )));
+            let relay = forward_connections(second_handle(l)?, None, fwd.clone(), mqtt, b"");
+            tasks.push(tokio::spawn(relay));
         }
         if let Some((l, acceptor)) = m.mqtts {
-            tasks.push(tokio::spawn(forward_mqtt(
-                second_handle(l)?,
-                Some(acceptor.clone()),
-                fwd.clone(),
-            )));
+            let tls = Some(acceptor.clone());
+            let relay = forward_connections(second_handle(l)?, tls, fwd.clone(), mqtt, b"");
+            tasks.push(tokio::spawn(relay));
         }
         if let Some(l) = m.tcp {
-            tasks.push(tokio::spawn(super::frames::relay_tcp(
-                second_handle(l)?,
-                fwd.clone(),
-            )));
+            // Raw frames over TCP: an empty frame first, then the header.
+            let frames = |p: &PrimaryInfo| p.tcp.clone();
+            let prefix = &crate::forwarded::TCP_FRAMES_PREFIX;
+            let relay = forward_connections(second_handle(l)?, None, fwd.clone(), frames, prefix);
+            tasks.push(tokio::spawn(relay));
         }
         if let Some(u) = m.udp {
             tasks.push(tokio::spawn(super::frames::relay_udp(
@@ -356,14 +353,21 @@ async fn forward(State(f): State<Forward>, req: Request) -> Response {
 /// How long a client may take over its TLS handshake with a replica.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Each MQTT connection is relayed to the primary's MQTT listener, bytes
-/// both ways, until either side closes (a takeover closes them all: the
-/// clients reconnect and land on the new primary). The relay starts with
-/// a signed header (`forwarded`) giving the primary the client's address
+/// Each connection is relayed to the primary's listener that `to` picks
+/// from its announcement (MQTT, or raw TCP frames), bytes both ways, until
+/// either side closes (a takeover closes them all: the clients reconnect
+/// and land on the new primary). The relay starts with `prefix` and a
+/// signed header (`forwarded`) giving the primary the client's address
 /// and, over MQTTS, the device id of its certificate: the primary serves
 /// it as if the client had come straight to it. With `tls`, the replica
 /// ends TLS first (verifying client certificates as the primary would).
-async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, f: Forward) {
+async fn forward_connections(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    f: Forward,
+    to: fn(&PrimaryInfo) -> Option<String>,
+    prefix: &'static [u8],
+) {
     let mut stopped = f.stopped.clone();
     loop {
         let accepted = tokio::select! {
@@ -374,18 +378,19 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let target = f.primary.current().and_then(|p| p.mqtt);
+        let target = f.primary.current().and_then(|p| to(&p));
         let mut stop = stopped.clone();
         let (tls, key) = (tls.clone(), f.key.clone());
         tokio::spawn(async move {
-            // No primary (or one without MQTT): the client is closed and
-            // reconnects, through the load balancer, somewhere that works.
+            // No primary (or one without that listener): the client is
+            // closed and reconnects, through the load balancer, somewhere
+            // that works.
             let Some(target) = target else { return };
             let _ = client.set_nodelay(true);
             let relay = async {
                 let who = |cert_device| crate::forwarded::Forwarded { peer, cert_device };
                 match tls {
-                    None => relay_to(client, &target, key.as_ref(), who(None)).await,
+                    None => relay_to(client, &target, prefix, key.as_ref(), who(None)).await,
                     Some(acceptor) => {
                         if let Ok(Ok(tls)) =
                             tokio::time::timeout(HANDSHAKE, acceptor.accept(client)).await
@@ -396,7 +401,7 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .and_then(|c| crate::tls::subject_cn(c.as_ref()));
-                            relay_to(tls, &target, key.as_ref(), who(cn)).await
+                            relay_to(tls, &target, prefix, key.as_ref(), who(cn)).await
                         }
                     }
                 }
@@ -409,24 +414,25 @@ async fn forward_mqtt(listener: TcpListener, tls: Option<tokio_rustls::TlsAccept
     }
 }
 
-/// Relays `client` to a new connection to `target`, after the header
-/// saying who it is, until either side closes.
+/// Relays `client` to a new connection to `target`, after `prefix` and
+/// the header saying who it is, until either side closes.
 async fn relay_to<S>(
     mut client: S,
     target: &str,
+    prefix: &[u8],
     key: Option<&crate::forwarded::Key>,
     who: crate::forwarded::Forwarded,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Some(mut upstream) = upstream(target, b"", key, &who).await {
+    if let Some(mut upstream) = upstream(target, prefix, key, &who).await {
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }
 }
 
 /// A connection to the primary's `target` listener, `prefix` and the
 /// header saying who the relayed client is already sent.
-pub(super) async fn upstream(
+async fn upstream(
     target: &str,
     prefix: &[u8],
     key: Option<&crate::forwarded::Key>,
