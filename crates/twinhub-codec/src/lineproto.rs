@@ -53,7 +53,7 @@ impl Precision {
 }
 
 /// One twin's points of a request, in line order.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TwinBatch {
     pub twin: String,
     pub telemetry: Telemetry,

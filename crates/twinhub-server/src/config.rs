@@ -464,6 +464,16 @@ impl Config {
             .map(crate::forwarded::Key::from_secret)
     }
 
+    /// What a telemetry body may hold (`ingest.max_messages`,
+    /// `ingest.max_properties`).
+    pub fn decode_limits(&self) -> twinhub_codec::Limits {
+        twinhub_codec::Limits {
+            max_messages: self.ingest.max_messages,
+            max_properties: self.ingest.max_properties,
+            ..Default::default()
+        }
+    }
+
     pub fn auth_settings(&self) -> crate::registry::AuthSettings {
         self.auth.settings()
     }

@@ -48,8 +48,12 @@ impl Key {
     }
 
     fn mac(&self, text: &str) -> Hmac<Sha256> {
+        self.mac_bytes(text.as_bytes())
+    }
+
+    fn mac_bytes(&self, text: &[u8]) -> Hmac<Sha256> {
         let mut m = Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
-        m.update(text.as_bytes());
+        m.update(text);
         m
     }
 }
@@ -167,6 +171,51 @@ pub fn parse(key: &Key, line: &[u8], now_ms: i64) -> Result<Forwarded, HeaderErr
     Ok(Forwarded { peer, cert_device })
 }
 
+/// The signature of a request body a replica decoded for the primary
+/// (`DECODED_HEADER`): `<unix ms> <HMAC-SHA256 hex of the date and the
+/// body>`.
+pub fn sign_body(key: &Key, body: &[u8], now_ms: i64) -> String {
+    let mut m = key.mac_bytes(format!("{MAGIC} body {now_ms}\n").as_bytes());
+    m.update(body);
+    let sig: String = m
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{now_ms} {sig}")
+}
+
+/// Checks `sign_body`'s signature of `body`.
+pub fn check_body(key: &Key, signature: &str, body: &[u8], now_ms: i64) -> Result<(), HeaderError> {
+    let (at, sig) = signature.split_once(' ').ok_or(HeaderError::Malformed)?;
+    let sig = unhex(sig).ok_or(HeaderError::Malformed)?;
+    let at: i64 = at.parse().map_err(|_| HeaderError::Malformed)?;
+    let mut m = key.mac_bytes(format!("{MAGIC} body {at}\n").as_bytes());
+    m.update(body);
+    m.verify_slice(&sig)
+        .map_err(|_| HeaderError::BadSignature)?;
+    if (now_ms - at).abs() > MAX_SKEW_MS {
+        return Err(HeaderError::Stale);
+    }
+    Ok(())
+}
+
+/// The HTTP header of a body a replica decoded (its `sign_body`), and the
+/// body's content types: `twinhub_codec::wire`, of a device's telemetry
+/// or of line protocol's batches.
+pub const DECODED_HEADER: &str = "x-twinhub-decoded";
+pub const DECODED_TYPE: &str = "application/vnd.twinhub.telemetry";
+pub const DECODED_LINES_TYPE: &str = "application/vnd.twinhub.lines";
+
+/// The size limit of a decoded body from the JSON body limit: the binary
+/// form may be a little larger than the JSON it came from
+/// (`twinhub_codec::wire::MAX_GROWTH`).
+pub fn decoded_body_limit(json_limit: usize) -> usize {
+    let (num, den) = twinhub_codec::wire::MAX_GROWTH;
+    json_limit.saturating_mul(num) / den + 64
+}
+
 /// Reads and checks a header from the start of `io`, nothing past its
 /// newline (the MQTT bytes that follow stay unread).
 pub async fn read(
@@ -219,6 +268,38 @@ mod tests {
             assert_eq!(read(&mut io, &key, 1_030_000).await, Ok(f(device)));
             assert_eq!(io, &[0x10, 0x0c], "the MQTT bytes stay unread");
         }
+    }
+
+    #[test]
+    fn a_decoded_body_is_taken_only_as_signed_by_a_member_and_unchanged() {
+        let key = Key::from_secret("cluster-secret");
+        let body = b"THW1\x01\x01t";
+        let sig = sign_body(&key, body, 1_000_000);
+        assert_eq!(check_body(&key, &sig, body, 1_030_000), Ok(()));
+        assert_eq!(
+            check_body(&key, &sig, b"THW1\x01\x01u", 1_030_000),
+            Err(HeaderError::BadSignature)
+        );
+        let other = Key::from_secret("another-secret");
+        assert_eq!(
+            check_body(&other, &sig, body, 1_030_000),
+            Err(HeaderError::BadSignature)
+        );
+        assert_eq!(
+            check_body(&key, &sig, body, 1_061_000),
+            Err(HeaderError::Stale)
+        );
+        let (at, mac) = sig.split_once(' ').unwrap();
+        let moved = format!("{} {mac}", at.parse::<i64>().unwrap() + 1);
+        assert_eq!(
+            check_body(&key, &moved, body, 1_030_000),
+            Err(HeaderError::BadSignature),
+            "the date is signed too"
+        );
+        assert_eq!(
+            check_body(&key, "nonsense", body, 0),
+            Err(HeaderError::Malformed)
+        );
     }
 
     #[test]

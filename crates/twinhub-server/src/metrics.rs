@@ -204,6 +204,9 @@ pub struct ServerMetrics {
     /// Raw frames refused, by (device, reason); `unknown` where the frame
     /// named no device that could be read.
     pub frames_refused: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// HTTP telemetry bodies a cluster replica decoded (this node took
+    /// them in binary, `twinhub_codec::wire`).
+    pub http_bodies_decoded_by_replica: Counter,
 }
 
 impl ServerMetrics {

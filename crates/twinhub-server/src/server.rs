@@ -181,6 +181,10 @@ pub async fn run(
             udp: udp_socket.as_ref(),
             tcp: tcp_listener.as_ref(),
             forward_key: config.forward_key(),
+            decoding: crate::cluster::Decoding {
+                limits: config.decode_limits(),
+                max_body: config.http.max_ingest_body,
+            },
         };
         match open_when_primary(&dir, opts, clock.clone(), member, &mut shutdown).await? {
             Opened::Primary(store, announcer) => (store, Some(announcer)),
@@ -265,11 +269,7 @@ pub async fn run(
         shutdown: stop_rx.clone(),
     })?;
     let state = AppState(Arc::new(AppInner {
-        decode_limits: twinhub_codec::Limits {
-            max_messages: config.ingest.max_messages,
-            max_properties: config.ingest.max_properties,
-            ..Default::default()
-        },
+        decode_limits: config.decode_limits(),
         queue_wait: Config::duration(&config.ingest.queue_wait),
         config,
         store: store.clone(),

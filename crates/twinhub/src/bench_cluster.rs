@@ -58,6 +58,24 @@ async fn http_latency(
     Ok((pct(&mut lat, 0.5), pct(&mut lat, 0.99)))
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(14) + ticks(15)) / 100.0
+}
+
 /// Eight clients sending 100-point bodies for `secs`: points/s.
 async fn http_rate(base: &str, key: &str, secs: u64, t0: i64) -> anyhow::Result<f64> {
     let start = Instant::now();
@@ -226,11 +244,25 @@ pub async fn run(secs: u64) -> anyhow::Result<()> {
             format!("{p50:.2} / {p99:.2}"),
             "",
         );
+        let pids = (primary.child.id(), replica.child.id());
+        let cpu0 = (cpu_seconds(pids.0), cpu_seconds(pids.1));
+        let started = Instant::now();
         let rate = http_rate(&base, &key, secs, t0 + (k + 1) * 50_000_000).await?;
+        let points = rate * started.elapsed().as_secs_f64();
+        let per_point = |pid: u32, before: f64| (cpu_seconds(pid) - before) / points * 1e6;
         row(
             &format!("HTTP ingest {name}, 8 clients × 100-point bodies (points/s)"),
             format!("{rate:.0}"),
             "",
+        );
+        row(
+            &format!("  CPU per point of that ingest {name}: primary / replica (µs)"),
+            format!(
+                "{:.2} / {:.2}",
+                per_point(pids.0, cpu0.0),
+                per_point(pids.1, cpu0.1)
+            ),
+            "the replica decodes the JSON; the primary stores",
         );
         let rate = mqtt_rate(mqtt, &publishers, 5000, k as usize).await?;
         row(

@@ -307,6 +307,7 @@ pub async fn post_telemetry(
     State(state): State<AppState>,
     DeviceCreds(dev): DeviceCreds,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestReceipt>, ApiError> {
     if dev.row.id != id {
@@ -318,7 +319,15 @@ pub async fn post_telemetry(
     }
     let limit = state.config.http.max_ingest_body;
     let body = body.map_err(|e| body_error(e.status(), limit))?;
-    if body.len() > limit {
+    let wire = super::extract::decoded_by_replica(
+        &state,
+        &headers,
+        &body,
+        crate::forwarded::DECODED_TYPE,
+    )?;
+    use crate::ingest::http::Encoding;
+    let encoding = if wire { Encoding::Wire } else { Encoding::Json };
+    if body.len() > super::extract::body_limit(limit, wire) {
         return Err(ApiError::too_large(limit));
     }
     let r = crate::ingest::http::store(
@@ -326,7 +335,7 @@ pub async fn post_telemetry(
         &state.metrics,
         &state.decode_limits,
         &dev,
-        &body,
+        (&body, encoding),
         state.queue_wait,
     )
     .await?;

@@ -251,3 +251,48 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             })
     }
 }
+
+/// Whether a telemetry body was decoded by a cluster replica (it comes in
+/// the binary `content_type` with the replica's signature,
+/// `forwarded::sign_body`). That form from anyone else is refused, never
+/// read: devices and clients send their own formats.
+pub fn decoded_by_replica(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    content_type: &str,
+) -> Result<bool, ApiError> {
+    use crate::forwarded::{check_body, now_ms, DECODED_HEADER};
+    let decoded = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == content_type.as_bytes());
+    if !decoded {
+        return Ok(false);
+    }
+    let signed = match (state.config.forward_key(), headers.get(DECODED_HEADER)) {
+        (Some(key), Some(sig)) => sig
+            .to_str()
+            .ok()
+            .is_some_and(|sig| check_body(&key, sig, body, now_ms()).is_ok()),
+        _ => false,
+    };
+    if !signed {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Code::BadRequest,
+            format!("content-type: {content_type} is taken only from a member of this node's cluster, with its {DECODED_HEADER} signature"),
+        ));
+    }
+    state.metrics.http_bodies_decoded_by_replica.inc();
+    Ok(true)
+}
+
+/// The size limit of a telemetry body: `limit` for what clients send, a
+/// little more for the binary form a replica made of such a body.
+pub fn body_limit(limit: usize, decoded_by_replica: bool) -> usize {
+    if decoded_by_replica {
+        crate::forwarded::decoded_body_limit(limit)
+    } else {
+        limit
+    }
+}

@@ -100,13 +100,19 @@ async fn write(
     };
     let limit = state.config.http.max_ingest_body;
     let body = body.map_err(|e| super::extract::body_error(e.status(), limit))?;
-    if body.len() > limit {
+    let lines_type = crate::forwarded::DECODED_LINES_TYPE;
+    let decoded = super::extract::decoded_by_replica(&state, &headers, &body, lines_type)?;
+    if body.len() > super::extract::body_limit(limit, decoded) {
         return Err(ApiError::too_large(limit));
     }
     let twin_tag = q.twin_tag.as_deref().unwrap_or("twin");
-    let batches =
-        twinhub_codec::decode_line_protocol(&body, precision, twin_tag, &state.decode_limits)
-            .inspect_err(|_| state.metrics.refused("line", "invalid"))?;
+    let limits = &state.decode_limits;
+    let batches = if decoded {
+        twinhub_codec::decode_wire_batches(&body, limits)
+    } else {
+        twinhub_codec::decode_line_protocol(&body, precision, twin_tag, limits)
+    }
+    .inspect_err(|_| state.metrics.refused("line", "invalid"))?;
     // Every twin must exist and be writable by the caller before anything
     // is stored.
     for b in &batches {

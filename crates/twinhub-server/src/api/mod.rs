@@ -10,8 +10,9 @@
 //! (inbound sources), `web` (the
 //! dashboard's files),
 //! `mqtt` (commands, the WebSocket transport), `metrics`, `clock`,
-//! `config`, `tls` (the peer address of HTTPS requests). Nothing below the
-//! API calls it.
+//! `config`, `tls` (the peer address of HTTPS requests), `forwarded` (the
+//! signature of a body a cluster replica decoded). Nothing below the API
+//! calls it.
 
 pub mod access;
 pub mod audit;
@@ -340,7 +341,9 @@ pub fn router(state: AppState) -> Router {
         .config
         .http
         .max_body
-        .max(state.config.http.max_ingest_body)
+        .max(crate::forwarded::decoded_body_limit(
+            state.config.http.max_ingest_body,
+        ))
         .max(graph::MAX_MODEL_UPLOAD)
         .max(state.config.ml.max_model_bytes.saturating_mul(2) + (1 << 20));
     api.route("/mqtt", get(mqtt_websocket))

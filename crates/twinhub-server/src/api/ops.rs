@@ -79,6 +79,11 @@ pub async fn metrics(
         "protocol",
         &m.points_in,
     );
+    x.counter(
+        "twinhub_http_bodies_decoded_by_replica_total",
+        "HTTP telemetry bodies a cluster replica decoded and handed on in binary.",
+        m.http_bodies_decoded_by_replica.get(),
+    );
     x.counter_vec(
         "twinhub_ingest_rejected_total",
         "Telemetry refused, by reason.",

@@ -17,6 +17,8 @@
 //!
 //! Replicas relay raw frames too (`frames.rs`): TCP connections as bytes,
 //! UDP datagrams one by one, each under the signed header of `forwarded`.
+//! A device's HTTP telemetry they decode themselves (`decode.rs`) and hand
+//! to the primary in binary, so the JSON parsing spreads over the nodes.
 //!
 //! A primary that is stopped, hung or cut off from NATS keeps its
 //! PostgreSQL session, and with it the lock, but says nothing: a replica
@@ -37,10 +39,12 @@
 //! `ports` (a replica's ports.json).
 
 mod announce;
+mod decode;
 mod frames;
 mod replica;
 
 pub use announce::{Announcer, PrimaryInfo, Serving};
+pub use decode::Decoding;
 
 use crate::store::backend::Source;
 use crate::store::{DirLock, Store, StoreError, StoreOptions};
@@ -182,6 +186,8 @@ pub struct Membership<'a> {
     /// address and certificate identity, for the primary; `validate`
     /// makes sure a cluster member has it).
     pub forward_key: Option<crate::forwarded::Key>,
+    /// How a replica decodes device telemetry before handing it on.
+    pub decoding: Decoding,
 }
 
 /// How the wait for the writer lock ended.

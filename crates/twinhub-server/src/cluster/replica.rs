@@ -4,9 +4,11 @@
 //! ways) and MQTT over WebSocket (`/mqtt`: the frames' bytes to the
 //! primary's MQTT listener and back), over plain TCP or TLS (the replica
 //! terminates TLS with the node's own certificate), and raw frames
-//! (`frames.rs`) — so a load balancer
-//! may send anything to any node. `/health` and `/ready` are its own: ready while
-//! it knows a live primary.
+//! (`frames.rs`) — so a load balancer may send anything to any node.
+//! HTTP telemetry (devices' JSON, line protocol) is decoded here and
+//! handed on in binary (`decode.rs`): the protocol work of the busiest
+//! path spreads over the nodes. `/health` and `/ready` are its own: ready
+//! while it knows a live primary.
 
 use super::announce::{subscribed, PrimaryInfo};
 use super::{Membership, ANNOUNCE, STALE};
@@ -104,6 +106,8 @@ pub(super) struct Forward {
     /// Signs the header of relayed MQTT connections and frames (the
     /// primary takes them with the same `Config::forward_key`).
     pub(super) key: Option<crate::forwarded::Key>,
+    /// How device telemetry is decoded here (none: relayed as sent).
+    decoding: Option<super::decode::Decoding>,
 }
 
 impl Replica {
@@ -119,6 +123,7 @@ impl Replica {
                 .map_err(std::io::Error::other)?,
             stopped: stopped.clone(),
             key: m.forward_key.clone(),
+            decoding: m.forward_key.is_some().then_some(m.decoding),
         };
         let bus_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![follow(
@@ -310,26 +315,43 @@ fn end_to_end(h: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Sends the request on to the primary and streams its answer back.
+/// Sends the request on to the primary and streams its answer back;
+/// telemetry bodies are decoded here first (`decode.rs`).
 async fn forward(State(f): State<Forward>, req: Request) -> Response {
     let Some(p) = f.primary.current() else {
         return unavailable("no primary is known to this node yet; retry shortly");
     };
-    let path = req
-        .uri()
+    if let Some(d) = f.decoding {
+        if let Some(what) = super::decode::decodable(&req) {
+            return super::decode::forward_decoded(&f, &p, d, what, req).await;
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
+    relay_request(&f, &p, parts, body).await
+}
+
+/// Sends a request (its head from the client, `body` as given) to the
+/// primary and streams the answer back.
+pub(super) async fn relay_request(
+    f: &Forward,
+    p: &PrimaryInfo,
+    parts: axum::http::request::Parts,
+    body: reqwest::Body,
+) -> Response {
+    let path = parts
+        .uri
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let method = req.method().clone();
-    let mut headers = end_to_end(req.headers());
+    let mut headers = end_to_end(&parts.headers);
     headers.insert(
         "x-twinhub-forwarded-by",
         HeaderValue::from_str(&f.node).unwrap_or(HeaderValue::from_static("replica")),
     );
-    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
     let sent = f
         .client
-        .request(method, format!("http://{}{path}", p.http))
+        .request(parts.method, format!("http://{}{path}", p.http))
         .headers(headers)
         .body(body)
         .send()

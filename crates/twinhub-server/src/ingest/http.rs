@@ -1,6 +1,9 @@
 //! The HTTP device endpoint's hand-off: the body (one JSON object or an
 //! array) is decoded and stored; the answer comes once it is durable. The
 //! API handler authenticates (HTTP Basic) and maps failures to statuses.
+//! In a cluster a replica may have decoded the body already: it then
+//! arrives in twinhub's binary form (`Encoding::Wire`), signed by the
+//! replica, and is read without parsing JSON again.
 
 use crate::metrics::ServerMetrics;
 use crate::pipeline::{IngestError, Pipeline};
@@ -23,6 +26,15 @@ pub enum Refused {
     Ingest(#[from] IngestError),
 }
 
+/// How a request's body is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// What devices send.
+    Json,
+    /// Decoded by a cluster replica (whose signature the handler checked).
+    Wire,
+}
+
 /// Decodes and stores one request's body; `wait` bounds the wait for room
 /// in the store's queue (503 + Retry-After beyond it).
 pub async fn store(
@@ -30,10 +42,14 @@ pub async fn store(
     metrics: &ServerMetrics,
     limits: &Limits,
     device: &Device,
-    body: &[u8],
+    (body, encoding): (&[u8], Encoding),
     wait: Duration,
 ) -> Result<Receipt, Refused> {
-    let msgs = twinhub_codec::decode_telemetry(body, limits).inspect_err(|_| {
+    let msgs = match encoding {
+        Encoding::Json => twinhub_codec::decode_telemetry(body, limits),
+        Encoding::Wire => twinhub_codec::decode_wire(body, limits),
+    }
+    .inspect_err(|_| {
         metrics.refused("http", "invalid");
     })?;
     let messages = msgs.len();

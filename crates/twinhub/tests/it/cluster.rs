@@ -80,7 +80,7 @@ fn promoted(s: &mut Server, dir: &Path) {
 }
 
 /// Waits until `/ready` answers 200 (a replica: once it heard the primary).
-async fn until_ready(http: &reqwest::Client, base: &str) {
+pub(crate) async fn until_ready(http: &reqwest::Client, base: &str) {
     let t = Instant::now();
     while status(http, &format!("{base}/ready")).await.0 != 200 {
         assert!(t.elapsed() < Duration::from_secs(30), "{base} never ready");
@@ -90,17 +90,17 @@ async fn until_ready(http: &reqwest::Client, base: &str) {
 
 /// A cluster under test: a PostgreSQL schema of its own (dropped with it)
 /// and a data directory per node.
-struct Cluster {
+pub(crate) struct Cluster {
     schema: String,
-    roots: Vec<tempfile::TempDir>,
+    pub(crate) roots: Vec<tempfile::TempDir>,
     dirs: Vec<std::path::PathBuf>,
     /// Flags every node gets.
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     _drop: DropSchema,
 }
 
 impl Cluster {
-    fn new(nodes: usize) -> Cluster {
+    pub(crate) fn new(nodes: usize) -> Cluster {
         let schema = format!(
             "cluster_{}",
             std::time::SystemTime::now()
@@ -125,7 +125,7 @@ impl Cluster {
     }
 
     /// Starts node `i` and waits until it is the primary.
-    fn primary(&self, i: usize, name: &str) -> Server {
+    pub(crate) fn primary(&self, i: usize, name: &str) -> Server {
         let mut s = Server {
             child: self.start(i, name),
             base: String::new(),
@@ -136,7 +136,7 @@ impl Cluster {
     }
 
     /// Starts node `i` while another is the primary.
-    fn replica(&self, i: usize, name: &str) -> Server {
+    pub(crate) fn replica(&self, i: usize, name: &str) -> Server {
         replica(self.start(i, name), &self.dirs[i])
     }
 }

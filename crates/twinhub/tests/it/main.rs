@@ -10,6 +10,7 @@ mod apikeys;
 mod auth;
 mod cli;
 mod cluster;
+mod cluster_ingest;
 mod crash_loop;
 mod dashboard;
 mod demo;
