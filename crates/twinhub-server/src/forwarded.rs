@@ -131,13 +131,7 @@ pub fn header(key: &Key, f: &Forwarded, now_ms: i64) -> Vec<u8> {
         d.bytes().map(|b| format!("{b:02x}")).collect()
     });
     let text = format!("{MAGIC} {} {device} {now_ms}", f.peer);
-    let sig: String = key
-        .mac(&text)
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sig = hex_of(key.mac(&text));
     format!("{text} {sig}\n").into_bytes()
 }
 
@@ -177,13 +171,15 @@ pub fn parse(key: &Key, line: &[u8], now_ms: i64) -> Result<Forwarded, HeaderErr
 pub fn sign_body(key: &Key, body: &[u8], now_ms: i64) -> String {
     let mut m = key.mac_bytes(format!("{MAGIC} body {now_ms}\n").as_bytes());
     m.update(body);
-    let sig: String = m
-        .finalize()
+    format!("{now_ms} {}", hex_of(m))
+}
+
+fn hex_of(m: Hmac<Sha256>) -> String {
+    m.finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{now_ms} {sig}")
+        .collect()
 }
 
 /// Checks `sign_body`'s signature of `body`.

@@ -319,17 +319,10 @@ pub async fn post_telemetry(
     }
     let limit = state.config.http.max_ingest_body;
     let body = body.map_err(|e| body_error(e.status(), limit))?;
-    let wire = super::extract::decoded_by_replica(
-        &state,
-        &headers,
-        &body,
-        crate::forwarded::DECODED_TYPE,
-    )?;
+    let decoded = crate::forwarded::DECODED_TYPE;
+    let wire = super::extract::telemetry_body(&state, &headers, &body, decoded)?;
     use crate::ingest::http::Encoding;
     let encoding = if wire { Encoding::Wire } else { Encoding::Json };
-    if body.len() > super::extract::body_limit(limit, wire) {
-        return Err(ApiError::too_large(limit));
-    }
     let r = crate::ingest::http::store(
         &state.pipeline,
         &state.metrics,

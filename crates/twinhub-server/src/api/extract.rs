@@ -252,20 +252,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Whether a telemetry body was decoded by a cluster replica (it comes in
-/// the binary `content_type` with the replica's signature,
-/// `forwarded::sign_body`). That form from anyone else is refused, never
-/// read: devices and clients send their own formats.
-pub fn decoded_by_replica(
+/// Checks a telemetry body's size, and tells whether a cluster replica
+/// decoded it (it comes in the binary `content_type` with the replica's
+/// signature, `forwarded::sign_body`, and may be a little larger than the
+/// JSON it came from). That form from anyone else is refused, never read:
+/// devices and clients send their own formats.
+pub fn telemetry_body(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     body: &[u8],
     content_type: &str,
 ) -> Result<bool, ApiError> {
-    use crate::forwarded::{check_body, now_ms, DECODED_HEADER};
+    use crate::forwarded::{check_body, decoded_body_limit, now_ms, DECODED_HEADER};
+    let limit = state.config.http.max_ingest_body;
     let decoded = headers
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == content_type.as_bytes());
+    let max = if decoded {
+        decoded_body_limit(limit)
+    } else {
+        limit
+    };
+    if body.len() > max {
+        return Err(ApiError::too_large(limit));
+    }
     if !decoded {
         return Ok(false);
     }
@@ -285,14 +295,4 @@ pub fn decoded_by_replica(
     }
     state.metrics.http_bodies_decoded_by_replica.inc();
     Ok(true)
-}
-
-/// The size limit of a telemetry body: `limit` for what clients send, a
-/// little more for the binary form a replica made of such a body.
-pub fn body_limit(limit: usize, decoded_by_replica: bool) -> usize {
-    if decoded_by_replica {
-        crate::forwarded::decoded_body_limit(limit)
-    } else {
-        limit
-    }
 }

@@ -101,10 +101,7 @@ async fn write(
     let limit = state.config.http.max_ingest_body;
     let body = body.map_err(|e| super::extract::body_error(e.status(), limit))?;
     let lines_type = crate::forwarded::DECODED_LINES_TYPE;
-    let decoded = super::extract::decoded_by_replica(&state, &headers, &body, lines_type)?;
-    if body.len() > super::extract::body_limit(limit, decoded) {
-        return Err(ApiError::too_large(limit));
-    }
+    let decoded = super::extract::telemetry_body(&state, &headers, &body, lines_type)?;
     let twin_tag = q.twin_tag.as_deref().unwrap_or("twin");
     let limits = &state.decode_limits;
     let batches = if decoded {
