@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 use std::sync::Arc;
 use twinhub_codec::Telemetry;
 use twinhub_model::time::to_epoch_ms_json;
+use twinhub_model::Quality;
 
 #[derive(Debug, Clone)]
 pub enum Data {
@@ -90,10 +91,15 @@ fn parse_telemetry(v: &serde_json::Value) -> Option<TelemetryData> {
     for m in v.get("messages")?.as_array()? {
         let ms = m.get("ts")?.as_f64()?;
         batch.begin(Some((ms * 1000.0).round() as i64));
+        let flags = m.get("quality").and_then(|q| q.as_object());
         for (name, value) in m.get("values")?.as_object()? {
             let value = twinhub_model::Value::from_json(value)?;
+            let quality = flags
+                .and_then(|f| f.get(name)?.as_str())
+                .and_then(Quality::parse)
+                .unwrap_or_default();
             let i = batch.intern(name);
-            batch.push(i, value, Default::default());
+            batch.push(i, value, quality);
         }
     }
     Some(TelemetryData {
@@ -134,14 +140,33 @@ impl Serialize for Messages<'_> {
     }
 }
 
-/// `{"ts": epoch ms, "values": {name: value}}`.
+/// `{"ts": epoch ms, "values": {name: value}}`, and `"quality": {name:
+/// "uncertain"|"bad"}` when a reading is not good (beside the values, so
+/// readers of `values` see plain values whatever their quality).
 struct MessageJson<'a>(twinhub_codec::Message<'a>);
 
 impl Serialize for MessageJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
+        let flagged = self.0.readings.iter().any(|r| r.quality != Quality::Good);
+        let mut m = s.serialize_map(Some(2 + usize::from(flagged)))?;
         m.serialize_entry("ts", &to_epoch_ms_json(self.0.ts.unwrap_or(0)))?;
         m.serialize_entry("values", &Values(self.0))?;
+        if flagged {
+            m.serialize_entry("quality", &Qualities(self.0))?;
+        }
+        m.end()
+    }
+}
+
+/// `{name: quality}` of the readings of one message that are not good.
+struct Qualities<'a>(twinhub_codec::Message<'a>);
+
+impl Serialize for Qualities<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for (name, _, q) in self.0.values().filter(|(_, _, q)| *q != Quality::Good) {
+            m.serialize_entry(name, q.as_str())?;
+        }
         m.end()
     }
 }
@@ -194,9 +219,56 @@ mod tests {
         }));
         let v = d.to_json();
         assert_eq!(v["messages"][0]["values"]["t"], 1.5);
+        assert!(
+            v["messages"][0].get("quality").is_none(),
+            "good readings carry no flag"
+        );
         assert_eq!(v["messages"][1]["ts"], 1700000001000.5);
         let back = Data::from_stored(Kind::Telemetry, v.clone());
         assert_eq!(back.to_json(), v);
         assert_eq!(back.telemetry().unwrap().device.as_deref(), Some("d1"));
+    }
+
+    #[test]
+    fn a_readings_quality_is_in_the_event_and_read_back_from_the_outbox() {
+        let body = br#"{"ts":1700000000000,"t":{"value":351.2,"quality":"bad"},"p":{"value":2,"quality":"uncertain"},"ok":1}"#;
+        let batch = twinhub_codec::decode_telemetry(body, &Default::default()).unwrap();
+        let d = Data::Telemetry(Arc::new(TelemetryData {
+            device: None,
+            source: "http".into(),
+            batch,
+        }));
+        let v = d.to_json();
+        let m = &v["messages"][0];
+        assert_eq!(
+            m["values"],
+            serde_json::json!({"t": 351.2, "p": 2, "ok": 1})
+        );
+        assert_eq!(
+            m["quality"],
+            serde_json::json!({"t": "bad", "p": "uncertain"})
+        );
+        let back = Data::from_stored(Kind::Telemetry, v.clone());
+        let mut qualities: Vec<(String, Quality)> = back
+            .telemetry()
+            .unwrap()
+            .batch
+            .messages()
+            .flat_map(|m| {
+                m.values()
+                    .map(|(n, _, q)| (n.to_string(), q))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        qualities.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            qualities,
+            vec![
+                ("ok".to_string(), Quality::Good),
+                ("p".to_string(), Quality::Uncertain),
+                ("t".to_string(), Quality::Bad),
+            ]
+        );
+        assert_eq!(back.to_json(), v);
     }
 }

@@ -64,7 +64,8 @@ fn message_on(e: &Event, topic: String) -> Option<Message> {
     })
 }
 
-/// `{"ts": epoch ms, name: value, …}`: a message as a device sends it.
+/// `{"ts": epoch ms, name: value, …}`: a message as a device sends it
+/// (a reading that is not good as `{"value", "quality"}`).
 struct Flat<'a>(twinhub_codec::Message<'a>);
 
 impl serde::Serialize for Flat<'_> {
@@ -75,9 +76,27 @@ impl serde::Serialize for Flat<'_> {
             "ts",
             &twinhub_model::time::to_epoch_ms_json(self.0.ts.unwrap_or(0)),
         )?;
-        for (name, value, _) in self.0.values() {
-            m.serialize_entry(name, &crate::events::ValueJson(value))?;
+        for (name, value, quality) in self.0.values() {
+            let value = crate::events::ValueJson(value);
+            if quality == twinhub_model::Quality::Good {
+                m.serialize_entry(name, &value)?;
+            } else {
+                m.serialize_entry(name, &Flagged(value, quality.as_str()))?;
+            }
         }
+        m.end()
+    }
+}
+
+/// `{"value": …, "quality": "bad"}`: a flagged reading as devices send it.
+struct Flagged<'a>(crate::events::ValueJson<'a>, &'static str);
+
+impl serde::Serialize for Flagged<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("value", &self.0)?;
+        m.serialize_entry("quality", self.1)?;
         m.end()
     }
 }

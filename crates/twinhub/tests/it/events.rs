@@ -77,6 +77,35 @@ async fn telemetry_streams_live_filtered_and_resumable() {
     s.stop().await;
 }
 
+/// A reading sent with a quality flag keeps it in the event stream: the
+/// values stay plain, the flags are beside them (routes and dashboards
+/// must not take a bad reading for a good one).
+#[tokio::test]
+async fn telemetry_events_carry_the_quality_of_flagged_readings() {
+    let s = TestServer::start().await;
+    let k = s.device("q1").await;
+    let resp = s
+        .get("/api/v1/events?types=telemetry&twin=q1")
+        .send()
+        .await
+        .unwrap();
+    s.send(
+        "q1",
+        &k,
+        json!({"t": {"value": 351.2, "quality": "bad"}, "p": 2, "v": {"value": 1, "quality": "uncertain"}}),
+    )
+    .await;
+    s.send("q1", &k, json!({"t": 350})).await;
+    let evs = read_events(resp, 2).await;
+    let first = &evs[0].2["data"]["messages"][0];
+    assert_eq!(first["values"], json!({"t": 351.2, "p": 2, "v": 1}));
+    assert_eq!(first["quality"], json!({"t": "bad", "v": "uncertain"}));
+    let second = &evs[1].2["data"]["messages"][0];
+    assert_eq!(second["values"], json!({"t": 350}));
+    assert!(second.get("quality").is_none(), "{second}");
+    s.stop().await;
+}
+
 /// Another tenant's stream carries none of this tenant's events.
 #[tokio::test]
 async fn streams_are_per_tenant() {

@@ -257,3 +257,27 @@ async fn a_stalled_event_stream_never_slows_ingest_and_is_told_what_it_missed() 
     }
     s.stop().await;
 }
+
+/// A reading posted with a quality flag reaches MQTT subscribers as the
+/// device sent it: `{"value", "quality"}`, plain values for good ones.
+#[tokio::test]
+async fn a_flagged_readings_quality_reaches_mqtt_subscribers() {
+    let s = TestServer::start().await;
+    let key = s.device("q-fan").await;
+    let (mut q0, _) = open4(s.mqtt(), "fan-qual", Some(("admin", ADMIN_PASSWORD)), true).await;
+    q0.send4(sub4(1, "devices/q-fan/telemetry", 0)).await;
+    assert!(matches!(q0.recv4().await, v4::Packet::SubAck(_)));
+    let sent = json!({"ts": 1_764_500_000_000i64, "t": {"value": 351.2, "quality": "bad"}, "p": 2});
+    assert_eq!(s.send("q-fan", &key, sent).await.status(), 200);
+    let got = loop {
+        match q0.recv4().await {
+            v4::Packet::Publish(p) => break messages(&p.payload),
+            p => panic!("{p:?}"),
+        }
+    };
+    assert_eq!(
+        got,
+        vec![json!({"ts": 1_764_500_000_000i64, "t": {"value": 351.2, "quality": "bad"}, "p": 2})]
+    );
+    s.stop().await;
+}
