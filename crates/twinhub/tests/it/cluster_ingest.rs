@@ -5,7 +5,7 @@
 //! stored.
 
 use crate::cluster::{until_ready, Cluster};
-use crate::process::{device_key, get_json, login};
+use crate::process::{device_key, get_json, login, post_json};
 use serde_json::{json, Value};
 use twinhub_server::forwarded::{sign_body, Key, DECODED_HEADER, DECODED_TYPE};
 
@@ -197,16 +197,13 @@ async fn a_replica_decodes_line_protocol_and_the_primary_answers() {
     let token = login(&b.base, crate::process::PW).await;
     device_key(&http, &b.base, &token, "press-1").await;
     device_key(&http, &b.base, &token, "oven").await;
-    let created: Value = http
-        .post(format!("{}/api/v1/apikeys", b.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "influx", "permissions": ["telemetry:write"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = post_json(
+        &http,
+        &format!("{}/api/v1/apikeys", b.base),
+        &token,
+        &json!({"name": "influx", "permissions": ["telemetry:write"]}),
+    )
+    .await;
     let auth = format!("Token {}", created["key"].as_str().unwrap());
     let write = |base: &str, path: &str, auth: &str, body: &str| {
         let r = http

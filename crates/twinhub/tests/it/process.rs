@@ -309,16 +309,13 @@ async fn sigterm_is_graceful_and_the_bootstrap_password_is_shown_once() {
         .unwrap();
     let key = created["key"].as_str().unwrap().to_string();
     let http = reqwest::Client::new();
-    let apikey: Value = http
-        .post(format!("{}/api/v1/apikeys", s.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "k", "roles": ["viewer"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apikey = post_json(
+        &http,
+        &format!("{}/api/v1/apikeys", s.base),
+        &token,
+        &json!({"name": "k", "roles": ["viewer"]}),
+    )
+    .await;
     let apikey = apikey["key"].as_str().unwrap().to_string();
     let secret_value = "whsec_never-log-this-0123456789".to_string();
     let r = http
