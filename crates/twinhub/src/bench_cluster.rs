@@ -3,8 +3,10 @@
 //! children on one PostgreSQL schema — the primary and a replica that
 //! forwards to it. What the hop through a replica costs: durable HTTP
 //! ingest and MQTT QoS 1 latency (p50/p99) and throughput, straight to the
-//! primary and through the replica, from the same run; then how long the
-//! replica takes to serve as the primary after a SIGKILL of the primary.
+//! primary and through the replica, from the same run, with each node's
+//! CPU per point of the HTTP ingest (the replica decodes; the primary
+//! stores); then how long the replica takes to serve as the primary after
+//! a SIGKILL of the primary.
 //! On one 2-core box the nodes, PostgreSQL, NATS and the load generator
 //! share the cores: these are about the hop, not about a cluster's size.
 
