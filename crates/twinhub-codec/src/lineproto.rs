@@ -25,7 +25,16 @@ pub enum Precision {
     H,
 }
 
+/// The tag that names the twin when the request names none.
+pub const DEFAULT_TWIN_TAG: &str = "twin";
+
 impl Precision {
+    /// A request's `precision` parameter: nanoseconds when absent, None
+    /// when it names no unit.
+    pub fn of_query(p: Option<&str>) -> Option<Precision> {
+        p.map_or(Some(Precision::Ns), Precision::parse)
+    }
+
     /// `ns|us|ms|s` (v2) and `n|u|ms|s|m|h` (v1).
     pub fn parse(s: &str) -> Option<Precision> {
         Some(match s {

@@ -270,6 +270,7 @@ pub async fn run(
     })?;
     let state = AppState(Arc::new(AppInner {
         decode_limits: config.decode_limits(),
+        forward_key: config.forward_key(),
         queue_wait: Config::duration(&config.ingest.queue_wait),
         config,
         store: store.clone(),
@@ -335,7 +336,7 @@ pub async fn run(
                 shutdown: state.shutdown.clone(),
             },
             crate::mqtt::broker::Settings {
-                forward_key: state.config.forward_key(),
+                forward_key: state.forward_key.clone(),
                 ..crate::mqtt::broker::Settings::from_config(&state.config.mqtt)
             },
             state.config.auth_settings().cost,
@@ -431,7 +432,7 @@ pub async fn run(
         limits: state.decode_limits,
         wait: state.queue_wait,
         sources: sources.clone(),
-        forward_key: state.config.forward_key(),
+        forward_key: state.forward_key.clone(),
     };
     let udp_addr = match udp_socket {
         None => None,

@@ -279,11 +279,11 @@ pub fn telemetry_body(
     if !decoded {
         return Ok(false);
     }
-    let signed = match (state.config.forward_key(), headers.get(DECODED_HEADER)) {
+    let signed = match (&state.forward_key, headers.get(DECODED_HEADER)) {
         (Some(key), Some(sig)) => sig
             .to_str()
             .ok()
-            .is_some_and(|sig| check_body(&key, sig, body, now_ms()).is_ok()),
+            .is_some_and(|sig| check_body(key, sig, body, now_ms()).is_ok()),
         _ => false,
     };
     if !signed {

@@ -89,20 +89,20 @@ async fn write(
             "is not supported: send the body uncompressed (Telegraf: content_encoding = \"identity\")",
         ));
     }
-    let precision = match q.precision.as_deref() {
-        None => Precision::Ns,
-        Some(s) => Precision::parse(s).ok_or_else(|| {
-            ApiError::field(
-                "precision",
-                "must be ns, us, ms or s (v1: n, u, ms, s, m, h)",
-            )
-        })?,
-    };
+    let precision = Precision::of_query(q.precision.as_deref()).ok_or_else(|| {
+        ApiError::field(
+            "precision",
+            "must be ns, us, ms or s (v1: n, u, ms, s, m, h)",
+        )
+    })?;
     let limit = state.config.http.max_ingest_body;
     let body = body.map_err(|e| super::extract::body_error(e.status(), limit))?;
     let lines_type = crate::forwarded::DECODED_LINES_TYPE;
     let decoded = super::extract::telemetry_body(&state, &headers, &body, lines_type)?;
-    let twin_tag = q.twin_tag.as_deref().unwrap_or("twin");
+    let twin_tag = q
+        .twin_tag
+        .as_deref()
+        .unwrap_or(twinhub_codec::lineproto::DEFAULT_TWIN_TAG);
     let limits = &state.decode_limits;
     let batches = if decoded {
         twinhub_codec::decode_wire_batches(&body, limits)

@@ -73,6 +73,9 @@ pub struct AppInner {
     /// end on it.
     pub shutdown: watch::Receiver<bool>,
     pub decode_limits: Limits,
+    /// `Config::forward_key`, derived once: checks the signature of
+    /// bodies a cluster replica decoded.
+    pub forward_key: Option<crate::forwarded::Key>,
     pub queue_wait: Duration,
     /// The MQTT broker when the listener is enabled.
     pub mqtt: std::sync::RwLock<Option<Arc<crate::mqtt::Broker>>>,

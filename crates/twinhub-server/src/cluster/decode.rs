@@ -70,24 +70,26 @@ pub(super) fn decodable(req: &Request) -> Option<Decodable> {
         return None;
     }
     let q: Query<HashMap<String, String>> = Query::try_from_uri(req.uri()).ok()?;
-    let precision = match q.get("precision") {
-        None => twinhub_codec::Precision::Ns,
-        Some(p) => twinhub_codec::Precision::parse(p)?,
-    };
-    let twin_tag = q.get("twin_tag").map_or("twin", String::as_str).to_string();
+    let precision = twinhub_codec::Precision::of_query(q.get("precision").map(String::as_str))?;
+    let twin_tag = q
+        .get("twin_tag")
+        .map_or(twinhub_codec::lineproto::DEFAULT_TWIN_TAG, String::as_str)
+        .to_string();
     Some(Decodable::Lines {
         precision,
         twin_tag,
     })
 }
 
+/// Decodes `req`'s body and sends it on in binary, signed with `key`.
 pub(super) async fn forward_decoded(
     f: &Forward,
     p: &PrimaryInfo,
-    d: Decoding,
+    key: &crate::forwarded::Key,
     what: Decodable,
     req: Request,
 ) -> Response {
+    let d = f.decoding;
     let (mut parts, body) = req.into_parts();
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
@@ -108,9 +110,6 @@ pub(super) async fn forward_decoded(
         }
     }
     let sent = buf.freeze();
-    let Some(key) = f.key.as_ref() else {
-        return relay_request(f, p, parts, sent.into()).await;
-    };
     let (wire, content_type) = match what {
         Decodable::Device => (
             twinhub_codec::decode_telemetry(&sent, &d.limits)

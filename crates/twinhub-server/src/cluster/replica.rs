@@ -106,8 +106,9 @@ pub(super) struct Forward {
     /// Signs the header of relayed MQTT connections and frames (the
     /// primary takes them with the same `Config::forward_key`).
     pub(super) key: Option<crate::forwarded::Key>,
-    /// How device telemetry is decoded here (none: relayed as sent).
-    decoding: Option<super::decode::Decoding>,
+    /// How telemetry is decoded here (with `key` to sign it; without a
+    /// key it is relayed as sent).
+    pub(super) decoding: super::decode::Decoding,
 }
 
 impl Replica {
@@ -123,7 +124,7 @@ impl Replica {
                 .map_err(std::io::Error::other)?,
             stopped: stopped.clone(),
             key: m.forward_key.clone(),
-            decoding: m.forward_key.is_some().then_some(m.decoding),
+            decoding: m.decoding,
         };
         let bus_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = vec![follow(
@@ -321,10 +322,8 @@ async fn forward(State(f): State<Forward>, req: Request) -> Response {
     let Some(p) = f.primary.current() else {
         return unavailable("no primary is known to this node yet; retry shortly");
     };
-    if let Some(d) = f.decoding {
-        if let Some(what) = super::decode::decodable(&req) {
-            return super::decode::forward_decoded(&f, &p, d, what, req).await;
-        }
+    if let (Some(key), Some(what)) = (&f.key, super::decode::decodable(&req)) {
+        return super::decode::forward_decoded(&f, &p, key, what, req).await;
     }
     let (parts, body) = req.into_parts();
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
