@@ -44,6 +44,9 @@ pub struct Device {
     pub row: DeviceRow,
     /// µs since the epoch of the last message, 0 when never.
     pub last_seen: AtomicI64,
+    /// The `last_seen` the store holds: a device is rewritten only when
+    /// it was seen since (`persist_last_seen`).
+    pub(crate) persisted: AtomicI64,
     pub active: AtomicBool,
     /// Holds an MQTT connection right now.
     pub connected: AtomicBool,
@@ -55,6 +58,7 @@ impl Device {
         Device {
             row,
             last_seen: AtomicI64::new(seen),
+            persisted: AtomicI64::new(seen),
             active: AtomicBool::new(false),
             connected: AtomicBool::new(false),
         }

@@ -176,6 +176,16 @@ impl Alarms {
         }))
     }
 
+    /// Whether an alarm of this type is open on the originator (a timer's
+    /// raise replayed after a crash finds its alarm already open).
+    pub fn is_open(&self, tenant: &str, originator: &str, kind: &str) -> bool {
+        self.open.read().expect("alarms").contains_key(&(
+            tenant.to_string(),
+            originator.to_string(),
+            kind.to_string(),
+        ))
+    }
+
     /// Applies a rule engine batch's intents inside its transaction: each
     /// changed alarm is written (and announced) once, in its final state.
     pub fn apply(

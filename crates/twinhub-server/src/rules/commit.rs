@@ -1,42 +1,135 @@
-//! One batch's commit, apart from the engine so that it runs while the
-//! engine evaluates the next batch: alarm changes, rule states, calculated
-//! values and the durable position in one transaction, batches committed
-//! in order (the next is sent only once the previous one committed).
+//! One batch's commits, apart from the engine so that they run while the
+//! engine evaluates the next batch. A batch commits in two steps:
+//!
+//! 1. its alarm changes, with the id of its last event as the alarms'
+//!    watermark — an urgent write, committed ahead of the ingest queued
+//!    for the writer, so an alarm is visible one small commit after its
+//!    event (not behind the batch's calculated values and states);
+//! 2. once that committed and the previous batch's step 2 did: its rule
+//!    states, calculated values and the durable position.
+//!
+//! Alarm changes are committed in batch order, and so are the rest. After
+//! a crash between the two steps the batch is replayed from the position
+//! onto the states as they were, and the intents of events up to the
+//! watermark are dropped (`Engine::applied`): no alarm change is applied
+//! twice or lost, and the states come out as they were.
 //! Owns nothing; calls the store (through the pipeline for calculated
 //! values) and the alarms.
 
-use super::alarms::{Alarms, Intent};
+use super::alarms::{Alarms, Change, Intent};
 use super::engine::{Dirty, Engine, StateKey, CONSUMER};
 use super::RuleBook;
 use crate::clock::SharedClock;
 use crate::store::rules as rows;
-use crate::store::Store;
+use crate::store::{Store, StoreError, WriteCtx};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
 
-/// One batch's commit, running while the engine evaluates the next batch.
+/// The rule-state row holding the alarms' watermark: the id of the last
+/// event whose alarm changes are committed. No tenant or rule has an
+/// empty id, so it is no rule's state.
+pub(super) const APPLIED: (&str, &str, &str) = ("", "", "alarms-applied");
+
+/// Writes the alarms' watermark (or removes it: `None`).
+pub(super) fn put_applied(ctx: &mut WriteCtx<'_>, id: Option<u64>) -> Result<(), StoreError> {
+    let (t, r, w) = APPLIED;
+    rows::put_state(ctx.tx, t, r, w, id.map(|i| i.to_string()).as_deref())
+}
+
+/// A batch whose alarm changes are being committed.
 pub(super) struct InFlight {
-    pub(super) task: tokio::task::JoinHandle<Option<Vec<super::alarms::Change>>>,
-    last: Option<u64>,
-    states: usize,
-    started: std::time::Instant,
+    /// The batch's alarm changes once committed; closed without a value
+    /// once shutdown stopped the commit.
+    pub(super) alarms: oneshot::Receiver<Vec<Change>>,
+    intents: usize,
+    started: Instant,
+}
+
+/// How far the batches' second steps went: the sequence number of the
+/// last batch whose states and position are committed.
+#[derive(Clone)]
+pub(super) struct Rest {
+    done: Arc<watch::Sender<u64>>,
+    /// The sequence number the next batch gets.
+    next: u64,
+}
+
+impl Default for Rest {
+    fn default() -> Rest {
+        Rest {
+            done: Arc::new(watch::channel(0).0),
+            next: 1,
+        }
+    }
+}
+
+impl Rest {
+    /// Waits until every batch before the latest one has its rest
+    /// committed: at most two batches' states and calculated values are
+    /// held in memory waiting for the writer. False once shutdown.
+    pub(super) async fn bounded(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        self.upto(self.next.saturating_sub(2), shutdown).await
+    }
+
+    /// Waits until every batch started has its rest committed.
+    pub(super) async fn drained(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        self.upto(self.next - 1, shutdown).await
+    }
+
+    async fn upto(&self, upto: u64, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut rx = self.done.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|d| *d >= upto) => r.is_ok(),
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
+/// One batch's effects, to be committed.
+pub(super) struct Batch {
+    pub(super) intents: Vec<Intent>,
+    pub(super) states: Vec<(StateKey, Option<String>)>,
+    /// The id of the batch's last event (None for a batch of timers).
+    pub(super) last: Option<u64>,
+    pub(super) derived: Vec<super::actions::DerivedGroup>,
 }
 
 impl InFlight {
-    /// Starts a batch's commit (the previous one has committed).
+    /// Starts a batch's commits (the previous batch's alarm changes have
+    /// committed).
     pub(super) fn start(
         c: Committer,
-        intents: Vec<Intent>,
-        states: Vec<(StateKey, Option<String>)>,
-        last: Option<u64>,
-        derived: Vec<super::actions::DerivedGroup>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
+        b: Batch,
+        rest: &mut Rest,
+        shutdown: watch::Receiver<bool>,
     ) -> InFlight {
+        let (tx, rx) = oneshot::channel();
+        let seq = rest.next;
+        rest.next += 1;
+        let done = rest.done.clone();
+        let intents = b.intents.len();
+        tokio::spawn(async move {
+            let mut shutdown = shutdown;
+            let Some(changes) = c.commit_alarms(b.intents, b.last, &mut shutdown).await else {
+                return;
+            };
+            let _ = tx.send(changes);
+            let mut prev = done.subscribe();
+            tokio::select! {
+                r = prev.wait_for(|d| *d + 1 >= seq) => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            if c.commit_rest(b.states, b.last, b.derived, &mut shutdown)
+                .await
+            {
+                done.send_modify(|d| *d = (*d).max(seq));
+            }
+        });
         InFlight {
-            states: states.len(),
-            started: std::time::Instant::now(),
-            last,
-            task: tokio::spawn(c.commit(intents, states, last, derived, shutdown)),
+            alarms: rx,
+            intents,
+            started: Instant::now(),
         }
     }
 }
@@ -52,35 +145,70 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// Writes one batch's effects — alarm changes, rule states, calculated
-    /// values — with the position, in one commit (so none is applied twice
-    /// or lost); retried until it commits (or shutdown: the batch is then
-    /// replayed after restart). Calculated values the store refuses for
-    /// lack of room are dropped (the rules say why) rather than holding up
-    /// the alarms.
-    pub(super) async fn commit(
-        self,
+    /// Step 1: the alarm changes and the watermark, ahead of queued
+    /// ingest. A batch with neither is not written.
+    async fn commit_alarms(
+        &self,
         intents: Vec<Intent>,
+        last: Option<u64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<Change>> {
+        if intents.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (alarms, intents) = (self.alarms.clone(), intents.clone());
+            let res = self
+                .store
+                .write_urgent(move |ctx| {
+                    let changes = alarms.apply(ctx, intents)?;
+                    if let Some(id) = last {
+                        put_applied(ctx, Some(id))?;
+                    }
+                    Ok(changes)
+                })
+                .await;
+            match res {
+                Ok(changes) => return Some(changes),
+                Err(e) => {
+                    tracing::warn!(error = %e, "alarm changes could not be stored; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Step 2: rule states, calculated values and the position, in one
+    /// commit (so none is applied twice or lost). Calculated values the
+    /// store refuses for lack of room are dropped (the rules say why)
+    /// rather than holding up the position. False once shutdown.
+    async fn commit_rest(
+        &self,
         states: Vec<(StateKey, Option<String>)>,
         last: Option<u64>,
         mut derived: Vec<super::actions::DerivedGroup>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Option<Vec<super::alarms::Change>> {
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if states.is_empty() && last.is_none() && derived.is_empty() {
+            return true;
+        }
         let states = Arc::new(states);
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let (alarms, intents, states) = (self.alarms.clone(), intents.clone(), states.clone());
-            let out = Arc::new(std::sync::Mutex::new(None));
-            let slot = out.clone();
-            let apply = move |ctx: &mut crate::store::WriteCtx<'_>| {
-                let changes = alarms.apply(ctx, intents)?;
-                for ((tenant, rule, twin), body) in states.iter() {
+            let states_ = states.clone();
+            let apply = move |ctx: &mut WriteCtx<'_>| {
+                for ((tenant, rule, twin), body) in states_.iter() {
                     rows::put_state(ctx.tx, tenant, rule, twin, body.as_deref())?;
                 }
                 if let Some(id) = last {
                     ctx.set_position(CONSUMER, id)?;
                 }
-                *slot.lock().expect("changes") = Some(changes);
                 Ok(())
             };
             let res = if derived.is_empty() {
@@ -98,30 +226,14 @@ impl Committer {
                     Ok(outcomes) => {
                         for (g, o) in derived.iter().zip(outcomes) {
                             if let Err(e) = o {
-                                for r in &g.rules {
-                                    self.book.record(
-                                        r,
-                                        &g.twin,
-                                        Err(e.to_string()),
-                                        self.clock.now_us(),
-                                    );
-                                }
+                                self.failed(&g.rules, &g.twin, e.to_string());
                             }
                         }
                         Ok(())
                     }
-                    Err(
-                        e @ (crate::store::StoreError::NoSpace | crate::store::StoreError::Busy),
-                    ) => {
+                    Err(e @ (StoreError::NoSpace | StoreError::Busy)) => {
                         for g in std::mem::take(&mut derived) {
-                            for r in &g.rules {
-                                self.book.record(
-                                    r,
-                                    &g.twin,
-                                    Err(e.to_string()),
-                                    self.clock.now_us(),
-                                );
-                            }
+                            self.failed(&g.rules, &g.twin, e.to_string());
                         }
                         continue;
                     }
@@ -129,16 +241,32 @@ impl Committer {
                 }
             };
             match res {
-                Ok(()) => return out.lock().expect("changes").take(),
+                Ok(()) => {
+                    if started.elapsed() > Duration::from_millis(8) {
+                        tracing::debug!(
+                            states = states.len(),
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "slow rule commit (states, calculated values)"
+                        );
+                    }
+                    return true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "rule results could not be stored; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return None,
+                        _ = shutdown.changed() => return false,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    fn failed(&self, rules: &[Arc<super::Rule>], twin: &str, e: String) {
+        for r in rules {
+            self.book
+                .record(r, twin, Err(e.clone()), self.clock.now_us());
         }
     }
 }
@@ -169,39 +297,31 @@ impl Engine {
         }
     }
 
-    /// Waits for the batch in flight to commit, then records its position
-    /// and runs its actions. False once shutdown stopped it.
-    pub(super) async fn finish(
-        &mut self,
-        pending: &mut Option<InFlight>,
-        consumer: &mut Option<crate::store::outbox::Consumer>,
-    ) -> bool {
+    /// Waits for the batch in flight's alarm changes to commit, then runs
+    /// its actions. False once shutdown stopped it.
+    pub(super) async fn finish(&mut self, pending: &mut Option<InFlight>) -> bool {
         let Some(mut p) = pending.take() else {
             return true;
         };
-        let done = (&mut p.task).await;
-        self.committed(p, done, consumer).await
+        let done = (&mut p.alarms).await;
+        self.committed(p, done).await
     }
 
-    /// After a batch's commit: its position, its actions.
+    /// After a batch's alarm changes committed: its actions.
     pub(super) async fn committed(
         &mut self,
         p: InFlight,
-        done: Result<Option<Vec<super::alarms::Change>>, tokio::task::JoinError>,
-        consumer: &mut Option<crate::store::outbox::Consumer>,
+        done: Result<Vec<Change>, oneshot::error::RecvError>,
     ) -> bool {
-        let Ok(Some(changes)) = done else {
+        let Ok(changes) = done else {
             return false;
         };
         if p.started.elapsed() > Duration::from_millis(8) {
             tracing::debug!(
-                states = p.states,
+                intents = p.intents,
                 ms = p.started.elapsed().as_secs_f64() * 1e3,
-                "slow rule commit"
+                "slow alarm commit"
             );
-        }
-        if let (Some(id), Some(c)) = (p.last, consumer.as_mut()) {
-            c.committed(id);
         }
         self.act(changes).await;
         self.retire_alarms().await;

@@ -9,7 +9,7 @@
 //! does to the states is in `evaluate.rs`; the commit in `commit.rs`.
 
 use super::alarms::{Alarms, Intent};
-use super::commit::InFlight;
+use super::commit::{Batch, InFlight, Rest, APPLIED};
 use super::{Rule, RuleBook, RuleKind};
 use crate::clock::SharedClock;
 use crate::store::rules as rows;
@@ -180,6 +180,10 @@ pub struct Engine {
     pub(super) last_action: HashMap<StateKey, i64>,
     pub(super) last_retire: i64,
     pub(super) last_drift: i64,
+    /// The alarms' watermark read at start: events up to it had their
+    /// alarm changes committed before the crash or stop (`commit.rs`),
+    /// so replaying them rebuilds states and calculated values only.
+    applied: u64,
 }
 
 impl Engine {
@@ -200,6 +204,7 @@ impl Engine {
             last_retire: 0,
             last_drift: 0,
             twin_rules: HashMap::new(),
+            applied: 0,
         }
     }
 
@@ -235,6 +240,10 @@ impl Engine {
             Ok(rows) => {
                 let now = self.clock.now_us();
                 for (tenant, rule, twin, body) in rows {
+                    if (tenant.as_str(), rule.as_str(), twin.as_str()) == APPLIED {
+                        self.applied = body.parse().unwrap_or(0);
+                        continue;
+                    }
                     if let Ok(s) = serde_json::from_str::<State>(&body) {
                         let s = s.restored(self.book.get(&tenant, &rule).as_deref(), now);
                         self.states.insert((tenant, rule, twin), s);
@@ -248,6 +257,7 @@ impl Engine {
         // nothing for rules nobody wrote).
         let mut consumer: Option<crate::store::outbox::Consumer> = None;
         let mut pending: Option<InFlight> = None;
+        let mut rest = Rest::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -260,7 +270,7 @@ impl Engine {
                     }
                 }
             } else if !wanted && consumer.is_some() {
-                if !self.finish(&mut pending, &mut consumer).await {
+                if !self.finish(&mut pending).await || !rest.drained(&mut shutdown).await {
                     return;
                 }
                 consumer = None;
@@ -270,7 +280,10 @@ impl Engine {
                 let res = self
                     .store
                     .write(|ctx| match rows::count_rules(ctx.tx)? {
-                        0 => ctx.drop_consumer(CONSUMER).map(|_| ()),
+                        0 => {
+                            super::commit::put_applied(ctx, None)?;
+                            ctx.drop_consumer(CONSUMER).map(|_| ())
+                        }
                         _ => Ok(()),
                     })
                     .await;
@@ -289,7 +302,11 @@ impl Engine {
                         self.refresh_rules();
                         let mut stale = HashSet::new();
                         for e in &evs {
+                            let before = intents.len();
                             self.on_event(e, &mut intents, &mut dirty, &mut stale, &mut derived);
+                            if e.id <= self.applied {
+                                intents.truncate(before);
+                            }
                         }
                         for t in stale {
                             self.book.refresh_queries(&self.twins, Some(&t));
@@ -310,9 +327,9 @@ impl Engine {
                     self.expire(&mut intents, &mut dirty);
                     self.check_drift(&mut intents, &mut dirty);
                 }
-                done = async { (&mut pending.as_mut().expect("in flight").task).await }, if pending.is_some() => {
+                done = async { (&mut pending.as_mut().expect("in flight").alarms).await }, if pending.is_some() => {
                     let p = pending.take().expect("in flight");
-                    if !self.committed(p, done, &mut consumer).await {
+                    if !self.committed(p, done).await {
                         return;
                     }
                     continue;
@@ -328,18 +345,22 @@ impl Engine {
             }
             let derived = self.derived_groups(derived);
             let states = self.snapshot(dirty);
-            // In order: the previous batch's commit first (its effects
-            // come before these), then this one's is sent and the engine
-            // evaluates the next batch while the writer commits it.
-            if !self.finish(&mut pending, &mut consumer).await {
+            // In order: the previous batch's alarm changes first (its
+            // effects come before these), and at most one batch's rest
+            // still waiting for the writer; then this one's commits are
+            // sent and the engine evaluates the next batch meanwhile.
+            if !self.finish(&mut pending).await || !rest.bounded(&mut shutdown).await {
                 return;
             }
             pending = Some(InFlight::start(
                 self.committer(),
-                intents,
-                states,
-                last,
-                derived,
+                Batch {
+                    intents,
+                    states,
+                    last,
+                    derived,
+                },
+                &mut rest,
                 shutdown.clone(),
             ));
             // Lets the commit reach the writer's queue before evaluating.
@@ -427,6 +448,11 @@ impl Engine {
             }
             *raised = true;
             dirty.insert(key.clone());
+            // Raised before a crash whose state did not commit (the alarm
+            // changes commit first): the open alarm is it.
+            if self.alarms.is_open(&key.0, &key.2, &rule.alarm.kind) {
+                continue;
+            }
             intents.push(Intent::Raise {
                 tenant: key.0.clone(),
                 originator: key.2.clone(),

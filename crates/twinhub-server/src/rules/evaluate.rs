@@ -491,8 +491,14 @@ impl Engine {
                 dirty.insert(key);
             }
             let value = serde_json::json!({"feature": feature, "psi": psi});
-            // A drift alarm counts checks, not repeats of each one.
-            if t != Transition::Repeat {
+            // A drift alarm counts checks, not repeats of each one; a
+            // raise whose alarm is open is one replayed after a crash (the
+            // alarm changes commit before the states).
+            let reraised = t == Transition::Raise
+                && self
+                    .alarms
+                    .is_open(&rule.tenant, &originator, &rule.alarm.kind);
+            if t != Transition::Repeat && !reraised {
                 intents.extend(intent(&rule, &originator, t, || value, now));
             }
         }

@@ -370,6 +370,7 @@ struct Inner {
     engine: Arc<Engine>,
     reads: db::ReadPool,
     data_tx: mpsc::Sender<writer::Op>,
+    urgent_tx: mpsc::Sender<writer::Op>,
     ctrl_tx: mpsc::UnboundedSender<writer::Ctrl>,
     opts: StoreOptions,
     path: PathBuf,
@@ -467,6 +468,27 @@ impl Store {
         let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
         self.inner
             .data_tx
+            .send(writer::Op::Exec { f, ack })
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        let out = rx.await.map_err(|_| StoreError::Unavailable)??;
+        Ok(*out.downcast::<R>().expect("write result type"))
+    }
+
+    /// `write` for a small change on a latency path (a rule batch's alarm
+    /// changes): committed in a group of its own ahead of the data queued
+    /// for the writer — not behind a full queue of ingest. Nothing else
+    /// is ordered with it: a caller that needs an order between its
+    /// urgent and its other writes waits for the one before sending the
+    /// other.
+    pub async fn write_urgent<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
+        self.inner
+            .urgent_tx
             .send(writer::Op::Exec { f, ack })
             .await
             .map_err(|_| StoreError::Unavailable)?;

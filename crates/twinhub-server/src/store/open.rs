@@ -94,6 +94,7 @@ impl Store {
         engine.health.check_space(&dir, &engine.faults, true);
         let (data_tx, data_rx) = mpsc::channel(opts.queue);
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+        let (urgent_tx, urgent_rx) = mpsc::channel(16);
         let embedded = conn.sqlite().is_some();
         let w = writer::Writer {
             conn,
@@ -101,6 +102,7 @@ impl Store {
             last_reconnect: None,
             engine: engine.clone(),
             data: data_rx,
+            urgent: urgent_rx,
             ctrl: ctrl_rx,
             head_limit: opts.flush_points.saturating_mul(2),
             dir: dir.clone(),
@@ -128,6 +130,7 @@ impl Store {
                 engine,
                 reads: db::ReadPool::new(source),
                 data_tx,
+                urgent_tx,
                 ctrl_tx,
                 opts,
                 path,

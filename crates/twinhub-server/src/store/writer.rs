@@ -122,6 +122,10 @@ pub struct Writer {
     pub last_reconnect: Option<Instant>,
     pub engine: Arc<Engine>,
     pub data: mpsc::Receiver<Op>,
+    /// Small writes on a latency path (a rule batch's alarm changes):
+    /// committed in a group of their own ahead of whatever data is
+    /// queued, so an alarm never waits behind a full queue of ingest.
+    pub urgent: mpsc::Receiver<Op>,
     pub ctrl: mpsc::UnboundedReceiver<Ctrl>,
     /// Above this many head points (while a flush is still running) the
     /// writer stops taking appends: back-pressure instead of unbounded
@@ -193,7 +197,11 @@ impl Writer {
                     c = self.ctrl.recv() => match c {
                         Some(Ctrl::Shutdown) | None => {
                             self.finish_steps();
+                            self.urgent.close();
                             self.data.close();
+                            while let Ok(op) = self.urgent.try_recv() {
+                                self.commit_group(vec![op]);
+                            }
                             while let Ok(op) = self.data.try_recv() {
                                 self.commit_group(vec![op]);
                             }
@@ -209,6 +217,16 @@ impl Writer {
                             self.written = true;
                         }
                     },
+                    u = self.urgent.recv() => {
+                        if let Some(op) = u {
+                            let mut group = vec![op];
+                            while let Ok(op) = self.urgent.try_recv() {
+                                group.push(op);
+                            }
+                            self.commit_group(group);
+                            self.written = true;
+                        }
+                    }
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
                             let mut group = vec![op];

@@ -225,3 +225,46 @@ async fn device_keys_rotate_with_an_overlap_window() {
     assert!(error_of(r, 400, "bad_request").await.contains("overlap"));
     s.stop().await;
 }
+
+/// Last-seen times are kept across a restart for every device, however
+/// many: they are written in slices of a few hundred rows (so the writer
+/// is never held for all of them at once), and each slice must land.
+#[tokio::test]
+async fn last_seen_times_survive_a_restart_for_every_device() {
+    let s = TestServer::start().await;
+    let n = 300;
+    for i in 0..n {
+        let id = format!("seen-{i:03}");
+        let key = s.device(&id).await;
+        if i % 3 != 2 {
+            let r = s.send(&id, &key, json!({"t": i})).await;
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let seen = |v: &Value| -> Vec<(String, Value)> {
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_str().unwrap().to_string(),
+                    d["last_seen"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (st, before) = s.json(s.get("/api/v1/devices?limit=1000")).await;
+    assert_eq!(st, 200);
+    let before = seen(&before);
+    assert_eq!(before.len(), n);
+    assert_eq!(before.iter().filter(|(_, t)| t.is_string()).count(), 200);
+
+    let s = s.restart().await;
+    let (_, after) = s.json(s.get("/api/v1/devices?limit=1000")).await;
+    assert_eq!(
+        seen(&after),
+        before,
+        "every last-seen time as before the restart"
+    );
+}

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 const T0: i64 = 1_764_500_000_000;
 
-async fn rule(s: &TestServer, body: Value) -> Value {
+pub(crate) async fn rule(s: &TestServer, body: Value) -> Value {
     let (st, v) = s.json(s.post("/api/v1/rules", body)).await;
     assert_eq!(st, 201, "{v}");
     v
 }
 
-fn hot(id: &str, twin: &str) -> Value {
+pub(crate) fn hot(id: &str, twin: &str) -> Value {
     json!({
         "id": id, "name": "Reactor too hot",
         "select": {"twin": twin},
@@ -27,7 +27,7 @@ fn hot(id: &str, twin: &str) -> Value {
     })
 }
 
-async fn alarms(s: &TestServer, query: &str) -> Vec<Value> {
+pub(crate) async fn alarms(s: &TestServer, query: &str) -> Vec<Value> {
     let (st, v) = s.json(s.get(&format!("/api/v1/alarms?{query}"))).await;
     assert_eq!(st, 200, "{v}");
     v["value"].as_array().unwrap().clone()
@@ -35,7 +35,7 @@ async fn alarms(s: &TestServer, query: &str) -> Vec<Value> {
 
 /// Waits until the alarms matching `query` satisfy `f` (rules run after
 /// the commit that acknowledged the telemetry), and returns them.
-async fn alarms_until(
+pub(crate) async fn alarms_until(
     s: &TestServer,
     query: &str,
     what: &str,
@@ -65,7 +65,7 @@ async fn evaluated(s: &TestServer, rule: &str, n: u64) {
     .await;
 }
 
-async fn temp(s: &TestServer, id: &str, key: &str, at_s: i64, t: f64) {
+pub(crate) async fn temp(s: &TestServer, id: &str, key: &str, at_s: i64, t: f64) {
     let r = s
         .send(id, key, json!({"ts": T0 + at_s * 1000, "temperature": t}))
         .await;
