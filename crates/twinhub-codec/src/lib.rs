@@ -17,4 +17,6 @@ pub use cbor::decode_cbor_telemetry;
 pub use json::{decode_telemetry, DecodeError, Limits};
 pub use lineproto::{decode_line_protocol, Precision, TwinBatch};
 pub use telemetry::{Message, Reading, Telemetry, TelemetryMessage};
-pub use wire::{decode_wire, decode_wire_batches, encode_wire, encode_wire_batches};
+pub use wire::{
+    decode_wire, decode_wire_batches, decode_wire_trusted, encode_wire, encode_wire_batches,
+};

@@ -115,7 +115,22 @@ pub fn decode_wire(bytes: &[u8], limits: &Limits) -> Result<Telemetry, DecodeErr
     if r.take(4)? != MAGIC {
         return Err(bad("is not twinhub's binary telemetry"));
     }
-    let t = read_telemetry(&mut r, limits, limits.max_messages)?;
+    let t = read_telemetry(&mut r, limits, limits.max_messages, true)?;
+    r.end()?;
+    Ok(t)
+}
+
+/// Reads what `encode_wire` wrote in this process or an earlier run of it
+/// (the store's outbox): the structure is checked, so any bytes decode or
+/// fail without panicking, but names, timestamps and sizes are not held
+/// to a device body's rules — what was stored passed them or was made by
+/// the server (calculated values, predictions) and must read back whole.
+pub fn decode_wire_trusted(bytes: &[u8]) -> Result<Telemetry, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    if r.take(4)? != MAGIC {
+        return Err(bad("is not twinhub's binary telemetry"));
+    }
+    let t = read_telemetry(&mut r, &Limits::default(), usize::MAX, false)?;
     r.end()?;
     Ok(t)
 }
@@ -135,7 +150,7 @@ pub fn decode_wire_batches(bytes: &[u8], limits: &Limits) -> Result<Vec<TwinBatc
         if twin.is_empty() || out.iter().any(|b| b.twin == twin) {
             return Err(err(&format!("batches[{i}]"), "must name a twin, once"));
         }
-        let telemetry = read_telemetry(&mut r, limits, left)?;
+        let telemetry = read_telemetry(&mut r, limits, left, true)?;
         left -= telemetry.len();
         out.push(TwinBatch {
             twin: twin.to_string(),
@@ -146,11 +161,13 @@ pub fn decode_wire_batches(bytes: &[u8], limits: &Limits) -> Result<Vec<TwinBatc
     Ok(out)
 }
 
-/// One telemetry section of at most `max_messages` messages.
+/// One telemetry section of at most `max_messages` messages; `checked`
+/// holds it to a device body's rules (names, ranges, limits).
 fn read_telemetry(
     r: &mut Reader<'_>,
     limits: &Limits,
     max_messages: usize,
+    checked: bool,
 ) -> Result<Telemetry, DecodeError> {
     let mut t = Telemetry::default();
     let names = r.count()?;
@@ -158,10 +175,12 @@ fn read_telemetry(
         let name = r.text()?;
         // Components arrive flattened to dotted names, as from JSON.
         let field = || format!("names[{i}]");
-        name.split('.')
-            .try_for_each(check_property_name)
-            .map_err(|rule| err(&field(), rule))?;
-        if name.split('.').count() > limits.max_depth {
+        if checked {
+            name.split('.')
+                .try_for_each(check_property_name)
+                .map_err(|rule| err(&field(), rule))?;
+        }
+        if checked && name.split('.').count() > limits.max_depth {
             let rule = format!("nests deeper than {} levels", limits.max_depth);
             return Err(err(&field(), &rule));
         }
@@ -179,7 +198,7 @@ fn read_telemetry(
             0 => None,
             1 => {
                 let ts = unzigzag(r.uvar()?);
-                if !(MIN_TS..MAX_TS).contains(&ts) {
+                if checked && !(MIN_TS..MAX_TS).contains(&ts) {
                     return Err(err(&format!("[{m}].ts"), "is out of range"));
                 }
                 Some(ts)
@@ -188,7 +207,7 @@ fn read_telemetry(
         };
         t.begin(ts);
         let readings = r.count()?;
-        if readings > limits.max_properties {
+        if checked && readings > limits.max_properties {
             let rule = format!("may hold at most {} properties", limits.max_properties);
             return Err(err(&format!("[{m}]"), &rule));
         }
@@ -207,7 +226,7 @@ fn read_telemetry(
                 NUMBER => {
                     let b: [u8; 8] = r.take(8)?.try_into().expect("8 bytes");
                     let f = f64::from_le_bytes(b);
-                    if !f.is_finite() {
+                    if checked && !f.is_finite() {
                         return Err(err(&field(&t), "must be a finite number"));
                     }
                     Value::Number(f)
@@ -217,7 +236,7 @@ fn read_telemetry(
                 TRUE => Value::Bool(true),
                 STRING => {
                     let s = r.text()?;
-                    if s.len() > limits.max_string_len {
+                    if checked && s.len() > limits.max_string_len {
                         let rule =
                             format!("strings may be at most {} bytes", limits.max_string_len);
                         return Err(err(&field(&t), &rule));
@@ -356,6 +375,8 @@ mod tests {
             let back = decode_wire(&encode_wire(&t), &Limits::default()).unwrap();
             prop_assert_eq!(back.to_messages(), t.to_messages());
             prop_assert_eq!(back.names(), t.names());
+            let trusted = decode_wire_trusted(&encode_wire(&t)).unwrap();
+            prop_assert_eq!(trusted.to_messages(), t.to_messages());
         }
 
         #[test]
@@ -365,6 +386,7 @@ mod tests {
                 b[..4].copy_from_slice(MAGIC);
             }
             let _ = decode_wire(&b, &Limits::default());
+            let _ = decode_wire_trusted(&b);
         }
 
         #[test]
@@ -372,7 +394,22 @@ mod tests {
             let b = encode_wire(&t);
             let n = cut.index(b.len());
             prop_assert!(decode_wire(&b[..n], &Limits::default()).is_err());
+            prop_assert!(decode_wire_trusted(&b[..n]).is_err());
         }
+    }
+
+    /// What the server stored is read back whole by the trusted decoder,
+    /// even what a device body may not say.
+    #[test]
+    fn the_trusted_decoder_skips_the_device_rules_only() {
+        let mut t = Telemetry::default();
+        t.begin(Some(MAX_TS + 5));
+        let i = t.intern("$made.by_the_server");
+        t.push(i, Value::String("x".repeat(5_000)), Quality::Uncertain);
+        let b = encode_wire(&t);
+        assert!(decode_wire(&b, &Limits::default()).is_err());
+        let back = decode_wire_trusted(&b).unwrap();
+        assert_eq!(back.to_messages(), t.to_messages());
     }
 
     #[test]

@@ -99,6 +99,36 @@ pub struct BenchArgs {
 }
 
 /// Resident memory of a process (`/proc/{pid}/status`), in KB.
+/// The machine's CPU time so far from `/proc/stat`: (stolen, total) in
+/// ticks. On a virtual machine the host may run other guests on these
+/// cores; the share it took during a measurement is printed beside a
+/// latency figure, which it inflates.
+pub(crate) fn cpu_ticks() -> (u64, u64) {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.strip_prefix("cpu ")?.to_string();
+            let f: Vec<u64> = line
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time
+            // is already inside user and nice).
+            Some((*f.get(7)?, f.iter().take(8).sum()))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// The share of CPU time stolen by the host since `since` (`cpu_ticks`), %.
+pub(crate) fn steal_pct(since: (u64, u64)) -> f64 {
+    let now = cpu_ticks();
+    let total = now.1.saturating_sub(since.1);
+    if total == 0 {
+        return 0.0;
+    }
+    now.0.saturating_sub(since.0) as f64 * 100.0 / total as f64
+}
+
 pub(crate) fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

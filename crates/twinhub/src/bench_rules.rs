@@ -272,6 +272,7 @@ async fn latency(
     )
     .await?;
     let started = Instant::now();
+    let ticks = crate::bench::cpu_ticks();
     let stop = started + Duration::from_secs(seconds.max(5));
     // Open loop: each connection sends its share on a schedule, whatever
     // the answers' times (a late answer makes the next requests go out
@@ -377,6 +378,7 @@ async fn latency(
             .unwrap_or(0.0)
     };
     let achieved = acked_events as f64 / started.elapsed().as_secs_f64();
+    let steal = crate::bench::steal_pct(ticks);
     row(
         &format!(
             "POST sent → alarm event, {:.0}k events/s offered (ms)",
@@ -384,7 +386,7 @@ async fn latency(
         ),
         format!("p50 {:.2} / p99 {:.2}", q(0.5), q(0.99)),
         &format!(
-            "{} alarms ({} over 10 ms, worst {:.0}; acked/alarm ms of those: {}); {achieved:.0} events/s acknowledged; engine backlog ≤ {lag_max:.0} events, writer queue ≤ {queue_max:.0} (1-s samples); target p99 ≤ 10 ms at 50k{}",
+            "host took {steal:.0} % of the CPU; {} alarms ({} over 10 ms, worst {:.0}; acked/alarm ms of those: {}); {achieved:.0} events/s acknowledged; engine backlog ≤ {lag_max:.0} events, writer queue ≤ {queue_max:.0} (1-s samples); target p99 ≤ 10 ms at 50k{}",
             lat.len(),
             lat.iter().filter(|l| **l > 10.0).count(),
             lat.last().copied().unwrap_or(0.0),

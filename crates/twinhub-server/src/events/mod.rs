@@ -45,6 +45,8 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind; the outbox stores a kind as its place here, so a new
+    /// kind goes at the end.
     pub const ALL: [Kind; 6] = [
         Kind::Telemetry,
         Kind::Twin,

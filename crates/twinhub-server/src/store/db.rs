@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 /// The data format this binary writes. Bump it with a new entry in
 /// `MIGRATIONS`.
-pub const FORMAT_VERSION: i64 = 15;
+pub const FORMAT_VERSION: i64 = 16;
 
 /// `MIGRATIONS[i]` takes a database from format `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -186,6 +186,9 @@ CREATE TABLE connectors(tenant TEXT NOT NULL, id TEXT NOT NULL, kind TEXT NOT NU
     // 15: no change here. On PostgreSQL, chunks and batch_log become
     // range-partitioned (`partitions.rs`), and the writer numbers
     // batch-log records itself.
+    "SELECT 1;",
+    // 16: no schema change. Outbox rows are written in a binary form
+    // (`outbox_rows`), which earlier binaries cannot read.
     "SELECT 1;",
 ];
 

@@ -33,6 +33,7 @@ pub mod mqtt;
 mod numcol;
 mod open;
 pub mod outbox;
+mod outbox_rows;
 pub mod partitions;
 pub mod pg;
 mod query;

@@ -13,33 +13,10 @@
 
 use super::sql::{args, Sql};
 use super::{Engine, Store, StoreError, WriteCtx};
-use crate::events::{Draft, Event, Kind};
+use crate::events::{Draft, Event};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-
-/// One stored event: `[id, tenant, kind, twin, model, data, at]`.
-type Row<'a> = (
-    u64,
-    &'a str,
-    Kind,
-    Option<&'a str>,
-    Option<&'a str>,
-    &'a crate::events::Data,
-    i64,
-);
-/// A stored event as read back; rows written before format 11 have no
-/// commit time (`at` reads 0).
-#[derive(serde::Deserialize)]
-struct OwnedRow(
-    u64,
-    String,
-    Kind,
-    Option<String>,
-    Option<String>,
-    serde_json::Value,
-    #[serde(default)] i64,
-);
 
 /// Writes the events of one operation as one row (inside the writer's
 /// transaction).
@@ -47,21 +24,7 @@ pub(super) fn insert(tx: &dyn Sql, events: &[Event]) -> Result<(), StoreError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(());
     };
-    let rows: Vec<Row<'_>> = events
-        .iter()
-        .map(|e| {
-            (
-                e.id,
-                e.tenant.as_str(),
-                e.kind,
-                e.twin.as_deref(),
-                e.model.as_deref(),
-                &e.data,
-                e.at,
-            )
-        })
-        .collect();
-    let data = serde_json::to_vec(&rows).expect("events serialise");
+    let data = super::outbox_rows::encode(events);
     // Sent with the commit on PostgreSQL (a round trip per group, not
     // per row); an error fails the group there.
     tx.exec_later(
@@ -101,20 +64,9 @@ pub(super) fn read_after(conn: &dyn Sql, after: u64, max: usize) -> Result<Vec<E
                 return Ok(());
             }
             let blob: Vec<u8> = r.get(0)?;
-            let decoded: Vec<OwnedRow> = serde_json::from_slice(&blob).map_err(|e| {
-                StoreError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-            })?;
-            for OwnedRow(id, tenant, kind, twin, model, data, at) in decoded {
-                if id > after {
-                    out.push(Event {
-                        id,
-                        at,
-                        tenant,
-                        kind,
-                        twin,
-                        model,
-                        data: crate::events::Data::from_stored(kind, data),
-                    });
+            for e in super::outbox_rows::decode(&blob)? {
+                if e.id > after {
+                    out.push(e);
                 }
             }
             Ok(())

@@ -390,6 +390,8 @@ pub fn migrate(c: &PgConn) -> Result<i64, StoreError> {
                         // 13 → 14 changed no table.
                         13 => {}
                         14 => super::partitions::partition_format_14(db)?,
+                        // 15 → 16: outbox rows in binary, no table changed.
+                        15 => {}
                         _ => {
                             return Err(StoreError::Io(std::io::Error::other(format!(
                                 "no PostgreSQL migration from store format {v}"
