@@ -144,6 +144,17 @@ pub(super) struct Committer {
     clock: SharedClock,
 }
 
+/// Waits `backoff` before a retry and doubles it (to 5 s); false once
+/// shutdown (the batch is then replayed after the restart).
+async fn back_off(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.changed() => return false,
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
+}
+
 impl Committer {
     /// Step 1: the alarm changes and the watermark, ahead of queued
     /// ingest. A batch with neither is not written.
@@ -173,11 +184,9 @@ impl Committer {
                 Ok(changes) => return Some(changes),
                 Err(e) => {
                     tracing::warn!(error = %e, "alarm changes could not be stored; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return None,
+                    if !back_off(&mut backoff, shutdown).await {
+                        return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -253,11 +262,9 @@ impl Committer {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rule results could not be stored; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return false,
+                    if !back_off(&mut backoff, shutdown).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

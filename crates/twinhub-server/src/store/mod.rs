@@ -367,6 +367,21 @@ impl DirLock {
     }
 }
 
+/// Sends `f` to the writer through `queue` and waits for its commit.
+async fn exec_via<R: Send + 'static>(
+    queue: &mpsc::Sender<writer::Op>,
+    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let (ack, rx) = oneshot::channel();
+    let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
+    queue
+        .send(writer::Op::Exec { f, ack })
+        .await
+        .map_err(|_| StoreError::Unavailable)?;
+    let out = rx.await.map_err(|_| StoreError::Unavailable)??;
+    Ok(*out.downcast::<R>().expect("write result type"))
+}
+
 struct Inner {
     engine: Arc<Engine>,
     reads: db::ReadPool,
@@ -465,15 +480,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (ack, rx) = oneshot::channel();
-        let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
-        self.inner
-            .data_tx
-            .send(writer::Op::Exec { f, ack })
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        let out = rx.await.map_err(|_| StoreError::Unavailable)??;
-        Ok(*out.downcast::<R>().expect("write result type"))
+        exec_via(&self.inner.data_tx, f).await
     }
 
     /// `write` for a small change on a latency path (a rule batch's alarm
@@ -486,15 +493,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteCtx<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (ack, rx) = oneshot::channel();
-        let f: writer::ExecFn = Box::new(move |ctx| f(ctx).map(|r| Box::new(r) as writer::AnyBox));
-        self.inner
-            .urgent_tx
-            .send(writer::Op::Exec { f, ack })
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
-        let out = rx.await.map_err(|_| StoreError::Unavailable)??;
-        Ok(*out.downcast::<R>().expect("write result type"))
+        exec_via(&self.inner.urgent_tx, f).await
     }
 
     /// The shape of every cached table: `write` runs in the writer's
