@@ -542,7 +542,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     state.mqtt.write().expect("mqtt").take();
-    if let Err(e) = state.registry.persist_last_seen().await {
+    if let Err(e) = state.registry.persist_last_seen(false).await {
         tracing::warn!(error = %e, "could not persist last-seen times");
     }
     if let Err(e) = state.quotas.save_points().await {
@@ -600,7 +600,7 @@ fn spawn_jobs(state: AppState) -> Vec<tokio::task::JoinHandle<()>> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = s.registry.persist_last_seen().await {
+            if let Err(e) = s.registry.persist_last_seen(true).await {
                 tracing::warn!(error = %e, "could not persist last-seen times");
             }
         }

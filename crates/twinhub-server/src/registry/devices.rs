@@ -215,8 +215,9 @@ impl Registry {
     /// devices per transaction with a pause between: 10,000 rows in one
     /// transaction held the writer ~90 ms every 30 s, and slices of 256
     /// sent back to back still added ~6 ms to every ingest group they
-    /// shared for a fifth of a second. Returns how many were written.
-    pub async fn persist_last_seen(&self) -> Result<usize, RegistryError> {
+    /// shared for a fifth of a second. Unpaced at shutdown, when nothing
+    /// else is written. Returns how many were written.
+    pub async fn persist_last_seen(&self, paced: bool) -> Result<usize, RegistryError> {
         /// Rows per transaction: about a millisecond of the writer.
         const SLICE: usize = 64;
         /// Between slices, so ingest groups commit without one.
@@ -230,7 +231,7 @@ impl Registry {
             })
             .collect();
         for (i, slice) in moved.chunks(SLICE).enumerate() {
-            if i > 0 {
+            if paced && i > 0 {
                 tokio::time::sleep(PAUSE).await;
             }
             let rows: Vec<(String, i64)> =
