@@ -1,12 +1,15 @@
 //! The rule engine: one task, a durable consumer of the fan-out
 //! (`Store::consumer("rules")`). It takes committed events in commit
 //! order, keeps each twin's live values as the events tell them, evaluates
-//! the rules that select the twin, and commits — in one transaction — the
-//! alarm changes, the rule states that changed and its position. A crash
-//! before that commit replays the batch onto the state as it was: no
-//! alarm is counted twice, none is lost. No-data rules run on the injected
-//! clock with a deadline heap (not a scan of every twin). What one event
-//! does to the states is in `evaluate.rs`; the commit in `commit.rs`.
+//! the rules that select the twin, and commits each batch in two steps:
+//! its alarm changes with a watermark (ahead of queued ingest), then the
+//! rule states that changed, the calculated values and its position. A
+//! crash replays the batch from the position onto the states as they
+//! were, applying no alarm change of an event up to the watermark again:
+//! no alarm is counted twice, none is lost. No-data rules run on the
+//! injected clock with a deadline heap (not a scan of every twin). What
+//! one event does to the states is in `evaluate.rs`; the commits in
+//! `commit.rs`.
 
 use super::alarms::{Alarms, Intent};
 use super::commit::{Batch, InFlight, Rest, APPLIED};
