@@ -182,6 +182,19 @@ pub(super) fn thread_cpu_ms() -> f64 {
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
+/// `first` and whatever else is queued behind it (at most `MAX_GROUP`):
+/// one group commit.
+fn group_from(first: Op, queue: &mut mpsc::Receiver<Op>) -> Vec<Op> {
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(op) => group.push(op),
+            Err(_) => break,
+        }
+    }
+    group
+}
+
 impl Writer {
     pub fn run(mut self) {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -219,23 +232,14 @@ impl Writer {
                     },
                     u = self.urgent.recv() => {
                         if let Some(op) = u {
-                            let mut group = vec![op];
-                            while let Ok(op) = self.urgent.try_recv() {
-                                group.push(op);
-                            }
+                            let group = group_from(op, &mut self.urgent);
                             self.commit_group(group);
                             self.written = true;
                         }
                     }
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
-                            let mut group = vec![op];
-                            while group.len() < MAX_GROUP {
-                                match self.data.try_recv() {
-                                    Ok(op) => group.push(op),
-                                    Err(_) => break,
-                                }
-                            }
+                            let group = group_from(op, &mut self.data);
                             self.commit_group(group);
                             self.written = true;
                             // Under steady load data is always queued:
