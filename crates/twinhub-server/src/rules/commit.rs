@@ -5,8 +5,9 @@
 //!    watermark — an urgent write, committed ahead of the ingest queued
 //!    for the writer, so an alarm is visible one small commit after its
 //!    event (not behind the batch's calculated values and states);
-//! 2. once that committed and the previous batch's step 2 did: its rule
-//!    states, calculated values and the durable position.
+//! 2. once that committed, by one task for all batches: its rule states,
+//!    calculated values and the durable position — merged with those of
+//!    every batch that queued while the previous step 2 ran (`Rest`).
 //!
 //! Alarm changes are committed in batch order, and so are the rest. After
 //! a crash between the two steps the batch is replayed from the position
@@ -24,7 +25,7 @@ use crate::store::rules as rows;
 use crate::store::{Store, StoreError, WriteCtx};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The rule-state row holding the alarms' watermark: the id of the last
 /// event whose alarm changes are committed. No tenant or rule has an
@@ -46,30 +47,50 @@ pub(super) struct InFlight {
     started: Instant,
 }
 
-/// How far the batches' second steps went: the sequence number of the
-/// last batch whose states and position are committed.
+/// How many batches may wait for their second step before the engine
+/// waits: their states and calculated values are what is held in memory.
+const REST_DEPTH: u64 = 8;
+
+/// A batch's second step, waiting for the rest committer.
+struct RestPart {
+    seq: u64,
+    states: Vec<(StateKey, Option<String>)>,
+    last: Option<u64>,
+    derived: Vec<super::actions::DerivedGroup>,
+}
+
+/// The batches' second steps, committed by one task in batch order: the
+/// batches that queued while one commit ran go in the next as one (a
+/// key's latest state wins, calculated values in order, the latest
+/// position), so a slow commit makes the next one bigger rather than
+/// holding up the engine. `done` is the sequence number of the last batch
+/// whose rest is committed.
 #[derive(Clone)]
 pub(super) struct Rest {
     done: Arc<watch::Sender<u64>>,
+    parts: mpsc::UnboundedSender<RestPart>,
     /// The sequence number the next batch gets.
     next: u64,
 }
 
-impl Default for Rest {
-    fn default() -> Rest {
+impl Rest {
+    /// Starts the rest committer (on the engine's runtime).
+    pub(super) fn start(c: Committer, shutdown: watch::Receiver<bool>) -> Rest {
+        let done = Arc::new(watch::channel(0).0);
+        let (parts, rx) = mpsc::unbounded_channel();
+        tokio::spawn(commit_rests(c, rx, done.clone(), shutdown));
         Rest {
-            done: Arc::new(watch::channel(0).0),
+            done,
+            parts,
             next: 1,
         }
     }
-}
 
-impl Rest {
-    /// Waits until every batch before the latest one has its rest
-    /// committed: at most two batches' states and calculated values are
-    /// held in memory waiting for the writer. False once shutdown.
+    /// Waits until at most `REST_DEPTH` batches wait for their rest to be
+    /// committed. False once shutdown.
     pub(super) async fn bounded(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        self.upto(self.next.saturating_sub(2), shutdown).await
+        self.upto(self.next.saturating_sub(REST_DEPTH), shutdown)
+            .await
     }
 
     /// Waits until every batch started has its rest committed.
@@ -84,6 +105,67 @@ impl Rest {
             _ = shutdown.changed() => false,
         }
     }
+}
+
+async fn commit_rests(
+    c: Committer,
+    mut rx: mpsc::UnboundedReceiver<RestPart>,
+    done: Arc<watch::Sender<u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let mut parts = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            parts.push(p);
+        }
+        let seq = parts.last().map(|p| p.seq).unwrap_or(0);
+        let merged = merge(parts);
+        if !c
+            .commit_rest(merged.states, merged.last, merged.derived, &mut shutdown)
+            .await
+        {
+            return;
+        }
+        done.send_modify(|d| *d = (*d).max(seq));
+    }
+}
+
+/// Several batches' second steps as one: each key's latest state (in the
+/// order the keys were first dirtied), calculated values in batch order,
+/// the latest position.
+fn merge(parts: Vec<RestPart>) -> RestPart {
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().expect("at least one part");
+    let mut at: Option<std::collections::HashMap<StateKey, usize>> = None;
+    for p in parts {
+        let at = at.get_or_insert_with(|| {
+            out.states
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect()
+        });
+        for (k, body) in p.states {
+            match at.get(&k) {
+                Some(&i) => out.states[i].1 = body,
+                None => {
+                    at.insert(k.clone(), out.states.len());
+                    out.states.push((k, body));
+                }
+            }
+        }
+        out.seq = p.seq;
+        out.last = p.last.or(out.last);
+        out.derived.extend(p.derived);
+    }
+    out
 }
 
 /// One batch's effects, to be committed.
@@ -107,24 +189,22 @@ impl InFlight {
         let (tx, rx) = oneshot::channel();
         let seq = rest.next;
         rest.next += 1;
-        let done = rest.done.clone();
+        let parts = rest.parts.clone();
         let intents = b.intents.len();
         tokio::spawn(async move {
             let mut shutdown = shutdown;
             let Some(changes) = c.commit_alarms(b.intents, b.last, &mut shutdown).await else {
                 return;
             };
+            // Queued before the engine hears of the commit (and starts the
+            // next batch's), so the rests queue in batch order.
+            let _ = parts.send(RestPart {
+                seq,
+                states: b.states,
+                last: b.last,
+                derived: b.derived,
+            });
             let _ = tx.send(changes);
-            let mut prev = done.subscribe();
-            tokio::select! {
-                r = prev.wait_for(|d| *d + 1 >= seq) => if r.is_err() { return },
-                _ = shutdown.changed() => return,
-            }
-            if c.commit_rest(b.states, b.last, b.derived, &mut shutdown)
-                .await
-            {
-                done.send_modify(|d| *d = (*d).max(seq));
-            }
         });
         InFlight {
             alarms: rx,
@@ -333,5 +413,52 @@ impl Engine {
         self.act(changes).await;
         self.retire_alarms().await;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(twin: &str) -> StateKey {
+        ("t".into(), "r".into(), twin.into())
+    }
+
+    fn part(seq: u64, last: Option<u64>, states: &[(&str, Option<&str>)]) -> RestPart {
+        RestPart {
+            seq,
+            states: states
+                .iter()
+                .map(|(t, b)| (key(t), b.map(str::to_string)))
+                .collect(),
+            last,
+            derived: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merged_rests_keep_each_keys_latest_state_and_the_latest_position() {
+        let m = merge(vec![
+            part(1, Some(10), &[("a", Some("a1")), ("b", Some("b1"))]),
+            // A timer batch: no events, so no position of its own.
+            part(2, None, &[("c", Some("c2")), ("a", None)]),
+            part(3, Some(30), &[("b", Some("b3"))]),
+        ]);
+        assert_eq!(m.seq, 3);
+        assert_eq!(m.last, Some(30));
+        assert_eq!(
+            m.states,
+            vec![
+                (key("a"), None),
+                (key("b"), Some("b3".into())),
+                (key("c"), Some("c2".into()))
+            ]
+        );
+        let m = merge(vec![part(4, Some(40), &[]), part(5, None, &[])]);
+        assert_eq!(
+            (m.seq, m.last),
+            (5, Some(40)),
+            "a timer batch keeps the position"
+        );
     }
 }

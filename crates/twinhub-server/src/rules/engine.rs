@@ -260,7 +260,7 @@ impl Engine {
         // nothing for rules nobody wrote).
         let mut consumer: Option<crate::store::outbox::Consumer> = None;
         let mut pending: Option<InFlight> = None;
-        let mut rest = Rest::default();
+        let mut rest = Rest::start(self.committer(), shutdown.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -301,7 +301,7 @@ impl Engine {
             tokio::select! {
                 r = async { consumer.as_mut().expect("consumer").next(2000).await }, if consumer.is_some() => match r {
                     Ok(evs) => {
-                        let busy = std::time::Instant::now();
+                        let (busy, cpu) = (std::time::Instant::now(), crate::metrics::thread_cpu_ms());
                         self.refresh_rules();
                         let mut stale = HashSet::new();
                         for e in &evs {
@@ -317,7 +317,7 @@ impl Engine {
                         last = evs.last().map(|e| e.id);
                         self.book.add_busy(busy.elapsed());
                         if busy.elapsed() > Duration::from_millis(8) {
-                            tracing::debug!(events = evs.len(), ms = busy.elapsed().as_secs_f64() * 1e3, "slow rule evaluation");
+                            tracing::debug!(events = evs.len(), ms = busy.elapsed().as_secs_f64() * 1e3, cpu_ms = crate::metrics::thread_cpu_ms() - cpu, "slow rule evaluation");
                         }
                     }
                     Err(e) => {
@@ -349,9 +349,9 @@ impl Engine {
             let derived = self.derived_groups(derived);
             let states = self.snapshot(dirty);
             // In order: the previous batch's alarm changes first (its
-            // effects come before these), and at most one batch's rest
-            // still waiting for the writer; then this one's commits are
-            // sent and the engine evaluates the next batch meanwhile.
+            // effects come before these), and a bounded number of batches'
+            // rests still waiting for the writer; then this one's commits
+            // are sent and the engine evaluates the next batch meanwhile.
             if !self.finish(&mut pending).await || !rest.bounded(&mut shutdown).await {
                 return;
             }

@@ -278,3 +278,84 @@ async fn one_bad_message_does_not_refuse_its_neighbours() {
     c.expect_silence(Duration::from_millis(100)).await;
     s.stop().await;
 }
+
+/// The embedded store's commits are acknowledged once a flush of its
+/// write-ahead log beside the writer returned. When that flush fails,
+/// nothing committed since is acknowledged or published, nothing later is
+/// taken, and the server stops; started again, it holds everything it
+/// acknowledged and takes writes again.
+#[tokio::test]
+async fn a_failed_log_flush_is_never_acknowledged_and_the_server_stops() {
+    if on_postgres() {
+        // PostgreSQL flushes its own commits: there is no flush to fail.
+        return;
+    }
+    let s = TestServer::start().await;
+    let key = s.device("f1").await;
+    assert_eq!(
+        s.send("f1", &key, json!({"ts": 1000, "v": 1}))
+            .await
+            .status(),
+        200
+    );
+    // A subscriber to the device's telemetry (HTTP readings reach it once
+    // committed and durable), and a MQTT 5 publisher.
+    let (mut sub, _) = open5(
+        s.mqtt(),
+        "flush-sub",
+        Some(("admin", ADMIN_PASSWORD)),
+        true,
+        None,
+    )
+    .await;
+    sub.send5(sub5(1, "devices/f1/telemetry", 1, |_| {}, None))
+        .await;
+    assert!(matches!(sub.recv5().await, v5::Packet::SubAck(_)));
+    let (mut p5, _) = open5(s.mqtt(), "f1", Some(("f1", &key)), true, None).await;
+
+    Faults::set(&s.store().faults().sync, true);
+    let r = s.send("f1", &key, json!({"ts": 2000, "v": 2})).await;
+    error_of(r, 503, "service_unavailable").await;
+    p5.send5(pub5(
+        "devices/f1/telemetry",
+        1,
+        1,
+        br#"{"ts": 3000, "v": 3}"#,
+        None,
+    ))
+    .await;
+    match p5.recv5_within(WAIT).await {
+        Got5::P(v5::Packet::PubAck(a)) => {
+            assert_eq!(a.reason, v5::PubAckReason::UnspecifiedError)
+        }
+        Got5::Closed => {}
+        Got5::P(p) => panic!("expected no successful PUBACK, got {p:?}"),
+        Got5::Silent => panic!("the publish was neither acknowledged nor refused"),
+    }
+    match sub.recv5_within(Duration::from_millis(500)).await {
+        Got5::P(v5::Packet::Publish(p)) => {
+            panic!("a reading that was never acknowledged was published: {p:?}")
+        }
+        _ => {}
+    }
+
+    let (why, s) = s.restart_after_own_stop().await;
+    assert!(why.contains("could not flush its write-ahead log"), "{why}");
+    let kept: Vec<i64> = history(&s, "f1", "v")
+        .await
+        .iter()
+        .map(|p| p["ts"].as_i64().unwrap())
+        .collect();
+    assert!(
+        kept.contains(&1000),
+        "the acknowledged reading is kept: {kept:?}"
+    );
+    assert_eq!(
+        s.send("f1", &key, json!({"ts": 4000, "v": 4}))
+            .await
+            .status(),
+        200
+    );
+    assert!(history(&s, "f1", "v").await.iter().any(|p| p["ts"] == 4000));
+    s.stop().await;
+}
