@@ -112,6 +112,11 @@ impl State {
 
 pub(super) type StateKey = (String, String, String);
 
+/// Events evaluated before their alarm changes go to the writer. An
+/// event's alarm waits for the events after it in its batch; the batches'
+/// other writes are merged by the rest committer however small they are.
+const MAX_BATCH: usize = 128;
+
 /// A state's key borrowed from what is at hand (tenant, rule, twin): looks
 /// states up without making three strings per rule per message. Hashes as
 /// `StateKey` does (a tuple hashes its fields in order, a `String` as its
@@ -299,7 +304,7 @@ impl Engine {
             let mut derived: Vec<Derived> = Vec::new();
             let mut last = None;
             tokio::select! {
-                r = async { consumer.as_mut().expect("consumer").next(2000).await }, if consumer.is_some() => match r {
+                r = async { consumer.as_mut().expect("consumer").next(MAX_BATCH).await }, if consumer.is_some() => match r {
                     Ok(evs) => {
                         let (busy, cpu) = (std::time::Instant::now(), crate::metrics::thread_cpu_ms());
                         self.refresh_rules();

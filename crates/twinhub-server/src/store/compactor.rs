@@ -284,8 +284,10 @@ impl Compactor {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
         {
             self.preroll()?;
-            self.retention()?;
-            self.last_retention = Some(Instant::now());
+            // An unfinished pass goes on at the next round.
+            if self.retention(if force { None } else { Some(RETENTION_PASS) })? {
+                self.last_retention = Some(Instant::now());
+            }
         }
         Ok(())
     }
@@ -472,89 +474,181 @@ impl Compactor {
     /// cut) has the late points added to its rollups. Either way every
     /// acknowledged point ends up in the rollups, and rollups are never
     /// recomputed from part of a window.
-    fn retention(&mut self) -> Result<(), StoreError> {
+    ///
+    /// A pass is cut into writes of about `RETENTION_STEP` of the writer's
+    /// time each (whole series; `RETENTION_SLICE` series for the rollups),
+    /// `RETENTION_STEP` apart, and stops after `budget` (the next round
+    /// goes on; true once finished): retiring every window of 10,000
+    /// series at once — data backfilled past raw retention, or a server
+    /// that was down for a while — was one 5-s transaction with every
+    /// acknowledgement waiting behind it (measured under `twinhub bench
+    /// rules`, whose readings are a year old). The windows to retire are
+    /// found on a read connection; a window that gets a chunk after that
+    /// read is retired by the next pass.
+    fn retention(&mut self, budget: Option<Duration>) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let over = || budget.is_some_and(|b| started.elapsed() > b);
         let now = self.store.engine().clock.now_us();
         for (keep, sids) in self.retention_classes() {
-            let sids_json = serde_json::to_string(&sids).unwrap_or_default();
             let cut =
                 |keep: Option<i64>, align: i64| keep.map(|k| (now - k).div_euclid(align) * align);
             let raw_cut = cut(keep.raw, WINDOW);
             let m_cut = cut(keep.rollup_1m, WINDOW);
             let h_cut = cut(keep.rollup_1h, US_PER_DAY);
-            self.store.write_blocking(move |ctx| {
-                let mut changed = std::collections::BTreeMap::<u32, (i64, i64)>::new();
-                if let Some(cut) = raw_cut {
-                    let wins: Vec<(u32, i64)> = ctx.tx.rows(
+            if let Some(cut) = raw_cut {
+                let sids_json = serde_json::to_string(&sids).unwrap_or_default();
+                let wins: Vec<(u32, i64)> = self.store.read(|c| {
+                    c.rows(
                         &format!(
-                            "SELECT DISTINCT series_id, win FROM chunks WHERE win < ?1 AND series_id {}",
-                            ctx.tx.in_json_ints(2)
+                            "SELECT DISTINCT series_id, win FROM chunks WHERE win < ?1 AND series_id {} ORDER BY series_id, win",
+                            c.in_json_ints(2)
                         ),
                         args![cut / WINDOW, &sids_json],
                         |r| Ok((r.get(0)?, r.get(1)?)),
-                    )?;
-                    let mut retired = Vec::with_capacity(wins.len());
-                    for (sid, win) in wins {
-                        retire_window(ctx, sid, win)?;
-                        changed.entry(sid).or_default().0 = cut;
-                        retired.push((sid, win));
+                    )
+                })?;
+                // Whole series per write, so a series' raw cut moves with
+                // the last of its windows.
+                let mut rest: &[(u32, i64)] = &wins;
+                while !rest.is_empty() {
+                    if over() {
+                        return Ok(false);
                     }
-                    ctx.after_commit(move |engine| {
-                        let mut dirty = engine.dirty.lock().expect("dirty");
-                        for w in &retired {
-                            dirty.remove(w);
-                        }
-                    });
+                    let slice = rest[..series_run(rest, RETENTION_SLICE)].to_vec();
+                    let done = self
+                        .store
+                        .write_blocking(move |ctx| retire_windows(ctx, slice, cut))?;
+                    rest = &rest[done..];
+                    std::thread::sleep(RETENTION_STEP);
                 }
-                if let Some(cut) = m_cut {
-                    let rows: Vec<u32> = ctx.tx.rows(
-                        &format!(
-                            "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id {} RETURNING series_id",
-                            ctx.tx.in_json_ints(2)
-                        ),
-                        args![cut / WINDOW, &sids_json],
-                        |r| r.get(0),
-                    )?;
-                    for sid in rows {
-                        changed.entry(sid).or_default().1 = cut;
-                    }
+            }
+            if m_cut.is_none() && h_cut.is_none() {
+                continue;
+            }
+            for slice in sids.chunks(RETENTION_SLICE) {
+                if over() {
+                    return Ok(false);
                 }
-                if let Some(cut) = h_cut {
-                    ctx.tx.exec(
-                        &format!(
-                            "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id {}",
-                            ctx.tx.in_json_ints(2)
-                        ),
-                        args![cut / WINDOW, &sids_json],
-                    )?;
-                }
-                for (sid, (raw, m)) in &changed {
-                    ctx.tx.exec(
-                        "UPDATE series SET raw_from = CASE WHEN raw_from > ?2 THEN raw_from ELSE ?2 END,
-                                           rollup_from = CASE WHEN rollup_from > ?3 THEN rollup_from ELSE ?3 END
-                         WHERE id = ?1",
-                        args![*sid, *raw, *m],
-                    )?;
-                }
-                // The index moves with the commit, in the writer, so a
-                // merge can never act on a window retired meanwhile.
-                ctx.after_commit(move |engine| {
-                    let mut index = engine.index.write().expect("index");
-                    for (sid, (raw, m)) in changed {
-                        if raw > 0 {
-                            let e = index.raw_from.entry(sid).or_default();
-                            *e = (*e).max(raw);
-                        }
-                        if m > 0 {
-                            let e = index.rollup_from.entry(sid).or_default();
-                            *e = (*e).max(m);
+                std::thread::sleep(RETENTION_STEP);
+                let sids_json = serde_json::to_string(slice).unwrap_or_default();
+                self.store.write_blocking(move |ctx| {
+                    let mut changed = Vec::new();
+                    if let Some(cut) = m_cut {
+                        changed = ctx.tx.rows(
+                            &format!(
+                                "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id {} RETURNING series_id",
+                                ctx.tx.in_json_ints(2)
+                            ),
+                            args![cut / WINDOW, &sids_json],
+                            |r| r.get::<u32>(0),
+                        )?;
+                        changed.sort_unstable();
+                        changed.dedup();
+                        for sid in &changed {
+                            ctx.tx.exec(
+                                "UPDATE series SET rollup_from = CASE WHEN rollup_from > ?2 THEN rollup_from ELSE ?2 END
+                                 WHERE id = ?1",
+                                args![*sid, cut],
+                            )?;
                         }
                     }
-                });
-                Ok(())
-            })?;
+                    if let Some(cut) = h_cut {
+                        ctx.tx.exec(
+                            &format!(
+                                "DELETE FROM rollups WHERE res = 3600 AND win < ?1 AND series_id {}",
+                                ctx.tx.in_json_ints(2)
+                            ),
+                            args![cut / WINDOW, &sids_json],
+                        )?;
+                    }
+                    if let Some(cut) = m_cut {
+                        ctx.after_commit(move |engine| {
+                            let mut index = engine.index.write().expect("index");
+                            for sid in changed {
+                                let e = index.rollup_from.entry(sid).or_default();
+                                *e = (*e).max(cut);
+                            }
+                        });
+                    }
+                    Ok(())
+                })?;
+            }
         }
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Windows (or series) one retention write takes at most.
+const RETENTION_SLICE: usize = 64;
+/// A retention write stops after the series that took it past this much
+/// of the writer's time, and the next comes this long after it.
+const RETENTION_STEP: Duration = Duration::from_millis(2);
+/// How long one round's retention pass goes on before the compactor
+/// flushes and merges again (the pass resumes at the next round).
+const RETENTION_PASS: Duration = Duration::from_secs(5);
+
+/// How many of `wins` (sorted by series) the first run takes: whole
+/// series, at most `max` windows unless one series alone has more.
+fn series_run(wins: &[(u32, i64)], max: usize) -> usize {
+    let mut end = 0;
+    while end < wins.len() {
+        let sid = wins[end].0;
+        let mut next = end;
+        while next < wins.len() && wins[next].0 == sid {
+            next += 1;
+        }
+        if next > max && end > 0 {
+            break;
+        }
+        end = next;
+    }
+    end
+}
+
+/// Retires windows past the raw cut and moves their series' raw cut, with
+/// the index, in the writer (so a merge never acts on a window retired
+/// meanwhile).
+fn retire_windows(
+    ctx: &mut super::WriteCtx<'_>,
+    wins: Vec<(u32, i64)>,
+    cut: i64,
+) -> Result<usize, StoreError> {
+    let t = Instant::now();
+    let mut sids: Vec<u32> = Vec::new();
+    let mut done = 0;
+    for (i, &(sid, win)) in wins.iter().enumerate() {
+        if sids.last() != Some(&sid) {
+            // A series boundary: stop here once over the step's time.
+            if !sids.is_empty() && t.elapsed() > RETENTION_STEP {
+                break;
+            }
+            sids.push(sid);
+        }
+        retire_window(ctx, sid, win)?;
+        done = i + 1;
+    }
+    for sid in &sids {
+        ctx.tx.exec(
+            "UPDATE series SET raw_from = CASE WHEN raw_from > ?2 THEN raw_from ELSE ?2 END
+             WHERE id = ?1",
+            args![*sid, cut],
+        )?;
+    }
+    let retired: Vec<(u32, i64)> = wins[..done].to_vec();
+    ctx.after_commit(move |engine| {
+        {
+            let mut dirty = engine.dirty.lock().expect("dirty");
+            for w in &retired {
+                dirty.remove(w);
+            }
+        }
+        let mut index = engine.index.write().expect("index");
+        for sid in sids {
+            let e = index.raw_from.entry(sid).or_default();
+            *e = (*e).max(cut);
+        }
+    });
+    Ok(done)
 }
 
 /// Deletes a window's chunks once its rollups hold every point in them:
@@ -620,6 +714,30 @@ fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_runs_never_split_a_series() {
+        let wins: Vec<(u32, i64)> = [(1, 3), (2, 2), (3, 5), (4, 1)]
+            .iter()
+            .flat_map(|&(sid, n)| (0..n).map(move |w| (sid, w)))
+            .collect();
+        let runs = |max: usize| {
+            let (mut rest, mut out) = (&wins[..], Vec::new());
+            while !rest.is_empty() {
+                let n = series_run(rest, max);
+                let mut sids: Vec<u32> = rest[..n].iter().map(|w| w.0).collect();
+                sids.dedup();
+                out.push(sids);
+                rest = &rest[n..];
+            }
+            out
+        };
+        // 1 + 2 would be 5 windows; a 5-window series is a run of its own.
+        assert_eq!(runs(4), vec![vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(runs(6), vec![vec![1, 2], vec![3, 4]]);
+        assert_eq!(runs(100), vec![vec![1, 2, 3, 4]]);
+        assert_eq!(series_run(&[], 4), 0);
+    }
 
     #[test]
     fn retention_rules_pick_first_match() {
