@@ -498,9 +498,7 @@ pub async fn run(
     }
 
     // A node that lost the store's writer lock to another stops rather
-    // than serve what it holds in memory (see `cluster`); so does one
-    // whose store could not make its writes durable (`store::syncer`):
-    // its next start recovers what is on disk.
+    // than serve what it holds in memory (see `cluster`).
     let lost = {
         let store = store.clone();
         let announcer = announcer.as_ref();
@@ -508,23 +506,22 @@ pub async fn run(
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if store.health().writer_lock_lost.load(Ordering::SeqCst) {
-                    return "another node is the primary now; this node stops (restart it to serve as a replica)";
-                }
-                if store.health().sync_failed.load(Ordering::SeqCst) {
-                    return "the store could not flush its write-ahead log to disk; this node stops (restart it: what was acknowledged is on disk)";
+                    return;
                 }
                 if announcer.is_some_and(|a| a.superseded()) {
-                    return "another node is the primary now; this node stops (restart it to serve as a replica)";
+                    return;
                 }
             }
         }
     };
     let lost_lock = tokio::select! {
-        _ = &mut shutdown => None,
-        why = lost => Some(why),
+        _ = &mut shutdown => false,
+        _ = lost => true,
     };
-    if let Some(why) = lost_lock {
-        tracing::error!("{why}");
+    if lost_lock {
+        tracing::error!(
+            "another node is the primary now; this node stops (restart it to serve as a replica)"
+        );
     }
     drop(announcer);
     tracing::info!("shutting down: no new connections; finishing requests in flight");
@@ -555,10 +552,10 @@ pub async fn run(
     tokio::task::spawn_blocking(move || store.close())
         .await
         .ok();
-    if let Some(why) = lost_lock {
-        return Err(ServerError::Io(std::io::Error::other(format!(
-            "stopped: {why}"
-        ))));
+    if lost_lock {
+        return Err(ServerError::Io(std::io::Error::other(
+            "stopped: another node took the store's writer lock",
+        )));
     }
     tracing::info!("stopped cleanly");
     Ok(())
@@ -660,16 +657,6 @@ impl ServerHandle {
                     ServerError::Io(std::io::Error::other("server stopped before it was ready"))
                 })),
         }
-    }
-
-    /// Waits for the server to stop on its own (a node that must not go
-    /// on: see `run`), and returns why.
-    pub async fn stopped(mut self) -> Result<(), ServerError> {
-        // Dropping the sender would be taken for a stop signal.
-        let _keep = self.stop.take();
-        self.task
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
     /// Graceful shutdown; returns once the data directory is released.

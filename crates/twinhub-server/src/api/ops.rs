@@ -35,9 +35,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     let h = state.store.health();
-    let reason = if h.sync_failed.load(Ordering::SeqCst) {
-        "the store could not make its writes durable; the server is stopping"
-    } else if h.low_space.load(Ordering::Relaxed) {
+    let reason = if h.low_space.load(Ordering::Relaxed) {
         "free disk space is under store.min_free"
     } else {
         "the store cannot install chunks; retrying"
@@ -147,11 +145,6 @@ pub async fn metrics(
         "twinhub_store_commits_total",
         "Group commits.",
         eng.metrics.commits.get(),
-    );
-    x.counter(
-        "twinhub_store_log_flushes_total",
-        "Flushes of the write-ahead log to disk (each makes every commit before it durable).",
-        eng.metrics.log_flushes.get(),
     );
     x.counter(
         "twinhub_store_points_committed_total",

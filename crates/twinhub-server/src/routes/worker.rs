@@ -424,7 +424,7 @@ async fn alarm(book: &RouteBook, route: &Route, kind: &str, value: Option<Value>
 
 /// Sends the dead letters again, oldest first, one try per batch; each
 /// delivered batch leaves the dead letters.
-async fn replay(book: &RouteBook, route: &Route, stats: &Stats, control: &Control) {
+async fn replay(book: &RouteBook, route: &Route, stats: &Arc<Stats>, control: &Control) {
     let mut after = 0i64;
     loop {
         if stopped(control, book) {
@@ -463,18 +463,24 @@ async fn replay(book: &RouteBook, route: &Route, stats: &Stats, control: &Contro
         }
         let seqs: Vec<i64> = letters.iter().map(|l| l.seq).collect();
         let (t, i) = (route.tenant.clone(), route.id.clone());
+        let (replayed, n) = (stats.clone(), body.len() as u64);
         if book
             .deps
             .store
-            .write(move |ctx| rows::remove_dead_letters(ctx.tx, &t, &i, &seqs))
+            .write(move |ctx| {
+                rows::remove_dead_letters(ctx.tx, &t, &i, &seqs)?;
+                // Counted with the commit, so the count never lags the
+                // list (which readers see from the commit on).
+                ctx.after_commit(move |_| {
+                    replayed.replayed.fetch_add(n, Ordering::Relaxed);
+                });
+                Ok(())
+            })
             .await
             .is_err()
         {
             return;
         }
-        stats
-            .replayed
-            .fetch_add(body.len() as u64, Ordering::Relaxed);
     }
 }
 

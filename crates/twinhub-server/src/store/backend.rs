@@ -65,14 +65,9 @@ impl Db {
         f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let sql = self.sql();
-        // The writer's own mode (FULL, or NORMAL where the syncer flushes
-        // the log beside it) is put back after.
-        let mut restore = None;
         if unsynced {
             if let Db::Sqlite(c) = self {
-                let mode: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
                 c.pragma_update(None, "synchronous", "NORMAL")?;
-                restore = Some(mode);
             }
         }
         let out = (|| {
@@ -91,11 +86,13 @@ impl Db {
                 }
             }
         })();
-        if let (Some(mode), Db::Sqlite(c)) = (restore, self) {
-            // Acknowledgements rest on this: no group may commit with less
-            // than the writer's own mode.
-            c.pragma_update(None, "synchronous", mode)
-                .expect("synchronous put back");
+        if unsynced {
+            if let Db::Sqlite(c) = self {
+                // Acknowledgements rest on this: no group may commit
+                // unsynced.
+                c.pragma_update(None, "synchronous", "FULL")
+                    .expect("synchronous back to FULL");
+            }
         }
         out
     }

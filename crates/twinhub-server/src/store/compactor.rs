@@ -532,9 +532,8 @@ impl Compactor {
                 std::thread::sleep(RETENTION_STEP);
                 let sids_json = serde_json::to_string(slice).unwrap_or_default();
                 self.store.write_blocking(move |ctx| {
-                    let mut changed = Vec::new();
                     if let Some(cut) = m_cut {
-                        changed = ctx.tx.rows(
+                        let mut changed = ctx.tx.rows(
                             &format!(
                                 "DELETE FROM rollups WHERE res = 60 AND win < ?1 AND series_id {} RETURNING series_id",
                                 ctx.tx.in_json_ints(2)
@@ -544,13 +543,7 @@ impl Compactor {
                         )?;
                         changed.sort_unstable();
                         changed.dedup();
-                        for sid in &changed {
-                            ctx.tx.exec(
-                                "UPDATE series SET rollup_from = CASE WHEN rollup_from > ?2 THEN rollup_from ELSE ?2 END
-                                 WHERE id = ?1",
-                                args![*sid, cut],
-                            )?;
-                        }
+                        raise_cut(ctx, Cut::Rollup, changed, cut)?;
                     }
                     if let Some(cut) = h_cut {
                         ctx.tx.exec(
@@ -560,15 +553,6 @@ impl Compactor {
                             ),
                             args![cut / WINDOW, &sids_json],
                         )?;
-                    }
-                    if let Some(cut) = m_cut {
-                        ctx.after_commit(move |engine| {
-                            let mut index = engine.index.write().expect("index");
-                            for sid in changed {
-                                let e = index.rollup_from.entry(sid).or_default();
-                                *e = (*e).max(cut);
-                            }
-                        });
                     }
                     Ok(())
                 })?;
@@ -627,28 +611,59 @@ fn retire_windows(
         retire_window(ctx, sid, win)?;
         done = i + 1;
     }
+    let retired: Vec<(u32, i64)> = wins[..done].to_vec();
+    ctx.after_commit(move |engine| {
+        let mut dirty = engine.dirty.lock().expect("dirty");
+        for w in &retired {
+            dirty.remove(w);
+        }
+    });
+    raise_cut(ctx, Cut::Raw, sids, cut)?;
+    Ok(done)
+}
+
+/// Which of a series' cuts retention moves.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// From when raw points are complete.
+    Raw,
+    /// From when 1-minute rollups are.
+    Rollup,
+}
+
+/// Moves the cut of `sids` up to `cut`: in their rows now, in the index
+/// once committed (in the writer, so a merge never acts on a window
+/// retired meanwhile).
+fn raise_cut(
+    ctx: &mut super::WriteCtx<'_>,
+    which: Cut,
+    sids: Vec<u32>,
+    cut: i64,
+) -> Result<(), StoreError> {
+    let column = match which {
+        Cut::Raw => "raw_from",
+        Cut::Rollup => "rollup_from",
+    };
     for sid in &sids {
         ctx.tx.exec(
-            "UPDATE series SET raw_from = CASE WHEN raw_from > ?2 THEN raw_from ELSE ?2 END
-             WHERE id = ?1",
+            &format!(
+                "UPDATE series SET {column} = CASE WHEN {column} > ?2 THEN {column} ELSE ?2 END WHERE id = ?1"
+            ),
             args![*sid, cut],
         )?;
     }
-    let retired: Vec<(u32, i64)> = wins[..done].to_vec();
     ctx.after_commit(move |engine| {
-        {
-            let mut dirty = engine.dirty.lock().expect("dirty");
-            for w in &retired {
-                dirty.remove(w);
-            }
-        }
         let mut index = engine.index.write().expect("index");
+        let cuts = match which {
+            Cut::Raw => &mut index.raw_from,
+            Cut::Rollup => &mut index.rollup_from,
+        };
         for sid in sids {
-            let e = index.raw_from.entry(sid).or_default();
+            let e = cuts.entry(sid).or_default();
             *e = (*e).max(cut);
         }
     });
-    Ok(done)
+    Ok(())
 }
 
 /// Deletes a window's chunks once its rollups hold every point in them:

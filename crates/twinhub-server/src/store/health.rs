@@ -29,9 +29,6 @@ pub struct Faults {
     pub compactor_panic: AtomicBool,
     /// Free space reads as zero, as on a full disk.
     pub disk_full: AtomicBool,
-    /// Every flush of the write-ahead log fails (`syncer`): the commit
-    /// is made but never made durable.
-    pub sync: AtomicBool,
 }
 
 impl Faults {
@@ -69,10 +66,6 @@ pub struct Health {
     /// PostgreSQL ended the writer's connection and another node holds
     /// the store's writer lock now: this node must stop writing.
     pub writer_lock_lost: AtomicBool,
-    /// A flush of the write-ahead log failed: nothing committed since can
-    /// be acknowledged, the store refuses every write and the server stops
-    /// (`syncer`).
-    pub sync_failed: AtomicBool,
 }
 
 /// How often free space is measured on the write path.
@@ -83,7 +76,6 @@ impl Health {
         Health {
             flush_failures: AtomicU64::new(0),
             writer_lock_lost: AtomicBool::new(false),
-            sync_failed: AtomicBool::new(false),
             flush_failures_total: AtomicU64::new(0),
             compactor_restarts: AtomicU64::new(0),
             free_bytes: AtomicU64::new(u64::MAX),

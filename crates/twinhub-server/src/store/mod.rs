@@ -44,7 +44,6 @@ pub mod routes;
 pub mod rules;
 pub mod secrets;
 mod settings;
-mod syncer;
 pub use settings::redact_url;
 pub mod sql;
 pub mod twins;
@@ -284,9 +283,6 @@ impl Index {
 pub struct StoreMetrics {
     pub points_committed: Counter,
     pub commits: Counter,
-    /// Flushes of the write-ahead log (`syncer`; each covers every commit
-    /// made before it).
-    pub log_flushes: Counter,
     pub flushes: Counter,
     pub merges: Counter,
     pub durable_latency: HistogramCell,
@@ -432,9 +428,7 @@ impl Store {
     /// free space is over the reserve. Reads are served either way.
     pub fn ingest_ready(&self) -> bool {
         let h = self.health();
-        !h.check_space(&self.inner.dir, self.faults(), false)
-            && h.flushing_ok()
-            && !h.sync_failed.load(std::sync::atomic::Ordering::SeqCst)
+        !h.check_space(&self.inner.dir, self.faults(), false) && h.flushing_ok()
     }
 
     /// Queues a batch; resolves once it is durable. Waits while the

@@ -96,10 +96,6 @@ impl Store {
         let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
         let (urgent_tx, urgent_rx) = mpsc::channel(16);
         let embedded = conn.sqlite().is_some();
-        let syncer = match conn.sqlite() {
-            Some(c) => super::syncer::Syncer::start(c, &path, engine.clone())?,
-            None => None,
-        };
         let w = writer::Writer {
             conn,
             source: source.clone(),
@@ -117,7 +113,6 @@ impl Store {
             last_cut: None,
             parts: Default::default(),
             on_writer_lock: opts.on_writer_lock.clone(),
-            syncer,
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

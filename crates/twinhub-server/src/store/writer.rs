@@ -1,21 +1,18 @@
 //! The single writer thread and its group commit. Every change to the
 //! database goes through here: appends from all producers, registry
 //! changes (as closures) and the compactor's chunk installs. One
-//! transaction serves every operation that arrived while the previous
-//! commit was running, and one flush of the log every commit made while
-//! the previous flush ran, which is what makes acknowledgements cheap.
+//! transaction and one fsync serve every operation that arrived while the
+//! previous commit was running, which is what makes acknowledgements cheap.
 //!
-//! An acknowledgement is sent only after the commit is durable — flushed
-//! by the syncer beside the writer on the embedded store (`syncer`), by
-//! the commit itself on PostgreSQL — and its points were applied to the
-//! head, so an acknowledged point is durable and immediately queryable.
+//! An acknowledgement is sent only after the commit returned and the
+//! points were applied to the head, so an acknowledged point is durable and
+//! immediately queryable.
 
 use super::backend::{Db, Source};
 use super::chunk;
 use super::head::Head;
 use super::health::Faults;
 use super::sql::{args, Sql};
-use super::syncer::{Committed, Reply, Syncer};
 use super::{batch, outbox, Engine, NewChunk, SeriesKey, StoreError, WriteBatch};
 use crate::events::{Draft, Event};
 use std::any::Any;
@@ -151,9 +148,6 @@ pub struct Writer {
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
-    /// Flushes the embedded store's log beside the writer and answers
-    /// its commits (None: each commit flushes itself).
-    pub(super) syncer: Option<Syncer>,
     /// Held until the connection is closed, so a new process (or a new
     /// in-process server) can open the directory only after this writer is
     /// gone.
@@ -177,20 +171,6 @@ pub(super) fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
 }
 
 pub(super) use crate::metrics::thread_cpu_ms;
-
-/// Answers every operation of a group that did not commit.
-fn refuse(group: Vec<Op>) {
-    for op in group {
-        match op {
-            Op::Append { ack, .. } => {
-                let _ = ack.send(Err(StoreError::Unavailable));
-            }
-            Op::Exec { ack, .. } => {
-                let _ = ack.send(Err(StoreError::Unavailable));
-            }
-        }
-    }
-}
 
 /// `first` and whatever else is queued behind it (at most `MAX_GROUP`):
 /// one group commit.
@@ -269,10 +249,6 @@ impl Writer {
                 }
             }
         });
-        // Every commit answered before the log is truncated.
-        if let Some(mut s) = self.syncer.take() {
-            s.finish();
-        }
         match &self.conn {
             Db::Sqlite(c) => {
                 let _ = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -328,16 +304,6 @@ impl Writer {
         let (t0, cpu0) = (Instant::now(), thread_cpu_ms());
         self.reconnect();
         let engine = self.engine.clone();
-        // After a failed flush of the log nothing more is committed: it
-        // could never be acknowledged (see `syncer`).
-        if engine
-            .health
-            .sync_failed
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            refuse(group);
-            return;
-        }
         // Under the free-space reserve, telemetry is refused before it is
         // written, so compaction, the final flush and the next start keep
         // the room they need. Registry changes still go through.
@@ -507,7 +473,16 @@ impl Writer {
             for u in undo.into_iter().rev() {
                 u(&engine);
             }
-            refuse(group);
+            for op in group {
+                match op {
+                    Op::Append { ack, .. } => {
+                        let _ = ack.send(Err(StoreError::Unavailable));
+                    }
+                    Op::Exec { ack, .. } => {
+                        let _ = ack.send(Err(StoreError::Unavailable));
+                    }
+                }
+            }
             return;
         }
 
@@ -545,37 +520,17 @@ impl Writer {
         engine
             .event_seq
             .store(last_id, std::sync::atomic::Ordering::SeqCst);
-        let replies: Vec<Reply> = group
-            .into_iter()
-            .zip(results)
-            .map(|(op, res)| match op {
-                Op::Append { enqueued, ack, .. } => Reply::Append {
-                    ack,
-                    res: res.map(|_| 0),
-                    enqueued,
-                },
-                Op::Exec { ack, .. } => Reply::Exec {
-                    ack,
-                    res: res.map(|v| v.unwrap_or_else(|| Box::new(()))),
-                },
-            })
-            .collect();
-        let ops = replies.len();
-        let done = Committed {
-            events: committed_events,
-            replies,
-        };
-        // Acknowledged once durable: at once where the commit flushed the
-        // log itself (PostgreSQL), else once the syncer flushed it.
-        match &self.syncer {
-            Some(s) => s.submit(done),
-            None => done.release(&engine),
-        }
+        engine.bus.publish_committed(committed_events);
         let t_published = t0.elapsed();
         engine.metrics.commits.inc();
         if t0.elapsed() > SLOW {
+            let appends = group
+                .iter()
+                .filter(|op| matches!(op, Op::Append { .. }))
+                .count();
             tracing::debug!(
-                ops,
+                ops = group.len(),
+                appends,
                 points = appended.iter().map(|(_, p)| p.len()).sum::<usize>(),
                 series = appended.len(),
                 events = last_id - first_id,
@@ -588,6 +543,17 @@ impl Writer {
                 cpu_ms = thread_cpu_ms() - cpu0,
                 "slow group"
             );
+        }
+        for (op, res) in group.into_iter().zip(results) {
+            match op {
+                Op::Append { enqueued, ack, .. } => {
+                    engine.metrics.durable_latency.observe(enqueued.elapsed());
+                    let _ = ack.send(res.map(|_| 0));
+                }
+                Op::Exec { ack, .. } => {
+                    let _ = ack.send(res.map(|v| v.unwrap_or_else(|| Box::new(()))));
+                }
+            }
         }
     }
 

@@ -155,22 +155,6 @@ impl TestServer {
         self.stop_server().await;
     }
 
-    /// Waits (at most 30 s) for the server to stop on its own, and starts
-    /// a new one on the same data directory; returns the first's error.
-    pub async fn restart_after_own_stop(mut self) -> (String, TestServer) {
-        let handle = self.handle.take().unwrap();
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), handle.stopped())
-            .await
-            .expect("the server stops on its own");
-        let why = match ended {
-            Ok(()) => String::new(),
-            Err(e) => e.to_string(),
-        };
-        let (dir, config, clock) = (self.dir.clone(), self.config.clone(), self.clock.clone());
-        let next = TestServer::boot(dir, config, clock, self.schema.clone()).await;
-        (why, next)
-    }
-
     pub fn handle_ready(&self) -> &twinhub_server::server::Ready {
         &self.handle.as_ref().unwrap().ready
     }
