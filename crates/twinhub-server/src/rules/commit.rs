@@ -125,8 +125,8 @@ async fn commit_rests(
         while let Ok(p) = rx.try_recv() {
             parts.push(p);
         }
-        let seq = parts.last().map(|p| p.seq).unwrap_or(0);
         let merged = merge(parts);
+        let seq = merged.seq;
         if !c
             .commit_rest(merged.states, merged.last, merged.derived, &mut shutdown)
             .await

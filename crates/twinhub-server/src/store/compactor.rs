@@ -525,11 +525,26 @@ impl Compactor {
             if m_cut.is_none() && h_cut.is_none() {
                 continue;
             }
-            for slice in sids.chunks(RETENTION_SLICE) {
+            // Only series with rollups past a cut get a write (most
+            // passes have none).
+            let sids_json = serde_json::to_string(&sids).unwrap_or_default();
+            let past = |cut: Option<i64>| cut.map_or(i64::MIN, |c| c / WINDOW);
+            let due: Vec<u32> = self.store.read(|c| {
+                c.rows(
+                    &format!(
+                        "SELECT DISTINCT series_id FROM rollups
+                         WHERE ((res = 60 AND win < ?1) OR (res = 3600 AND win < ?3)) AND series_id {}
+                         ORDER BY series_id",
+                        c.in_json_ints(2)
+                    ),
+                    args![past(m_cut), &sids_json, past(h_cut)],
+                    |r| r.get(0),
+                )
+            })?;
+            for slice in due.chunks(RETENTION_SLICE) {
                 if over() {
                     return Ok(false);
                 }
-                std::thread::sleep(RETENTION_STEP);
                 let sids_json = serde_json::to_string(slice).unwrap_or_default();
                 self.store.write_blocking(move |ctx| {
                     if let Some(cut) = m_cut {
@@ -556,6 +571,7 @@ impl Compactor {
                     }
                     Ok(())
                 })?;
+                std::thread::sleep(RETENTION_STEP);
             }
         }
         Ok(true)
