@@ -8,7 +8,8 @@
 //! all been copied. The writer keeps a far automatic threshold as a
 //! backstop (`db::open_writer`) and truncates the log after compaction.
 //!
-//! Owns its own connection and nothing else; stops when `stop` is set.
+//! Owns its own connection and nothing else; tells the writer what each
+//! run copied (`wal.rs`); stops when `stop` is set.
 
 use super::StoreError;
 use rusqlite::{Connection, OpenFlags};
@@ -22,7 +23,11 @@ use std::time::Duration;
 /// megabytes each time under heavy ingest.
 const INTERVAL: Duration = Duration::from_millis(100);
 
-pub fn spawn(path: &Path, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, StoreError> {
+pub fn spawn(
+    path: &Path,
+    stop: Arc<AtomicBool>,
+    engine: Arc<super::Engine>,
+) -> Result<JoinHandle<()>, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -30,7 +35,8 @@ pub fn spawn(path: &Path, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, Store
     // Never wait for a lock: a checkpoint that cannot run now runs at the
     // next tick.
     conn.busy_timeout(Duration::ZERO)?;
-    Ok(std::thread::Builder::new()
+    let watch = engine.clone();
+    let handle = std::thread::Builder::new()
         .name("twinhub-checkpoint".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -43,14 +49,20 @@ pub fn spawn(path: &Path, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, Store
                 match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                     Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                 }) {
-                    Ok((frames, copied)) => tracing::trace!(
-                        frames,
-                        copied,
-                        ms = t.elapsed().as_secs_f64() * 1e3,
-                        "checkpoint"
-                    ),
+                    Ok((frames, copied)) => {
+                        engine.wal.ran(frames, copied);
+                        tracing::trace!(
+                            frames,
+                            copied,
+                            ms = t.elapsed().as_secs_f64() * 1e3,
+                            "checkpoint"
+                        )
+                    }
                     Err(e) => tracing::debug!(error = %e, "checkpoint skipped"),
                 }
             }
-        })?)
+        })?;
+    // The writer wakes it when it wants the log copied (`wal.rs`).
+    watch.wal.checkpointer_is(handle.thread().clone());
+    Ok(handle)
 }

@@ -224,8 +224,9 @@ pub fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // The checkpointer thread copies the log beside the writer
-    // (`checkpoint.rs`); this is only the backstop if it falls behind.
-    conn.pragma_update(None, "wal_autocheckpoint", 64_000)?;
+    // (`checkpoint.rs`) and the writer starts it over (`wal.rs`, which
+    // keeps a backstop in place of SQLite's automatic checkpoint).
+    super::wal::watch_commits(&conn);
     // The log restarts from its start once the checkpointer has copied
     // it, and is overwritten in place. Shrinking it at each restart (a
     // smaller limit) freed and reallocated tens of megabytes of blocks

@@ -133,7 +133,7 @@ impl Writer {
     }
 
     pub(super) fn has_steps(&self) -> bool {
-        self.install_may_step() || self.reclaim_may_step()
+        self.wal_restart_due() || self.install_may_step() || self.reclaim_may_step()
     }
 
     /// Pages are given back once an install is over (its log cut frees
@@ -146,13 +146,17 @@ impl Writer {
         self.installing
             .as_ref()
             .is_some_and(|job| job.slices == 0 || !Faults::on(&self.engine.faults.install_hold))
+            && !self.wal_holds_install()
     }
 
     /// One step of background work, about `STEP_BUDGET` long.
     pub(super) fn step(&mut self) {
         let (t, cpu) = (Instant::now(), super::writer::thread_cpu_ms());
         self.reconnect();
-        if self.install_may_step() {
+        if self.wal_restart_due() {
+            self.wal_restart();
+            super::writer::slow("wal", 0, t, cpu);
+        } else if self.install_may_step() {
             let cutting = self.installing.as_ref().is_some_and(|j| j.cutting);
             self.install_step();
             super::writer::slow(if cutting { "cut" } else { "install" }, 0, t, cpu);

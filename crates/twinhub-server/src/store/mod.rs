@@ -48,6 +48,7 @@ pub use settings::redact_url;
 pub mod sql;
 pub mod twins;
 pub mod varint;
+mod wal;
 mod writer;
 
 #[cfg(test)]
@@ -322,6 +323,8 @@ pub struct Engine {
     pub clock: SharedClock,
     pub health: health::Health,
     pub faults: health::Faults,
+    /// What the checkpointer last did to the write-ahead log (`wal.rs`).
+    pub(crate) wal: wal::WalWatch,
 }
 
 /// An exclusive claim on a data directory for the life of the process.

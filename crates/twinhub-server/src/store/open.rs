@@ -86,6 +86,7 @@ impl Store {
             clock,
             health: health::Health::new(),
             faults: health::Faults::default(),
+            wal: Default::default(),
         });
         engine
             .health
@@ -111,6 +112,7 @@ impl Store {
             reclaiming: None,
             log_reserve: 0,
             last_cut: None,
+            restarts: Default::default(),
             parts: Default::default(),
             on_writer_lock: opts.on_writer_lock.clone(),
             _lock: lock,
@@ -121,7 +123,7 @@ impl Store {
         let stop = Arc::new(AtomicBool::new(false));
         // PostgreSQL checkpoints by itself.
         let checkpointer = if embedded {
-            Some(checkpoint::spawn(&path, stop.clone())?)
+            Some(checkpoint::spawn(&path, stop.clone(), engine.clone())?)
         } else {
             None
         };

@@ -141,6 +141,8 @@ pub struct Writer {
     /// All are given back once the writer is idle.
     pub(super) log_reserve: i64,
     pub(super) last_cut: Option<std::time::Instant>,
+    /// Starting the write-ahead log over (`wal.rs`).
+    pub(super) restarts: super::wal::Restarts,
     /// PostgreSQL's partitions of `chunks` and `batch_log` (`partitions`).
     pub(super) parts: super::partitions::Known,
     /// Told the term each time the writer retakes the lock (`StoreOptions`).
@@ -195,6 +197,8 @@ impl Writer {
             loop {
                 let stalled = self.engine.active.read().expect("head").points >= self.head_limit
                     && self.engine.frozen.read().expect("frozen").is_some();
+                self.wal_tick();
+                let pacing = self.wal_pacing() && !self.has_steps();
                 tokio::select! {
                     biased;
                     c = self.ctrl.recv() => match c {
@@ -241,6 +245,8 @@ impl Writer {
                         None => break,
                     },
                     _ = std::future::ready(()), if self.has_steps() => self.step(),
+                    // An install waiting for the checkpointer (`wal.rs`).
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(5)), if pacing => self.step(),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
                     _ = tokio::time::sleep(std::time::Duration::from_secs(2)), if self.written && !stalled => {
                         self.written = false;
