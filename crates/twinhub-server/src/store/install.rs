@@ -169,6 +169,9 @@ impl Writer {
     /// Runs every pending step (at shutdown; a held install is left to
     /// the next start's replay, as after a crash).
     pub(super) fn finish_steps(&mut self) {
+        // No more pacing: what is left goes in now (the log is cut short
+        // once the writer stops).
+        self.restarts.closing = true;
         while self.has_steps() {
             self.step();
         }

@@ -131,6 +131,8 @@ pub(super) struct Restarts {
     /// long (then the install goes on whatever came of it).
     waiting: Option<Instant>,
     forced: bool,
+    /// The writer is stopping: installs no longer wait.
+    pub(super) closing: bool,
 }
 
 impl Writer {
@@ -192,7 +194,8 @@ impl Writer {
 
     /// An install step must wait (see the module note).
     pub(super) fn wal_holds_install(&self) -> bool {
-        self.wal_long()
+        !self.restarts.closing
+            && self.wal_long()
             && frames() >= INSTALL_HOLD_FRAMES
             && !(self.waited_enough() && self.restarts.forced)
     }
