@@ -5,8 +5,9 @@
 //! two fsyncs (15–38 ms measured under `twinhub bench rules`, the tail of
 //! its latency). A passive checkpoint on another connection runs while the
 //! writer goes on appending; the log restarts from its start once it has
-//! all been copied. The writer keeps a far automatic threshold as a
-//! backstop (`db::open_writer`) and truncates the log after compaction.
+//! all been copied — which under steady writes only the writer can see,
+//! so it finishes the copy itself and keeps the backstop (`wal.rs`); it
+//! also truncates the log once idle.
 //!
 //! Owns its own connection and nothing else; tells the writer what each
 //! run copied (`wal.rs`); stops when `stop` is set.
