@@ -47,10 +47,8 @@ pub fn spawn(
                     break;
                 }
                 let t = std::time::Instant::now();
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                }) {
-                    Ok((frames, copied)) => {
+                match super::wal::checkpoint_passive(&conn) {
+                    Ok((_, frames, copied)) => {
                         engine.wal.ran(frames, copied);
                         tracing::trace!(
                             frames,

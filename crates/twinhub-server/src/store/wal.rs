@@ -74,6 +74,15 @@ pub(super) fn watch_commits(conn: &Connection) {
     conn.wal_hook(Some(on_commit));
 }
 
+/// A passive checkpoint on `conn` (never waits for a reader, a writer or
+/// another checkpoint): whether it found the log busy, the frames in the
+/// log, and how many of them are copied.
+pub(super) fn checkpoint_passive(conn: &Connection) -> rusqlite::Result<(bool, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?))
+    })
+}
+
 /// Frames in the log after the writer's last commit.
 fn frames() -> i64 {
     FRAMES.with(Cell::get)
@@ -218,26 +227,24 @@ impl Writer {
             self.restarts.forced = true;
         }
         let t = Instant::now();
-        let res = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        match res {
-            Ok((0, log, copied)) if log == copied => {
+        let complete = match checkpoint_passive(conn) {
+            Ok((false, log, copied)) if log == copied => {
                 self.restarts.copied_at = Some(before);
                 self.restarts.waiting = None;
                 self.restarts.forced = false;
+                true
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "write-ahead log copy skipped"),
-        }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "write-ahead log copy skipped");
+                false
+            }
+        };
         tracing::trace!(
             frames = before,
+            complete,
             ms = t.elapsed().as_secs_f64() * 1e3,
-            "write-ahead log copied to its end"
+            "write-ahead log copy by the writer"
         );
     }
 }
@@ -279,11 +286,8 @@ mod tests {
         assert!(frames() > long, "frames grow with commits");
 
         let checkpointer = open(&path);
-        let (log, copied): (i64, i64) = checkpointer
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(1)?, r.get(2)?))
-            })
-            .unwrap();
+        let (busy, log, copied) = checkpoint_passive(&checkpointer).unwrap();
+        assert!(!busy);
         assert_eq!((log, copied), (frames(), frames()));
         let watch = WalWatch::default();
         watch.ran(log, copied);
