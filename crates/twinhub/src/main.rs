@@ -38,18 +38,40 @@ extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 
-/// Memory arenas are committed as pages are touched rather than up front
-/// (mimalloc's default on Linux is eager): with 100k idle MQTT
-/// connections the eager setting cost ~0.3 KB per connection and 15 MB at
-/// start (`bench mqtt`: 4.12 → 3.78 KB per idle device, same
-/// throughput). `MIMALLOC_ARENA_EAGER_COMMIT` in the environment still
-/// wins.
+/// Two allocator settings, each left to the environment when it names it:
+///
+/// - Memory arenas are committed as pages are touched rather than up
+///   front (mimalloc's default on Linux is eager): with 100k idle MQTT
+///   connections the eager setting cost ~0.3 KB per connection and 15 MB
+///   at start (`bench mqtt`: 4.12 → 3.78 KB per idle device, same
+///   throughput). `MIMALLOC_ARENA_EAGER_COMMIT` wins.
+/// - No transparent huge pages. mimalloc marks its arenas
+///   `MADV_HUGEPAGE`, so the first touch of each fresh 2 MiB zeroes all of
+///   it in the faulting thread. That thread was the store's writer,
+///   between a group's commit and its acknowledgements: the first group
+///   after each flush (a new head) took 10–24 ms instead of well under
+///   one, a stall every few seconds on every client's ack under
+///   `twinhub bench rules` (`RUST_LOG=twinhub_server::store=debug`,
+///   "slow group", `head_ms`). Latency-bound servers (Redis, MongoDB) ask
+///   for the same. The arena mimalloc reserved before `main` is already
+///   marked, so the process opts out with `PR_SET_THP_DISABLE` (what
+///   mimalloc itself does when `MIMALLOC_ALLOW_THP=0` is set).
+///   `MIMALLOC_ALLOW_THP` wins.
 fn tune_allocator() {
-    /// `mi_option_arena_eager_commit` in mimalloc v3's `mi_option_t`.
+    /// Indices in mimalloc v3's `mi_option_t`.
     const ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+    const ALLOW_THP: std::ffi::c_int = 43;
     if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
         // SAFETY: a plain option store; any value is valid for this option.
         unsafe { mi_option_set(ARENA_EAGER_COMMIT, 0) };
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: a plain option store, and a prctl that takes no pointer.
+        unsafe {
+            mi_option_set(ALLOW_THP, 0);
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
     }
 }
 

@@ -93,6 +93,11 @@ impl Rest {
             .await
     }
 
+    /// The sequence number the next batch gets (names a batch in traces).
+    pub(super) fn peek_next(&self) -> u64 {
+        self.next
+    }
+
     /// Waits until every batch started has its rest committed.
     pub(super) async fn drained(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
         self.upto(self.next - 1, shutdown).await
@@ -193,9 +198,14 @@ impl InFlight {
         let intents = b.intents.len();
         tokio::spawn(async move {
             let mut shutdown = shutdown;
+            let t = Instant::now();
+            let has = !b.intents.is_empty();
             let Some(changes) = c.commit_alarms(b.intents, b.last, &mut shutdown).await else {
                 return;
             };
+            if has {
+                tracing::trace!(target: "twinhub_server::rules::timing", seq, commit_us = t.elapsed().as_micros() as u64, "alarms");
+            }
             // Queued before the engine hears of the commit (and starts the
             // next batch's), so the rests queue in batch order.
             let _ = parts.send(RestPart {

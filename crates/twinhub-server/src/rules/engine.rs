@@ -303,6 +303,8 @@ impl Engine {
             let mut dirty = Dirty::new();
             let mut derived: Vec<Derived> = Vec::new();
             let mut last = None;
+            let mut age_us = 0i64;
+            let mut eval_us = 0u64;
             tokio::select! {
                 r = async { consumer.as_mut().expect("consumer").next(MAX_BATCH).await }, if consumer.is_some() => match r {
                     Ok(evs) => {
@@ -320,6 +322,8 @@ impl Engine {
                             self.book.refresh_queries(&self.twins, Some(&t));
                         }
                         last = evs.last().map(|e| e.id);
+                        age_us = evs.first().map(|e| self.clock.now_us() - e.at).unwrap_or(0);
+                        eval_us = busy.elapsed().as_micros() as u64;
                         self.book.add_busy(busy.elapsed());
                         if busy.elapsed() > Duration::from_millis(8) {
                             tracing::debug!(events = evs.len(), ms = busy.elapsed().as_secs_f64() * 1e3, cpu_ms = crate::metrics::thread_cpu_ms() - cpu, "slow rule evaluation");
@@ -357,8 +361,16 @@ impl Engine {
             // effects come before these), and a bounded number of batches'
             // rests still waiting for the writer; then this one's commits
             // are sent and the engine evaluates the next batch meanwhile.
+            let waited = std::time::Instant::now();
+            let has_intents = !intents.is_empty();
             if !self.finish(&mut pending).await || !rest.bounded(&mut shutdown).await {
                 return;
+            }
+            // Where an alarm's latency goes, with the commit's own trace in
+            // `commit.rs` (`RUST_LOG=twinhub_server::rules::timing=trace`):
+            // events committed → taken, evaluation, the previous batch.
+            if has_intents {
+                tracing::trace!(target: "twinhub_server::rules::timing", seq = rest.peek_next(), age_us, eval_us, wait_prev_us = waited.elapsed().as_micros() as u64, "batch");
             }
             pending = Some(InFlight::start(
                 self.committer(),

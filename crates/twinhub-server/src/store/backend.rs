@@ -191,15 +191,17 @@ impl Source {
     pub fn end_writer_session(&self, older_than_s: i64) -> Result<i64, StoreError> {
         match self {
             Source::Sqlite(_) => Ok(0),
-            Source::Pg { url, schema } => PgConn::connect(url, schema.as_deref())?.sql_ref().one(
-                "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
+            Source::Pg { url, schema } => PgConn::connect_existing(url, schema.as_deref())?
+                .sql_ref()
+                .one(
+                    "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
                  JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted
                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                    AND l.objid::INT4 = hashtext('twinhub-writer:' || current_schema())
                    AND a.backend_start < now() - make_interval(secs => ?1::INT8::FLOAT8)",
-                &[Val::Int(older_than_s)],
-            ),
+                    &[Val::Int(older_than_s)],
+                ),
         }
     }
 
@@ -220,7 +222,7 @@ impl Source {
     pub fn open_reader(&self) -> Result<Db, StoreError> {
         Ok(match self {
             Source::Sqlite(path) => Db::Sqlite(super::db::open_reader(path)?),
-            Source::Pg { url, schema } => Db::Pg(PgConn::connect(url, schema.as_deref())?),
+            Source::Pg { url, schema } => Db::Pg(PgConn::connect_existing(url, schema.as_deref())?),
         })
     }
 

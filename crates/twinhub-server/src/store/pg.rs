@@ -103,6 +103,18 @@ impl PgConn {
     /// (created if missing): tests and several installations share one
     /// database this way.
     pub fn connect(url: &str, schema: Option<&str>) -> Result<PgConn, StoreError> {
+        PgConn::open(url, schema, true)
+    }
+
+    /// Connects to `schema` as it is, creating nothing: a reader (or a
+    /// replica's look at the writer's session) has no business creating
+    /// the store. A reader opened late by a server being torn down would
+    /// otherwise bring back, empty, the schema a test had just dropped.
+    pub fn connect_existing(url: &str, schema: Option<&str>) -> Result<PgConn, StoreError> {
+        PgConn::open(url, schema, false)
+    }
+
+    fn open(url: &str, schema: Option<&str>, create: bool) -> Result<PgConn, StoreError> {
         let url = url.to_string();
         let client = block_on(io_runtime().spawn(async move {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
@@ -123,9 +135,11 @@ impl PgConn {
             let quoted = quote_ident(s)?;
             // IF NOT EXISTS is not safe against a concurrent creation
             // (nodes starting together): the loser sees a unique violation.
-            match conn.batch(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}")) {
-                Ok(()) | Err(StoreError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+            if create {
+                match conn.batch(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}")) {
+                    Ok(()) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             conn.batch(&format!("SET search_path TO {quoted}"))?;
         }

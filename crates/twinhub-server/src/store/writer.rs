@@ -174,6 +174,12 @@ pub(super) fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
 
 pub(super) use crate::metrics::thread_cpu_ms;
 
+/// One writer turn, for a timeline of what ingest waits behind
+/// (`RUST_LOG=twinhub_server::store::turns=trace`).
+fn turn(kind: &str, ops: usize, t: Instant) {
+    tracing::trace!(target: "twinhub_server::store::turns", kind, ops, us = t.elapsed().as_micros() as u64, "turn");
+}
+
 /// `first` and whatever else is queued behind it (at most `MAX_GROUP`):
 /// one group commit.
 fn group_from(first: Op, queue: &mut mpsc::Receiver<Op>) -> Vec<Op> {
@@ -221,30 +227,41 @@ impl Writer {
                             let (t, cpu) = (Instant::now(), thread_cpu_ms());
                             self.control(c);
                             slow("control", 0, t, cpu);
+                            turn("control", 0, t);
                             self.written = true;
                         }
                     },
                     u = self.urgent.recv() => {
                         if let Some(op) = u {
                             let group = group_from(op, &mut self.urgent);
+                            let (t, n) = (Instant::now(), group.len());
                             self.commit_group(group);
+                            turn("urgent", n, t);
                             self.written = true;
                         }
                     }
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
                             let group = group_from(op, &mut self.data);
+                            let (t, n) = (Instant::now(), group.len());
                             self.commit_group(group);
+                            turn("data", n, t);
                             self.written = true;
                             // Under steady load data is always queued:
                             // background work gets a step after each group.
                             if self.has_steps() {
+                                let t = Instant::now();
                                 self.step();
+                                turn("step", 0, t);
                             }
                         }
                         None => break,
                     },
-                    _ = std::future::ready(()), if self.has_steps() => self.step(),
+                    _ = std::future::ready(()), if self.has_steps() => {
+                        let t = Instant::now();
+                        self.step();
+                        turn("step", 0, t);
+                    }
                     // An install waiting for the checkpointer (`wal.rs`).
                     _ = tokio::time::sleep(std::time::Duration::from_millis(5)), if pacing => self.step(),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
@@ -473,6 +490,7 @@ impl Writer {
             })
         });
         let t_commit = t0.elapsed();
+        tracing::trace!(target: "twinhub_server::store::turns", stmt_us = t_statements.as_micros() as u64, commit_us = (t_commit - t_statements).as_micros() as u64, "group");
         if let Err(e) = committed {
             let _ = sql.batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
