@@ -23,6 +23,7 @@ pub mod chunk;
 pub mod columns;
 mod compactor;
 pub mod connectors;
+mod control;
 pub mod db;
 pub mod export;
 mod head;
