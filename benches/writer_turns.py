@@ -6,7 +6,8 @@
     python3 benches/writer_turns.py turns.log [--from S --to S]
 
 The writer logs each turn it takes (`turn`: a data or urgent group
-commit, a compactor control, a background step, with its duration) and
+commit, a compactor control, a background step — wal, install, cut or
+reclaim — with its duration) and
 each group's statement and commit (fsync) times (`group`). This prints,
 per second since the first turn, how many turns of each kind ran and how
 much of the writer's time they took; then, for the window --from/--to
@@ -101,9 +102,9 @@ def main():
         per[s][r[2]] += 1
         per[s][r[2] + "_ms"] += (r[1] - r[0]) * 1e3
     print("second  turns/ms of writer time by kind")
+    kinds = sorted({r[2] for r in rows}, key=lambda k: (k not in ("data", "urgent"), k))
     for s in sorted(per):
         c = per[s]
-        kinds = ("data", "urgent", "control", "step")
         print(f"{s:6}  " + "  ".join(f"{k} {c[k]}/{c[k + '_ms']:.0f}" for k in kinds if c[k]))
     win = [r for r in rows if a.lo <= r[0] - t0 < a.hi]
     if not win:

@@ -43,8 +43,6 @@ pub(super) struct InFlight {
     /// The batch's alarm changes once committed; closed without a value
     /// once shutdown stopped the commit.
     pub(super) alarms: oneshot::Receiver<Vec<Change>>,
-    intents: usize,
-    started: Instant,
 }
 
 /// How many batches may wait for their second step before the engine
@@ -195,16 +193,18 @@ impl InFlight {
         let seq = rest.next;
         rest.next += 1;
         let parts = rest.parts.clone();
-        let intents = b.intents.len();
         tokio::spawn(async move {
             let mut shutdown = shutdown;
-            let t = Instant::now();
-            let has = !b.intents.is_empty();
+            let (started, intents) = (Instant::now(), b.intents.len());
             let Some(changes) = c.commit_alarms(b.intents, b.last, &mut shutdown).await else {
                 return;
             };
-            if has {
-                tracing::trace!(target: "twinhub_server::rules::timing", seq, commit_us = t.elapsed().as_micros() as u64, "alarms");
+            let took = started.elapsed();
+            if intents > 0 {
+                tracing::trace!(target: "twinhub_server::rules::timing", seq, commit_us = took.as_micros() as u64, "alarms");
+            }
+            if took > Duration::from_millis(8) {
+                tracing::debug!(intents, ms = took.as_secs_f64() * 1e3, "slow alarm commit");
             }
             // Queued before the engine hears of the commit (and starts the
             // next batch's), so the rests queue in batch order.
@@ -216,11 +216,7 @@ impl InFlight {
             });
             let _ = tx.send(changes);
         });
-        InFlight {
-            alarms: rx,
-            intents,
-            started: Instant::now(),
-        }
+        InFlight { alarms: rx }
     }
 }
 
@@ -401,25 +397,17 @@ impl Engine {
             return true;
         };
         let done = (&mut p.alarms).await;
-        self.committed(p, done).await
+        self.committed(done).await
     }
 
     /// After a batch's alarm changes committed: its actions.
     pub(super) async fn committed(
         &mut self,
-        p: InFlight,
         done: Result<Vec<Change>, oneshot::error::RecvError>,
     ) -> bool {
         let Ok(changes) = done else {
             return false;
         };
-        if p.started.elapsed() > Duration::from_millis(8) {
-            tracing::debug!(
-                intents = p.intents,
-                ms = p.started.elapsed().as_secs_f64() * 1e3,
-                "slow alarm commit"
-            );
-        }
         self.act(changes).await;
         self.retire_alarms().await;
         true

@@ -340,8 +340,8 @@ impl Engine {
                     self.check_drift(&mut intents, &mut dirty);
                 }
                 done = async { (&mut pending.as_mut().expect("in flight").alarms).await }, if pending.is_some() => {
-                    let p = pending.take().expect("in flight");
-                    if !self.committed(p, done).await {
+                    pending = None;
+                    if !self.committed(done).await {
                         return;
                     }
                     continue;

@@ -191,17 +191,18 @@ impl Source {
     pub fn end_writer_session(&self, older_than_s: i64) -> Result<i64, StoreError> {
         match self {
             Source::Sqlite(_) => Ok(0),
-            Source::Pg { url, schema } => PgConn::connect_existing(url, schema.as_deref())?
-                .sql_ref()
-                .one(
+            Source::Pg { url, schema } => {
+                let c = PgConn::connect_existing(url, schema.as_deref())?;
+                c.sql_ref().one(
                     "SELECT COUNT(pg_terminate_backend(l.pid)) FROM pg_locks l
-                 JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND l.objid::INT4 = hashtext('twinhub-writer:' || current_schema())
-                   AND a.backend_start < now() - make_interval(secs => ?1::INT8::FLOAT8)",
+                     JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.locktype = 'advisory' AND l.granted
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       AND l.objid::INT4 = hashtext('twinhub-writer:' || current_schema())
+                       AND a.backend_start < now() - make_interval(secs => ?1::INT8::FLOAT8)",
                     &[Val::Int(older_than_s)],
-                ),
+                )
+            }
         }
     }
 

@@ -131,7 +131,10 @@ pub struct Writer {
 /// of the acknowledgements comes from).
 const SLOW: std::time::Duration = std::time::Duration::from_millis(8);
 
+/// Ends a turn of the writer's other than a group commit (a compactor
+/// control, a background step): traced like every turn, logged when slow.
 pub(super) fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
+    turn(what, ops, t);
     if t.elapsed() > SLOW {
         tracing::debug!(
             what,
@@ -146,7 +149,7 @@ pub(super) fn slow(what: &str, ops: usize, t: Instant, cpu0: f64) {
 pub(super) use crate::metrics::thread_cpu_ms;
 
 /// One writer turn, for a timeline of what ingest waits behind
-/// (`RUST_LOG=twinhub_server::store::turns=trace`).
+/// (`RUST_LOG=twinhub_server::store::turns=trace`, `benches/writer_turns.py`).
 fn turn(kind: &str, ops: usize, t: Instant) {
     tracing::trace!(target: "twinhub_server::store::turns", kind, ops, us = t.elapsed().as_micros() as u64, "turn");
 }
@@ -198,7 +201,6 @@ impl Writer {
                             let (t, cpu) = (Instant::now(), thread_cpu_ms());
                             self.control(c);
                             slow("control", 0, t, cpu);
-                            turn("control", 0, t);
                             self.written = true;
                         }
                     },
@@ -221,18 +223,12 @@ impl Writer {
                             // Under steady load data is always queued:
                             // background work gets a step after each group.
                             if self.has_steps() {
-                                let t = Instant::now();
                                 self.step();
-                                turn("step", 0, t);
                             }
                         }
                         None => break,
                     },
-                    _ = std::future::ready(()), if self.has_steps() => {
-                        let t = Instant::now();
-                        self.step();
-                        turn("step", 0, t);
-                    }
+                    _ = std::future::ready(()), if self.has_steps() => self.step(),
                     // An install waiting for the checkpointer (`wal.rs`).
                     _ = tokio::time::sleep(std::time::Duration::from_millis(5)), if pacing => self.step(),
                     _ = tokio::time::sleep(std::time::Duration::from_millis(20)), if stalled => {}
