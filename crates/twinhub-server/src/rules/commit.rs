@@ -18,7 +18,7 @@
 //! values) and the alarms.
 
 use super::alarms::{Alarms, Change, Intent};
-use super::engine::{Dirty, Engine, StateKey, CONSUMER};
+use super::engine::{Dirty, Engine, State, StateKey, CONSUMER};
 use super::RuleBook;
 use crate::clock::SharedClock;
 use crate::store::rules as rows;
@@ -52,7 +52,7 @@ const REST_DEPTH: u64 = 8;
 /// A batch's second step, waiting for the rest committer.
 struct RestPart {
     seq: u64,
-    states: Vec<(StateKey, Option<String>)>,
+    states: Vec<(StateKey, Option<State>)>,
     last: Option<u64>,
     derived: Vec<super::actions::DerivedGroup>,
 }
@@ -174,7 +174,7 @@ fn merge(parts: Vec<RestPart>) -> RestPart {
 /// One batch's effects, to be committed.
 pub(super) struct Batch {
     pub(super) intents: Vec<Intent>,
-    pub(super) states: Vec<(StateKey, Option<String>)>,
+    pub(super) states: Vec<(StateKey, Option<State>)>,
     /// The id of the batch's last event (None for a batch of timers).
     pub(super) last: Option<u64>,
     pub(super) derived: Vec<super::actions::DerivedGroup>,
@@ -284,7 +284,7 @@ impl Committer {
     /// rather than holding up the position. False once shutdown.
     async fn commit_rest(
         &self,
-        states: Vec<(StateKey, Option<String>)>,
+        states: Vec<(StateKey, Option<State>)>,
         last: Option<u64>,
         mut derived: Vec<super::actions::DerivedGroup>,
         shutdown: &mut watch::Receiver<bool>,
@@ -292,6 +292,13 @@ impl Committer {
         if states.is_empty() && last.is_none() && derived.is_empty() {
             return true;
         }
+        // Serialized here rather than when the batch was sealed: hundreds
+        // of states took the engine a fraction of a millisecond that the
+        // batch's alarm commit waited for.
+        let states: Vec<(StateKey, Option<String>)> = states
+            .into_iter()
+            .map(|(k, s)| (k, s.and_then(|s| serde_json::to_string(&s).ok())))
+            .collect();
         let states = Arc::new(states);
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
@@ -365,17 +372,14 @@ impl Committer {
 }
 
 impl Engine {
-    /// The rule states of `dirty` as they are now (their rows' bodies;
-    /// None deletes the row).
-    pub(super) fn snapshot(&self, dirty: Dirty) -> Vec<(StateKey, Option<String>)> {
+    /// The rule states of `dirty` as they are now (None deletes the row),
+    /// serialized by the rest committer.
+    pub(super) fn snapshot(&self, dirty: Dirty) -> Vec<(StateKey, Option<State>)> {
         dirty
             .into_iter()
             .map(|k| {
-                let body = self
-                    .states
-                    .get(&k)
-                    .and_then(|s| serde_json::to_string(s).ok());
-                (k, body)
+                let s = self.states.get(&k).copied();
+                (k, s)
             })
             .collect()
     }
@@ -422,13 +426,19 @@ mod tests {
         ("t".into(), "r".into(), twin.into())
     }
 
-    fn part(seq: u64, last: Option<u64>, states: &[(&str, Option<&str>)]) -> RestPart {
+    /// A state told apart by `n`.
+    fn st(n: i64) -> State {
+        State::NoData {
+            last_seen: n,
+            raised: false,
+            saved: 0,
+        }
+    }
+
+    fn part(seq: u64, last: Option<u64>, states: &[(&str, Option<i64>)]) -> RestPart {
         RestPart {
             seq,
-            states: states
-                .iter()
-                .map(|(t, b)| (key(t), b.map(str::to_string)))
-                .collect(),
+            states: states.iter().map(|(t, b)| (key(t), b.map(st))).collect(),
             last,
             derived: Vec::new(),
         }
@@ -437,10 +447,10 @@ mod tests {
     #[test]
     fn merged_rests_keep_each_keys_latest_state_and_the_latest_position() {
         let m = merge(vec![
-            part(1, Some(10), &[("a", Some("a1")), ("b", Some("b1"))]),
+            part(1, Some(10), &[("a", Some(11)), ("b", Some(21))]),
             // A timer batch: no events, so no position of its own.
-            part(2, None, &[("c", Some("c2")), ("a", None)]),
-            part(3, Some(30), &[("b", Some("b3"))]),
+            part(2, None, &[("c", Some(32)), ("a", None)]),
+            part(3, Some(30), &[("b", Some(23))]),
         ]);
         assert_eq!(m.seq, 3);
         assert_eq!(m.last, Some(30));
@@ -448,8 +458,8 @@ mod tests {
             m.states,
             vec![
                 (key("a"), None),
-                (key("b"), Some("b3".into())),
-                (key("c"), Some("c2".into()))
+                (key("b"), Some(st(23))),
+                (key("c"), Some(st(32)))
             ]
         );
         let m = merge(vec![part(4, Some(40), &[]), part(5, None, &[])]);

@@ -21,7 +21,7 @@ use crate::twins::TwinGraphs;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use twinhub_model::rules::condition::ConditionState;
@@ -112,9 +112,11 @@ impl State {
 
 pub(super) type StateKey = (String, String, String);
 
-/// Events evaluated before their alarm changes go to the writer. An
-/// event's alarm waits for the events after it in its batch; the batches'
-/// other writes are merged by the rest committer however small they are.
+/// Events evaluated before their alarm changes go to the writer. A batch
+/// ends earlier at an event with alarm changes when no alarm commit is in
+/// flight (so an alarm does not wait for the events after it); the
+/// batches' other writes are merged by the rest committer however small
+/// they are.
 const MAX_BATCH: usize = 128;
 
 /// A state's key borrowed from what is at hand (tenant, rule, twin): looks
@@ -265,6 +267,9 @@ impl Engine {
         // nothing for rules nobody wrote).
         let mut consumer: Option<crate::store::outbox::Consumer> = None;
         let mut pending: Option<InFlight> = None;
+        // Events taken from the consumer and not yet evaluated (a batch
+        // cut at an alarm change).
+        let mut carry: VecDeque<Arc<crate::events::Event>> = VecDeque::new();
         let mut rest = Rest::start(self.committer(), shutdown.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -282,6 +287,7 @@ impl Engine {
                     return;
                 }
                 consumer = None;
+                carry.clear();
                 self.values.clear();
                 // Only if no rule was written meanwhile (its write created
                 // the position this would drop).
@@ -306,27 +312,47 @@ impl Engine {
             let mut age_us = 0i64;
             let mut eval_us = 0u64;
             tokio::select! {
-                r = async { consumer.as_mut().expect("consumer").next(MAX_BATCH).await }, if consumer.is_some() => match r {
-                    Ok(evs) => {
+                r = async {
+                    if carry.is_empty() {
+                        consumer.as_mut().expect("consumer").next(MAX_BATCH).await.map(VecDeque::from)
+                    } else {
+                        Ok(std::mem::take(&mut carry))
+                    }
+                }, if consumer.is_some() => match r {
+                    Ok(mut evs) => {
                         let (busy, cpu) = (std::time::Instant::now(), crate::metrics::thread_cpu_ms());
                         self.refresh_rules();
                         let mut stale = HashSet::new();
-                        for e in &evs {
+                        // With no alarm commit in flight, a batch ends at
+                        // its first event with alarm changes: the alarm
+                        // goes to the writer now, not after the rest of
+                        // the batch was evaluated (the rest is the next
+                        // batch). With one in flight the batch would wait
+                        // for it anyway, so it takes everything.
+                        let cut = pending.is_none();
+                        let (mut first_at, mut n) = (None, 0usize);
+                        while let Some(e) = evs.pop_front() {
+                            first_at.get_or_insert(e.at);
                             let before = intents.len();
-                            self.on_event(e, &mut intents, &mut dirty, &mut stale, &mut derived);
+                            self.on_event(&e, &mut intents, &mut dirty, &mut stale, &mut derived);
                             if e.id <= self.applied {
                                 intents.truncate(before);
                             }
+                            last = Some(e.id);
+                            n += 1;
+                            if cut && intents.len() > before {
+                                break;
+                            }
                         }
+                        carry = evs;
                         for t in stale {
                             self.book.refresh_queries(&self.twins, Some(&t));
                         }
-                        last = evs.last().map(|e| e.id);
-                        age_us = evs.first().map(|e| self.clock.now_us() - e.at).unwrap_or(0);
+                        age_us = first_at.map(|at| self.clock.now_us() - at).unwrap_or(0);
                         eval_us = busy.elapsed().as_micros() as u64;
                         self.book.add_busy(busy.elapsed());
                         if busy.elapsed() > Duration::from_millis(8) {
-                            tracing::debug!(events = evs.len(), ms = busy.elapsed().as_secs_f64() * 1e3, cpu_ms = crate::metrics::thread_cpu_ms() - cpu, "slow rule evaluation");
+                            tracing::debug!(events = n, ms = busy.elapsed().as_secs_f64() * 1e3, cpu_ms = crate::metrics::thread_cpu_ms() - cpu, "slow rule evaluation");
                         }
                     }
                     Err(e) => {

@@ -579,6 +579,11 @@ fn in_savepoint<R>(
         }
         Err(e) => {
             let _ = conn.batch("ROLLBACK TO op; RELEASE op");
+            // What it changed in memory before it failed goes with its
+            // rows (its neighbours' commit would otherwise keep it).
+            for u in ctx.undo.into_iter().rev() {
+                u(engine);
+            }
             Err(e)
         }
     }
