@@ -461,9 +461,7 @@ impl Writer {
         if let Err(e) = committed {
             let _ = sql.batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
-            for u in undo.into_iter().rev() {
-                u(&engine);
-            }
+            undo_all(undo, &engine);
             for op in group {
                 match op {
                     Op::Append { ack, .. } => {
@@ -549,6 +547,13 @@ impl Writer {
     }
 }
 
+/// Undoes in-memory changes whose rows were rolled back, latest first.
+fn undo_all(undo: Vec<Hook>, engine: &Engine) {
+    for u in undo.into_iter().rev() {
+        u(engine);
+    }
+}
+
 /// Runs `f` in a savepoint of the open transaction: kept, with its hooks
 /// and events, if it succeeds; undone alone (its neighbours go on) if not.
 fn in_savepoint<R>(
@@ -581,9 +586,7 @@ fn in_savepoint<R>(
             let _ = conn.batch("ROLLBACK TO op; RELEASE op");
             // What it changed in memory before it failed goes with its
             // rows (its neighbours' commit would otherwise keep it).
-            for u in ctx.undo.into_iter().rev() {
-                u(engine);
-            }
+            undo_all(ctx.undo, engine);
             Err(e)
         }
     }
