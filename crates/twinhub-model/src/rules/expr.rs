@@ -7,6 +7,9 @@
 //! rule is saved (write `2.0`); comparisons mix freely
 //! (`temperature > 375`).
 
+use cel::common::types::{CelBool, CelDouble, CelNull, CelString};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Program, Value as Cel};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -168,7 +171,113 @@ fn as_bool(v: Value) -> Result<bool, EvalError> {
 /// Variables bound for several expressions of one evaluation (a
 /// condition and its clear read the same values: binding them is most of
 /// an evaluation's cost).
-pub struct Scope<'a>(Context<'a, 'static>);
+pub struct Scope<'a>(Context<'a, 'a>);
+
+/// A value kept bound between evaluations (a twin's live value): every
+/// evaluation reads it in place, none converts it again.
+#[derive(Debug, Clone)]
+pub enum Bound {
+    Number(CelDouble),
+    Bool(CelBool),
+    Text(CelString<'static>),
+    Other(Box<dyn Val>),
+}
+
+impl Bound {
+    pub fn from_json(v: &Value) -> Bound {
+        match v {
+            Value::Number(n) => Bound::Number(n.as_f64().unwrap_or(f64::NAN).into()),
+            Value::Bool(b) => Bound::Bool((*b).into()),
+            Value::String(s) => Bound::Text(s.clone().into()),
+            Value::Null => Bound::Other(Box::new(CelNull)),
+            other => Bound::Other(
+                Box::<dyn Val>::try_from(to_cel(other)).unwrap_or_else(|_| Box::new(CelNull)),
+            ),
+        }
+    }
+
+    pub fn from_value(v: &crate::Value) -> Bound {
+        match v {
+            crate::Value::Number(n) => Bound::Number((*n).into()),
+            crate::Value::Bool(b) => Bound::Bool((*b).into()),
+            crate::Value::String(s) => Bound::Text(s.clone().into()),
+        }
+    }
+
+    /// Sets it to `v`; a text that did not change is kept (a status sent
+    /// with every message is not copied with every message).
+    pub fn set(&mut self, v: &crate::Value) {
+        match (&mut *self, v) {
+            (Bound::Number(x), crate::Value::Number(n)) => *x = (*n).into(),
+            (Bound::Bool(x), crate::Value::Bool(b)) => *x = (*b).into(),
+            (Bound::Text(x), crate::Value::String(s)) if x.inner() == s.as_str() => {}
+            _ => *self = Bound::from_value(v),
+        }
+    }
+
+    pub fn as_val(&self) -> &dyn Val {
+        match self {
+            Bound::Number(x) => x,
+            Bound::Bool(x) => x,
+            Bound::Text(x) => x,
+            Bound::Other(x) => x.as_ref(),
+        }
+    }
+
+    fn into_val(self) -> Box<dyn Val> {
+        match self {
+            Bound::Number(x) => Box::new(x),
+            Bound::Bool(x) => Box::new(x),
+            Bound::Text(x) => Box::new(x),
+            Bound::Other(x) => x,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Bound::Number(x) => {
+                serde_json::Number::from_f64(**x).map_or(Value::Null, Value::Number)
+            }
+            Bound::Bool(x) => Value::Bool(**x),
+            Bound::Text(x) => Value::String(x.inner().to_string()),
+            Bound::Other(x) => Cel::try_from(x.as_ref()).map_or(Value::Null, |v| from_cel(&v)),
+        }
+    }
+}
+
+/// A name's value for one evaluation: one kept bound, or one made for it
+/// (a map of the twin's properties, a stored property).
+pub enum Found<'a> {
+    Kept(&'a Bound),
+    Made(Bound),
+}
+
+/// Where an evaluation finds its variables, asked only for the names the
+/// expression reads, when it reads them: nothing is bound up front.
+pub trait Lookup: Send + Sync {
+    fn find(&self, name: &str) -> Option<Found<'_>>;
+}
+
+struct Resolver<'a>(&'a dyn Lookup);
+
+impl VariableResolver for Resolver<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        Some(match self.0.find(name)? {
+            Found::Kept(b) => CowVal::Borrowed(b.as_val()),
+            Found::Made(b) => CowVal::Owned(b.into_val()),
+        })
+    }
+}
+
+/// Runs `f` over variables found through `lookup` as they are read.
+pub fn with_lookup<R>(lookup: &dyn Lookup, f: impl FnOnce(&Scope<'_>) -> R) -> R {
+    let resolver = Resolver(lookup);
+    ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        ctx.set_variable_resolver(&resolver);
+        f(&Scope(ctx))
+    })
+}
 
 /// Binds `vars` once and runs `f` over them.
 pub fn with_scope<R>(vars: &Vars<'_>, f: impl FnOnce(&Scope<'_>) -> R) -> R {
@@ -275,5 +384,74 @@ mod tests {
         let e = Expr::compile("temperature").unwrap();
         assert!(e.eval_bool(&[("temperature", &json!(1))]).is_err());
         assert_eq!(e.eval(&[("temperature", &json!(1.5))]).unwrap(), json!(1.5));
+    }
+
+    /// A lookup over kept values, as the rule engine keeps a twin's.
+    struct Kept(HashMap<&'static str, Bound>);
+
+    impl Lookup for Kept {
+        fn find(&self, name: &str) -> Option<Found<'_>> {
+            match name {
+                "related" => Some(Found::Made(Bound::from_json(
+                    &json!({"isPartOf": {"state": "running"}}),
+                ))),
+                n => self.0.get(n).map(Found::Kept),
+            }
+        }
+    }
+
+    #[test]
+    fn kept_values_evaluate_as_bound_ones() {
+        let e = Expr::compile(
+            "temperature > 375 && related.isPartOf.state == 'running' && status == 'on'",
+        )
+        .unwrap();
+        let mut kept = Kept(HashMap::from([
+            (
+                "temperature",
+                Bound::from_value(&crate::Value::Number(376.5)),
+            ),
+            ("status", Bound::from_json(&json!("on"))),
+        ]));
+        assert_eq!(with_lookup(&kept, |s| e.eval_bool_in(s)), Ok(true));
+        // Set in place, as each message does.
+        kept.0
+            .get_mut("temperature")
+            .unwrap()
+            .set(&crate::Value::Number(370.0));
+        assert_eq!(with_lookup(&kept, |s| e.eval_bool_in(s)), Ok(false));
+        kept.0
+            .get_mut("temperature")
+            .unwrap()
+            .set(&crate::Value::Number(380.0));
+        kept.0
+            .get_mut("status")
+            .unwrap()
+            .set(&crate::Value::String("off".into()));
+        assert_eq!(with_lookup(&kept, |s| e.eval_bool_in(s)), Ok(false));
+        // A value may change type; it is read as what it is now.
+        kept.0
+            .get_mut("status")
+            .unwrap()
+            .set(&crate::Value::Bool(true));
+        let flag = Expr::compile("status").unwrap();
+        assert_eq!(with_lookup(&kept, |s| flag.eval_bool_in(s)), Ok(true));
+        assert_eq!(kept.0["status"].to_json(), json!(true));
+        assert_eq!(kept.0["temperature"].to_json(), json!(380.0));
+    }
+
+    #[test]
+    fn a_name_not_found_fails_naming_it() {
+        let e = Expr::compile("pressure > 5.0").unwrap();
+        let kept = Kept(HashMap::new());
+        let err = with_lookup(&kept, |s| e.eval_bool_in(s)).unwrap_err();
+        assert!(err.message.contains("pressure"), "{err:?}");
+        let e = Expr::compile("temperature * 1.8 - 459.67").unwrap();
+        let kept = Kept(HashMap::from([(
+            "temperature",
+            Bound::from_json(&json!(300)),
+        )]));
+        let v = with_lookup(&kept, |s| e.eval_in(s)).unwrap();
+        assert!((v.as_f64().unwrap() - 80.33).abs() < 1e-9, "{v}");
     }
 }

@@ -46,9 +46,8 @@ impl Engine {
         if !super::evaluate::touches(rule, seen) {
             return;
         }
-        let vars = self.vars(&rule.tenant, twin, &rule.names);
-        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (*k, v)).collect();
-        match expr.eval(&refs) {
+        let view = super::evaluate::TwinView::of(&self.values, &self.twins, &rule.tenant, twin);
+        match twinhub_model::rules::expr::with_lookup(&view, |scope| expr.eval_in(scope)) {
             Ok(v) if v.is_null() => {}
             Ok(v) => {
                 self.book().record(rule, twin, Ok(()), 0);

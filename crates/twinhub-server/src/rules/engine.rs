@@ -19,12 +19,13 @@ use crate::store::rules as rows;
 use crate::store::Store;
 use crate::twins::TwinGraphs;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use twinhub_model::rules::condition::ConditionState;
+use twinhub_model::rules::expr::Bound;
 use twinhub_model::rules::stats::Rolling;
 
 /// The durable consumer's name.
@@ -147,8 +148,12 @@ pub(super) fn mark(dirty: &mut Dirty, k: KeyRef<'_>) {
     }
 }
 
+/// One twin's live values, kept bound for CEL (read in place by every
+/// evaluation).
+pub(super) type LiveTwin = hashbrown::HashMap<String, Bound>;
+
 /// Each twin's live values, by tenant then twin (looked up by `&str`).
-type LiveValues = HashMap<String, HashMap<String, Map<String, Value>>>;
+pub(super) type LiveValues = hashbrown::HashMap<String, hashbrown::HashMap<String, LiveTwin>>;
 
 /// What the engine works with (handles, given by the composition root).
 pub struct EngineDeps {
@@ -181,11 +186,11 @@ pub struct Engine {
     pub(super) values: LiveValues,
     pub(super) deadlines: BinaryHeap<Reverse<(i64, StateKey)>>,
     /// Enabled rules by tenant, rebuilt when the book changes.
-    pub(super) by_tenant: HashMap<String, Vec<Arc<Rule>>>,
+    pub(super) by_tenant: hashbrown::HashMap<String, Vec<Arc<Rule>>>,
     generation: u64,
     /// The enabled rules selecting each twin, by tenant (cleared when the
     /// rules or the tenant's graph change).
-    pub(super) twin_rules: HashMap<String, HashMap<String, Arc<[Arc<Rule>]>>>,
+    pub(super) twin_rules: hashbrown::HashMap<String, hashbrown::HashMap<String, Arc<[Arc<Rule>]>>>,
     /// When each rule last acted for a twin (throttling).
     pub(super) last_action: HashMap<StateKey, i64>,
     pub(super) last_retire: i64,
@@ -206,14 +211,14 @@ impl Engine {
             clock: deps.clock.clone(),
             deps,
             states: hashbrown::HashMap::new(),
-            values: HashMap::new(),
+            values: Default::default(),
             deadlines: BinaryHeap::new(),
-            by_tenant: HashMap::new(),
+            by_tenant: Default::default(),
             generation: u64::MAX,
             last_action: HashMap::new(),
             last_retire: 0,
             last_drift: 0,
-            twin_rules: HashMap::new(),
+            twin_rules: Default::default(),
             applied: 0,
         }
     }

@@ -6,15 +6,17 @@
 //! and the periodic drift checks of model-output rules.
 
 use super::alarms::Intent;
-use super::engine::{mark, no_data_slack, Derived, Dirty, Engine, KeyRef, State};
+use super::engine::{
+    mark, no_data_slack, Derived, Dirty, Engine, KeyRef, LiveTwin, LiveValues, State,
+};
 use super::{Rule, RuleKind};
 use crate::events::{Event, Kind};
 use serde_json::{Map, Value};
 use std::cmp::Reverse;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use twinhub_model::rules::condition::{ConditionState, Observation, Transition};
-use twinhub_model::rules::expr::{with_scope, MAPS};
+use twinhub_model::rules::expr::{with_lookup, Bound, Found, Lookup, MAPS};
 use twinhub_model::rules::stats::Rolling;
 
 /// The alarm change a transition asks for (none for `None`): raises and
@@ -57,17 +59,6 @@ pub(super) fn intent(
         }),
         Transition::None => None,
     }
-}
-
-/// The plain values among an evaluation's variables (not the maps): an
-/// alarm's last value.
-fn shown(vars: &[(&str, Value)]) -> Value {
-    Value::Object(
-        vars.iter()
-            .filter(|(k, _)| !MAPS.contains(k))
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    )
 }
 
 /// What a rule looks at: one telemetry message (with its source), or a
@@ -128,15 +119,15 @@ impl Engine {
                             store
                                 .latest_of_twin(&e.tenant, twin)
                                 .into_iter()
-                                .map(|(k, p)| (k, p.value.to_json()))
+                                .map(|(k, p)| (k, Bound::from_value(&p.value)))
                                 .collect()
                         }),
                     };
                     for (k, v, _) in m.values() {
                         match live.get_mut(k) {
-                            Some(slot) => *slot = v.to_json(),
+                            Some(slot) => slot.set(v),
                             None => {
-                                live.insert(k.to_string(), v.to_json());
+                                live.insert(k.to_string(), Bound::from_value(v));
                             }
                         }
                     }
@@ -269,10 +260,9 @@ impl Engine {
         let Some(cond) = &rule.condition else {
             return;
         };
-        let vars = self.vars(&rule.tenant, twin, &rule.names);
-        let refs: Vec<(&str, &Value)> = vars.iter().map(|(k, v)| (*k, v)).collect();
-        // One binding for the condition and its clear.
-        let (raise, clear) = with_scope(&refs, |scope| {
+        let view = TwinView::of(&self.values, &self.twins, &rule.tenant, twin);
+        // One scope for the condition and its clear.
+        let (raise, clear) = with_lookup(&view, |scope| {
             (
                 cond.eval_bool_in(scope),
                 rule.clear
@@ -306,7 +296,7 @@ impl Engine {
         if *cs != before {
             mark(dirty, key);
         }
-        intents.extend(intent(rule, twin, t, || shown(&vars), ts));
+        intents.extend(intent(rule, twin, t, || view.shown(&rule.names), ts));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -368,71 +358,6 @@ impl Engine {
         let t = cond.step(obs, rule.for_us);
         let last = || serde_json::json!({ spec.property.as_str(): v });
         intents.extend(intent(rule, twin, t, last, ts));
-    }
-
-    /// The variables an expression reads (a name with no value is left
-    /// out: the evaluation fails naming it).
-    pub(super) fn vars<'n>(
-        &self,
-        tenant: &str,
-        twin: &str,
-        names: &'n [String],
-    ) -> Vec<(&'n str, Value)> {
-        let of_tenant = self.values.get(tenant);
-        let live = of_tenant.and_then(|m| m.get(twin));
-        let props_of = |id: &str| -> Map<String, Value> {
-            let mut m = self
-                .twins
-                .read(tenant, |g| g.twins.get(id).map(|t| t.props.clone()))
-                .unwrap_or_default();
-            if let Some(l) = of_tenant.and_then(|m| m.get(id)) {
-                for (k, v) in l {
-                    m.insert(k.clone(), v.clone());
-                }
-            }
-            m
-        };
-        let mut out: Vec<(&str, Value)> = Vec::with_capacity(names.len());
-        for n in names {
-            if out.iter().any(|(k, _)| *k == n) {
-                continue;
-            }
-            let v = match n.as_str() {
-                "props" => Value::Object(props_of(twin)),
-                "twin" => {
-                    let model = self
-                        .twins
-                        .read(tenant, |g| g.twins.get(twin).map(|t| t.model.to_string()));
-                    serde_json::json!({"id": twin, "model": model})
-                }
-                "related" => {
-                    let targets: Vec<(String, String)> = self.twins.read(tenant, |g| {
-                        g.outgoing(twin)
-                            .map(|r| (r.name.clone(), r.target.to_string()))
-                            .collect()
-                    });
-                    let mut m = Map::new();
-                    for (name, target) in targets {
-                        m.entry(name)
-                            .or_insert_with(|| Value::Object(props_of(&target)));
-                    }
-                    Value::Object(m)
-                }
-                name => {
-                    let v = live.and_then(|l| l.get(name)).cloned().or_else(|| {
-                        self.twins.read(tenant, |g| {
-                            g.twins.get(twin).and_then(|t| t.props.get(name).cloned())
-                        })
-                    });
-                    match v {
-                        Some(v) => v,
-                        None => continue,
-                    }
-                }
-            };
-            out.push((n.as_str(), v));
-        }
-        out
     }
 
     /// Drift checks, every 10 s: a model whose largest feature PSI is above
@@ -501,6 +426,121 @@ impl Engine {
             if t != Transition::Repeat && !reraised {
                 intents.extend(intent(&rule, &originator, t, || value, now));
             }
+        }
+    }
+}
+
+/// What one evaluation of a twin's rules reads, found by name when the
+/// expression reads it: a live value in place; else the twin's stored
+/// property; `props`, `twin` and `related` made once per evaluation when
+/// read. A name with neither is not found: the evaluation fails naming
+/// it.
+pub(super) struct TwinView<'a> {
+    tenant: &'a str,
+    twin: &'a str,
+    live: Option<&'a LiveTwin>,
+    of_tenant: Option<&'a hashbrown::HashMap<String, LiveTwin>>,
+    twins: &'a crate::twins::TwinGraphs,
+    props: OnceLock<Bound>,
+    related: OnceLock<Bound>,
+}
+
+impl<'a> TwinView<'a> {
+    pub(super) fn of(
+        values: &'a LiveValues,
+        twins: &'a crate::twins::TwinGraphs,
+        tenant: &'a str,
+        twin: &'a str,
+    ) -> TwinView<'a> {
+        let of_tenant = values.get(tenant);
+        TwinView {
+            tenant,
+            twin,
+            live: of_tenant.and_then(|m| m.get(twin)),
+            of_tenant,
+            twins,
+            props: OnceLock::new(),
+            related: OnceLock::new(),
+        }
+    }
+
+    /// A twin's stored properties with its live values over them.
+    fn props_of(&self, id: &str) -> Map<String, Value> {
+        let mut m = self
+            .twins
+            .read(self.tenant, |g| g.twins.get(id).map(|t| t.props.clone()))
+            .unwrap_or_default();
+        if let Some(l) = self.of_tenant.and_then(|m| m.get(id)) {
+            for (k, v) in l {
+                m.insert(k.clone(), v.to_json());
+            }
+        }
+        m
+    }
+
+    fn value(&self, name: &str) -> Option<Found<'_>> {
+        if let Some(v) = self.live.and_then(|l| l.get(name)) {
+            return Some(Found::Kept(v));
+        }
+        self.twins
+            .read(self.tenant, |g| {
+                g.twins
+                    .get(self.twin)
+                    .and_then(|t| t.props.get(name).map(Bound::from_json))
+            })
+            .map(Found::Made)
+    }
+
+    /// The plain values among `names` (not the maps): an alarm's last
+    /// value.
+    fn shown(&self, names: &[String]) -> Value {
+        Value::Object(
+            names
+                .iter()
+                .filter(|n| !MAPS.contains(&n.as_str()))
+                .filter_map(|n| {
+                    let v = match self.value(n)? {
+                        Found::Kept(b) => b.to_json(),
+                        Found::Made(b) => b.to_json(),
+                    };
+                    Some((n.clone(), v))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Lookup for TwinView<'_> {
+    fn find(&self, name: &str) -> Option<Found<'_>> {
+        match name {
+            "props" => Some(Found::Kept(self.props.get_or_init(|| {
+                Bound::from_json(&Value::Object(self.props_of(self.twin)))
+            }))),
+            "twin" => {
+                let model = self.twins.read(self.tenant, |g| {
+                    g.twins.get(self.twin).map(|t| t.model.to_string())
+                });
+                Some(Found::Made(Bound::from_json(
+                    &serde_json::json!({"id": self.twin, "model": model}),
+                )))
+            }
+            "related" => Some(Found::Kept(self.related.get_or_init(|| {
+                let targets: Vec<(String, String)> = self.twins.read(self.tenant, |g| {
+                    g.outgoing(self.twin)
+                        .map(|r| (r.name.clone(), r.target.to_string()))
+                        .collect()
+                });
+                let mut m = Map::new();
+                for (name, target) in targets {
+                    m.entry(name)
+                        .or_insert_with(|| Value::Object(self.props_of(&target)));
+                }
+                Bound::from_json(&Value::Object(m))
+            }))),
+            // A qualified name (`related.isPartOf`) is asked whole first:
+            // no property is named so, its first segment is.
+            name if name.contains('.') => None,
+            name => self.value(name),
         }
     }
 }
