@@ -265,15 +265,39 @@ async fn latency(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut stream = load::EventStream::open(
-        probe.addr,
-        "/api/v1/events?types=alarm&twin=u0",
-        probe.token,
-    )
-    .await?;
+    // The probe is an API client of its own (as a dashboard or an
+    // integration would be): its own thread and runtime, so the figure
+    // does not include waiting behind the load generator's tasks for a
+    // turn on the same two async workers.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Instant>();
+    let (addr, token, head) = (probe.addr, probe.token.to_string(), probe.head.clone());
+    let prober = std::thread::Builder::new()
+        .name("bench-probe".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut stream =
+                    load::EventStream::open(addr, "/api/v1/events?types=alarm&twin=u0", &token)
+                        .await?;
+                let mut conn = Conn::connect(addr).await?;
+                let _ = ready_tx.send(());
+                let stop = go_rx.recv()?;
+                probe_until(&mut conn, &mut stream, &head, stop).await
+            })
+        })?;
+    if ready_rx.await.is_err() {
+        return match prober.join() {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(anyhow::anyhow!("the probe's thread panicked")),
+        };
+    }
     let started = Instant::now();
     let ticks = crate::bench::cpu_ticks();
     let stop = started + Duration::from_secs(seconds.max(5));
+    go_tx.send(stop)?;
     // Open loop: each connection sends its share on a schedule, whatever
     // the answers' times (a late answer makes the next requests go out
     // back to back until the schedule is met again), so the offered rate
@@ -327,44 +351,14 @@ async fn latency(
             samples
         })
     };
-    let mut lat = Vec::new();
-    // The acknowledgement's share of each slow sample: a stall before the
-    // 200 is ingest's (writer, HTTP), after it the alarm path's.
-    let mut slow_acks = Vec::new();
-    // Each leg's own distribution: the probe's POST to its 200 (every
-    // probe), and its 200 to the alarm event (every raise).
-    let (mut acks, mut legs) = (Vec::new(), Vec::new());
-    let mut conn = Conn::connect(probe.addr).await?;
-    let mut ts = 0;
-    while Instant::now() < stop {
-        for t in [400.0, 300.0] {
-            ts += 1000;
-            let sent = Instant::now();
-            let status = conn.send(&probe.head, &probe_body(ts, t)).await?;
-            anyhow::ensure!(status == 200, "probe refused: {status}");
-            let acked = sent.elapsed().as_secs_f64() * 1e3;
-            acks.push(acked);
-            if t < 390.0 {
-                continue;
-            }
-            // Wait for this raise.
-            loop {
-                let frame = tokio::time::timeout(Duration::from_secs(10), stream.next_frame())
-                    .await
-                    .map_err(|_| anyhow::anyhow!("no alarm event in 10 s"))??;
-                if frame.contains("\"op\":\"raise\"") {
-                    let l = sent.elapsed().as_secs_f64() * 1e3;
-                    if l > 10.0 {
-                        slow_acks.push(format!("{acked:.0}/{l:.0}"));
-                    }
-                    lat.push(l);
-                    legs.push(l - acked);
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let Probed {
+        mut lat,
+        mut acks,
+        mut legs,
+        slow_acks,
+    } = tokio::task::spawn_blocking(move || prober.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the probe's thread panicked"))??;
     let (mut acked_events, mut refused) = (0u64, std::collections::BTreeMap::<u16, u64>::new());
     while let Some(r) = set.join_next().await {
         let (events, by_status) = r??;
@@ -410,4 +404,79 @@ async fn latency(
         ),
     );
     Ok(())
+}
+
+/// What the probe measured: each spike's POST → alarm event, each POST's
+/// acknowledgement, each 200 → alarm, and the slow samples' shares.
+struct Probed {
+    lat: Vec<f64>,
+    acks: Vec<f64>,
+    legs: Vec<f64>,
+    slow_acks: Vec<String>,
+}
+
+/// Probes twin u0 until `stop`: a spike, timed to its alarm event, then a
+/// recovery, every 20 ms.
+async fn probe_until(
+    conn: &mut Conn,
+    stream: &mut load::EventStream,
+    head: &[u8],
+    stop: Instant,
+) -> anyhow::Result<Probed> {
+    let mut lat = Vec::new();
+    // The acknowledgement's share of each slow sample: a stall before the
+    // 200 is ingest's (writer, HTTP), after it the alarm path's.
+    let mut slow_acks = Vec::new();
+    // Each leg's own distribution: the probe's POST to its 200 (every
+    // probe), and its 200 to the alarm event (every raise).
+    let (mut acks, mut legs) = (Vec::new(), Vec::new());
+    let trace = std::env::var_os("RUST_LOG").is_some();
+    let mut ts = 0;
+    while Instant::now() < stop {
+        for t in [400.0, 300.0] {
+            ts += 1000;
+            let sent = Instant::now();
+            let status = conn.send(head, &probe_body(ts, t)).await?;
+            anyhow::ensure!(status == 200, "probe refused: {status}");
+            let acked = sent.elapsed().as_secs_f64() * 1e3;
+            acks.push(acked);
+            if t < 390.0 {
+                continue;
+            }
+            // Wait for this raise.
+            loop {
+                let frame = tokio::time::timeout(Duration::from_secs(10), stream.next_frame())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no alarm event in 10 s"))??;
+                if frame.contains("\"op\":\"raise\"") {
+                    let l = sent.elapsed().as_secs_f64() * 1e3;
+                    if l > 10.0 {
+                        slow_acks.push(format!("{acked:.0}/{l:.0}"));
+                        // On the server's log timeline (with RUST_LOG), so a
+                        // slow sample can be matched with what ran then.
+                        if trace {
+                            eprintln!(
+                                "{} SLOW sample sent, acked {acked:.1} ms, alarm {l:.1} ms",
+                                twinhub_model::time::format_rfc3339(
+                                    twinhub_server::clock::Clock::now_us(
+                                        &twinhub_server::clock::SystemClock
+                                    ) - (l * 1e3) as i64
+                                )
+                            );
+                        }
+                    }
+                    lat.push(l);
+                    legs.push(l - acked);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Probed {
+        lat,
+        acks,
+        legs,
+        slow_acks,
+    })
 }

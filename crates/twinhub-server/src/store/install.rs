@@ -46,6 +46,10 @@ pub(super) struct Installing {
     slices: u32,
     busy: Duration,
     started: Instant,
+    /// What the last slice's commit took (writing its pages to the
+    /// write-ahead log, no fsync): as long again as its inserts if not
+    /// counted, so the next slice inserts for the budget less that.
+    last_commit: Duration,
 }
 
 /// What freed the pages being given back.
@@ -102,6 +106,7 @@ impl Writer {
             slices: 0,
             busy: Duration::ZERO,
             started: Instant::now(),
+            last_commit: Duration::ZERO,
         });
     }
 
@@ -257,11 +262,16 @@ impl Writer {
             )?;
         }
         let mut ti = Duration::ZERO;
+        // The whole step (inserts and commit) within the budget: every
+        // group queued behind it waits for all of it.
+        let inserts = STEP_BUDGET
+            .saturating_sub(job.last_commit)
+            .max(STEP_BUDGET / 8);
         let touched = self.conn.transaction(true, |tx| {
             let mut touched = Vec::new();
             // At least one chunk per step, whatever the step spent before
             // (making partitions): every step makes progress.
-            while touched.is_empty() || t.elapsed() < STEP_BUDGET {
+            while touched.is_empty() || t.elapsed() < inserts {
                 let Some(c) = job.chunks.next() else {
                     break;
                 };
@@ -274,6 +284,7 @@ impl Writer {
             ti = t.elapsed();
             Ok(touched)
         })?;
+        job.last_commit = t.elapsed().saturating_sub(ti);
         tracing::trace!(
             n = touched.len(),
             insert_us = ti.as_micros() as u64,
