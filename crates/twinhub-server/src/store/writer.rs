@@ -174,6 +174,7 @@ impl Writer {
             .build()
             .expect("writer runtime");
         rt.block_on(async {
+            let mut urgent_open = true;
             loop {
                 let stalled = self.engine.active.read().expect("head").points >= self.head_limit
                     && self.engine.frozen.read().expect("frozen").is_some();
@@ -181,6 +182,20 @@ impl Writer {
                 let pacing = self.wal_pacing() && !self.has_steps();
                 tokio::select! {
                     biased;
+                    // Urgent first: an alarm commit is small and
+                    // every alarm waits for it.
+                    u = self.urgent.recv(), if urgent_open => match u {
+                        Some(op) => {
+                            let group = group_from(op, &mut self.urgent);
+                            let (t, n) = (Instant::now(), group.len());
+                            self.commit_group(group);
+                            turn("urgent", n, t);
+                            self.written = true;
+                        }
+                        // Its senders gone: not asked again (a closed
+                        // queue is always ready and would starve the rest).
+                        None => urgent_open = false,
+                    },
                     c = self.ctrl.recv() => match c {
                         Some(Ctrl::Shutdown) | None => {
                             self.finish_steps();
@@ -204,15 +219,6 @@ impl Writer {
                             self.written = true;
                         }
                     },
-                    u = self.urgent.recv() => {
-                        if let Some(op) = u {
-                            let group = group_from(op, &mut self.urgent);
-                            let (t, n) = (Instant::now(), group.len());
-                            self.commit_group(group);
-                            turn("urgent", n, t);
-                            self.written = true;
-                        }
-                    }
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
                             let group = group_from(op, &mut self.data);
@@ -221,8 +227,9 @@ impl Writer {
                             turn("data", n, t);
                             self.written = true;
                             // Under steady load data is always queued:
-                            // background work gets a step after each group.
-                            if self.has_steps() {
+                            // background work gets a step after each group
+                            // (after an urgent group waiting, not before it).
+                            if self.has_steps() && self.urgent.is_empty() {
                                 self.step();
                             }
                         }
