@@ -37,6 +37,7 @@ mod quotas;
 mod roles;
 mod routes;
 mod rules;
+mod rules_graph;
 mod rules_replay;
 mod security;
 mod sparkplug;
