@@ -49,12 +49,25 @@ pub(super) struct InFlight {
 /// waits: their states and calculated values are what is held in memory.
 const REST_DEPTH: u64 = 8;
 
+/// Rows one merged rest commit takes at most (whole batches; a bigger
+/// batch goes alone). Every acknowledgement queued behind the writer waits
+/// for it: eight batches merged at 50k events/s were ~2,400 state rows,
+/// 6–8 ms of the writer's time in one group.
+const MERGED_ROWS: usize = 512;
+
 /// A batch's second step, waiting for the rest committer.
 struct RestPart {
     seq: u64,
     states: Vec<(StateKey, Option<State>)>,
     last: Option<u64>,
     derived: Vec<super::actions::DerivedGroup>,
+}
+
+impl RestPart {
+    /// The rows it writes: its states and its calculated values.
+    fn rows(&self) -> usize {
+        self.states.len() + self.derived.iter().map(|g| g.msgs.len()).sum::<usize>()
+    }
 }
 
 /// The batches' second steps, committed by one task in batch order: the
@@ -116,16 +129,27 @@ async fn commit_rests(
     done: Arc<watch::Sender<u64>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A part taken that did not fit in the last merge.
+    let mut held: Option<RestPart> = None;
     loop {
-        let first = tokio::select! {
-            p = rx.recv() => match p {
-                Some(p) => p,
-                None => return,
+        let first = match held.take() {
+            Some(p) => p,
+            None => tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
             },
-            _ = shutdown.changed() => return,
         };
+        let mut rows = first.rows();
         let mut parts = vec![first];
         while let Ok(p) = rx.try_recv() {
+            if rows + p.rows() > MERGED_ROWS {
+                held = Some(p);
+                break;
+            }
+            rows += p.rows();
             parts.push(p);
         }
         let merged = merge(parts);
