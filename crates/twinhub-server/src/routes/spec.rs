@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::time::Duration;
-use twinhub_model::rules::expr::Expr;
+use twinhub_model::rules::expr::{with_lookup, Bound, Expr, Found, Lookup};
 use twinhub_model::time::parse_duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -311,21 +311,7 @@ impl Selection {
         }
         match &self.condition {
             None => true,
-            Some(expr) => {
-                let env = envelope(e);
-                let mut vars: Vec<(String, Value)> = Vec::new();
-                if let Some(last) = env["data"]["messages"].as_array().and_then(|m| m.last()) {
-                    if let Some(values) = last["values"].as_object() {
-                        for (k, v) in values {
-                            vars.push((k.clone(), v.clone()));
-                        }
-                    }
-                }
-                let mut bound: Vec<(&str, &Value)> =
-                    vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                bound.push(("event", &env));
-                expr.eval_bool(&bound).unwrap_or(false)
-            }
+            Some(expr) => condition_holds(expr, &envelope(e)),
         }
     }
 }
@@ -333,6 +319,35 @@ impl Selection {
 /// The event as routes deliver it: `{id, type, tenant, twin, model, ts,
 /// data}`. `id` is stable across redeliveries (receivers deduplicate by
 /// it); `ts` is the commit time in epoch ms.
+/// Whether a route's condition holds for an event's envelope (an error is
+/// false). Its last message's values are there by name and the envelope
+/// as `event` (which wins over a value of that name), each converted for
+/// CEL only if the condition reads it: most conditions name a value or
+/// two, and the envelope converted for every event was most of the cost.
+fn condition_holds(expr: &Expr, env: &Value) -> bool {
+    struct EventView<'a> {
+        env: &'a Value,
+        values: Option<&'a Map<String, Value>>,
+    }
+    impl Lookup for EventView<'_> {
+        fn find(&self, name: &str) -> Option<Found<'_>> {
+            let v = match name {
+                "event" => self.env,
+                name => self.values?.get(name)?,
+            };
+            Some(Found::Made(Bound::from_json(v)))
+        }
+    }
+    let view = EventView {
+        env,
+        values: env["data"]["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|last| last["values"].as_object()),
+    };
+    with_lookup(&view, |scope| expr.eval_bool_in(scope)).unwrap_or(false)
+}
+
 pub fn envelope(e: &Event) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), Value::String(e.id.to_string()));
@@ -397,6 +412,23 @@ mod tests {
             spin.render(&serde_json::json!({})).is_err(),
             "fuel stops it"
         );
+    }
+
+    #[test]
+    fn conditions_read_the_last_messages_values_and_the_envelope() {
+        let env = serde_json::json!({"id": "42", "type": "telemetry", "twin": "press-1",
+            "data": {"messages": [{"values": {"temperature": 40.0}},
+                                  {"values": {"temperature": 71.5, "event": "shadowed"}}]}});
+        let holds = |src: &str| condition_holds(&Expr::compile(src).unwrap(), &env);
+        assert!(holds("temperature > 50"));
+        assert!(!holds("temperature > 80"));
+        assert!(holds(
+            "event.twin == 'press-1' && event.type == 'telemetry'"
+        ));
+        assert!(holds("event.data.messages[0].values.temperature == 40.0"));
+        // A name not there is an error, and an error is false.
+        assert!(!holds("pressure > 1.0"));
+        assert!(!holds("event.nope == 1.0"));
     }
 
     #[test]
