@@ -185,13 +185,7 @@ impl Writer {
                     // Urgent first: an alarm commit is small and
                     // every alarm waits for it.
                     u = self.urgent.recv(), if urgent_open => match u {
-                        Some(op) => {
-                            let group = group_from(op, &mut self.urgent);
-                            let (t, n) = (Instant::now(), group.len());
-                            self.commit_group(group);
-                            turn("urgent", n, t);
-                            self.written = true;
-                        }
+                        Some(op) => self.commit_queued(op, true),
                         // Its senders gone: not asked again (a closed
                         // queue is always ready and would starve the rest).
                         None => urgent_open = false,
@@ -221,11 +215,7 @@ impl Writer {
                     },
                     d = self.data.recv(), if !stalled => match d {
                         Some(op) => {
-                            let group = group_from(op, &mut self.data);
-                            let (t, n) = (Instant::now(), group.len());
-                            self.commit_group(group);
-                            turn("data", n, t);
-                            self.written = true;
+                            self.commit_queued(op, false);
                             // Under steady load data is always queued:
                             // background work gets a step after each group
                             // (after an urgent group waiting, not before it).
@@ -295,6 +285,21 @@ impl Writer {
             }
             Err(e) => tracing::warn!(error = %e, "PostgreSQL is still unreachable"),
         }
+    }
+
+    /// Commits `first` with whatever else waits in its queue (the urgent
+    /// one or the data one) as one group.
+    fn commit_queued(&mut self, first: Op, urgent: bool) {
+        let queue = if urgent {
+            &mut self.urgent
+        } else {
+            &mut self.data
+        };
+        let group = group_from(first, queue);
+        let (t, n) = (Instant::now(), group.len());
+        self.commit_group(group);
+        turn(if urgent { "urgent" } else { "data" }, n, t);
+        self.written = true;
     }
 
     fn commit_group(&mut self, group: Vec<Op>) {
