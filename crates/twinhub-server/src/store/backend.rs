@@ -55,6 +55,16 @@ impl Db {
         }
     }
 
+    /// Whether the embedded store's commits wait for the disk (until set
+    /// again). PostgreSQL's are set per transaction
+    /// (`SET LOCAL synchronous_commit`).
+    pub fn sync_commits(&self, wait: bool) -> Result<(), StoreError> {
+        if let Db::Sqlite(c) = self {
+            c.pragma_update(None, "synchronous", if wait { "FULL" } else { "NORMAL" })?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` in a transaction of its own: committed if it succeeds,
     /// rolled back if not. `unsynced` commits without waiting for the disk
     /// (background work that can be redone): the next synced commit makes
@@ -66,9 +76,7 @@ impl Db {
     ) -> Result<R, StoreError> {
         let sql = self.sql();
         if unsynced {
-            if let Db::Sqlite(c) = self {
-                c.pragma_update(None, "synchronous", "NORMAL")?;
-            }
+            self.sync_commits(false)?;
         }
         let out = (|| {
             self.begin()?;
@@ -87,12 +95,8 @@ impl Db {
             }
         })();
         if unsynced {
-            if let Db::Sqlite(c) = self {
-                // Acknowledgements rest on this: no group may commit
-                // unsynced.
-                c.pragma_update(None, "synchronous", "FULL")
-                    .expect("synchronous back to FULL");
-            }
+            // Acknowledgements rest on this: no group may commit unsynced.
+            self.sync_commits(true).expect("synchronous back to FULL");
         }
         out
     }

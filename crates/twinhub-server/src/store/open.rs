@@ -115,6 +115,8 @@ impl Store {
             restarts: Default::default(),
             parts: Default::default(),
             on_writer_lock: opts.on_writer_lock.clone(),
+            unsynced: false,
+            log_file: None,
             _lock: lock,
         };
         let writer = std::thread::Builder::new()

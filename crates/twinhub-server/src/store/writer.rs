@@ -85,6 +85,22 @@ pub enum Op {
 
 const MAX_GROUP: usize = 2048;
 
+/// Whether a group commit waits for the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durable {
+    /// Every acknowledged write: the commit returns once its log is on
+    /// the disk.
+    Now,
+    /// A rule batch's alarm changes: visible at once, on the disk with the
+    /// next synced commit (under load the data group right after it) or
+    /// the writer's own sync of the log when none is queued. They are
+    /// derived: a power cut that loses them loses everything after them in
+    /// the log too (the rules' position with it), so the replay raises
+    /// them again from the acknowledged telemetry, under the same ids.
+    /// A process crash loses nothing (the log is in the page cache).
+    Later,
+}
+
 pub struct Writer {
     pub conn: Db,
     /// Where `conn` came from: a PostgreSQL connection that broke is
@@ -121,6 +137,12 @@ pub struct Writer {
     /// Something was written since the disk was last given back: done
     /// once the writer has been idle a moment.
     pub written: bool,
+    /// An urgent group committed without waiting for the disk and no
+    /// synced commit has carried it there yet (`sync_log`).
+    pub unsynced: bool,
+    /// The embedded store's write-ahead log, opened again here to sync it
+    /// when no synced commit follows an unsynced one at once.
+    pub log_file: Option<std::fs::File>,
     /// Held until the connection is closed, so a new process (or a new
     /// in-process server) can open the directory only after this writer is
     /// gone.
@@ -196,10 +218,10 @@ impl Writer {
                             self.urgent.close();
                             self.data.close();
                             while let Ok(op) = self.urgent.try_recv() {
-                                self.commit_group(vec![op]);
+                                self.commit_group(vec![op], Durable::Now);
                             }
                             while let Ok(op) = self.data.try_recv() {
-                                self.commit_group(vec![op]);
+                                self.commit_group(vec![op], Durable::Now);
                             }
                             break;
                         }
@@ -225,6 +247,10 @@ impl Writer {
                         }
                         None => break,
                     },
+                    // An unsynced alarm commit and no data group to carry
+                    // it to the disk: synced on its own, before any
+                    // background step.
+                    _ = std::future::ready(()), if self.unsynced => self.sync_log(),
                     _ = std::future::ready(()), if self.has_steps() => self.step(),
                     // An install waiting for the checkpointer (`wal.rs`).
                     _ = tokio::time::sleep(std::time::Duration::from_millis(5)), if pacing => self.step(),
@@ -288,21 +314,54 @@ impl Writer {
     }
 
     /// Commits `first` with whatever else waits in its queue (the urgent
-    /// one or the data one) as one group.
+    /// one or the data one) as one group. An urgent group does not wait
+    /// for the disk (see `Durable::Later`).
     fn commit_queued(&mut self, first: Op, urgent: bool) {
-        let queue = if urgent {
-            &mut self.urgent
+        let (queue, sync) = if urgent {
+            (&mut self.urgent, Durable::Later)
         } else {
-            &mut self.data
+            (&mut self.data, Durable::Now)
         };
         let group = group_from(first, queue);
         let (t, n) = (Instant::now(), group.len());
-        self.commit_group(group);
+        self.commit_group(group, sync);
         turn(if urgent { "urgent" } else { "data" }, n, t);
         self.written = true;
     }
 
-    fn commit_group(&mut self, group: Vec<Op>) {
+    /// Makes an unsynced commit durable when no synced one came to do it:
+    /// a sync of the embedded store's log (both engines write their logs
+    /// in order, so this carries every commit before it).
+    fn sync_log(&mut self) {
+        self.unsynced = false;
+        let t = Instant::now();
+        // PostgreSQL's WAL writer flushes an asynchronous commit on its
+        // own within three `wal_writer_delay`s.
+        let Db::Sqlite(c) = &self.conn else {
+            return;
+        };
+        if self.log_file.is_none() {
+            // The log lives as long as the writer's connection: SQLite
+            // truncates it (`journal_size_limit`) but removes it only when
+            // the last connection closes.
+            self.log_file = c
+                .path()
+                .and_then(|p| std::fs::File::open(format!("{p}-wal")).ok());
+        }
+        let synced = match &self.log_file {
+            Some(f) => f.sync_data(),
+            None => Err(std::io::Error::other("the write-ahead log is not there")),
+        };
+        if let Err(e) = synced {
+            // Opened again next time; meanwhile the next synced commit
+            // carries it.
+            self.log_file = None;
+            tracing::warn!(error = %e, "the write-ahead log could not be synced");
+        }
+        turn("sync", 0, t);
+    }
+
+    fn commit_group(&mut self, group: Vec<Op>, sync: Durable) {
         let (t0, cpu0) = (Instant::now(), thread_cpu_ms());
         self.reconnect();
         let engine = self.engine.clone();
@@ -362,7 +421,13 @@ impl Writer {
                     [next_seq as i64],
                 )?;
             }
+            if sync == Durable::Later {
+                self.conn.sync_commits(false)?;
+            }
             self.conn.begin()?;
+            if sync == Durable::Later && sql.dialect() == super::sql::Dialect::Postgres {
+                sql.batch("SET LOCAL synchronous_commit TO OFF")?;
+            }
             for (i, op) in group.iter_mut().enumerate() {
                 match op {
                     Op::Append { batch, also, .. } => {
@@ -470,6 +535,13 @@ impl Writer {
         });
         let t_commit = t0.elapsed();
         tracing::trace!(target: "twinhub_server::store::turns", stmt_us = t_statements.as_micros() as u64, commit_us = (t_commit - t_statements).as_micros() as u64, "group");
+        if sync == Durable::Later {
+            // Acknowledgements rest on this: no data group may commit
+            // unsynced.
+            self.conn
+                .sync_commits(true)
+                .expect("synchronous back to FULL");
+        }
         if let Err(e) = committed {
             let _ = sql.batch("ROLLBACK");
             tracing::error!(error = %e, "group commit failed");
@@ -487,7 +559,9 @@ impl Writer {
             return;
         }
 
-        // Durable: make it visible, then acknowledge.
+        // Durable (or, unsynced, carried to the disk by the next synced
+        // commit or `sync_log`): make it visible, then acknowledge.
+        self.unsynced = sync == Durable::Later;
         if !new_series.is_empty() {
             engine.index.write().expect("index").add(new_series);
         }
