@@ -115,7 +115,7 @@ impl Store {
             restarts: Default::default(),
             parts: Default::default(),
             on_writer_lock: opts.on_writer_lock.clone(),
-            unsynced: false,
+            unsynced: None,
             log_file: None,
             _lock: lock,
         };

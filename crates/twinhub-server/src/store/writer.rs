@@ -85,19 +85,26 @@ pub enum Op {
 
 const MAX_GROUP: usize = 2048;
 
+/// How long an unsynced commit waits for a synced one to carry it to the
+/// disk before the writer syncs the log itself: a data group arriving
+/// meanwhile then pays one fsync, not the sync's and its own in a row (at
+/// 10k events/s, 40 % of the alarm commits found no data group queued).
+const SYNC_GRACE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Whether a group commit waits for the disk.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Durable {
     /// Every acknowledged write: the commit returns once its log is on
     /// the disk.
     Now,
-    /// A rule batch's alarm changes: visible at once, on the disk with the
-    /// next synced commit (under load the data group right after it) or
-    /// the writer's own sync of the log when none is queued. They are
-    /// derived: a power cut that loses them loses everything after them in
-    /// the log too (the rules' position with it), so the replay raises
-    /// them again from the acknowledged telemetry, under the same ids.
-    /// A process crash loses nothing (the log is in the page cache).
+    /// A rule batch's alarm changes: visible at once, on the disk with
+    /// the next synced commit (under load the data group right after it)
+    /// or the writer's own sync of the log if none came within
+    /// `SYNC_GRACE`. They are derived: a power cut that loses them loses
+    /// everything after them in the log too (the rules' position with
+    /// it), so the replay raises them again from the acknowledged
+    /// telemetry, under the same ids. A process crash loses nothing (the
+    /// log is in the page cache).
     Later,
 }
 
@@ -138,8 +145,9 @@ pub struct Writer {
     /// once the writer has been idle a moment.
     pub written: bool,
     /// An urgent group committed without waiting for the disk and no
-    /// synced commit has carried it there yet (`sync_log`).
-    pub unsynced: bool,
+    /// synced commit has carried it there yet: when the writer syncs the
+    /// log itself (`sync_log`) if none has by then.
+    pub unsynced: Option<Instant>,
     /// The embedded store's write-ahead log, opened again here to sync it
     /// when no synced commit follows an unsynced one at once.
     pub log_file: Option<std::fs::File>,
@@ -247,10 +255,10 @@ impl Writer {
                         }
                         None => break,
                     },
-                    // An unsynced alarm commit and no data group to carry
-                    // it to the disk: synced on its own, before any
-                    // background step.
-                    _ = std::future::ready(()), if self.unsynced => self.sync_log(),
+                    // An unsynced alarm commit and no data group came to
+                    // carry it to the disk within `SYNC_GRACE`: synced on
+                    // its own.
+                    _ = tokio::time::sleep_until(self.unsynced.unwrap_or_else(Instant::now).into()), if self.unsynced.is_some() => self.sync_log(),
                     _ = std::future::ready(()), if self.has_steps() => self.step(),
                     // An install waiting for the checkpointer (`wal.rs`).
                     _ = tokio::time::sleep(std::time::Duration::from_millis(5)), if pacing => self.step(),
@@ -333,7 +341,7 @@ impl Writer {
     /// a sync of the embedded store's log (both engines write their logs
     /// in order, so this carries every commit before it).
     fn sync_log(&mut self) {
-        self.unsynced = false;
+        self.unsynced = None;
         let t = Instant::now();
         // PostgreSQL's WAL writer flushes an asynchronous commit on its
         // own within three `wal_writer_delay`s.
@@ -561,7 +569,11 @@ impl Writer {
 
         // Durable (or, unsynced, carried to the disk by the next synced
         // commit or `sync_log`): make it visible, then acknowledge.
-        self.unsynced = sync == Durable::Later;
+        if sync == Durable::Now {
+            self.unsynced = None;
+        } else if self.unsynced.is_none() {
+            self.unsynced = Some(Instant::now() + SYNC_GRACE);
+        }
         if !new_series.is_empty() {
             engine.index.write().expect("index").add(new_series);
         }
