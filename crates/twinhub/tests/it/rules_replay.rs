@@ -19,6 +19,22 @@ fn rules_position(s: &TestServer) -> u64 {
         .expect("the rules consumer")
 }
 
+/// The rules' position back to `before` and `rule`'s states gone, as a
+/// crash before they committed leaves them.
+fn rewind(
+    ctx: &mut twinhub_server::store::WriteCtx<'_>,
+    before: u64,
+    rule: &str,
+) -> Result<(), twinhub_server::store::StoreError> {
+    ctx.tx.exec(
+        "UPDATE consumers SET position = ?2 WHERE name = ?1",
+        args!["rules", before as i64],
+    )?;
+    ctx.tx
+        .exec("DELETE FROM rule_state WHERE rule = ?1", args![rule])?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn alarm_changes_committed_before_a_crash_are_not_applied_again() {
     let s = TestServer::start().await;
@@ -48,15 +64,7 @@ async fn alarm_changes_committed_before_a_crash_are_not_applied_again() {
     // before the states and the position did: position and states back
     // to where they were before the three events.
     s.store()
-        .write(move |ctx| {
-            ctx.tx.exec(
-                "UPDATE consumers SET position = ?2 WHERE name = ?1",
-                args!["rules", before as i64],
-            )?;
-            ctx.tx
-                .exec("DELETE FROM rule_state WHERE rule = ?1", args!["hot"])?;
-            Ok(())
-        })
+        .write(move |ctx| rewind(ctx, before, "hot"))
         .await
         .unwrap();
     let s = s.restart().await;
@@ -137,12 +145,7 @@ async fn an_alarm_lost_with_the_logs_unsynced_tail_comes_back_under_its_id() {
     s.store()
         .write(move |ctx| {
             ctx.tx.exec("DELETE FROM alarms WHERE id = ?1", args![id])?;
-            ctx.tx.exec(
-                "UPDATE consumers SET position = ?2 WHERE name = ?1",
-                args!["rules", before as i64],
-            )?;
-            ctx.tx
-                .exec("DELETE FROM rule_state WHERE rule = ?1", args!["hot9"])?;
+            rewind(ctx, before, "hot9")?;
             ctx.tx.exec(
                 "DELETE FROM rule_state WHERE tenant = '' AND rule = '' AND twin = 'alarms-applied'",
                 args![],
