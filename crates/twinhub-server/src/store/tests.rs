@@ -440,7 +440,9 @@ async fn compaction_under_concurrent_reads_loses_nothing(b: Backend) {
     }
     stop.store(true, Ordering::SeqCst);
     let reads: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
-    assert!(reads > 10, "readers ran concurrently ({reads} reads)");
+    // Some reads overlapped the compactions (how many depends on the
+    // machine's speed: 10 on a slow box, where `> 10` failed).
+    assert!(reads > 0, "readers ran concurrently ({reads} reads)");
     assert_eq!(
         s.raw(&key("c"), T0, T0 + 4 * WINDOW, usize::MAX)
             .unwrap()
