@@ -23,6 +23,21 @@ use std::time::{Duration, Instant};
 /// Messages per request of the paced load (a gateway's batch).
 const BATCH: u64 = 10;
 
+/// A reading's timestamp `hours` before the run started (ms). Readings
+/// are recent, as a plant's are: until stop 43 they were fixed in
+/// November 2025, so by late 2026 every point landed past the default
+/// 30-day raw retention, and the store retired late data continuously —
+/// a path no steady state takes (see docs/STATUS.md, stop 43). Each
+/// reading advances its sender's clock 100 ms, faster than real time, so
+/// the phases start hours back and stay in the past.
+fn hours_before_start(hours: i64) -> i64 {
+    static START_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let start = *START_MS.get_or_init(|| {
+        twinhub_server::clock::Clock::now_us(&twinhub_server::clock::SystemClock) / 1000
+    });
+    start - hours * 3_600_000
+}
+
 pub struct RulesArgs {
     pub twins: usize,
     pub seconds: u64,
@@ -141,7 +156,7 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
         let (heads, n) = (heads.clone(), a.twins);
         set.spawn(async move {
             let mut conn = Conn::connect(addr).await?;
-            let (mut sent, mut ts, mut i, mut body) = (0u64, 1_764_500_000_000i64, w, Vec::new());
+            let (mut sent, mut ts, mut i, mut body) = (0u64, hours_before_start(12), w, Vec::new());
             while Instant::now() < deadline {
                 load::readings(&mut body, BATCH, &mut ts, 100, |j| {
                     (
@@ -218,7 +233,9 @@ pub async fn run(a: RulesArgs) -> anyhow::Result<()> {
 /// The length of a load request's body (fixed: see `load::readings`).
 fn body_len() -> usize {
     let mut b = Vec::new();
-    load::readings(&mut b, BATCH, &mut 1_764_500_000_000, 100, |_| (350.0, 6.0));
+    load::readings(&mut b, BATCH, &mut hours_before_start(12), 100, |_| {
+        (350.0, 6.0)
+    });
     b.len()
 }
 
@@ -226,7 +243,7 @@ fn body_len() -> usize {
 fn probe_body(ts: i64, temperature: f64) -> Vec<u8> {
     format!(
         "{{\"ts\":{},\"temperature\":{temperature:.1}}}",
-        1_764_700_000_000 + ts
+        hours_before_start(2) + ts
     )
     .into_bytes()
 }
@@ -310,7 +327,7 @@ async fn latency(
             let mut conn = Conn::connect(addr).await?;
             let per_conn = rate / BATCH as f64 / conns as f64;
             let n = heads.len();
-            let (mut sent, mut i, mut ts) = (0u64, c, 1_764_600_000_000i64);
+            let (mut sent, mut i, mut ts) = (0u64, c, hours_before_start(5));
             let mut refused = std::collections::BTreeMap::<u16, u64>::new();
             let mut body = Vec::new();
             while Instant::now() < stop {

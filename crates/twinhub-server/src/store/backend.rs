@@ -65,6 +65,18 @@ impl Db {
         Ok(())
     }
 
+    /// Opens the writer's transaction with a commit that does not wait
+    /// for the disk. The caller sets [`Db::sync_commits`] back to `true`
+    /// after the commit, whatever happened: every other commit must wait.
+    pub fn begin_unsynced(&self) -> Result<(), StoreError> {
+        self.sync_commits(false)?;
+        self.begin()?;
+        if let Db::Pg(_) = self {
+            self.sql().batch("SET LOCAL synchronous_commit TO OFF")?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` in a transaction of its own: committed if it succeeds,
     /// rolled back if not. `unsynced` commits without waiting for the disk
     /// (background work that can be redone): the next synced commit makes
@@ -75,25 +87,21 @@ impl Db {
         f: impl FnOnce(&dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let sql = self.sql();
-        if unsynced {
-            self.sync_commits(false)?;
-        }
         let out = (|| {
-            self.begin()?;
-            if unsynced && matches!(self, Db::Pg(_)) {
-                sql.batch("SET LOCAL synchronous_commit TO OFF")?;
+            if unsynced {
+                self.begin_unsynced()?;
+            } else {
+                self.begin()?;
             }
-            match f(sql) {
-                Ok(r) => {
-                    sql.batch("COMMIT")?;
-                    Ok(r)
-                }
-                Err(e) => {
-                    let _ = sql.batch("ROLLBACK");
-                    Err(e)
-                }
-            }
+            let r = f(sql)?;
+            sql.batch("COMMIT")?;
+            Ok(r)
         })();
+        if out.is_err() {
+            // Whatever failed, from BEGIN to COMMIT, leaves no transaction
+            // open behind it (a ROLLBACK with none open is a no-op here).
+            let _ = sql.batch("ROLLBACK");
+        }
         if unsynced {
             // Acknowledgements rest on this: no group may commit unsynced.
             self.sync_commits(true).expect("synchronous back to FULL");

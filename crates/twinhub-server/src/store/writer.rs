@@ -429,12 +429,9 @@ impl Writer {
                     [next_seq as i64],
                 )?;
             }
-            if sync == Durable::Later {
-                self.conn.sync_commits(false)?;
-            }
-            self.conn.begin()?;
-            if sync == Durable::Later && sql.dialect() == super::sql::Dialect::Postgres {
-                sql.batch("SET LOCAL synchronous_commit TO OFF")?;
+            match sync {
+                Durable::Later => self.conn.begin_unsynced()?,
+                Durable::Now => self.conn.begin()?,
             }
             for (i, op) in group.iter_mut().enumerate() {
                 match op {
