@@ -246,6 +246,19 @@ try {
 } catch (e) {
   await shot('failure').catch(() => undefined);
   console.error(errors.join('\n'));
+  // What the server held and the page showed when a step timed out, so a
+  // failure seen once in CI can be understood afterwards.
+  const held = await page
+    .evaluate(async () => {
+      const c = JSON.parse(localStorage.getItem('twinhub.credentials') || 'null');
+      if (!c) return 'no credentials in the page';
+      const r = await fetch('/api/v1/alarms?limit=50', { headers: { authorization: `Bearer ${c.access}` } });
+      return `${r.status} ${await r.text()}`;
+    })
+    .catch((err) => `unavailable: ${err}`);
+  console.error(`[e2e] alarms the API lists at the failure: ${held}`);
+  const shown = await page.locator('body').innerText().catch(() => '');
+  console.error(`[e2e] page text at the failure (URL ${page.url()}):\n${shown.slice(0, 3000)}`);
   throw e;
 } finally {
   await browser.close();

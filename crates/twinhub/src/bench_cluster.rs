@@ -230,7 +230,9 @@ pub async fn run(secs: u64) -> anyhow::Result<()> {
             .with_context(|| format!("no {what} port"))?
             .parse()?)
     };
-    let t0 = 1_700_000_000_000i64;
+    // Each connection of a rate phase takes its own range of readings
+    // (1,000 s apart): recent, inside the default raw retention.
+    let t0 = crate::bench::hours_before_start(20 * 24);
     for (name, node, k) in [
         ("straight to the primary", &primary, 0),
         ("through the replica", &replica, 1),

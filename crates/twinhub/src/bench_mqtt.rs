@@ -64,7 +64,7 @@ async fn connect_session(
 }
 
 fn payload(i: usize, seq: usize) -> Vec<u8> {
-    let ts = 1_700_000_000_000i64 + (seq as i64) * 1000 + i as i64;
+    let ts = crate::bench::hours_before_start(24) + (seq as i64) * 1000 + i as i64;
     format!(
         r#"{{"ts":{ts},"temperature":{:.2},"pressure":{:.2},"flow_rate":{:.2}}}"#,
         350.0 + (seq % 300) as f64 / 10.0,

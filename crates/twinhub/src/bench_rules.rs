@@ -11,7 +11,7 @@
 //! no per-request task): the figures are the server's, with as little of
 //! the two cores as possible spent making the load.
 
-use crate::bench::{create_device, row};
+use crate::bench::{create_device, hours_before_start, row};
 use crate::bench_ingest::Child;
 use crate::bench_load::{self as load, Conn};
 use crate::bench_twins::fan_out;
@@ -22,21 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Messages per request of the paced load (a gateway's batch).
 const BATCH: u64 = 10;
-
-/// A reading's timestamp `hours` before the run started (ms). Readings
-/// are recent, as a plant's are: until stop 43 they were fixed in
-/// November 2025, so by late 2026 every point landed past the default
-/// 30-day raw retention, and the store retired late data continuously —
-/// a path no steady state takes (see docs/STATUS.md, stop 43). Each
-/// reading advances its sender's clock 100 ms, faster than real time, so
-/// the phases start hours back and stay in the past.
-fn hours_before_start(hours: i64) -> i64 {
-    static START_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let start = *START_MS.get_or_init(|| {
-        twinhub_server::clock::Clock::now_us(&twinhub_server::clock::SystemClock) / 1000
-    });
-    start - hours * 3_600_000
-}
 
 pub struct RulesArgs {
     pub twins: usize,
