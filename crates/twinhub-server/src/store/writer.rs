@@ -529,14 +529,8 @@ impl Writer {
             if Faults::on(&engine.faults.commit) {
                 return Err(Faults::injected("group commit"));
             }
-            // PostgreSQL answers COMMIT of a transaction an error aborted
-            // with a rollback that is no error: the SELECT before it fails
-            // instead (skipping the COMMIT), so a group that did not
-            // commit is never acknowledged.
-            sql.batch(match sql.dialect() {
-                super::sql::Dialect::Postgres => "SELECT 1; COMMIT",
-                super::sql::Dialect::Sqlite => "COMMIT",
-            })
+            // A group that did not commit is never acknowledged.
+            self.conn.commit()
         });
         let t_commit = t0.elapsed();
         tracing::trace!(target: "twinhub_server::store::turns", stmt_us = t_statements.as_micros() as u64, commit_us = (t_commit - t_statements).as_micros() as u64, "group");
