@@ -77,17 +77,6 @@ impl Db {
         Ok(())
     }
 
-    /// Commits the open transaction, or fails if it did not commit.
-    /// PostgreSQL answers COMMIT of a transaction an error aborted with a
-    /// rollback that is no error: the SELECT before it fails instead
-    /// (skipping the COMMIT, so the caller rolls back).
-    pub fn commit(&self) -> Result<(), StoreError> {
-        self.sql().batch(match self {
-            Db::Sqlite(_) => "COMMIT",
-            Db::Pg(_) => "SELECT 1; COMMIT",
-        })
-    }
-
     /// Runs `f` in a transaction of its own: committed if it succeeds,
     /// rolled back if not. `unsynced` commits without waiting for the disk
     /// (background work that can be redone): the next synced commit makes
@@ -105,7 +94,7 @@ impl Db {
                 self.begin()?;
             }
             let r = f(sql)?;
-            self.commit()?;
+            sql.commit()?;
             Ok(r)
         })();
         if out.is_err() {

@@ -320,6 +320,17 @@ pub enum Dialect {
 }
 
 impl dyn Sql + '_ {
+    /// Commits the open transaction, or fails if it did not commit.
+    /// PostgreSQL answers COMMIT of a transaction an error aborted with a
+    /// rollback that is no error: the SELECT before it fails instead
+    /// (skipping the COMMIT, so the caller rolls back).
+    pub fn commit(&self) -> Result<(), StoreError> {
+        self.batch(match self.dialect() {
+            Dialect::Sqlite => "COMMIT",
+            Dialect::Postgres => "SELECT 1; COMMIT",
+        })
+    }
+
     /// Runs `f` between `BEGIN` and `COMMIT`, or rolls back if it fails
     /// (a plain connection; the writer's own transactions are
     /// `Db::transaction`).
@@ -328,7 +339,7 @@ impl dyn Sql + '_ {
         f: impl FnOnce() -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         self.batch("BEGIN")?;
-        match f().and_then(|r| self.batch("COMMIT").map(|_| r)) {
+        match f().and_then(|r| self.commit().map(|_| r)) {
             Ok(r) => Ok(r),
             Err(e) => {
                 let _ = self.batch("ROLLBACK");

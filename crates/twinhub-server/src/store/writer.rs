@@ -530,7 +530,7 @@ impl Writer {
                 return Err(Faults::injected("group commit"));
             }
             // A group that did not commit is never acknowledged.
-            self.conn.commit()
+            sql.commit()
         });
         let t_commit = t0.elapsed();
         tracing::trace!(target: "twinhub_server::store::turns", stmt_us = t_statements.as_micros() as u64, commit_us = (t_commit - t_statements).as_micros() as u64, "group");
