@@ -212,10 +212,20 @@ try {
   await page.getByRole('button', { name: 'Log out' }).click();
   await page.getByLabel('User name').fill('e2e-viewer');
   await page.getByLabel('Password').fill(VIEWER_PW);
+  // Follow a link the moment the shell appears, before its effects have run
+  // (a user clicking at once after sign-in): the route must still change.
+  await page.evaluate(() => {
+    const seen = new MutationObserver(() => {
+      if (document.querySelector('[data-testid="who"]')) {
+        seen.disconnect();
+        location.hash = '#/alarms';
+      }
+    });
+    seen.observe(document.body, { childList: true, subtree: true });
+  });
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.locator('[data-testid="who"]').filter({ hasText: 'e2e-viewer' }).waitFor();
   check((await page.getByRole('link', { name: 'Admin' }).count()) === 1, 'viewer sees the admin page for devices and models');
-  await page.goto(BASE + '/#/alarms');
   await page.locator('tr.alarm', { hasText: 'e2e-reactor' }).first().waitFor();
   await page.getByRole('button', { name: 'All' }).click();
   await page.locator('tr.alarm', { hasText: 'e2e-reactor' }).first().waitFor();

@@ -27,6 +27,9 @@ export function useRoute(): string[] {
   useEffect(() => {
     const f = () => setHash(location.hash);
     addEventListener('hashchange', f);
+    // Effects run after paint: a hash change between the first render and
+    // this line fired no listener (a link followed right after sign-in).
+    f();
     return () => removeEventListener('hashchange', f);
   }, []);
   const parts = hash.replace(/^#\/?/, '').split('?')[0].split('/').filter(Boolean).map(decodeURIComponent);
