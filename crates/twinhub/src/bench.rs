@@ -96,6 +96,12 @@ pub struct BenchArgs {
     /// Idle MQTT devices to connect for the memory figure (0 skips).
     #[arg(long, default_value_t = 19_000)]
     mqtt_idle: usize,
+    /// Dates every reading this many days further back. Past the default
+    /// 30-day raw retention (e.g. 60), readings are a backfill — a gateway
+    /// uploading weeks of buffered data — that the store retires as late
+    /// data while it stores it.
+    #[arg(long, default_value_t = 0)]
+    reading_age_days: i64,
 }
 
 /// The machine's CPU time so far from `/proc/stat`: (stolen, total) in
@@ -154,12 +160,15 @@ pub(crate) fn row(name: &str, value: String, target: &str) {
 /// on, and the store retired late data during the measurement, a path no
 /// steady state takes. Senders advance their readings' clocks faster than
 /// real time, so each benchmark starts far enough back to stay in the
-/// past.
+/// past. `--reading-age-days` moves them all further back.
 pub(crate) fn hours_before_start(hours: i64) -> i64 {
     static START_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let start = *START_MS.get_or_init(|| clock::SystemClock.now_us() / 1000);
-    start - hours * 3_600_000
+    start - (hours + READING_AGE_HOURS.load(std::sync::atomic::Ordering::Relaxed)) * 3_600_000
 }
+
+/// `--reading-age-days`, in hours (set once, before any suite runs).
+static READING_AGE_HOURS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 fn random_walk(seed: u64, n: usize) -> Vec<f64> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -617,6 +626,15 @@ fn idle_suite() -> anyhow::Result<()> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.reading_age_days >= 0,
+        "--reading-age-days must be 0 or more (got {})",
+        args.reading_age_days
+    );
+    READING_AGE_HOURS.store(
+        args.reading_age_days * 24,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     println!(
         "twinhub bench on {} cores",
         std::thread::available_parallelism()

@@ -161,6 +161,16 @@ pub async fn metrics(
         "Window merges.",
         eng.metrics.merges.get(),
     );
+    x.counter(
+        "twinhub_store_windows_retired_total",
+        "Windows whose raw points retention retired into rollups.",
+        eng.metrics.windows_retired.get(),
+    );
+    x.counter(
+        "twinhub_store_retire_rollups_in_writer_total",
+        "Retired windows whose rollups the writer made itself (changed after the compactor planned them).",
+        eng.metrics.retire_rollups_in_writer.get(),
+    );
     x.gauge(
         "twinhub_store_queue_depth",
         "Writes waiting for the group commit.",

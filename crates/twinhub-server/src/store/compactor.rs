@@ -11,6 +11,7 @@
 //! sensor values they were a third of the bytes beside the chunks).
 
 use super::columns::Columns;
+use super::retire::{self, raise_cut, series_run, Cut, RETENTION_SLICE, RETENTION_STEP};
 use super::sql::{args, Sql};
 use super::writer::Ctrl;
 use super::{chunk, rollup, NewChunk, SeriesKey, Store, StoreError, WINDOW};
@@ -26,7 +27,7 @@ const MERGE_OPEN_AT: usize = 8;
 const WINDOWS_PER_ROUND: usize = 256;
 /// Windows whose raw points retention will retire within this much time
 /// get their rollups now, off the writer (retention runs once a minute; a
-/// window it finds without rollups is rolled up inside its transaction).
+/// window it finds without rollups is rolled up by it, off the writer).
 const PREROLL_LEAD: i64 = 2 * WINDOW;
 
 /// How long raw points and rollups are kept, with overrides per tenant and
@@ -188,7 +189,11 @@ pub(super) fn flush(store: &Store) -> Result<(), StoreError> {
 }
 
 /// A window's chunks (id, encoded data) in the order they were written.
-fn window_chunks(c: &dyn Sql, sid: u32, win: i64) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+pub(super) fn window_chunks(
+    c: &dyn Sql,
+    sid: u32,
+    win: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     c.rows(
         "SELECT id, data FROM chunks WHERE series_id = ?1 AND win = ?2 ORDER BY id",
         args![sid, win],
@@ -197,7 +202,7 @@ fn window_chunks(c: &dyn Sql, sid: u32, win: i64) -> Result<Vec<(i64, Vec<u8>)>,
 }
 
 /// The points of a window's chunks, merged (a later chunk's point wins).
-fn merge_chunks(rows: &[(i64, Vec<u8>)]) -> Result<Columns, StoreError> {
+pub(super) fn merge_chunks(rows: &[(i64, Vec<u8>)]) -> Result<Columns, StoreError> {
     let mut merged = Columns::default();
     for (_, data) in rows {
         merged = Columns::merge(&merged, &chunk::decode(data)?);
@@ -471,9 +476,11 @@ impl Compactor {
     /// rollups are stale (a chunk arrived since, or none were computed) is
     /// rolled up from its chunks first; a window retired before that got
     /// a late chunk (a point accepted just before its window passed the
-    /// cut) has the late points added to its rollups. Either way every
-    /// acknowledged point ends up in the rollups, and rollups are never
-    /// recomputed from part of a window.
+    /// cut, or a backfill) has the late points added to its rollups. Either
+    /// way every acknowledged point ends up in the rollups, and rollups are
+    /// never recomputed from part of a window. Those rollups are made here,
+    /// on the compactor's thread, and used by the writer only if the
+    /// window is unchanged (`retire.rs`).
     ///
     /// A pass is cut into writes of about `RETENTION_STEP` of the writer's
     /// time each (whole series; `RETENTION_SLICE` series for the rollups),
@@ -515,9 +522,10 @@ impl Compactor {
                         return Ok(false);
                     }
                     let slice = rest[..series_run(rest, RETENTION_SLICE)].to_vec();
-                    let done = self
-                        .store
-                        .write_blocking(move |ctx| retire_windows(ctx, slice, cut))?;
+                    let plans = retire::plan(&self.store, &slice)?;
+                    let done = self.store.write_blocking(move |ctx| {
+                        retire::retire_windows(ctx, slice, cut, plans)
+                    })?;
                     rest = &rest[done..];
                     std::thread::sleep(RETENTION_STEP);
                 }
@@ -578,197 +586,13 @@ impl Compactor {
     }
 }
 
-/// Windows (or series) one retention write takes at most.
-const RETENTION_SLICE: usize = 64;
-/// A retention write stops after the series that took it past this much
-/// of the writer's time, and the next comes this long after it.
-const RETENTION_STEP: Duration = Duration::from_millis(2);
 /// How long one round's retention pass goes on before the compactor
 /// flushes and merges again (the pass resumes at the next round).
 const RETENTION_PASS: Duration = Duration::from_secs(5);
 
-/// How many of `wins` (sorted by series) the first run takes: whole
-/// series, at most `max` windows unless one series alone has more.
-fn series_run(wins: &[(u32, i64)], max: usize) -> usize {
-    let mut end = 0;
-    while end < wins.len() {
-        let sid = wins[end].0;
-        let mut next = end;
-        while next < wins.len() && wins[next].0 == sid {
-            next += 1;
-        }
-        if next > max && end > 0 {
-            break;
-        }
-        end = next;
-    }
-    end
-}
-
-/// Retires windows past the raw cut and moves their series' raw cut, with
-/// the index, in the writer (so a merge never acts on a window retired
-/// meanwhile).
-fn retire_windows(
-    ctx: &mut super::WriteCtx<'_>,
-    wins: Vec<(u32, i64)>,
-    cut: i64,
-) -> Result<usize, StoreError> {
-    let t = Instant::now();
-    let mut sids: Vec<u32> = Vec::new();
-    let mut done = 0;
-    for (i, &(sid, win)) in wins.iter().enumerate() {
-        if sids.last() != Some(&sid) {
-            // A series boundary: stop here once over the step's time.
-            if !sids.is_empty() && t.elapsed() > RETENTION_STEP {
-                break;
-            }
-            sids.push(sid);
-        }
-        retire_window(ctx, sid, win)?;
-        done = i + 1;
-    }
-    let retired: Vec<(u32, i64)> = wins[..done].to_vec();
-    ctx.after_commit(move |engine| {
-        let mut dirty = engine.dirty.lock().expect("dirty");
-        for w in &retired {
-            dirty.remove(w);
-        }
-    });
-    raise_cut(ctx, Cut::Raw, sids, cut)?;
-    Ok(done)
-}
-
-/// Which of a series' cuts retention moves.
-#[derive(Clone, Copy)]
-enum Cut {
-    /// From when raw points are complete.
-    Raw,
-    /// From when 1-minute rollups are.
-    Rollup,
-}
-
-/// Moves the cut of `sids` up to `cut`: in their rows now, in the index
-/// once committed (in the writer, so a merge never acts on a window
-/// retired meanwhile).
-fn raise_cut(
-    ctx: &mut super::WriteCtx<'_>,
-    which: Cut,
-    sids: Vec<u32>,
-    cut: i64,
-) -> Result<(), StoreError> {
-    let column = match which {
-        Cut::Raw => "raw_from",
-        Cut::Rollup => "rollup_from",
-    };
-    for sid in &sids {
-        ctx.tx.exec(
-            &format!(
-                "UPDATE series SET {column} = CASE WHEN {column} > ?2 THEN {column} ELSE ?2 END WHERE id = ?1"
-            ),
-            args![*sid, cut],
-        )?;
-    }
-    ctx.after_commit(move |engine| {
-        let mut index = engine.index.write().expect("index");
-        let cuts = match which {
-            Cut::Raw => &mut index.raw_from,
-            Cut::Rollup => &mut index.rollup_from,
-        };
-        for sid in sids {
-            let e = cuts.entry(sid).or_default();
-            *e = (*e).max(cut);
-        }
-    });
-    Ok(())
-}
-
-/// Deletes a window's chunks once its rollups hold every point in them:
-/// rolled up from the chunks when stale, added to the stored rollups when
-/// the window was retired before (its chunks are all late arrivals).
-fn retire_window(ctx: &mut super::WriteCtx<'_>, sid: u32, win: i64) -> Result<(), StoreError> {
-    let tx = ctx.tx;
-    let already_retired = {
-        let index = ctx.engine.index.read().expect("index");
-        index
-            .raw_from
-            .get(&sid)
-            .is_some_and(|from| win * WINDOW < *from)
-    };
-    let stale = ctx
-        .engine
-        .dirty
-        .lock()
-        .expect("dirty")
-        .contains(&(sid, win))
-        || tx
-            .row(
-                "SELECT 1 FROM rollups WHERE series_id = ?1 AND res = 60 AND win = ?2",
-                args![sid, win],
-                |_| Ok(()),
-            )?
-            .is_none();
-    if already_retired || stale {
-        let merged = merge_chunks(&window_chunks(tx, sid, win)?)?;
-        let rollups = if already_retired {
-            let stored = |res: i64| -> Result<Vec<(i64, twinhub_model::Stats)>, StoreError> {
-                let data: Option<Vec<u8>> = tx.row(
-                    "SELECT data FROM rollups WHERE series_id = ?1 AND res = ?2 AND win = ?3",
-                    args![sid, res, win],
-                    |r| r.get(0),
-                )?;
-                Ok(match data {
-                    Some(d) => rollup::decode(win, &d)?,
-                    None => Vec::new(),
-                })
-            };
-            let minutes = stored(rollup::RES_MINUTE)?;
-            let hour = stored(rollup::RES_HOUR)?;
-            rollup::add_to_window(win, &merged, &minutes, hour.first().map(|(_, st)| st))
-        } else {
-            rollup::for_window(win, &merged)
-        };
-        for (res, data) in rollups {
-            tx.exec(
-                "INSERT INTO rollups(series_id, res, win, data) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(series_id, res, win) DO UPDATE SET data = excluded.data",
-                args![sid, res, win, &data],
-            )?;
-        }
-    }
-    tx.exec(
-        "DELETE FROM chunks WHERE series_id = ?1 AND win = ?2",
-        args![sid, win],
-    )?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retention_runs_never_split_a_series() {
-        let wins: Vec<(u32, i64)> = [(1, 3), (2, 2), (3, 5), (4, 1)]
-            .iter()
-            .flat_map(|&(sid, n)| (0..n).map(move |w| (sid, w)))
-            .collect();
-        let runs = |max: usize| {
-            let (mut rest, mut out) = (&wins[..], Vec::new());
-            while !rest.is_empty() {
-                let n = series_run(rest, max);
-                let mut sids: Vec<u32> = rest[..n].iter().map(|w| w.0).collect();
-                sids.dedup();
-                out.push(sids);
-                rest = &rest[n..];
-            }
-            out
-        };
-        // 1 + 2 would be 5 windows; a 5-window series is a run of its own.
-        assert_eq!(runs(4), vec![vec![1], vec![2], vec![3], vec![4]]);
-        assert_eq!(runs(6), vec![vec![1, 2], vec![3, 4]]);
-        assert_eq!(runs(100), vec![vec![1, 2, 3, 4]]);
-        assert_eq!(series_run(&[], 4), 0);
-    }
 
     #[test]
     fn retention_rules_pick_first_match() {

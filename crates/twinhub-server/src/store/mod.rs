@@ -40,6 +40,7 @@ pub mod pg;
 mod query;
 mod query_many;
 pub mod registry;
+mod retire;
 mod rollup;
 pub mod routes;
 pub mod rules;
@@ -58,6 +59,8 @@ mod install_tests;
 mod outbox_tests;
 #[cfg(test)]
 mod partitions_tests;
+#[cfg(test)]
+mod retire_tests;
 #[cfg(test)]
 mod rows_tests;
 #[cfg(test)]
@@ -287,6 +290,11 @@ pub struct StoreMetrics {
     pub commits: Counter,
     pub flushes: Counter,
     pub merges: Counter,
+    /// Windows whose raw points retention retired.
+    pub windows_retired: Counter,
+    /// Of those, windows whose rollups the writer made itself (the window
+    /// changed after the compactor planned it, or had no plan).
+    pub retire_rollups_in_writer: Counter,
     pub durable_latency: HistogramCell,
 }
 
