@@ -15,7 +15,7 @@ use crate::store::outbox::Consumer;
 use crate::store::routes as rows;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinhub_model::rules::alarm::Severity;
@@ -335,7 +335,7 @@ async fn deliver(
 async fn park(
     book: &RouteBook,
     route: &Route,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     consumer: &mut Consumer,
     selected: &[(u64, Value)],
     last_id: u64,
@@ -350,12 +350,13 @@ async fn park(
     let (tenant, id, err) = (route.tenant.clone(), route.id.clone(), error.to_string());
     let name = Route::consumer_name(&route.tenant, &route.id);
     let now = book.deps.clock.now_us();
-    let alarms = book.deps.alarms.clone();
+    let (alarms, counted) = (book.deps.alarms.clone(), stats.clone());
     let res = book
         .deps
         .store
         .write(move |ctx| {
             rows::add_dead_letters(ctx.tx, &tenant, &id, &letters, now, attempts, &err)?;
+            count_eagerly(ctx, counted, |s| &s.dead_lettered, n);
             ctx.set_position(&name, last_id)?;
             alarms.apply(
                 ctx,
@@ -374,7 +375,6 @@ async fn park(
         Ok(()) => {
             consumer.committed(last_id);
             stats.position.store(last_id, Ordering::Relaxed);
-            stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
             stats.set_state(State::Ok);
             tracing::warn!(route = %route.id, events = n, error, "route parked events in its dead letters");
         }
@@ -469,11 +469,7 @@ async fn replay(book: &RouteBook, route: &Route, stats: &Arc<Stats>, control: &C
             .store
             .write(move |ctx| {
                 rows::remove_dead_letters(ctx.tx, &t, &i, &seqs)?;
-                // Counted with the commit, so the count never lags the
-                // list (which readers see from the commit on).
-                ctx.after_commit(move |_| {
-                    replayed.replayed.fetch_add(n, Ordering::Relaxed);
-                });
+                count_eagerly(ctx, replayed, |s| &s.replayed, n);
                 Ok(())
             })
             .await
@@ -482,6 +478,23 @@ async fn replay(book: &RouteBook, route: &Route, stats: &Arc<Stats>, control: &C
             return;
         }
     }
+}
+
+/// Adds `n` to a route's counter of what a write stores, in the write: a
+/// reader sees the rows from the commit on, before any after-commit hook
+/// has run, so a count added after the commit could lag the list it
+/// counts (a replayed letter gone from the list, `replayed` still 0). Taken
+/// back if the commit fails.
+fn count_eagerly(
+    ctx: &mut crate::store::WriteCtx<'_>,
+    stats: Arc<Stats>,
+    counter: fn(&Stats) -> &AtomicU64,
+    n: u64,
+) {
+    counter(&stats).fetch_add(n, Ordering::Relaxed);
+    ctx.on_rollback(move |_| {
+        counter(&stats).fetch_sub(n, Ordering::Relaxed);
+    });
 }
 
 /// Measures the backlog and applies the route's full policy; the

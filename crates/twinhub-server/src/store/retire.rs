@@ -27,6 +27,11 @@ pub(super) const RETENTION_SLICE: usize = 64;
 /// of the writer's time, and the next comes this long after it.
 pub(super) const RETENTION_STEP: Duration = Duration::from_millis(2);
 
+/// Chunk bytes one plan reads at most: a series is retired whole, so a
+/// slice can be a year of one series' windows; past this the writer makes
+/// the rest itself, as it did before plans.
+const PLAN_BYTES: usize = 32 << 20;
+
 /// The rollups of one window, made off the writer, and what they were
 /// made from.
 pub(super) struct Planned {
@@ -49,13 +54,17 @@ pub(super) type Plans = HashMap<(u32, i64), Planned>;
 pub(super) fn plan(store: &Store, wins: &[(u32, i64)]) -> Result<Plans, StoreError> {
     let engine = store.engine();
     let inputs = store.read(|c| {
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0);
         for &(sid, win) in wins {
+            if bytes > PLAN_BYTES {
+                break;
+            }
             let retired = already_retired(engine, sid, win);
             if !retired && !stale(engine, c, sid, win)? {
                 continue;
             }
             let chunks = compactor::window_chunks(c, sid, win)?;
+            bytes += chunks.iter().map(|(_, d)| d.len()).sum::<usize>();
             let stored = if retired {
                 stored_rollups(c, sid, win)?
             } else {
