@@ -3,11 +3,13 @@
 
 use super::retire;
 use super::sql::args;
-use super::tests::{batch, blocking, flush, key, on_both_backends, open, rows_in, Backend};
+use super::tests::{
+    a_retired_hour, batch, blocking, compact, flush, key, on_both_backends, open, rows_in, Backend,
+};
 use super::*;
 use crate::clock::{Clock, OffsetClock};
 use std::sync::Arc;
-use twinhub_model::time::{US_PER_DAY, US_PER_MIN, US_PER_SEC};
+use twinhub_model::time::{US_PER_DAY, US_PER_SEC};
 use twinhub_model::Bucketer;
 
 /// A backfill past raw retention: each late chunk is added to the
@@ -20,14 +22,8 @@ async fn late_windows_are_planned_off_the_writer_and_a_stale_plan_is_not_used(b:
     let clock = Arc::new(OffsetClock::default());
     let s = open(&b, dir.path(), clock.clone());
     let m = &s.engine().metrics;
-    let start = (clock.now_us() - 40 * US_PER_DAY).div_euclid(WINDOW) * WINDOW;
-    let pts: Vec<(i64, f64)> = (0..60).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
-    s.append(batch("t", &pts)).await.unwrap();
-    let compact = || {
-        let s = s.clone();
-        blocking(move || s.compact_now().unwrap())
-    };
-    compact().await;
+    let start = a_retired_hour(&s, &*clock).await;
+    let compact = || compact(&s);
     let hour = Bucketer::new(WINDOW, None).unwrap();
     let total = |s: &Store| -> (u64, f64) {
         let a = s

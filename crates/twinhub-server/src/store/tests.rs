@@ -102,6 +102,22 @@ pub(super) async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + '
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// Flushes, merges, rolls up and retires now (off the async workers).
+pub(super) async fn compact(s: &Store) {
+    let s = s.clone();
+    blocking(move || s.compact_now().unwrap()).await
+}
+
+/// Series "t" with 60 points of value 1.0 in an hour 40 days back, past
+/// the default raw retention and retired into rollups; the hour's start.
+pub(super) async fn a_retired_hour(s: &Store, clock: &dyn Clock) -> i64 {
+    let start = (clock.now_us() - 40 * DAY).div_euclid(WINDOW) * WINDOW;
+    let pts: Vec<(i64, f64)> = (0..60).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
+    s.append(batch("t", &pts)).await.unwrap();
+    compact(s).await;
+    start
+}
+
 /// Moves the head into chunks (off the async workers, as the compactor does).
 pub(super) async fn flush(s: &Store) {
     let s = s.clone();
@@ -580,14 +596,8 @@ async fn a_late_point_in_a_retired_window_is_added_to_its_rollups(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(OffsetClock::default());
     let s = open(&b, dir.path(), clock.clone());
-    let start = (clock.now_us() - 40 * DAY).div_euclid(WINDOW) * WINDOW;
-    let pts: Vec<(i64, f64)> = (0..60).map(|i| (start + i * US_PER_MIN, 1.0)).collect();
-    s.append(batch("t", &pts)).await.unwrap();
-    let compact = || {
-        let s = s.clone();
-        blocking(move || s.compact_now().unwrap())
-    };
-    compact().await;
+    let start = a_retired_hour(&s, &*clock).await;
+    let compact = || compact(&s);
     let hour = Bucketer::new(WINDOW, None).unwrap();
     let total = |s: &Store| {
         s.aggregate(&key("t"), start, start + WINDOW, &hour)
